@@ -1,0 +1,20 @@
+//! ringkv's sans-IO core.
+//!
+//! Every protocol decision of ringkv lives here, as pure state machines that
+//! take inputs as method calls (with the current [`Time`] passed in) and queue
+//! their outputs for a driver to drain. The core never touches a clock, socket,
+//! file, thread, environment variable or global RNG: the `ringkv` node binary
+//! drives it over tokio in production, and the simulator drives the very same
+//! code under madsim. Same inputs, same outputs, byte for byte.
+//!
+//! Modules:
+//! - [`ring`]: consistent-hash ring, `partition_of(key)`, replica placement.
+//! - [`kv`]: the replicated key-value state machine of one partition.
+//! - [`detector`]: phi-accrual failure detection over node heartbeats.
+
+pub mod detector;
+pub mod kv;
+pub mod ring;
+pub mod types;
+
+pub use types::{NodeId, PartitionId, Time};

@@ -1,0 +1,1 @@
+//! Deterministic simulation harness for ringkv nodes under madsim. Not built yet (issue 4).
