@@ -14,6 +14,7 @@
 
 pub mod detector;
 pub mod kv;
+pub mod raft;
 pub mod ring;
 pub mod types;
 

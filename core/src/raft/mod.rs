@@ -1,0 +1,1346 @@
+//! One Raft group: leader election, log replication, commit, reads, leadership
+//! transfer and snapshots, as a pure state machine.
+//!
+//! Inputs are method calls ([`Raft::step`] for a peer message, [`Raft::tick`]
+//! for one logical clock tick, [`Raft::propose`], [`Raft::read`], ...); outputs
+//! are collected by [`Raft::take_ready`]. Time exists only as ticks: the node
+//! turns its clock into ticks. The design follows etcd-raft and the Raft
+//! thesis (Ongaro 2014); section numbers below refer to the paper/thesis.
+//!
+//! What is here:
+//! - elections with **PreVote** (§9.6) and **CheckQuorum** (§6.2): a node that
+//!   cannot win does not bump terms, and a leader that lost its quorum steps down;
+//! - replication with probe/replicate flow control and an in-flight window;
+//!   commit by counting only current-term entries (§5.4.2, Figure 8);
+//! - **ReadIndex** reads (§6.4) confirmed by a round of heartbeats, and **lease**
+//!   reads, valid for `lease_ticks()` after a quorum acknowledged a heartbeat,
+//!   safe while clocks drift apart by less than `max_clock_drift_ppm`;
+//! - leadership transfer (§3.10), snapshots and log compaction (§7);
+//! - quiescence: an idle leader tells followers to stop their election timers;
+//!   a quiesced group sends nothing until a proposal, read or message wakes it.
+//!
+//! What is not (yet): membership change (the voter set is a value in the
+//! snapshot metadata so that it can change later), learners, follower reads.
+//!
+//! **Persist before you speak.** Records that must be durable come out in
+//! [`Ready::persist`]. Messages that claim something durable (votes, append
+//! acknowledgements) come out in [`Ready::messages_after_persist`] and must be
+//! sent only after every record this group handed out so far is durable. A
+//! leader's own appends count toward commit only once
+//! [`Raft::on_persisted`] reports them durable.
+
+mod log;
+mod message;
+mod progress;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use log::RaftLog;
+pub use message::{
+    Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord, Snapshot,
+    SnapshotMeta,
+};
+pub use progress::{Progress, ProgressState};
+
+use crate::types::NodeId;
+
+/// Tunables of one group. Every limit is named here rather than buried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaftConfig {
+    /// A follower that hears nothing from a leader for `election_ticks` (plus a
+    /// random 0..election_ticks) starts an election.
+    pub election_ticks: u32,
+    /// A leader sends heartbeats every `heartbeat_ticks`.
+    pub heartbeat_ticks: u32,
+    /// Unacknowledged append messages per follower in `Replicate` state.
+    pub max_inflight_msgs: usize,
+    /// Entries per append message.
+    pub max_entries_per_msg: usize,
+    /// Payload bytes per append message (at least one entry is always sent).
+    pub max_bytes_per_msg: usize,
+    /// Proposals beyond this many uncommitted entries are refused (`Busy`).
+    pub max_uncommitted_entries: u64,
+    /// Bound on the relative rate difference of any two nodes' clocks, in parts
+    /// per million. Lease reads are safe while real drift stays below it.
+    pub max_clock_drift_ppm: u32,
+    /// An idle leader quiesces the group after this many ticks without work.
+    pub quiesce_after_ticks: u32,
+    /// Committed entries handed out per `take_ready`.
+    pub max_apply_batch: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_inflight_msgs: 64,
+            max_entries_per_msg: 256,
+            max_bytes_per_msg: 1 << 20,
+            max_uncommitted_entries: 10_000,
+            max_clock_drift_ppm: 50_000,
+            quiesce_after_ticks: 6,
+            max_apply_batch: 1024,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// How many ticks after sending a heartbeat round the leader may still
+    /// serve lease reads once a quorum acknowledged that round.
+    ///
+    /// A follower that acknowledged the round reset its election timer when it
+    /// received it, and refuses to vote for anyone else until `election_ticks`
+    /// of *its* ticks pass: at least `(election_ticks - 1)` tick intervals of
+    /// its clock (the reset can fall just before a tick). Measured by the
+    /// leader's clock, that span is at least `(E - 1) * (1 - ρ) / (1 + ρ)`
+    /// intervals when each clock may run up to ρ fast or slow. The leader's own
+    /// count is off by up to one tick (the round went out mid-interval), so we
+    /// subtract one more. Zero disables lease reads (they fall back to ReadIndex).
+    pub fn lease_ticks(&self) -> u64 {
+        let rho = f64::from(self.max_clock_drift_ppm) / 1e6;
+        let e = f64::from(self.election_ticks.saturating_sub(1));
+        let span = (e * (1.0 - rho) / (1.0 + rho)).floor() as u64;
+        span.saturating_sub(1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Why a proposal or read was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("leadership transfer in progress")]
+    TransferInProgress,
+    #[error("too many uncommitted entries")]
+    Busy,
+}
+
+/// A read that may now be served from the state machine once it has applied
+/// `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadState {
+    pub ctx: u64,
+    pub index: u64,
+}
+
+/// Something an observer (metrics, dashboard, trace) may want to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftEvent {
+    RoleChanged {
+        role: Role,
+        term: u64,
+        leader: Option<NodeId>,
+    },
+    Quiesced,
+    Woke,
+    TransferAborted {
+        to: NodeId,
+    },
+}
+
+impl std::fmt::Display for RaftEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaftEvent::RoleChanged {
+                role,
+                term,
+                leader: Some(l),
+            } => write!(f, "became {role:?} term={term} leader={l}"),
+            RaftEvent::RoleChanged {
+                role,
+                term,
+                leader: None,
+            } => write!(f, "became {role:?} term={term}"),
+            RaftEvent::Quiesced => write!(f, "quiesced"),
+            RaftEvent::Woke => write!(f, "woke"),
+            RaftEvent::TransferAborted { to } => write!(f, "transfer to {to} aborted"),
+        }
+    }
+}
+
+/// Everything the group wants done after an input. Drained by `take_ready`.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Records to make durable, in order.
+    pub persist: Vec<PersistRecord>,
+    /// Messages that may leave now.
+    pub messages: Vec<Message>,
+    /// Messages that may leave only once every record handed out so far by
+    /// this group is durable.
+    pub messages_after_persist: Vec<Message>,
+    /// A snapshot from the leader: restore the state machine from it first.
+    pub snapshot_to_apply: Option<Snapshot>,
+    /// Committed entries to apply, in log order.
+    pub committed: Vec<Entry>,
+    pub reads: Vec<ReadState>,
+    /// Reads that cannot complete here (leadership lost); retry elsewhere.
+    pub failed_reads: Vec<u64>,
+    pub events: Vec<RaftEvent>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.messages_after_persist.is_empty()
+            && self.snapshot_to_apply.is_none()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+/// What a group recovers from its durable records at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStorage {
+    pub hard_state: HardState,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+}
+
+impl RaftStorage {
+    /// Replays one durable record on top of this state (WAL recovery).
+    pub fn apply(&mut self, record: PersistRecord) {
+        match record {
+            PersistRecord::HardState(hs) => self.hard_state = hs,
+            PersistRecord::Entries(entries) => {
+                let Some(first) = entries.first() else { return };
+                let at = first.index;
+                self.entries.retain(|e| e.index < at);
+                self.entries.extend(entries);
+            }
+            PersistRecord::Snapshot(snap) => {
+                let idx = snap.meta.index;
+                let term = snap.meta.term;
+                // Keep later entries only if they continue the snapshot's log.
+                let keep = self
+                    .entries
+                    .iter()
+                    .any(|e| e.index == idx && e.term == term);
+                if keep {
+                    self.entries.retain(|e| e.index > idx);
+                } else {
+                    self.entries.clear();
+                }
+                self.snapshot = Some(snap);
+            }
+        }
+    }
+}
+
+/// A ReadIndex request waiting for its heartbeat round.
+#[derive(Debug, Clone, Copy)]
+struct PendingRead {
+    ctx: u64,
+    /// Commit index when the read arrived (assigned once this term committed).
+    index: u64,
+    /// The round whose quorum acknowledgement confirms our leadership.
+    round: u64,
+}
+
+/// One Raft group. See the module documentation.
+#[derive(Debug)]
+pub struct Raft {
+    id: NodeId,
+    cfg: RaftConfig,
+    membership: Membership,
+    term: u64,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    rng: ChaCha8Rng,
+
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_election_timeout: u32,
+    /// Ticks since creation: the leader's clock for leases.
+    ticks: u64,
+    votes: BTreeMap<NodeId, bool>,
+
+    // Leader state.
+    progress: BTreeMap<NodeId, Progress>,
+    transferee: Option<NodeId>,
+    /// Heartbeat round counter, and when each recent round was sent (ticks).
+    round: u64,
+    round_sent_at: VecDeque<(u64, u64)>,
+    want_round: bool,
+    pending_reads: VecDeque<PendingRead>,
+    /// Reads that arrived before this leader committed an entry of its term.
+    reads_before_commit: Vec<u64>,
+    idle_ticks: u32,
+    quiesced: bool,
+
+    // Output.
+    msgs: Vec<Message>,
+    msgs_after_persist: Vec<Message>,
+    saved_hard_state: HardState,
+    ready_reads: Vec<ReadState>,
+    failed_reads: Vec<u64>,
+    events: Vec<RaftEvent>,
+}
+
+/// Rounds remembered for lease bookkeeping (bounded).
+const MAX_ROUNDS_REMEMBERED: usize = 64;
+
+impl Raft {
+    /// A group member starting from its durable state. `seed` drives the
+    /// election jitter; give each group on each node a different one.
+    pub fn new(
+        id: NodeId,
+        cfg: RaftConfig,
+        membership: Membership,
+        storage: RaftStorage,
+        seed: u64,
+    ) -> Self {
+        assert!(cfg.election_ticks > cfg.heartbeat_ticks && cfg.heartbeat_ticks > 0);
+        let membership = storage
+            .snapshot
+            .as_ref()
+            .map_or(membership, |s| s.meta.membership.clone());
+        let hs = storage.hard_state;
+        let log = RaftLog::restore(storage.snapshot, storage.entries, hs.commit);
+        let mut raft = Raft {
+            id,
+            membership,
+            term: hs.term,
+            vote: hs.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_timeout: cfg.election_ticks,
+            ticks: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            transferee: None,
+            round: 0,
+            round_sent_at: VecDeque::new(),
+            want_round: false,
+            pending_reads: VecDeque::new(),
+            reads_before_commit: Vec::new(),
+            idle_ticks: 0,
+            quiesced: false,
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            saved_hard_state: hs,
+            ready_reads: Vec::new(),
+            failed_reads: Vec::new(),
+            events: Vec::new(),
+            cfg,
+        };
+        raft.saved_hard_state.commit = raft.log.committed();
+        raft.reset_randomized_election_timeout();
+        raft
+    }
+
+    // ---------------------------------------------------------------- getters
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+    pub fn vote(&self) -> Option<NodeId> {
+        self.vote
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    pub fn config(&self) -> &RaftConfig {
+        &self.cfg
+    }
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced
+    }
+    pub fn transferee(&self) -> Option<NodeId> {
+        self.transferee
+    }
+    pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        self.progress.get(&peer)
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed(),
+        }
+    }
+    /// Whether this leader has committed an entry of its own term, which it
+    /// must before it knows the true commit index (§6.4, §8).
+    pub fn committed_in_term(&self) -> bool {
+        self.log.term(self.log.committed()) == Some(self.term)
+    }
+    /// Whether a lease read would be served locally right now.
+    pub fn lease_valid(&self) -> bool {
+        self.role == Role::Leader
+            && self.transferee.is_none()
+            && self.committed_in_term()
+            && self.lease_expires_at().is_some_and(|t| self.ticks < t)
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let me = self.id;
+        self.membership
+            .voters
+            .iter()
+            .copied()
+            .filter(move |&p| p != me)
+    }
+
+    fn promotable(&self) -> bool {
+        self.membership.contains(self.id)
+    }
+
+    // ----------------------------------------------------------------- inputs
+
+    /// One logical clock tick.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        if self.quiesced {
+            return;
+        }
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+    }
+
+    fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
+            self.election_elapsed = 0;
+            self.campaign_pre_vote();
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            // CheckQuorum (§6.2): a leader that has not heard from a quorum in
+            // an election timeout steps down, so that clients stop waiting on it.
+            if !self.quorum_recently_active() {
+                self.become_follower(self.term, None);
+                return;
+            }
+            if let Some(to) = self.transferee.take() {
+                self.events.push(RaftEvent::TransferAborted { to });
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.idle_ticks += self.cfg.heartbeat_ticks;
+            if self.can_quiesce() {
+                self.quiesce();
+            } else {
+                self.broadcast_heartbeat(false);
+            }
+        }
+    }
+
+    fn quorum_recently_active(&mut self) -> bool {
+        let me = self.id;
+        let mut active = 1; // ourselves
+        for (&peer, pr) in self.progress.iter_mut() {
+            if peer != me && pr.recent_active {
+                active += 1;
+            }
+            pr.recent_active = false;
+        }
+        active >= self.membership.quorum()
+    }
+
+    /// Wakes a quiesced group (a proposal, read or peer event needs it).
+    pub fn wake(&mut self) {
+        if self.quiesced {
+            self.quiesced = false;
+            self.election_elapsed = 0;
+            self.heartbeat_elapsed = 0;
+            self.idle_ticks = 0;
+            self.events.push(RaftEvent::Woke);
+        }
+    }
+
+    /// The failure detector says `node` is down. A quiesced follower of that
+    /// leader wakes, so that it can elect a new one. Its election timer starts
+    /// from zero: it keeps honouring the old leader's lease for a full election
+    /// timeout, which keeps lease reads safe.
+    /// A quiesced leader with a voter down wakes too, so that CheckQuorum
+    /// runs again and it steps down if it has lost its quorum.
+    pub fn on_node_down(&mut self, node: NodeId) {
+        let follower_of_it = self.role != Role::Leader && self.leader == Some(node);
+        let leader_of_it = self.role == Role::Leader && self.membership.contains(node);
+        if self.quiesced && (follower_of_it || leader_of_it) {
+            self.wake();
+        }
+    }
+
+    /// Proposes `data`; returns the index the entry will have if committed.
+    pub fn propose(&mut self, data: Bytes) -> Result<u64, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if self.log.last_index() - self.log.committed() >= self.cfg.max_uncommitted_entries {
+            return Err(ProposeError::Busy);
+        }
+        self.wake();
+        self.idle_ticks = 0;
+        let index = self.log.last_index() + 1;
+        self.append_entries(vec![Entry {
+            index,
+            term: self.term,
+            kind: EntryKind::Normal,
+            data,
+        }]);
+        Ok(index)
+    }
+
+    /// Asks to serve a read identified by `ctx` (nonzero). When it is safe, a
+    /// [`ReadState`] with that ctx comes out of `take_ready`; serve it once the
+    /// state machine applied its index. With `lease`, a valid leader lease
+    /// serves it without a heartbeat round.
+    pub fn read(&mut self, ctx: u64, lease: bool) -> Result<(), ProposeError> {
+        assert_ne!(ctx, 0, "read ctx 0 is reserved");
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        self.wake();
+        self.idle_ticks = 0;
+        if !self.committed_in_term() {
+            self.reads_before_commit.push(ctx);
+            return Ok(());
+        }
+        let index = self.log.committed();
+        if self.membership.voters.len() == 1 || (lease && self.lease_valid()) {
+            self.ready_reads.push(ReadState { ctx, index });
+            return Ok(());
+        }
+        self.pending_reads.push_back(PendingRead {
+            ctx,
+            index,
+            round: self.round + 1,
+        });
+        self.want_round = true;
+        Ok(())
+    }
+
+    /// Starts handing leadership to `to` (§3.10): bring it up to date, then
+    /// tell it to campaign. Proposals are refused meanwhile; the attempt is
+    /// abandoned after an election timeout.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.id || !self.membership.contains(to) || self.transferee == Some(to) {
+            return Ok(());
+        }
+        self.wake();
+        self.transferee = Some(to);
+        self.election_elapsed = 0;
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|pr| pr.matched == self.log.last_index());
+        if caught_up {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.maybe_send_append(to, true);
+        }
+        Ok(())
+    }
+
+    /// The driver made this group's records durable up to entry `index` of
+    /// `term` (or a snapshot at `index`/`term`).
+    pub fn on_persisted(&mut self, index: u64, term: u64) {
+        self.log.on_persisted(index, term);
+        self.log.on_snapshot_persisted(index, term);
+        if self.role == Role::Leader && self.maybe_commit() {
+            self.broadcast_append(true);
+        }
+    }
+
+    /// Folds the log up to `index` (applied, durable) into a snapshot whose
+    /// state machine image is `data`. Returns false if not allowed yet.
+    pub fn compact(&mut self, index: u64, data: Bytes) -> bool {
+        if index <= self.log.snapshot_meta().index
+            || index > self.log.applied()
+            || index > self.log.persisted()
+        {
+            return false;
+        }
+        let Some(term) = self.log.term(index) else {
+            return false;
+        };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: self.membership.clone(),
+        };
+        self.log.compact(meta, data);
+        true
+    }
+
+    /// Handles one message from a peer of this group.
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.id || !self.membership.contains(m.from) {
+            return; // not for us, or from a stranger: drop
+        }
+        if !matches!(m.body, MessageBody::HeartbeatResponse { .. }) {
+            // Anything but the answer to our own quiesce heartbeat needs us awake.
+            if !matches!(m.body, MessageBody::Heartbeat { quiesce: true, .. }) {
+                self.wake();
+            }
+        }
+        if m.term > self.term {
+            match &m.body {
+                MessageBody::PreVote { .. }
+                | MessageBody::Vote {
+                    transfer: false, ..
+                } if self.in_lease() => {
+                    // §4.2.3: ignore disruptive candidates while we believe a
+                    // leader is alive. This is also what makes leases safe.
+                    return;
+                }
+                MessageBody::PreVote { .. } => {}
+                MessageBody::PreVoteResponse { granted: true } => {}
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
+                    self.become_follower(m.term, Some(m.from));
+                }
+                _ => self.become_follower(m.term, None),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                    // A stale leader: tell it about our term so it steps down.
+                    // Without this, PreVote + CheckQuorum can leave it stuck.
+                    self.send(
+                        m.from,
+                        MessageBody::AppendResponse {
+                            success: false,
+                            index: 0,
+                            hint: 0,
+                        },
+                    );
+                }
+                MessageBody::PreVote { .. } => {
+                    self.send(m.from, MessageBody::PreVoteResponse { granted: false });
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        match m.body {
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(&m, last_index, last_term, true),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => self.handle_vote_request(&m, last_index, last_term, false),
+            _ => match self.role {
+                Role::Leader => self.step_leader(m),
+                Role::PreCandidate | Role::Candidate => self.step_candidate(m),
+                Role::Follower => self.step_follower(m),
+            },
+        }
+    }
+
+    /// Drains everything this group wants done. Call after every input.
+    pub fn take_ready(&mut self) -> Ready {
+        if self.want_round {
+            self.want_round = false;
+            self.broadcast_heartbeat(false);
+        }
+        let mut ready = Ready::default();
+        let (snapshot, entries) = self.log.take_unsaved();
+        if let Some(snap) = snapshot {
+            ready.persist.push(PersistRecord::Snapshot(snap));
+        }
+        if !entries.is_empty() {
+            ready.persist.push(PersistRecord::Entries(entries));
+        }
+        let hs = self.hard_state();
+        if hs != self.saved_hard_state {
+            ready.persist.push(PersistRecord::HardState(hs));
+            self.saved_hard_state = hs;
+        }
+        ready.snapshot_to_apply = self.log.take_snapshot_to_apply();
+        ready.committed = self.log.take_committed(self.cfg.max_apply_batch);
+        ready.messages = std::mem::take(&mut self.msgs);
+        ready.messages_after_persist = std::mem::take(&mut self.msgs_after_persist);
+        ready.reads = std::mem::take(&mut self.ready_reads);
+        ready.failed_reads = std::mem::take(&mut self.failed_reads);
+        ready.events = std::mem::take(&mut self.events);
+        ready
+    }
+
+    /// Whether `take_ready` would return something.
+    pub fn has_ready(&self) -> bool {
+        self.want_round
+            || !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || self.log.committed() > self.log.applied()
+            || !self.ready_reads.is_empty()
+            || !self.failed_reads.is_empty()
+            || !self.events.is_empty()
+            || self.hard_state() != self.saved_hard_state
+            || self.log.has_unsaved()
+    }
+
+    // ----------------------------------------------------------- transitions
+
+    fn reset(&mut self, term: u64) {
+        if self.term != term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.reset_randomized_election_timeout();
+        self.votes.clear();
+        self.progress.clear();
+        if let Some(to) = self.transferee.take() {
+            self.events.push(RaftEvent::TransferAborted { to });
+        }
+        // Reads waiting for our leadership can no longer be confirmed here.
+        self.failed_reads
+            .extend(self.pending_reads.drain(..).map(|r| r.ctx));
+        self.failed_reads.append(&mut self.reads_before_commit);
+        self.want_round = false;
+        self.round_sent_at.clear();
+        self.quiesced = false;
+        self.idle_ticks = 0;
+    }
+
+    fn reset_randomized_election_timeout(&mut self) {
+        let e = self.cfg.election_ticks;
+        self.randomized_election_timeout = e + self.rng.random_range(0..e);
+    }
+
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        let changed = self.role != Role::Follower || self.term != term || self.leader != leader;
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+        if changed {
+            self.events.push(RaftEvent::RoleChanged {
+                role: Role::Follower,
+                term,
+                leader,
+            });
+        }
+    }
+
+    /// Starts an election now, as if the election timer fired (operators,
+    /// tests, and a node that knows the leader is gone use this).
+    pub fn start_election(&mut self) {
+        if self.role != Role::Leader && self.promotable() {
+            self.wake();
+            self.campaign_pre_vote();
+        }
+    }
+
+    fn campaign_pre_vote(&mut self) {
+        self.reset(self.term);
+        self.role = Role::PreCandidate;
+        self.events.push(RaftEvent::RoleChanged {
+            role: Role::PreCandidate,
+            term: self.term,
+            leader: None,
+        });
+        self.votes.insert(self.id, true);
+        if self.tally() == VoteResult::Won {
+            self.campaign(false);
+            return;
+        }
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let term = self.term + 1;
+        for peer in self.peers().collect::<Vec<_>>() {
+            self.send_with_term(
+                peer,
+                term,
+                MessageBody::PreVote {
+                    last_index,
+                    last_term,
+                },
+            );
+        }
+    }
+
+    fn campaign(&mut self, transfer: bool) {
+        self.reset(self.term + 1);
+        self.role = Role::Candidate;
+        self.vote = Some(self.id);
+        self.events.push(RaftEvent::RoleChanged {
+            role: Role::Candidate,
+            term: self.term,
+            leader: None,
+        });
+        self.votes.insert(self.id, true);
+        if self.tally() == VoteResult::Won {
+            self.become_leader();
+            return;
+        }
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        for peer in self.peers().collect::<Vec<_>>() {
+            self.send(
+                peer,
+                MessageBody::Vote {
+                    last_index,
+                    last_term,
+                    transfer,
+                },
+            );
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        self.reset(self.term);
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        let next = self.log.last_index() + 1;
+        for &v in &self.membership.voters {
+            let mut pr = Progress::new(next, self.cfg.max_inflight_msgs);
+            if v == self.id {
+                pr.matched = self.log.persisted();
+                pr.become_replicate();
+            }
+            self.progress.insert(v, pr);
+        }
+        self.events.push(RaftEvent::RoleChanged {
+            role: Role::Leader,
+            term: self.term,
+            leader: Some(self.id),
+        });
+        // §8: commit an entry of our own term to learn the commit index.
+        let index = self.log.last_index() + 1;
+        self.append_entries(vec![Entry {
+            index,
+            term: self.term,
+            kind: EntryKind::Noop,
+            data: Bytes::new(),
+        }]);
+    }
+
+    // ------------------------------------------------------------- elections
+
+    fn in_lease(&self) -> bool {
+        self.leader.is_some() && (self.quiesced || self.election_elapsed < self.cfg.election_ticks)
+    }
+
+    fn handle_vote_request(&mut self, m: &Message, last_index: u64, last_term: u64, pre: bool) {
+        let can_vote = self.vote == Some(m.from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre && m.term > self.term);
+        let granted = can_vote && self.log.is_up_to_date(last_index, last_term);
+        if pre {
+            // A granted pre-vote answers in the term the candidate would use.
+            let term = if granted { m.term } else { self.term };
+            self.send_with_term(m.from, term, MessageBody::PreVoteResponse { granted });
+        } else {
+            if granted {
+                self.election_elapsed = 0;
+                self.vote = Some(m.from);
+            }
+            self.send(m.from, MessageBody::VoteResponse { granted });
+        }
+    }
+
+    fn tally(&self) -> VoteResult {
+        let granted = self.votes.values().filter(|&&g| g).count();
+        let rejected = self.votes.values().filter(|&&g| !g).count();
+        let q = self.membership.quorum();
+        if granted >= q {
+            VoteResult::Won
+        } else if rejected >= q {
+            VoteResult::Lost
+        } else {
+            VoteResult::Pending
+        }
+    }
+
+    fn step_candidate(&mut self, m: Message) {
+        match m.body {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
+                // A leader exists in our term (§5.2).
+                self.become_follower(m.term, Some(m.from));
+                self.step_follower(m);
+            }
+            MessageBody::PreVoteResponse { granted } if self.role == Role::PreCandidate => {
+                if granted && m.term != self.term + 1 {
+                    return;
+                }
+                self.votes.insert(m.from, granted);
+                match self.tally() {
+                    VoteResult::Won => self.campaign(false),
+                    VoteResult::Lost => self.become_follower(self.term, None),
+                    VoteResult::Pending => {}
+                }
+            }
+            MessageBody::VoteResponse { granted } if self.role == Role::Candidate => {
+                self.votes.insert(m.from, granted);
+                match self.tally() {
+                    VoteResult::Won => self.become_leader(),
+                    VoteResult::Lost => self.become_follower(self.term, None),
+                    VoteResult::Pending => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // -------------------------------------------------------------- follower
+
+    fn step_follower(&mut self, m: Message) {
+        match m.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                self.election_elapsed = 0;
+                self.leader = Some(m.from);
+                self.handle_append(m.from, prev_index, prev_term, entries, commit);
+            }
+            MessageBody::Heartbeat {
+                commit,
+                round,
+                quiesce,
+            } => {
+                self.election_elapsed = 0;
+                self.leader = Some(m.from);
+                // The leader sends min(commit, our match), so this is safe.
+                self.log.commit_to(commit.min(self.log.last_index()));
+                if quiesce && !self.quiesced {
+                    self.quiesced = true;
+                    self.events.push(RaftEvent::Quiesced);
+                }
+                self.send(m.from, MessageBody::HeartbeatResponse { round });
+            }
+            MessageBody::InstallSnapshot { snapshot } => {
+                self.election_elapsed = 0;
+                self.leader = Some(m.from);
+                self.handle_snapshot(m.from, snapshot);
+            }
+            MessageBody::TimeoutNow if self.promotable() => self.campaign(true),
+            _ => {}
+        }
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+    ) {
+        if prev_index < self.log.committed() {
+            let index = self.log.committed();
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    success: true,
+                    index,
+                    hint: 0,
+                },
+            );
+            return;
+        }
+        match self.log.maybe_append(prev_index, prev_term, entries) {
+            Some(last_new) => {
+                self.log.commit_to(commit.min(last_new));
+                self.send(
+                    from,
+                    MessageBody::AppendResponse {
+                        success: true,
+                        index: last_new,
+                        hint: 0,
+                    },
+                );
+            }
+            None => {
+                let hint = self.log.last_index();
+                self.send(
+                    from,
+                    MessageBody::AppendResponse {
+                        success: false,
+                        index: prev_index,
+                        hint,
+                    },
+                );
+            }
+        }
+    }
+
+    fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        if index <= self.log.committed() {
+            let committed = self.log.committed();
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    success: true,
+                    index: committed,
+                    hint: 0,
+                },
+            );
+            return;
+        }
+        if self.log.match_term(index, term) {
+            // We already have the snapshot's entries: just learn the commit.
+            self.log.commit_to(index);
+        } else {
+            self.membership = snapshot.meta.membership.clone();
+            self.log.install_snapshot(snapshot);
+        }
+        self.send(
+            from,
+            MessageBody::AppendResponse {
+                success: true,
+                index,
+                hint: 0,
+            },
+        );
+    }
+
+    // ---------------------------------------------------------------- leader
+
+    fn append_entries(&mut self, entries: Vec<Entry>) {
+        self.log.append(entries);
+        // Our own entries count toward commit only once durable (on_persisted).
+        self.broadcast_append(false);
+        self.maybe_commit();
+    }
+
+    fn broadcast_append(&mut self, send_if_empty: bool) {
+        for peer in self.peers().collect::<Vec<_>>() {
+            self.maybe_send_append(peer, send_if_empty);
+        }
+    }
+
+    /// Sends `peer` the entries it lacks, or a snapshot if they were compacted.
+    fn maybe_send_append(&mut self, peer: NodeId, send_if_empty: bool) -> bool {
+        let Some(pr) = self.progress.get(&peer) else {
+            return false;
+        };
+        if pr.is_paused() {
+            return false;
+        }
+        let next = pr.next;
+        let prev_index = next - 1;
+        let entries = self.log.entries_from(
+            next,
+            self.cfg.max_entries_per_msg,
+            self.cfg.max_bytes_per_msg,
+        );
+        match (self.log.term(prev_index), entries) {
+            (Some(prev_term), Ok(entries)) => {
+                if entries.is_empty() && !send_if_empty {
+                    return false;
+                }
+                let last = entries.last().map_or(prev_index, |e| e.index);
+                let n = entries.len();
+                let commit = self.log.committed();
+                self.send(
+                    peer,
+                    MessageBody::Append {
+                        prev_index,
+                        prev_term,
+                        entries,
+                        commit,
+                    },
+                );
+                if let Some(pr) = self.progress.get_mut(&peer) {
+                    pr.on_sent(last, n);
+                }
+                true
+            }
+            _ => {
+                // The entries were compacted away: send the snapshot (§7).
+                let Some(snapshot) = self.log.snapshot() else {
+                    return false;
+                };
+                let index = snapshot.meta.index;
+                self.send(peer, MessageBody::InstallSnapshot { snapshot });
+                if let Some(pr) = self.progress.get_mut(&peer) {
+                    pr.become_snapshot(index);
+                }
+                true
+            }
+        }
+    }
+
+    /// Advances commit to the highest index durable on a quorum, if that entry
+    /// is from the current term (§5.4.2: older entries are committed only
+    /// indirectly — the Figure 8 rule).
+    fn maybe_commit(&mut self) -> bool {
+        if let Some(pr) = self.progress.get_mut(&self.id) {
+            pr.matched = self.log.persisted();
+        }
+        let mut matched: Vec<u64> = self.progress.values().map(|p| p.matched).collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&quorum_index) = matched.get(self.membership.quorum() - 1) else {
+            return false;
+        };
+        if quorum_index <= self.log.committed() || self.log.term(quorum_index) != Some(self.term) {
+            return false;
+        }
+        let first_commit_in_term = !self.committed_in_term();
+        self.log.commit_to(quorum_index);
+        if first_commit_in_term {
+            // Reads that arrived before we knew the commit index can start now.
+            let index = self.log.committed();
+            let round = self.round + 1;
+            for ctx in std::mem::take(&mut self.reads_before_commit) {
+                if self.membership.voters.len() == 1 {
+                    self.ready_reads.push(ReadState { ctx, index });
+                } else {
+                    self.pending_reads
+                        .push_back(PendingRead { ctx, index, round });
+                    self.want_round = true;
+                }
+            }
+        }
+        true
+    }
+
+    fn broadcast_heartbeat(&mut self, quiesce: bool) {
+        self.round += 1;
+        self.round_sent_at.push_back((self.round, self.ticks));
+        while self.round_sent_at.len() > MAX_ROUNDS_REMEMBERED {
+            self.round_sent_at.pop_front();
+        }
+        if let Some(pr) = self.progress.get_mut(&self.id) {
+            pr.acked_round = self.round;
+        }
+        for peer in self.peers().collect::<Vec<_>>() {
+            let matched = self.progress.get(&peer).map_or(0, |p| p.matched);
+            let commit = self.log.committed().min(matched);
+            self.send(
+                peer,
+                MessageBody::Heartbeat {
+                    commit,
+                    round: self.round,
+                    quiesce,
+                },
+            );
+        }
+        self.release_reads();
+    }
+
+    /// The highest heartbeat round acknowledged by a quorum (us included).
+    fn quorum_acked_round(&self) -> u64 {
+        let mut acked: Vec<u64> = self.progress.values().map(|p| p.acked_round).collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        acked
+            .get(self.membership.quorum() - 1)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn lease_expires_at(&self) -> Option<u64> {
+        let round = self.quorum_acked_round();
+        let sent = self
+            .round_sent_at
+            .iter()
+            .find(|(r, _)| *r == round)
+            .map(|&(_, t)| t)?;
+        Some(sent + self.cfg.lease_ticks())
+    }
+
+    fn release_reads(&mut self) {
+        let confirmed = self.quorum_acked_round();
+        while self
+            .pending_reads
+            .front()
+            .is_some_and(|r| r.round <= confirmed)
+        {
+            let Some(r) = self.pending_reads.pop_front() else {
+                break;
+            };
+            self.ready_reads.push(ReadState {
+                ctx: r.ctx,
+                index: r.index,
+            });
+        }
+    }
+
+    fn can_quiesce(&self) -> bool {
+        let last = self.log.last_index();
+        self.idle_ticks >= self.cfg.quiesce_after_ticks
+            && self.transferee.is_none()
+            && self.pending_reads.is_empty()
+            && self.reads_before_commit.is_empty()
+            && self.log.committed() == last
+            && self.log.applied() == last
+            && self
+                .progress
+                .values()
+                .all(|p| p.matched == last && p.acked_round == self.round)
+    }
+
+    fn quiesce(&mut self) {
+        self.broadcast_heartbeat(true);
+        self.quiesced = true;
+        self.events.push(RaftEvent::Quiesced);
+    }
+
+    fn step_leader(&mut self, m: Message) {
+        let from = m.from;
+        if let Some(pr) = self.progress.get_mut(&from) {
+            pr.recent_active = true;
+        }
+        match m.body {
+            MessageBody::AppendResponse {
+                success,
+                index,
+                hint,
+            } => {
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
+                if !success {
+                    if pr.maybe_decr_to(index, hint) {
+                        if pr.state == ProgressState::Replicate {
+                            pr.become_probe();
+                        }
+                        self.maybe_send_append(from, true);
+                    }
+                    return;
+                }
+                let was_paused = pr.is_paused();
+                if !pr.maybe_update(index) {
+                    return;
+                }
+                self.idle_ticks = 0;
+                match pr.state {
+                    ProgressState::Probe => pr.become_replicate(),
+                    ProgressState::Snapshot { pending_index } if pr.matched >= pending_index => {
+                        pr.become_probe()
+                    }
+                    _ => {}
+                }
+                if self.maybe_commit() {
+                    self.broadcast_append(true);
+                } else if was_paused {
+                    self.maybe_send_append(from, false);
+                }
+                while self.maybe_send_append(from, false) {}
+                if self.transferee == Some(from)
+                    && self
+                        .progress
+                        .get(&from)
+                        .is_some_and(|p| p.matched == self.log.last_index())
+                {
+                    self.send(from, MessageBody::TimeoutNow);
+                }
+            }
+            MessageBody::HeartbeatResponse { round } => {
+                let last = self.log.last_index();
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
+                pr.acked_round = pr.acked_round.max(round);
+                pr.probe_sent = false;
+                // Appends may have been lost: free a slot of a full window and
+                // send even an empty append, whose rejection resets the probe.
+                pr.free_first_inflight_if_full();
+                if pr.matched < last {
+                    self.maybe_send_append(from, true);
+                }
+                self.release_reads();
+            }
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ send
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        let term = self.term;
+        self.send_with_term(to, term, body);
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody) {
+        // Votes and acknowledgements claim durable state: they wait for the
+        // persist of everything before them. The leader's own traffic depends
+        // only on its term, which was durable before it could win (§10.2.1
+        // lets the leader write its log in parallel with followers).
+        let after_persist = matches!(
+            body,
+            MessageBody::Vote { .. }
+                | MessageBody::VoteResponse { .. }
+                | MessageBody::AppendResponse { .. }
+                | MessageBody::HeartbeatResponse { .. }
+        );
+        let m = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
+        if after_persist {
+            self.msgs_after_persist.push(m);
+        } else {
+            self.msgs.push(m);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VoteResult {
+    Won,
+    Lost,
+    Pending,
+}
