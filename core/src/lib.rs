@@ -13,9 +13,11 @@
 //! - [`detector`]: phi-accrual failure detection over node heartbeats.
 
 pub mod detector;
+pub mod io;
 pub mod kv;
 pub mod raft;
 pub mod ring;
 pub mod types;
+pub mod wire;
 
 pub use types::{NodeId, PartitionId, Time};

@@ -1,0 +1,49 @@
+//! What crosses the core's boundary: the batches nodes send each other and the
+//! records a node asks its driver to make durable.
+//!
+//! These are validated Rust values; [`crate::wire`] turns them into bytes and
+//! back. Owns no logic beyond small constructors.
+
+use crate::raft::{Message, PersistRecord};
+use crate::types::{NodeId, PartitionId};
+
+/// One Raft message of one partition's group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMessage {
+    pub partition: PartitionId,
+    pub message: Message,
+}
+
+/// Everything one node sends another in one flush: the messages of every
+/// group they share, coalesced. Its arrival alone is the node-level heartbeat
+/// that feeds the failure detector, so an empty batch is meaningful.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerBatch {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub messages: Vec<GroupMessage>,
+}
+
+/// One durable record of one partition's group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalRecord {
+    pub partition: PartitionId,
+    pub record: PersistRecord,
+}
+
+/// Identifies one [`IoRequest`]. Issued in increasing order; the driver
+/// reports them durable in that same order (a WAL is a sequence), so
+/// reporting `n` durable also reports every earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IoId(pub u64);
+
+/// A batch of records for the driver to append to the WAL. `must_sync`: the
+/// batch must be on stable storage (fdatasync) before the driver reports it
+/// with `handle_persisted`; when false (only commit-index updates), the
+/// driver may report it once written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoRequest {
+    pub id: IoId,
+    pub records: Vec<WalRecord>,
+    pub must_sync: bool,
+}

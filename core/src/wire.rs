@@ -1,0 +1,1 @@
+//! Wire and disk encodings of the core's boundary types. (Being written.)
