@@ -15,6 +15,7 @@
 pub mod detector;
 pub mod io;
 pub mod kv;
+pub mod node;
 pub mod raft;
 pub mod ring;
 pub mod types;

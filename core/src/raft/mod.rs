@@ -458,6 +458,17 @@ impl Raft {
                 self.events.push(RaftEvent::TransferAborted { to });
             }
         }
+        // A snapshot message may have been lost: give up waiting after an
+        // election timeout and probe again (which resends it if still needed).
+        let timeout = self.cfg.election_ticks;
+        for pr in self.progress.values_mut() {
+            if let ProgressState::Snapshot { .. } = pr.state {
+                pr.snapshot_ticks += 1;
+                if pr.snapshot_ticks >= timeout {
+                    pr.become_probe();
+                }
+            }
+        }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.idle_ticks += self.cfg.heartbeat_ticks;

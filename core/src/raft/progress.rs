@@ -34,6 +34,9 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest heartbeat round the follower acknowledged (ReadIndex, lease).
     pub acked_round: u64,
+    /// Ticks spent waiting in `Snapshot` state; a snapshot message can be
+    /// lost, so after a while the leader probes (and resends) again.
+    pub snapshot_ticks: u32,
 }
 
 impl Progress {
@@ -47,6 +50,7 @@ impl Progress {
             max_inflight,
             recent_active: false,
             acked_round: 0,
+            snapshot_ticks: 0,
         }
     }
 
@@ -74,6 +78,7 @@ impl Progress {
 
     pub fn become_snapshot(&mut self, pending_index: u64) {
         self.reset_state(ProgressState::Snapshot { pending_index });
+        self.snapshot_ticks = 0;
     }
 
     /// Whether the leader must hold back appends to this follower.

@@ -1,0 +1,919 @@
+//! A ringkv node: the Raft groups of every partition this node replicates,
+//! their state machines, the failure detector, and client request routing.
+//!
+//! Inputs are `handle_*` calls with the current time; outputs are drained with
+//! the `poll_*` calls after every input (the quinn-proto / etcd `RawNode`
+//! shape). The driver owns all I/O: it appends each [`IoRequest`] to the WAL
+//! (one fsync for the whole batch — group commit across every partition) and
+//! reports it with [`Node::handle_persisted`]; it sends each [`PeerBatch`]; it
+//! forwards a request when told to.
+//!
+//! What the node adds over single groups:
+//! - **routing**: `partition_of(key)`; a write or linearizable read on a
+//!   group this node leads is served here; otherwise the reply is
+//!   [`Reply::Forward`] to the leader (or to a replica, if this node does not
+//!   host the partition); stale reads are served by any replica;
+//! - **batching**: all messages for one peer produced by one input go out as
+//!   one [`PeerBatch`];
+//! - **persist before speak** across groups: a group's gated messages wait for
+//!   the WAL batch holding that group's latest records;
+//! - **node heartbeats**: every batch counts as a heartbeat; a peer that got
+//!   nothing for a heartbeat interval gets an empty batch. They feed the phi
+//!   accrual detector, which wakes quiesced groups whose leader went down;
+//! - **request lifetimes**: every request gets exactly one reply: a result, a
+//!   forward, an error, or after `request_timeout` "outcome unknown" (writes)
+//!   or "timeout" (reads).
+//!
+//! Not here (yet): membership change and re-replication, leader hints for
+//! non-replicas (they forward to a replica, which forwards again), TTLs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector};
+use crate::io::{GroupMessage, IoId, IoRequest, PeerBatch, WalRecord};
+use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition};
+use crate::raft::{
+    EntryKind, HardState, Membership, PersistRecord, ProposeError, Raft, RaftConfig, RaftEvent,
+    RaftStorage,
+};
+use crate::ring::{Ring, RingConfig, RingError};
+use crate::types::{NodeId, PartitionId, Time};
+
+/// Static configuration of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Every member of the cluster, this node included.
+    pub members: Vec<NodeId>,
+    pub ring: RingConfig,
+    pub raft: RaftConfig,
+    pub detector: DetectorConfig,
+    /// One Raft tick per interval of the node's clock.
+    pub tick_interval: Duration,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// After this long a pending request is answered "outcome unknown"
+    /// (writes) or "timeout" (reads).
+    pub request_timeout: Duration,
+    /// Compact a group's log once this many applied entries follow its snapshot.
+    pub snapshot_threshold: u64,
+    /// Requests in flight on this node beyond this are refused with `Busy`.
+    pub max_pending_requests: usize,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
+        NodeConfig {
+            id,
+            members,
+            ring: RingConfig::default(),
+            raft: RaftConfig::default(),
+            detector: DetectorConfig::default(),
+            tick_interval: Duration::from_millis(50),
+            max_key_bytes: 4 << 10,
+            max_value_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(5),
+            snapshot_threshold: 10_000,
+            max_pending_requests: 100_000,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid ring configuration: {0}")]
+    Ring(#[from] RingError),
+    #[error("node {0} is not in the member list")]
+    NotAMember(NodeId),
+    #[error("recovered snapshot of partition {partition} is corrupt: {reason}")]
+    CorruptSnapshot {
+        partition: PartitionId,
+        reason: String,
+    },
+}
+
+/// Each group's durable state, rebuilt by replaying the WAL in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub groups: BTreeMap<PartitionId, RaftStorage>,
+}
+
+impl Recovered {
+    pub fn replay(records: impl IntoIterator<Item = WalRecord>) -> Self {
+        let mut r = Recovered::default();
+        for rec in records {
+            r.groups.entry(rec.partition).or_default().apply(rec.record);
+        }
+        r
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// ReadIndex: confirmed by a quorum round; never stale.
+    #[default]
+    Linearizable,
+    /// Leader lease: no round trip; safe while clock drift stays in bounds.
+    Lease,
+    /// Any replica's current state: may lag, never invents.
+    Stale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    Get {
+        key: Bytes,
+        consistency: Consistency,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        precondition: Precondition,
+    },
+    Delete {
+        key: Bytes,
+        precondition: Precondition,
+    },
+}
+
+impl ClientRequest {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            ClientRequest::Get { key, .. }
+            | ClientRequest::Put { key, .. }
+            | ClientRequest::Delete { key, .. } => key,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientResponse {
+    Value(Option<KeyValue>),
+    Put {
+        version: u64,
+        mod_revision: u64,
+        created: bool,
+    },
+    /// `revision`: the log index of the delete itself.
+    Deleted {
+        revision: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("key is empty")]
+    EmptyKey,
+    #[error("key is {len} bytes; the limit is {max}")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value is {len} bytes; the limit is {max}")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("key not found")]
+    NotFound,
+    #[error("precondition failed (current mod_revision: {current_mod_revision:?})")]
+    PreconditionFailed { current_mod_revision: Option<u64> },
+    #[error("partition {partition} has no leader right now; retry shortly")]
+    NoLeader { partition: PartitionId },
+    #[error("the write was not applied (leadership changed); it is safe to retry")]
+    Dropped,
+    #[error("timed out; the write may or may not have been applied (outcome unknown)")]
+    OutcomeUnknown,
+    #[error("read timed out")]
+    Timeout,
+    #[error("too many requests in flight")]
+    Busy,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The one answer every request gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Done(Result<ClientResponse, ClientError>),
+    /// Send the request to this node instead (the partition's leader, or a
+    /// replica of it when this node does not host the partition).
+    Forward(NodeId),
+}
+
+/// Something an observer may want to know (metrics, dashboard, traces).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Raft {
+        partition: PartitionId,
+        event: RaftEvent,
+    },
+    PeerDown {
+        peer: NodeId,
+    },
+    PeerUp {
+        peer: NodeId,
+    },
+    /// A peer batch was refused (not addressed to us, or from a stranger).
+    DroppedBatch {
+        from: NodeId,
+        reason: &'static str,
+    },
+}
+
+/// Counters for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub batches_received: u64,
+    pub batches_dropped: u64,
+    pub messages_for_unknown_partitions: u64,
+    pub batches_sent: u64,
+    pub io_requests: u64,
+    pub proposals: u64,
+    pub applied_entries: u64,
+}
+
+struct Group {
+    raft: Raft,
+    kv: KvStore,
+    /// The latest IO holding records of this group.
+    last_io: Option<IoId>,
+    saved_hard_state: HardState,
+    /// Reads confirmed at an index this replica has not applied yet.
+    reads_waiting_apply: Vec<(u64, u64)>, // (index, ctx)
+}
+
+struct PendingWrite {
+    id: RequestId,
+    term: u64,
+    deadline: Time,
+}
+
+struct PendingRead {
+    id: RequestId,
+    partition: PartitionId,
+    key: Bytes,
+    deadline: Time,
+}
+
+/// Limits on internal queues (explicit, never unbounded in practice).
+const MAX_GROUP_PASSES: usize = 16;
+
+pub struct Node {
+    cfg: NodeConfig,
+    id: NodeId,
+    ring: Ring,
+    peers: Vec<NodeId>,
+    groups: BTreeMap<PartitionId, Group>,
+    detector: FailureDetector,
+    started: bool,
+    now: Time,
+    next_tick: Time,
+    ticks: u64,
+    dirty: BTreeSet<PartitionId>,
+
+    writes: BTreeMap<(PartitionId, u64), PendingWrite>,
+    reads: BTreeMap<u64, PendingRead>,
+    next_read_ctx: u64,
+
+    next_io: u64,
+    persisted_io: u64,
+    pending_records: Vec<WalRecord>,
+    pending_must_sync: bool,
+    io_out: VecDeque<IoRequest>,
+    /// Per IO: the (partition, index, term) of durable log positions it holds.
+    io_positions: BTreeMap<IoId, Vec<(PartitionId, u64, u64)>>,
+    held: BTreeMap<IoId, Vec<(NodeId, GroupMessage)>>,
+    outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
+    last_sent: BTreeMap<NodeId, Time>,
+    transmits: VecDeque<(NodeId, PeerBatch)>,
+    replies: VecDeque<(RequestId, Reply)>,
+    events: VecDeque<Event>,
+    stats: NodeStats,
+}
+
+impl Node {
+    /// A node starting from what it recovered from disk. `rng_seed` drives
+    /// every group's election jitter.
+    pub fn new(cfg: NodeConfig, rng_seed: u64, recovered: Recovered) -> Result<Self, StartError> {
+        let id = cfg.id;
+        if !cfg.members.contains(&id) {
+            return Err(StartError::NotAMember(id));
+        }
+        let ring = Ring::new(cfg.ring, cfg.members.iter().copied())?;
+        let mut recovered = recovered;
+        let mut groups = BTreeMap::new();
+        for p in ring.partitions_of(id) {
+            let storage = recovered.groups.remove(&p).unwrap_or_default();
+            let kv = match &storage.snapshot {
+                Some(s) => KvStore::restore(&s.data).map_err(|e| StartError::CorruptSnapshot {
+                    partition: p,
+                    reason: e.to_string(),
+                })?,
+                None => KvStore::new(),
+            };
+            let membership = Membership::new(ring.replicas(p).iter().copied());
+            let seed = rng_seed ^ (u64::from(p.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let saved_hard_state = storage.hard_state;
+            let raft = Raft::new(id, cfg.raft.clone(), membership, storage, seed);
+            groups.insert(
+                p,
+                Group {
+                    raft,
+                    kv,
+                    last_io: None,
+                    saved_hard_state,
+                    reads_waiting_apply: Vec::new(),
+                },
+            );
+        }
+        let peers: Vec<NodeId> = ring
+            .members()
+            .iter()
+            .copied()
+            .filter(|&m| m != id)
+            .collect();
+        let dirty = groups.keys().copied().collect();
+        Ok(Node {
+            detector: FailureDetector::new(cfg.detector.clone()),
+            id,
+            ring,
+            peers,
+            groups,
+            started: false,
+            now: Time::ZERO,
+            next_tick: Time::ZERO,
+            ticks: 0,
+            dirty,
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read_ctx: 1,
+            next_io: 1,
+            persisted_io: 0,
+            pending_records: Vec::new(),
+            pending_must_sync: false,
+            io_out: VecDeque::new(),
+            io_positions: BTreeMap::new(),
+            held: BTreeMap::new(),
+            outbox: BTreeMap::new(),
+            last_sent: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            replies: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+            cfg,
+        })
+    }
+
+    // ---------------------------------------------------------------- getters
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+    pub fn detector(&self) -> &FailureDetector {
+        &self.detector
+    }
+    /// Partitions this node replicates.
+    pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
+        self.groups.keys().copied()
+    }
+    pub fn raft(&self, p: PartitionId) -> Option<&Raft> {
+        self.groups.get(&p).map(|g| &g.raft)
+    }
+    pub fn kv(&self, p: PartitionId) -> Option<&KvStore> {
+        self.groups.get(&p).map(|g| &g.kv)
+    }
+    pub fn pending_requests(&self) -> usize {
+        self.writes.len() + self.reads.len()
+    }
+
+    // ----------------------------------------------------------------- inputs
+
+    fn start(&mut self, now: Time) {
+        if !self.started {
+            self.started = true;
+            self.next_tick = now + self.cfg.tick_interval;
+            for &p in &self.peers {
+                self.detector.watch(p, now);
+            }
+        }
+        self.now = self.now.max(now);
+    }
+
+    /// A batch from a peer arrived.
+    pub fn handle_message(&mut self, now: Time, batch: PeerBatch) {
+        self.start(now);
+        let from = batch.from;
+        if batch.to != self.id {
+            self.stats.batches_dropped += 1;
+            self.events.push_back(Event::DroppedBatch {
+                from,
+                reason: "addressed to another node",
+            });
+            return;
+        }
+        if !self.peers.contains(&from) {
+            self.stats.batches_dropped += 1;
+            self.events.push_back(Event::DroppedBatch {
+                from,
+                reason: "sender is not a member",
+            });
+            return;
+        }
+        self.stats.batches_received += 1;
+        self.detector.heartbeat(from, self.now);
+        for gm in batch.messages {
+            if gm.message.from != from || gm.message.to != self.id {
+                self.stats.messages_for_unknown_partitions += 1;
+                continue;
+            }
+            match self.groups.get_mut(&gm.partition) {
+                Some(g) => {
+                    g.raft.step(gm.message);
+                    self.dirty.insert(gm.partition);
+                }
+                None => self.stats.messages_for_unknown_partitions += 1,
+            }
+        }
+        self.process();
+    }
+
+    /// A client request arrived (from a client or forwarded by a peer).
+    pub fn handle_request(&mut self, now: Time, id: RequestId, req: ClientRequest) {
+        self.start(now);
+        if let Err(e) = self.validate(&req) {
+            self.reply(id, Reply::Done(Err(e)));
+            return;
+        }
+        if self.pending_requests() >= self.cfg.max_pending_requests {
+            self.reply(id, Reply::Done(Err(ClientError::Busy)));
+            return;
+        }
+        let p = self.ring.partition_of(req.key());
+        let deadline = self.now + self.cfg.request_timeout;
+        let Some(g) = self.groups.get_mut(&p) else {
+            // Not a replica: hand it to a replica that looks alive.
+            let replicas = self.ring.replicas(p);
+            let to = replicas
+                .iter()
+                .copied()
+                .find(|&r| self.detector.is_available(r, self.now))
+                .or_else(|| replicas.first().copied());
+            match to {
+                Some(to) => self.reply(id, Reply::Forward(to)),
+                None => self.reply(id, Reply::Done(Err(ClientError::NoLeader { partition: p }))),
+            }
+            return;
+        };
+        self.dirty.insert(p);
+        match req {
+            ClientRequest::Get {
+                key,
+                consistency: Consistency::Stale,
+            } => {
+                let value = g.kv.get(&key).cloned();
+                self.reply(id, Reply::Done(Ok(ClientResponse::Value(value))));
+            }
+            ClientRequest::Get { key, consistency } => {
+                let ctx = self.next_read_ctx;
+                match g.raft.read(ctx, consistency == Consistency::Lease) {
+                    Ok(()) => {
+                        self.next_read_ctx += 1;
+                        self.reads.insert(
+                            ctx,
+                            PendingRead {
+                                id,
+                                partition: p,
+                                key,
+                                deadline,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let r = Self::refusal(&mut g.raft, p, e);
+                        self.reply(id, r);
+                    }
+                }
+            }
+            ClientRequest::Put {
+                key,
+                value,
+                precondition,
+            } => {
+                let cmd = Command::Put {
+                    key,
+                    value,
+                    precondition,
+                };
+                self.propose(id, p, cmd, deadline);
+            }
+            ClientRequest::Delete { key, precondition } => {
+                let cmd = Command::Delete { key, precondition };
+                self.propose(id, p, cmd, deadline);
+            }
+        }
+        self.process();
+    }
+
+    fn validate(&self, req: &ClientRequest) -> Result<(), ClientError> {
+        let key = req.key();
+        if key.is_empty() {
+            return Err(ClientError::EmptyKey);
+        }
+        if key.len() > self.cfg.max_key_bytes {
+            return Err(ClientError::KeyTooLarge {
+                len: key.len(),
+                max: self.cfg.max_key_bytes,
+            });
+        }
+        if let ClientRequest::Put { value, .. } = req
+            && value.len() > self.cfg.max_value_bytes
+        {
+            return Err(ClientError::ValueTooLarge {
+                len: value.len(),
+                max: self.cfg.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn refusal(raft: &mut Raft, p: PartitionId, e: ProposeError) -> Reply {
+        match e {
+            ProposeError::NotLeader { leader: Some(l) } => Reply::Forward(l),
+            ProposeError::NotLeader { leader: None } | ProposeError::TransferInProgress => {
+                // Make sure an idle group notices it needs a leader.
+                raft.wake();
+                Reply::Done(Err(ClientError::NoLeader { partition: p }))
+            }
+            ProposeError::Busy => Reply::Done(Err(ClientError::Busy)),
+        }
+    }
+
+    fn propose(&mut self, id: RequestId, p: PartitionId, cmd: Command, deadline: Time) {
+        let Some(g) = self.groups.get_mut(&p) else {
+            return;
+        };
+        match g.raft.propose(cmd.encode()) {
+            Ok(index) => {
+                self.stats.proposals += 1;
+                let term = g.raft.term();
+                self.writes
+                    .insert((p, index), PendingWrite { id, term, deadline });
+            }
+            Err(e) => {
+                let r = Self::refusal(&mut g.raft, p, e);
+                self.reply(id, r);
+            }
+        }
+    }
+
+    /// Time passed: run due ticks, heartbeats, failure detection, deadlines.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.start(now);
+        let mut ticked = false;
+        while self.now >= self.next_tick {
+            self.next_tick = self.next_tick + self.cfg.tick_interval;
+            self.ticks += 1;
+            ticked = true;
+            let first = self.ticks == 1;
+            for (&p, g) in self.groups.iter_mut() {
+                // The ring's first replica campaigns at once on a fresh start,
+                // which spreads initial leadership evenly over the nodes.
+                if first
+                    && g.raft.leader().is_none()
+                    && self.ring.replicas(p).first() == Some(&self.id)
+                {
+                    g.raft.start_election();
+                }
+                g.raft.tick();
+                self.dirty.insert(p);
+            }
+        }
+        if ticked {
+            self.heartbeat_idle_peers();
+            self.detect_failures();
+            self.expire_requests();
+        }
+        self.process();
+    }
+
+    /// The driver made every IO up to and including `io` durable.
+    pub fn handle_persisted(&mut self, now: Time, io: IoId) {
+        self.start(now);
+        if io.0 <= self.persisted_io {
+            return;
+        }
+        self.persisted_io = io.0;
+        let done: Vec<IoId> = self.io_positions.range(..=io).map(|(&k, _)| k).collect();
+        for k in done {
+            for (p, index, term) in self.io_positions.remove(&k).unwrap_or_default() {
+                if let Some(g) = self.groups.get_mut(&p) {
+                    g.raft.on_persisted(index, term);
+                    self.dirty.insert(p);
+                }
+            }
+        }
+        let released: Vec<IoId> = self.held.range(..=io).map(|(&k, _)| k).collect();
+        for k in released {
+            for (to, gm) in self.held.remove(&k).unwrap_or_default() {
+                self.outbox.entry(to).or_default().push(gm);
+            }
+        }
+        self.process();
+    }
+
+    // ---------------------------------------------------------------- outputs
+
+    #[must_use]
+    pub fn poll_io(&mut self) -> Option<IoRequest> {
+        self.io_out.pop_front()
+    }
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(NodeId, PeerBatch)> {
+        self.transmits.pop_front()
+    }
+    #[must_use]
+    pub fn poll_reply(&mut self) -> Option<(RequestId, Reply)> {
+        self.replies.pop_front()
+    }
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+    /// When `handle_timeout` should be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        Some(self.next_tick)
+    }
+
+    // --------------------------------------------------------------- helpers
+
+    fn reply(&mut self, id: RequestId, r: Reply) {
+        self.replies.push_back((id, r));
+    }
+
+    fn heartbeat_idle_peers(&mut self) {
+        let interval = self.cfg.tick_interval * self.cfg.raft.heartbeat_ticks;
+        for &p in &self.peers {
+            let due = self
+                .last_sent
+                .get(&p)
+                .is_none_or(|&t| self.now.saturating_since(t) >= interval);
+            if due {
+                self.outbox.entry(p).or_default();
+            }
+        }
+    }
+
+    fn detect_failures(&mut self) {
+        self.detector.evaluate(self.now);
+        while let Some(ev) = self.detector.poll_event() {
+            match ev {
+                DetectorEvent::Down { peer, .. } => {
+                    for (&p, g) in self.groups.iter_mut() {
+                        g.raft.on_node_down(peer);
+                        self.dirty.insert(p);
+                    }
+                    self.events.push_back(Event::PeerDown { peer });
+                }
+                DetectorEvent::Up { peer } => self.events.push_back(Event::PeerUp { peer }),
+            }
+        }
+    }
+
+    fn expire_requests(&mut self) {
+        let now = self.now;
+        let expired: Vec<(PartitionId, u64)> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in expired {
+            if let Some(w) = self.writes.remove(&k) {
+                self.reply(w.id, Reply::Done(Err(ClientError::OutcomeUnknown)));
+            }
+        }
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(&k, _)| k)
+            .collect();
+        for ctx in expired {
+            if let Some(r) = self.reads.remove(&ctx) {
+                self.reply(r.id, Reply::Done(Err(ClientError::Timeout)));
+            }
+        }
+    }
+
+    /// Drains every dirty group, builds one IO request and one batch per peer.
+    fn process(&mut self) {
+        let mut passes = 0;
+        while !self.dirty.is_empty() && passes < MAX_GROUP_PASSES {
+            passes += 1;
+            let dirty = std::mem::take(&mut self.dirty);
+            for p in dirty {
+                self.process_group(p);
+            }
+        }
+        if !self.pending_records.is_empty() {
+            let id = IoId(self.next_io);
+            self.next_io += 1;
+            self.stats.io_requests += 1;
+            let records = std::mem::take(&mut self.pending_records);
+            let must_sync = std::mem::take(&mut self.pending_must_sync);
+            self.io_out.push_back(IoRequest {
+                id,
+                records,
+                must_sync,
+            });
+        }
+        self.flush();
+    }
+
+    fn process_group(&mut self, p: PartitionId) {
+        let io = IoId(self.next_io);
+        let Some(g) = self.groups.get_mut(&p) else {
+            return;
+        };
+        if !g.raft.has_ready() {
+            return;
+        }
+        let ready = g.raft.take_ready();
+        for event in ready.events {
+            self.events.push_back(Event::Raft {
+                partition: p,
+                event,
+            });
+        }
+        // Persist.
+        if !ready.persist.is_empty() {
+            let mut positions = Vec::new();
+            for rec in ready.persist {
+                match &rec {
+                    PersistRecord::HardState(hs) => {
+                        if hs.term != g.saved_hard_state.term || hs.vote != g.saved_hard_state.vote
+                        {
+                            self.pending_must_sync = true;
+                        }
+                        g.saved_hard_state = *hs;
+                    }
+                    PersistRecord::Entries(es) => {
+                        self.pending_must_sync = true;
+                        if let Some(last) = es.last() {
+                            positions.push((p, last.index, last.term));
+                        }
+                    }
+                    PersistRecord::Snapshot(s) => {
+                        self.pending_must_sync = true;
+                        positions.push((p, s.meta.index, s.meta.term));
+                    }
+                }
+                self.pending_records.push(WalRecord {
+                    partition: p,
+                    record: rec,
+                });
+            }
+            if !positions.is_empty() {
+                self.io_positions.entry(io).or_default().extend(positions);
+            }
+            g.last_io = Some(io);
+        }
+        // Messages: the leader's traffic now; acknowledgements after persist.
+        for m in ready.messages {
+            let to = m.to;
+            self.outbox.entry(to).or_default().push(GroupMessage {
+                partition: p,
+                message: m,
+            });
+        }
+        let gate = g.last_io.filter(|io| io.0 > self.persisted_io);
+        for m in ready.messages_after_persist {
+            let to = m.to;
+            let gm = GroupMessage {
+                partition: p,
+                message: m,
+            };
+            match gate {
+                Some(io) => self.held.entry(io).or_default().push((to, gm)),
+                None => self.outbox.entry(to).or_default().push(gm),
+            }
+        }
+        // State machine.
+        if let Some(snap) = ready.snapshot_to_apply {
+            match KvStore::restore(&snap.data) {
+                Ok(kv) => g.kv = kv,
+                Err(e) => {
+                    // Cannot happen for a snapshot a correct leader made; keep
+                    // the old state and say so loudly rather than panic.
+                    tracing::error!(partition = %p, error = %e, "snapshot from leader does not decode");
+                }
+            }
+        }
+        for entry in ready.committed {
+            self.stats.applied_entries += 1;
+            let outcome = match entry.kind {
+                EntryKind::Noop => g.kv.apply(entry.index, &[]),
+                EntryKind::Normal => g.kv.apply(entry.index, &entry.data),
+            };
+            if let Some(w) = self.writes.remove(&(p, entry.index)) {
+                let result = if w.term != entry.term {
+                    // Another entry won this index: ours can never commit.
+                    Err(ClientError::Dropped)
+                } else {
+                    write_result(outcome, entry.index)
+                };
+                self.replies.push_back((w.id, Reply::Done(result)));
+            }
+        }
+        // Reads.
+        for r in ready.reads {
+            g.reads_waiting_apply.push((r.index, r.ctx));
+        }
+        let applied = g.kv.applied_index().max(g.raft.log().applied());
+        let (ready_now, waiting): (Vec<_>, Vec<_>) = g
+            .reads_waiting_apply
+            .drain(..)
+            .partition(|&(i, _)| i <= applied);
+        g.reads_waiting_apply = waiting;
+        for (_, ctx) in ready_now {
+            if let Some(r) = self.reads.remove(&ctx) {
+                let value = g.kv.get(&r.key).cloned();
+                self.replies
+                    .push_back((r.id, Reply::Done(Ok(ClientResponse::Value(value)))));
+            }
+        }
+        for ctx in ready.failed_reads {
+            if let Some(r) = self.reads.remove(&ctx) {
+                let reply = match g.raft.leader() {
+                    Some(l) if l != self.id => Reply::Forward(l),
+                    _ => Reply::Done(Err(ClientError::NoLeader {
+                        partition: r.partition,
+                    })),
+                };
+                self.replies.push_back((r.id, reply));
+            }
+        }
+        // Compaction: fold applied entries into a snapshot now and then.
+        let log = g.raft.log();
+        if log.applied().saturating_sub(log.snapshot_meta().index) >= self.cfg.snapshot_threshold {
+            let applied = log.applied();
+            if g.kv.applied_index() == applied && g.raft.compact(applied, g.kv.snapshot()) {
+                self.dirty.insert(p);
+            }
+        }
+        if g.raft.has_ready() {
+            self.dirty.insert(p);
+        }
+    }
+
+    /// One batch per peer with everything queued for it.
+    fn flush(&mut self) {
+        for (to, messages) in std::mem::take(&mut self.outbox) {
+            self.last_sent.insert(to, self.now);
+            self.stats.batches_sent += 1;
+            self.transmits.push_back((
+                to,
+                PeerBatch {
+                    from: self.id,
+                    to,
+                    messages,
+                },
+            ));
+        }
+    }
+}
+
+fn write_result(outcome: ApplyOutcome, index: u64) -> Result<ClientResponse, ClientError> {
+    match outcome {
+        ApplyOutcome::Put {
+            version,
+            mod_revision,
+            created,
+        } => Ok(ClientResponse::Put {
+            version,
+            mod_revision,
+            created,
+        }),
+        ApplyOutcome::Deleted { .. } => Ok(ClientResponse::Deleted { revision: index }),
+        ApplyOutcome::NotFound => Err(ClientError::NotFound),
+        ApplyOutcome::PreconditionFailed {
+            current_mod_revision,
+        } => Err(ClientError::PreconditionFailed {
+            current_mod_revision,
+        }),
+        ApplyOutcome::Invalid(reason) => Err(ClientError::Internal(reason)),
+        ApplyOutcome::Noop => Err(ClientError::Internal("write applied as a no-op".into())),
+    }
+}

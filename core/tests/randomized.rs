@@ -1,0 +1,720 @@
+//! Randomized whole-node simulation, in plain Rust (no madsim): 3 or 5 `Node`s
+//! exchanging `PeerBatch`es through a seeded scheduler that delays, drops,
+//! duplicates and reorders them, partitions the network, delays disk writes
+//! and crashes nodes, which restart from only what they had made durable.
+//!
+//! After every step it checks the Raft safety properties across every node
+//! and partition:
+//! - election safety: at most one leader per partition and term;
+//! - log matching and state machine safety: every entry any node has
+//!   committed agrees with the one global committed log of its partition;
+//! - leader completeness: a leader holds every entry committed before its term;
+//! - term, commit and applied never decrease while a node runs, and the
+//!   durable term never decreases, across restarts too;
+//! - acknowledged writes are in the committed log at the revision reported.
+//!
+//! At the end the network heals and every partition must elect a leader and
+//! its replicas converge to identical state. A run is a pure function of its
+//! seed: `same_seed_same_trace` checks that byte for byte.
+//!
+//! `RINGKV_SIM_SEEDS=10000 cargo test --release -p ringkv-core --test randomized -- --nocapture`
+//! runs a soak; `RINGKV_SIM_SEED=N` replays one seed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringkv_core::io::{IoRequest, PeerBatch, WalRecord};
+use ringkv_core::kv::{Command, Precondition};
+use ringkv_core::node::{
+    ClientError, ClientRequest, ClientResponse, Consistency, Node, NodeConfig, Recovered, Reply,
+    RequestId,
+};
+use ringkv_core::raft::{EntryKind, PersistRecord, Role};
+use ringkv_core::ring::RingConfig;
+use ringkv_core::{NodeId, PartitionId, Time};
+
+const PARTITIONS: u32 = 4;
+const KEYS: &[&str] = &["a", "b", "c", "d", "e", "f"];
+
+struct SimNode {
+    node: Option<Node>,
+    /// Records made durable, in WAL order.
+    disk: Vec<WalRecord>,
+    /// IO requests written but not yet durable (lost on crash).
+    pending_io: VecDeque<IoRequest>,
+    restarts: u64,
+    /// Highest term seen per partition in the current incarnation.
+    max_term: BTreeMap<PartitionId, u64>,
+    /// Highest term made durable per partition (survives restarts).
+    durable_term: BTreeMap<PartitionId, u64>,
+    /// (commit, applied) per partition in the current incarnation.
+    cursors: BTreeMap<PartitionId, (u64, u64)>,
+}
+
+struct InFlight {
+    at: Time,
+    seq: u64,
+    to: NodeId,
+    batch: PeerBatch,
+}
+
+struct Sim {
+    seed: u64,
+    rng: ChaCha8Rng,
+    cfgs: Vec<NodeConfig>,
+    nodes: Vec<SimNode>,
+    now: Time,
+    net: Vec<InFlight>,
+    seq: u64,
+    cut: BTreeSet<(u64, u64)>,
+    drop_rate: f64,
+    dup_rate: f64,
+    /// Global committed log per partition: index -> (term, kind, data).
+    committed: BTreeMap<PartitionId, BTreeMap<u64, (u64, EntryKind, Bytes)>>,
+    leaders: BTreeMap<(PartitionId, u64), NodeId>,
+    /// Acknowledged writes: (partition, revision) -> (key, value or None for delete).
+    acked: Vec<(PartitionId, u64, Bytes, Option<Bytes>)>,
+    /// In-flight client requests: id -> (node, request).
+    requests: BTreeMap<u64, ClientRequest>,
+    next_req: u64,
+    next_value: u64,
+    steps: u64,
+    trace: String,
+    outcomes: BTreeMap<&'static str, u64>,
+}
+
+fn config(id: u64, n: u64) -> NodeConfig {
+    let mut cfg = NodeConfig::new(NodeId(id), (1..=n).map(NodeId).collect());
+    cfg.ring = RingConfig {
+        partition_count: PARTITIONS,
+        replication_factor: 3,
+        tokens_per_node: 16,
+    };
+    cfg.tick_interval = Duration::from_millis(10);
+    cfg.request_timeout = Duration::from_millis(2_000);
+    cfg.snapshot_threshold = 16;
+    cfg.raft.max_inflight_msgs = 4;
+    cfg.raft.max_entries_per_msg = 4;
+    cfg
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = if rng.random_bool(0.5) { 3 } else { 5 };
+        let cfgs: Vec<NodeConfig> = (1..=n).map(|id| config(id, n)).collect();
+        let nodes = cfgs
+            .iter()
+            .enumerate()
+            .map(|(i, cfg)| SimNode {
+                node: Some(
+                    Node::new(
+                        cfg.clone(),
+                        seed.wrapping_add(i as u64),
+                        Recovered::default(),
+                    )
+                    .expect("start"),
+                ),
+                disk: Vec::new(),
+                pending_io: VecDeque::new(),
+                restarts: 0,
+                max_term: BTreeMap::new(),
+                durable_term: BTreeMap::new(),
+                cursors: BTreeMap::new(),
+            })
+            .collect();
+        // Swarm testing: each seed picks its own fault mix.
+        let drop_rate = [0.0, 0.01, 0.05, 0.2][rng.random_range(0..4)];
+        let dup_rate = [0.0, 0.01, 0.05][rng.random_range(0..3)];
+        Sim {
+            seed,
+            rng,
+            cfgs,
+            nodes,
+            now: Time::ZERO,
+            net: Vec::new(),
+            seq: 0,
+            cut: BTreeSet::new(),
+            drop_rate,
+            dup_rate,
+            committed: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            acked: Vec::new(),
+            requests: BTreeMap::new(),
+            next_req: 1,
+            next_value: 1,
+            steps: 0,
+            trace: String::new(),
+            outcomes: BTreeMap::new(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn fail(&self, what: String) -> ! {
+        panic!(
+            "seed {} step {}: {what}\nreplay: RINGKV_SIM_SEED={} cargo test -p ringkv-core --test randomized replay -- --nocapture",
+            self.seed, self.steps, self.seed
+        );
+    }
+
+    /// Drains every output of node `i`.
+    fn drain(&mut self, i: usize) {
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return;
+        };
+        let from = node.id();
+        let mut batches = Vec::new();
+        while let Some((to, b)) = node.poll_transmit() {
+            batches.push((to, b));
+        }
+        let mut ios = Vec::new();
+        while let Some(io) = node.poll_io() {
+            ios.push(io);
+        }
+        let mut replies = Vec::new();
+        while let Some(r) = node.poll_reply() {
+            replies.push(r);
+        }
+        while node.poll_event().is_some() {}
+        for (to, b) in batches {
+            let _ = writeln!(
+                self.trace,
+                "{} {from}->{to} {} msgs",
+                self.now,
+                b.messages.len()
+            );
+            if self.cut.contains(&(from.0, to.0)) || self.rng.random_bool(self.drop_rate) {
+                continue;
+            }
+            let copies = if self.rng.random_bool(self.dup_rate) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let delay = self.rng.random_range(1..=15);
+                self.seq += 1;
+                self.net.push(InFlight {
+                    at: self.now + Duration::from_millis(delay),
+                    seq: self.seq,
+                    to,
+                    batch: b.clone(),
+                });
+            }
+        }
+        for io in ios {
+            let _ = writeln!(
+                self.trace,
+                "{} {from} io {} records",
+                self.now,
+                io.records.len()
+            );
+            self.nodes[i].pending_io.push_back(io);
+        }
+        for (id, reply) in replies {
+            self.on_reply(i, id, reply);
+        }
+    }
+
+    fn on_reply(&mut self, i: usize, id: RequestId, reply: Reply) {
+        let _ = writeln!(
+            self.trace,
+            "{} n{} reply {} {reply:?}",
+            self.now,
+            i + 1,
+            id.0
+        );
+        let Some(req) = self.requests.remove(&id.0) else {
+            self.fail(format!("reply to unknown request {}", id.0))
+        };
+        let kind = match &reply {
+            Reply::Forward(to) => {
+                // Forward it like the driver would (one hop).
+                let j = (to.0 - 1) as usize;
+                if j != i
+                    && self.nodes[j].node.is_some()
+                    && !self.cut.contains(&((i + 1) as u64, to.0))
+                {
+                    self.submit(j, req);
+                }
+                "forward"
+            }
+            Reply::Done(Ok(ClientResponse::Put { mod_revision, .. })) => {
+                let ClientRequest::Put { key, value, .. } = &req else {
+                    self.fail("put reply to non-put".into())
+                };
+                let p = self.cfgs[0].ring.partition_count;
+                let p = ringkv_core::ring::partition_of(key, p);
+                self.acked
+                    .push((p, *mod_revision, key.clone(), Some(value.clone())));
+                "put-ok"
+            }
+            Reply::Done(Ok(ClientResponse::Deleted { revision })) => {
+                let ClientRequest::Delete { key, .. } = &req else {
+                    self.fail("delete reply to non-delete".into())
+                };
+                let p = ringkv_core::ring::partition_of(key, PARTITIONS);
+                self.acked.push((p, *revision, key.clone(), None));
+                "delete-ok"
+            }
+            Reply::Done(Ok(ClientResponse::Value(_))) => "get-ok",
+            Reply::Done(Err(ClientError::OutcomeUnknown)) => "unknown",
+            Reply::Done(Err(ClientError::NoLeader { .. })) => "no-leader",
+            Reply::Done(Err(ClientError::PreconditionFailed { .. })) => "precondition",
+            Reply::Done(Err(ClientError::NotFound)) => "not-found",
+            Reply::Done(Err(ClientError::Dropped)) => "dropped",
+            Reply::Done(Err(ClientError::Timeout)) => "timeout",
+            Reply::Done(Err(e)) => self.fail(format!("unexpected error {e}")),
+        };
+        *self.outcomes.entry(kind).or_default() += 1;
+    }
+
+    fn submit(&mut self, i: usize, req: ClientRequest) {
+        let id = self.next_req;
+        self.next_req += 1;
+        self.requests.insert(id, req.clone());
+        let now = self.now;
+        if let Some(node) = self.nodes[i].node.as_mut() {
+            node.handle_request(now, RequestId(id), req);
+        }
+        self.drain(i);
+    }
+
+    fn client_op(&mut self) {
+        let i = self.rng.random_range(0..self.n());
+        if self.nodes[i].node.is_none() {
+            return;
+        }
+        let key = Bytes::from_static(KEYS[self.rng.random_range(0..KEYS.len())].as_bytes());
+        let value = Bytes::from(format!("v{}", self.next_value));
+        self.next_value += 1;
+        let req = match self.rng.random_range(0..10) {
+            0..=3 => ClientRequest::Put {
+                key,
+                value,
+                precondition: Precondition::None,
+            },
+            4 => ClientRequest::Put {
+                key,
+                value,
+                precondition: Precondition::MustNotExist,
+            },
+            5 => ClientRequest::Delete {
+                key,
+                precondition: Precondition::None,
+            },
+            6 => ClientRequest::Get {
+                key,
+                consistency: Consistency::Lease,
+            },
+            7 => ClientRequest::Get {
+                key,
+                consistency: Consistency::Stale,
+            },
+            _ => ClientRequest::Get {
+                key,
+                consistency: Consistency::Linearizable,
+            },
+        };
+        self.submit(i, req);
+    }
+
+    fn deliver_due(&mut self) {
+        self.net.sort_by_key(|m| (m.at, m.seq));
+        while self.net.first().is_some_and(|m| m.at <= self.now) {
+            let m = self.net.remove(0);
+            let j = (m.to.0 - 1) as usize;
+            if self.cut.contains(&(m.batch.from.0, m.to.0)) {
+                continue;
+            }
+            let now = self.now;
+            if let Some(node) = self.nodes[j].node.as_mut() {
+                node.handle_message(now, m.batch);
+                self.drain(j);
+            }
+        }
+    }
+
+    fn complete_io(&mut self, i: usize) {
+        let Some(io) = self.nodes[i].pending_io.pop_front() else {
+            return;
+        };
+        // The durable term of a group never decreases, across restarts too.
+        for rec in &io.records {
+            if let PersistRecord::HardState(hs) = &rec.record {
+                let t = self.nodes[i].durable_term.entry(rec.partition).or_default();
+                if hs.term < *t {
+                    let msg = format!(
+                        "n{} {}: durable term went back {t} -> {}",
+                        i + 1,
+                        rec.partition,
+                        hs.term
+                    );
+                    self.fail(msg);
+                }
+                *t = hs.term;
+            }
+        }
+        self.nodes[i].disk.extend(io.records);
+        let now = self.now;
+        if let Some(node) = self.nodes[i].node.as_mut() {
+            node.handle_persisted(now, io.id);
+        }
+        self.drain(i);
+    }
+
+    /// Makes the oldest pending IO durable without telling the (dead) node.
+    fn complete_io_durable_only(&mut self, i: usize) {
+        if let Some(io) = self.nodes[i].pending_io.pop_front() {
+            self.nodes[i].disk.extend(io.records);
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        let _ = writeln!(self.trace, "{} crash n{}", self.now, i + 1);
+        self.nodes[i].node = None;
+        // Writes not yet durable are lost; a prefix of them may have made it.
+        let pending = std::mem::take(&mut self.nodes[i].pending_io);
+        let kept = self.rng.random_range(0..=pending.len());
+        for io in pending.into_iter().take(kept) {
+            self.nodes[i].pending_io.push_back(io);
+            self.complete_io_durable_only(i);
+        }
+        self.nodes[i].cursors.clear();
+        self.nodes[i].max_term.clear();
+    }
+
+    fn restart(&mut self, i: usize) {
+        let _ = writeln!(self.trace, "{} restart n{}", self.now, i + 1);
+        let rec = Recovered::replay(self.nodes[i].disk.iter().cloned());
+        self.nodes[i].restarts += 1;
+        let seed = self
+            .seed
+            .wrapping_add(1000 * self.nodes[i].restarts + i as u64);
+        let node = Node::new(self.cfgs[i].clone(), seed, rec)
+            .unwrap_or_else(|e| self.fail(format!("restart: {e}")));
+        self.nodes[i].node = Some(node);
+    }
+
+    fn step(&mut self) {
+        self.steps += 1;
+        match self.rng.random_range(0..100) {
+            0..=39 => {
+                let dt = self.rng.random_range(1..=10);
+                self.now = self.now + Duration::from_millis(dt);
+                for i in 0..self.n() {
+                    let now = self.now;
+                    if let Some(node) = self.nodes[i].node.as_mut()
+                        && node.poll_timeout().is_some_and(|t| t <= now)
+                    {
+                        node.handle_timeout(now);
+                        self.drain(i);
+                    }
+                }
+                self.deliver_due();
+            }
+            40..=64 => {
+                let i = self.rng.random_range(0..self.n());
+                self.complete_io(i);
+            }
+            65..=84 => self.client_op(),
+            85..=88 => {
+                // Partition: cut a random set of directed links.
+                let n = self.n() as u64;
+                let a = self.rng.random_range(1..=n);
+                let b = self.rng.random_range(1..=n);
+                if a != b {
+                    self.cut.insert((a, b));
+                    if self.rng.random_bool(0.7) {
+                        self.cut.insert((b, a));
+                    }
+                }
+            }
+            89..=92 => self.cut.clear(),
+            93..=94 => {
+                let i = self.rng.random_range(0..self.n());
+                if self.nodes[i].node.is_some() {
+                    self.crash(i);
+                }
+            }
+            _ => {
+                let down: Vec<usize> = (0..self.n())
+                    .filter(|&i| self.nodes[i].node.is_none())
+                    .collect();
+                if !down.is_empty() {
+                    let i = down[self.rng.random_range(0..down.len())];
+                    self.restart(i);
+                    self.drain(i);
+                }
+            }
+        }
+        self.check();
+    }
+
+    fn check(&mut self) {
+        let mut errors = Vec::new();
+        let Sim {
+            nodes,
+            committed,
+            leaders,
+            acked,
+            ..
+        } = self;
+        for sn in nodes.iter_mut() {
+            let Some(node) = sn.node.as_ref() else {
+                continue;
+            };
+            let id = node.id();
+            for p in node.partitions() {
+                let raft = node.raft(p).expect("hosted");
+                let log = raft.log();
+                let (term, commit, applied) = (raft.term(), log.committed(), log.applied());
+                // Term never decreases while the node runs. (A crash may lose a
+                // term that was never made durable and never spoken of.)
+                let max_term = sn.max_term.entry(p).or_default();
+                if term < *max_term {
+                    errors.push(format!("{id} {p}: term went back {max_term} -> {term}"));
+                }
+                *max_term = term;
+                let cur = sn.cursors.entry(p).or_insert((commit, applied));
+                if commit < cur.0 || applied < cur.1 {
+                    errors.push(format!(
+                        "{id} {p}: commit/applied went back {:?} -> {:?}",
+                        *cur,
+                        (commit, applied)
+                    ));
+                }
+                *cur = (commit, applied);
+                // Election safety.
+                if raft.role() == Role::Leader {
+                    let prev = *leaders.entry((p, term)).or_insert(id);
+                    if prev != id {
+                        errors.push(format!("{p}: two leaders in term {term}: {prev} and {id}"));
+                    }
+                }
+                // Committed entries agree with the global committed log.
+                let global = committed.entry(p).or_default();
+                for e in log.entries().iter().take_while(|e| e.index <= commit) {
+                    match global.get(&e.index) {
+                        Some((t, k, d)) => {
+                            if *t != e.term || *k != e.kind || *d != e.data {
+                                errors.push(format!(
+                                    "{id} {p}: committed entry {} differs: term {} vs {t}",
+                                    e.index, e.term
+                                ));
+                            }
+                        }
+                        None => {
+                            global.insert(e.index, (e.term, e.kind, e.data.clone()));
+                        }
+                    }
+                }
+                // Log matching: an entry with the index and term of a committed
+                // one is that entry.
+                for e in log.entries() {
+                    if let Some((t, _, d)) = global.get(&e.index)
+                        && *t == e.term
+                        && *d != e.data
+                    {
+                        errors.push(format!(
+                            "{id} {p}: entry {}/{} differs from the committed one",
+                            e.term, e.index
+                        ));
+                    }
+                }
+                // Leader completeness.
+                if raft.role() == Role::Leader {
+                    for (&idx, &(t, _, _)) in global.range(log.first_index()..) {
+                        if t < term && log.term(idx) != Some(t) {
+                            errors.push(format!(
+                                "{id} {p}: leader of term {term} lacks committed entry {t}/{idx}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        // Acknowledged writes are committed at the revision reported.
+        for (p, rev, key, value) in acked.iter() {
+            let Some((_, _, data)) = committed.get(p).and_then(|g| g.get(rev)) else {
+                continue;
+            };
+            let ok = match (Command::decode(data), value) {
+                (
+                    Ok(Command::Put {
+                        key: k, value: v, ..
+                    }),
+                    Some(value),
+                ) => k == key && v == value,
+                (Ok(Command::Delete { key: k, .. }), None) => k == key,
+                _ => false,
+            };
+            if !ok {
+                errors.push(format!(
+                    "{p}: acknowledged write at {rev} is not what was committed there"
+                ));
+            }
+        }
+        if let Some(e) = errors.into_iter().next() {
+            self.fail(e);
+        }
+    }
+
+    /// Heals everything and checks that the cluster converges.
+    fn finish(&mut self) {
+        self.cut.clear();
+        self.drop_rate = 0.0;
+        self.dup_rate = 0.0;
+        for i in 0..self.n() {
+            if self.nodes[i].node.is_none() {
+                self.restart(i);
+            }
+        }
+        // Run quietly: time passes, every IO completes promptly.
+        for _ in 0..3000 {
+            self.now = self.now + Duration::from_millis(5);
+            for i in 0..self.n() {
+                while !self.nodes[i].pending_io.is_empty() {
+                    self.complete_io(i);
+                }
+                let now = self.now;
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    node.handle_timeout(now);
+                }
+                self.drain(i);
+            }
+            self.deliver_due();
+            self.steps += 1;
+            self.check();
+        }
+        // Write once more to every partition so that every replica has applied
+        // everything committed before.
+        for &k in KEYS {
+            self.submit(
+                0,
+                ClientRequest::Put {
+                    key: Bytes::from_static(k.as_bytes()),
+                    value: Bytes::from_static(b"final"),
+                    precondition: Precondition::None,
+                },
+            );
+        }
+        for _ in 0..1000 {
+            self.now = self.now + Duration::from_millis(5);
+            for i in 0..self.n() {
+                while !self.nodes[i].pending_io.is_empty() {
+                    self.complete_io(i);
+                }
+                let now = self.now;
+                if let Some(node) = self.nodes[i].node.as_mut() {
+                    node.handle_timeout(now);
+                }
+                self.drain(i);
+            }
+            self.deliver_due();
+            self.check();
+        }
+        for p in (0..PARTITIONS).map(PartitionId) {
+            let mut leader = None;
+            let mut states = BTreeMap::new();
+            for sn in &self.nodes {
+                let node = sn.node.as_ref().expect("all up");
+                let Some(raft) = node.raft(p) else { continue };
+                if raft.role() == Role::Leader {
+                    leader = Some(node.id());
+                }
+                let kv = node.kv(p).expect("hosted");
+                states.insert(node.id(), (kv.applied_index(), kv.digest()));
+            }
+            if leader.is_none() {
+                self.fail(format!("{p}: no leader after healing"));
+            }
+            let distinct: BTreeSet<_> = states.values().collect();
+            if distinct.len() != 1 {
+                self.fail(format!("{p}: replicas did not converge: {states:?}"));
+            }
+        }
+    }
+}
+
+fn run(seed: u64, steps: u64) -> Sim {
+    let mut sim = Sim::new(seed);
+    for _ in 0..steps {
+        sim.step();
+    }
+    sim.finish();
+    sim
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(s) = std::env::var("RINGKV_SIM_SEED") {
+        return vec![s.parse().expect("RINGKV_SIM_SEED must be a number")];
+    }
+    let n = std::env::var("RINGKV_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    (0..n).collect()
+}
+
+#[test]
+fn randomized_cluster_keeps_raft_invariants() {
+    let start = std::time::Instant::now();
+    let mut steps = 0;
+    let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
+    let seeds = seeds();
+    for &seed in &seeds {
+        let sim = run(seed, 3000);
+        steps += sim.steps;
+        for (k, v) in sim.outcomes {
+            *outcomes.entry(k).or_default() += v;
+        }
+    }
+    println!(
+        "randomized simulation: {} seeds, {steps} steps, {:.1}s; client outcomes: {outcomes:?}",
+        seeds.len(),
+        start.elapsed().as_secs_f64()
+    );
+    // The workload must actually have done something.
+    assert!(
+        outcomes.get("put-ok").copied().unwrap_or(0) > 0,
+        "no write ever succeeded"
+    );
+    assert!(
+        outcomes.get("get-ok").copied().unwrap_or(0) > 0,
+        "no read ever succeeded"
+    );
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let a = run(7, 1500);
+    let b = run(7, 1500);
+    assert!(!a.trace.is_empty());
+    assert_eq!(
+        a.trace, b.trace,
+        "same seed must give the same trace, byte for byte"
+    );
+    let c = run(8, 1500);
+    assert_ne!(a.trace, c.trace, "different seeds should differ");
+}
+
+/// `RINGKV_SIM_SEED=N cargo test -p ringkv-core --test randomized replay -- --nocapture`
+#[test]
+fn replay() {
+    if let Ok(s) = std::env::var("RINGKV_SIM_SEED") {
+        let seed: u64 = s.parse().expect("number");
+        let sim = run(seed, 3000);
+        println!(
+            "seed {seed}: {} steps, outcomes {:?}",
+            sim.steps, sim.outcomes
+        );
+    }
+}
