@@ -13,8 +13,9 @@
 //!   group this node leads is served here; otherwise the reply is
 //!   [`Reply::Forward`] to the leader (or to a replica, if this node does not
 //!   host the partition); stale reads are served by any replica;
-//! - **batching**: all messages for one peer produced by one input go out as
-//!   one [`PeerBatch`];
+//! - **batching**: everything produced between two rounds of `poll_transmit`
+//!   for one peer goes out as one [`PeerBatch`], and everything to persist
+//!   between two `poll_io` calls as one [`IoRequest`] (group commit);
 //! - **persist before speak** across groups: a group's gated messages wait for
 //!   the WAL batch holding that group's latest records;
 //! - **node heartbeats**: every batch counts as a heartbeat; a peer that got
@@ -634,12 +635,32 @@ impl Node {
 
     // ---------------------------------------------------------------- outputs
 
+    /// The next WAL batch to append. Everything produced since the previous
+    /// call goes into one batch: that is the group commit.
     #[must_use]
     pub fn poll_io(&mut self) -> Option<IoRequest> {
+        if self.io_out.is_empty() && !self.pending_records.is_empty() {
+            let id = IoId(self.next_io);
+            self.next_io += 1;
+            self.stats.io_requests += 1;
+            let records = std::mem::take(&mut self.pending_records);
+            let must_sync = std::mem::take(&mut self.pending_must_sync);
+            self.io_out.push_back(IoRequest {
+                id,
+                records,
+                must_sync,
+            });
+        }
         self.io_out.pop_front()
     }
+
+    /// The next batch to send. Everything queued for a peer since the previous
+    /// round of calls goes into one batch.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<(NodeId, PeerBatch)> {
+        if self.transmits.is_empty() {
+            self.flush();
+        }
         self.transmits.pop_front()
     }
     #[must_use]
@@ -717,7 +738,7 @@ impl Node {
         }
     }
 
-    /// Drains every dirty group, builds one IO request and one batch per peer.
+    /// Drains every dirty group into the open IO batch and the outbox.
     fn process(&mut self) {
         let mut passes = 0;
         while !self.dirty.is_empty() && passes < MAX_GROUP_PASSES {
@@ -727,19 +748,6 @@ impl Node {
                 self.process_group(p);
             }
         }
-        if !self.pending_records.is_empty() {
-            let id = IoId(self.next_io);
-            self.next_io += 1;
-            self.stats.io_requests += 1;
-            let records = std::mem::take(&mut self.pending_records);
-            let must_sync = std::mem::take(&mut self.pending_must_sync);
-            self.io_out.push_back(IoRequest {
-                id,
-                records,
-                must_sync,
-            });
-        }
-        self.flush();
     }
 
     fn process_group(&mut self, p: PartitionId) {

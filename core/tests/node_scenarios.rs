@@ -1,0 +1,321 @@
+//! Node-level scenarios: many partitions on a few nodes. A deterministic
+//! harness (1 ms links, disks that complete every write at once) drives real
+//! `Node`s; each scenario's narrated transcript is an `insta` snapshot, and
+//! the properties it demonstrates are asserted as well.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::io::{PeerBatch, WalRecord};
+use ringkv_core::kv::Precondition;
+use ringkv_core::node::{ClientRequest, Event, Node, NodeConfig, Recovered, Reply, RequestId};
+use ringkv_core::raft::{RaftEvent, Role};
+use ringkv_core::ring::RingConfig;
+use ringkv_core::{NodeId, PartitionId, Time};
+
+struct Cluster {
+    nodes: Vec<Node>,
+    disks: Vec<Vec<WalRecord>>,
+    down: BTreeSet<usize>,
+    now: Time,
+    net: Vec<(Time, usize, PeerBatch)>,
+    out: String,
+    /// Per (from, to): batches and messages sent since the last `reset_counts`.
+    batches: BTreeMap<(u64, u64), (u64, u64)>,
+    /// Largest number of batches one flush of one node sent to one peer.
+    max_batches_per_peer_per_flush: usize,
+    quiet_events: bool,
+}
+
+impl Cluster {
+    fn new(n: u64, partitions: u32) -> Self {
+        let nodes = (1..=n)
+            .map(|id| {
+                let mut cfg = NodeConfig::new(NodeId(id), (1..=n).map(NodeId).collect());
+                cfg.ring = RingConfig {
+                    partition_count: partitions,
+                    replication_factor: 3,
+                    tokens_per_node: 64,
+                };
+                Node::new(cfg, id, Recovered::default()).expect("start")
+            })
+            .collect();
+        Cluster {
+            nodes,
+            disks: vec![Vec::new(); n as usize],
+            down: BTreeSet::new(),
+            now: Time::ZERO,
+            net: Vec::new(),
+            out: String::new(),
+            batches: BTreeMap::new(),
+            max_batches_per_peer_per_flush: 0,
+            quiet_events: false,
+        }
+    }
+
+    fn say(&mut self, s: &str) {
+        self.out.push_str(s);
+        self.out.push('\n');
+    }
+
+    /// Drains node `i`: persists its IO at once, queues its batches.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let mut progressed = false;
+            let mut sent_to = BTreeMap::new();
+            while let Some((to, b)) = self.nodes[i].poll_transmit() {
+                *sent_to.entry(to).or_insert(0usize) += 1;
+                let e = self.batches.entry((b.from.0, to.0)).or_default();
+                e.0 += 1;
+                e.1 += b.messages.len() as u64;
+                self.net
+                    .push((self.now + Duration::from_millis(1), (to.0 - 1) as usize, b));
+                progressed = true;
+            }
+            let worst = sent_to.values().copied().max().unwrap_or(0);
+            self.max_batches_per_peer_per_flush = self.max_batches_per_peer_per_flush.max(worst);
+            while let Some(io) = self.nodes[i].poll_io() {
+                self.disks[i].extend(io.records);
+                let now = self.now;
+                self.nodes[i].handle_persisted(now, io.id);
+                progressed = true;
+            }
+            while let Some(ev) = self.nodes[i].poll_event() {
+                let line = match ev {
+                    Event::Raft {
+                        partition,
+                        event:
+                            RaftEvent::RoleChanged {
+                                role: Role::Leader,
+                                term,
+                                ..
+                            },
+                    } => Some(format!(
+                        "{} n{}: leads {partition} (term {term})",
+                        self.now,
+                        i + 1
+                    )),
+                    Event::Raft {
+                        partition,
+                        event: RaftEvent::Woke,
+                    } => Some(format!("{} n{}: {partition} woke", self.now, i + 1)),
+                    Event::PeerDown { peer } => Some(format!(
+                        "{} n{}: detector says {peer} is down",
+                        self.now,
+                        i + 1
+                    )),
+                    Event::PeerUp { peer } => Some(format!(
+                        "{} n{}: detector says {peer} is up",
+                        self.now,
+                        i + 1
+                    )),
+                    _ => None,
+                };
+                if let Some(l) = line
+                    && !self.quiet_events
+                {
+                    self.say(&l);
+                }
+            }
+            while let Some((id, reply)) = self.nodes[i].poll_reply() {
+                let l = format!(
+                    "{} n{}: reply to request {}: {reply:?}",
+                    self.now,
+                    i + 1,
+                    id.0
+                );
+                self.say(&l);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn run_for(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.now = self.now + Duration::from_millis(1);
+            for i in 0..self.nodes.len() {
+                if self.down.contains(&i) {
+                    continue;
+                }
+                let now = self.now;
+                if self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
+                    self.nodes[i].handle_timeout(now);
+                    self.drain(i);
+                }
+            }
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.net)
+                .into_iter()
+                .partition(|(at, _, _)| *at <= now);
+            self.net = later;
+            for (_, j, b) in due {
+                if self.down.contains(&j) || self.down.contains(&((b.from.0 - 1) as usize)) {
+                    continue;
+                }
+                self.nodes[j].handle_message(now, b);
+                self.drain(j);
+            }
+        }
+    }
+
+    fn request(&mut self, i: usize, id: u64, req: ClientRequest) {
+        let now = self.now;
+        self.nodes[i].handle_request(now, RequestId(id), req);
+        self.drain(i);
+    }
+
+    fn leaders(&self) -> BTreeMap<PartitionId, NodeId> {
+        let mut m = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if self.down.contains(&i) {
+                continue;
+            }
+            for p in n.partitions() {
+                if n.raft(p).is_some_and(|r| r.is_leader()) {
+                    m.insert(p, n.id());
+                }
+            }
+        }
+        m
+    }
+
+    fn report_traffic(&mut self) {
+        let lines: Vec<String> = self
+            .batches
+            .iter()
+            .map(|((f, t), (b, m))| format!("  n{f}->n{t}: {b} batches, {m} group messages"))
+            .collect();
+        for l in lines {
+            self.say(&l);
+        }
+        self.batches.clear();
+    }
+}
+
+fn put(key: &str, value: &str) -> ClientRequest {
+    ClientRequest::Put {
+        key: Bytes::from(key.to_string()),
+        value: Bytes::from(value.to_string()),
+        precondition: Precondition::None,
+    }
+}
+
+#[test]
+fn many_partitions_one_batch_per_peer_per_flush() {
+    let mut c = Cluster::new(3, 32);
+    c.say("# 3 nodes, 32 partitions, replication factor 3: every node hosts all 32");
+    c.say("# groups. Each node's first tick starts elections for the partitions whose");
+    c.say("# first ring replica it is, so leadership is spread out from the start.");
+    c.quiet_events = true;
+    c.run_for(300);
+    let leaders = c.leaders();
+    let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for n in leaders.values() {
+        *per_node.entry(*n).or_default() += 1;
+    }
+    let line = format!("{} leaders per node: {per_node:?}", c.now);
+    c.say(&line);
+    assert_eq!(leaders.len(), 32, "every partition elected a leader");
+    c.report_traffic();
+
+    c.say("");
+    c.say("# 64 writes arrive at n1 at once, spread over every partition. n1 proposes");
+    c.say("# those it leads and forwards the rest; the appends for all its groups to");
+    c.say("# one peer leave in one batch per flush.");
+    c.quiet_events = false;
+    let mut forwards = 0;
+    for k in 0..64 {
+        let now = c.now;
+        c.nodes[0].handle_request(now, RequestId(k), put(&format!("key{k}"), "v"));
+        while let Some((_, r)) = c.nodes[0].poll_reply() {
+            if matches!(r, Reply::Forward(_)) {
+                forwards += 1;
+            }
+        }
+    }
+    c.drain(0);
+    let line = format!(
+        "{} n1 forwarded {forwards} of 64 writes to their leaders",
+        c.now
+    );
+    c.say(&line);
+    c.report_traffic();
+    c.run_for(20);
+    c.report_traffic();
+    assert_eq!(
+        c.max_batches_per_peer_per_flush, 1,
+        "a flush sends at most one batch per peer"
+    );
+    insta::assert_snapshot!(c.out);
+}
+
+#[test]
+fn idle_groups_quiesce_and_wake() {
+    let mut c = Cluster::new(3, 8);
+    c.say("# 3 nodes, 8 partitions. After elections and a little idle time, every");
+    c.say("# group quiesces: the only traffic left is one empty node-level heartbeat");
+    c.say("# batch per peer per heartbeat interval (100 ms).");
+    c.quiet_events = true;
+    c.run_for(1000);
+    c.quiet_events = false;
+    let quiesced = c.nodes.iter().all(|n| {
+        n.partitions()
+            .all(|p| n.raft(p).is_some_and(|r| r.is_quiesced()))
+    });
+    let line = format!("{} all groups quiesced: {quiesced}", c.now);
+    c.say(&line);
+    assert!(quiesced);
+    c.batches.clear();
+    c.run_for(1000);
+    c.say("traffic over the next second:");
+    let msgs: u64 = c.batches.values().map(|(_, m)| m).sum();
+    c.report_traffic();
+    assert_eq!(msgs, 0, "quiesced groups send nothing");
+
+    c.say("");
+    c.say("# A write wakes only its own group; the others stay quiet.");
+    let p = c.nodes[0].ring().partition_of(b"hello");
+    let leader = c.leaders()[&p];
+    let line = format!("key 'hello' is in {p}, led by {leader}");
+    c.say(&line);
+    c.request((leader.0 - 1) as usize, 1, put("hello", "world"));
+    c.run_for(50);
+    let awake: Vec<PartitionId> = c.nodes[0]
+        .partitions()
+        .filter(|&q| !c.nodes[0].raft(q).unwrap().is_quiesced())
+        .collect();
+    let line = format!("{} awake on n1: {awake:?}", c.now);
+    c.say(&line);
+    assert_eq!(awake, vec![p]);
+    c.run_for(1000);
+    let again = c.nodes.iter().all(|n| {
+        n.partitions()
+            .all(|q| n.raft(q).is_some_and(|r| r.is_quiesced()))
+    });
+    let line = format!("{} all groups quiesced again: {again}", c.now);
+    c.say(&line);
+    assert!(again);
+
+    c.say("");
+    c.say("# n1 stops. Its peers' phi-accrual detectors notice the silence; the");
+    c.say("# quiesced groups it led wake up and elect new leaders among n2 and n3.");
+    let led_by_1: Vec<PartitionId> = c
+        .leaders()
+        .iter()
+        .filter(|(_, l)| l.0 == 1)
+        .map(|(p, _)| *p)
+        .collect();
+    c.down.insert(0);
+    c.quiet_events = false;
+    c.run_for(3000);
+    let leaders = c.leaders();
+    for p in &led_by_1 {
+        assert!(leaders.get(p).is_some_and(|l| l.0 != 1), "{p} re-elected");
+    }
+    let line = format!("{} leaders: {leaders:?}", c.now);
+    c.say(&line);
+    insta::assert_snapshot!(c.out);
+}
