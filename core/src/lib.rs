@@ -4,7 +4,7 @@
 //! take inputs as method calls (with the current [`Time`] passed in) and queue
 //! their outputs for a driver to drain. The core never touches a clock, socket,
 //! file, thread, environment variable or global RNG: the `ringkv` node binary
-//! drives it over tokio in production, and the simulator drives the very same
+//! drives it over real I/O in production, and the simulator drives the very same
 //! code under madsim. Same inputs, same outputs, byte for byte.
 //!
 //! Modules:

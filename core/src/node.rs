@@ -849,17 +849,19 @@ impl Node {
         for r in ready.reads {
             g.reads_waiting_apply.push((r.index, r.ctx));
         }
-        let applied = g.kv.applied_index().max(g.raft.log().applied());
-        let (ready_now, waiting): (Vec<_>, Vec<_>) = g
-            .reads_waiting_apply
-            .drain(..)
-            .partition(|&(i, _)| i <= applied);
-        g.reads_waiting_apply = waiting;
-        for (_, ctx) in ready_now {
-            if let Some(r) = self.reads.remove(&ctx) {
-                let value = g.kv.get(&r.key).cloned();
-                self.replies
-                    .push_back((r.id, Reply::Done(Ok(ClientResponse::Value(value)))));
+        if !g.reads_waiting_apply.is_empty() {
+            let applied = g.kv.applied_index();
+            let (ready_now, waiting): (Vec<_>, Vec<_>) = g
+                .reads_waiting_apply
+                .drain(..)
+                .partition(|&(i, _)| i <= applied);
+            g.reads_waiting_apply = waiting;
+            for (_, ctx) in ready_now {
+                if let Some(r) = self.reads.remove(&ctx) {
+                    let value = g.kv.get(&r.key).cloned();
+                    self.replies
+                        .push_back((r.id, Reply::Done(Ok(ClientResponse::Value(value)))));
+                }
             }
         }
         for ctx in ready.failed_reads {
