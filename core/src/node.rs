@@ -633,6 +633,24 @@ impl Node {
         self.process();
     }
 
+    /// The driver wants this partition's applied log folded into a snapshot
+    /// now (its old entries pin a WAL segment the driver wants to delete).
+    /// Returns whether a snapshot was taken; false when nothing new is
+    /// applied and durable, or the node does not host the partition.
+    pub fn compact_partition(&mut self, now: Time, p: PartitionId) -> bool {
+        self.start(now);
+        let Some(g) = self.groups.get_mut(&p) else {
+            return false;
+        };
+        let applied = g.raft.log().applied();
+        if g.kv.applied_index() != applied || !g.raft.compact(applied, g.kv.snapshot()) {
+            return false;
+        }
+        self.dirty.insert(p);
+        self.process();
+        true
+    }
+
     // ---------------------------------------------------------------- outputs
 
     /// The next WAL batch to append. Everything produced since the previous

@@ -84,6 +84,49 @@ pub fn decode_wal_record(buf: &[u8]) -> Result<WalRecord> {
     wal_record_from_proto(pb::WalRecord::decode(buf)?)
 }
 
+/// One WAL payload as a node's storage layer writes it: a Raft record, or a
+/// reference to a snapshot the storage layer keeps in its own file (so a
+/// partition's whole state is not copied into the log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WalPayload {
+    Record(WalRecord),
+    SnapshotRef {
+        partition: PartitionId,
+        meta: SnapshotMeta,
+    },
+}
+
+/// Encodes a snapshot reference payload (see [`WalPayload::SnapshotRef`]).
+pub fn encode_snapshot_ref(partition: PartitionId, meta: &SnapshotMeta) -> Bytes {
+    let p = pb::WalRecord {
+        partition: partition.0,
+        record: Some(PbRecord::SnapshotRef(snapshot_meta_to_proto(meta))),
+    };
+    Bytes::from(p.encode_to_vec())
+}
+
+/// Decodes and validates a WAL payload of either kind.
+pub fn decode_wal_payload(buf: &[u8]) -> Result<WalPayload> {
+    let p = pb::WalRecord::decode(buf)?;
+    if let Some(PbRecord::SnapshotRef(meta)) = p.record {
+        return Ok(WalPayload::SnapshotRef {
+            partition: PartitionId(p.partition),
+            meta: snapshot_meta_from_proto(meta)?,
+        });
+    }
+    wal_record_from_proto(p).map(WalPayload::Record)
+}
+
+/// Encodes a snapshot for a snapshot file.
+pub fn encode_snapshot(s: &Snapshot) -> Bytes {
+    Bytes::from(snapshot_to_proto(s).encode_to_vec())
+}
+
+/// Decodes and validates a snapshot file's contents.
+pub fn decode_snapshot(buf: &[u8]) -> Result<Snapshot> {
+    snapshot_from_proto(pb::Snapshot::decode(buf)?)
+}
+
 /// The protobuf value of a batch, for transports that carry protobuf values
 /// rather than bytes (gRPC, also under madsim). Same encoding choices as
 /// [`encode_peer_batch`].
@@ -231,14 +274,18 @@ fn entry_to_proto(e: &Entry) -> pb::Entry {
 
 fn snapshot_to_proto(s: &Snapshot) -> pb::Snapshot {
     pb::Snapshot {
-        meta: Some(pb::SnapshotMeta {
-            index: s.meta.index,
-            term: s.meta.term,
-            membership: Some(pb::Membership {
-                voters: s.meta.membership.voters.iter().map(|v| v.0).collect(),
-            }),
-        }),
+        meta: Some(snapshot_meta_to_proto(&s.meta)),
         data: s.data.clone(),
+    }
+}
+
+fn snapshot_meta_to_proto(meta: &SnapshotMeta) -> pb::SnapshotMeta {
+    pb::SnapshotMeta {
+        index: meta.index,
+        term: meta.term,
+        membership: Some(pb::Membership {
+            voters: meta.membership.voters.iter().map(|v| v.0).collect(),
+        }),
     }
 }
 
@@ -288,6 +335,11 @@ fn wal_record_from_proto(p: pb::WalRecord) -> Result<WalRecord> {
             PersistRecord::Entries(entries_from_proto(list.entries, "WalRecord.entries")?)
         }
         PbRecord::Snapshot(s) => PersistRecord::Snapshot(snapshot_from_proto(s)?),
+        PbRecord::SnapshotRef(_) => {
+            return Err(invalid(
+                "WalRecord.snapshot_ref: a storage-layer record, not a Raft record".to_owned(),
+            ));
+        }
     };
     Ok(WalRecord {
         partition: PartitionId(p.partition),
@@ -447,7 +499,11 @@ fn entry_from_proto(e: pb::Entry, field: &str, i: usize) -> Result<Entry> {
 }
 
 fn snapshot_from_proto(s: pb::Snapshot) -> Result<Snapshot> {
-    let meta = s.meta.ok_or(WireError::Missing("Snapshot.meta"))?;
+    let meta = snapshot_meta_from_proto(s.meta.ok_or(WireError::Missing("Snapshot.meta"))?)?;
+    Ok(Snapshot { meta, data: s.data })
+}
+
+fn snapshot_meta_from_proto(meta: pb::SnapshotMeta) -> Result<SnapshotMeta> {
     if meta.index == 0 && meta.term != 0 {
         return Err(invalid(format!(
             "SnapshotMeta.term: {} at index 0 (the empty log has term 0)",
@@ -467,13 +523,10 @@ fn snapshot_from_proto(s: pb::Snapshot) -> Result<Snapshot> {
         .into_iter()
         .map(|v| node_id(v, "Membership.voters"))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Snapshot {
-        meta: SnapshotMeta {
-            index: meta.index,
-            term: meta.term,
-            membership: Membership::new(voters),
-        },
-        data: s.data,
+    Ok(SnapshotMeta {
+        index: meta.index,
+        term: meta.term,
+        membership: Membership::new(voters),
     })
 }
 
@@ -719,6 +772,34 @@ mod tests {
             },
             data: Bytes::from_static(b"image"),
         }
+    }
+
+    #[test]
+    fn snapshot_refs_and_snapshot_files_round_trip() {
+        let s = snapshot(40, 3, &[1, 2, 3]);
+        let payload = encode_snapshot_ref(PartitionId(9), &s.meta);
+        assert_eq!(
+            decode_wal_payload(&payload).unwrap(),
+            WalPayload::SnapshotRef {
+                partition: PartitionId(9),
+                meta: s.meta.clone(),
+            }
+        );
+        // The core's own record decoder refuses a storage-layer record.
+        assert!(matches!(
+            decode_wal_record(&payload),
+            Err(WireError::Invalid(_))
+        ));
+        assert_eq!(decode_snapshot(&encode_snapshot(&s)).unwrap(), s);
+        let r = WalRecord {
+            partition: PartitionId(2),
+            record: PersistRecord::Snapshot(s),
+        };
+        assert_eq!(
+            decode_wal_payload(&encode_wal_record(&r)).unwrap(),
+            WalPayload::Record(r)
+        );
+        assert!(decode_snapshot(b"\xff\xff\xff").is_err());
     }
 
     fn batch_of(term: u64, body: MessageBody) -> PeerBatch {

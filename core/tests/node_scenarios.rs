@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ringkv_core::io::{PeerBatch, WalRecord};
 use ringkv_core::kv::Precondition;
 use ringkv_core::node::{ClientRequest, Event, Node, NodeConfig, Recovered, Reply, RequestId};
-use ringkv_core::raft::{RaftEvent, Role};
+use ringkv_core::raft::{PersistRecord, RaftEvent, Role};
 use ringkv_core::ring::RingConfig;
 use ringkv_core::{NodeId, PartitionId, Time};
 
@@ -318,4 +318,51 @@ fn idle_groups_quiesce_and_wake() {
     let line = format!("{} leaders: {leaders:?}", c.now);
     c.say(&line);
     insta::assert_snapshot!(c.out);
+}
+
+/// The driver asks for a snapshot when old entries pin a WAL segment: the
+/// node folds the applied log into a snapshot record (so the segment can go)
+/// and keeps serving the same data.
+#[test]
+fn driver_requested_compaction_snapshots_applied_entries() {
+    let mut c = Cluster::new(3, 4);
+    c.quiet_events = true;
+    c.run_for(300);
+    let leaders = c.leaders();
+    assert_eq!(leaders.len(), 4, "every partition elected a leader");
+    for k in 0..20 {
+        c.request(0, k, put(&format!("key{k}"), "v"));
+    }
+    c.run_for(50);
+    let p = PartitionId(0);
+    let leader = leaders[&p];
+    let i = (leader.0 - 1) as usize;
+    let applied = c.nodes[i].raft(p).unwrap().log().applied();
+    assert!(applied > 0);
+    let before = c.disks[i].len();
+    let now = c.now;
+    assert!(c.nodes[i].compact_partition(now, p), "compaction taken");
+    c.drain(i);
+    let snap = c.disks[i][before..].iter().find_map(|r| match &r.record {
+        PersistRecord::Snapshot(s) if r.partition == p => Some(s.meta.index),
+        _ => None,
+    });
+    assert_eq!(
+        snap,
+        Some(applied),
+        "a snapshot record at the applied index was persisted"
+    );
+    assert_eq!(
+        c.nodes[i].raft(p).unwrap().log().snapshot_meta().index,
+        applied
+    );
+    let now = c.now;
+    assert!(
+        !c.nodes[i].compact_partition(now, p),
+        "nothing new applied: no second snapshot"
+    );
+    assert!(
+        !c.nodes[i].compact_partition(now, PartitionId(99)),
+        "an unknown partition is refused, not a panic"
+    );
 }
