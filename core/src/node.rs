@@ -178,7 +178,10 @@ pub enum ClientError {
     ValueTooLarge { len: usize, max: usize },
     #[error("key not found")]
     NotFound,
-    #[error("precondition failed (current mod_revision: {current_mod_revision:?})")]
+    #[error("precondition failed ({})", match current_mod_revision {
+        Some(rev) => format!("current mod_revision: {rev}"),
+        None => "the key does not exist".to_owned(),
+    })]
     PreconditionFailed { current_mod_revision: Option<u64> },
     #[error("partition {partition} has no leader right now; retry shortly")]
     NoLeader { partition: PartitionId },

@@ -1,1 +1,25 @@
-//! The ringkv node: drives `ringkv-core` over real I/O. Not built yet (issue 3).
+//! `ringkv-node`: the driver that runs `ringkv-core` over real I/O.
+//!
+//! The core makes every protocol decision; this crate owns the sockets, files,
+//! clocks and tasks. It builds twice: for production on tokio/tonic, and
+//! under `cfg(madsim)` for the deterministic simulation, where tokio and tonic
+//! are madsim's, REST and the CLI are compiled out, and time and files come
+//! only through [`clock::Clock`] and [`disk::Disk`].
+//!
+//! - [`server`]: starts a node (storage, core, transport, APIs).
+//! - [`driver`]: the event loop around the core.
+//! - [`transport`]: peer streams and request forwarding over gRPC.
+//! - [`storage`]: WAL segments, snapshots, recovery.
+//! - [`api`]: gRPC and REST client APIs.
+//! - `cli`: the client commands and the benchmark (not under madsim).
+
+pub mod api;
+#[cfg(not(madsim))]
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod disk;
+pub mod driver;
+pub mod server;
+pub mod storage;
+pub mod transport;

@@ -1,0 +1,249 @@
+//! Conversions between the protobuf API messages and the core's client
+//! requests and responses. Validation of sizes is the core's; this only
+//! checks shape (a oneof that must be set, an enum value that must be known).
+
+use ringkv_core::kv::{KeyValue, Precondition};
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
+use ringkv_proto::v1 as pb;
+
+pub fn consistency_from_proto(c: i32) -> Result<Consistency, String> {
+    match pb::ReadConsistency::try_from(c) {
+        Ok(pb::ReadConsistency::Unspecified | pb::ReadConsistency::Linearizable) => {
+            Ok(Consistency::Linearizable)
+        }
+        Ok(pb::ReadConsistency::Lease) => Ok(Consistency::Lease),
+        Ok(pb::ReadConsistency::Stale) => Ok(Consistency::Stale),
+        Err(_) => Err(format!("unknown read consistency {c}")),
+    }
+}
+
+pub fn consistency_to_proto(c: Consistency) -> pb::ReadConsistency {
+    match c {
+        Consistency::Linearizable => pb::ReadConsistency::Linearizable,
+        Consistency::Lease => pb::ReadConsistency::Lease,
+        Consistency::Stale => pb::ReadConsistency::Stale,
+    }
+}
+
+pub fn precondition_from_proto(p: Option<pb::Precondition>) -> Precondition {
+    use pb::precondition::Kind;
+    match p.and_then(|p| p.kind) {
+        None => Precondition::None,
+        Some(Kind::MustNotExist(true)) => Precondition::MustNotExist,
+        Some(Kind::MustExist(true)) => Precondition::MustExist,
+        Some(Kind::MustNotExist(false) | Kind::MustExist(false)) => Precondition::None,
+        Some(Kind::ModRevision(r)) => Precondition::ModRevision(r),
+    }
+}
+
+pub fn precondition_to_proto(p: &Precondition) -> Option<pb::Precondition> {
+    use pb::precondition::Kind;
+    let kind = match p {
+        Precondition::None => return None,
+        Precondition::MustNotExist => Kind::MustNotExist(true),
+        Precondition::MustExist => Kind::MustExist(true),
+        Precondition::ModRevision(r) => Kind::ModRevision(*r),
+    };
+    Some(pb::Precondition { kind: Some(kind) })
+}
+
+pub fn get_request(r: pb::GetRequest) -> Result<ClientRequest, String> {
+    Ok(ClientRequest::Get {
+        key: r.key,
+        consistency: consistency_from_proto(r.consistency)?,
+    })
+}
+
+pub fn put_request(r: pb::PutRequest) -> ClientRequest {
+    ClientRequest::Put {
+        key: r.key,
+        value: r.value,
+        precondition: precondition_from_proto(r.precondition),
+    }
+}
+
+pub fn delete_request(r: pb::DeleteRequest) -> ClientRequest {
+    ClientRequest::Delete {
+        key: r.key,
+        precondition: precondition_from_proto(r.precondition),
+    }
+}
+
+pub fn key_value_to_proto(kv: &KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key.clone(),
+        value: kv.value.clone(),
+        version: kv.version,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+    }
+}
+
+pub fn key_value_from_proto(kv: pb::KeyValue) -> KeyValue {
+    KeyValue {
+        key: kv.key,
+        value: kv.value,
+        version: kv.version,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+    }
+}
+
+/// A request as the forward RPC carries it.
+pub fn forward_request(req: &ClientRequest, from: u64, hops: u32) -> pb::ForwardRequest {
+    use pb::forward_request::Request;
+    let request = match req {
+        ClientRequest::Get { key, consistency } => Request::Get(pb::GetRequest {
+            key: key.clone(),
+            consistency: consistency_to_proto(*consistency) as i32,
+        }),
+        ClientRequest::Put {
+            key,
+            value,
+            precondition,
+        } => Request::Put(pb::PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+            precondition: precondition_to_proto(precondition),
+        }),
+        ClientRequest::Delete { key, precondition } => Request::Delete(pb::DeleteRequest {
+            key: key.clone(),
+            precondition: precondition_to_proto(precondition),
+        }),
+    };
+    pb::ForwardRequest {
+        from,
+        hops,
+        request: Some(request),
+    }
+}
+
+/// The request inside a forward RPC, or why it is malformed.
+pub fn forwarded_request(r: pb::ForwardRequest) -> Result<ClientRequest, String> {
+    use pb::forward_request::Request;
+    match r.request {
+        Some(Request::Get(g)) => get_request(g),
+        Some(Request::Put(p)) => Ok(put_request(p)),
+        Some(Request::Delete(d)) => Ok(delete_request(d)),
+        None => Err("ForwardRequest.request is missing".to_owned()),
+    }
+}
+
+/// A result as the forward RPC carries it back.
+pub fn forward_response(result: &Result<ClientResponse, ClientError>) -> pb::ForwardResponse {
+    use pb::forward_response::Result as R;
+    let r = match result {
+        Ok(ClientResponse::Value(Some(kv))) => R::Get(pb::GetResponse {
+            kv: Some(key_value_to_proto(kv)),
+        }),
+        Ok(ClientResponse::Value(None)) => R::Get(pb::GetResponse { kv: None }),
+        Ok(ClientResponse::Put {
+            version,
+            mod_revision,
+            created,
+        }) => R::Put(pb::PutResponse {
+            version: *version,
+            mod_revision: *mod_revision,
+            created: *created,
+        }),
+        Ok(ClientResponse::Deleted { revision }) => R::Delete(pb::DeleteResponse {
+            revision: *revision,
+        }),
+        Err(e) => {
+            let d = super::errors::ErrorDetails::of(e);
+            R::Error(pb::ForwardError {
+                code: super::errors::kind(e).code.to_owned(),
+                message: e.to_string(),
+                current_mod_revision: d.current_mod_revision,
+                partition: d.partition,
+                len: d.len,
+                max: d.max,
+            })
+        }
+    };
+    pb::ForwardResponse { result: Some(r) }
+}
+
+/// The result a forward RPC brought back.
+pub fn forwarded_response(r: pb::ForwardResponse) -> Result<ClientResponse, ClientError> {
+    use pb::forward_response::Result as R;
+    match r.result {
+        Some(R::Get(g)) => Ok(ClientResponse::Value(g.kv.map(key_value_from_proto))),
+        Some(R::Put(p)) => Ok(ClientResponse::Put {
+            version: p.version,
+            mod_revision: p.mod_revision,
+            created: p.created,
+        }),
+        Some(R::Delete(d)) => Ok(ClientResponse::Deleted {
+            revision: d.revision,
+        }),
+        Some(R::Error(e)) => Err(super::errors::from_code(
+            &e.code,
+            &e.message,
+            super::errors::ErrorDetails {
+                current_mod_revision: e.current_mod_revision,
+                partition: e.partition,
+                len: e.len,
+                max: e.max,
+            },
+        )),
+        None => Err(ClientError::Internal(
+            "forward response without a result".to_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn requests_survive_the_forward_rpc() {
+        let reqs = [
+            ClientRequest::Get {
+                key: Bytes::from_static(b"k"),
+                consistency: Consistency::Lease,
+            },
+            ClientRequest::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                precondition: Precondition::ModRevision(9),
+            },
+            ClientRequest::Delete {
+                key: Bytes::from_static(b"k"),
+                precondition: Precondition::MustExist,
+            },
+        ];
+        for r in reqs {
+            let back = forwarded_request(forward_request(&r, 1, 1)).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn results_survive_the_forward_rpc() {
+        let results = [
+            Ok(ClientResponse::Value(None)),
+            Ok(ClientResponse::Put {
+                version: 2,
+                mod_revision: 10,
+                created: false,
+            }),
+            Ok(ClientResponse::Deleted { revision: 11 }),
+            Err(ClientError::PreconditionFailed {
+                current_mod_revision: Some(3),
+            }),
+            Err(ClientError::OutcomeUnknown),
+        ];
+        for r in results {
+            assert_eq!(forwarded_response(forward_response(&r)), r);
+        }
+    }
+
+    #[test]
+    fn unknown_consistency_is_an_error_not_a_default() {
+        assert!(consistency_from_proto(99).is_err());
+        assert_eq!(consistency_from_proto(0), Ok(Consistency::Linearizable));
+    }
+}

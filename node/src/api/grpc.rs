@@ -1,0 +1,164 @@
+//! gRPC services `ringkv.v1.Kv` and `ringkv.v1.Cluster`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ringkv_core::NodeId;
+use ringkv_core::node::{ClientError, ClientResponse};
+use ringkv_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::errors::to_status;
+use crate::driver::{ClusterView, NodeHandle};
+
+pub struct KvService {
+    node: NodeHandle,
+}
+
+impl KvService {
+    pub fn new(node: NodeHandle) -> Self {
+        KvService { node }
+    }
+}
+
+fn unexpected(r: ClientResponse) -> Status {
+    Status::internal(format!("unexpected response from the node: {r:?}"))
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = convert::get_request(request.into_inner()).map_err(Status::invalid_argument)?;
+        match self.node.request(req).await {
+            Ok(ClientResponse::Value(Some(kv))) => Ok(Response::new(pb::GetResponse {
+                kv: Some(convert::key_value_to_proto(&kv)),
+            })),
+            Ok(ClientResponse::Value(None)) => Err(to_status(&ClientError::NotFound)),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(to_status(&e)),
+        }
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let req = convert::put_request(request.into_inner());
+        match self.node.request(req).await {
+            Ok(ClientResponse::Put {
+                version,
+                mod_revision,
+                created,
+            }) => Ok(Response::new(pb::PutResponse {
+                version,
+                mod_revision,
+                created,
+            })),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(to_status(&e)),
+        }
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = convert::delete_request(request.into_inner());
+        match self.node.request(req).await {
+            Ok(ClientResponse::Deleted { revision }) => {
+                Ok(Response::new(pb::DeleteResponse { revision }))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(to_status(&e)),
+        }
+    }
+}
+
+pub struct ClusterService {
+    node: NodeHandle,
+    addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+}
+
+impl ClusterService {
+    pub fn new(node: NodeHandle, addrs: Arc<BTreeMap<NodeId, SocketAddr>>) -> Self {
+        ClusterService { node, addrs }
+    }
+}
+
+/// The status message for a view (shared with REST).
+pub fn status_response(
+    view: &ClusterView,
+    node: &NodeHandle,
+    addrs: &BTreeMap<NodeId, SocketAddr>,
+) -> pb::StatusResponse {
+    let cfg = node.ring().config();
+    pb::StatusResponse {
+        node_id: view.node_id.0,
+        partition_count: cfg.partition_count,
+        replication_factor: cfg.replication_factor as u32,
+        nodes: view
+            .members
+            .iter()
+            .map(|m| pb::NodeStatus {
+                id: m.id.0,
+                grpc_addr: addrs.get(&m.id).map(|a| a.to_string()).unwrap_or_default(),
+                health: m.health.to_owned(),
+                phi: if m.phi.is_finite() { m.phi } else { f64::MAX },
+            })
+            .collect(),
+        partitions: view
+            .partitions
+            .iter()
+            .map(|p| pb::PartitionStatus {
+                partition: p.partition.0,
+                leader: p.leader.map_or(0, |l| l.0),
+                replicas: p.replicas.iter().map(|r| r.0).collect(),
+                term: p.term,
+                commit_index: p.commit_index,
+                applied_index: p.applied_index,
+                keys: p.keys,
+            })
+            .collect(),
+    }
+}
+
+/// Where a key lives (shared with REST).
+pub fn locate_response(node: &NodeHandle, key: &[u8]) -> pb::LocateResponse {
+    let p = node.ring().partition_of(key);
+    pb::LocateResponse {
+        partition: p.0,
+        leader: node.view().leader_of(p).map_or(0, |l| l.0),
+        replicas: node.ring().replicas(p).iter().map(|r| r.0).collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let view = self.node.view();
+        Ok(Response::new(status_response(
+            &view,
+            &self.node,
+            &self.addrs,
+        )))
+    }
+
+    async fn locate(
+        &self,
+        request: Request<pb::LocateRequest>,
+    ) -> Result<Response<pb::LocateResponse>, Status> {
+        let key = request.into_inner().key;
+        if key.is_empty() {
+            return Err(to_status(&ClientError::EmptyKey));
+        }
+        Ok(Response::new(locate_response(&self.node, &key)))
+    }
+}

@@ -1,0 +1,11 @@
+//! The client APIs every node serves: gRPC (`ringkv.v1.Kv`, `ringkv.v1.Cluster`)
+//! and REST (not under madsim). Both are thin: they turn a request into a
+//! core `ClientRequest`, hand it to the node, and present the answer; error
+//! codes come from one table ([`errors`]).
+
+pub mod convert;
+pub mod errors;
+pub mod grpc;
+pub mod metrics;
+#[cfg(not(madsim))]
+pub mod rest;

@@ -1,0 +1,481 @@
+//! The REST API (axum). Not built under madsim.
+//!
+//! - `GET/PUT/DELETE /v1/kv/{key}`: raw bytes by default; a JSON envelope
+//!   with `Accept: application/json`. `ETag` is the key's `mod_revision`.
+//!   `If-Match: "<rev>"` (or `*`) and `If-None-Match: *` make writes
+//!   conditional. `?consistency=linearizable|lease|stale` on reads.
+//! - `GET /v1/cluster/status`, `GET /v1/cluster/locate/{key}`.
+//! - `GET /healthz` (the node runs), `GET /readyz` (every partition it
+//!   replicates has a leader), `GET /metrics` (Prometheus text).
+//!
+//! Errors are `application/problem+json` with the stable `code` of
+//! [`super::errors`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use ringkv_core::NodeId;
+use ringkv_core::kv::{KeyValue, Precondition};
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::errors::{RETRY_AFTER_SECS, kind};
+use super::grpc::{locate_response, status_response};
+use crate::driver::NodeHandle;
+use crate::transport::TransportStats;
+
+#[derive(Clone)]
+struct AppState {
+    node: NodeHandle,
+    transport: Arc<TransportStats>,
+    addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    max_value_bytes: usize,
+}
+
+/// The router for one node.
+pub fn router(
+    node: NodeHandle,
+    transport: Arc<TransportStats>,
+    addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    max_value_bytes: usize,
+) -> Router {
+    let state = AppState {
+        node,
+        transport,
+        addrs,
+        max_value_bytes,
+    };
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
+        .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/cluster/locate/{*key}", get(locate))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_a_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// A problem+json response (RFC 9457).
+fn problem(status: u16, code: &str, detail: &str, extra: serde_json::Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = json!({
+        "type": format!("https://ringkv.dev/problems/{code}"),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+fn error_response(e: &ClientError) -> Response {
+    let k = kind(e);
+    let extra = match e {
+        ClientError::PreconditionFailed {
+            current_mod_revision,
+        } => json!({ "current_mod_revision": current_mod_revision }),
+        ClientError::NoLeader { partition } => json!({ "partition": partition.0 }),
+        _ => json!({}),
+    };
+    let mut resp = problem(k.http_status, k.code, &e.to_string(), extra);
+    let h = resp.headers_mut();
+    match e {
+        ClientError::NoLeader { .. } | ClientError::Busy | ClientError::Dropped => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        ClientError::PreconditionFailed {
+            current_mod_revision: Some(rev),
+        } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{rev}\"")) {
+                h.insert(header::ETAG, v);
+            }
+        }
+        _ => {}
+    }
+    resp
+}
+
+fn bad_request(code: &str, detail: &str) -> Response {
+    problem(400, code, detail, json!({}))
+}
+
+/// A malformed request, found before the node is asked anything.
+struct BadRequest {
+    code: &'static str,
+    detail: String,
+}
+
+impl BadRequest {
+    fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        BadRequest {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        bad_request(self.code, &self.detail)
+    }
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+fn etag(rev: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{rev}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+#[derive(Deserialize)]
+struct ReadParams {
+    consistency: Option<String>,
+}
+
+fn parse_consistency(s: Option<&str>) -> Result<Consistency, BadRequest> {
+    match s {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("lease") => Ok(Consistency::Lease),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => Err(BadRequest::new(
+            "invalid_consistency",
+            format!("consistency must be linearizable, lease or stale, not {other:?}"),
+        )),
+    }
+}
+
+/// The JSON envelope of a key.
+fn envelope(kv: &KeyValue) -> serde_json::Value {
+    let key = String::from_utf8_lossy(&kv.key);
+    let (value, encoding) = match std::str::from_utf8(&kv.value) {
+        Ok(s) => (s.to_owned(), "utf8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&kv.value),
+            "base64",
+        ),
+    };
+    json!({
+        "key": key,
+        "value": value,
+        "value_encoding": encoding,
+        "version": kv.version,
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+    })
+}
+
+async fn get_key(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Query(params): Query<ReadParams>,
+    headers: HeaderMap,
+) -> Response {
+    let consistency = match parse_consistency(params.consistency.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let req = ClientRequest::Get {
+        key: Bytes::from(key),
+        consistency,
+    };
+    match s.node.request(req).await {
+        Ok(ClientResponse::Value(Some(kv))) => {
+            let mut resp = if wants_json(&headers) {
+                let mut r = envelope(&kv).to_string().into_response();
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            } else {
+                let mut r = Body::from(kv.value.clone()).into_response();
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            };
+            let h = resp.headers_mut();
+            h.insert(header::ETAG, etag(kv.mod_revision));
+            h.insert("x-ringkv-version", HeaderValue::from(kv.version));
+            h.insert(
+                "x-ringkv-create-revision",
+                HeaderValue::from(kv.create_revision),
+            );
+            h.insert("x-ringkv-mod-revision", HeaderValue::from(kv.mod_revision));
+            resp
+        }
+        Ok(ClientResponse::Value(None)) => error_response(&ClientError::NotFound),
+        Ok(other) => error_response(&ClientError::Internal(format!(
+            "unexpected response {other:?}"
+        ))),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Reads `If-Match` / `If-None-Match` into a precondition.
+fn precondition(headers: &HeaderMap) -> Result<Precondition, BadRequest> {
+    let if_match = headers.get(header::IF_MATCH).map(|v| v.to_str());
+    let if_none = headers.get(header::IF_NONE_MATCH).map(|v| v.to_str());
+    match (if_match, if_none) {
+        (None, None) => Ok(Precondition::None),
+        (Some(_), Some(_)) => Err(BadRequest::new(
+            "invalid_precondition",
+            "send If-Match or If-None-Match, not both",
+        )),
+        (None, Some(Ok(v))) if v.trim() == "*" => Ok(Precondition::MustNotExist),
+        (None, Some(_)) => Err(BadRequest::new(
+            "invalid_precondition",
+            "If-None-Match supports only \"*\" (create only)",
+        )),
+        (Some(Ok(v)), None) => {
+            let v = v.trim();
+            if v == "*" {
+                return Ok(Precondition::MustExist);
+            }
+            let rev = v.trim_start_matches("W/").trim_matches('"');
+            rev.parse::<u64>()
+                .map(Precondition::ModRevision)
+                .map_err(|_| {
+                    BadRequest::new(
+                        "invalid_precondition",
+                        format!("If-Match must be \"*\" or a mod_revision like \"42\", not {v:?}"),
+                    )
+                })
+        }
+        (Some(Err(_)), None) => Err(BadRequest::new(
+            "invalid_precondition",
+            "If-Match is not valid text",
+        )),
+    }
+}
+
+async fn put_key(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let precondition = match precondition(&headers) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    // Read at most one byte beyond the limit: enough to know it is too large
+    // without buffering an arbitrary upload.
+    let limit = s.max_value_bytes;
+    let value = match http_body_util::Limited::new(body, limit + 1)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return error_response(&ClientError::ValueTooLarge {
+                    len: limit + 1,
+                    max: limit,
+                });
+            }
+            return bad_request("invalid_body", &format!("could not read the body: {e}"));
+        }
+    };
+    let req = ClientRequest::Put {
+        key: Bytes::from(key),
+        value,
+        precondition,
+    };
+    match s.node.request(req).await {
+        Ok(ClientResponse::Put {
+            version,
+            mod_revision,
+            created,
+        }) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body =
+                json!({ "version": version, "mod_revision": mod_revision, "created": created });
+            let mut resp = (status, body.to_string()).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(header::ETAG, etag(mod_revision));
+            resp
+        }
+        Ok(other) => error_response(&ClientError::Internal(format!(
+            "unexpected response {other:?}"
+        ))),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn delete_key(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let precondition = match precondition(&headers) {
+        Ok(Precondition::MustNotExist) => {
+            return bad_request(
+                "invalid_precondition",
+                "If-None-Match: * makes no sense on a delete",
+            );
+        }
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let req = ClientRequest::Delete {
+        key: Bytes::from(key),
+        precondition,
+    };
+    match s.node.request(req).await {
+        Ok(ClientResponse::Deleted { revision }) => {
+            let mut resp = json!({ "revision": revision }).to_string().into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Ok(other) => error_response(&ClientError::Internal(format!(
+            "unexpected response {other:?}"
+        ))),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn json_response(v: serde_json::Value) -> Response {
+    let mut resp = v.to_string().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn cluster_status(State(s): State<AppState>) -> Response {
+    let view = s.node.view();
+    let st = status_response(&view, &s.node, &s.addrs);
+    json_response(json!({
+        "node_id": st.node_id,
+        "partition_count": st.partition_count,
+        "replication_factor": st.replication_factor,
+        "nodes": st.nodes.iter().map(|n| json!({
+            "id": n.id, "grpc_addr": n.grpc_addr, "health": n.health,
+            "phi": if n.phi == f64::MAX { serde_json::Value::Null } else { json!(n.phi) },
+        })).collect::<Vec<_>>(),
+        "partitions": st.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "leader": if p.leader == 0 { serde_json::Value::Null } else { json!(p.leader) },
+            "replicas": p.replicas, "term": p.term, "commit_index": p.commit_index,
+            "applied_index": p.applied_index, "keys": p.keys,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn locate(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+    let l = locate_response(&s.node, key.as_bytes());
+    json_response(json!({
+        "key": key,
+        "partition": l.partition,
+        "leader": if l.leader == 0 { serde_json::Value::Null } else { json!(l.leader) },
+        "replicas": l.replicas,
+    }))
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    if s.node.is_stopped() {
+        problem(
+            503,
+            "stopped",
+            "the node's event loop has stopped",
+            json!({}),
+        )
+    } else {
+        json_response(json!({ "status": "ok" }))
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let view = s.node.view();
+    if !s.node.is_stopped() && view.ready {
+        json_response(json!({ "status": "ready" }))
+    } else {
+        let leaderless = view
+            .partitions
+            .iter()
+            .filter(|p| p.leader.is_none() && p.replicas.contains(&view.node_id))
+            .count();
+        problem(
+            503,
+            "not_ready",
+            &format!("{leaderless} partition(s) this node replicates have no leader yet"),
+            json!({ "leaderless_partitions": leaderless }),
+        )
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let mut resp = super::metrics::render(&s.node, &s.transport).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+async fn empty_key() -> Response {
+    error_response(&ClientError::EmptyKey)
+}
+
+async fn method_not_allowed() -> Response {
+    problem(
+        405,
+        "method_not_allowed",
+        "this endpoint does not support that method",
+        json!({}),
+    )
+}
+
+async fn not_a_route() -> Response {
+    problem(
+        404,
+        "no_such_route",
+        "no such endpoint; see /v1/kv/{key}, /v1/cluster/status",
+        json!({}),
+    )
+}

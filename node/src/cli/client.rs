@@ -1,0 +1,663 @@
+//! One-shot client commands over gRPC: `put`, `get`, `del`, `status`,
+//! `locate`.
+//!
+//! Each command connects to the first endpoint that accepts a connection,
+//! sends one request and prints the answer (see the parent module for the
+//! output and exit-code conventions). Failures are retried only when that
+//! cannot apply a write twice:
+//! - `no_leader`, `busy`, `not_applied` (the server promises nothing was
+//!   applied): a few times on the same node, with a short backoff;
+//! - a refused connection (nothing was sent): on the next endpoint;
+//! - a connection lost mid-request: on the next endpoint for reads only.
+//!
+//! A write that times out or loses its connection is reported as outcome
+//! unknown (exit 6) and never resent.
+//!
+//! Output of `get`: `-o table` prints the value followed by a newline;
+//! `--raw` prints exactly the value's bytes; `-o json` prints
+//! `{"key","value","value_encoding","version","create_revision","mod_revision"}`
+//! where `value_encoding` is `"utf8"` when the value is valid UTF-8 (and
+//! `value` is that text) and `"base64"` otherwise (standard alphabet,
+//! padded).
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use ringkv_proto::v1::cluster_client::ClusterClient;
+use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_proto::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, KeyValue, LocateRequest, LocateResponse,
+    Precondition, PutRequest, PutResponse, StatusRequest, StatusResponse, precondition,
+};
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::failure::{ErrorCode, Failure, Op};
+use super::table::{Align, Table, fields};
+use super::{Consistency, OutputFormat, parse_duration, parse_endpoint, write_stdout};
+
+/// How long to wait for one endpoint to accept a connection before trying
+/// the next.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pauses before re-sending a request the server marked safe to retry; one
+/// retry per entry.
+const RETRY_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+];
+
+/// Where and how the client commands talk to the cluster.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// gRPC endpoints of any nodes, comma separated; tried in order until one answers.
+    #[arg(
+        long,
+        env = "RINGKV_ENDPOINTS",
+        value_delimiter = ',',
+        value_parser = parse_endpoint,
+        default_value = "127.0.0.1:9091,127.0.0.1:9092,127.0.0.1:9093"
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// Deadline of each request (e.g. 500ms, 10s); sent to the server too.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `ringkv put`: write a key.
+#[derive(clap::Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("precondition").args(["if_match", "create", "if_exists"])))]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    /// The key.
+    pub key: String,
+    /// The value; read from stdin when absent.
+    pub value: Option<String>,
+    /// Write only if the key exists with exactly this mod_revision (compare-and-set).
+    #[arg(long, value_name = "REV")]
+    pub if_match: Option<u64>,
+    /// Write only if the key does not exist yet.
+    #[arg(long, visible_alias = "if-none-match-star")]
+    pub create: bool,
+    /// Write only if the key exists (any revision).
+    #[arg(long)]
+    pub if_exists: bool,
+}
+
+/// `ringkv get`: read a key.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    /// The key.
+    pub key: String,
+    /// The read guarantee.
+    #[arg(long, value_enum, default_value = "linearizable")]
+    pub consistency: Consistency,
+    /// Print exactly the value's bytes, with no newline added.
+    #[arg(long, conflicts_with = "output")]
+    pub raw: bool,
+}
+
+/// `ringkv del`: delete a key.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DelArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    /// The key.
+    pub key: String,
+    /// Delete only if the key exists with exactly this mod_revision.
+    #[arg(long, value_name = "REV")]
+    pub if_match: Option<u64>,
+}
+
+/// `ringkv status`: one node's view of the cluster.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    /// Also list every partition (table output; JSON always has them).
+    #[arg(long)]
+    pub partitions: bool,
+}
+
+/// `ringkv locate`: which partition and nodes hold a key.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LocateArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    /// The key.
+    pub key: String,
+}
+
+/// Runs `ringkv put`.
+pub async fn put(a: PutArgs) -> ExitCode {
+    let result = execute_put(&a).await;
+    finish(result.map(|r| render_put(a.opts.output, &a.key, &r).into_bytes()))
+}
+
+/// Runs `ringkv get`.
+pub async fn get(a: GetArgs) -> ExitCode {
+    let result = execute_get(&a).await;
+    finish(result.map(|kv| render_get(a.opts.output, a.raw, &kv)))
+}
+
+/// Runs `ringkv del`.
+pub async fn del(a: DelArgs) -> ExitCode {
+    let result = execute_del(&a).await;
+    finish(result.map(|r| render_del(a.opts.output, &a.key, &r).into_bytes()))
+}
+
+/// Runs `ringkv status`.
+pub async fn status(a: StatusArgs) -> ExitCode {
+    let result = execute_status(&a).await;
+    finish(result.map(|s| render_status(a.opts.output, a.partitions, &s).into_bytes()))
+}
+
+/// Runs `ringkv locate`.
+pub async fn locate(a: LocateArgs) -> ExitCode {
+    let result = execute_locate(&a).await;
+    finish(result.map(|l| render_locate(a.opts.output, &a.key, &l).into_bytes()))
+}
+
+/// Prints the result or the error line and picks the exit code.
+fn finish(result: Result<Vec<u8>, Failure>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            write_stdout(&out);
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("{}", failure.line());
+            ExitCode::from(failure.exit)
+        }
+    }
+}
+
+/// The precondition `put` flags ask for (clap lets at most one through).
+fn put_precondition(a: &PutArgs) -> Option<Precondition> {
+    let kind = if let Some(rev) = a.if_match {
+        precondition::Kind::ModRevision(rev)
+    } else if a.create {
+        precondition::Kind::MustNotExist(true)
+    } else if a.if_exists {
+        precondition::Kind::MustExist(true)
+    } else {
+        return None;
+    };
+    Some(Precondition { kind: Some(kind) })
+}
+
+async fn execute_put(a: &PutArgs) -> Result<PutResponse, Failure> {
+    let value = match &a.value {
+        Some(v) => Bytes::from(v.clone().into_bytes()),
+        None => read_stdin().await?,
+    };
+    let request = PutRequest {
+        key: Bytes::from(a.key.clone().into_bytes()),
+        value,
+        precondition: put_precondition(a),
+    };
+    let timeout = a.opts.timeout;
+    call(&a.opts, Op::Write, |channel| {
+        let request = deadline(request.clone(), timeout);
+        async move { KvClient::new(channel).put(request).await }
+    })
+    .await
+}
+
+async fn execute_get(a: &GetArgs) -> Result<KeyValue, Failure> {
+    let request = GetRequest {
+        key: Bytes::from(a.key.clone().into_bytes()),
+        consistency: a.consistency.to_proto() as i32,
+    };
+    let timeout = a.opts.timeout;
+    let response = call(&a.opts, Op::Read, |channel| {
+        let request = deadline(request.clone(), timeout);
+        async move { KvClient::new(channel).get(request).await }
+    })
+    .await?;
+    response
+        .kv
+        .ok_or_else(|| Failure::new(ErrorCode::BadReply, Op::Read, "GetResponse without kv"))
+}
+
+async fn execute_del(a: &DelArgs) -> Result<DeleteResponse, Failure> {
+    let request = DeleteRequest {
+        key: Bytes::from(a.key.clone().into_bytes()),
+        precondition: a.if_match.map(|rev| Precondition {
+            kind: Some(precondition::Kind::ModRevision(rev)),
+        }),
+    };
+    let timeout = a.opts.timeout;
+    call(&a.opts, Op::Write, |channel| {
+        let request = deadline(request.clone(), timeout);
+        async move { KvClient::new(channel).delete(request).await }
+    })
+    .await
+}
+
+async fn execute_status(a: &StatusArgs) -> Result<StatusResponse, Failure> {
+    let timeout = a.opts.timeout;
+    call(&a.opts, Op::Read, |channel| {
+        let request = deadline(StatusRequest {}, timeout);
+        async move { ClusterClient::new(channel).status(request).await }
+    })
+    .await
+}
+
+async fn execute_locate(a: &LocateArgs) -> Result<LocateResponse, Failure> {
+    let request = LocateRequest {
+        key: Bytes::from(a.key.clone().into_bytes()),
+    };
+    let timeout = a.opts.timeout;
+    call(&a.opts, Op::Read, |channel| {
+        let request = deadline(request.clone(), timeout);
+        async move { ClusterClient::new(channel).locate(request).await }
+    })
+    .await
+}
+
+/// Wraps a message with its deadline, which tonic sends as `grpc-timeout`.
+fn deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// Reads the whole of stdin (the value of `put` without a value argument).
+async fn read_stdin() -> Result<Bytes, Failure> {
+    let read = tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+    })
+    .await;
+    match read {
+        Ok(Ok(buf)) => Ok(Bytes::from(buf)),
+        Ok(Err(e)) => Err(Failure::new(
+            ErrorCode::BadInput,
+            Op::Write,
+            format!("reading the value from stdin: {e}"),
+        )),
+        Err(e) => Err(Failure::new(
+            ErrorCode::BadInput,
+            Op::Write,
+            format!("reading the value from stdin: {e}"),
+        )),
+    }
+}
+
+/// Sends one request built by `send` with the retry and failover policy of
+/// the module doc.
+async fn call<T, F, Fut>(opts: &ClientOpts, op: Op, mut send: F) -> Result<T, Failure>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut next_endpoint = 0;
+    let mut connected: Option<Channel> = None;
+    let mut retries = RETRY_BACKOFF.iter();
+    loop {
+        let channel = match &connected {
+            Some(channel) => channel.clone(),
+            None => {
+                let (channel, index) = connect_first(&opts.endpoints[next_endpoint..], op).await?;
+                next_endpoint += index + 1;
+                connected = Some(channel.clone());
+                channel
+            }
+        };
+        let status = match tokio::time::timeout(opts.timeout, send(channel)).await {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) => status,
+            Err(_elapsed) => {
+                let message = match op {
+                    Op::Write => format!(
+                        "no answer within {:?}; the write may have been applied",
+                        opts.timeout
+                    ),
+                    Op::Read => format!("no answer within {:?}", opts.timeout),
+                };
+                return Err(Failure::new(ErrorCode::ClientTimeout, op, message));
+            }
+        };
+        let failure = Failure::from_status(&status, op);
+        if failure.code.is_retryable()
+            && let Some(pause) = retries.next()
+        {
+            tokio::time::sleep(*pause).await;
+            continue;
+        }
+        let failover = match failure.code {
+            ErrorCode::Unreachable => true,
+            ErrorCode::ConnectionLost => op == Op::Read,
+            _ => false,
+        };
+        if failover && next_endpoint < opts.endpoints.len() {
+            connected = None;
+            continue;
+        }
+        return Err(failure);
+    }
+}
+
+/// Connects to the first of `endpoints` that accepts, returning the channel
+/// and its index in `endpoints`.
+async fn connect_first(endpoints: &[String], op: Op) -> Result<(Channel, usize), Failure> {
+    let mut errors = Vec::new();
+    for (index, uri) in endpoints.iter().enumerate() {
+        let endpoint = match Endpoint::from_shared(uri.clone()) {
+            Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
+            Err(e) => {
+                errors.push(format!("{uri}: {e}"));
+                continue;
+            }
+        };
+        // The connect timeout bounds TCP; this also bounds the HTTP/2 handshake.
+        match tokio::time::timeout(2 * CONNECT_TIMEOUT, endpoint.connect()).await {
+            Ok(Ok(channel)) => return Ok((channel, index)),
+            Ok(Err(e)) => errors.push(format!("{uri}: {}", error_chain(&e))),
+            Err(_) => errors.push(format!("{uri}: connect timed out")),
+        }
+    }
+    let message = if errors.is_empty() {
+        "no endpoint left to try".to_owned()
+    } else {
+        format!("no endpoint reachable ({})", errors.join("; "))
+    };
+    Err(Failure::new(ErrorCode::Unreachable, op, message))
+}
+
+/// An error and its sources on one line (tonic's own Display is terse).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// A JSON string for bytes: the text if valid UTF-8, else base64.
+#[derive(Serialize)]
+struct EncodedBytes {
+    text: String,
+    encoding: &'static str,
+}
+
+fn encode_bytes(bytes: &[u8]) -> EncodedBytes {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => EncodedBytes {
+            text: text.to_owned(),
+            encoding: "utf8",
+        },
+        Err(_) => EncodedBytes {
+            text: base64::engine::general_purpose::STANDARD.encode(bytes),
+            encoding: "base64",
+        },
+    }
+}
+
+fn to_json_line<T: Serialize>(value: &T) -> String {
+    // Serializing plain structs of strings and numbers cannot fail.
+    let mut line = serde_json::to_string(value).unwrap_or_default();
+    line.push('\n');
+    line
+}
+
+fn render_put(format: OutputFormat, key: &str, r: &PutResponse) -> String {
+    match format {
+        OutputFormat::Table => fields(&[
+            ("created", r.created.to_string()),
+            ("version", r.version.to_string()),
+            ("mod_revision", r.mod_revision.to_string()),
+        ]),
+        OutputFormat::Json => {
+            #[derive(Serialize)]
+            struct Put<'a> {
+                key: &'a str,
+                created: bool,
+                version: u64,
+                mod_revision: u64,
+            }
+            to_json_line(&Put {
+                key,
+                created: r.created,
+                version: r.version,
+                mod_revision: r.mod_revision,
+            })
+        }
+    }
+}
+
+fn render_get(format: OutputFormat, raw: bool, kv: &KeyValue) -> Vec<u8> {
+    if raw {
+        return kv.value.to_vec();
+    }
+    match format {
+        OutputFormat::Table => {
+            let mut out = Vec::with_capacity(kv.value.len() + 1);
+            out.extend_from_slice(&kv.value);
+            out.push(b'\n');
+            out
+        }
+        OutputFormat::Json => {
+            #[derive(Serialize)]
+            struct Get {
+                key: String,
+                value: String,
+                value_encoding: &'static str,
+                version: u64,
+                create_revision: u64,
+                mod_revision: u64,
+            }
+            let value = encode_bytes(&kv.value);
+            to_json_line(&Get {
+                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                value: value.text,
+                value_encoding: value.encoding,
+                version: kv.version,
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+            })
+            .into_bytes()
+        }
+    }
+}
+
+fn render_del(format: OutputFormat, key: &str, r: &DeleteResponse) -> String {
+    match format {
+        OutputFormat::Table => fields(&[("revision", r.revision.to_string())]),
+        OutputFormat::Json => {
+            #[derive(Serialize)]
+            struct Del<'a> {
+                key: &'a str,
+                revision: u64,
+            }
+            to_json_line(&Del {
+                key,
+                revision: r.revision,
+            })
+        }
+    }
+}
+
+fn render_locate(format: OutputFormat, key: &str, r: &LocateResponse) -> String {
+    match format {
+        OutputFormat::Table => fields(&[
+            ("partition", r.partition.to_string()),
+            ("leader", leader_cell(r.leader)),
+            ("replicas", join_ids(&r.replicas)),
+        ]),
+        OutputFormat::Json => {
+            #[derive(Serialize)]
+            struct Locate<'a> {
+                key: &'a str,
+                partition: u32,
+                /// `null` when the answering node knows no leader.
+                leader: Option<u64>,
+                replicas: &'a [u64],
+            }
+            to_json_line(&Locate {
+                key,
+                partition: r.partition,
+                leader: (r.leader != 0).then_some(r.leader),
+                replicas: &r.replicas,
+            })
+        }
+    }
+}
+
+/// Table: a summary line, the nodes (with how many partitions each leads,
+/// as far as the answering node knows), a count of partitions without a
+/// known leader, and with `partitions` one row per partition.
+/// JSON: the whole `StatusResponse` with field names as in api.proto
+/// (`leader` is `null` when unknown) plus `leaders` per node.
+fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> String {
+    let leads = |id: u64| s.partitions.iter().filter(|p| p.leader == id).count();
+    let leaderless = s.partitions.iter().filter(|p| p.leader == 0).count();
+    match format {
+        OutputFormat::Table => {
+            let mut out = format!(
+                "answered by node {}: {} nodes, {} partitions, replication factor {}\n\n",
+                s.node_id,
+                s.nodes.len(),
+                s.partition_count,
+                s.replication_factor
+            );
+            let mut nodes = Table::new(&[
+                ("NODE", Align::Right),
+                ("ADDRESS", Align::Left),
+                ("HEALTH", Align::Left),
+                ("PHI", Align::Right),
+                ("LEADS", Align::Right),
+            ]);
+            for n in &s.nodes {
+                nodes.row(vec![
+                    n.id.to_string(),
+                    n.grpc_addr.clone(),
+                    n.health.clone(),
+                    format!("{:.2}", n.phi),
+                    leads(n.id).to_string(),
+                ]);
+            }
+            out.push_str(&nodes.render());
+            out.push_str(&format!(
+                "\npartitions without a known leader: {leaderless} \
+                 (node {} knows the leaders of the partitions it replicates)\n",
+                s.node_id
+            ));
+            if partitions {
+                let mut table = Table::new(&[
+                    ("PARTITION", Align::Right),
+                    ("LEADER", Align::Right),
+                    ("REPLICAS", Align::Left),
+                    ("TERM", Align::Right),
+                    ("COMMIT", Align::Right),
+                    ("APPLIED", Align::Right),
+                    ("KEYS", Align::Right),
+                ]);
+                for p in &s.partitions {
+                    table.row(vec![
+                        p.partition.to_string(),
+                        leader_cell(p.leader),
+                        join_ids(&p.replicas),
+                        p.term.to_string(),
+                        p.commit_index.to_string(),
+                        p.applied_index.to_string(),
+                        p.keys.to_string(),
+                    ]);
+                }
+                out.push('\n');
+                out.push_str(&table.render());
+            }
+            out
+        }
+        OutputFormat::Json => {
+            #[derive(Serialize)]
+            struct Node<'a> {
+                id: u64,
+                grpc_addr: &'a str,
+                health: &'a str,
+                phi: f64,
+                leaders: usize,
+            }
+            #[derive(Serialize)]
+            struct Partition<'a> {
+                partition: u32,
+                leader: Option<u64>,
+                replicas: &'a [u64],
+                term: u64,
+                commit_index: u64,
+                applied_index: u64,
+                keys: u64,
+            }
+            #[derive(Serialize)]
+            struct Status<'a> {
+                node_id: u64,
+                partition_count: u32,
+                replication_factor: u32,
+                nodes: Vec<Node<'a>>,
+                partitions: Vec<Partition<'a>>,
+            }
+            to_json_line(&Status {
+                node_id: s.node_id,
+                partition_count: s.partition_count,
+                replication_factor: s.replication_factor,
+                nodes: s
+                    .nodes
+                    .iter()
+                    .map(|n| Node {
+                        id: n.id,
+                        grpc_addr: &n.grpc_addr,
+                        health: &n.health,
+                        // JSON has no NaN or infinity.
+                        phi: if n.phi.is_finite() { n.phi } else { f64::MAX },
+                        leaders: leads(n.id),
+                    })
+                    .collect(),
+                partitions: s
+                    .partitions
+                    .iter()
+                    .map(|p| Partition {
+                        partition: p.partition,
+                        leader: (p.leader != 0).then_some(p.leader),
+                        replicas: &p.replicas,
+                        term: p.term,
+                        commit_index: p.commit_index,
+                        applied_index: p.applied_index,
+                        keys: p.keys,
+                    })
+                    .collect(),
+            })
+        }
+    }
+}
+
+fn leader_cell(leader: u64) -> String {
+    if leader == 0 {
+        "-".to_owned()
+    } else {
+        leader.to_string()
+    }
+}
+
+fn join_ids(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! An in-process fake ringkv node serving `ringkv.v1.Kv` and
+//! `ringkv.v1.Cluster` over real gRPC, for the client and bench tests: an
+//! in-memory map with preconditions, a script of failures to play first,
+//! and a request counter.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_proto::v1::cluster_server::{Cluster, ClusterServer};
+use ringkv_proto::v1::kv_server::{Kv, KvServer};
+use ringkv_proto::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, LocateRequest,
+    LocateResponse, NodeStatus, PartitionStatus, PutRequest, PutResponse, StatusRequest,
+    StatusResponse, precondition,
+};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::failure::{CODE_METADATA, CURRENT_MOD_REVISION_METADATA};
+
+pub(crate) fn sample_status() -> StatusResponse {
+    let node = |id: u64, health: &str, phi: f64| NodeStatus {
+        id,
+        grpc_addr: format!("127.0.0.1:909{id}"),
+        health: health.into(),
+        phi,
+    };
+    let part = |partition: u32, leader: u64| PartitionStatus {
+        partition,
+        leader,
+        replicas: vec![1, 2, 3],
+        term: 3,
+        commit_index: 120 + u64::from(partition),
+        applied_index: 120 + u64::from(partition),
+        keys: 10 * u64::from(partition),
+    };
+    StatusResponse {
+        node_id: 1,
+        partition_count: 4,
+        replication_factor: 3,
+        nodes: vec![
+            node(1, "self", 0.0),
+            node(2, "up", 0.41),
+            node(3, "down", 12.5),
+        ],
+        partitions: vec![part(0, 1), part(1, 2), part(2, 1), part(3, 0)],
+    }
+}
+
+/// What the fake server does with the next requests, in order; once the
+/// script runs out it serves from its map.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scripted {
+    Fail(tonic::Code, &'static str),
+    Hang,
+}
+
+#[derive(Default)]
+pub(crate) struct FakeState {
+    pub(crate) script: VecDeque<Scripted>,
+    /// key -> (value, version, mod_revision)
+    pub(crate) keys: BTreeMap<Bytes, (Bytes, u64, u64)>,
+    revision: u64,
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct FakeNode {
+    pub(crate) state: Arc<Mutex<FakeState>>,
+    pub(crate) requests: Arc<AtomicUsize>,
+}
+
+fn coded(code: tonic::Code, ringkv_code: &str) -> Status {
+    let mut status = Status::new(code, format!("fake {ringkv_code}"));
+    status
+        .metadata_mut()
+        .insert(CODE_METADATA, MetadataValue::try_from(ringkv_code).unwrap());
+    status
+}
+
+impl FakeNode {
+    /// Counts the request and plays the next scripted step, if any.
+    async fn step(&self) -> Result<(), Status> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let next = self.state.lock().unwrap().script.pop_front();
+        match next {
+            Some(Scripted::Fail(code, name)) => Err(coded(code, name)),
+            Some(Scripted::Hang) => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for FakeNode {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.step().await?;
+        let key = request.into_inner().key;
+        let state = self.state.lock().unwrap();
+        let (value, version, mod_revision) = state
+            .keys
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| coded(tonic::Code::NotFound, "not_found"))?;
+        Ok(Response::new(GetResponse {
+            kv: Some(KeyValue {
+                key,
+                value,
+                version,
+                create_revision: 1,
+                mod_revision,
+            }),
+        }))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.step().await?;
+        let r = request.into_inner();
+        let mut state = self.state.lock().unwrap();
+        let current = state.keys.get(&r.key).cloned();
+        let holds = match r.precondition.and_then(|p| p.kind) {
+            None => true,
+            Some(precondition::Kind::MustNotExist(_)) => current.is_none(),
+            Some(precondition::Kind::MustExist(_)) => current.is_some(),
+            Some(precondition::Kind::ModRevision(rev)) => {
+                current.as_ref().map(|c| c.2) == Some(rev)
+            }
+        };
+        if !holds {
+            let mut status = coded(tonic::Code::FailedPrecondition, "precondition_failed");
+            if let Some(c) = &current {
+                status.metadata_mut().insert(
+                    CURRENT_MOD_REVISION_METADATA,
+                    MetadataValue::try_from(c.2.to_string()).unwrap(),
+                );
+            }
+            return Err(status);
+        }
+        state.revision += 1;
+        let version = current.as_ref().map_or(1, |c| c.1 + 1);
+        let mod_revision = state.revision;
+        state.keys.insert(r.key, (r.value, version, mod_revision));
+        Ok(Response::new(PutResponse {
+            version,
+            mod_revision,
+            created: current.is_none(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        self.step().await?;
+        let key = request.into_inner().key;
+        let mut state = self.state.lock().unwrap();
+        state
+            .keys
+            .remove(&key)
+            .ok_or_else(|| coded(tonic::Code::NotFound, "not_found"))?;
+        state.revision += 1;
+        Ok(Response::new(DeleteResponse {
+            revision: state.revision,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for FakeNode {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.step().await?;
+        Ok(Response::new(sample_status()))
+    }
+
+    async fn locate(
+        &self,
+        _request: Request<LocateRequest>,
+    ) -> Result<Response<LocateResponse>, Status> {
+        self.step().await?;
+        Ok(Response::new(LocateResponse {
+            partition: 3,
+            leader: 2,
+            replicas: vec![1, 2, 3],
+        }))
+    }
+}
+
+/// Serves `node` on a free local port until the test's runtime ends.
+pub(crate) async fn serve(node: FakeNode) -> SocketAddr {
+    let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind a free port");
+    let addr = incoming.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(KvServer::new(node.clone()))
+            .add_service(ClusterServer::new(node))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+/// An address nothing listens on: connecting is refused.
+pub(crate) fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}

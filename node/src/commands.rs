@@ -1,0 +1,314 @@
+//! The command line: `ringkv server`, `ringkv demo`, the client commands and
+//! `ringkv bench`. Every flag of `server` can also be set as a `RINGKV_*`
+//! environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use ringkv_core::NodeId;
+use ringkv_node::cli::{bench, client};
+use ringkv_node::clock::MonotonicClock;
+use ringkv_node::config::{ServerConfig, defaults, parse_peers};
+use ringkv_node::disk::FsDisk;
+use ringkv_node::server::Server;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringkv",
+    version,
+    about = "ringkv: a sharded, replicated, strongly consistent key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node of a cluster.
+    Server(ServerArgs),
+    /// Run a local 3-node cluster in this process (Ctrl-C stops it; data is kept).
+    Demo(DemoArgs),
+    /// Write a key.
+    Put(client::PutArgs),
+    /// Read a key.
+    Get(client::GetArgs),
+    /// Delete a key.
+    Del(client::DelArgs),
+    /// Show the cluster as one node sees it.
+    Status(client::StatusArgs),
+    /// Show which partition, leader and replicas a key has.
+    Locate(client::LocateArgs),
+    /// Closed-loop load against a running cluster.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// This node's id (a positive integer, one of --peers).
+    #[arg(long, env = "RINGKV_NODE_ID")]
+    id: u64,
+    /// Every member with its gRPC address: 1=127.0.0.1:9091,2=127.0.0.1:9092,...
+    #[arg(long, env = "RINGKV_PEERS")]
+    peers: String,
+    /// Where gRPC (client API and peer traffic) listens. Defaults to this node's address in --peers.
+    #[arg(long, env = "RINGKV_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// Where the REST API listens.
+    #[arg(long, env = "RINGKV_REST_LISTEN", default_value = "127.0.0.1:8081")]
+    rest_listen: SocketAddr,
+    /// Run without the REST API.
+    #[arg(long, env = "RINGKV_NO_REST")]
+    no_rest: bool,
+    /// Data directory (WAL, snapshots, node.toml). Default: ./ringkv-data/node-<id>.
+    #[arg(long, env = "RINGKV_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or ringkv_node=debug.
+    #[arg(long, env = "RINGKV_LOG", default_value = "info")]
+    log: String,
+}
+
+/// Settings every node of one cluster must agree on.
+#[derive(Args, Debug, Clone)]
+struct ClusterArgs {
+    /// Cluster name, recorded in each node's data directory.
+    #[arg(long, env = "RINGKV_CLUSTER_ID", default_value = defaults::CLUSTER_ID)]
+    cluster_id: String,
+    /// Number of partitions (fixed for the life of the cluster).
+    #[arg(long, env = "RINGKV_PARTITIONS", default_value_t = defaults::PARTITION_COUNT)]
+    partitions: u32,
+    /// Replicas per partition.
+    #[arg(long, env = "RINGKV_REPLICATION_FACTOR", default_value_t = defaults::REPLICATION_FACTOR)]
+    replication_factor: u32,
+    /// Largest key accepted, in bytes.
+    #[arg(long, env = "RINGKV_MAX_KEY_BYTES", default_value_t = defaults::MAX_KEY_BYTES)]
+    max_key_bytes: usize,
+    /// Largest value accepted, in bytes.
+    #[arg(long, env = "RINGKV_MAX_VALUE_BYTES", default_value_t = defaults::MAX_VALUE_BYTES)]
+    max_value_bytes: usize,
+    /// After this many milliseconds a request is answered: a write "outcome unknown", a read "timeout".
+    #[arg(long, env = "RINGKV_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    request_timeout_ms: u64,
+}
+
+impl ClusterArgs {
+    fn apply(&self, c: &mut ServerConfig) {
+        c.cluster_id = self.cluster_id.clone();
+        c.partition_count = self.partitions;
+        c.replication_factor = self.replication_factor;
+        c.max_key_bytes = self.max_key_bytes;
+        c.max_value_bytes = self.max_value_bytes;
+        c.request_timeout = Duration::from_millis(self.request_timeout_ms);
+    }
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Where the demo keeps its nodes' data; running the demo again reuses it.
+    #[arg(long, env = "RINGKV_DEMO_DIR", default_value = "ringkv-data/demo")]
+    data_dir: PathBuf,
+    /// Nodes to run.
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// REST port of node 1; node n listens on this + n - 1.
+    #[arg(long, default_value_t = 8081)]
+    rest_port: u16,
+    /// gRPC port of node 1; node n listens on this + n - 1.
+    #[arg(long, default_value_t = 9091)]
+    grpc_port: u16,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "RINGKV_LOG", default_value = "warn")]
+    log: String,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => run_async(server(args)),
+        Command::Demo(args) => run_async(demo(args)),
+        Command::Put(a) => run_client(client::put(a)),
+        Command::Get(a) => run_client(client::get(a)),
+        Command::Del(a) => run_client(client::del(a)),
+        Command::Status(a) => run_client(client::status(a)),
+        Command::Locate(a) => run_client(client::locate(a)),
+        Command::Bench(a) => run_client(async move {
+            bench::run(a).await.unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::from(ringkv_node::cli::exit::OTHER)
+            })
+        }),
+    }
+}
+
+/// Client commands report their own errors and pick their exit code.
+fn run_client(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(ringkv_node::cli::exit::OTHER)
+        }
+    }
+}
+
+fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Election jitter differs per process start; the simulation passes its own.
+fn process_seed(id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ id.rotate_left(32) ^ u64::from(std::process::id())
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(&args.log);
+    let peers = parse_peers(&args.peers).context("--peers")?;
+    let id = NodeId(args.id);
+    let Some(&own_addr) = peers.get(&id) else {
+        anyhow::bail!("--id {} is not in --peers ({})", args.id, args.peers);
+    };
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(format!("ringkv-data/node-{}", args.id)));
+    let mut config = ServerConfig::new(id, peers, args.grpc_listen.unwrap_or(own_addr), data_dir);
+    args.cluster.apply(&mut config);
+    config.rest_listen = (!args.no_rest).then_some(args.rest_listen);
+    let mut server = Server::start(
+        config,
+        Arc::new(MonotonicClock::new()),
+        Arc::new(FsDisk::new()),
+        process_seed(args.id),
+    )
+    .await?;
+    tokio::select! {
+        r = server.wait() => r,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; stopping");
+            server.stop().await;
+            Ok(())
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    init_logging(&args.log);
+    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    let loopback = std::net::Ipv4Addr::LOCALHOST;
+    let peers = (1..=args.nodes)
+        .map(|n| {
+            (
+                NodeId(u64::from(n)),
+                SocketAddr::from((loopback, args.grpc_port + n - 1)),
+            )
+        })
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let mut servers = Vec::new();
+    for (&id, &grpc) in &peers {
+        let dir = args.data_dir.join(format!("node-{}", id.0));
+        let mut config = ServerConfig::new(id, peers.clone(), grpc, dir);
+        args.cluster.apply(&mut config);
+        config.rest_listen = Some(SocketAddr::from((
+            loopback,
+            args.rest_port + id.0 as u16 - 1,
+        )));
+        let server = Server::start(
+            config,
+            Arc::new(MonotonicClock::new()),
+            Arc::new(FsDisk::new()),
+            process_seed(id.0),
+        )
+        .await
+        .with_context(|| format!("starting node {id}"))?;
+        servers.push(server);
+    }
+    println!(
+        "ringkv demo: {} nodes, data in {}",
+        servers.len(),
+        args.data_dir.display()
+    );
+    for s in &servers {
+        println!(
+            "  node {}  REST http://{}  gRPC {}",
+            s.node.view().node_id.0,
+            s.rest_addr.map(|a| a.to_string()).unwrap_or_default(),
+            s.grpc_addr
+        );
+    }
+    let rest1 = servers[0]
+        .rest_addr
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let rest2 = servers
+        .get(1)
+        .and_then(|s| s.rest_addr)
+        .map(|a| a.to_string())
+        .unwrap_or(rest1.clone());
+    println!();
+    println!("try:");
+    println!("  curl -X PUT {rest1}/v1/kv/hello -d world");
+    println!("  curl {rest2}/v1/kv/hello");
+    println!("  curl {rest1}/v1/cluster/status");
+    println!("  ringkv put greeting hi && ringkv get greeting");
+    println!("  ringkv bench --clients 50 --duration 10s");
+    println!();
+    println!("Ctrl-C stops the cluster; running `ringkv demo` again brings it back with its data.");
+
+    let mut failed = None;
+    {
+        let waits = futures::future::select_all(servers.iter_mut().map(|s| Box::pin(s.wait())));
+        tokio::select! {
+            (r, i, _) = waits => failed = Some((i, r)),
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    println!("stopping...");
+    for s in servers {
+        s.stop().await;
+    }
+    if let Some((i, r)) = failed {
+        r.with_context(|| format!("node {} stopped", i + 1))?;
+    }
+    println!("stopped; data kept in {}", args.data_dir.display());
+    Ok(())
+}

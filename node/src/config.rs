@@ -1,0 +1,162 @@
+//! A server's static configuration, independent of how it was given (CLI
+//! flags, environment, the demo launcher, the simulation harness).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringkv_core::NodeId;
+use ringkv_core::node::NodeConfig;
+use ringkv_core::ring::RingConfig;
+
+/// Everything one `ringkv server` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub node_id: NodeId,
+    /// Every member (this node included) and its gRPC address, which peers
+    /// and clients dial.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Where this node's gRPC server listens (client API and peer transport).
+    pub grpc_listen: SocketAddr,
+    /// Where the REST API listens; `None` to run without it.
+    pub rest_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    /// A name shared by the cluster's nodes, kept in `node.toml` so a data
+    /// directory is never opened by a node of another cluster.
+    pub cluster_id: String,
+    pub partition_count: u32,
+    pub replication_factor: u32,
+    pub tokens_per_node: u32,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub request_timeout: Duration,
+    pub tick_interval: Duration,
+}
+
+/// Defaults shared by the CLI, the demo and the tests.
+pub mod defaults {
+    pub const PARTITION_COUNT: u32 = 64;
+    pub const REPLICATION_FACTOR: u32 = 3;
+    pub const TOKENS_PER_NODE: u32 = 64;
+    pub const MAX_KEY_BYTES: usize = 4 << 10;
+    pub const MAX_VALUE_BYTES: usize = 1 << 20;
+    pub const CLUSTER_ID: &str = "ringkv";
+}
+
+impl ServerConfig {
+    /// A configuration with every tunable at its default.
+    pub fn new(
+        node_id: NodeId,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        grpc_listen: SocketAddr,
+        data_dir: PathBuf,
+    ) -> Self {
+        let core = NodeConfig::new(node_id, peers.keys().copied().collect());
+        ServerConfig {
+            node_id,
+            peers,
+            grpc_listen,
+            rest_listen: None,
+            data_dir,
+            cluster_id: defaults::CLUSTER_ID.to_owned(),
+            partition_count: defaults::PARTITION_COUNT,
+            replication_factor: defaults::REPLICATION_FACTOR,
+            tokens_per_node: defaults::TOKENS_PER_NODE,
+            max_key_bytes: defaults::MAX_KEY_BYTES,
+            max_value_bytes: defaults::MAX_VALUE_BYTES,
+            request_timeout: core.request_timeout,
+            tick_interval: core.tick_interval,
+        }
+    }
+
+    /// The core's configuration for this server.
+    pub fn node_config(&self) -> NodeConfig {
+        let mut c = NodeConfig::new(self.node_id, self.peers.keys().copied().collect());
+        c.ring = RingConfig {
+            partition_count: self.partition_count,
+            replication_factor: self.replication_factor as usize,
+            tokens_per_node: self.tokens_per_node,
+        };
+        c.max_key_bytes = self.max_key_bytes;
+        c.max_value_bytes = self.max_value_bytes;
+        c.request_timeout = self.request_timeout;
+        c.tick_interval = self.tick_interval;
+        c
+    }
+}
+
+/// Why a `--peers` list did not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PeersError {
+    #[error("peer entry {0:?} is not ID=HOST:PORT (for example 1=127.0.0.1:9091)")]
+    Syntax(String),
+    #[error("peer id in {0:?} must be a positive integer")]
+    BadId(String),
+    #[error("peer address in {0:?} is not a socket address (HOST:PORT with a numeric IP)")]
+    BadAddr(String),
+    #[error("peer id {0} appears twice")]
+    Duplicate(u64),
+    #[error("the peer list is empty")]
+    Empty,
+}
+
+/// Parses `1=127.0.0.1:9091,2=127.0.0.1:9092,...`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, PeersError> {
+    let mut out = BTreeMap::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| PeersError::Syntax(entry.to_owned()))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&id| id > 0)
+            .ok_or_else(|| PeersError::BadId(entry.to_owned()))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| PeersError::BadAddr(entry.to_owned()))?;
+        if out.insert(NodeId(id), addr).is_some() {
+            return Err(PeersError::Duplicate(id));
+        }
+    }
+    if out.is_empty() {
+        return Err(PeersError::Empty);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_peer_list() {
+        let peers = parse_peers("1=127.0.0.1:9091, 2=127.0.0.1:9092,3=[::1]:9093").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&NodeId(3)].port(), 9093);
+    }
+
+    #[test]
+    fn rejects_bad_peer_lists_with_a_reason() {
+        assert_eq!(
+            parse_peers("1:127.0.0.1:9091"),
+            Err(PeersError::Syntax("1:127.0.0.1:9091".into()))
+        );
+        assert_eq!(
+            parse_peers("0=127.0.0.1:1"),
+            Err(PeersError::BadId("0=127.0.0.1:1".into()))
+        );
+        assert_eq!(
+            parse_peers("1=localhost"),
+            Err(PeersError::BadAddr("1=localhost".into()))
+        );
+        assert_eq!(
+            parse_peers("1=127.0.0.1:1,1=127.0.0.1:2"),
+            Err(PeersError::Duplicate(1))
+        );
+        assert_eq!(parse_peers(" , "), Err(PeersError::Empty));
+    }
+}

@@ -1,0 +1,350 @@
+//! Files, as the node sees them. Storage touches the file system only
+//! through [`Disk`], so the simulation can substitute a disk that loses,
+//! keeps or tears unsynced writes when a node loses power.
+//!
+//! The calls are synchronous; the driver runs them off the event loop
+//! (`spawn_blocking`). Two implementations live here: [`FsDisk`] (the real
+//! file system) and [`MemDisk`] (in memory, with a power-loss model, for
+//! tests). What storage writes, and why, is `crate::storage`'s business.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// The file operations storage needs. Paths are absolute or relative to the
+/// process's working directory; a `Disk` never interprets them further.
+///
+/// Durability model (POSIX): `append`, `write_file`, `truncate`, `rename`
+/// and `remove_file` may be lost in a crash until `sync_file` (for a file's
+/// contents) or `sync_dir` (for the directory entry) has returned.
+pub trait Disk: Send + Sync + 'static {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names of the entries of `dir`, sorted. `NotFound` if it is absent.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The whole file. `NotFound` if it is absent.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Appends to the file, creating it if absent.
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Creates or replaces the file with exactly `data`.
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Makes the file's contents durable (fdatasync).
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, removes) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Cuts the file to `len` bytes.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+}
+
+// ------------------------------------------------------------------ FsDisk
+
+/// Append handles kept open at most; beyond this the cache forgets one.
+/// Storage appends to one WAL segment at a time, so a handful is plenty.
+const MAX_CACHED_APPEND_FILES: usize = 8;
+
+/// The real file system, through `std::fs`. Append handles are cached (behind
+/// a mutex) so a WAL append does not reopen its file every time.
+#[derive(Debug, Default)]
+pub struct FsDisk {
+    append_files: Mutex<BTreeMap<PathBuf, File>>,
+}
+
+impl FsDisk {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn cache(&self) -> MutexGuard<'_, BTreeMap<PathBuf, File>> {
+        // A panic while holding the lock leaves only a map of open files:
+        // still consistent, so keep using it.
+        self.append_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn forget(&self, path: &Path) {
+        self.cache().remove(path);
+    }
+}
+
+impl Disk for FsDisk {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut cache = self.cache();
+        if !cache.contains_key(path) {
+            if cache.len() >= MAX_CACHED_APPEND_FILES {
+                cache.pop_first();
+            }
+            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            cache.insert(path.to_path_buf(), file);
+        }
+        match cache.get_mut(path) {
+            Some(file) => file.write_all(data),
+            None => Err(io::Error::other("append handle vanished from the cache")),
+        }
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.forget(path);
+        fs::write(path, data)
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        if let Some(file) = self.cache().get(path) {
+            return file.sync_data();
+        }
+        File::open(path)?.sync_data()
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.forget(path);
+        OpenOptions::new().write(true).open(path)?.set_len(len)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.forget(from);
+        self.forget(to);
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.forget(path);
+        fs::remove_file(path)
+    }
+}
+
+// ----------------------------------------------------------------- MemDisk
+
+/// One file of a [`MemDisk`]: what a reader sees now, and what survives a crash.
+#[derive(Debug, Clone, Default)]
+struct MemFile {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    dirs: BTreeSet<PathBuf>,
+    files: BTreeMap<PathBuf, MemFile>,
+    file_syncs: u64,
+    dir_syncs: u64,
+}
+
+/// An in-memory [`Disk`] for tests that models what a power loss keeps.
+///
+/// Per file it holds the current bytes and the bytes as of the last
+/// `sync_file`; [`MemDisk::crash`] throws away everything not synced, and
+/// [`MemDisk::crash_keeping`] keeps a chosen part of each unsynced append (a
+/// torn write). Simplification: directory operations (creating, renaming,
+/// removing a file, creating a directory) are durable at once, so `sync_dir`
+/// only counts. Deterministic: ordered maps, no clock, no randomness.
+#[derive(Debug, Default)]
+pub struct MemDisk {
+    state: Mutex<MemState>,
+}
+
+impl MemDisk {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, MemState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Power loss: every file goes back to its contents at its last sync.
+    pub fn crash(&self) {
+        self.crash_keeping(|_, _| 0);
+    }
+
+    /// Power loss that tears writes: for a file whose unsynced change is an
+    /// append of `n` bytes past its durable contents, `keep(path, n)` says
+    /// how many of them survive (clamped to `n`). Any other unsynced change
+    /// (a truncate, a rewrite) is lost entirely.
+    pub fn crash_keeping(&self, mut keep: impl FnMut(&Path, usize) -> usize) {
+        let mut state = self.state();
+        for (path, file) in state.files.iter_mut() {
+            if file.current.len() > file.durable.len() && file.current.starts_with(&file.durable) {
+                let unsynced = file.current.len() - file.durable.len();
+                let kept = keep(path, unsynced).min(unsynced);
+                file.current.truncate(file.durable.len() + kept);
+            } else {
+                file.current.clone_from(&file.durable);
+            }
+            file.durable.clone_from(&file.current);
+        }
+    }
+
+    /// `sync_file` calls so far, on any file.
+    pub fn file_syncs(&self) -> u64 {
+        self.state().file_syncs
+    }
+
+    /// `sync_dir` calls so far.
+    pub fn dir_syncs(&self) -> u64 {
+        self.state().dir_syncs
+    }
+
+    /// Replaces a file's bytes, durably, as if the medium changed under us
+    /// (tests: corruption, truncation). Creates the file if absent.
+    pub fn set_durable(&self, path: &Path, data: Vec<u8>) {
+        let mut state = self.state();
+        let file = state.files.entry(path.to_path_buf()).or_default();
+        file.current.clone_from(&data);
+        file.durable = data;
+    }
+}
+
+fn not_found(what: &str, path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{what} {} not found", path.display()),
+    )
+}
+
+impl MemState {
+    fn parent_exists(&self, path: &Path) -> io::Result<()> {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() && !self.dirs.contains(p) => {
+                Err(not_found("directory", p))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn file_mut(&mut self, path: &Path) -> io::Result<&mut MemFile> {
+        self.files
+            .get_mut(path)
+            .ok_or_else(|| not_found("file", path))
+    }
+}
+
+impl Disk for MemDisk {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        if state.files.contains_key(dir) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} is a file", dir.display()),
+            ));
+        }
+        for ancestor in dir.ancestors() {
+            if !ancestor.as_os_str().is_empty() {
+                state.dirs.insert(ancestor.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.state();
+        if !state.dirs.contains(dir) {
+            return Err(not_found("directory", dir));
+        }
+        let children = state.dirs.iter().chain(state.files.keys());
+        let mut names: Vec<String> = children
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let state = self.state();
+        let file = state
+            .files
+            .get(path)
+            .ok_or_else(|| not_found("file", path))?;
+        Ok(file.current.clone())
+    }
+
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut state = self.state();
+        state.parent_exists(path)?;
+        let file = state.files.entry(path.to_path_buf()).or_default();
+        file.current.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut state = self.state();
+        state.parent_exists(path)?;
+        let file = state.files.entry(path.to_path_buf()).or_default();
+        file.current = data.to_vec();
+        Ok(())
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        let file = state.file_mut(path)?;
+        file.durable.clone_from(&file.current);
+        state.file_syncs += 1;
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        if !state.dirs.contains(dir) {
+            return Err(not_found("directory", dir));
+        }
+        state.dir_syncs += 1;
+        Ok(())
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut state = self.state();
+        let file = state.file_mut(path)?;
+        // Like ftruncate: cuts, or extends with zeros.
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length exceeds memory"))?;
+        file.current.resize(len, 0);
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        state.parent_exists(to)?;
+        let file = state
+            .files
+            .remove(from)
+            .ok_or_else(|| not_found("file", from))?;
+        state.files.insert(to.to_path_buf(), file);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        state
+            .files
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| not_found("file", path))
+    }
+}

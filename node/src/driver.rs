@@ -1,0 +1,509 @@
+//! The event loop that owns one `ringkv_core::node::Node` and feeds it.
+//!
+//! One task runs the core: it takes inputs from a channel (peer batches,
+//! client requests, durable-IO notices), drains a burst of them, then drains
+//! the core's outputs: WAL batches go to the storage task, peer batches to the
+//! per-peer senders, replies to the waiting callers, forwards to the forward
+//! RPC. The loop makes no protocol decisions; the core does.
+//!
+//! The storage task writes whatever WAL batches have queued up while the
+//! previous write was in flight, with one sync for all of them (group commit),
+//! then reports the newest one durable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ringkv_core::detector::PeerStatus;
+use ringkv_core::io::{IoId, IoRequest, PeerBatch};
+use ringkv_core::node::{
+    ClientError, ClientRequest, ClientResponse, Event, Node, NodeStats, Reply, RequestId,
+};
+use ringkv_core::ring::Ring;
+use ringkv_core::{NodeId, PartitionId, Time};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::Clock;
+use crate::storage::{Storage, StorageStats};
+use crate::transport::{Forwarder, PeerSenders};
+
+/// What a client call gets back.
+pub type ClientResult = Result<ClientResponse, ClientError>;
+
+/// Forwards a request may take before a node gives up with `no_leader`
+/// (a non-replica forwards to a replica, which forwards to the leader).
+pub const MAX_FORWARD_HOPS: u32 = 3;
+/// Inputs drained per loop turn before outputs are flushed: large enough to
+/// coalesce a burst into one WAL batch and one message per peer, small enough
+/// to keep timers and replies moving.
+const MAX_INPUTS_PER_TURN: usize = 512;
+/// Capacity of the input queue; senders wait when it is full.
+pub const INPUT_QUEUE: usize = 16 * 1024;
+/// How often the published cluster view is refreshed.
+const VIEW_INTERVAL: Duration = Duration::from_millis(200);
+
+/// An input for the core.
+pub enum Input {
+    Peer(PeerBatch),
+    Request {
+        req: ClientRequest,
+        hops: u32,
+        reply: oneshot::Sender<ClientResult>,
+    },
+    /// Every IO up to this one is durable.
+    Persisted(IoId),
+    /// Storage wants these partitions snapshotted so old WAL segments can go.
+    Compact(Vec<PartitionId>),
+    /// Storage failed; the node must stop (it can no longer make promises).
+    StorageFailed(String),
+}
+
+/// This node's view of the cluster, refreshed a few times per second.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub node_id: NodeId,
+    pub members: Vec<MemberView>,
+    pub partitions: Vec<PartitionView>,
+    /// Set once every partition this node replicates knows its leader.
+    pub ready: bool,
+    /// The core's counters.
+    pub stats: NodeStats,
+    /// Client requests inside the core right now.
+    pub pending_requests: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub id: NodeId,
+    /// "self", "up" or "down".
+    pub health: &'static str,
+    pub phi: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartitionView {
+    pub partition: PartitionId,
+    pub replicas: Vec<NodeId>,
+    /// Known only where this node replicates the partition.
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub keys: u64,
+}
+
+impl ClusterView {
+    pub fn leader_of(&self, p: PartitionId) -> Option<NodeId> {
+        self.partitions.get(p.0 as usize).and_then(|v| v.leader)
+    }
+}
+
+/// The handle the APIs use to reach the core.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Input>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    storage_stats: watch::Receiver<StorageStats>,
+    ring: Arc<Ring>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl NodeHandle {
+    /// Runs a client request to completion (forwarding inside the cluster as
+    /// needed). Never fails silently: a write whose fate is unknown says so.
+    pub async fn request(&self, req: ClientRequest) -> ClientResult {
+        self.request_with_hops(req, 0).await
+    }
+
+    /// A request another node forwarded to us, `hops` forwards so far.
+    pub async fn request_with_hops(&self, req: ClientRequest, hops: u32) -> ClientResult {
+        let is_write = !matches!(req, ClientRequest::Get { .. });
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Input::Request { req, hops, reply })
+            .await
+            .is_err()
+        {
+            return Err(ClientError::Internal("this node is shutting down".into()));
+        }
+        match rx.await {
+            Ok(r) => r,
+            // The node stopped with the request inside it: a write may have
+            // been proposed already.
+            Err(_) if is_write => Err(ClientError::OutcomeUnknown),
+            Err(_) => Err(ClientError::Internal("this node is shutting down".into())),
+        }
+    }
+
+    /// The latest published view of the cluster.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Storage counters as of the latest WAL write.
+    pub fn storage_stats(&self) -> StorageStats {
+        *self.storage_stats.borrow()
+    }
+
+    /// Whether the event loop has stopped (storage failure or shutdown).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// Where the driver sends its outputs.
+pub struct DriverIo {
+    pub peers: PeerSenders,
+    pub forwarder: Forwarder,
+}
+
+/// The event loop. Built by [`Driver::new`], run by [`Driver::run`].
+pub struct Driver {
+    node: Node,
+    clock: Arc<dyn Clock>,
+    rx: mpsc::Receiver<Input>,
+    tx: mpsc::Sender<Input>,
+    io_tx: mpsc::UnboundedSender<IoRequest>,
+    io: DriverIo,
+    pending: HashMap<RequestId, Pending>,
+    next_request: u64,
+    view_tx: watch::Sender<Arc<ClusterView>>,
+    next_view: Time,
+    stopped: Arc<AtomicBool>,
+}
+
+struct Pending {
+    req: ClientRequest,
+    hops: u32,
+    reply: oneshot::Sender<ClientResult>,
+}
+
+impl Driver {
+    /// Wires a driver around a started core and its storage. Returns the
+    /// driver, the handle for the APIs, and the sender peers' batches go to.
+    pub fn new(
+        node: Node,
+        storage: Storage,
+        clock: Arc<dyn Clock>,
+        io: DriverIo,
+    ) -> (Driver, NodeHandle) {
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let (io_tx, io_rx) = mpsc::unbounded_channel();
+        let ring = Arc::new(node.ring().clone());
+        let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView {
+            node_id: node.id(),
+            members: Vec::new(),
+            partitions: Vec::new(),
+            ready: false,
+            stats: NodeStats::default(),
+            pending_requests: 0,
+        }));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (storage_stats_tx, storage_stats) = watch::channel(storage.stats());
+        tokio::spawn(storage_task(storage, io_rx, tx.clone(), storage_stats_tx));
+        let handle = NodeHandle {
+            tx: tx.clone(),
+            view: view_rx,
+            storage_stats,
+            ring,
+            stopped: stopped.clone(),
+        };
+        let driver = Driver {
+            node,
+            clock,
+            rx,
+            tx,
+            io_tx,
+            io,
+            pending: HashMap::new(),
+            next_request: 1,
+            view_tx,
+            next_view: Time::from_millis(0),
+            stopped,
+        };
+        (driver, handle)
+    }
+
+    /// The sender for inputs (the peer service feeds batches through it).
+    pub fn input(&self) -> mpsc::Sender<Input> {
+        self.tx.clone()
+    }
+
+    /// Runs until storage fails or every input sender is gone. Returns the
+    /// storage error, if that is why it stopped.
+    pub async fn run(mut self) -> Result<(), String> {
+        let result = self.event_loop().await;
+        self.stopped.store(true, Ordering::Relaxed);
+        for (_, p) in self.pending.drain() {
+            let is_write = !matches!(p.req, ClientRequest::Get { .. });
+            let err = if is_write {
+                ClientError::OutcomeUnknown
+            } else {
+                ClientError::Internal("this node stopped".into())
+            };
+            let _ = p.reply.send(Err(err));
+        }
+        result
+    }
+
+    async fn event_loop(&mut self) -> Result<(), String> {
+        self.node.handle_timeout(self.clock.now());
+        self.drain_outputs();
+        loop {
+            let deadline = self.node.poll_timeout();
+            let sleep = deadline.map(|d| self.clock.sleep_until(d));
+            tokio::select! {
+                input = self.rx.recv() => {
+                    let Some(input) = input else { return Ok(()) };
+                    self.handle(input)?;
+                    for _ in 1..MAX_INPUTS_PER_TURN {
+                        match self.rx.try_recv() {
+                            Ok(input) => self.handle(input)?,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = async { match sleep { Some(s) => s.await, None => std::future::pending().await } } => {}
+            }
+            let now = self.clock.now();
+            if deadline.is_some_and(|d| now >= d) {
+                self.node.handle_timeout(now);
+            }
+            self.drain_outputs();
+        }
+    }
+
+    fn handle(&mut self, input: Input) -> Result<(), String> {
+        let now = self.clock.now();
+        match input {
+            Input::Peer(batch) => self.node.handle_message(now, batch),
+            Input::Request { req, hops, reply } => {
+                let id = RequestId(self.next_request);
+                self.next_request += 1;
+                self.pending.insert(
+                    id,
+                    Pending {
+                        req: req.clone(),
+                        hops,
+                        reply,
+                    },
+                );
+                self.node.handle_request(now, id, req);
+            }
+            Input::Persisted(io) => self.node.handle_persisted(now, io),
+            Input::Compact(partitions) => {
+                for p in partitions {
+                    let _ = self.node.compact_partition(now, p);
+                }
+            }
+            Input::StorageFailed(e) => {
+                tracing::error!(error = %e, "storage failed; stopping this node");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(io) = self.node.poll_io() {
+            // The storage task lives as long as the driver; if it is gone the
+            // node is stopping and the records need no home.
+            let _ = self.io_tx.send(io);
+        }
+        while let Some((to, batch)) = self.node.poll_transmit() {
+            self.io.peers.send(to, batch);
+        }
+        while let Some((id, reply)) = self.node.poll_reply() {
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            match reply {
+                Reply::Done(result) => {
+                    let _ = p.reply.send(result);
+                }
+                Reply::Forward(to) => self.forward(p, to),
+            }
+        }
+        while let Some(event) = self.node.poll_event() {
+            log_event(&event);
+        }
+        let now = self.clock.now();
+        if now >= self.next_view {
+            self.next_view = now + VIEW_INTERVAL;
+            let view = build_view(&self.node, now);
+            self.view_tx.send_replace(Arc::new(view));
+        }
+    }
+
+    fn forward(&mut self, p: Pending, to: NodeId) {
+        let partition = self.node.ring().partition_of(p.req.key());
+        if p.hops >= MAX_FORWARD_HOPS {
+            let _ = p.reply.send(Err(ClientError::NoLeader { partition }));
+            return;
+        }
+        let forwarder = self.io.forwarder.clone();
+        let from = self.node.id();
+        tokio::spawn(async move {
+            let result = forwarder
+                .forward(from, to, &p.req, partition, p.hops + 1)
+                .await;
+            let _ = p.reply.send(result);
+        });
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Raft { partition, event } => {
+            tracing::debug!(partition = %partition, event = ?event, "raft");
+        }
+        Event::PeerDown { peer } => tracing::warn!(peer = %peer, "peer is down"),
+        Event::PeerUp { peer } => tracing::info!(peer = %peer, "peer is up"),
+        Event::DroppedBatch { from, reason } => {
+            tracing::warn!(from = %from, reason, "dropped a peer batch");
+        }
+    }
+}
+
+fn build_view(node: &Node, now: Time) -> ClusterView {
+    let me = node.id();
+    let detector = node.detector();
+    let mut status: BTreeMap<NodeId, PeerStatus> = BTreeMap::new();
+    for (peer, s, _) in detector.peers() {
+        status.insert(peer, s);
+    }
+    let members = node
+        .ring()
+        .members()
+        .iter()
+        .map(|&id| {
+            if id == me {
+                MemberView {
+                    id,
+                    health: "self",
+                    phi: 0.0,
+                }
+            } else {
+                let up = matches!(status.get(&id), Some(PeerStatus::Up));
+                MemberView {
+                    id,
+                    health: if up { "up" } else { "down" },
+                    phi: detector.phi(id, now),
+                }
+            }
+        })
+        .collect();
+    let mut ready = true;
+    let partitions = node
+        .ring()
+        .partitions()
+        .map(|p| {
+            let replicas = node.ring().replicas(p).to_vec();
+            match (node.raft(p), node.kv(p)) {
+                (Some(raft), Some(kv)) => {
+                    if raft.leader().is_none() {
+                        ready = false;
+                    }
+                    PartitionView {
+                        partition: p,
+                        replicas,
+                        leader: raft.leader(),
+                        term: raft.term(),
+                        commit_index: raft.log().committed(),
+                        applied_index: kv.applied_index(),
+                        keys: kv.len() as u64,
+                    }
+                }
+                _ => PartitionView {
+                    partition: p,
+                    replicas,
+                    leader: None,
+                    term: 0,
+                    commit_index: 0,
+                    applied_index: 0,
+                    keys: 0,
+                },
+            }
+        })
+        .collect();
+    ClusterView {
+        node_id: me,
+        members,
+        partitions,
+        ready,
+        stats: node.stats().clone(),
+        pending_requests: node.pending_requests(),
+    }
+}
+
+/// Writes WAL batches. Everything that queued up while the previous write
+/// was in flight goes into the next one, with one sync (group commit).
+async fn storage_task(
+    mut storage: Storage,
+    mut rx: mpsc::UnboundedReceiver<IoRequest>,
+    tx: mpsc::Sender<Input>,
+    stats: watch::Sender<StorageStats>,
+) {
+    let mut last_pinned: Vec<PartitionId> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let last = batch.last().map(|r| r.id).unwrap_or(IoId(0));
+        let joined = run_blocking(move || {
+            let result = storage.write(&batch);
+            (storage, result)
+        })
+        .await;
+        let (s, result) = match joined {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tx
+                    .send(Input::StorageFailed(format!("storage task panicked: {e}")))
+                    .await;
+                return;
+            }
+        };
+        storage = s;
+        if let Err(e) = result {
+            let _ = tx.send(Input::StorageFailed(e.to_string())).await;
+            return;
+        }
+        if tx.send(Input::Persisted(last)).await.is_err() {
+            return;
+        }
+        stats.send_replace(storage.stats());
+        let pinned = storage.partitions_pinning_old_segments();
+        if !pinned.is_empty() && pinned != last_pinned {
+            let _ = tx.send(Input::Compact(pinned.clone())).await;
+        }
+        last_pinned = pinned;
+    }
+}
+
+/// Runs disk work off the event loop: on a blocking thread in production;
+/// inline under madsim, whose disks are in memory and where threads would
+/// break determinism.
+pub async fn run_blocking<F, R>(f: F) -> Result<R, String>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    #[cfg(not(madsim))]
+    {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(madsim)]
+    {
+        Ok(f())
+    }
+}

@@ -1,0 +1,187 @@
+//! Starts one node: opens storage, recovers the core, and serves gRPC (client
+//! API + peer transport) and REST until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ringkv_core::node::Node;
+use ringkv_proto::v1::cluster_server::ClusterServer;
+use ringkv_proto::v1::kv_server::KvServer;
+use ringkv_proto::v1::peer_server::PeerServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::grpc::{ClusterService, KvService};
+use crate::clock::Clock;
+use crate::config::ServerConfig;
+use crate::disk::Disk;
+use crate::driver::{Driver, DriverIo, NodeHandle};
+use crate::storage::{NodeMeta, Storage, StorageOptions};
+use crate::transport::{Forwarder, PeerSenders, PeerService, TransportStats};
+
+/// A running node.
+pub struct Server {
+    pub node: NodeHandle,
+    pub stats: Arc<TransportStats>,
+    pub grpc_addr: SocketAddr,
+    pub rest_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    driver: JoinHandle<Result<(), String>>,
+    grpc: JoinHandle<Result<(), String>>,
+    #[cfg(not(madsim))]
+    rest: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Server {
+    /// Recovers the node from `config.data_dir` and starts serving.
+    /// `seed` drives the core's election jitter.
+    pub async fn start(
+        config: ServerConfig,
+        clock: Arc<dyn Clock>,
+        disk: Arc<dyn Disk>,
+        seed: u64,
+    ) -> anyhow::Result<Server> {
+        let meta = NodeMeta {
+            node_id: config.node_id.0,
+            cluster_id: config.cluster_id.clone(),
+            partition_count: config.partition_count,
+            replication_factor: config.replication_factor,
+        };
+        let dir = config.data_dir.clone();
+        let (storage, recovered) = crate::driver::run_blocking(move || {
+            Storage::open(disk, dir, meta, StorageOptions::default())
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("storage recovery task failed: {e}"))?
+        .with_context(|| {
+            format!(
+                "cannot open the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let node = Node::new(config.node_config(), seed, recovered)
+            .context("cannot start the node's core")?;
+
+        let stats = Arc::new(TransportStats::default());
+        let peers = PeerSenders::start(config.node_id, &config.peers, clock.clone(), stats.clone());
+        // A forwarded call waits a little longer than the remote node's own
+        // request timeout, so the remote's answer (even "outcome unknown") wins.
+        let forward_timeout = config.request_timeout + config.request_timeout / 5;
+        let forwarder = Forwarder::new(
+            config.node_id,
+            &config.peers,
+            forward_timeout,
+            stats.clone(),
+        );
+        let (driver, handle) = Driver::new(node, storage, clock, DriverIo { peers, forwarder });
+        let input = driver.input();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let addrs = Arc::new(config.peers.clone());
+        let grpc_addr = config.grpc_listen;
+        let grpc_router = tonic::transport::Server::builder()
+            .add_service(KvServer::new(KvService::new(handle.clone())))
+            .add_service(ClusterServer::new(ClusterService::new(
+                handle.clone(),
+                addrs.clone(),
+            )))
+            .add_service(PeerServer::new(PeerService::new(
+                input,
+                handle.clone(),
+                stats.clone(),
+            )));
+        let mut rx = shutdown_rx.clone();
+        let grpc = tokio::spawn(async move {
+            grpc_router
+                .serve_with_shutdown(grpc_addr, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| format!("gRPC server on {grpc_addr}: {e}"))
+        });
+
+        #[cfg(not(madsim))]
+        let (rest, rest_addr) = match config.rest_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for REST on {addr}"))?;
+                let local = listener.local_addr()?;
+                let app = crate::api::rest::router(
+                    handle.clone(),
+                    stats.clone(),
+                    addrs,
+                    config.max_value_bytes,
+                );
+                let mut rx = shutdown_rx.clone();
+                let task = tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        })
+                        .await
+                        .map_err(|e| format!("REST server on {local}: {e}"))
+                });
+                (Some(task), Some(local))
+            }
+            None => (None, None),
+        };
+        #[cfg(madsim)]
+        let rest_addr = None;
+
+        let mut rx = shutdown_rx;
+        let driver = tokio::spawn(async move {
+            tokio::select! {
+                r = driver.run() => r,
+                _ = rx.wait_for(|s| *s) => Ok(()),
+            }
+        });
+        tracing::info!(node = %config.node_id, grpc = %grpc_addr, rest = ?rest_addr, "node started");
+        Ok(Server {
+            node: handle,
+            stats,
+            grpc_addr,
+            rest_addr,
+            shutdown,
+            driver,
+            grpc,
+            #[cfg(not(madsim))]
+            rest,
+        })
+    }
+
+    /// Runs until a part of the node fails (returns the error) or
+    /// [`Server::stop`] is called from another task.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        let joined = |r: Result<Result<(), String>, tokio::task::JoinError>| match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+            Err(e) => Err(anyhow::anyhow!("task failed: {e}")),
+        };
+        #[cfg(not(madsim))]
+        if let Some(rest) = self.rest.as_mut() {
+            return tokio::select! {
+                r = &mut self.driver => joined(r),
+                r = &mut self.grpc => joined(r),
+                r = rest => joined(r),
+            };
+        }
+        tokio::select! {
+            r = &mut self.driver => joined(r),
+            r = &mut self.grpc => joined(r),
+        }
+    }
+
+    /// Stops serving: listeners close, the event loop ends, requests still
+    /// inside are answered (writes as "outcome unknown").
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.driver.await;
+        let _ = self.grpc.await;
+        #[cfg(not(madsim))]
+        if let Some(rest) = self.rest {
+            let _ = rest.await;
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Node-to-node transport over gRPC (`ringkv.v1.Peer`).
+//!
+//! Each node keeps one long-lived client stream to every peer and pushes
+//! every `PeerBatch` for that peer down it, encoded by the core's wire codec;
+//! a broken stream is re-dialled with exponential backoff, and batches queued
+//! meanwhile are dropped (Raft retransmits; the failure detector notices the
+//! silence). The receiving side decodes each frame; one that fails to decode
+//! is dropped and counted, never trusted and never a panic.
+//!
+//! The same service carries `Forward`: a client request this node cannot
+//! answer, sent to the node the core named.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ringkv_core::NodeId;
+use ringkv_core::io::PeerBatch;
+use ringkv_core::node::{ClientError, ClientRequest};
+use ringkv_core::wire;
+use ringkv_proto::v1 as pb;
+use ringkv_proto::v1::peer_client::PeerClient;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::api::convert;
+use crate::clock::Clock;
+use crate::driver::{Input, NodeHandle};
+
+/// Batches queued for one peer beyond this are dropped (the peer is slow or
+/// unreachable; Raft copes with loss).
+const PEER_QUEUE: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Counters of the transport, for metrics and status.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub batches_sent: AtomicU64,
+    pub batches_dropped_queue_full: AtomicU64,
+    pub batches_received: AtomicU64,
+    pub decode_failures: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub forwards: AtomicU64,
+}
+
+fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address is a valid URI authority")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+}
+
+/// The senders of this node's streams to its peers.
+pub struct PeerSenders {
+    queues: BTreeMap<NodeId, mpsc::Sender<PeerBatch>>,
+    stats: Arc<TransportStats>,
+}
+
+impl PeerSenders {
+    /// Starts one stream task per peer (every member but `me`).
+    pub fn start(
+        me: NodeId,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<TransportStats>,
+    ) -> Self {
+        let mut queues = BTreeMap::new();
+        for (&id, &addr) in peers {
+            if id == me {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            queues.insert(id, tx);
+            tokio::spawn(stream_task(id, addr, rx, clock.clone(), stats.clone()));
+        }
+        PeerSenders { queues, stats }
+    }
+
+    /// Queues a batch for its peer; drops it if the peer's queue is full.
+    pub fn send(&self, to: NodeId, batch: PeerBatch) {
+        let Some(q) = self.queues.get(&to) else {
+            tracing::warn!(peer = %to, "batch for a node that is not a peer");
+            return;
+        };
+        if q.try_send(batch).is_err() {
+            self.stats
+                .batches_dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Keeps one stream to `peer` open and feeds it.
+async fn stream_task(
+    peer: NodeId,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<PeerBatch>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<TransportStats>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut first = true;
+    loop {
+        if !first {
+            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            clock.sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            // What queued while the peer was unreachable is stale by now.
+            while rx.try_recv().is_ok() {}
+        }
+        first = false;
+        let channel = match endpoint(addr).connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(peer = %peer, %addr, error = %e, "cannot reach peer");
+                continue;
+            }
+        };
+        let (frames_tx, frames_rx) = mpsc::channel::<pb::PeerFrame>(PEER_QUEUE);
+        let mut client = PeerClient::new(channel);
+        let call = client.batches(tokio_stream::wrappers::ReceiverStream::new(frames_rx));
+        tokio::pin!(call);
+        tracing::debug!(peer = %peer, %addr, "peer stream open");
+        loop {
+            tokio::select! {
+                result = &mut call => {
+                    match result {
+                        Ok(_) => tracing::debug!(peer = %peer, "peer closed the stream"),
+                        Err(e) => tracing::debug!(peer = %peer, error = %e, "peer stream failed"),
+                    }
+                    break;
+                }
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { return };
+                    let frame = pb::PeerFrame { batch: wire::encode_peer_batch(&batch) };
+                    if frames_tx.send(frame).await.is_err() {
+                        break;
+                    }
+                    stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                    backoff = BACKOFF_MIN;
+                }
+            }
+        }
+    }
+}
+
+/// Sends client requests on to other nodes.
+#[derive(Clone)]
+pub struct Forwarder {
+    clients: Arc<BTreeMap<NodeId, PeerClient<Channel>>>,
+    timeout: Duration,
+    stats: Arc<TransportStats>,
+}
+
+impl Forwarder {
+    /// `timeout` bounds a forwarded call; it should exceed the core's request
+    /// timeout so the remote node's own answer (e.g. outcome unknown) wins.
+    pub fn new(
+        me: NodeId,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        timeout: Duration,
+        stats: Arc<TransportStats>,
+    ) -> Self {
+        let clients = peers
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(&id, &addr)| (id, PeerClient::new(endpoint(addr).connect_lazy())))
+            .collect();
+        Forwarder {
+            clients: Arc::new(clients),
+            timeout,
+            stats,
+        }
+    }
+
+    pub async fn forward(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        req: &ClientRequest,
+        partition: ringkv_core::PartitionId,
+        hops: u32,
+    ) -> Result<ringkv_core::node::ClientResponse, ClientError> {
+        let is_write = !matches!(req, ClientRequest::Get { .. });
+        let Some(client) = self.clients.get(&to) else {
+            return Err(ClientError::Internal(format!(
+                "asked to forward to {to}, which is not a member"
+            )));
+        };
+        self.stats.forwards.fetch_add(1, Ordering::Relaxed);
+        let mut client = client.clone();
+        let mut request = Request::new(convert::forward_request(req, from.0, hops));
+        request.set_timeout(self.timeout);
+        match tokio::time::timeout(self.timeout, client.forward(request)).await {
+            Ok(Ok(resp)) => convert::forwarded_response(resp.into_inner()),
+            // The connection was refused: the request never left this node.
+            Ok(Err(status)) if connection_refused(&status) => {
+                tracing::debug!(to = %to, %status, "forward target refused the connection");
+                Err(if is_write {
+                    ClientError::Dropped
+                } else {
+                    ClientError::NoLeader { partition }
+                })
+            }
+            // The request may have reached the leader before the call failed.
+            Ok(Err(status)) if is_write => {
+                tracing::debug!(to = %to, %status, "forwarded write failed in transit");
+                Err(ClientError::OutcomeUnknown)
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(to = %to, %status, "forwarded read failed in transit");
+                // Nothing was changed by a read: the client may retry.
+                Err(ClientError::NoLeader { partition })
+            }
+            Err(_) if is_write => Err(ClientError::OutcomeUnknown),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+}
+
+/// Whether a failed call provably never reached the server: the TCP
+/// connection itself was refused.
+fn connection_refused(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The server side of `ringkv.v1.Peer`.
+pub struct PeerService {
+    input: mpsc::Sender<Input>,
+    node: NodeHandle,
+    stats: Arc<TransportStats>,
+}
+
+impl PeerService {
+    pub fn new(input: mpsc::Sender<Input>, node: NodeHandle, stats: Arc<TransportStats>) -> Self {
+        PeerService { input, node, stats }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn batches(
+        &self,
+        request: Request<tonic::Streaming<pb::PeerFrame>>,
+    ) -> Result<Response<pb::PeerStreamClosed>, Status> {
+        let mut stream = request.into_inner();
+        loop {
+            let frame = match stream.message().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(%status, "peer stream broke");
+                    break;
+                }
+            };
+            self.stats.batches_received.fetch_add(1, Ordering::Relaxed);
+            match wire::decode_peer_batch(&frame.batch) {
+                Ok(batch) => {
+                    if self.input.send(Input::Peer(batch)).await.is_err() {
+                        return Err(Status::unavailable("node is shutting down"));
+                    }
+                }
+                Err(e) => {
+                    let n = self.stats.decode_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(error = %e, total = n, "dropped a peer frame that does not decode");
+                }
+            }
+        }
+        Ok(Response::new(pb::PeerStreamClosed {}))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardResponse>, Status> {
+        let r = request.into_inner();
+        let hops = r.hops;
+        let req = convert::forwarded_request(r).map_err(Status::invalid_argument)?;
+        let result = self.node.request_with_hops(req, hops).await;
+        Ok(Response::new(convert::forward_response(&result)))
+    }
+}

@@ -1,0 +1,528 @@
+//! Process-level tests: real `ringkv server` processes on loopback, driven
+//! over REST the way a user would, including `kill -9` of nodes.
+
+#![cfg(not(madsim))]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Response, get, kv_path, poll, request, retry_read, retry_write};
+
+const READY: Duration = Duration::from_secs(20);
+const RETRY: Duration = Duration::from_secs(10);
+
+/// PUT, retrying only while the answer is a retryable 503 (nothing applied).
+fn put(c: &Cluster, via: u64, key: &str, value: &[u8], headers: &[(&str, &str)]) -> Response {
+    let addr = c.node(via).rest();
+    retry_write(RETRY, || {
+        request(addr, "PUT", &kv_path(key, None), headers, value)
+    })
+}
+
+/// GET, retrying while the answer is 503/504 or the exchange failed.
+fn read(c: &Cluster, via: u64, key: &str, consistency: Option<&str>) -> Response {
+    let addr = c.node(via).rest();
+    retry_read(RETRY, || get(addr, &kv_path(key, consistency)))
+}
+
+/// Prints how long a test took when dropped (also when it fails).
+struct Timer(&'static str, Instant);
+
+impl Timer {
+    fn start(name: &'static str) -> Timer {
+        Timer(name, Instant::now())
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        eprintln!("{}: {:.1}s", self.0, self.1.elapsed().as_secs_f64());
+    }
+}
+
+#[test]
+fn writes_through_one_node_are_read_through_the_others() {
+    let _timer = Timer::start("writes_through_one_node_are_read_through_the_others");
+    let mut c = Cluster::start(3);
+    c.wait_ready(READY);
+
+    let keys: Vec<(String, String)> = (0..50)
+        .map(|i| (format!("user/{i:03}"), format!("value of {i} ✓")))
+        .collect();
+    for (k, v) in &keys {
+        let r = put(&c, 1, k, v.as_bytes(), &[]);
+        assert_eq!(r.status, 201, "PUT {k}: {r:?}");
+        let j = r.json();
+        assert_eq!(j["created"], true, "{j}");
+        assert_eq!(j["version"], 1, "{j}");
+        assert_eq!(r.etag(), j["mod_revision"].as_u64(), "ETag of PUT {k}");
+    }
+    for (k, v) in &keys {
+        for via in [2, 3] {
+            let r = read(&c, via, k, Some("linearizable"));
+            assert_eq!(r.status, 200, "GET {k} via node {via}: {r:?}");
+            assert_eq!(r.text(), *v, "GET {k} via node {via}");
+        }
+    }
+    // A stale read on a follower catches up without any further writes.
+    for (k, v) in &keys {
+        poll(RETRY, &format!("a stale read of {k} on node 3"), || {
+            let r = get(c.node(3).rest(), &kv_path(k, Some("stale"))).ok()?;
+            (r.status == 200 && r.text() == *v).then_some(())
+        });
+    }
+
+    // The JSON envelope.
+    let (k, v) = &keys[0];
+    let r = request(
+        c.node(2).rest(),
+        "GET",
+        &kv_path(k, None),
+        &[("Accept", "application/json")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let j = r.json();
+    assert_eq!(j["key"], k.as_str(), "{j}");
+    assert_eq!(j["value"], v.as_str(), "{j}");
+    assert_eq!(j["value_encoding"], "utf8", "{j}");
+    assert_eq!(j["version"], 1, "{j}");
+    let rev1 = j["mod_revision"].as_u64().expect("mod_revision");
+    assert_eq!(r.etag(), Some(rev1), "ETag is the mod_revision: {r:?}");
+    assert_eq!(j["create_revision"], rev1, "{j}");
+
+    // Conditional writes.
+    let r = put(&c, 1, k, b"again", &[("If-None-Match", "*")]);
+    assert_eq!(r.status, 412, "{r:?}");
+    assert_eq!(r.problem_code(), "precondition_failed");
+    assert_eq!(r.json()["current_mod_revision"], rev1);
+
+    let if_match = format!("\"{rev1}\"");
+    let r = put(&c, 3, k, b"second", &[("If-Match", &if_match)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["version"], 2, "{j}");
+    assert_eq!(j["created"], false, "{j}");
+    let rev2 = j["mod_revision"].as_u64().expect("mod_revision");
+    assert!(rev2 > rev1, "{rev2} > {rev1}");
+
+    let r = put(&c, 2, k, b"third", &[("If-Match", &if_match)]);
+    assert_eq!(r.status, 412, "{r:?}");
+    assert_eq!(r.problem_code(), "precondition_failed");
+    assert_eq!(r.json()["current_mod_revision"], rev2, "{}", r.text());
+    assert_eq!(r.etag(), Some(rev2), "{r:?}");
+    let r = read(&c, 1, k, None);
+    assert_eq!(r.text(), "second", "a failed precondition changed nothing");
+    assert_eq!(r.header("x-ringkv-version"), Some("2"));
+
+    // Limits.
+    let long_key = "k".repeat(5000);
+    let r = put(&c, 1, &long_key, b"v", &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.problem_code(), "key_too_large");
+    let big = vec![b'x'; (1 << 20) + 1];
+    let r = put(&c, 2, "big", &big, &[]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.problem_code(), "value_too_large");
+    let max = vec![b'y'; 1 << 20];
+    let r = put(&c, 2, "big", &max, &[]);
+    assert_eq!(
+        r.status,
+        201,
+        "a value of exactly the limit is accepted: {}",
+        r.text()
+    );
+    let r = read(&c, 3, "big", None);
+    assert_eq!(r.status, 200);
+    assert!(r.body == max, "the 1 MiB value reads back intact");
+
+    // Delete.
+    let r = retry_write(RETRY, || {
+        request(c.node(3).rest(), "DELETE", &kv_path(k, None), &[], b"")
+    });
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.json()["revision"].as_u64().unwrap() > rev2);
+    for via in [1, 2, 3] {
+        let r = read(&c, via, k, None);
+        assert_eq!(r.status, 404, "GET after DELETE via {via}: {r:?}");
+        assert_eq!(r.problem_code(), "not_found");
+    }
+    let r = read(&c, 1, "never-written", None);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.problem_code(), "not_found");
+    c.assert_alive();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// 2xx: the write happened.
+    Acked,
+    /// 503: refused, nothing applied.
+    Failed,
+    /// 504 or a broken connection: it may or may not have happened.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    key: String,
+    value: String,
+    sent: Instant,
+    via: u64,
+    outcome: Outcome,
+    detail: String,
+}
+
+/// Stops the writer threads when dropped, also when the test panics.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn leader_killed_while_writing() {
+    let _timer = Timer::start("leader_killed_while_writing");
+    let mut c = Cluster::start_with(3, &["--request-timeout-ms", "2000"]);
+    c.wait_ready(READY);
+
+    let (victim, partition) = c.wait_leader_of(1, "anchor", READY);
+    let survivors: Vec<u64> = c.ids().filter(|&id| id != victim).collect();
+    let asker = survivors[0];
+    // 8 keys in the victim's partition, 12 elsewhere.
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        if inside.len() == 8 && outside.len() == 12 {
+            break;
+        }
+        assert!(i < 20_000, "could not find keys in partition {partition}");
+        let key = format!("w{i}");
+        if c.partition_of(asker, &key) == partition {
+            if inside.len() < 8 {
+                inside.push(key);
+            }
+        } else if outside.len() < 12 {
+            outside.push(key);
+        }
+    }
+    eprintln!("victim: node {victim}, leader of partition {partition}; keys there: {inside:?}");
+
+    let log: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard = StopOnDrop(stop.clone());
+    let addrs: BTreeMap<u64, _> = survivors
+        .iter()
+        .map(|&id| (id, c.node(id).rest()))
+        .collect();
+    // Three writers, each owning a share of both kinds of keys, so that a
+    // write waiting for its outcome holds up only its own keys.
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let keys: Vec<String> = inside
+                .iter()
+                .chain(&outside)
+                .enumerate()
+                .filter(|(i, _)| i % 3 == w)
+                .map(|(_, k)| k.clone())
+                .collect();
+            let (log, stop, addrs, survivors) =
+                (log.clone(), stop.clone(), addrs.clone(), survivors.clone());
+            thread::spawn(move || {
+                let hard_stop = Instant::now() + Duration::from_secs(90);
+                let mut seq = 0u64;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < hard_stop {
+                    for key in &keys {
+                        seq += 1;
+                        let via = survivors[(seq as usize) % survivors.len()];
+                        let value = format!("{key}@{w}.{seq}");
+                        let sent = Instant::now();
+                        let r = request(
+                            addrs[&via],
+                            "PUT",
+                            &kv_path(key, None),
+                            &[],
+                            value.as_bytes(),
+                        );
+                        let (outcome, detail) = match &r {
+                            Ok(r) if r.is_success() => (Outcome::Acked, String::new()),
+                            Ok(r) if r.status == 503 => (Outcome::Failed, r.text()),
+                            Ok(r) if r.status == 504 => (Outcome::Unknown, r.text()),
+                            // Anything else is a server bug; still, it may
+                            // have been applied.
+                            Ok(r) => (
+                                Outcome::Unknown,
+                                format!("UNEXPECTED {} {}", r.status, r.text()),
+                            ),
+                            Err(e) => (Outcome::Unknown, format!("transport: {e}")),
+                        };
+                        log.lock().unwrap().push(Attempt {
+                            key: key.clone(),
+                            value,
+                            sent,
+                            via,
+                            outcome,
+                            detail,
+                        });
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let acked_since = |t: Instant, keys: &[String]| -> Vec<String> {
+        let log = log.lock().unwrap();
+        keys.iter()
+            .filter(|k| {
+                !log.iter()
+                    .any(|a| &a.key == *k && a.outcome == Outcome::Acked && a.sent >= t)
+            })
+            .cloned()
+            .collect()
+    };
+    let all_keys: Vec<String> = inside.iter().chain(&outside).cloned().collect();
+    let start = Instant::now();
+    poll(
+        Duration::from_secs(10),
+        "every key to take a write before the kill",
+        || acked_since(start, &all_keys).is_empty().then_some(()),
+    );
+
+    let (leader_now, _) = c.wait_leader_of(asker, "anchor", READY);
+    if leader_now != victim {
+        eprintln!("note: partition {partition} moved to node {leader_now} before the kill");
+    }
+    c.kill(victim);
+    let killed_at = Instant::now();
+    poll(
+        Duration::from_secs(15),
+        "writes to every key to be acked again after the kill",
+        || acked_since(killed_at, &all_keys).is_empty().then_some(()),
+    );
+    eprintln!(
+        "every key acked a write again {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    // A little more traffic on the new leaders.
+    let resumed = Instant::now();
+    poll(Duration::from_secs(10), "a second round of acks", || {
+        acked_since(resumed, &all_keys).is_empty().then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let count = |o: Outcome| log.iter().filter(|a| a.outcome == o).count();
+    eprintln!(
+        "{} writes: {} acked, {} refused (503), {} unknown",
+        log.len(),
+        count(Outcome::Acked),
+        count(Outcome::Failed),
+        count(Outcome::Unknown)
+    );
+    let mut unknown_kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for a in log.iter().filter(|a| a.outcome != Outcome::Acked) {
+        let code = serde_json::from_str::<serde_json::Value>(&a.detail)
+            .ok()
+            .and_then(|j| j["code"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| a.detail.chars().take(60).collect());
+        *unknown_kinds.entry(code).or_default() += 1;
+    }
+    eprintln!("not acked, by reason: {unknown_kinds:?}");
+    let unexpected: Vec<&Attempt> = log
+        .iter()
+        .filter(|a| a.detail.starts_with("UNEXPECTED"))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "answers outside the contract: {unexpected:#?}"
+    );
+
+    // No acked write is lost: each key holds its last acked value, or the
+    // value of a later write whose outcome is unknown.
+    let mut finals = BTreeMap::new();
+    for key in &all_keys {
+        let attempts: Vec<&Attempt> = log.iter().filter(|a| &a.key == key).collect();
+        let last_ack = attempts.iter().rposition(|a| a.outcome == Outcome::Acked);
+        let mut allowed: Vec<Option<&str>> = Vec::new();
+        match last_ack {
+            Some(i) => allowed.push(Some(attempts[i].value.as_str())),
+            None => allowed.push(None),
+        }
+        let after = last_ack.map_or(0, |i| i + 1);
+        allowed.extend(
+            attempts[after..]
+                .iter()
+                .filter(|a| a.outcome == Outcome::Unknown)
+                .map(|a| Some(a.value.as_str())),
+        );
+        let r = retry_read(RETRY, || {
+            get(addrs[&survivors[1]], &kv_path(key, Some("linearizable")))
+        });
+        let got = match r.status {
+            200 => Some(r.text()),
+            404 => None,
+            _ => panic!("final read of {key}: {r:?}"),
+        };
+        assert!(
+            allowed.contains(&got.as_deref()),
+            "{key} reads {got:?}; allowed: {allowed:?}; its writes: {:#?}",
+            attempts
+                .iter()
+                .map(|a| (
+                    &a.value,
+                    a.outcome,
+                    a.via,
+                    a.sent.saturating_duration_since(killed_at).as_millis(),
+                    &a.detail
+                ))
+                .collect::<Vec<_>>()
+        );
+        finals.insert(key.clone(), got);
+    }
+
+    // The killed node comes back with its data directory and catches up.
+    c.restart(victim);
+    let back = c.node(victim).rest();
+    let restarted = Instant::now();
+    for (key, want) in &finals {
+        poll(
+            Duration::from_secs(20),
+            &format!("restarted node {victim} to serve {key} = {want:?}"),
+            || {
+                let r = get(back, &kv_path(key, Some("stale"))).ok()?;
+                let got = match r.status {
+                    200 => Some(r.text()),
+                    404 => None,
+                    _ => return None,
+                };
+                (got == *want).then_some(())
+            },
+        );
+    }
+    c.wait_node_ready(victim, READY);
+    eprintln!(
+        "restarted node {victim} caught up in {:.1}s",
+        restarted.elapsed().as_secs_f64()
+    );
+    c.assert_alive();
+}
+
+#[test]
+fn kill_all_and_restart_keeps_acked_writes() {
+    let _timer = Timer::start("kill_all_and_restart_keeps_acked_writes");
+    let mut c = Cluster::start(3);
+    c.wait_ready(READY);
+    let mut acked = BTreeMap::new();
+    for i in 0..200u64 {
+        let (key, value) = (format!("durable/{i}"), format!("v{i}"));
+        let via = 1 + i % 3;
+        let r = put(&c, via, &key, value.as_bytes(), &[]);
+        if r.is_success() {
+            acked.insert(key, value);
+        }
+    }
+    assert!(
+        acked.len() >= 190,
+        "only {} of 200 writes acked",
+        acked.len()
+    );
+
+    c.kill_all();
+    for id in [1, 2, 3] {
+        c.restart(id);
+    }
+    c.wait_ready(READY);
+    let mut lost = Vec::new();
+    for (i, (key, value)) in acked.iter().enumerate() {
+        let r = read(&c, 1 + i as u64 % 3, key, Some("linearizable"));
+        if r.status != 200 || r.text() != *value {
+            lost.push((key, r.status, r.text()));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acked writes lost after a full restart, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    c.assert_alive();
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
+    let _timer = Timer::start("bad_requests_get_clear_errors_and_the_node_keeps_serving");
+    let mut c = Cluster::start_with(1, &["--replication-factor", "1", "--partitions", "8"]);
+    c.wait_ready(READY);
+    let addr = c.node(1).rest();
+    let r = put(&c, 1, "k", b"v", &[]);
+    assert_eq!(r.status, 201, "{r:?}");
+
+    let expect_problem =
+        |method: &str, path: &str, headers: &[(&str, &str)], status: u16, code: &str| {
+            let r = request(addr, method, path, headers, b"x").unwrap();
+            assert_eq!(r.status, status, "{method} {path} {headers:?}: {r:?}");
+            assert_eq!(r.problem_code(), code, "{method} {path} {headers:?}");
+        };
+    let bad_pre = "invalid_precondition";
+    expect_problem(
+        "GET",
+        "/v1/kv/k?consistency=eventual",
+        &[],
+        400,
+        "invalid_consistency",
+    );
+    expect_problem("PUT", "/v1/kv/k", &[("If-Match", "abc")], 400, bad_pre);
+    expect_problem(
+        "PUT",
+        "/v1/kv/k",
+        &[("If-None-Match", "\"3\"")],
+        400,
+        bad_pre,
+    );
+    let both = [("If-Match", "*"), ("If-None-Match", "*")];
+    expect_problem("PUT", "/v1/kv/k", &both, 400, bad_pre);
+    expect_problem(
+        "DELETE",
+        "/v1/kv/k",
+        &[("If-None-Match", "*")],
+        400,
+        bad_pre,
+    );
+    expect_problem("GET", "/v2/nothing/here", &[], 404, "no_such_route");
+    expect_problem("POST", "/v1/cluster", &[], 404, "no_such_route");
+
+    // An empty key is a bad key, not a missing route.
+    expect_problem("PUT", "/v1/kv/", &[], 400, "invalid_key");
+    expect_problem("GET", "/v1/kv/", &[], 400, "invalid_key");
+
+    // A method the route does not have: problem+json like every other
+    // error, and the allowed methods in `Allow`.
+    expect_problem("POST", "/v1/kv/k", &[], 405, "method_not_allowed");
+    let r = request(addr, "POST", "/v1/kv/k", &[], b"x").unwrap();
+    assert!(
+        r.header("allow").is_some_and(|a| a.contains("PUT")),
+        "{r:?}"
+    );
+
+    // Nothing above changed the key, and the node still serves.
+    let r = read(&c, 1, "k", None);
+    assert_eq!((r.status, r.text().as_str()), (200, "v"));
+    assert_eq!(r.header("x-ringkv-version"), Some("1"));
+    let r = put(&c, 1, "k", b"w", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(read(&c, 1, "k", Some("lease")).text(), "w");
+    assert_eq!(get(addr, "/healthz").unwrap().status, 200);
+    c.assert_alive();
+}
