@@ -19,7 +19,7 @@
 //!
 //! The `-o json` report is one object with these fields (times in seconds,
 //! latencies in milliseconds with microsecond precision):
-//! `protocol`, `endpoints`, `clients`, `keys`, `value_size`, `read_ratio`,
+//! `protocol`, `route` (`any` or `leader`), `endpoints`, `clients`, `keys`, `value_size`, `read_ratio`,
 //! `consistency`, `seed`, `warmup_s`, `duration_s` (measured phase, until
 //! the last client stopped), `total_ops` (completed in the measured phase,
 //! failed included), `ok_ops`, `error_ops`, `throughput_ops_s` (`ok_ops` per
@@ -145,6 +145,109 @@ pub struct BenchArgs {
     /// Seed of keys, values and the read/write mix.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Where each request goes: `any` (client i always uses endpoint i mod
+    /// n; the cluster forwards to the leader) or `leader` (each key goes to
+    /// the endpoint of its partition's leader, learned once at the start
+    /// from the cluster status, like a partition-aware client library).
+    #[arg(long, value_enum, default_value = "any")]
+    pub route: Route,
+}
+
+/// How the bench picks an endpoint per request.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    Any,
+    Leader,
+}
+
+/// `--route leader`: for each partition, the index of its leader's target.
+#[derive(Debug)]
+struct LeaderMap {
+    partition_count: u32,
+    target_of: Vec<Option<usize>>,
+}
+
+impl LeaderMap {
+    fn target_for(&self, key: u64) -> Option<usize> {
+        let p = ringkv_core::ring::partition_of(key_name(key).as_bytes(), self.partition_count);
+        self.target_of.get(p.0 as usize).copied().flatten()
+    }
+}
+
+/// Asks every endpoint for its status: which node it is, and the leaders
+/// of the partitions it replicates.
+async fn learn_leaders(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<LeaderMap> {
+    let mut target_of_node: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut leaders: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut partition_count = 0;
+    for (i, e) in endpoints.iter().enumerate() {
+        let status = match args.protocol {
+            Protocol::Rest => rest_status(e).await,
+            Protocol::Grpc => grpc_status(e).await,
+        }
+        .with_context(|| format!("asking {e} for the cluster status (--route leader)"))?;
+        partition_count = status.partition_count;
+        target_of_node.insert(status.node_id, i);
+        for p in status.partitions {
+            if p.leader != 0 {
+                leaders.insert(p.partition, p.leader);
+            }
+        }
+    }
+    anyhow::ensure!(
+        partition_count > 0,
+        "no endpoint reported a partition count"
+    );
+    let target_of = (0..partition_count)
+        .map(|p| leaders.get(&p).and_then(|l| target_of_node.get(l).copied()))
+        .collect();
+    Ok(LeaderMap {
+        partition_count,
+        target_of,
+    })
+}
+
+async fn grpc_status(endpoint: &str) -> anyhow::Result<ringkv_proto::v1::StatusResponse> {
+    let channel = Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await?;
+    let mut client = ringkv_proto::v1::cluster_client::ClusterClient::new(channel);
+    Ok(client
+        .status(ringkv_proto::v1::StatusRequest {})
+        .await?
+        .into_inner())
+}
+
+async fn rest_status(endpoint: &str) -> anyhow::Result<ringkv_proto::v1::StatusResponse> {
+    let client: RestClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = hyper::Request::get(format!("{endpoint}/v1/cluster/status"))
+        .body(Full::new(Bytes::new()))?;
+    let response = tokio::time::timeout(CONNECT_TIMEOUT * 5, client.request(request)).await??;
+    let body = response.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+    Ok(ringkv_proto::v1::StatusResponse {
+        node_id: num(&v, "node_id").context("status without node_id")?,
+        partition_count: num(&v, "partition_count")
+            .and_then(|n| u32::try_from(n).ok())
+            .context("status without partition_count")?,
+        partitions: v
+            .get("partitions")
+            .and_then(serde_json::Value::as_array)
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| ringkv_proto::v1::PartitionStatus {
+                        partition: num(p, "partition").unwrap_or(0) as u32,
+                        leader: num(p, "leader").unwrap_or(0),
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    })
 }
 
 impl BenchArgs {
@@ -209,6 +312,10 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Option<Report>> {
         eprintln!("warning: {reason}; its clients will fail");
     }
     let targets = build_targets(args, &endpoints)?;
+    let leaders = match args.route {
+        Route::Any => None,
+        Route::Leader => Some(Arc::new(learn_leaders(args, &endpoints).await?)),
+    };
     let values = ValuePool::new(args.seed, args.value_size);
     let progress = Progress::new();
 
@@ -230,6 +337,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Option<Report>> {
     for client in 0..args.clients {
         let worker = Worker {
             target: targets[client as usize % targets.len()].clone(),
+            routed: leaders.clone().map(|m| (m, targets.clone())),
             rng: Rng::for_client(args.seed, client),
             values: values.clone(),
             shared: Arc::clone(&shared),
@@ -543,6 +651,8 @@ struct Shared {
 /// One closed-loop client.
 struct Worker {
     target: Target,
+    /// With `--route leader`: the leader map and a target per endpoint.
+    routed: Option<(Arc<LeaderMap>, Vec<Target>)>,
     rng: Rng,
     values: ValuePool,
     shared: Arc<Shared>,
@@ -565,12 +675,19 @@ impl Worker {
             }
             let is_read = self.rng.chance(self.read_ratio);
             let key = self.rng.below(self.keys);
+            let target = match &mut self.routed {
+                Some((map, targets)) => match map.target_for(key) {
+                    Some(i) => &mut targets[i],
+                    None => &mut self.target,
+                },
+                None => &mut self.target,
+            };
             let started = Instant::now();
             let outcome = if is_read {
-                self.target.read(key, self.timeout).await
+                target.read(key, self.timeout).await
             } else {
                 let value = self.values.pick(&mut self.rng);
-                self.target.write(key, value, self.timeout).await
+                target.write(key, value, self.timeout).await
             };
             let latency = started.elapsed();
             if recording {
@@ -783,6 +900,7 @@ impl Progress {
 #[derive(Serialize, Debug)]
 struct Report {
     protocol: &'static str,
+    route: Route,
     endpoints: Vec<String>,
     clients: u32,
     keys: u64,
@@ -890,6 +1008,7 @@ impl Report {
         let total_ops = writes.ops + reads.ops;
         Report {
             protocol: args.protocol.as_str(),
+            route: args.route,
             endpoints,
             clients: args.clients,
             keys: args.keys,
@@ -910,10 +1029,14 @@ impl Report {
 
     fn to_table(&self) -> String {
         let mut out = format!(
-            "ringkv bench: {}, {} endpoints, {} clients, {} keys, {}-byte values, \
+            "ringkv bench: {}, {} endpoints (route: {}), {} clients, {} keys, {}-byte values, \
              read ratio {} ({}), seed {}\n",
             self.protocol,
             self.endpoints.len(),
+            match self.route {
+                Route::Any => "any",
+                Route::Leader => "leader",
+            },
             self.clients,
             self.keys,
             self.value_size,

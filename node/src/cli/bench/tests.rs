@@ -291,6 +291,7 @@ async fn rest_run_with_op_budget_reuses_connections() {
             tokio::spawn(
                 Worker {
                     target: targets[client as usize % targets.len()].clone(),
+                    routed: None,
                     rng: Rng::for_client(args.seed, client),
                     values: values.clone(),
                     shared: Arc::clone(&shared),
