@@ -1,0 +1,1033 @@
+//! Linearizability of each key's history against a register-with-revisions
+//! model: a Wing–Gong search with Lowe's memoization, in the style of Porcupine.
+//!
+//! Owns the model, the search and the explanation of a failure. Keys are
+//! independent objects (a command touches one key), so each key is searched
+//! alone: linearizability is compositional (Herlihy & Wing, locality).
+//!
+//! **Model.** The state of a key is `None` or `(value, version, mod_revision)`,
+//! plus a lower bound on the revision of the key's last write. Value and
+//! version are modelled exactly. Revisions are partition log indices shared
+//! with other keys, so their exact values cannot be predicted; what is checked
+//! is what one key can see: every write's revision is greater than the
+//! previous write's (puts and deletes alike), a value has one revision
+//! wherever it is observed, and a compare-and-set on revision `r` succeeds only
+//! on a value whose revision is (or, when nothing has revealed it yet, can
+//! consistently be) `r`. Every key starts absent.
+//!
+//! **Which operations.** Writes that succeeded, writes with unknown outcome
+//! (completion taken as infinity, and they may also never be linearized:
+//! Porcupine's treatment), and successful `Linearizable` and `Lease` reads
+//! (lease reads can be left out, for runs that drift clocks past the bound).
+//! Failures that say something about the state are kept as reads of it:
+//! `PreconditionFailed { current_mod_revision }` (the key was absent, or held
+//! that revision, and the condition was false) and a delete's `NotFound` (the
+//! key was absent). `NotApplied` failures are dropped: they had no effect, so a
+//! later read of their value fails the search. `Stale` reads and failed or
+//! unknown reads are not checked here (see `stale_reads`).
+//!
+//! **Search.** Call and return events sorted by time (calls first on ties:
+//! equal timestamps count as concurrent), in a list that operations are lifted
+//! out of as they are linearized; backtracking restores them. A set of
+//! (linearized-operations bitset, model state) pairs already explored prunes
+//! repeats. Each key has a step budget; running out gives `Inconclusive`,
+//! which is reported and is not a pass. On failure the report shows the
+//! longest linearizable prefix found, the state after it, and why each
+//! operation that could come next does not fit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+
+use crate::checker::Violation;
+use crate::history::{
+    Consistency, FailReason, History, Operation, Outcome, Precondition, Request, Response, Time,
+};
+
+const CHECKER: &str = "linearizability";
+
+/// Search steps per key before giving up as `Inconclusive`. A step tries one
+/// operation at one point of the search; histories of a few hundred
+/// operations per key with a handful of clients need thousands.
+pub const DEFAULT_STEP_BUDGET: u64 = 2_000_000;
+
+/// How many operations of the longest linearizable prefix a failure report
+/// prints (the most recent ones).
+const PREFIX_SHOWN: usize = 8;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinearizabilityConfig {
+    pub step_budget: u64,
+    /// Whether `Lease` reads are held to linearizability (the default). A lease
+    /// is only safe while clock drift stays within the configured bound, so a
+    /// run whose nemesis pushes clocks beyond it should turn this off.
+    pub include_lease_reads: bool,
+}
+
+impl Default for LinearizabilityConfig {
+    fn default() -> Self {
+        Self {
+            step_budget: DEFAULT_STEP_BUDGET,
+            include_lease_reads: true,
+        }
+    }
+}
+
+/// The verdict on one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyVerdict {
+    Linearizable {
+        ops: usize,
+        steps: u64,
+    },
+    NotLinearizable(Violation),
+    /// The step budget ran out before the search decided.
+    Inconclusive {
+        ops: usize,
+        steps: u64,
+    },
+}
+
+/// Verdicts for every key of the history.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinearizabilityReport {
+    pub keys: BTreeMap<Bytes, KeyVerdict>,
+}
+
+impl LinearizabilityReport {
+    pub fn violations(&self) -> impl Iterator<Item = &Violation> {
+        self.keys.values().filter_map(|verdict| match verdict {
+            KeyVerdict::NotLinearizable(violation) => Some(violation),
+            _ => None,
+        })
+    }
+
+    pub fn inconclusive_keys(&self) -> impl Iterator<Item = &Bytes> {
+        self.keys
+            .iter()
+            .filter(|(_, verdict)| matches!(verdict, KeyVerdict::Inconclusive { .. }))
+            .map(|(key, _)| key)
+    }
+
+    /// True only if every key was shown linearizable.
+    pub fn is_linearizable(&self) -> bool {
+        self.keys
+            .values()
+            .all(|verdict| matches!(verdict, KeyVerdict::Linearizable { .. }))
+    }
+}
+
+/// Checks every key of `history`.
+pub fn check(history: &History, config: &LinearizabilityConfig) -> LinearizabilityReport {
+    let keys = history
+        .keys()
+        .into_iter()
+        .map(|key| {
+            let ops: Vec<&Operation> = history.ops_on(&key).collect();
+            let verdict = check_key(&key, &ops, config);
+            (key, verdict)
+        })
+        .collect();
+    LinearizabilityReport { keys }
+}
+
+/// Checks the operations of one key (all of `ops` must be on `key`).
+pub fn check_key(key: &Bytes, ops: &[&Operation], config: &LinearizabilityConfig) -> KeyVerdict {
+    let mut values = ValueTable::default();
+    let mut model_ops = Vec::new();
+    for op in ops {
+        let lease_read = matches!(
+            op.request,
+            Request::Get {
+                consistency: Consistency::Lease,
+                ..
+            }
+        );
+        if lease_read && !config.include_lease_reads {
+            continue;
+        }
+        if let Some(effect) = Effect::of(op, &mut values) {
+            model_ops.push(ModelOp { op, effect });
+        }
+    }
+    if let Some(violation) = read_of_unwritten_value(key, ops, &model_ops, &values) {
+        return KeyVerdict::NotLinearizable(violation);
+    }
+    let mut search = Search::new(&model_ops);
+    match search.run(&model_ops, config.step_budget) {
+        SearchResult::Linearizable => KeyVerdict::Linearizable {
+            ops: model_ops.len(),
+            steps: search.steps,
+        },
+        SearchResult::OutOfBudget => KeyVerdict::Inconclusive {
+            ops: model_ops.len(),
+            steps: search.steps,
+        },
+        SearchResult::NotLinearizable => {
+            KeyVerdict::NotLinearizable(search.explain(key, &model_ops, &values))
+        }
+    }
+}
+
+// ---- Model ------------------------------------------------------------------
+
+/// Values are interned per key so that model states are small and cheap to hash.
+#[derive(Default)]
+struct ValueTable {
+    ids: HashMap<Bytes, u32>,
+    names: Vec<Bytes>,
+}
+
+impl ValueTable {
+    fn intern(&mut self, value: &Bytes) -> u32 {
+        if let Some(&id) = self.ids.get(value) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(value.clone(), id);
+        self.names.push(value.clone());
+        id
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Current {
+    value: u32,
+    version: u64,
+    /// `None` until a response or a read reveals it (after an unknown write).
+    mod_revision: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct State {
+    current: Option<Current>,
+    /// The last write on this key (put or delete) had a revision at least this.
+    min_last_revision: u64,
+}
+
+/// What an operation requires of, and does to, the key's state.
+#[derive(Clone, Debug)]
+enum Effect {
+    /// A read (or an informative failure, below) that observed this.
+    Read(Option<Observed>),
+    Put {
+        value: u32,
+        precondition: Precondition,
+        /// `(version, mod_revision)` if acknowledged; `None`: outcome unknown.
+        produced: Option<(u64, u64)>,
+    },
+    Delete {
+        precondition: Precondition,
+        /// The delete's revision if acknowledged; `None`: outcome unknown.
+        revision: Option<u64>,
+    },
+    /// Failed precondition: it did not hold on the state, which was absent
+    /// (`None`) or at that revision.
+    Refused {
+        precondition: Precondition,
+        current_mod_revision: Option<u64>,
+    },
+    /// A delete found the key absent.
+    NotFound { precondition: Precondition },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Observed {
+    value: u32,
+    version: u64,
+    mod_revision: u64,
+}
+
+impl Effect {
+    /// `None`: the operation says nothing this checker judges.
+    fn of(op: &Operation, values: &mut ValueTable) -> Option<Effect> {
+        match (&op.request, &op.outcome) {
+            (Request::Get { consistency, .. }, Outcome::Ok(Response::Value(read))) => {
+                if *consistency == Consistency::Stale {
+                    return None;
+                }
+                Some(Effect::Read(read.as_ref().map(|vv| Observed {
+                    value: values.intern(&vv.value),
+                    version: vv.version,
+                    mod_revision: vv.mod_revision,
+                })))
+            }
+            (Request::Get { .. }, _) => None,
+            (
+                Request::Put {
+                    value,
+                    precondition,
+                    ..
+                },
+                outcome,
+            ) => {
+                let produced = match outcome {
+                    Outcome::Ok(Response::Put {
+                        version,
+                        mod_revision,
+                    }) => Some((*version, *mod_revision)),
+                    Outcome::Unknown => None,
+                    Outcome::Fail(reason) => return Effect::of_failure(*precondition, reason),
+                    Outcome::Ok(_) => return None, // refused by `History::new`
+                };
+                Some(Effect::Put {
+                    value: values.intern(value),
+                    precondition: *precondition,
+                    produced,
+                })
+            }
+            (Request::Delete { precondition, .. }, outcome) => {
+                let revision = match outcome {
+                    Outcome::Ok(Response::Deleted { revision }) => Some(*revision),
+                    Outcome::Unknown => None,
+                    Outcome::Fail(reason) => return Effect::of_failure(*precondition, reason),
+                    Outcome::Ok(_) => return None,
+                };
+                Some(Effect::Delete {
+                    precondition: *precondition,
+                    revision,
+                })
+            }
+        }
+    }
+
+    fn of_failure(precondition: Precondition, reason: &FailReason) -> Option<Effect> {
+        match reason {
+            FailReason::NotFound => Some(Effect::NotFound { precondition }),
+            FailReason::PreconditionFailed {
+                current_mod_revision,
+            } => Some(Effect::Refused {
+                precondition,
+                current_mod_revision: *current_mod_revision,
+            }),
+            FailReason::NotApplied(_) => None,
+        }
+    }
+}
+
+/// Why an operation cannot be linearized on a state.
+type Misfit = &'static str;
+
+impl State {
+    /// The current value's revision is `revision`: checks it, or learns it if
+    /// no response has revealed it yet.
+    fn observe_revision(&mut self, revision: u64) -> Result<(), Misfit> {
+        let min_last_revision = self.min_last_revision;
+        let current = self.current.as_mut().ok_or("the key is absent")?;
+        match current.mod_revision {
+            Some(known) if known == revision => Ok(()),
+            Some(_) => Err("its revision is not the current value's revision"),
+            None if revision >= min_last_revision => {
+                current.mod_revision = Some(revision);
+                self.min_last_revision = revision;
+                Ok(())
+            }
+            None => Err("its revision is below the revision of an earlier write"),
+        }
+    }
+
+    /// Requires `precondition` to hold (learning the revision a CAS names).
+    fn require(&mut self, precondition: Precondition) -> Result<(), Misfit> {
+        match precondition {
+            Precondition::None => Ok(()),
+            Precondition::MustNotExist if self.current.is_some() => {
+                Err("it is create-only, but the key exists")
+            }
+            Precondition::MustNotExist => Ok(()),
+            Precondition::MustExist if self.current.is_none() => {
+                Err("it requires the key to exist, but the key is absent")
+            }
+            Precondition::MustExist => Ok(()),
+            Precondition::ModRevision(_) if self.current.is_none() => {
+                Err("it is a compare-and-set, but the key is absent")
+            }
+            Precondition::ModRevision(revision) => self.observe_revision(revision).map_err(
+                |_| "it is a compare-and-set on a revision the current value does not have",
+            ),
+        }
+    }
+
+    /// A new write with `revision` (`None`: unknown) becomes the last write.
+    fn advance_revision(&mut self, revision: Option<u64>) -> Result<Option<u64>, Misfit> {
+        match revision {
+            Some(r) if r > self.min_last_revision => {
+                self.min_last_revision = r;
+                Ok(Some(r))
+            }
+            Some(_) => Err("its revision is not above the revision of the previous write"),
+            None => {
+                self.min_last_revision += 1;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The state after `effect`, or why `effect` cannot happen now.
+    fn apply(mut self, effect: &Effect) -> Result<State, Misfit> {
+        match *effect {
+            Effect::Read(None) if self.current.is_some() => {
+                Err("it read absent, but the key exists")
+            }
+            Effect::Read(None) => Ok(self),
+            Effect::Read(Some(seen)) => {
+                let current = self
+                    .current
+                    .ok_or("it read a value, but the key is absent")?;
+                if current.value != seen.value {
+                    return Err("it read a different value than the key holds");
+                }
+                if current.version != seen.version {
+                    return Err("it read the key's value at a different version");
+                }
+                self.observe_revision(seen.mod_revision)?;
+                Ok(self)
+            }
+            Effect::Put {
+                value,
+                precondition,
+                produced,
+            } => {
+                self.require(precondition)?;
+                let version = self.current.map_or(1, |c| c.version + 1);
+                if let Some((acked_version, _)) = produced
+                    && acked_version != version
+                {
+                    return Err("its version does not follow the key's version");
+                }
+                let mod_revision = self.advance_revision(produced.map(|(_, r)| r))?;
+                self.current = Some(Current {
+                    value,
+                    version,
+                    mod_revision,
+                });
+                Ok(self)
+            }
+            Effect::Delete {
+                precondition,
+                revision,
+            } => {
+                self.require(precondition)?;
+                if self.current.is_none() {
+                    return Err("it deleted the key, but the key is absent");
+                }
+                self.advance_revision(revision)?;
+                self.current = None;
+                Ok(self)
+            }
+            Effect::Refused {
+                precondition,
+                current_mod_revision,
+            } => {
+                match current_mod_revision {
+                    None if self.current.is_some() => {
+                        return Err(
+                            "it was refused because the key was absent, but the key exists",
+                        );
+                    }
+                    None => {}
+                    Some(revision) => self.observe_revision(revision)?,
+                }
+                let mut probe = self;
+                if probe.require(precondition).is_ok() {
+                    return Err("it was refused, but its precondition holds");
+                }
+                Ok(self)
+            }
+            Effect::NotFound { precondition } => {
+                if self.current.is_some() {
+                    return Err("it found the key absent, but the key exists");
+                }
+                let mut probe = self;
+                if probe.require(precondition).is_err() {
+                    return Err("it found the key absent, but then its precondition fails");
+                }
+                Ok(self)
+            }
+        }
+    }
+}
+
+struct ModelOp<'a> {
+    op: &'a Operation,
+    effect: Effect,
+}
+
+impl ModelOp<'_> {
+    /// Completion as the search sees it: `None` (infinity) for unknown outcomes.
+    fn deadline(&self) -> Option<Time> {
+        self.op.effect_deadline()
+    }
+}
+
+/// Fast, clear failure for the commonest bug: a read of a value that no
+/// write on this key which may have been applied ever wrote.
+fn read_of_unwritten_value(
+    key: &Bytes,
+    ops: &[&Operation],
+    model_ops: &[ModelOp<'_>],
+    values: &ValueTable,
+) -> Option<Violation> {
+    let written: HashSet<u32> = model_ops
+        .iter()
+        .filter_map(|m| match m.effect {
+            Effect::Put { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect();
+    let read = model_ops.iter().find(|m| match m.effect {
+        Effect::Read(Some(seen)) => !written.contains(&seen.value),
+        _ => false,
+    })?;
+    let Effect::Read(Some(seen)) = read.effect else {
+        unreachable!("found above")
+    };
+    let value = &values.names[seen.value as usize];
+    let failed_writer = ops.iter().find(|op| {
+        matches!(&op.request, Request::Put { value: v, .. } if v == value)
+            && matches!(op.outcome, Outcome::Fail(_))
+    });
+    let mut explanation = format!(
+        "read of a value no write on this key that may have taken effect wrote:\n  {}\n",
+        read.op
+    );
+    let mut named = vec![read.op.op_ref()];
+    if let Some(writer) = failed_writer {
+        let _ = writeln!(
+            explanation,
+            "  the only put of it failed, so it was never applied:\n  {writer}"
+        );
+        named.push(writer.op_ref());
+    }
+    Some(Violation {
+        checker: CHECKER,
+        key: key.clone(),
+        ops: named,
+        explanation,
+    })
+}
+
+// ---- Search -----------------------------------------------------------------
+
+const NONE: usize = usize::MAX;
+const HEAD: usize = 0;
+
+#[derive(Clone, Copy)]
+struct Event {
+    /// Index into the model operations.
+    op: usize,
+    is_call: bool,
+    /// For a call: its return event, or `NONE` if the operation never
+    /// returns (unknown outcome).
+    ret: usize,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Bitset(Vec<u64>);
+
+impl Bitset {
+    fn new(bits: usize) -> Self {
+        Self(vec![0; bits.div_ceil(64)])
+    }
+    fn set(&mut self, bit: usize) {
+        self.0[bit / 64] |= 1 << (bit % 64);
+    }
+    fn clear(&mut self, bit: usize) {
+        self.0[bit / 64] &= !(1 << (bit % 64));
+    }
+}
+
+enum SearchResult {
+    Linearizable,
+    NotLinearizable,
+    OutOfBudget,
+}
+
+/// Porcupine-style search state over a doubly linked list of events, with
+/// `HEAD` a sentinel. Linearizing an operation lifts its call and return out
+/// of the list; backtracking puts them back (in reverse order, so the saved
+/// links are still right).
+struct Search {
+    events: Vec<Event>,
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// Operations whose completion is known and must therefore be linearized.
+    must_linearize: usize,
+    steps: u64,
+    /// The longest prefix reached: operations in order, and the state after.
+    best: (Vec<usize>, State),
+}
+
+impl Search {
+    fn new(ops: &[ModelOp<'_>]) -> Self {
+        // (time, returns after calls at equal times, op) -> event
+        let mut order: Vec<(Time, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+        for (index, op) in ops.iter().enumerate() {
+            order.push((op.op.invoke, false, index));
+            if let Some(done) = op.deadline() {
+                order.push((done, true, index));
+            }
+        }
+        order.sort_unstable();
+        let mut events = vec![Event {
+            op: NONE,
+            is_call: false,
+            ret: NONE,
+        }];
+        let mut call_of = vec![NONE; ops.len()];
+        for &(_, is_return, op) in &order {
+            let here = events.len();
+            if is_return {
+                events[call_of[op]].ret = here;
+            } else {
+                call_of[op] = here;
+            }
+            events.push(Event {
+                op,
+                is_call: !is_return,
+                ret: NONE,
+            });
+        }
+        let len = events.len();
+        let next = (0..len)
+            .map(|i| if i + 1 < len { i + 1 } else { NONE })
+            .collect();
+        let prev = (0..len).map(|i| i.wrapping_sub(1)).collect(); // HEAD's prev is NONE
+        Search {
+            events,
+            next,
+            prev,
+            must_linearize: ops.iter().filter(|op| op.deadline().is_some()).count(),
+            steps: 0,
+            best: (Vec::new(), State::default()),
+        }
+    }
+
+    fn unlink(&mut self, event: usize) {
+        let (prev, next) = (self.prev[event], self.next[event]);
+        self.next[prev] = next;
+        if next != NONE {
+            self.prev[next] = prev;
+        }
+    }
+
+    fn relink(&mut self, event: usize) {
+        let (prev, next) = (self.prev[event], self.next[event]);
+        self.next[prev] = event;
+        if next != NONE {
+            self.prev[next] = event;
+        }
+    }
+
+    fn lift(&mut self, call: usize) {
+        self.unlink(call);
+        let ret = self.events[call].ret;
+        if ret != NONE {
+            self.unlink(ret);
+        }
+    }
+
+    fn unlift(&mut self, call: usize) {
+        let ret = self.events[call].ret;
+        if ret != NONE {
+            self.relink(ret);
+        }
+        self.relink(call);
+    }
+
+    fn run(&mut self, ops: &[ModelOp<'_>], budget: u64) -> SearchResult {
+        let mut state = State::default();
+        let mut linearized = Bitset::new(ops.len());
+        let mut explored: HashSet<(Bitset, State)> = HashSet::new();
+        // (call event, state before it)
+        let mut stack: Vec<(usize, State)> = Vec::new();
+        let mut remaining = self.must_linearize;
+        let mut event = self.next[HEAD];
+        while remaining > 0 {
+            self.steps += 1;
+            if self.steps > budget {
+                return SearchResult::OutOfBudget;
+            }
+            // While operations with a known completion remain, their return
+            // events are in the list, so the walk meets one before the end.
+            debug_assert!(event != NONE, "linearizability: ran off the event list");
+            let Event { op, is_call, ret } = self.events[event];
+            if is_call {
+                if let Ok(after) = state.apply(&ops[op].effect) {
+                    linearized.set(op);
+                    if explored.insert((linearized.clone(), after)) {
+                        stack.push((event, state));
+                        state = after;
+                        self.lift(event);
+                        if ret != NONE {
+                            remaining -= 1;
+                        }
+                        if stack.len() > self.best.0.len() {
+                            self.best = (
+                                stack.iter().map(|&(e, _)| self.events[e].op).collect(),
+                                state,
+                            );
+                        }
+                        event = self.next[HEAD];
+                        continue;
+                    }
+                    linearized.clear(op);
+                }
+                event = self.next[event];
+            } else {
+                // An operation returned before anything could linearize it:
+                // undo the most recent choice and try the next event after it.
+                let Some((call, before)) = stack.pop() else {
+                    return SearchResult::NotLinearizable;
+                };
+                let undone = self.events[call].op;
+                linearized.clear(undone);
+                state = before;
+                self.unlift(call);
+                if self.events[call].ret != NONE {
+                    remaining += 1;
+                }
+                event = self.next[call];
+            }
+        }
+        SearchResult::Linearizable
+    }
+
+    fn explain(&self, key: &Bytes, ops: &[ModelOp<'_>], values: &ValueTable) -> Violation {
+        let (prefix, state) = &self.best;
+        let mut done = vec![false; ops.len()];
+        for &op in prefix {
+            done[op] = true;
+        }
+        // The operations that could come next: not linearized, and invoked no
+        // later than the earliest completion among those that must be.
+        let horizon = (0..ops.len())
+            .filter(|&i| !done[i])
+            .filter_map(|i| ops[i].deadline())
+            .min()
+            .unwrap_or(Time::MAX);
+        let mut next: Vec<usize> = (0..ops.len())
+            .filter(|&i| !done[i] && ops[i].op.invoke <= horizon)
+            .collect();
+        next.sort_by_key(|&i| {
+            (
+                ops[i].deadline().is_none(),
+                ops[i].deadline(),
+                ops[i].op.invoke,
+            )
+        });
+
+        let mut text = format!(
+            "no linearization exists. Longest linearizable prefix: {} of {} operations",
+            prefix.len(),
+            ops.len()
+        );
+        let shown = &prefix[prefix.len().saturating_sub(PREFIX_SHOWN)..];
+        if shown.len() < prefix.len() {
+            let _ = write!(text, "; its last {}", shown.len());
+        }
+        text.push_str(":\n");
+        for &op in shown {
+            let _ = writeln!(text, "  {}", ops[op].op);
+        }
+        let _ = writeln!(text, "after which the key {}.", describe(state, values));
+        text.push_str("None of the operations that may come next fits:\n");
+        for &op in &next {
+            let why = match state.apply(&ops[op].effect) {
+                Err(misfit) => misfit,
+                Ok(_) => "it fits here, but no continuation from it does",
+            };
+            let _ = writeln!(text, "  {}\n    {why}", ops[op].op);
+        }
+        let mut named: Vec<_> = next.iter().map(|&i| ops[i].op.op_ref()).collect();
+        named.extend(shown.iter().rev().map(|&i| ops[i].op.op_ref()));
+        Violation {
+            checker: CHECKER,
+            key: key.clone(),
+            ops: named,
+            explanation: text,
+        }
+    }
+}
+
+fn describe(state: &State, values: &ValueTable) -> String {
+    match state.current {
+        None if state.min_last_revision == 0 => "is absent (never written)".to_owned(),
+        None => format!(
+            "is absent (deleted at r{} or later)",
+            state.min_last_revision
+        ),
+        Some(current) => {
+            let value = values.names[current.value as usize].escape_ascii();
+            match current.mod_revision {
+                Some(r) => format!("holds {value} v{}@r{r}", current.version),
+                None => format!(
+                    "holds {value} v{}@r? (revision {} or later)",
+                    current.version, state.min_last_revision
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(trace: &str) -> LinearizabilityReport {
+        check(
+            &History::from_trace(trace).unwrap(),
+            &LinearizabilityConfig::default(),
+        )
+    }
+
+    #[track_caller]
+    fn accepts(trace: &str) {
+        let report = verdict(trace);
+        assert!(
+            report.is_linearizable(),
+            "expected linearizable: {report:#?}"
+        );
+    }
+
+    /// Rejects, naming every op in `named`; returns the explanation.
+    #[track_caller]
+    fn rejects(trace: &str, named: &[&str]) -> String {
+        let report = verdict(trace);
+        let violation = report
+            .violations()
+            .next()
+            .unwrap_or_else(|| panic!("expected a violation: {report:#?}"));
+        let text = violation.to_string();
+        for op in named {
+            assert!(text.contains(op), "`{op}` not named in:\n{text}");
+        }
+        text
+    }
+
+    #[test]
+    fn concurrent_writes_and_reads_are_accepted() {
+        // The read of `a` overlaps the put of `b`, so it can come first.
+        accepts(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 put k=b -> ok v2@r3 [2..12]
+             c4 #5 get k -> ok a v1@r1 [3..8]
+             c3 #3 get k -> ok b v2@r3 [5..15]
+             c3 #4 get k lease -> ok b v2@r3 [16..20]
+             c1 #6 del k if-rev=3 -> ok @r9 [21..30]
+             c2 #7 get k -> ok none [25..26]
+             c2 #8 put k=c if-absent -> ok v1@r10 [27..40]
+             c4 #9 put k=d if-absent -> fail precondition-failed(r10) [31..45]
+             c3 #10 del j -> fail not-found [0..1]",
+        );
+    }
+
+    #[test]
+    fn stale_read_under_linearizable_consistency_is_rejected() {
+        let stale = "c1 #1 put k=a -> ok v1@r1 [0..10]
+                     c1 #2 put k=b -> ok v2@r2 [11..20]
+                     c2 #3 get k -> ok a v1@r1 [21..30]";
+        rejects(stale, &["c2 #3 get k -> ok a v1@r1", "holds b v2@r2"]);
+        let lease = stale.replace("get k ", "get k lease ");
+        rejects(&lease, &["c2 #3"]);
+        // ... unless the run's clocks drift beyond what leases tolerate.
+        let without_leases = LinearizabilityConfig {
+            include_lease_reads: false,
+            ..LinearizabilityConfig::default()
+        };
+        let history = History::from_trace(&lease).unwrap();
+        assert!(check(&history, &without_leases).is_linearizable());
+        // A stale read may lag: this checker leaves it to `stale_reads`.
+        accepts(&stale.replace("get k ", "get k stale "));
+    }
+
+    #[test]
+    fn read_of_a_value_never_written_is_rejected() {
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 get k -> ok zz v1@r1 [20..30]",
+            &["no write on this key", "c2 #2"],
+        );
+    }
+
+    #[test]
+    fn lost_acknowledged_write_is_rejected() {
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 get k -> ok none [20..30]",
+            &["c2 #2", "holds a v1@r1"],
+        );
+    }
+
+    #[test]
+    fn unknown_write_may_take_effect_late_or_never() {
+        let base = "c1 #1 put k=a -> ok v1@r1 [0..10]
+                    c2 #2 put k=b -> unknown [5..15]
+                    c1 #3 get k -> ok a v1@r1 [20..25]";
+        // Takes effect long after the client gave up on it ...
+        accepts(&format!("{base}\n c1 #4 get k -> ok b v2@r9 [100..110]"));
+        // ... or never.
+        accepts(&format!("{base}\n c1 #4 get k -> ok a v1@r1 [100..110]"));
+        // Still pending at the end of the history.
+        accepts(
+            "c2 #2 put k=b -> unknown [5..]
+             c1 #4 get k -> ok b v1@r9 [100..110]",
+        );
+        // Once seen, it cannot be un-seen.
+        rejects(
+            &format!(
+                "{base}\n c1 #4 get k -> ok b v2@r9 [100..110]
+                  c1 #5 get k -> ok a v1@r1 [120..130]"
+            ),
+            &["c1 #5"],
+        );
+    }
+
+    #[test]
+    fn unknown_write_seen_before_its_invoke_is_rejected() {
+        rejects(
+            "c1 #1 get k -> ok b v1@r2 [0..10]
+             c2 #2 put k=b -> unknown [20..30]",
+            &["c1 #1", "is absent"],
+        );
+    }
+
+    #[test]
+    fn compare_and_set_on_the_wrong_revision_is_rejected() {
+        rejects(
+            "c1 #1 put k=a -> ok v1@r5 [0..10]
+             c1 #2 put k=b if-rev=4 -> ok v2@r7 [11..20]",
+            &["c1 #2", "compare-and-set on a revision"],
+        );
+        // An unknown write's revision is learnt from the CAS that names it ...
+        let learnt = "c1 #1 put k=a -> unknown [0..10]
+                      c1 #2 put k=b if-rev=5 -> ok v2@r7 [20..30]
+                      c2 #3 get k -> ok b v2@r7 [40..50]";
+        accepts(learnt);
+        // ... and must agree with what a read saw of it.
+        rejects(
+            &format!("{learnt}\n c3 #4 get k -> ok a v1@r6 [12..18]"),
+            &["c1 #2"],
+        );
+    }
+
+    #[test]
+    fn skipped_versions_and_falling_revisions_are_rejected() {
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c1 #2 put k=b -> ok v3@r2 [11..20]",
+            &["c1 #2", "version does not follow"],
+        );
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 get k -> ok a v2@r1 [11..20]",
+            &["c2 #2", "different version"],
+        );
+        rejects(
+            "c1 #1 put k=a -> ok v1@r5 [0..10]
+             c1 #2 put k=b -> ok v2@r3 [11..20]",
+            &["c1 #2", "not above"],
+        );
+        rejects(
+            "c1 #1 put k=a -> ok v1@r5 [0..10]
+             c1 #2 del k -> ok @r6 [11..20]
+             c1 #3 put k=b -> ok v1@r6 [21..30]",
+            &["c1 #3", "not above"],
+        );
+    }
+
+    #[test]
+    fn read_of_a_deleted_value_is_rejected() {
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c1 #2 del k -> ok @r2 [11..20]
+             c2 #3 get k -> ok a v1@r1 [21..30]",
+            &["c2 #3", "is absent"],
+        );
+    }
+
+    #[test]
+    fn read_of_a_write_that_was_not_applied_is_rejected() {
+        rejects(
+            "c1 #1 put k=a -> fail not-applied(dropped) [0..10]
+             c2 #2 get k -> ok a v1@r1 [20..30]",
+            &[
+                "c2 #2",
+                "c1 #1 put k=a -> fail not-applied(dropped)",
+                "never applied",
+            ],
+        );
+    }
+
+    #[test]
+    fn informative_failures_are_checked_as_reads() {
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 put k=b if-absent -> fail precondition-failed(absent) [20..30]",
+            &["c2 #2", "the key exists"],
+        );
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 put k=b if-rev=1 -> fail precondition-failed(r1) [20..30]",
+            &["c2 #2", "precondition holds"],
+        );
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 del k -> fail not-found [20..30]",
+            &["c2 #2", "found the key absent"],
+        );
+        // Concurrent with the put, the refusal may come first.
+        accepts(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 put k=b if-exists -> fail precondition-failed(absent) [5..30]
+             c3 #3 del k -> fail not-found [5..30]",
+        );
+    }
+
+    #[test]
+    fn running_out_of_budget_is_inconclusive_not_a_pass() {
+        let history = History::from_trace(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 put k=b -> ok v2@r2 [0..10]
+             c3 #3 get k -> ok b v2@r2 [0..10]",
+        )
+        .unwrap();
+        let config = LinearizabilityConfig {
+            step_budget: 2,
+            ..LinearizabilityConfig::default()
+        };
+        let report = check(&history, &config);
+        assert!(!report.is_linearizable());
+        assert_eq!(report.violations().count(), 0);
+        assert_eq!(
+            report.inconclusive_keys().collect::<Vec<_>>(),
+            [&Bytes::from("k")]
+        );
+    }
+
+    #[test]
+    fn failure_report_shows_the_longest_prefix_and_what_cannot_follow() {
+        let text = rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c2 #2 put k=b -> ok v2@r2 [11..20]
+             c3 #3 get k -> ok b v2@r2 [21..30]
+             c1 #4 get k -> ok a v1@r1 [31..40]
+             c2 #5 put k=c -> ok v3@r4 [35..50]",
+            &[],
+        );
+        assert_eq!(
+            text,
+            "[linearizability] key k: no linearization exists. \
+             Longest linearizable prefix: 4 of 5 operations:
+  c1 #1 put k=a -> ok v1@r1 [0..10]
+  c2 #2 put k=b -> ok v2@r2 [11..20]
+  c3 #3 get k -> ok b v2@r2 [21..30]
+  c2 #5 put k=c -> ok v3@r4 [35..50]
+after which the key holds c v3@r4.
+None of the operations that may come next fits:
+  c1 #4 get k -> ok a v1@r1 [31..40]
+    it read a different value than the key holds
+"
+        );
+    }
+}
