@@ -1,0 +1,120 @@
+//! The peer transport refuses what it cannot decode: a garbage frame on a
+//! peer stream is dropped and counted, the stream and the node keep working,
+//! and a well-formed batch from a stranger is refused by the core.
+
+#![cfg(not(madsim))]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::NodeId;
+use ringkv_core::io::PeerBatch;
+use ringkv_core::node::{ClientRequest, ClientResponse, Consistency};
+use ringkv_core::wire;
+use ringkv_node::clock::MonotonicClock;
+use ringkv_node::config::ServerConfig;
+use ringkv_node::disk::MemDisk;
+use ringkv_node::server::Server;
+use ringkv_proto::v1 as pb;
+use ringkv_proto::v1::peer_client::PeerClient;
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn single_node() -> Server {
+    let addr = free_addr();
+    let peers: BTreeMap<NodeId, SocketAddr> = [(NodeId(1), addr)].into();
+    let mut config = ServerConfig::new(NodeId(1), peers, addr, "/data".into());
+    config.replication_factor = 1;
+    config.partition_count = 4;
+    Server::start(
+        config,
+        Arc::new(MonotonicClock::new()),
+        Arc::new(MemDisk::new()),
+        7,
+    )
+    .await
+    .expect("server starts")
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_peer_frames_are_dropped_and_counted() {
+    let server = single_node().await;
+    let node = server.node.clone();
+    let stats = server.stats.clone();
+    wait_until("a leader for every partition", || node.view().ready).await;
+
+    let mut client = PeerClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
+    let stranger = PeerBatch {
+        from: NodeId(9),
+        to: NodeId(1),
+        messages: vec![],
+    };
+    let frames = vec![
+        pb::PeerFrame {
+            batch: Bytes::from_static(b"\xff\xff\xff\xff not protobuf"),
+        },
+        pb::PeerFrame {
+            batch: Bytes::new(),
+        },
+        pb::PeerFrame {
+            batch: wire::encode_peer_batch(&stranger),
+        },
+    ];
+    client
+        .batches(tokio_stream::iter(frames))
+        .await
+        .expect("the stream is accepted and closed cleanly");
+
+    assert_eq!(stats.batches_received.load(Ordering::Relaxed), 3);
+    // The garbage frame and the empty one (no sender) fail to decode.
+    assert_eq!(stats.decode_failures.load(Ordering::Relaxed), 2);
+    // The well-formed batch from a non-member reaches the core, which refuses it.
+    wait_until("the core to refuse the stranger's batch", || {
+        node.view().stats.batches_dropped == 1
+    })
+    .await;
+
+    // The node still serves.
+    let put = node
+        .request(ClientRequest::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            precondition: Default::default(),
+        })
+        .await;
+    assert!(
+        matches!(put, Ok(ClientResponse::Put { version: 1, .. })),
+        "{put:?}"
+    );
+    let get = node
+        .request(ClientRequest::Get {
+            key: Bytes::from_static(b"k"),
+            consistency: Consistency::Linearizable,
+        })
+        .await;
+    assert!(
+        matches!(&get, Ok(ClientResponse::Value(Some(kv))) if kv.value == "v"),
+        "{get:?}"
+    );
+    server.stop().await;
+}
