@@ -258,7 +258,12 @@ impl Driver {
         loop {
             let deadline = self.node.poll_timeout();
             let sleep = deadline.map(|d| self.clock.sleep_until(d));
+            // `biased` (inputs first; the deadline is re-checked below either
+            // way): an unbiased select! draws from tokio's thread-local RNG,
+            // seeded from a process-wide counter, so a seed would not replay
+            // under madsim.
             tokio::select! {
+                biased;
                 input = self.rx.recv() => {
                     let Some(input) = input else { return Ok(()) };
                     self.handle(input)?;

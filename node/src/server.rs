@@ -132,7 +132,10 @@ impl Server {
 
         let mut rx = shutdown_rx;
         let driver = tokio::spawn(async move {
+            // `biased` throughout: unbiased select! is not replayable under
+            // madsim (see the driver's event loop).
             tokio::select! {
+                biased;
                 r = driver.run() => r,
                 _ = rx.wait_for(|s| *s) => Ok(()),
             }
@@ -162,12 +165,14 @@ impl Server {
         #[cfg(not(madsim))]
         if let Some(rest) = self.rest.as_mut() {
             return tokio::select! {
+                biased;
                 r = &mut self.driver => joined(r),
                 r = &mut self.grpc => joined(r),
                 r = rest => joined(r),
             };
         }
         tokio::select! {
+            biased;
             r = &mut self.driver => joined(r),
             r = &mut self.grpc => joined(r),
         }

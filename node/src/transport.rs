@@ -127,7 +127,10 @@ async fn stream_task(
         tokio::pin!(call);
         tracing::debug!(peer = %peer, %addr, "peer stream open");
         loop {
+            // `biased`: unbiased select! is not replayable under madsim
+            // (see the driver's event loop).
             tokio::select! {
+                biased;
                 result = &mut call => {
                     match result {
                         Ok(_) => tracing::debug!(peer = %peer, "peer closed the stream"),

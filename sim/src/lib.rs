@@ -2,15 +2,27 @@
 //!
 //! A run is a pure function of its seed: real nodes on simulated IPs, disks and
 //! clocks, a seeded schedule of faults, concurrent clients whose every operation
-//! is recorded, and checkers that judge the record. This crate so far holds the
-//! record and the judges:
+//! is recorded, and checkers that judge the record. Build and run the madsim
+//! parts with `RUSTFLAGS="--cfg madsim"` (see `docs/testing.md`); in a normal
+//! build only the madsim-free parts compile.
+//!
 //! - [`history`]: the operation log (invoke, completion, request, outcome) and
 //!   its one-line trace form;
 //! - [`checker`]: linearizability per key, stale reads that never invent, no
-//!   acknowledged write lost, each in its own file.
+//!   acknowledged write lost, each in its own file;
+//! - [`sim_disk`]: per-node in-memory disks that lose, keep or tear unsynced
+//!   writes on power loss;
+//! - [`sim_clock`]: per-node skewed, drifting, jumping clocks over madsim's
+//!   global time;
+//! - `cluster` (madsim only): nodes running the real `ringkv-node` server on
+//!   simulated IPs, clients, and the faults the harness injects.
 //!
-//! Still to come: `cluster` (nodes under madsim), `nemesis` (the fault
-//! schedule) and `workload` (the clients that fill the history).
+//! Still to come: `nemesis` (a seeded fault schedule) and `workload` (clients
+//! that fill the history), which join the cluster to the checkers.
 
 pub mod checker;
+#[cfg(madsim)]
+pub mod cluster;
 pub mod history;
+pub mod sim_clock;
+pub mod sim_disk;

@@ -1,0 +1,462 @@
+//! A simulated ringkv cluster: N real nodes on madsim's network, and the
+//! levers a nemesis pulls (kill, power loss, restart, pause, partition, clocks).
+//!
+//! Node `i` (its `NodeId` is `i`, from 1) runs `ringkv_node::server::Server`
+//! on a madsim node at `10.0.0.i`, gRPC on port [`GRPC_PORT`], no REST. Its
+//! [`SimDisk`] and [`SkewedClock`] belong to the harness and outlive restarts;
+//! each incarnation gets a fresh core seed derived from the cluster seed.
+//! Clients run on separate madsim nodes at `10.0.1.k` ([`SimCluster::client`]),
+//! because the test's supervisor task has no IP.
+//!
+//! Not here: the fault schedule (nemesis), the workload and the checkers.
+//! Must be used inside a madsim runtime (a `#[madsim::test]` or `Runtime::block_on`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, NodeHandle as SimNodeHandle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use ringkv_core::NodeId;
+use ringkv_node::clock::Clock;
+use ringkv_node::config::ServerConfig;
+use ringkv_node::disk::Disk;
+use ringkv_node::driver::NodeHandle;
+use ringkv_node::server::Server;
+use ringkv_proto::v1::kv_client::KvClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::sim_clock::SkewedClock;
+use crate::sim_disk::{CrashReport, SimDisk};
+
+/// Every node serves gRPC (client API and peer transport) on this port.
+pub const GRPC_PORT: u16 = 9090;
+/// Where a node keeps its data, on its own [`SimDisk`].
+pub const DATA_DIR: &str = "/data";
+/// Client nodes an individual cluster may create (`10.0.1.1` ..).
+pub const MAX_CLIENTS: u8 = 250;
+
+/// How the simulated nodes are configured. The defaults keep a run small and
+/// fast: few partitions, few tokens, short timeouts.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub partition_count: u32,
+    pub replication_factor: u32,
+    pub tokens_per_node: u32,
+    pub tick_interval: Duration,
+    pub request_timeout: Duration,
+    /// Each node's initial clock offset and drift (ppm), by node index from
+    /// 0; nodes past the end get an exact clock.
+    pub clocks: Vec<(Duration, i64)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            partition_count: 8,
+            replication_factor: 3,
+            tokens_per_node: 8,
+            tick_interval: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(2),
+            clocks: Vec::new(),
+        }
+    }
+}
+
+/// Whether the harness last left a node running, paused or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Up,
+    Paused,
+    Down,
+}
+
+/// What a node's `init` shares with the harness; lives across restarts.
+#[derive(Default)]
+struct NodeShared {
+    incarnations: AtomicU64,
+    /// The running incarnation's handle to its core, once it has started.
+    running: Mutex<Option<NodeHandle>>,
+    /// Why incarnations failed to start or stopped on their own.
+    failures: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every guarded value here stays consistent if a holder panics.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct SimNode {
+    sim_id: madsim::task::NodeId,
+    disk: Arc<SimDisk>,
+    clock: SkewedClock,
+    shared: Arc<NodeShared>,
+    state: NodeState,
+}
+
+/// A cluster of simulated ringkv nodes. See the module docs.
+pub struct SimCluster {
+    handle: Handle,
+    seed: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    clients: BTreeMap<u8, SimClient>,
+    /// Fault decisions (which unsynced writes survive a power loss).
+    rng: ChaCha8Rng,
+}
+
+/// The address node `id` listens on.
+pub fn grpc_addr(id: NodeId) -> SocketAddr {
+    SocketAddr::new(node_ip(id), GRPC_PORT)
+}
+
+fn node_ip(id: NodeId) -> IpAddr {
+    let last = u8::try_from(id.0).expect("node ids fit in the last octet");
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+}
+
+/// A core seed per node and incarnation, all derived from the cluster seed
+/// (splitmix64 over the mixed inputs).
+fn node_seed(cluster_seed: u64, id: NodeId, incarnation: u64) -> u64 {
+    let mut z = cluster_seed
+        ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ incarnation.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl SimCluster {
+    /// Starts `n` nodes (ids 1..=n) and returns at once; they elect leaders
+    /// on their own (see [`SimCluster::wait_ready`]).
+    pub fn new(n: u64, seed: u64, options: ClusterOptions) -> SimCluster {
+        assert!((1..=250).contains(&n), "1..=250 nodes, got {n}");
+        let handle = Handle::current();
+        let peers: BTreeMap<NodeId, SocketAddr> =
+            (1..=n).map(NodeId).map(|id| (id, grpc_addr(id))).collect();
+        let mut nodes = BTreeMap::new();
+        for (index, &id) in peers.keys().enumerate() {
+            let (offset, drift) = options.clocks.get(index).copied().unwrap_or_default();
+            let disk = Arc::new(SimDisk::new());
+            let clock = SkewedClock::new(offset, drift);
+            let shared = Arc::new(NodeShared::default());
+            let config = server_config(id, &peers, &options);
+            let init = {
+                let (disk, clock, shared) = (disk.clone(), clock.clone(), shared.clone());
+                move || {
+                    run_node(
+                        seed,
+                        config.clone(),
+                        disk.clone(),
+                        clock.clone(),
+                        shared.clone(),
+                    )
+                }
+            };
+            let sim = handle
+                .create_node()
+                .name(format!("node-{}", id.0))
+                .ip(node_ip(id))
+                .init(init)
+                .build();
+            let node = SimNode {
+                sim_id: sim.id(),
+                disk,
+                clock,
+                shared,
+                state: NodeState::Up,
+            };
+            nodes.insert(id, node);
+        }
+        SimCluster {
+            handle,
+            seed,
+            nodes,
+            clients: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The node ids, ascending.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn node(&self, id: NodeId) -> &SimNode {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut SimNode {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    pub fn state(&self, id: NodeId) -> NodeState {
+        self.node(id).state
+    }
+
+    /// The node's clock, shared with the running node: changes apply at once.
+    pub fn clock(&self, id: NodeId) -> &SkewedClock {
+        &self.node(id).clock
+    }
+
+    /// The node's disk (it survives restarts).
+    pub fn disk(&self, id: NodeId) -> &Arc<SimDisk> {
+        &self.node(id).disk
+    }
+
+    /// The running incarnation's handle to its core (for inspecting its
+    /// view), or `None` while it is down or still recovering.
+    pub fn node_handle(&self, id: NodeId) -> Option<NodeHandle> {
+        lock(&self.node(id).shared.running).clone()
+    }
+
+    /// Every failure of any incarnation so far (a node that could not start
+    /// or stopped on its own), as `(node, message)`. Empty in a healthy run.
+    pub fn failures(&self) -> Vec<(NodeId, String)> {
+        self.nodes
+            .iter()
+            .flat_map(|(&id, n)| {
+                lock(&n.shared.failures)
+                    .clone()
+                    .into_iter()
+                    .map(move |f| (id, f))
+            })
+            .collect()
+    }
+
+    /// Crash: every task of the node stops at once. Unsynced writes stay on
+    /// its disk (a process crash, not a power loss; see [`Self::power_loss`]).
+    pub fn kill(&mut self, id: NodeId) {
+        let handle = self.handle.clone();
+        let node = self.node_mut(id);
+        handle.kill(node.sim_id);
+        *lock(&node.shared.running) = None;
+        node.state = NodeState::Down;
+        tracing::info!(node = %id, "sim: kill");
+    }
+
+    /// Power loss: the disk settles its unsynced writes (kept, lost or torn,
+    /// drawn from the cluster's seeded RNG), then the node is killed.
+    pub fn power_loss(&mut self, id: NodeId) -> CrashReport {
+        let disk = self.node(id).disk.clone();
+        let report = disk.crash(&mut self.rng);
+        self.kill(id);
+        tracing::info!(node = %id, ?report, "sim: power loss");
+        report
+    }
+
+    /// Starts the node again from its disk (killing it first if it is up or
+    /// paused: madsim's restart of a live node fails with "address in use").
+    pub fn restart(&mut self, id: NodeId) {
+        if self.state(id) != NodeState::Down {
+            self.kill(id);
+        }
+        let handle = self.handle.clone();
+        let node = self.node_mut(id);
+        handle.restart(node.sim_id);
+        node.state = NodeState::Up;
+        tracing::info!(node = %id, "sim: restart");
+    }
+
+    /// Freezes every task of the node (a GC pause, a stopped VM); its
+    /// sockets stay open and its peers see silence.
+    pub fn pause(&mut self, id: NodeId) {
+        assert_eq!(
+            self.state(id),
+            NodeState::Up,
+            "pause needs a running node {id}"
+        );
+        let handle = self.handle.clone();
+        let node = self.node_mut(id);
+        handle.pause(node.sim_id);
+        node.state = NodeState::Paused;
+        tracing::info!(node = %id, "sim: pause");
+    }
+
+    pub fn resume(&mut self, id: NodeId) {
+        assert_eq!(
+            self.state(id),
+            NodeState::Paused,
+            "resume needs a paused node {id}"
+        );
+        let handle = self.handle.clone();
+        let node = self.node_mut(id);
+        handle.resume(node.sim_id);
+        node.state = NodeState::Up;
+        tracing::info!(node = %id, "sim: resume");
+    }
+
+    /// Cuts the link between two nodes both ways.
+    pub fn partition(&self, a: NodeId, b: NodeId) {
+        self.partition_one_way(a, b);
+        self.partition_one_way(b, a);
+    }
+
+    /// Drops everything `from` sends to `to`; the other direction still works.
+    pub fn partition_one_way(&self, from: NodeId, to: NodeId) {
+        NetSim::current().clog_link(self.node(from).sim_id, self.node(to).sim_id);
+        tracing::info!(from = %from, to = %to, "sim: clog link");
+    }
+
+    /// Cuts `id` off from every other node (clients still reach it).
+    pub fn isolate(&self, id: NodeId) {
+        for other in self.node_ids() {
+            if other != id {
+                self.partition(id, other);
+            }
+        }
+    }
+
+    /// Restores every link between nodes and to and from clients.
+    pub fn heal(&self) {
+        let net = NetSim::current();
+        let ids: Vec<_> = self.nodes.values().map(|n| n.sim_id).collect();
+        for &a in &ids {
+            net.unclog_node(a);
+            for &b in &ids {
+                if a != b {
+                    net.unclog_link(a, b);
+                }
+            }
+        }
+        tracing::info!("sim: heal");
+    }
+
+    /// Client node `k` (at `10.0.1.k`, `k` from 1), created on first use.
+    pub fn client(&mut self, k: u8) -> SimClient {
+        assert!(
+            (1..=MAX_CLIENTS).contains(&k),
+            "client numbers are 1..={MAX_CLIENTS}"
+        );
+        let handle = &self.handle;
+        self.clients
+            .entry(k)
+            .or_insert_with(|| SimClient {
+                node: handle
+                    .create_node()
+                    .name(format!("client-{k}"))
+                    .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, k)))
+                    .build(),
+            })
+            .clone()
+    }
+
+    /// Waits (in simulated time, at most `timeout`) until every running node
+    /// knows a leader for every partition it replicates. Returns whether they do.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.state == NodeState::Up)
+                .all(|(&id, _)| self.node_handle(id).is_some_and(|h| h.view().ready));
+            if ready {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn server_config(
+    id: NodeId,
+    peers: &BTreeMap<NodeId, SocketAddr>,
+    options: &ClusterOptions,
+) -> ServerConfig {
+    let mut c = ServerConfig::new(id, peers.clone(), grpc_addr(id), PathBuf::from(DATA_DIR));
+    c.cluster_id = "ringkv-sim".to_owned();
+    c.partition_count = options.partition_count;
+    c.replication_factor = options.replication_factor;
+    c.tokens_per_node = options.tokens_per_node;
+    c.tick_interval = options.tick_interval;
+    c.request_timeout = options.request_timeout;
+    c
+}
+
+/// One incarnation of a node: the task madsim's `init` (re)starts. A node
+/// that fails records why and exits, as its process would.
+async fn run_node(
+    cluster_seed: u64,
+    config: ServerConfig,
+    disk: Arc<SimDisk>,
+    clock: SkewedClock,
+    shared: Arc<NodeShared>,
+) {
+    let id = config.node_id;
+    let incarnation = shared.incarnations.fetch_add(1, Ordering::Relaxed);
+    let seed = node_seed(cluster_seed, id, incarnation);
+    let disk: Arc<dyn Disk> = disk;
+    let clock: Arc<dyn Clock> = Arc::new(clock);
+    let failure = match Server::start(config, clock, disk, seed).await {
+        Ok(mut server) => {
+            *lock(&shared.running) = Some(server.node.clone());
+            match server.wait().await {
+                Ok(()) => format!("incarnation {incarnation} stopped by itself"),
+                Err(e) => format!("incarnation {incarnation} failed: {e:#}"),
+            }
+        }
+        Err(e) => format!("incarnation {incarnation} could not start: {e:#}"),
+    };
+    tracing::error!(node = %id, %failure, "sim: node exited");
+    *lock(&shared.running) = None;
+    lock(&shared.failures).push(failure);
+}
+
+/// A madsim node with an IP from which a test talks to the cluster.
+#[derive(Clone)]
+pub struct SimClient {
+    node: SimNodeHandle,
+}
+
+impl SimClient {
+    /// Runs `f` on this client node and waits for its result.
+    pub async fn run<F, T>(&self, f: F) -> T
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.node
+            .spawn(f)
+            .await
+            .expect("client tasks are never killed")
+    }
+}
+
+/// A `Kv` client for node `id`. Call it on a client node ([`SimClient::run`]).
+pub async fn connect_kv(id: NodeId) -> Result<KvClient<Channel>, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", grpc_addr(id)))
+        .expect("a socket address is a valid URI authority")
+        .connect_timeout(Duration::from_secs(1));
+    Ok(KvClient::new(endpoint.connect().await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_seeds_differ_by_node_and_incarnation() {
+        let a = node_seed(1, NodeId(1), 0);
+        assert_ne!(a, node_seed(1, NodeId(2), 0));
+        assert_ne!(a, node_seed(1, NodeId(1), 1));
+        assert_ne!(a, node_seed(2, NodeId(1), 0));
+        assert_eq!(a, node_seed(1, NodeId(1), 0));
+    }
+}

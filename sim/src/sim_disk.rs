@@ -1,0 +1,310 @@
+//! A node's disk in the simulation: in memory, outliving restarts, and
+//! losing power on command.
+//!
+//! [`SimDisk`] is [`MemDisk`] plus a record of every unsynced append. On
+//! [`SimDisk::crash`] each file's pending appends are settled in order, each
+//! one **kept**, **lost** or **torn** (a prefix ending on a 512-byte sector
+//! boundary of the file survives), drawn from the caller's seeded RNG. The
+//! disk writes in order: once an append is lost or torn, later appends to
+//! the same file are lost too, so a crash leaves a clean prefix (no holes,
+//! no garbage). Any other unsynced change to a file (rewrite, truncate) is
+//! lost whole; directory operations are durable at once (`MemDisk`'s model).
+//!
+//! Under madsim a disk call runs inline (see `ringkv_node::driver::run_blocking`),
+//! so storage's append-then-sync can never be split by a kill: unsynced
+//! appends exist at a crash only where storage leaves them unsynced.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rand::Rng;
+use ringkv_node::disk::{Disk, MemDisk};
+
+/// Sector size: a torn write keeps whole sectors only.
+pub const SECTOR_BYTES: u64 = 512;
+
+/// What the disk has not synced, per file.
+#[derive(Debug, Default, Clone)]
+struct Unsynced {
+    /// Lengths of the appends since the last sync, in order.
+    appends: Vec<usize>,
+    /// A rewrite or truncate happened since the last sync: a crash reverts
+    /// the file to its durable contents whatever the appends.
+    rewritten: bool,
+}
+
+/// What one crash did, for the trace and for assertions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CrashReport {
+    pub appends_kept: usize,
+    pub appends_torn: usize,
+    pub appends_lost: usize,
+    /// Files whose unsynced rewrite or truncate was undone.
+    pub rewrites_lost: usize,
+    pub bytes_kept: u64,
+    pub bytes_lost: u64,
+}
+
+/// The in-memory disk of one simulated node. Share it with `Arc`; the
+/// harness keeps one per node across restarts.
+#[derive(Debug, Default)]
+pub struct SimDisk {
+    mem: MemDisk,
+    unsynced: Mutex<BTreeMap<PathBuf, Unsynced>>,
+}
+
+impl SimDisk {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn unsynced(&self) -> MutexGuard<'_, BTreeMap<PathBuf, Unsynced>> {
+        // A map of pending lengths stays consistent after any panic.
+        self.unsynced.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes appended and not yet synced, over all files.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.unsynced()
+            .values()
+            .flat_map(|u| &u.appends)
+            .map(|&n| n as u64)
+            .sum()
+    }
+
+    /// Power loss: settles every unsynced change as described in the module
+    /// docs, choosing each append's fate with `rng`. Call it before killing
+    /// the node (or while it is down); the node then recovers from what is left.
+    pub fn crash(&self, rng: &mut impl Rng) -> CrashReport {
+        let mut report = CrashReport::default();
+        let unsynced = std::mem::take(&mut *self.unsynced());
+        // Bytes that survive past each file's durable end; absent means none.
+        let mut keep: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        for (path, file) in unsynced {
+            let total: usize = file.appends.iter().sum();
+            let len = self.mem.read(&path).map(|b| b.len()).unwrap_or(0);
+            if file.rewritten || total > len {
+                report.rewrites_lost += usize::from(file.rewritten);
+                report.appends_lost += file.appends.len();
+                report.bytes_lost += total as u64;
+                continue;
+            }
+            let durable_end = (len - total) as u64;
+            let kept = settle_appends(durable_end, &file.appends, rng, &mut report);
+            keep.insert(path, kept);
+        }
+        self.mem
+            .crash_keeping(|path, _unsynced| keep.get(path).copied().unwrap_or(0));
+        report
+    }
+
+    /// Replaces a file's bytes durably, as if the medium changed (corruption
+    /// tests). See [`MemDisk::set_durable`].
+    pub fn set_durable(&self, path: &Path, data: Vec<u8>) {
+        self.unsynced().remove(path);
+        self.mem.set_durable(path, data);
+    }
+}
+
+/// Decides the fate of each append of one file, in order; returns how many
+/// bytes past `durable_end` survive.
+fn settle_appends(
+    durable_end: u64,
+    appends: &[usize],
+    rng: &mut impl Rng,
+    report: &mut CrashReport,
+) -> usize {
+    let mut kept = 0usize;
+    let mut settled = false;
+    for &len in appends {
+        if settled {
+            report.appends_lost += 1;
+            report.bytes_lost += len as u64;
+            continue;
+        }
+        let start = durable_end + kept as u64;
+        match rng.random_range(0..3u8) {
+            0 => {
+                kept += len;
+                report.appends_kept += 1;
+                report.bytes_kept += len as u64;
+            }
+            1 => {
+                // Sector boundaries strictly inside the write; a write within
+                // one sector cannot tear (sector writes are atomic), so it is
+                // lost and counted so.
+                let first = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
+                let end = start + len as u64;
+                let part = if first < end {
+                    let boundaries = (end - 1 - first) / SECTOR_BYTES + 1;
+                    let cut = first + rng.random_range(0..boundaries) * SECTOR_BYTES;
+                    (cut - start) as usize
+                } else {
+                    0
+                };
+                kept += part;
+                if part > 0 {
+                    report.appends_torn += 1;
+                } else {
+                    report.appends_lost += 1;
+                }
+                report.bytes_kept += part as u64;
+                report.bytes_lost += (len - part) as u64;
+                settled = true;
+            }
+            _ => {
+                report.appends_lost += 1;
+                report.bytes_lost += len as u64;
+                settled = true;
+            }
+        }
+    }
+    kept
+}
+
+impl Disk for SimDisk {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.mem.create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.mem.list_dir(dir)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.mem.read(path)
+    }
+
+    fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.mem.append(path, data)?;
+        let mut unsynced = self.unsynced();
+        let file = unsynced.entry(path.to_path_buf()).or_default();
+        if !file.rewritten {
+            file.appends.push(data.len());
+        }
+        Ok(())
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.mem.write_file(path, data)?;
+        self.mark_rewritten(path);
+        Ok(())
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        self.mem.sync_file(path)?;
+        self.unsynced().remove(path);
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.mem.sync_dir(dir)
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.mem.truncate(path, len)?;
+        self.mark_rewritten(path);
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.mem.rename(from, to)?;
+        let mut unsynced = self.unsynced();
+        unsynced.remove(to);
+        if let Some(file) = unsynced.remove(from) {
+            unsynced.insert(to.to_path_buf(), file);
+        }
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.mem.remove_file(path)?;
+        self.unsynced().remove(path);
+        Ok(())
+    }
+}
+
+impl SimDisk {
+    fn mark_rewritten(&self, path: &Path) {
+        let mut unsynced = self.unsynced();
+        let file = unsynced.entry(path.to_path_buf()).or_default();
+        file.appends.clear();
+        file.rewritten = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn disk_with_dir() -> (SimDisk, PathBuf) {
+        let disk = SimDisk::new();
+        let dir = PathBuf::from("/data");
+        disk.create_dir_all(&dir).expect("mkdir");
+        (disk, dir)
+    }
+
+    #[test]
+    fn synced_bytes_always_survive() {
+        for seed in 0..50 {
+            let (disk, dir) = disk_with_dir();
+            let f = dir.join("wal");
+            disk.append(&f, &[1; 700]).expect("append");
+            disk.sync_file(&f).expect("sync");
+            disk.append(&f, &[2; 1500]).expect("append");
+            disk.append(&f, &[3; 10]).expect("append");
+            assert_eq!(disk.unsynced_bytes(), 1510);
+            let report = disk.crash(&mut ChaCha8Rng::seed_from_u64(seed));
+            let bytes = disk.read(&f).expect("read");
+            assert!(bytes.starts_with(&[1; 700]), "seed {seed}");
+            assert_eq!(report.bytes_kept + report.bytes_lost, 1510, "seed {seed}");
+            assert_eq!(bytes.len() as u64, 700 + report.bytes_kept, "seed {seed}");
+            assert_eq!(disk.unsynced_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn torn_writes_end_on_a_sector_boundary_and_stop_later_writes() {
+        let mut report = CrashReport::default();
+        let mut seen_torn = false;
+        for seed in 0..200 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let before = report;
+            let kept = settle_appends(700, &[1500, 10], &mut rng, &mut report);
+            let torn = report.appends_torn > before.appends_torn;
+            // Whole appends survive, or a prefix ending on a sector boundary.
+            let on_boundary = (700 + kept as u64).is_multiple_of(SECTOR_BYTES);
+            assert!(
+                [0, 1500, 1510].contains(&kept) || (torn && on_boundary),
+                "seed {seed}: kept {kept}"
+            );
+            seen_torn |= torn && kept > 0 && kept < 1500;
+        }
+        assert!(seen_torn, "no seed tore the 1500-byte write");
+        assert!(report.appends_kept > 0 && report.appends_lost > 0);
+    }
+
+    #[test]
+    fn unsynced_rewrites_are_undone_and_renames_carry_pending_appends() {
+        let (disk, dir) = disk_with_dir();
+        let a = dir.join("a");
+        disk.write_file(&a, b"old").expect("write");
+        disk.sync_file(&a).expect("sync");
+        disk.write_file(&a, b"new contents").expect("rewrite");
+        let tmp = dir.join("b.tmp");
+        disk.append(&tmp, b"x").expect("append");
+        disk.rename(&tmp, &dir.join("b")).expect("rename");
+        let report = disk.crash(&mut ChaCha8Rng::seed_from_u64(7));
+        assert_eq!(disk.read(&a).expect("read"), b"old");
+        assert_eq!(report.rewrites_lost, 1);
+        assert_eq!(disk.list_dir(&dir).expect("ls"), vec!["a", "b"]);
+        assert_eq!(
+            report.appends_kept + report.appends_torn + report.appends_lost,
+            1
+        );
+    }
+}
