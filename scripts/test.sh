@@ -17,4 +17,4 @@ num="${MADSIM_TEST_NUM:-50}"
 echo "simulation: seeds ${seed}..$((seed + num - 1)) per test"
 MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$num" cargo test -p ringkv-sim
 echo "simulation: determinism check, seed ${seed}"
-MADSIM_TEST_SEED="$seed" MADSIM_TEST_CHECK_DETERMINISM=1 cargo test -p ringkv-sim --test smoke
+MADSIM_TEST_SEED="$seed" MADSIM_TEST_CHECK_DETERMINISM=1 cargo test -p ringkv-sim --test smoke --test linearizable

@@ -15,14 +15,21 @@
 //! - [`sim_clock`]: per-node skewed, drifting, jumping clocks over madsim's
 //!   global time;
 //! - `cluster` (madsim only): nodes running the real `ringkv-node` server on
-//!   simulated IPs, clients, and the faults the harness injects.
-//!
-//! Still to come: `nemesis` (a seeded fault schedule) and `workload` (clients
-//! that fill the history), which join the cluster to the checkers.
+//!   simulated IPs, clients, and the faults the harness injects;
+//! - `workload` (madsim only): concurrent seeded clients that send gets,
+//!   puts, conditional puts and deletes to random nodes and record them;
+//! - `nemesis` (madsim only): a seeded, swarm-style fault schedule
+//!   (partitions, crashes and power losses, pauses, clock drift).
 
 pub mod checker;
 #[cfg(madsim)]
 pub mod cluster;
 pub mod history;
+/// Seeded swarm-style fault schedule applied to a [`cluster::SimCluster`].
+#[cfg(madsim)]
+pub mod nemesis;
 pub mod sim_clock;
 pub mod sim_disk;
+/// Concurrent seeded clients that fill a [`history::Recorder`].
+#[cfg(madsim)]
+pub mod workload;

@@ -1,0 +1,378 @@
+//! A seeded fault schedule applied to a [`SimCluster`] while clients run.
+//!
+//! Swarm style: each seed first decides which fault kinds are on and how often
+//! faults come ([`NemesisConfig::swarm`]), so that different seeds stress
+//! different mixes instead of every seed averaging over all of them. At most
+//! one network fault (symmetric or one-way partition, an isolated node) and
+//! one node fault (crash or power loss then restart, pause then resume) are
+//! active at a time, so a majority is up most of the time; clock drift is
+//! changed now and then and stays in force. Forward clock jumps exist but are
+//! off unless asked for: a jump can break the lease bound, so a run with jumps
+//! must not hold lease reads to linearizability.
+//!
+//! Every fault appends one trace line (`t=1234ms partition 1|2,3`).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringkv_core::NodeId;
+use tokio::time::Instant;
+
+use crate::cluster::{NodeState, SimCluster};
+use crate::workload::elapsed_ms;
+
+/// Which faults a run injects, and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NemesisConfig {
+    pub partitions: bool,
+    pub one_way: bool,
+    pub isolate: bool,
+    pub crashes: bool,
+    /// Crashes are power losses (unsynced writes lost or torn) with this
+    /// probability, in percent.
+    pub power_loss_percent: u32,
+    pub pauses: bool,
+    pub drift: bool,
+    /// Drift is drawn from `-max_drift_ppm..=max_drift_ppm`.
+    pub max_drift_ppm: i64,
+    /// Forward clock steps of up to `max_jump`: unsafe for leases.
+    pub jumps: bool,
+    pub max_jump: Duration,
+    /// Mean time between two fault decisions.
+    pub mean_gap: Duration,
+    /// A fault lasts up to this long.
+    pub max_duration: Duration,
+}
+
+/// A safe bound for drift: the core assumes up to 50 000 ppm between two
+/// clocks (`RaftConfig::max_clock_drift_ppm`); two nodes drifting opposite
+/// ways at this bound stay at a fifth of it.
+pub const SAFE_DRIFT_PPM: i64 = 5_000;
+
+impl NemesisConfig {
+    /// Every fault kind off.
+    pub fn none() -> Self {
+        NemesisConfig {
+            partitions: false,
+            one_way: false,
+            isolate: false,
+            crashes: false,
+            power_loss_percent: 0,
+            pauses: false,
+            drift: false,
+            max_drift_ppm: 0,
+            jumps: false,
+            max_jump: Duration::ZERO,
+            mean_gap: Duration::from_secs(1),
+            max_duration: Duration::from_secs(1),
+        }
+    }
+
+    /// A seed's choice of faults: each kind on with probability 1/2 (at
+    /// least one on), a rate and a duration bound; no clock jumps.
+    pub fn swarm(rng: &mut ChaCha8Rng) -> Self {
+        loop {
+            let c = NemesisConfig {
+                partitions: rng.random_bool(0.5),
+                one_way: rng.random_bool(0.5),
+                isolate: rng.random_bool(0.5),
+                crashes: rng.random_bool(0.5),
+                power_loss_percent: rng.random_range(0..=100),
+                pauses: rng.random_bool(0.5),
+                drift: rng.random_bool(0.5),
+                max_drift_ppm: SAFE_DRIFT_PPM,
+                jumps: false,
+                max_jump: Duration::ZERO,
+                mean_gap: Duration::from_millis(rng.random_range(300..=3_000)),
+                max_duration: Duration::from_millis(rng.random_range(500..=6_000)),
+            };
+            if c.partitions || c.one_way || c.isolate || c.crashes || c.pauses || c.drift {
+                return c;
+            }
+        }
+    }
+
+    /// The compact form for a run's summary line: `part,1way,iso,crash(40%pl),pause,drift gap=800ms dur<=3000ms`.
+    pub fn describe(&self) -> String {
+        let mut kinds = Vec::new();
+        if self.partitions {
+            kinds.push("part".to_owned());
+        }
+        if self.one_way {
+            kinds.push("1way".to_owned());
+        }
+        if self.isolate {
+            kinds.push("iso".to_owned());
+        }
+        if self.crashes {
+            kinds.push(format!("crash({}%pl)", self.power_loss_percent));
+        }
+        if self.pauses {
+            kinds.push("pause".to_owned());
+        }
+        if self.drift {
+            kinds.push(format!("drift(±{}ppm)", self.max_drift_ppm));
+        }
+        if self.jumps {
+            kinds.push(format!("jump(<={:?})", self.max_jump));
+        }
+        format!(
+            "{} gap={}ms dur<={}ms",
+            kinds.join(","),
+            self.mean_gap.as_millis(),
+            self.max_duration.as_millis()
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeFault {
+    Down(NodeId),
+    Paused(NodeId),
+}
+
+/// Applies a [`NemesisConfig`] to a cluster; keeps the trace.
+pub struct Nemesis {
+    config: NemesisConfig,
+    rng: ChaCha8Rng,
+    start: Instant,
+    trace: String,
+    faults: usize,
+    /// The network fault in force and when it ends.
+    network: Option<Instant>,
+    node: Option<(NodeFault, Instant)>,
+}
+
+impl Nemesis {
+    /// `start` is the run's time origin (trace times are ms since then).
+    pub fn new(config: NemesisConfig, seed: u64, start: Instant) -> Self {
+        Nemesis {
+            config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            start,
+            trace: String::new(),
+            faults: 0,
+            network: None,
+            node: None,
+        }
+    }
+
+    pub fn config(&self) -> &NemesisConfig {
+        &self.config
+    }
+
+    /// One line per fault and repair.
+    pub fn trace(&self) -> &str {
+        &self.trace
+    }
+
+    /// Faults injected so far (repairs not counted).
+    pub fn faults(&self) -> usize {
+        self.faults
+    }
+
+    fn log(&mut self, what: String) {
+        let _ = writeln!(self.trace, "t={}ms {what}", elapsed_ms(self.start));
+        tracing::info!("nemesis: {what}");
+    }
+
+    fn duration(&mut self) -> Duration {
+        let max = self.config.max_duration.as_millis().max(100) as u64;
+        Duration::from_millis(self.rng.random_range(100..=max))
+    }
+
+    fn pick(&mut self, ids: &[NodeId]) -> NodeId {
+        ids[self.rng.random_range(0..ids.len())]
+    }
+
+    /// Injects faults for `duration`, then returns with faults possibly still
+    /// in force (see [`Nemesis::heal_all`]).
+    pub async fn run(&mut self, cluster: &mut SimCluster, duration: Duration) {
+        let end = Instant::now() + duration;
+        let mut next = Instant::now() + self.gap();
+        loop {
+            let mut wake = next;
+            if let Some(t) = self.network {
+                wake = wake.min(t);
+            }
+            if let Some((_, t)) = self.node {
+                wake = wake.min(t);
+            }
+            if wake >= end {
+                tokio::time::sleep_until(end).await;
+                return;
+            }
+            tokio::time::sleep_until(wake).await;
+            let now = Instant::now();
+            if self.network.is_some_and(|t| t <= now) {
+                self.network = None;
+                cluster.heal();
+                self.log("heal".to_owned());
+            }
+            if let Some((fault, t)) = self.node
+                && t <= now
+            {
+                self.node = None;
+                self.repair(cluster, fault);
+            }
+            if next <= now {
+                self.inject(cluster);
+                next = now + self.gap();
+            }
+        }
+    }
+
+    /// Time to the next fault decision: uniform on `[0, 2 * mean_gap]`.
+    fn gap(&mut self) -> Duration {
+        let mean = self.config.mean_gap.as_millis().max(1) as u64;
+        Duration::from_millis(self.rng.random_range(0..=2 * mean))
+    }
+
+    fn repair(&mut self, cluster: &mut SimCluster, fault: NodeFault) {
+        match fault {
+            NodeFault::Down(id) => {
+                cluster.restart(id);
+                self.log(format!("restart {id}"));
+            }
+            NodeFault::Paused(id) => {
+                cluster.resume(id);
+                self.log(format!("resume {id}"));
+            }
+        }
+    }
+
+    /// Picks one enabled fault kind whose slot is free and applies it.
+    fn inject(&mut self, cluster: &mut SimCluster) {
+        #[derive(Clone, Copy)]
+        enum Kind {
+            Partition,
+            OneWay,
+            Isolate,
+            Crash,
+            Pause,
+            Drift,
+            Jump,
+        }
+        let c = &self.config;
+        let net_free = self.network.is_none();
+        let node_free = self.node.is_none();
+        let kinds: Vec<Kind> = [
+            (c.partitions && net_free, Kind::Partition),
+            (c.one_way && net_free, Kind::OneWay),
+            (c.isolate && net_free, Kind::Isolate),
+            (c.crashes && node_free, Kind::Crash),
+            (c.pauses && node_free, Kind::Pause),
+            (c.drift, Kind::Drift),
+            (c.jumps, Kind::Jump),
+        ]
+        .into_iter()
+        .filter_map(|(on, k)| on.then_some(k))
+        .collect();
+        if kinds.is_empty() {
+            return;
+        }
+        let kind = kinds[self.rng.random_range(0..kinds.len())];
+        let ids = cluster.node_ids();
+        let now = Instant::now();
+        match kind {
+            Kind::Partition => {
+                // A random non-empty proper subset against the rest.
+                let mut side: Vec<NodeId> = Vec::new();
+                while side.is_empty() || side.len() == ids.len() {
+                    side = ids
+                        .iter()
+                        .copied()
+                        .filter(|_| self.rng.random_bool(0.5))
+                        .collect();
+                }
+                let other: Vec<NodeId> =
+                    ids.iter().copied().filter(|i| !side.contains(i)).collect();
+                for &a in &side {
+                    for &b in &other {
+                        cluster.partition(a, b);
+                    }
+                }
+                self.network = Some(now + self.duration());
+                self.log(format!("partition {}|{}", join(&side), join(&other)));
+            }
+            Kind::OneWay => {
+                let from = self.pick(&ids);
+                let to = loop {
+                    let to = self.pick(&ids);
+                    if to != from {
+                        break to;
+                    }
+                };
+                cluster.partition_one_way(from, to);
+                self.network = Some(now + self.duration());
+                self.log(format!("one-way {from}->{to}"));
+            }
+            Kind::Isolate => {
+                let id = self.pick(&ids);
+                cluster.isolate(id);
+                self.network = Some(now + self.duration());
+                self.log(format!("isolate {id}"));
+            }
+            Kind::Crash => {
+                let id = self.pick(&ids);
+                debug_assert_eq!(cluster.state(id), NodeState::Up);
+                if self.rng.random_range(0..100) < self.config.power_loss_percent {
+                    let report = cluster.power_loss(id);
+                    self.log(format!("power-loss {id} {report:?}"));
+                } else {
+                    cluster.kill(id);
+                    self.log(format!("kill {id}"));
+                }
+                self.node = Some((NodeFault::Down(id), now + self.duration()));
+            }
+            Kind::Pause => {
+                let id = self.pick(&ids);
+                cluster.pause(id);
+                self.node = Some((NodeFault::Paused(id), now + self.duration()));
+                self.log(format!("pause {id}"));
+            }
+            Kind::Drift => {
+                let id = self.pick(&ids);
+                let max = self.config.max_drift_ppm;
+                let ppm = self.rng.random_range(-max..=max);
+                cluster.clock(id).set_drift_ppm(ppm);
+                self.log(format!("drift {id} {ppm}ppm"));
+            }
+            Kind::Jump => {
+                let id = self.pick(&ids);
+                let max = self.config.max_jump.as_millis().max(1) as u64;
+                let by = Duration::from_millis(self.rng.random_range(1..=max));
+                cluster.clock(id).jump_forward(by);
+                self.log(format!("jump {id} +{}ms", by.as_millis()));
+            }
+        }
+        self.faults += 1;
+    }
+
+    /// Ends every fault: heals the network, restarts the node that is down,
+    /// resumes the one that is paused. Clock drift stays.
+    pub fn heal_all(&mut self, cluster: &mut SimCluster) {
+        cluster.heal();
+        self.network = None;
+        if let Some((fault, _)) = self.node.take() {
+            self.repair(cluster, fault);
+        }
+        for id in cluster.node_ids() {
+            match cluster.state(id) {
+                NodeState::Up => {}
+                NodeState::Paused => cluster.resume(id),
+                NodeState::Down => cluster.restart(id),
+            }
+        }
+        self.log("heal-all".to_owned());
+    }
+}
+
+fn join(ids: &[NodeId]) -> String {
+    ids.iter()
+        .map(|i| i.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}

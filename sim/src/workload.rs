@@ -1,0 +1,370 @@
+//! Simulated clients that fill a [`History`](crate::history::History).
+//!
+//! Each client loops until its stop time: it picks a key from a small set, an
+//! operation from its own seeded RNG (gets of every consistency, unique puts,
+//! create-only puts, compare-and-set on the revision it last saw, deletes), a
+//! random node to send it to, and records invoke and completion in a shared
+//! [`Recorder`] in simulated milliseconds since the run's start. After a
+//! write of unknown outcome the client reads that key linearizably next.
+//!
+//! How a gRPC answer maps to an [`Outcome`] ([`outcome_of`]): a `ringkv-code`
+//! that promises no effect (`not_found`, `precondition_failed`, `no_leader`,
+//! `not_applied`, `busy`, invalid input) is `Fail`; anything else a write can
+//! meet (`timeout_outcome_unknown`, a deadline or cancel without code, a
+//! transport error, `internal`, the client-side deadline) is `Unknown`. A read
+//! that fails had no effect either way, so it is always `Fail`. A request that
+//! never left the client (the connection could not be opened) is `Fail`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringkv_core::NodeId;
+use ringkv_proto::v1 as pb;
+use tokio::time::Instant;
+
+use crate::cluster::connect_kv;
+use crate::history::{
+    ClientId, Consistency, FailReason, Outcome, Precondition, Recorder, Request, Response, Time,
+    ValueVersion,
+};
+
+/// The recorder all clients of a run share.
+pub type SharedRecorder = Arc<Mutex<Recorder>>;
+
+/// How one client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub client: ClientId,
+    pub seed: u64,
+    /// The nodes requests may go to.
+    pub nodes: Vec<NodeId>,
+    pub keys: Vec<Bytes>,
+    /// The run's time origin (history times are ms since then).
+    pub start: Instant,
+    /// No new operation is invoked at or after this instant.
+    pub stop: Instant,
+    /// Client-side deadline of one call (connect plus request).
+    pub op_timeout: Duration,
+    /// Pause between operations, drawn uniformly from `0..=max_think`.
+    pub max_think: Duration,
+}
+
+/// `n` keys, each in a different partition when `partition_count >= n`
+/// (`k<i>` names, scanning upwards), so that faults of one partition's
+/// leader do not hit every key at once.
+pub fn spread_keys(n: usize, partition_count: u32) -> Vec<Bytes> {
+    let mut keys = Vec::new();
+    let mut used = Vec::new();
+    let mut i = 0u32;
+    while keys.len() < n {
+        let key = format!("k{i}");
+        let p = ringkv_core::ring::partition_of(key.as_bytes(), partition_count);
+        if !used.contains(&p) || used.len() >= partition_count as usize || i > 10_000 {
+            used.push(p);
+            keys.push(Bytes::from(key));
+        }
+        i += 1;
+    }
+    keys
+}
+
+/// Milliseconds of simulated time since `start`.
+pub fn elapsed_ms(start: Instant) -> Time {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn lock(r: &SharedRecorder) -> std::sync::MutexGuard<'_, Recorder> {
+    r.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sends `request` to node `via`, recording it in `recorder` (invoke before
+/// connecting, completion when the answer or the deadline arrives).
+pub async fn execute(
+    recorder: &SharedRecorder,
+    client: ClientId,
+    start: Instant,
+    via: NodeId,
+    request: Request,
+    op_timeout: Duration,
+) -> Outcome {
+    let id = lock(recorder).invoke(client, elapsed_ms(start), request.clone());
+    let outcome = call(via, &request, op_timeout).await;
+    lock(recorder).complete(id, elapsed_ms(start), outcome.clone());
+    outcome
+}
+
+/// One call, unrecorded.
+async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
+    let deadline = Instant::now() + op_timeout;
+    let mut kv = match timeout_at(deadline, connect_kv(via)).await {
+        Ok(Ok(kv)) => kv,
+        // Nothing was sent: no effect.
+        Ok(Err(e)) => return not_applied(format!("connect: {e}")),
+        Err(_) => return not_applied("connect timeout".to_owned()),
+    };
+    let is_write = request.is_write();
+    let answer = match request.clone() {
+        Request::Get { key, consistency } => {
+            let req = pb::GetRequest {
+                key,
+                consistency: consistency_to_proto(consistency) as i32,
+            };
+            timeout_at(deadline, kv.get(req)).await.map(|r| {
+                r.map(|resp| {
+                    Response::Value(resp.into_inner().kv.map(|kv| ValueVersion {
+                        value: kv.value,
+                        version: kv.version,
+                        mod_revision: kv.mod_revision,
+                    }))
+                })
+            })
+        }
+        Request::Put {
+            key,
+            value,
+            precondition,
+        } => {
+            let req = pb::PutRequest {
+                key,
+                value,
+                precondition: precondition_to_proto(precondition),
+            };
+            timeout_at(deadline, kv.put(req)).await.map(|r| {
+                r.map(|resp| {
+                    let resp = resp.into_inner();
+                    Response::Put {
+                        version: resp.version,
+                        mod_revision: resp.mod_revision,
+                    }
+                })
+            })
+        }
+        Request::Delete { key, precondition } => {
+            let req = pb::DeleteRequest {
+                key,
+                precondition: precondition_to_proto(precondition),
+            };
+            timeout_at(deadline, kv.delete(req)).await.map(|r| {
+                r.map(|resp| Response::Deleted {
+                    revision: resp.into_inner().revision,
+                })
+            })
+        }
+    };
+    match answer {
+        Ok(Ok(response)) => Outcome::Ok(response),
+        Ok(Err(status)) => outcome_of(request, &status),
+        // The client gave up; the request may still be in flight.
+        Err(_) if is_write => Outcome::Unknown,
+        Err(_) => not_applied("client deadline".to_owned()),
+    }
+}
+
+/// `tokio::time::timeout_at`, which madsim's tokio lacks.
+async fn timeout_at<F: std::future::Future>(
+    deadline: Instant,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), f).await
+}
+
+fn not_applied(reason: String) -> Outcome {
+    Outcome::Fail(FailReason::NotApplied(reason))
+}
+
+/// The outcome a gRPC error status means for `request` (see the module docs).
+pub fn outcome_of(request: &Request, status: &tonic::Status) -> Outcome {
+    let code = status
+        .metadata()
+        .get("ringkv-code")
+        .and_then(|v| v.to_str().ok());
+    if let Request::Get { .. } = request {
+        // A get of an absent key answers NOT_FOUND: that is a value.
+        if code == Some("not_found") {
+            return Outcome::Ok(Response::Value(None));
+        }
+        return not_applied(code.unwrap_or("transport").to_owned());
+    }
+    match code {
+        Some("not_found") if matches!(request, Request::Delete { .. }) => {
+            Outcome::Fail(FailReason::NotFound)
+        }
+        Some("precondition_failed") => Outcome::Fail(FailReason::PreconditionFailed {
+            current_mod_revision: status
+                .metadata()
+                .get("ringkv-current-mod-revision")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }),
+        Some(
+            c @ ("no_leader" | "not_applied" | "busy" | "invalid_key" | "key_too_large"
+            | "value_too_large"),
+        ) => not_applied(c.to_owned()),
+        // timeout_outcome_unknown, internal, read_timeout (never for a
+        // write, but be safe), no code (transport, cancelled, deadline), ...
+        _ => {
+            tracing::debug!(?status, "sim client: write outcome unknown");
+            Outcome::Unknown
+        }
+    }
+}
+
+fn consistency_to_proto(c: Consistency) -> pb::ReadConsistency {
+    match c {
+        Consistency::Linearizable => pb::ReadConsistency::Linearizable,
+        Consistency::Lease => pb::ReadConsistency::Lease,
+        Consistency::Stale => pb::ReadConsistency::Stale,
+    }
+}
+
+fn precondition_to_proto(p: Precondition) -> Option<pb::Precondition> {
+    use pb::precondition::Kind;
+    let kind = match p {
+        Precondition::None => return None,
+        Precondition::MustNotExist => Kind::MustNotExist(true),
+        Precondition::MustExist => Kind::MustExist(true),
+        Precondition::ModRevision(r) => Kind::ModRevision(r),
+    };
+    Some(pb::Precondition { kind: Some(kind) })
+}
+
+/// Counts of a client's operations by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub ok: u64,
+    pub fail: u64,
+    pub unknown: u64,
+}
+
+/// Runs one client until `config.stop`; call it on a client node.
+pub async fn run_client(config: ClientConfig, recorder: SharedRecorder) -> ClientStats {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut stats = ClientStats::default();
+    // The mod_revision this client last saw per key, for compare-and-set.
+    let mut seen: HashMap<Bytes, u64> = HashMap::new();
+    let mut n = 0u64;
+    // A key whose last write by this client has an unknown outcome: read it
+    // next, which usually tells the checker whether the write took effect
+    // (each unresolved unknown write doubles the orders it may have to try).
+    let mut resolve: Option<Bytes> = None;
+    while Instant::now() < config.stop {
+        let via = config.nodes[rng.random_range(0..config.nodes.len())];
+        let (key, request) = match resolve.take() {
+            Some(key) => {
+                let get = Request::Get {
+                    key: key.clone(),
+                    consistency: Consistency::Linearizable,
+                };
+                (key, get)
+            }
+            None => {
+                let key = config.keys[rng.random_range(0..config.keys.len())].clone();
+                let request = pick_request(&mut rng, config.client, &mut n, key.clone(), &seen);
+                (key, request)
+            }
+        };
+        let is_write = request.is_write();
+        let outcome = execute(
+            &recorder,
+            config.client,
+            config.start,
+            via,
+            request,
+            config.op_timeout,
+        )
+        .await;
+        if is_write && outcome == Outcome::Unknown {
+            resolve = Some(key.clone());
+        }
+        match &outcome {
+            Outcome::Ok(Response::Value(Some(vv))) => {
+                seen.insert(key, vv.mod_revision);
+            }
+            Outcome::Ok(Response::Put { mod_revision, .. })
+            | Outcome::Fail(FailReason::PreconditionFailed {
+                current_mod_revision: Some(mod_revision),
+            }) => {
+                seen.insert(key, *mod_revision);
+            }
+            Outcome::Ok(Response::Value(None) | Response::Deleted { .. })
+            | Outcome::Fail(FailReason::NotFound)
+            | Outcome::Fail(FailReason::PreconditionFailed {
+                current_mod_revision: None,
+            }) => {
+                seen.remove(&key);
+            }
+            _ => {}
+        }
+        match outcome {
+            Outcome::Ok(_) => stats.ok += 1,
+            Outcome::Fail(_) => stats.fail += 1,
+            Outcome::Unknown => stats.unknown += 1,
+        }
+        let think = config.max_think.as_millis() as u64;
+        if think > 0 {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..=think))).await;
+        }
+    }
+    stats
+}
+
+fn pick_request(
+    rng: &mut ChaCha8Rng,
+    client: ClientId,
+    n: &mut u64,
+    key: Bytes,
+    seen: &HashMap<Bytes, u64>,
+) -> Request {
+    let mut value = || {
+        *n += 1;
+        Bytes::from(format!("c{client}-{n}"))
+    };
+    match rng.random_range(0..100u32) {
+        0..20 => Request::Get {
+            key,
+            consistency: Consistency::Linearizable,
+        },
+        20..30 => Request::Get {
+            key,
+            consistency: Consistency::Lease,
+        },
+        30..40 => Request::Get {
+            key,
+            consistency: Consistency::Stale,
+        },
+        40..70 => Request::Put {
+            key,
+            value: value(),
+            precondition: Precondition::None,
+        },
+        70..85 => {
+            let precondition = match seen.get(&key) {
+                Some(&r) if rng.random_bool(0.8) => Precondition::ModRevision(r),
+                _ => Precondition::MustNotExist,
+            };
+            Request::Put {
+                key,
+                value: value(),
+                precondition,
+            }
+        }
+        85..93 => Request::Put {
+            key,
+            value: value(),
+            precondition: Precondition::MustExist,
+        },
+        // Deletes are few: an unconditional one hides any number of earlier
+        // writes of unknown outcome, which multiplies the checker's search.
+        _ => {
+            let precondition = match seen.get(&key) {
+                Some(&r) if rng.random_bool(0.3) => Precondition::ModRevision(r),
+                _ => Precondition::None,
+            };
+            Request::Delete { key, precondition }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Linearizability under faults: 3 nodes, 4–6 concurrent clients, 30 s of
+//! simulated time with a seeded swarm nemesis, then heal, check that every
+//! partition takes writes again, read every key linearizably, run every
+//! history checker and compare the replicas of each partition.
+//!
+//! Run (and replay a failing seed):
+//! `MADSIM_TEST_SEED=<seed> RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim"
+//! CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test linearizable -- --nocapture`
+//! (`MADSIM_TEST_NUM=<n>` runs n seeds from there; `RINGKV_SIM_DUMP_HISTORY=<file>`
+//! writes the history in trace form, which `History::from_trace` reads back).
+#![cfg(madsim)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use madsim::runtime::Handle;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringkv_core::NodeId;
+use ringkv_sim::checker::{self, KeyVerdict, LinearizabilityConfig, no_lost_writes};
+use ringkv_sim::cluster::{ClusterOptions, SimCluster};
+use ringkv_sim::history::{Consistency, Outcome, Precondition, Recorder, Request};
+use ringkv_sim::nemesis::{Nemesis, NemesisConfig};
+use ringkv_sim::workload::{self, ClientConfig, ClientStats, SharedRecorder, elapsed_ms};
+use tokio::time::Instant;
+
+const NODES: u64 = 3;
+const KEYS: usize = 8;
+const RUN: Duration = Duration::from_secs(30);
+/// After the heal, every partition must take a write within this long.
+const RECOVERY: Duration = Duration::from_secs(20);
+/// After the final reads, every replica of a partition must match within this.
+const CONVERGENCE: Duration = Duration::from_secs(30);
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Linearizability search steps per key (override: `RINGKV_SIM_STEP_BUDGET`).
+/// Above the checker's default: writes of unknown outcome, which faults make
+/// common, multiply the orders to try.
+const STEP_BUDGET: u64 = 10_000_000;
+
+fn replay(seed: u64) -> String {
+    format!(
+        "MADSIM_TEST_SEED={seed} RUSTFLAGS=\"--cfg madsim\" RUSTDOCFLAGS=\"--cfg madsim\" \
+         CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test linearizable -- --nocapture"
+    )
+}
+
+/// Retries `request` through the nodes in turn until it succeeds or
+/// `deadline` passes; every attempt is recorded (a put's value gets the
+/// attempt number appended).
+async fn until_ok(
+    recorder: &SharedRecorder,
+    start: Instant,
+    request: Request,
+    deadline: Instant,
+) -> Option<Outcome> {
+    let mut attempt = 0u64;
+    while Instant::now() < deadline {
+        let via = NodeId(1 + attempt % NODES);
+        attempt += 1;
+        // Values stay unique across retries: the checkers tell writes apart
+        // by value.
+        let mut request = request.clone();
+        if let Request::Put { value, .. } = &mut request {
+            *value = format!("{}-{attempt}", value.escape_ascii()).into();
+        }
+        let outcome = workload::execute(recorder, 0, start, via, request, OP_TIMEOUT).await;
+        if let Outcome::Ok(_) = outcome {
+            return Some(outcome);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Per partition, the `(applied_index, keys)` of each running replica.
+fn replica_states(cluster: &SimCluster) -> BTreeMap<u32, BTreeMap<NodeId, (u64, u64)>> {
+    let mut states: BTreeMap<u32, BTreeMap<NodeId, (u64, u64)>> = BTreeMap::new();
+    for id in cluster.node_ids() {
+        let Some(handle) = cluster.node_handle(id) else {
+            continue;
+        };
+        for p in &handle.view().partitions {
+            if p.replicas.contains(&id) {
+                states
+                    .entry(p.partition.0)
+                    .or_default()
+                    .insert(id, (p.applied_index, p.keys));
+            }
+        }
+    }
+    states
+}
+
+fn converged(states: &BTreeMap<u32, BTreeMap<NodeId, (u64, u64)>>) -> bool {
+    states.values().all(|replicas| {
+        replicas.len() == NODES as usize && {
+            let mut it = replicas.values();
+            let first = it.next();
+            it.all(|s| Some(s) == first)
+        }
+    })
+}
+
+/// Every node's view of the partitions whose replicas differ.
+fn diverging_views(
+    cluster: &SimCluster,
+    states: &BTreeMap<u32, BTreeMap<NodeId, (u64, u64)>>,
+) -> String {
+    let mut out = String::new();
+    for id in cluster.node_ids() {
+        let Some(handle) = cluster.node_handle(id) else {
+            out.push_str(&format!("  {id}: not running\n"));
+            continue;
+        };
+        for p in &handle.view().partitions {
+            let differs = states.get(&p.partition.0).is_some_and(|replicas| {
+                replicas.len() != NODES as usize
+                    || replicas
+                        .values()
+                        .any(|s| Some(s) != replicas.values().next())
+            });
+            if differs {
+                out.push_str(&format!("  {id}: {p:?}\n"));
+            }
+        }
+    }
+    out
+}
+
+#[madsim::test]
+async fn histories_under_faults_are_linearizable() {
+    let seed = Handle::current().seed();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F11_4EA2);
+    let options = ClusterOptions::default();
+    let keys = workload::spread_keys(KEYS, options.partition_count);
+    let mut cluster = SimCluster::new(NODES, seed, options);
+    let start = Instant::now();
+    assert!(
+        cluster.wait_ready(Duration::from_secs(20)).await,
+        "seed {seed}: the cluster never became ready"
+    );
+
+    let recorder: SharedRecorder = Arc::new(Mutex::new(Recorder::new()));
+    let clients: u32 = rng.random_range(4..=6);
+    let stop = Instant::now() + RUN;
+    let mut tasks = Vec::new();
+    for c in 1..=clients {
+        let config = ClientConfig {
+            client: c,
+            seed: rng.random(),
+            nodes: cluster.node_ids(),
+            keys: keys.clone(),
+            start,
+            stop,
+            op_timeout: OP_TIMEOUT,
+            max_think: Duration::from_millis(200),
+        };
+        let node = cluster.client(u8::try_from(c).expect("few clients"));
+        let recorder = recorder.clone();
+        tasks.push(tokio::spawn(async move {
+            node.run(workload::run_client(config, recorder)).await
+        }));
+    }
+
+    let nemesis_config = NemesisConfig::swarm(&mut rng);
+    let mut nemesis = Nemesis::new(nemesis_config, rng.random(), start);
+    nemesis.run(&mut cluster, RUN).await;
+    nemesis.heal_all(&mut cluster);
+    let healed = Instant::now();
+
+    let mut stats = ClientStats::default();
+    for task in tasks {
+        let s = task.await.expect("client task");
+        stats.ok += s.ok;
+        stats.fail += s.fail;
+        stats.unknown += s.unknown;
+    }
+
+    // Recovery: leaders everywhere, then a write to every key.
+    let recovery_deadline = healed + RECOVERY;
+    let ready = cluster.wait_ready(RECOVERY).await;
+    let writer = cluster.client(100);
+    let (all_written, final_from) = {
+        let (recorder, keys) = (recorder.clone(), keys.clone());
+        writer
+            .run(async move {
+                let mut ok = true;
+                for key in &keys {
+                    let put = Request::Put {
+                        key: key.clone(),
+                        value: format!("final-{}", key.escape_ascii()).into(),
+                        precondition: Precondition::None,
+                    };
+                    ok &= until_ok(&recorder, start, put, recovery_deadline)
+                        .await
+                        .is_some();
+                }
+                (ok, elapsed_ms(start))
+            })
+            .await
+    };
+    let failures = cluster.failures();
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: nodes failed: {failures:#?}\nreplay: {}",
+        replay(seed)
+    );
+    assert!(
+        ready && all_written,
+        "seed {seed}: not every partition accepts writes within {RECOVERY:?} after the heal \
+         (ready={ready})\nnemesis:\n{}\nreplay: {}",
+        nemesis.trace(),
+        replay(seed)
+    );
+
+    // Final state: a linearizable read of every key.
+    let final_ok = {
+        let (recorder, keys) = (recorder.clone(), keys.clone());
+        writer
+            .run(async move {
+                let deadline = Instant::now() + RECOVERY;
+                let mut ok = true;
+                for key in &keys {
+                    let get = Request::Get {
+                        key: key.clone(),
+                        consistency: Consistency::Linearizable,
+                    };
+                    ok &= until_ok(&recorder, start, get, deadline).await.is_some();
+                }
+                ok
+            })
+            .await
+    };
+    assert!(
+        final_ok,
+        "seed {seed}: final reads failed\nreplay: {}",
+        replay(seed)
+    );
+
+    // Convergence: every replica of a partition at the same applied index
+    // with the same number of keys (a content digest would be stronger).
+    let converge_from = Instant::now();
+    let converge_deadline = converge_from + CONVERGENCE;
+    let mut states = replica_states(&cluster);
+    while !converged(&states) && Instant::now() < converge_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        states = replica_states(&cluster);
+    }
+    let converge_time = converge_from.elapsed();
+    assert!(
+        converged(&states),
+        "seed {seed}: replicas did not converge: {states:?}\n{}nemesis:\n{}\nreplay: {}",
+        diverging_views(&cluster, &states),
+        nemesis.trace(),
+        replay(seed)
+    );
+
+    let recorder = Arc::try_unwrap(recorder)
+        .map_err(|_| ())
+        .expect("every client is done")
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let history = match recorder.finish() {
+        Ok(h) => h,
+        Err(e) => panic!("seed {seed}: malformed history (workload bug): {e}"),
+    };
+    let finals = no_lost_writes::final_reads(&history, final_from);
+    assert_eq!(finals.len(), KEYS, "seed {seed}: a final read per key");
+    let config = LinearizabilityConfig {
+        step_budget: std::env::var("RINGKV_SIM_STEP_BUDGET")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(STEP_BUDGET),
+        ..LinearizabilityConfig::default()
+    };
+    if let Ok(path) = std::env::var("RINGKV_SIM_DUMP_HISTORY") {
+        std::fs::write(&path, history.to_string()).expect("write the history dump");
+    }
+    let summary = checker::check_all(&history, &finals, &config);
+
+    let max_steps = summary
+        .linearizability
+        .keys
+        .values()
+        .map(|v| match v {
+            KeyVerdict::Linearizable { steps, .. } | KeyVerdict::Inconclusive { steps, .. } => {
+                *steps
+            }
+            KeyVerdict::NotLinearizable(_) => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    println!(
+        "seed {seed}: {} ops ({} ok / {} fail / {} unknown by clients), {} clients, {} faults [{}], max {max_steps} steps/key, converged in {}ms, {}",
+        history.len(),
+        stats.ok,
+        stats.fail,
+        stats.unknown,
+        clients,
+        nemesis.faults(),
+        nemesis.config().describe(),
+        converge_time.as_millis(),
+        if summary.passed() { "passed" } else { "FAILED" }
+    );
+    if !summary.passed() {
+        let involved: Vec<_> = summary
+            .violations
+            .iter()
+            .flat_map(|v| v.ops.iter().copied())
+            .collect();
+        let nearby: String = history
+            .ops()
+            .iter()
+            .filter(|op| involved.contains(&op.op_ref()))
+            .map(|op| format!("  {op}\n"))
+            .collect();
+        panic!(
+            "seed {seed}: checks failed:\n{summary}\noperations named:\n{nearby}nemesis:\n{}\nreplay: {}",
+            nemesis.trace(),
+            replay(seed)
+        );
+    }
+}
