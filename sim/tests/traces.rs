@@ -1,0 +1,118 @@
+//! Snapshot-tested traces of three fixed seeds: the faults the nemesis
+//! injected, every client operation with its result and sim time, and the
+//! leaders and terms each node sees at the end. A changed snapshot means
+//! the run changed; review it like code (`cargo insta review`).
+//!
+//! Each seed runs on a fresh runtime in a fresh thread, as madsim's own
+//! determinism check does (std's `RandomState` keys are per thread).
+#![cfg(madsim)]
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::runtime::Runtime;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringkv_sim::cluster::{ClusterOptions, SimCluster};
+use ringkv_sim::history::Recorder;
+use ringkv_sim::nemesis::{Nemesis, NemesisConfig};
+use ringkv_sim::workload::{self, ClientConfig, SharedRecorder};
+use tokio::time::Instant;
+
+const RUN: Duration = Duration::from_secs(5);
+
+async fn scenario(seed: u64) -> String {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7ACE);
+    let options = ClusterOptions::default();
+    let keys = workload::spread_keys(3, options.partition_count);
+    let mut cluster = SimCluster::new(3, seed, options);
+    let start = Instant::now();
+    let ready = cluster.wait_ready(Duration::from_secs(20)).await;
+    let mut trace = format!("seed {seed}: ready after {:?}: {ready}\n", start.elapsed());
+
+    let recorder: SharedRecorder = Arc::new(Mutex::new(Recorder::new()));
+    let stop = Instant::now() + RUN;
+    let mut tasks = Vec::new();
+    for c in 1..=2u32 {
+        let config = ClientConfig {
+            client: c,
+            seed: rng.random(),
+            nodes: cluster.node_ids(),
+            keys: keys.clone(),
+            start,
+            stop,
+            op_timeout: Duration::from_secs(2),
+            max_think: Duration::from_millis(300),
+        };
+        let node = cluster.client(u8::try_from(c).expect("few clients"));
+        let recorder = recorder.clone();
+        tasks.push(tokio::spawn(async move {
+            node.run(workload::run_client(config, recorder)).await
+        }));
+    }
+    let mut nemesis = Nemesis::new(NemesisConfig::swarm(&mut rng), rng.random(), start);
+    let _ = writeln!(trace, "nemesis: {}", nemesis.config().describe());
+    nemesis.run(&mut cluster, RUN).await;
+    nemesis.heal_all(&mut cluster);
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let ready = cluster.wait_ready(Duration::from_secs(20)).await;
+
+    trace.push_str("faults:\n");
+    for line in nemesis.trace().lines() {
+        let _ = writeln!(trace, "  {line}");
+    }
+    trace.push_str("operations:\n");
+    let recorder = Arc::try_unwrap(recorder)
+        .ok()
+        .expect("clients are done")
+        .into_inner()
+        .expect("recorder lock");
+    let history = recorder.finish().expect("a well-formed history");
+    for op in history.ops() {
+        let _ = writeln!(trace, "  {op}");
+    }
+    let _ = writeln!(trace, "after heal: ready {ready}");
+    for id in cluster.node_ids() {
+        let Some(h) = cluster.node_handle(id) else {
+            let _ = writeln!(trace, "  {id}: not running");
+            continue;
+        };
+        let view = h.view();
+        let leaders: Vec<String> = view
+            .partitions
+            .iter()
+            .map(|p| match p.leader {
+                Some(l) => format!("p{}:{}@t{}", p.partition.0, l.0, p.term),
+                None => format!("p{}:-@t{}", p.partition.0, p.term),
+            })
+            .collect();
+        let _ = writeln!(trace, "  {id} sees {}", leaders.join(" "));
+    }
+    trace
+}
+
+fn run(seed: u64) -> String {
+    std::thread::spawn(move || {
+        Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(scenario(seed))
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+#[test]
+fn trace_of_seed_7() {
+    insta::assert_snapshot!(run(7));
+}
+
+#[test]
+fn trace_of_seed_21() {
+    insta::assert_snapshot!(run(21));
+}
+
+#[test]
+fn trace_of_seed_1234() {
+    insta::assert_snapshot!(run(1234));
+}
