@@ -65,11 +65,10 @@ async fn scenario(seed: u64) -> String {
         let _ = writeln!(trace, "  {line}");
     }
     trace.push_str("operations:\n");
-    let recorder = Arc::try_unwrap(recorder)
-        .ok()
-        .expect("clients are done")
-        .into_inner()
-        .expect("recorder lock");
+    let Ok(recorder) = Arc::try_unwrap(recorder) else {
+        panic!("the clients are done, yet the recorder is still shared");
+    };
+    let recorder = recorder.into_inner().expect("recorder lock");
     let history = recorder.finish().expect("a well-formed history");
     for op in history.ops() {
         let _ = writeln!(trace, "  {op}");
