@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -210,12 +210,7 @@ async fn get_key(
     match s.node.request(req).await {
         Ok(ClientResponse::Value(Some(kv))) => {
             let mut resp = if wants_json(&headers) {
-                let mut r = envelope(&kv).to_string().into_response();
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
+                Json(envelope(&kv)).into_response()
             } else {
                 let mut r = Body::from(kv.value.clone()).into_response();
                 r.headers_mut().insert(
@@ -327,13 +322,8 @@ async fn put_key(
             };
             let body =
                 json!({ "version": version, "mod_revision": mod_revision, "created": created });
-            let mut resp = (status, body.to_string()).into_response();
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(header::ETAG, etag(mod_revision));
+            let mut resp = (status, Json(body)).into_response();
+            resp.headers_mut().insert(header::ETAG, etag(mod_revision));
             resp
         }
         Ok(other) => error_response(&ClientError::Internal(format!(
@@ -364,12 +354,7 @@ async fn delete_key(
     };
     match s.node.request(req).await {
         Ok(ClientResponse::Deleted { revision }) => {
-            let mut resp = json!({ "revision": revision }).to_string().into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
+            Json(json!({ "revision": revision })).into_response()
         }
         Ok(other) => error_response(&ClientError::Internal(format!(
             "unexpected response {other:?}"
@@ -378,19 +363,10 @@ async fn delete_key(
     }
 }
 
-fn json_response(v: serde_json::Value) -> Response {
-    let mut resp = v.to_string().into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-async fn cluster_status(State(s): State<AppState>) -> Response {
+async fn cluster_status(State(s): State<AppState>) -> Json<serde_json::Value> {
     let view = s.node.view();
     let st = status_response(&view, &s.node, &s.addrs);
-    json_response(json!({
+    Json(json!({
         "node_id": st.node_id,
         "partition_count": st.partition_count,
         "replication_factor": st.replication_factor,
@@ -407,9 +383,9 @@ async fn cluster_status(State(s): State<AppState>) -> Response {
     }))
 }
 
-async fn locate(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+async fn locate(State(s): State<AppState>, Path(key): Path<String>) -> Json<serde_json::Value> {
     let l = locate_response(&s.node, key.as_bytes());
-    json_response(json!({
+    Json(json!({
         "key": key,
         "partition": l.partition,
         "leader": if l.leader == 0 { serde_json::Value::Null } else { json!(l.leader) },
@@ -426,14 +402,14 @@ async fn healthz(State(s): State<AppState>) -> Response {
             json!({}),
         )
     } else {
-        json_response(json!({ "status": "ok" }))
+        Json(json!({ "status": "ok" })).into_response()
     }
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let view = s.node.view();
     if !s.node.is_stopped() && view.ready {
-        json_response(json!({ "status": "ready" }))
+        Json(json!({ "status": "ready" })).into_response()
     } else {
         let leaderless = view
             .partitions
