@@ -47,6 +47,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{GetRequest, PutRequest};
 use serde::Serialize;
@@ -702,44 +704,32 @@ impl Worker {
     }
 }
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough to
-/// pick keys and values; not for anything secret.
+/// The bench's seeded generator: ChaCha8, one stream per client, so keys,
+/// values and the read/write mix are a function of `--seed`.
 #[derive(Clone, Debug)]
-struct Rng(u64);
+struct Rng(ChaCha8Rng);
 
 impl Rng {
-    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
     fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(ChaCha8Rng::seed_from_u64(seed))
     }
 
     /// An independent stream per client, derived from the run's seed.
     fn for_client(seed: u64, client: u32) -> Rng {
-        let mut mixer = Rng::new(seed ^ u64::from(client).wrapping_mul(Self::GAMMA));
-        Rng::new(mixer.next_u64())
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(u64::from(client));
+        Rng(rng)
     }
 
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(Self::GAMMA);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (multiply-shift; the bias is below 2^-32 for any
-    /// key space a bench uses).
+    /// Uniform in `0..n` (n > 0).
     fn below(&mut self, n: u64) -> u64 {
-        debug_assert!(n > 0);
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+        self.0.random_range(0..n)
     }
 
-    /// True with probability `p`; exactly never for 0 and always for 1.
+    /// True with probability `p` (in `[0, 1]`, which `parse_ratio` ensures);
+    /// exactly never for 0 and always for 1.
     fn chance(&mut self, p: f64) -> bool {
-        // 53 random bits as a float in [0, 1).
-        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        unit < p
+        self.0.random_bool(p)
     }
 }
 

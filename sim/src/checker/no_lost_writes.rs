@@ -194,6 +194,7 @@ fn check_key(read: &FinalRead, writes: &[&Operation]) -> Result<(), Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checker::testkit::{assert_no_violation, assert_one_violation_naming};
 
     /// The trace's last operation is the final read.
     fn violations(trace: &str) -> Vec<Violation> {
@@ -206,18 +207,12 @@ mod tests {
 
     #[track_caller]
     fn accepts(trace: &str) {
-        let found = violations(trace);
-        assert!(found.is_empty(), "expected no violation: {found:#?}");
+        assert_no_violation(&violations(trace));
     }
 
     #[track_caller]
     fn rejects(trace: &str, named: &[&str]) {
-        let found = violations(trace);
-        assert_eq!(found.len(), 1, "expected one violation: {found:#?}");
-        let text = found[0].to_string();
-        for op in named {
-            assert!(text.contains(op), "`{op}` not named in:\n{text}");
-        }
+        assert_one_violation_naming(&violations(trace), named);
     }
 
     #[test]

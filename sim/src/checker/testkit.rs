@@ -7,33 +7,27 @@
 //! end `Unknown` (applied or not, at random) or `NotApplied` (never applied).
 
 use bytes::Bytes;
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
 use ringkv_core::kv::{ApplyOutcome, Command, KvStore, Precondition as CorePrecondition};
 
-use crate::checker::FinalRead;
+use crate::checker::{FinalRead, Violation};
 use crate::history::{
     ClientId, Consistency, FailReason, History, Operation, Outcome, Precondition, Request,
     Response, Time, ValueVersion,
 };
 
-/// SplitMix64: a tiny deterministic generator, enough for test histories.
-pub(crate) struct Rng(u64);
+/// A seeded generator for test histories (ChaCha8).
+pub(crate) struct Rng(ChaCha8Rng);
 
 impl Rng {
     pub(crate) fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Self(ChaCha8Rng::seed_from_u64(seed))
     }
 
     /// Uniform in `0..n` (n > 0).
     pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.random_range(0..n)
     }
 
     /// True with probability `percent`%.
@@ -219,5 +213,22 @@ fn to_outcome(index: u64, applied: ApplyOutcome) -> Outcome {
             current_mod_revision,
         }),
         other => unreachable!("commands built here apply as put or delete, not {other:?}"),
+    }
+}
+
+/// A checker found nothing.
+#[track_caller]
+pub(crate) fn assert_no_violation(found: &[Violation]) {
+    assert!(found.is_empty(), "expected no violation: {found:#?}");
+}
+
+/// A checker found exactly one violation, and its explanation names every
+/// op (or phrase) in `named`.
+#[track_caller]
+pub(crate) fn assert_one_violation_naming(found: &[Violation], named: &[&str]) {
+    assert_eq!(found.len(), 1, "expected one violation: {found:#?}");
+    let text = found[0].to_string();
+    for op in named {
+        assert!(text.contains(op), "`{op}` not named in:\n{text}");
     }
 }
