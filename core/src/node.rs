@@ -145,6 +145,12 @@ pub enum ClientRequest {
 }
 
 impl ClientRequest {
+    /// Puts and deletes: requests that change state, so a lost answer means
+    /// the outcome is unknown.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, ClientRequest::Get { .. })
+    }
+
     pub fn key(&self) -> &Bytes {
         match self {
             ClientRequest::Get { key, .. }

@@ -118,7 +118,7 @@ impl NodeHandle {
 
     /// A request another node forwarded to us, `hops` forwards so far.
     pub async fn request_with_hops(&self, req: ClientRequest, hops: u32) -> ClientResult {
-        let is_write = !matches!(req, ClientRequest::Get { .. });
+        let is_write = req.is_write();
         let (reply, rx) = oneshot::channel();
         if self
             .tx
@@ -130,8 +130,8 @@ impl NodeHandle {
         }
         match rx.await {
             Ok(r) => r,
-            // The node stopped with the request inside it: a write may have
-            // been proposed already.
+            // The event loop stopped (or was dropped) with the request inside
+            // it: a write may have been proposed already.
             Err(_) if is_write => Err(ClientError::OutcomeUnknown),
             Err(_) => Err(ClientError::Internal("this node is shutting down".into())),
         }
@@ -240,15 +240,8 @@ impl Driver {
     pub async fn run(mut self) -> Result<(), String> {
         let result = self.event_loop().await;
         self.stopped.store(true, Ordering::Relaxed);
-        for (_, p) in self.pending.drain() {
-            let is_write = !matches!(p.req, ClientRequest::Get { .. });
-            let err = if is_write {
-                ClientError::OutcomeUnknown
-            } else {
-                ClientError::Internal("this node stopped".into())
-            };
-            let _ = p.reply.send(Err(err));
-        }
+        // Requests still pending are answered when `self` drops their reply
+        // channels (see `NodeHandle::request_with_hops`).
         result
     }
 

@@ -189,7 +189,7 @@ impl Forwarder {
         partition: ringkv_core::PartitionId,
         hops: u32,
     ) -> Result<ringkv_core::node::ClientResponse, ClientError> {
-        let is_write = !matches!(req, ClientRequest::Get { .. });
+        let is_write = req.is_write();
         let Some(client) = self.clients.get(&to) else {
             return Err(ClientError::Internal(format!(
                 "asked to forward to {to}, which is not a member"
