@@ -57,6 +57,17 @@ pub enum Input {
     Compact(Vec<PartitionId>),
     /// Storage failed; the node must stop (it can no longer make promises).
     StorageFailed(String),
+    /// Wants a digest of every partition this node replicates.
+    Digests(oneshot::Sender<Vec<PartitionDigest>>),
+}
+
+/// A replica's state machine in one number, to compare replicas: equal
+/// states give equal digests (`KvStore::digest`, xxh3 of the snapshot bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionDigest {
+    pub partition: PartitionId,
+    pub applied_index: u64,
+    pub digest: u64,
 }
 
 /// This node's view of the cluster, refreshed a few times per second.
@@ -135,6 +146,15 @@ impl NodeHandle {
             Err(_) if is_write => Err(ClientError::OutcomeUnknown),
             Err(_) => Err(ClientError::Internal("this node is shutting down".into())),
         }
+    }
+
+    /// A digest of every partition this node replicates, computed now by the
+    /// event loop (it hashes every key, so it is for checks, not for every
+    /// request). `None` if the node is stopping.
+    pub async fn partition_digests(&self) -> Option<Vec<PartitionDigest>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Digests(reply)).await.ok()?;
+        rx.await.ok()
     }
 
     /// The latest published view of the cluster.
@@ -303,6 +323,22 @@ impl Driver {
             Input::StorageFailed(e) => {
                 tracing::error!(error = %e, "storage failed; stopping this node");
                 return Err(e);
+            }
+            Input::Digests(reply) => {
+                let digests = self
+                    .node
+                    .ring()
+                    .partitions()
+                    .filter_map(|partition| {
+                        let kv = self.node.kv(partition)?;
+                        Some(PartitionDigest {
+                            partition,
+                            applied_index: kv.applied_index(),
+                            digest: kv.digest(),
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(digests);
             }
         }
         Ok(())
