@@ -3,8 +3,10 @@
 # checkers), then the deterministic simulation under madsim for a fixed set
 # of seeds, once more with madsim's determinism check on.
 #
-#   MADSIM_TEST_SEED   first seed (default 1)
-#   MADSIM_TEST_NUM    seeds per simulation test (default 50)
+#   MADSIM_TEST_SEED        first seed (default 1)
+#   MADSIM_TEST_NUM         seeds per simulation test (default 50)
+#   RINGKV_SIM_LINEARIZABLE seeds of the linearizability run (default 200,
+#                           30 s of simulated time each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,28 @@ cargo test --workspace
 export RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim
 seed="${MADSIM_TEST_SEED:-1}"
 num="${MADSIM_TEST_NUM:-50}"
+runs="${RINGKV_SIM_LINEARIZABLE:-200}"
 echo "simulation: seeds ${seed}..$((seed + num - 1)) per test"
-MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$num" cargo test -p ringkv-sim
+MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$num" \
+  cargo test -p ringkv-sim -- --skip histories_under_faults_are_linearizable
+
+echo "simulation: linearizability under faults, seeds ${seed}..$((seed + runs - 1))"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+started=$SECONDS
+if ! MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$runs" \
+  cargo test -p ringkv-sim --test linearizable -- --nocapture >"$log" 2>&1; then
+  tail -n 80 "$log"
+  echo "simulation: linearizability run FAILED (the replay command is above)"
+  exit 1
+fi
+grep '^test result' "$log"
+passed="$(grep -c '^seed [0-9]*: .* passed$' "$log" || true)"
+echo "simulation: ${passed} of ${runs} linearizability runs passed in $((SECONDS - started)) s"
+if [ "$passed" -ne "$runs" ]; then
+  echo "simulation: expected ${runs} passing runs"
+  exit 1
+fi
+
 echo "simulation: determinism check, seed ${seed}"
 MADSIM_TEST_SEED="$seed" MADSIM_TEST_CHECK_DETERMINISM=1 cargo test -p ringkv-sim --test smoke --test linearizable
