@@ -223,6 +223,18 @@ impl SimCluster {
         lock(&self.node(id).shared.running).clone()
     }
 
+    /// Handles to the nodes' running incarnations that stay usable while the
+    /// cluster itself is borrowed elsewhere (by the nemesis, say).
+    pub fn handles(&self) -> NodeHandles {
+        NodeHandles {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(&id, n)| (id, n.shared.clone()))
+                .collect(),
+        }
+    }
+
     /// Every failure of any incarnation so far (a node that could not start
     /// or stopped on its own), as `(node, message)`. Empty in a healthy run.
     pub fn failures(&self) -> Vec<(NodeId, String)> {
@@ -417,6 +429,24 @@ async fn run_node(
     tracing::error!(node = %id, %failure, "sim: node exited");
     *lock(&shared.running) = None;
     lock(&shared.failures).push(failure);
+}
+
+/// See [`SimCluster::handles`].
+#[derive(Clone)]
+pub struct NodeHandles {
+    nodes: BTreeMap<NodeId, Arc<NodeShared>>,
+}
+
+impl NodeHandles {
+    /// The node ids, ascending.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// As [`SimCluster::node_handle`].
+    pub fn get(&self, id: NodeId) -> Option<NodeHandle> {
+        lock(&self.nodes.get(&id)?.running).clone()
+    }
 }
 
 /// A madsim node with an IP from which a test talks to the cluster.

@@ -19,7 +19,9 @@
 //! - `workload` (madsim only): concurrent seeded clients that send gets,
 //!   puts, conditional puts and deletes to random nodes and record them;
 //! - `nemesis` (madsim only): a seeded, swarm-style fault schedule
-//!   (partitions, crashes and power losses, pauses, clock drift).
+//!   (partitions, crashes and power losses, pauses, clock drift);
+//! - `observer` (madsim only): elections and commit progress as the nodes'
+//!   views show them, as timeline lines for traces.
 
 pub mod checker;
 #[cfg(madsim)]
@@ -28,6 +30,8 @@ pub mod history;
 /// Seeded swarm-style fault schedule applied to a [`cluster::SimCluster`].
 #[cfg(madsim)]
 pub mod nemesis;
+#[cfg(madsim)]
+pub mod observer;
 pub mod sim_clock;
 pub mod sim_disk;
 /// Concurrent seeded clients that fill a [`history::Recorder`].

@@ -1,6 +1,7 @@
-//! Snapshot-tested traces of three fixed seeds: the faults the nemesis
-//! injected, every client operation with its result and sim time, and the
-//! leaders and terms each node sees at the end. A changed snapshot means
+//! Snapshot-tested traces of three fixed seeds: a timeline of the faults the
+//! nemesis injected, the elections and commit progress the nodes' views
+//! showed (see `ringkv_sim::observer`), every client operation with its
+//! result and sim time, and the leaders and terms each node sees at the end. A changed snapshot means
 //! the run changed; review it like code (`cargo insta review`).
 //!
 //! Each seed runs on a fresh runtime in a fresh thread, as madsim's own
@@ -17,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use ringkv_sim::cluster::{ClusterOptions, SimCluster};
 use ringkv_sim::history::Recorder;
 use ringkv_sim::nemesis::{Nemesis, NemesisConfig};
+use ringkv_sim::observer;
 use ringkv_sim::workload::{self, ClientConfig, SharedRecorder};
 use tokio::time::Instant;
 
@@ -53,15 +55,22 @@ async fn scenario(seed: u64) -> String {
     }
     let mut nemesis = Nemesis::new(NemesisConfig::swarm(&mut rng), rng.random(), start);
     let _ = writeln!(trace, "nemesis: {}", nemesis.config().describe());
+    // Watch until the heal has had time to show.
+    let watcher = tokio::spawn(observer::watch(
+        cluster.handles(),
+        start,
+        stop + Duration::from_secs(2),
+    ));
     nemesis.run(&mut cluster, RUN).await;
     nemesis.heal_all(&mut cluster);
     for task in tasks {
         task.await.expect("client task");
     }
     let ready = cluster.wait_ready(Duration::from_secs(20)).await;
+    let observed = watcher.await.expect("the observer");
 
-    trace.push_str("faults:\n");
-    for line in nemesis.trace().lines() {
+    trace.push_str("timeline:\n");
+    for line in observer::merge(&[nemesis.trace(), &observed]).lines() {
         let _ = writeln!(trace, "  {line}");
     }
     trace.push_str("operations:\n");
