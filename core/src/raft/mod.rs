@@ -14,7 +14,8 @@
 //!   commit by counting only current-term entries (§5.4.2, Figure 8);
 //! - **ReadIndex** reads (§6.4) confirmed by a round of heartbeats, and **lease**
 //!   reads, valid for `lease_ticks()` after a quorum acknowledged a heartbeat,
-//!   safe while clocks drift apart by less than `max_clock_drift_ppm`;
+//!   safe while every node's clock runs within `max_clock_drift_ppm` of real
+//!   time;
 //! - leadership transfer (§3.10), snapshots and log compaction (§7);
 //! - quiescence: an idle leader tells followers to stop their election timers;
 //!   a quiesced group sends nothing until a proposal, read or message wakes it.
@@ -64,8 +65,10 @@ pub struct RaftConfig {
     pub max_bytes_per_msg: usize,
     /// Proposals beyond this many uncommitted entries are refused (`Busy`).
     pub max_uncommitted_entries: u64,
-    /// Bound on the relative rate difference of any two nodes' clocks, in parts
-    /// per million. Lease reads are safe while real drift stays below it.
+    /// Bound on how far any node's clock rate may stray from real time, in
+    /// parts per million (either way). Lease reads are safe while every clock
+    /// stays within it (see [`RaftConfig::lease_ticks`]); the simulation's
+    /// `lease_skew` test runs clocks exactly at it, and far beyond it.
     pub max_clock_drift_ppm: u32,
     /// An idle leader quiesces the group after this many ticks without work.
     pub quiesce_after_ticks: u32,
