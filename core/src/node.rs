@@ -83,6 +83,16 @@ impl NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// The longest a running peer goes without a batch from this node: a
+    /// peer that got nothing for this long gets an empty one (a node
+    /// heartbeat). Transports may rely on it to tell a silent link from a
+    /// quiet one.
+    pub fn peer_heartbeat_interval(&self) -> Duration {
+        self.tick_interval * self.raft.heartbeat_ticks
+    }
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -711,7 +721,7 @@ impl Node {
     }
 
     fn heartbeat_idle_peers(&mut self) {
-        let interval = self.cfg.tick_interval * self.cfg.raft.heartbeat_ticks;
+        let interval = self.cfg.peer_heartbeat_interval();
         for &p in &self.peers {
             let due = self
                 .last_sent

@@ -18,7 +18,9 @@ use crate::config::ServerConfig;
 use crate::disk::Disk;
 use crate::driver::{Driver, DriverIo, NodeHandle};
 use crate::storage::{NodeMeta, Storage, StorageOptions};
-use crate::transport::{Forwarder, PeerSenders, PeerService, TransportStats};
+use crate::transport::{
+    Forwarder, PeerSenders, PeerService, STREAM_IDLE_HEARTBEATS, TransportStats,
+};
 
 /// A running node.
 pub struct Server {
@@ -62,6 +64,9 @@ impl Server {
         })?;
         let node = Node::new(config.node_config(), seed, recovered)
             .context("cannot start the node's core")?;
+        // Every live peer sends us a batch at least this often; a stream
+        // silent for many such intervals is stalled (see `transport`).
+        let peer_idle_timeout = node.config().peer_heartbeat_interval() * STREAM_IDLE_HEARTBEATS;
 
         let stats = Arc::new(TransportStats::default());
         let peers = PeerSenders::start(config.node_id, &config.peers, clock.clone(), stats.clone());
@@ -74,7 +79,8 @@ impl Server {
             forward_timeout,
             stats.clone(),
         );
-        let (driver, handle) = Driver::new(node, storage, clock, DriverIo { peers, forwarder });
+        let (driver, handle) =
+            Driver::new(node, storage, clock.clone(), DriverIo { peers, forwarder });
         let input = driver.input();
         let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -90,6 +96,8 @@ impl Server {
                 input,
                 handle.clone(),
                 stats.clone(),
+                clock,
+                peer_idle_timeout,
             )));
         let mut rx = shutdown_rx.clone();
         let grpc = tokio::spawn(async move {

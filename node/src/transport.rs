@@ -7,6 +7,18 @@
 //! silence). The receiving side decodes each frame; one that fails to decode
 //! is dropped and counted, never trusted and never a panic.
 //!
+//! A partition does not *break* a stream, it *stalls* it: the connection
+//! stays open and the transport below retransmits with exponential backoff
+//! (TCP's RTO; madsim's ordered channel, capped at 10 s), so after the heal
+//! every batch waits behind the stalled one for up to that backoff, and the
+//! sender, whose writes only fill a buffer, never sees an error. Two checks
+//! turn a stall into a break, after which the sender re-dials a fresh
+//! connection: the receiver closes a stream that carried nothing for
+//! [`PeerService`]'s idle timeout (the core sends every peer a batch at
+//! least every heartbeat interval, so silence means a dead or stalled
+//! stream; etcd's rafthttp does the same with its read timeout), and the
+//! sender's HTTP/2 keepalive closes a connection whose pings go unanswered.
+//!
 //! The same service carries `Forward`: a client request this node cannot
 //! answer, sent to the node the core named.
 
@@ -36,6 +48,17 @@ const PEER_QUEUE: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 pings on every peer connection, and how long one may go
+/// unanswered before the connection is closed as stalled: after a partition,
+/// TCP's retransmission backoff can keep an open connection silent for
+/// minutes. (Ignored under madsim, whose streams carry no pings; there the
+/// receiver's idle timeout does the job alone.)
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A peer stream silent for this many of the core's heartbeat intervals is
+/// closed as stalled (see [`PeerService::new`]). Large enough that a busy but
+/// live sender, or one whose clock drifts, is never cut off.
+pub const STREAM_IDLE_HEARTBEATS: u32 = 10;
 
 /// Counters of the transport, for metrics and status.
 #[derive(Debug, Default)]
@@ -44,6 +67,8 @@ pub struct TransportStats {
     pub batches_dropped_queue_full: AtomicU64,
     pub batches_received: AtomicU64,
     pub decode_failures: AtomicU64,
+    /// Incoming peer streams closed because they stayed silent too long.
+    pub idle_streams_closed: AtomicU64,
     pub reconnects: AtomicU64,
     pub forwards: AtomicU64,
 }
@@ -53,6 +78,9 @@ fn endpoint(addr: SocketAddr) -> Endpoint {
         .expect("a socket address is a valid URI authority")
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
 }
 
 /// The senders of this node's streams to its peers.
@@ -246,11 +274,87 @@ pub struct PeerService {
     input: mpsc::Sender<Input>,
     node: NodeHandle,
     stats: Arc<TransportStats>,
+    clock: Arc<dyn Clock>,
+    idle_timeout: Duration,
 }
 
 impl PeerService {
-    pub fn new(input: mpsc::Sender<Input>, node: NodeHandle, stats: Arc<TransportStats>) -> Self {
-        PeerService { input, node, stats }
+    /// `idle_timeout`: an incoming peer stream that carries no frame for this
+    /// long (on `clock`) is closed, so that its sender re-dials. It must be
+    /// several times the interval at which the core sends every peer at least
+    /// an empty batch (its heartbeat interval); see [`STREAM_IDLE_HEARTBEATS`].
+    pub fn new(
+        input: mpsc::Sender<Input>,
+        node: NodeHandle,
+        stats: Arc<TransportStats>,
+        clock: Arc<dyn Clock>,
+        idle_timeout: Duration,
+    ) -> Self {
+        PeerService {
+            input,
+            node,
+            stats,
+            clock,
+            idle_timeout,
+        }
+    }
+}
+
+/// Feeds the frames of one incoming peer stream to the node until the stream
+/// ends, breaks, or stays silent for `idle_timeout`.
+///
+/// The idle close is what ends a stalled stream. After a partition heals, a
+/// stream that was open across it delivers nothing until the transport's
+/// next retransmission, seconds later, while the sender keeps queueing
+/// batches behind the stalled one: a follower would hear nothing from its
+/// leader's node, and neither side would notice. Since a live peer sends a
+/// batch every heartbeat interval, silence this long means the stream is dead
+/// or stalled; ending the call makes the sender's next write fail, and it
+/// re-dials a fresh connection, which carries traffic as soon as the network
+/// does.
+async fn receive_frames<S>(
+    stream: S,
+    input: &mpsc::Sender<Input>,
+    stats: &TransportStats,
+    clock: &dyn Clock,
+    idle_timeout: Duration,
+) -> Result<(), Status>
+where
+    S: tokio_stream::Stream<Item = Result<pb::PeerFrame, Status>>,
+{
+    use tokio_stream::StreamExt as _;
+    tokio::pin!(stream);
+    loop {
+        // `biased`: unbiased select! is not replayable under madsim.
+        let next = tokio::select! {
+            biased;
+            next = stream.next() => next,
+            () = clock.sleep(idle_timeout) => {
+                let n = stats.idle_streams_closed.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(?idle_timeout, total = n, "peer stream idle; closing it so the peer re-dials");
+                return Err(Status::unavailable("peer stream idle; re-dial"));
+            }
+        };
+        let frame = match next {
+            Some(Ok(f)) => f,
+            None => return Ok(()),
+            Some(Err(status)) => {
+                tracing::debug!(%status, "peer stream broke");
+                return Ok(());
+            }
+        };
+        stats.batches_received.fetch_add(1, Ordering::Relaxed);
+        match wire::decode_peer_batch(&frame.batch) {
+            Ok(batch) => {
+                if input.send(Input::Peer(batch)).await.is_err() {
+                    return Err(Status::unavailable("node is shutting down"));
+                }
+            }
+            Err(e) => {
+                let n = stats.decode_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(error = %e, total = n, "dropped a peer frame that does not decode");
+            }
+        }
     }
 }
 
@@ -260,29 +364,14 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<tonic::Streaming<pb::PeerFrame>>,
     ) -> Result<Response<pb::PeerStreamClosed>, Status> {
-        let mut stream = request.into_inner();
-        loop {
-            let frame = match stream.message().await {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(%status, "peer stream broke");
-                    break;
-                }
-            };
-            self.stats.batches_received.fetch_add(1, Ordering::Relaxed);
-            match wire::decode_peer_batch(&frame.batch) {
-                Ok(batch) => {
-                    if self.input.send(Input::Peer(batch)).await.is_err() {
-                        return Err(Status::unavailable("node is shutting down"));
-                    }
-                }
-                Err(e) => {
-                    let n = self.stats.decode_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::warn!(error = %e, total = n, "dropped a peer frame that does not decode");
-                }
-            }
-        }
+        receive_frames(
+            request.into_inner(),
+            &self.input,
+            &self.stats,
+            &*self.clock,
+            self.idle_timeout,
+        )
+        .await?;
         Ok(Response::new(pb::PeerStreamClosed {}))
     }
 

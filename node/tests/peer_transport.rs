@@ -118,3 +118,43 @@ async fn undecodable_peer_frames_are_dropped_and_counted() {
     );
     server.stop().await;
 }
+
+/// A peer stream that goes silent (a partition stalls it rather than breaking
+/// it) is closed by the receiver after its idle timeout, ten heartbeat
+/// intervals (1 s at the default 50 ms tick), so that the sender notices and
+/// re-dials instead of queueing batches behind the stall for as long as the
+/// network's retransmission backoff lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_stream_is_closed_so_its_sender_redials() {
+    let server = single_node().await;
+    let node = server.node.clone();
+    let stats = server.stats.clone();
+    wait_until("a leader for every partition", || node.view().ready).await;
+    let mut client = PeerClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
+    // One frame, then silence with the stream still open.
+    let hello = pb::PeerFrame {
+        batch: wire::encode_peer_batch(&PeerBatch {
+            from: NodeId(9),
+            to: NodeId(1),
+            messages: vec![],
+        }),
+    };
+    let frames =
+        tokio_stream::StreamExt::chain(tokio_stream::iter([hello]), tokio_stream::pending());
+    let started = tokio::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), client.batches(frames))
+        .await
+        .expect("the receiver closes a silent stream instead of waiting forever");
+    let status = result.expect_err("an idle close is reported as an error");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+    assert_eq!(stats.batches_received.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.idle_streams_closed.load(Ordering::Relaxed), 1);
+    server.stop().await;
+}

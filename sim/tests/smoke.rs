@@ -234,6 +234,94 @@ async fn an_isolated_paused_and_skewed_node_catches_up_after_heal() {
     assert_no_failures(&cluster);
 }
 
+/// Per partition, the applied index of each running replica.
+fn applied_indexes(cluster: &SimCluster) -> Vec<Vec<u64>> {
+    let mut by_partition: Vec<Vec<u64>> = Vec::new();
+    for id in cluster.node_ids() {
+        let Some(handle) = cluster.node_handle(id) else {
+            continue;
+        };
+        for p in &handle.view().partitions {
+            if p.replicas.contains(&id) {
+                let i = p.partition.0 as usize;
+                if by_partition.len() <= i {
+                    by_partition.resize(i + 1, Vec::new());
+                }
+                by_partition[i].push(p.applied_index);
+            }
+        }
+    }
+    by_partition
+}
+
+/// Regression (seed 149 of `linearizable` took 10 s to converge): a
+/// partition does not break the peer streams open across it, it stalls them,
+/// and the network retransmits with a backoff that grows with the
+/// partition's length (madsim's reliable channel up to 10 s, like TCP's
+/// RTO). Unless the transport notices the stall and re-dials, a follower
+/// hears nothing from its leader's node for seconds after the heal, although
+/// the leader sends heartbeats and appends all along.
+#[madsim::test]
+async fn replicas_converge_promptly_after_a_long_partition_heals() {
+    /// Long enough for the stalled streams' retransmission backoff to pass 8 s.
+    const PARTITION: Duration = Duration::from_secs(9);
+    /// Re-dial backoff (at most 2 s) plus a heartbeat round, an append and a
+    /// refresh of the published view (200 ms), with some slack.
+    const CATCH_UP: Duration = Duration::from_secs(3);
+    let seed = Handle::current().seed();
+    let options = ClusterOptions::default();
+    let keys = ringkv_sim::workload::spread_keys(
+        options.partition_count as usize,
+        options.partition_count,
+    );
+    let mut cluster = SimCluster::new(3, seed, options);
+    let client = cluster.client(1);
+    assert!(cluster.wait_ready(Duration::from_secs(20)).await);
+
+    // Node 3 is cut off while every partition takes writes through node 1:
+    // node 3 lags on all of them, and every stream to and from it stalls.
+    cluster.isolate(NodeId(3));
+    let stop = Instant::now() + PARTITION;
+    let writes = keys.clone();
+    client
+        .run(async move {
+            let mut round = 0u32;
+            while Instant::now() < stop {
+                for key in &writes {
+                    put(NodeId(1), key, format!("v{round}").as_bytes())
+                        .await
+                        .expect("put while node 3 is isolated");
+                }
+                round += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+        .await;
+    let remaining = stop.saturating_duration_since(Instant::now());
+    tokio::time::sleep(remaining).await;
+
+    cluster.heal();
+    let healed = Instant::now();
+    let converged = |a: &[Vec<u64>]| {
+        a.len() == keys.len()
+            && a.iter()
+                .all(|r| r.len() == 3 && r.iter().all(|&i| i == r[0]))
+    };
+    let mut applied = applied_indexes(&cluster);
+    while !converged(&applied) && healed.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        applied = applied_indexes(&cluster);
+    }
+    let took = healed.elapsed();
+    println!("seed {seed}: replicas converged {took:?} after the heal: {applied:?}");
+    assert!(
+        converged(&applied) && took <= CATCH_UP,
+        "seed {seed}: replicas took {took:?} to converge after the heal \
+         (bound {CATCH_UP:?}); applied index per partition: {applied:?}"
+    );
+    assert_no_failures(&cluster);
+}
+
 /// A fixed scenario whose client-side trace must be a function of the seed
 /// alone: puts and gets through every node, a power loss and a restart.
 async fn traced_scenario() -> String {

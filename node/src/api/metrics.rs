@@ -139,6 +139,11 @@ pub fn render(node: &NodeHandle, transport: &TransportStats) -> String {
         load(&t.decode_failures),
     );
     o.counter(
+        "ringkv_peer_idle_streams_closed_total",
+        "Incoming peer streams closed because they carried nothing for too long (stalled).",
+        load(&t.idle_streams_closed),
+    );
+    o.counter(
         "ringkv_peer_reconnects_total",
         "Peer stream re-dials.",
         load(&t.reconnects),
