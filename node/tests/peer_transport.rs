@@ -54,16 +54,21 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undecodable_peer_frames_are_dropped_and_counted() {
+/// A single node that leads every partition, and a peer client to it.
+async fn ready_node_and_peer_client() -> (Server, PeerClient<tonic::transport::Channel>) {
     let server = single_node().await;
     let node = server.node.clone();
-    let stats = server.stats.clone();
     wait_until("a leader for every partition", || node.view().ready).await;
-
-    let mut client = PeerClient::connect(format!("http://{}", server.grpc_addr))
+    let client = PeerClient::connect(format!("http://{}", server.grpc_addr))
         .await
         .unwrap();
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_peer_frames_are_dropped_and_counted() {
+    let (server, mut client) = ready_node_and_peer_client().await;
+    let (node, stats) = (server.node.clone(), server.stats.clone());
     let stranger = PeerBatch {
         from: NodeId(9),
         to: NodeId(1),
@@ -126,13 +131,8 @@ async fn undecodable_peer_frames_are_dropped_and_counted() {
 /// network's retransmission backoff lasts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_stream_is_closed_so_its_sender_redials() {
-    let server = single_node().await;
-    let node = server.node.clone();
+    let (server, mut client) = ready_node_and_peer_client().await;
     let stats = server.stats.clone();
-    wait_until("a leader for every partition", || node.view().ready).await;
-    let mut client = PeerClient::connect(format!("http://{}", server.grpc_addr))
-        .await
-        .unwrap();
     // One frame, then silence with the stream still open.
     let hello = pb::PeerFrame {
         batch: wire::encode_peer_batch(&PeerBatch {
