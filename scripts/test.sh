@@ -20,6 +20,8 @@ runs="${RINGKV_SIM_LINEARIZABLE:-200}"
 echo "simulation: seeds ${seed}..$((seed + num - 1)) per test"
 MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$num" \
   cargo test -p ringkv-sim -- --skip histories_under_faults_are_linearizable
+echo "simulation: the node's peer-client fault hook"
+cargo test -p ringkv-node --lib transport::faults
 
 echo "simulation: linearizability under faults, seeds ${seed}..$((seed + runs - 1))"
 log="$(mktemp)"

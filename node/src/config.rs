@@ -32,6 +32,11 @@ pub struct ServerConfig {
     pub max_value_bytes: usize,
     pub request_timeout: Duration,
     pub tick_interval: Duration,
+    /// Simulation only: the harness's hook that drops, duplicates or delays
+    /// outgoing peer batches (see [`crate::transport::faults`]). The field
+    /// does not exist outside `cfg(madsim)`.
+    #[cfg(madsim)]
+    pub peer_faults: Option<std::sync::Arc<dyn crate::transport::faults::PeerFaults>>,
 }
 
 /// Defaults shared by the CLI, the demo and the tests.
@@ -67,6 +72,8 @@ impl ServerConfig {
             max_value_bytes: defaults::MAX_VALUE_BYTES,
             request_timeout: core.request_timeout,
             tick_interval: core.tick_interval,
+            #[cfg(madsim)]
+            peer_faults: None,
         }
     }
 

@@ -69,7 +69,19 @@ impl Server {
         let peer_idle_timeout = node.config().peer_heartbeat_interval() * STREAM_IDLE_HEARTBEATS;
 
         let stats = Arc::new(TransportStats::default());
+        #[cfg(not(madsim))]
         let peers = PeerSenders::start(config.node_id, &config.peers, clock.clone(), stats.clone());
+        #[cfg(madsim)]
+        let peers = match &config.peer_faults {
+            Some(hook) => PeerSenders::start_with_faults(
+                config.node_id,
+                &config.peers,
+                clock.clone(),
+                stats.clone(),
+                hook.clone(),
+            ),
+            None => PeerSenders::start(config.node_id, &config.peers, clock.clone(), stats.clone()),
+        };
         // A forwarded call waits a little longer than the remote node's own
         // request timeout, so the remote's answer (even "outcome unknown") wins.
         let forward_timeout = config.request_timeout + config.request_timeout / 5;

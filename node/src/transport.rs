@@ -21,6 +21,13 @@
 //!
 //! The same service carries `Forward`: a client request this node cannot
 //! answer, sent to the node the core named.
+//!
+//! Under `cfg(madsim)` only, the stream task asks the simulation harness's
+//! fault hook ([`faults`]) about every outgoing batch: deliver, drop,
+//! duplicate or delay it. Production builds have no hook.
+
+#[cfg(madsim)]
+pub mod faults;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -71,6 +78,16 @@ pub struct TransportStats {
     pub idle_streams_closed: AtomicU64,
     pub reconnects: AtomicU64,
     pub forwards: AtomicU64,
+    /// Batches the simulation's fault hook dropped.
+    #[cfg(madsim)]
+    pub faults_dropped: AtomicU64,
+    /// Batches the fault hook sent twice (the copy is counted here when it
+    /// is scheduled, and in `batches_sent` when it goes out).
+    #[cfg(madsim)]
+    pub faults_duplicated: AtomicU64,
+    /// Batches the fault hook held back before sending.
+    #[cfg(madsim)]
+    pub faults_delayed: AtomicU64,
 }
 
 fn endpoint(addr: SocketAddr) -> Endpoint {
@@ -97,6 +114,32 @@ impl PeerSenders {
         clock: Arc<dyn Clock>,
         stats: Arc<TransportStats>,
     ) -> Self {
+        Self::spawn(me, peers, clock, stats, StreamHook::default())
+    }
+
+    /// [`PeerSenders::start`], with every outgoing batch put to the
+    /// simulation harness's fault `hook` first.
+    #[cfg(madsim)]
+    pub fn start_with_faults(
+        me: NodeId,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<TransportStats>,
+        hook: Arc<dyn faults::PeerFaults>,
+    ) -> Self {
+        let hook = StreamHook {
+            faults: Some(faults::StreamFaults::new(hook, me)),
+        };
+        Self::spawn(me, peers, clock, stats, hook)
+    }
+
+    fn spawn(
+        me: NodeId,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<TransportStats>,
+        hook: StreamHook,
+    ) -> Self {
         let mut queues = BTreeMap::new();
         for (&id, &addr) in peers {
             if id == me {
@@ -104,7 +147,8 @@ impl PeerSenders {
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             queues.insert(id, tx);
-            tokio::spawn(stream_task(id, addr, rx, clock.clone(), stats.clone()));
+            let task = stream_task(id, addr, rx, clock.clone(), stats.clone(), hook.clone());
+            tokio::spawn(task);
         }
         PeerSenders { queues, stats }
     }
@@ -123,6 +167,14 @@ impl PeerSenders {
     }
 }
 
+/// What a stream task knows of the fault hook: the harness's hook, if it set
+/// one, under `cfg(madsim)`; nothing at all (a zero-sized value) otherwise.
+#[derive(Clone, Default)]
+struct StreamHook {
+    #[cfg(madsim)]
+    faults: Option<faults::StreamFaults>,
+}
+
 /// Keeps one stream to `peer` open and feeds it.
 async fn stream_task(
     peer: NodeId,
@@ -130,6 +182,7 @@ async fn stream_task(
     mut rx: mpsc::Receiver<PeerBatch>,
     clock: Arc<dyn Clock>,
     stats: Arc<TransportStats>,
+    #[cfg_attr(not(madsim), expect(unused_variables))] hook: StreamHook,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut first = true;
@@ -169,6 +222,14 @@ async fn stream_task(
                 batch = rx.recv() => {
                     let Some(batch) = batch else { return };
                     let frame = pb::PeerFrame { batch: wire::encode_peer_batch(&batch) };
+                    #[cfg(madsim)]
+                    let frame = match &hook.faults {
+                        Some(h) => match h.apply(peer, frame, &frames_tx, &stats) {
+                            Some(f) => f,
+                            None => continue,
+                        },
+                        None => frame,
+                    };
                     if frames_tx.send(frame).await.is_err() {
                         break;
                     }
@@ -384,5 +445,15 @@ impl pb::peer_server::Peer for PeerService {
         let req = convert::forwarded_request(r).map_err(Status::invalid_argument)?;
         let result = self.node.request_with_hops(req, hops).await;
         Ok(Response::new(convert::forward_response(&result)))
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    /// A production build carries no fault hook: what each stream task
+    /// holds of it is zero-sized, and there is nothing to set.
+    #[test]
+    fn production_streams_carry_no_fault_hook() {
+        assert_eq!(std::mem::size_of::<super::StreamHook>(), 0);
     }
 }

@@ -1,10 +1,13 @@
 //! A simulated ringkv cluster: N real nodes on madsim's network, and the
-//! levers a nemesis pulls (kill, power loss, restart, pause, partition, clocks).
+//! levers a nemesis pulls (kill, power loss, restart, pause, partition,
+//! lossy links, clocks).
 //!
 //! Node `i` (its `NodeId` is `i`, from 1) runs `ringkv_node::server::Server`
 //! on a madsim node at `10.0.0.i`, gRPC on port [`GRPC_PORT`], no REST. Its
-//! [`SimDisk`] and [`SkewedClock`] belong to the harness and outlive restarts;
-//! each incarnation gets a fresh core seed derived from the cluster seed.
+//! [`SimDisk`] and [`SkewedClock`] belong to the harness and outlive restarts,
+//! as does the cluster's [`LinkFaults`] table, which every node's peer client
+//! consults before each batch it sends (drop, duplicate, delay); each
+//! incarnation gets a fresh core seed derived from the cluster seed.
 //! Clients run on separate madsim nodes at `10.0.1.k` ([`SimCluster::client`]),
 //! because the test's supervisor task has no IP.
 //!
@@ -29,9 +32,11 @@ use ringkv_node::config::ServerConfig;
 use ringkv_node::disk::Disk;
 use ringkv_node::driver::NodeHandle;
 use ringkv_node::server::Server;
+use ringkv_node::transport::TransportStats;
 use ringkv_proto::v1::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::message_faults::{LinkFaults, MessageFaults};
 use crate::sim_clock::SkewedClock;
 use crate::sim_disk::{CrashReport, SimDisk};
 
@@ -81,10 +86,17 @@ pub enum NodeState {
 #[derive(Default)]
 struct NodeShared {
     incarnations: AtomicU64,
-    /// The running incarnation's handle to its core, once it has started.
-    running: Mutex<Option<NodeHandle>>,
+    /// The running incarnation, once it has started.
+    running: Mutex<Option<Running>>,
     /// Why incarnations failed to start or stopped on their own.
     failures: Mutex<Vec<String>>,
+}
+
+/// What the harness can see of a running incarnation.
+#[derive(Clone)]
+struct Running {
+    node: NodeHandle,
+    transport: Arc<TransportStats>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,6 +120,9 @@ pub struct SimCluster {
     clients: BTreeMap<u8, SimClient>,
     /// Fault decisions (which unsynced writes survive a power loss).
     rng: ChaCha8Rng,
+    /// Per-link drop / duplicate / delay of peer batches, shared with every
+    /// node's peer client.
+    message_faults: Arc<LinkFaults>,
 }
 
 /// The address node `id` listens on.
@@ -139,13 +154,15 @@ impl SimCluster {
         let handle = Handle::current();
         let peers: BTreeMap<NodeId, SocketAddr> =
             (1..=n).map(NodeId).map(|id| (id, grpc_addr(id))).collect();
+        let message_faults = Arc::new(LinkFaults::new(seed));
         let mut nodes = BTreeMap::new();
         for (index, &id) in peers.keys().enumerate() {
             let (offset, drift) = options.clocks.get(index).copied().unwrap_or_default();
             let disk = Arc::new(SimDisk::new());
             let clock = SkewedClock::new(offset, drift);
             let shared = Arc::new(NodeShared::default());
-            let config = server_config(id, &peers, &options);
+            let mut config = server_config(id, &peers, &options);
+            config.peer_faults = Some(message_faults.clone());
             let init = {
                 let (disk, clock, shared) = (disk.clone(), clock.clone(), shared.clone());
                 move || {
@@ -179,6 +196,7 @@ impl SimCluster {
             nodes,
             clients: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
+            message_faults,
         }
     }
 
@@ -220,7 +238,18 @@ impl SimCluster {
     /// The running incarnation's handle to its core (for inspecting its
     /// view), or `None` while it is down or still recovering.
     pub fn node_handle(&self, id: NodeId) -> Option<NodeHandle> {
-        lock(&self.node(id).shared.running).clone()
+        lock(&self.node(id).shared.running)
+            .as_ref()
+            .map(|r| r.node.clone())
+    }
+
+    /// The running incarnation's transport counters (batches sent, faults
+    /// injected into them, ...); `None` while it is down or recovering.
+    /// They start from zero with each incarnation.
+    pub fn transport_stats(&self, id: NodeId) -> Option<Arc<TransportStats>> {
+        lock(&self.node(id).shared.running)
+            .as_ref()
+            .map(|r| r.transport.clone())
     }
 
     /// Handles to the nodes' running incarnations that stay usable while the
@@ -332,8 +361,43 @@ impl SimCluster {
         }
     }
 
-    /// Restores every link between nodes and to and from clients.
+    /// From now on, the peer batches `from` sends `to` are dropped,
+    /// duplicated or delayed as `faults` says (decided by the link's seeded
+    /// RNG). Survives restarts of either node; [`Self::heal`] clears it.
+    pub fn set_message_faults(&self, from: NodeId, to: NodeId, faults: MessageFaults) {
+        let _ = (self.node(from), self.node(to));
+        assert_ne!(from, to, "a node sends nothing to itself");
+        self.message_faults.set(from, to, faults);
+        tracing::info!(from = %from, to = %to, %faults, "sim: message faults");
+    }
+
+    /// [`Self::set_message_faults`] on every link between two nodes, both ways.
+    pub fn set_message_faults_everywhere(&self, faults: MessageFaults) {
+        for from in self.node_ids() {
+            for to in self.node_ids() {
+                if from != to {
+                    self.set_message_faults(from, to, faults);
+                }
+            }
+        }
+    }
+
+    /// What the link `from -> to` does to peer batches now.
+    pub fn message_faults(&self, from: NodeId, to: NodeId) -> MessageFaults {
+        self.message_faults.get(from, to)
+    }
+
+    /// Every link delivers peer batches untouched again (batches already
+    /// held back still arrive late).
+    pub fn clear_message_faults(&self) {
+        self.message_faults.clear();
+        tracing::info!("sim: message faults cleared");
+    }
+
+    /// Restores every link between nodes and to and from clients, and
+    /// clears every message fault.
     pub fn heal(&self) {
+        self.message_faults.clear();
         let net = NetSim::current();
         let ids: Vec<_> = self.nodes.values().map(|n| n.sim_id).collect();
         for &a in &ids {
@@ -418,7 +482,10 @@ async fn run_node(
     let clock: Arc<dyn Clock> = Arc::new(clock);
     let failure = match Server::start(config, clock, disk, seed).await {
         Ok(mut server) => {
-            *lock(&shared.running) = Some(server.node.clone());
+            *lock(&shared.running) = Some(Running {
+                node: server.node.clone(),
+                transport: server.stats.clone(),
+            });
             match server.wait().await {
                 Ok(()) => format!("incarnation {incarnation} stopped by itself"),
                 Err(e) => format!("incarnation {incarnation} failed: {e:#}"),
@@ -445,7 +512,9 @@ impl NodeHandles {
 
     /// As [`SimCluster::node_handle`].
     pub fn get(&self, id: NodeId) -> Option<NodeHandle> {
-        lock(&self.nodes.get(&id)?.running).clone()
+        lock(&self.nodes.get(&id)?.running)
+            .as_ref()
+            .map(|r| r.node.clone())
     }
 }
 

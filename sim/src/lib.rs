@@ -16,10 +16,12 @@
 //!   global time;
 //! - `cluster` (madsim only): nodes running the real `ringkv-node` server on
 //!   simulated IPs, clients, and the faults the harness injects;
+//! - `message_faults` (madsim only): per-link drop / duplicate / delay of
+//!   peer batches, decided by seeded RNGs, behind the node's fault hook;
 //! - `workload` (madsim only): concurrent seeded clients that send gets,
 //!   puts, conditional puts and deletes to random nodes and record them;
 //! - `nemesis` (madsim only): a seeded, swarm-style fault schedule
-//!   (partitions, crashes and power losses, pauses, clock drift);
+//!   (partitions, lossy links, crashes and power losses, pauses, clock drift);
 //! - `observer` (madsim only): elections and commit progress as the nodes'
 //!   views show them, as timeline lines for traces.
 
@@ -27,6 +29,8 @@ pub mod checker;
 #[cfg(madsim)]
 pub mod cluster;
 pub mod history;
+#[cfg(madsim)]
+pub mod message_faults;
 /// Seeded swarm-style fault schedule applied to a [`cluster::SimCluster`].
 #[cfg(madsim)]
 pub mod nemesis;

@@ -3,14 +3,18 @@
 //! Swarm style: each seed first decides which fault kinds are on and how often
 //! faults come ([`NemesisConfig::swarm`]), so that different seeds stress
 //! different mixes instead of every seed averaging over all of them. At most
-//! one network fault (symmetric or one-way partition, an isolated node) and
-//! one node fault (crash or power loss then restart, pause then resume) are
-//! active at a time, so a majority is up most of the time; clock drift is
-//! changed now and then and stays in force. Forward clock jumps exist but are
-//! off unless asked for: a jump can break the lease bound, so a run with jumps
-//! must not hold lease reads to linearizability.
+//! one network fault (symmetric or one-way partition, an isolated node, lossy
+//! links that drop, duplicate and delay peer batches) and one node fault
+//! (crash or power loss then restart, pause then resume) are active at a
+//! time, so a majority is up most of the time; clock drift is changed now
+//! and then and stays in force, within the core's bound. Forward clock jumps
+//! are on in a quarter of the seeds: a jump on a follower shortens its
+//! election timeout and so can break the lease bound, so a run with jumps
+//! must not hold lease reads to linearizability
+//! ([`NemesisConfig::lease_reads_safe`]).
 //!
-//! Every fault appends one trace line (`t=1234ms partition 1|2,3`).
+//! Every fault appends one trace line (`t=1234ms partition 1|2,3`,
+//! `t=1234ms lossy 1->2 drop=10% dup=5% delay=1..40ms`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -21,6 +25,7 @@ use ringkv_core::NodeId;
 use tokio::time::Instant;
 
 use crate::cluster::{NodeState, SimCluster};
+use crate::message_faults::MessageFaults;
 use crate::workload::elapsed_ms;
 
 /// Which faults a run injects, and how often.
@@ -37,6 +42,14 @@ pub struct NemesisConfig {
     pub drift: bool,
     /// Drift is drawn from `-max_drift_ppm..=max_drift_ppm`.
     pub max_drift_ppm: i64,
+    /// Lossy links: peer batches dropped, duplicated and delayed (the node's
+    /// fault hook), on one link, one node's links or all of them.
+    pub lossy: bool,
+    /// A lossy link's rates are drawn from `0..=max_*_percent`.
+    pub max_drop_percent: u32,
+    pub max_duplicate_percent: u32,
+    /// A lossy link delays batches (half the time) by up to this much.
+    pub max_delay: Duration,
     /// Forward clock steps of up to `max_jump`: unsafe for leases.
     pub jumps: bool,
     pub max_jump: Duration,
@@ -46,10 +59,16 @@ pub struct NemesisConfig {
     pub max_duration: Duration,
 }
 
-/// A safe bound for drift: the core assumes up to 50 000 ppm between two
-/// clocks (`RaftConfig::max_clock_drift_ppm`); two nodes drifting opposite
-/// ways at this bound stay at a fifth of it.
-pub const SAFE_DRIFT_PPM: i64 = 5_000;
+/// Bounds for lossy links that keep a run mostly live: Raft retransmits
+/// what is lost, and the failure detector still hears most heartbeats.
+pub const LOSSY_MAX_DROP_PERCENT: u32 = 20;
+pub const LOSSY_MAX_DUPLICATE_PERCENT: u32 = 20;
+pub const LOSSY_MAX_DELAY: Duration = Duration::from_millis(40);
+
+/// The drift the core tolerates: every clock within this many ppm of real
+/// time (`RaftConfig::max_clock_drift_ppm`, whose default this is); the
+/// `lease_skew` test shows lease reads hold with clocks exactly at it.
+pub const SAFE_DRIFT_PPM: i64 = 50_000;
 
 impl NemesisConfig {
     /// Every fault kind off.
@@ -63,6 +82,10 @@ impl NemesisConfig {
             pauses: false,
             drift: false,
             max_drift_ppm: 0,
+            lossy: false,
+            max_drop_percent: 0,
+            max_duplicate_percent: 0,
+            max_delay: Duration::ZERO,
             jumps: false,
             max_jump: Duration::ZERO,
             mean_gap: Duration::from_secs(1),
@@ -71,7 +94,8 @@ impl NemesisConfig {
     }
 
     /// A seed's choice of faults: each kind on with probability 1/2 (at
-    /// least one on), a rate and a duration bound; no clock jumps.
+    /// least one on; clock jumps 1/4, of up to 3 s), a rate and a duration
+    /// bound.
     pub fn swarm(rng: &mut ChaCha8Rng) -> Self {
         loop {
             let c = NemesisConfig {
@@ -83,18 +107,30 @@ impl NemesisConfig {
                 pauses: rng.random_bool(0.5),
                 drift: rng.random_bool(0.5),
                 max_drift_ppm: SAFE_DRIFT_PPM,
-                jumps: false,
-                max_jump: Duration::ZERO,
+                lossy: rng.random_bool(0.5),
+                max_drop_percent: LOSSY_MAX_DROP_PERCENT,
+                max_duplicate_percent: LOSSY_MAX_DUPLICATE_PERCENT,
+                max_delay: LOSSY_MAX_DELAY,
+                jumps: rng.random_ratio(1, 4),
+                max_jump: Duration::from_millis(rng.random_range(100..=3_000)),
                 mean_gap: Duration::from_millis(rng.random_range(300..=3_000)),
                 max_duration: Duration::from_millis(rng.random_range(500..=6_000)),
             };
-            if c.partitions || c.one_way || c.isolate || c.crashes || c.pauses || c.drift {
+            if c.partitions || c.one_way || c.isolate || c.lossy || c.crashes || c.pauses || c.drift
+            {
                 return c;
             }
         }
     }
 
-    /// The compact form for a run's summary line: `part,1way,iso,crash(40%pl),pause,drift gap=800ms dur<=3000ms`.
+    /// Whether lease reads are promised to be linearizable under this
+    /// schedule: not if clocks jump (drift stays within the bound).
+    pub fn lease_reads_safe(&self) -> bool {
+        !self.jumps
+    }
+
+    /// The compact form for a run's summary line:
+    /// `part,1way,iso,lossy(drop<=20%,dup<=20%,delay<=40ms),crash(40%pl),pause,drift gap=800ms dur<=3000ms`.
     pub fn describe(&self) -> String {
         let mut kinds = Vec::new();
         if self.partitions {
@@ -105,6 +141,14 @@ impl NemesisConfig {
         }
         if self.isolate {
             kinds.push("iso".to_owned());
+        }
+        if self.lossy {
+            kinds.push(format!(
+                "lossy(drop<={}%,dup<={}%,delay<={}ms)",
+                self.max_drop_percent,
+                self.max_duplicate_percent,
+                self.max_delay.as_millis()
+            ));
         }
         if self.crashes {
             kinds.push(format!("crash({}%pl)", self.power_loss_percent));
@@ -250,6 +294,7 @@ impl Nemesis {
             Partition,
             OneWay,
             Isolate,
+            Lossy,
             Crash,
             Pause,
             Drift,
@@ -262,6 +307,7 @@ impl Nemesis {
             (c.partitions && net_free, Kind::Partition),
             (c.one_way && net_free, Kind::OneWay),
             (c.isolate && net_free, Kind::Isolate),
+            (c.lossy && net_free, Kind::Lossy),
             (c.crashes && node_free, Kind::Crash),
             (c.pauses && node_free, Kind::Pause),
             (c.drift, Kind::Drift),
@@ -315,6 +361,37 @@ impl Nemesis {
                 self.network = Some(now + self.duration());
                 self.log(format!("isolate {id}"));
             }
+            Kind::Lossy => {
+                let faults = self.message_faults();
+                // One link, one node's links both ways, or every link.
+                let scope = match self.rng.random_range(0..3) {
+                    0 => {
+                        let from = self.pick(&ids);
+                        let to = loop {
+                            let to = self.pick(&ids);
+                            if to != from {
+                                break to;
+                            }
+                        };
+                        cluster.set_message_faults(from, to, faults);
+                        format!("{from}->{to}")
+                    }
+                    1 => {
+                        let id = self.pick(&ids);
+                        for &other in ids.iter().filter(|&&o| o != id) {
+                            cluster.set_message_faults(id, other, faults);
+                            cluster.set_message_faults(other, id, faults);
+                        }
+                        format!("{id}<->*")
+                    }
+                    _ => {
+                        cluster.set_message_faults_everywhere(faults);
+                        "*".to_owned()
+                    }
+                };
+                self.network = Some(now + self.duration());
+                self.log(format!("lossy {scope} {faults}"));
+            }
             Kind::Crash => {
                 let id = self.pick(&ids);
                 debug_assert_eq!(cluster.state(id), NodeState::Up);
@@ -351,8 +428,36 @@ impl Nemesis {
         self.faults += 1;
     }
 
-    /// Ends every fault: heals the network, restarts the node that is down,
-    /// resumes the one that is paused. Clock drift stays.
+    /// A lossy link's setting: each rate up to its bound, and half the time
+    /// a delay range within `max_delay`. Never all off (half the draws
+    /// set a delay range, so the loop ends).
+    fn message_faults(&mut self) -> MessageFaults {
+        let c = &self.config;
+        let (max_drop, max_dup) = (c.max_drop_percent, c.max_duplicate_percent);
+        let max_delay = c.max_delay.as_millis() as u64;
+        loop {
+            let delay = self.rng.random_bool(0.5).then(|| {
+                let a = self.rng.random_range(0..=max_delay);
+                let b = self.rng.random_range(0..=max_delay);
+                (
+                    Duration::from_millis(a.min(b)),
+                    Duration::from_millis(a.max(b)),
+                )
+            });
+            let faults = MessageFaults {
+                drop_percent: self.rng.random_range(0..=max_drop),
+                duplicate_percent: self.rng.random_range(0..=max_dup),
+                delay,
+            };
+            if !faults.is_none() {
+                return faults;
+            }
+        }
+    }
+
+    /// Ends every fault: heals the network (lossy links included), restarts
+    /// the node that is down, resumes the one that is paused. Clock drift
+    /// stays.
     pub fn heal_all(&mut self, cluster: &mut SimCluster) {
         cluster.heal();
         self.network = None;

@@ -26,10 +26,10 @@ use ringkv_core::NodeId;
 use ringkv_proto::v1 as pb;
 use tokio::time::Instant;
 
-use crate::cluster::connect_kv;
+use crate::cluster::{SimCluster, connect_kv};
 use crate::history::{
-    ClientId, Consistency, FailReason, Outcome, Precondition, Recorder, Request, Response, Time,
-    ValueVersion,
+    ClientId, Consistency, FailReason, History, HistoryError, Outcome, Precondition, Recorder,
+    Request, Response, Time, ValueVersion,
 };
 
 /// The recorder all clients of a run share.
@@ -51,6 +51,62 @@ pub struct ClientConfig {
     pub op_timeout: Duration,
     /// Pause between operations, drawn uniformly from `0..=max_think`.
     pub max_think: Duration,
+}
+
+impl ClientConfig {
+    /// A client of `keys` from `start` until `stop`, sending to no node yet
+    /// (see [`spawn_clients`]), with a 3 s deadline per call and up to 200 ms
+    /// of thinking between calls.
+    pub fn new(keys: Vec<Bytes>, start: Instant, stop: Instant) -> Self {
+        ClientConfig {
+            client: 0,
+            seed: 0,
+            nodes: Vec::new(),
+            keys,
+            start,
+            stop,
+            op_timeout: Duration::from_secs(3),
+            max_think: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Starts clients `1..=count`, each on its own client node of `cluster`
+/// sending to every node of it, as `template` says but with its own client
+/// id and a seed drawn from `rng` (in client order, so the run stays a
+/// function of the seed). Each task yields the client's [`ClientStats`].
+pub fn spawn_clients(
+    cluster: &mut SimCluster,
+    count: u32,
+    rng: &mut impl Rng,
+    template: &ClientConfig,
+    recorder: &SharedRecorder,
+) -> Vec<tokio::task::JoinHandle<ClientStats>> {
+    (1..=count)
+        .map(|client| {
+            let config = ClientConfig {
+                client,
+                seed: rng.random(),
+                nodes: cluster.node_ids(),
+                ..template.clone()
+            };
+            let node = cluster.client(u8::try_from(client).expect("at most 250 clients"));
+            let recorder = recorder.clone();
+            tokio::spawn(async move { node.run(run_client(config, recorder)).await })
+        })
+        .collect()
+}
+
+/// The history of a run once every client is done (none may still hold
+/// `recorder`).
+pub fn finish(recorder: SharedRecorder) -> Result<History, HistoryError> {
+    let Ok(recorder) = Arc::try_unwrap(recorder) else {
+        panic!("a client still holds the recorder: wait for every client first");
+    };
+    recorder
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .finish()
 }
 
 /// `n` keys, each in a different partition when `partition_count >= n`

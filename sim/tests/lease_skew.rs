@@ -32,7 +32,7 @@
 //! CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test lease_skew -- --nocapture`
 #![cfg(madsim)]
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -185,13 +185,7 @@ async fn cut_off_leader_with_skewed_clocks(drift_ppm: i64) -> Run {
     writer.await.expect("the writer");
     cluster.heal();
 
-    let history = Arc::try_unwrap(recorder)
-        .map_err(|_| ())
-        .expect("the clients are done")
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner)
-        .finish()
-        .expect("a well-formed history");
+    let history = workload::finish(recorder).expect("a well-formed history");
     Run {
         history,
         isolated_at,

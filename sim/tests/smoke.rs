@@ -1,18 +1,27 @@
 //! Smoke tests of the simulated cluster: it comes up and serves, survives a
-//! power loss of one node and a partition, and replays a seed exactly.
+//! power loss of one node, a partition and links that drop, duplicate and
+//! delay peer batches, and replays a seed exactly.
 //!
 //! Run: `RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim"
 //! CARGO_TARGET_DIR=target/sim MADSIM_TEST_SEED=1 cargo test -p ringkv-sim`.
 #![cfg(madsim)]
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use madsim::runtime::{Handle, Runtime};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
 use ringkv_proto::v1 as pb;
+use ringkv_sim::checker::{self, LinearizabilityConfig, no_lost_writes};
 use ringkv_sim::cluster::{ClusterOptions, SimCluster, connect_kv};
+use ringkv_sim::history::{Consistency, Outcome, Recorder, Request, Response};
+use ringkv_sim::message_faults::MessageFaults;
+use ringkv_sim::workload::{self, ClientConfig, SharedRecorder, elapsed_ms};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -319,6 +328,158 @@ async fn replicas_converge_promptly_after_a_long_partition_heals() {
         "seed {seed}: replicas took {took:?} to converge after the heal \
          (bound {CATCH_UP:?}); applied index per partition: {applied:?}"
     );
+    assert_no_failures(&cluster);
+}
+
+/// Heavy message faults on every link between nodes: 30% of peer batches
+/// dropped, 30% of the rest sent twice, and every one delayed 1..40 ms, so
+/// that batches overtake each other and stale duplicates arrive late.
+const LOSSY: MessageFaults = MessageFaults {
+    drop_percent: 30,
+    duplicate_percent: 30,
+    delay: Some((Duration::from_millis(1), Duration::from_millis(40))),
+};
+const LOSSY_RUN: Duration = Duration::from_secs(10);
+
+#[madsim::test]
+async fn writes_complete_and_histories_check_out_over_lossy_duplicating_links() {
+    let seed = Handle::current().seed();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1055_7D0B);
+    let options = ClusterOptions::default();
+    let keys = workload::spread_keys(4, options.partition_count);
+    let mut cluster = SimCluster::new(3, seed, options);
+    let start = Instant::now();
+    assert!(cluster.wait_ready(Duration::from_secs(20)).await);
+
+    cluster.set_message_faults_everywhere(LOSSY);
+    let faults_from = elapsed_ms(start);
+    let recorder: SharedRecorder = Arc::new(Mutex::new(Recorder::new()));
+    let stop = Instant::now() + LOSSY_RUN;
+    let template = ClientConfig {
+        op_timeout: Duration::from_secs(3),
+        max_think: Duration::from_millis(100),
+        ..ClientConfig::new(keys.clone(), start, stop)
+    };
+    let tasks = workload::spawn_clients(&mut cluster, 3, &mut rng, &template, &recorder);
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let faults_until = elapsed_ms(start);
+
+    // The faults really happened, in every form, before the heal.
+    let (mut dropped, mut duplicated, mut delayed) = (0, 0, 0);
+    for id in cluster.node_ids() {
+        let stats = cluster.transport_stats(id).expect("no node was restarted");
+        dropped += stats.faults_dropped.load(Ordering::Relaxed);
+        duplicated += stats.faults_duplicated.load(Ordering::Relaxed);
+        delayed += stats.faults_delayed.load(Ordering::Relaxed);
+    }
+    assert!(
+        dropped > 0 && duplicated > 0 && delayed > 0,
+        "seed {seed}: faults not injected: {dropped} dropped, {duplicated} duplicated, \
+         {delayed} delayed"
+    );
+    cluster.heal();
+    assert!(cluster.message_faults(NodeId(1), NodeId(2)).is_none());
+
+    // A linearizable read of every key, retried through the nodes in turn.
+    let healed = elapsed_ms(start);
+    let reader = cluster.client(10);
+    let all_read = {
+        let (recorder, keys) = (recorder.clone(), keys.clone());
+        reader
+            .run(async move {
+                let deadline = Instant::now() + OP_DEADLINE;
+                let mut all = true;
+                for key in keys {
+                    let mut read = false;
+                    for via in (1..=3u64).cycle().map(NodeId) {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        let get = Request::Get {
+                            key: key.clone(),
+                            consistency: Consistency::Linearizable,
+                        };
+                        let timeout = Duration::from_secs(3);
+                        let o = workload::execute(&recorder, 0, start, via, get, timeout).await;
+                        if matches!(o, Outcome::Ok(_)) {
+                            read = true;
+                            break;
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    all &= read;
+                }
+                all
+            })
+            .await
+    };
+    assert!(all_read, "seed {seed}: final reads failed after the heal");
+    assert_no_failures(&cluster);
+
+    let history = workload::finish(recorder).expect("a well-formed history");
+    // Writes went through while the links were lossy.
+    let acked_writes = history
+        .ops()
+        .iter()
+        .filter(|op| {
+            op.request.is_write()
+                && op.invoke >= faults_from
+                && op.complete.is_some_and(|t| t <= faults_until)
+                && matches!(
+                    op.outcome,
+                    Outcome::Ok(Response::Put { .. } | Response::Deleted { .. })
+                )
+        })
+        .count();
+    assert!(
+        acked_writes >= 10,
+        "seed {seed}: only {acked_writes} writes acknowledged over lossy links"
+    );
+    let finals = no_lost_writes::final_reads(&history, healed);
+    assert_eq!(
+        finals.len(),
+        keys.len(),
+        "seed {seed}: a final read per key"
+    );
+    let summary = checker::check_all(&history, &finals, &LinearizabilityConfig::default());
+    println!(
+        "seed {seed}: {} ops, {acked_writes} writes acknowledged over lossy links; \
+         {dropped} batches dropped, {duplicated} duplicated, {delayed} delayed",
+        history.len()
+    );
+    assert!(summary.passed(), "seed {seed}: checks failed:\n{summary}");
+}
+
+/// The harness owns the message faults: a node restarted while its links are
+/// lossy comes back with the same faults on its outgoing batches.
+#[madsim::test]
+async fn message_faults_outlive_a_restart() {
+    let seed = Handle::current().seed();
+    let mut cluster = SimCluster::new(3, seed, ClusterOptions::default());
+    assert!(cluster.wait_ready(Duration::from_secs(20)).await);
+    let black_hole = MessageFaults {
+        drop_percent: 100,
+        ..MessageFaults::default()
+    };
+    cluster.set_message_faults(NodeId(1), NodeId(2), black_hole);
+    cluster.restart(NodeId(1));
+    let dropped = |cluster: &SimCluster| {
+        cluster
+            .transport_stats(NodeId(1))
+            .map_or(0, |s| s.faults_dropped.load(Ordering::Relaxed))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dropped(&cluster) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dropped(&cluster) > 0,
+        "seed {seed}: the restarted node 1 dropped nothing on its lossy link"
+    );
+    assert_eq!(cluster.message_faults(NodeId(1), NodeId(2)), black_hole);
+    assert!(cluster.message_faults(NodeId(2), NodeId(1)).is_none());
     assert_no_failures(&cluster);
 }
 

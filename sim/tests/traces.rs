@@ -35,24 +35,12 @@ async fn scenario(seed: u64) -> String {
 
     let recorder: SharedRecorder = Arc::new(Mutex::new(Recorder::new()));
     let stop = Instant::now() + RUN;
-    let mut tasks = Vec::new();
-    for c in 1..=2u32 {
-        let config = ClientConfig {
-            client: c,
-            seed: rng.random(),
-            nodes: cluster.node_ids(),
-            keys: keys.clone(),
-            start,
-            stop,
-            op_timeout: Duration::from_secs(2),
-            max_think: Duration::from_millis(300),
-        };
-        let node = cluster.client(u8::try_from(c).expect("few clients"));
-        let recorder = recorder.clone();
-        tasks.push(tokio::spawn(async move {
-            node.run(workload::run_client(config, recorder)).await
-        }));
-    }
+    let template = ClientConfig {
+        op_timeout: Duration::from_secs(2),
+        max_think: Duration::from_millis(300),
+        ..ClientConfig::new(keys.clone(), start, stop)
+    };
+    let tasks = workload::spawn_clients(&mut cluster, 2, &mut rng, &template, &recorder);
     let mut nemesis = Nemesis::new(NemesisConfig::swarm(&mut rng), rng.random(), start);
     let _ = writeln!(trace, "nemesis: {}", nemesis.config().describe());
     // Watch until the heal has had time to show.
@@ -74,11 +62,7 @@ async fn scenario(seed: u64) -> String {
         let _ = writeln!(trace, "  {line}");
     }
     trace.push_str("operations:\n");
-    let Ok(recorder) = Arc::try_unwrap(recorder) else {
-        panic!("the clients are done, yet the recorder is still shared");
-    };
-    let recorder = recorder.into_inner().expect("recorder lock");
-    let history = recorder.finish().expect("a well-formed history");
+    let history = workload::finish(recorder).expect("a well-formed history");
     for op in history.ops() {
         let _ = writeln!(trace, "  {op}");
     }
