@@ -3,7 +3,7 @@
 //! Swarm style: each seed first decides which fault kinds are on and how often
 //! faults come ([`NemesisConfig::swarm`]), so that different seeds stress
 //! different mixes instead of every seed averaging over all of them. At most
-//! one network fault (symmetric or one-way partition, an isolated node, lossy
+//! one network fault (symmetric or one-way partition, an isolated leader, lossy
 //! links that drop, duplicate and delay peer batches) and one node fault
 //! (crash or power loss then restart, pause then resume) are active at a
 //! time, so a majority is up most of the time; clock drift is changed now
@@ -231,6 +231,23 @@ impl Nemesis {
         ids[self.rng.random_range(0..ids.len())]
     }
 
+    /// The leader of a random partition as a random running node sees it,
+    /// with the partition's number.
+    fn leader_of_a_partition(
+        &mut self,
+        cluster: &SimCluster,
+        ids: &[NodeId],
+    ) -> Option<(NodeId, u32)> {
+        let observer = self.pick(ids);
+        let view = cluster.node_handle(observer)?.view();
+        let known: Vec<(NodeId, u32)> = view
+            .partitions
+            .iter()
+            .filter_map(|p| Some((p.leader?, p.partition.0)))
+            .collect();
+        (!known.is_empty()).then(|| known[self.rng.random_range(0..known.len())])
+    }
+
     /// Injects faults for `duration`, then returns with faults possibly still
     /// in force (see [`Nemesis::heal_all`]).
     pub async fn run(&mut self, cluster: &mut SimCluster, duration: Duration) {
@@ -356,10 +373,16 @@ impl Nemesis {
                 self.log(format!("one-way {from}->{to}"));
             }
             Kind::Isolate => {
-                let id = self.pick(&ids);
+                // Usually the current leader of a random partition (cutting
+                // off a leader is what tests CheckQuorum, leases and
+                // re-election); a random node when no running node knows one.
+                let (id, whose) = match self.leader_of_a_partition(cluster, &ids) {
+                    Some((leader, p)) => (leader, format!(" (leader of p{p})")),
+                    None => (self.pick(&ids), String::new()),
+                };
                 cluster.isolate(id);
                 self.network = Some(now + self.duration());
-                self.log(format!("isolate {id}"));
+                self.log(format!("isolate {id}{whose}"));
             }
             Kind::Lossy => {
                 let faults = self.message_faults();
