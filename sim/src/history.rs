@@ -11,8 +11,9 @@
 //! time only if A completed strictly before B was invoked; equal times count as
 //! concurrent, because a clock tick is coarser than the events it stamps.
 //!
-//! The types are this crate's own, smaller than `ringkv-core`'s client types,
-//! so that hand-written histories stay short; the workload converts.
+//! Requests are `ringkv-core`'s (`ClientRequest`, `Precondition`,
+//! `Consistency`); outcomes are this module's, since a history also records
+//! what only a client sees (a timeout of unknown outcome, a failed connect).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -27,61 +28,10 @@ pub type OpId = u64;
 /// Simulated time, in the recorder's unit.
 pub type Time = u64;
 
-/// How fresh a read must be (mirrors `ringkv_core::node::Consistency`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Consistency {
-    /// ReadIndex: confirmed by a quorum round.
-    Linearizable,
-    /// Leader lease: linearizable while clock drift stays in bounds.
-    Lease,
-    /// Any replica's state: may lag, never invents.
-    Stale,
-}
-
-/// A condition on the key's state when the write is applied
-/// (mirrors `ringkv_core::kv::Precondition`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Precondition {
-    #[default]
-    None,
-    /// Create-only.
-    MustNotExist,
-    MustExist,
-    /// Compare-and-set on the key's `mod_revision`.
-    ModRevision(u64),
-}
-
-/// What a client asked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
-    Get {
-        key: Bytes,
-        consistency: Consistency,
-    },
-    Put {
-        key: Bytes,
-        value: Bytes,
-        precondition: Precondition,
-    },
-    Delete {
-        key: Bytes,
-        precondition: Precondition,
-    },
-}
-
-impl Request {
-    pub fn key(&self) -> &Bytes {
-        match self {
-            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key, .. } => {
-                key
-            }
-        }
-    }
-
-    pub fn is_write(&self) -> bool {
-        !matches!(self, Request::Get { .. })
-    }
-}
+/// What a client asked for, in `ringkv-core`'s own terms (the workload
+/// turns it into a gRPC request).
+pub use ringkv_core::kv::Precondition;
+pub use ringkv_core::node::{ClientRequest as Request, Consistency};
 
 /// A live key's value and metadata, as a read returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -368,9 +318,15 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-impl fmt::Display for Precondition {
+/// The trace form of a request: `get k lease`, `put k=v if-rev=3`, `del k`.
+struct RequestText<'a>(&'a Request);
+
+/// The trace form of a precondition, with its leading space (empty for none).
+struct PreconditionText(Precondition);
+
+impl fmt::Display for PreconditionText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        match self.0 {
             Precondition::None => Ok(()),
             Precondition::MustNotExist => f.write_str(" if-absent"),
             Precondition::MustExist => f.write_str(" if-exists"),
@@ -379,9 +335,9 @@ impl fmt::Display for Precondition {
     }
 }
 
-impl fmt::Display for Request {
+impl fmt::Display for RequestText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        match self.0 {
             Request::Get { key, consistency } => {
                 write!(f, "get {}", Escaped(key))?;
                 match consistency {
@@ -394,9 +350,15 @@ impl fmt::Display for Request {
                 key,
                 value,
                 precondition,
-            } => write!(f, "put {}={}{precondition}", Escaped(key), Escaped(value)),
+            } => write!(
+                f,
+                "put {}={}{}",
+                Escaped(key),
+                Escaped(value),
+                PreconditionText(*precondition)
+            ),
             Request::Delete { key, precondition } => {
-                write!(f, "del {}{precondition}", Escaped(key))
+                write!(f, "del {}{}", Escaped(key), PreconditionText(*precondition))
             }
         }
     }
@@ -451,7 +413,7 @@ impl fmt::Display for Operation {
             f,
             "{} {} -> {} [{}..",
             self.op_ref(),
-            self.request,
+            RequestText(&self.request),
             self.outcome,
             self.invoke
         )?;

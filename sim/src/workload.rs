@@ -23,6 +23,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
+use ringkv_node::api::convert::{consistency_to_proto, precondition_to_proto};
 use ringkv_proto::v1 as pb;
 use tokio::time::Instant;
 
@@ -187,7 +188,7 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
             let req = pb::PutRequest {
                 key,
                 value,
-                precondition: precondition_to_proto(precondition),
+                precondition: precondition_to_proto(&precondition),
             };
             timeout_at(deadline, kv.put(req)).await.map(|r| {
                 r.map(|resp| {
@@ -202,7 +203,7 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
         Request::Delete { key, precondition } => {
             let req = pb::DeleteRequest {
                 key,
-                precondition: precondition_to_proto(precondition),
+                precondition: precondition_to_proto(&precondition),
             };
             timeout_at(deadline, kv.delete(req)).await.map(|r| {
                 r.map(|resp| Response::Deleted {
@@ -267,25 +268,6 @@ pub fn outcome_of(request: &Request, status: &tonic::Status) -> Outcome {
             Outcome::Unknown
         }
     }
-}
-
-fn consistency_to_proto(c: Consistency) -> pb::ReadConsistency {
-    match c {
-        Consistency::Linearizable => pb::ReadConsistency::Linearizable,
-        Consistency::Lease => pb::ReadConsistency::Lease,
-        Consistency::Stale => pb::ReadConsistency::Stale,
-    }
-}
-
-fn precondition_to_proto(p: Precondition) -> Option<pb::Precondition> {
-    use pb::precondition::Kind;
-    let kind = match p {
-        Precondition::None => return None,
-        Precondition::MustNotExist => Kind::MustNotExist(true),
-        Precondition::MustExist => Kind::MustExist(true),
-        Precondition::ModRevision(r) => Kind::ModRevision(r),
-    };
-    Some(pb::Precondition { kind: Some(kind) })
 }
 
 /// Counts of a client's operations by outcome.
