@@ -56,13 +56,26 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
-    fn to_proto(&self) -> proto::KeyValue {
+    /// The wire form, shared by snapshots and the client API.
+    pub fn to_proto(&self) -> proto::KeyValue {
         proto::KeyValue {
             key: self.key.clone(),
             value: self.value.clone(),
             version: self.version,
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
+        }
+    }
+
+    /// From the wire form, as is (checks belong to the caller, as in
+    /// [`KvStore::restore`]).
+    pub fn from_proto(kv: proto::KeyValue) -> KeyValue {
+        KeyValue {
+            key: kv.key,
+            value: kv.value,
+            version: kv.version,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
         }
     }
 }
@@ -430,16 +443,7 @@ impl KvStore {
             }
             check_revisions(entry, &kv, applied_index)?;
             previous_key = Some(kv.key.clone());
-            entries.insert(
-                kv.key.clone(),
-                KeyValue {
-                    key: kv.key,
-                    value: kv.value,
-                    version: kv.version,
-                    create_revision: kv.create_revision,
-                    mod_revision: kv.mod_revision,
-                },
-            );
+            entries.insert(kv.key.clone(), KeyValue::from_proto(kv));
         }
         Ok(KvStore {
             entries,

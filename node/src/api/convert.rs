@@ -69,27 +69,6 @@ pub fn delete_request(r: pb::DeleteRequest) -> ClientRequest {
     }
 }
 
-pub fn key_value_to_proto(kv: &KeyValue) -> pb::KeyValue {
-    pb::KeyValue {
-        key: kv.key.clone(),
-        value: kv.value.clone(),
-        version: kv.version,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-    }
-}
-
-pub fn key_value_from_proto(kv: pb::KeyValue) -> KeyValue {
-    KeyValue {
-        key: kv.key,
-        value: kv.value,
-        version: kv.version,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-    }
-}
-
-/// A request as the forward RPC carries it.
 pub fn forward_request(req: &ClientRequest, from: u64, hops: u32) -> pb::ForwardRequest {
     use pb::forward_request::Request;
     let request = match req {
@@ -134,7 +113,7 @@ pub fn forward_response(result: &Result<ClientResponse, ClientError>) -> pb::For
     use pb::forward_response::Result as R;
     let r = match result {
         Ok(ClientResponse::Value(Some(kv))) => R::Get(pb::GetResponse {
-            kv: Some(key_value_to_proto(kv)),
+            kv: Some(kv.to_proto()),
         }),
         Ok(ClientResponse::Value(None)) => R::Get(pb::GetResponse { kv: None }),
         Ok(ClientResponse::Put {
@@ -168,7 +147,7 @@ pub fn forward_response(result: &Result<ClientResponse, ClientError>) -> pb::For
 pub fn forwarded_response(r: pb::ForwardResponse) -> Result<ClientResponse, ClientError> {
     use pb::forward_response::Result as R;
     match r.result {
-        Some(R::Get(g)) => Ok(ClientResponse::Value(g.kv.map(key_value_from_proto))),
+        Some(R::Get(g)) => Ok(ClientResponse::Value(g.kv.map(KeyValue::from_proto))),
         Some(R::Put(p)) => Ok(ClientResponse::Put {
             version: p.version,
             mod_revision: p.mod_revision,

@@ -36,7 +36,7 @@ impl pb::kv_server::Kv for KvService {
         let req = convert::get_request(request.into_inner()).map_err(Status::invalid_argument)?;
         match self.node.request(req).await {
             Ok(ClientResponse::Value(Some(kv))) => Ok(Response::new(pb::GetResponse {
-                kv: Some(convert::key_value_to_proto(&kv)),
+                kv: Some(kv.to_proto()),
             })),
             Ok(ClientResponse::Value(None)) => Err(to_status(&ClientError::NotFound)),
             Ok(other) => Err(unexpected(other)),
