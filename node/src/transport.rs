@@ -385,17 +385,28 @@ where
 {
     use tokio_stream::StreamExt as _;
     tokio::pin!(stream);
+    // One timer per idle interval, not one per frame: when it fires, the
+    // stream is idle only if no frame came since; otherwise it is re-armed
+    // for an idle interval after the last frame.
+    let mut last_frame = clock.now();
+    let mut idle_check = clock.sleep(idle_timeout);
     loop {
         // `biased`: unbiased select! is not replayable under madsim.
         let next = tokio::select! {
             biased;
             next = stream.next() => next,
-            () = clock.sleep(idle_timeout) => {
+            () = &mut idle_check => {
+                let idle_at = last_frame + idle_timeout;
+                if clock.now() < idle_at {
+                    idle_check = clock.sleep_until(idle_at);
+                    continue;
+                }
                 let n = stats.idle_streams_closed.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(?idle_timeout, total = n, "peer stream idle; closing it so the peer re-dials");
                 return Err(Status::unavailable("peer stream idle; re-dial"));
             }
         };
+        last_frame = clock.now();
         let frame = match next {
             Some(Ok(f)) => f,
             None => return Ok(()),
