@@ -14,14 +14,40 @@ pub struct GroupMessage {
     pub message: Message,
 }
 
-/// Everything one node sends another in one flush: the messages of every
-/// group they share, coalesced. Its arrival alone is the node-level heartbeat
-/// that feeds the failure detector, so an empty batch is meaningful.
+/// Messages one node sends another, coalesced over the groups they share.
+/// Its arrival alone is the node-level heartbeat that feeds the failure
+/// detector, so an empty batch is meaningful.
+///
+/// A node never mixes lanes in one batch: a batch holds either only small
+/// messages that keep groups alive (votes, heartbeats, answers) or only bulk
+/// ones (entries, snapshot chunks); see [`PeerBatch::lane`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerBatch {
     pub from: NodeId,
     pub to: NodeId,
     pub messages: Vec<GroupMessage>,
+}
+
+/// Which of a peer connection's two queues a batch belongs in. A transport
+/// should carry them independently (etcd's rafthttp keeps separate streams
+/// for appends and for other messages), so that heartbeats and votes never
+/// wait behind megabytes of entries, and may drop bulk batches when a
+/// peer's bulk queue is full (then calling `Node::handle_unreachable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lane {
+    Control,
+    Bulk,
+}
+
+impl PeerBatch {
+    /// `Bulk` if any message carries entries or snapshot bytes.
+    pub fn lane(&self) -> Lane {
+        if self.messages.iter().any(|gm| gm.message.body.is_bulk()) {
+            Lane::Bulk
+        } else {
+            Lane::Control
+        }
+    }
 }
 
 /// One durable record of one partition's group.

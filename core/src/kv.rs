@@ -162,6 +162,11 @@ impl Command {
         }
     }
 
+    /// Bytes an encoded command adds beyond its key and value: the tags
+    /// and lengths of the command, its put or delete, key, value and
+    /// precondition (at most 32 bytes; with room to spare).
+    pub const MAX_OVERHEAD_BYTES: usize = 64;
+
     /// The log entry bytes (protobuf `ringkv.v1.Command`).
     pub fn encode(&self) -> Bytes {
         use proto::command::Op;
@@ -273,6 +278,8 @@ pub enum DecodeError {
 pub struct KvStore {
     entries: BTreeMap<Bytes, KeyValue>,
     applied_index: u64,
+    /// Key and value bytes of every live key: about the size of a snapshot.
+    data_bytes: u64,
 }
 
 impl KvStore {
@@ -326,6 +333,9 @@ impl KvStore {
                     None => (1, index),
                 };
                 let created = current.is_none();
+                let old_bytes = current.map_or(0, |kv| kv.key.len() + kv.value.len());
+                self.data_bytes =
+                    self.data_bytes - old_bytes as u64 + (key.len() + value.len()) as u64;
                 self.entries.insert(
                     key.clone(),
                     KeyValue {
@@ -343,9 +353,12 @@ impl KvStore {
                 }
             }
             Command::Delete { key, .. } => match self.entries.remove(key.as_ref()) {
-                Some(kv) => ApplyOutcome::Deleted {
-                    mod_revision_of_deleted: kv.mod_revision,
-                },
+                Some(kv) => {
+                    self.data_bytes -= (kv.key.len() + kv.value.len()) as u64;
+                    ApplyOutcome::Deleted {
+                        mod_revision_of_deleted: kv.mod_revision,
+                    }
+                }
                 None => ApplyOutcome::NotFound,
             },
         }
@@ -368,6 +381,12 @@ impl KvStore {
     /// Index of the last log entry applied (0: none).
     pub fn applied_index(&self) -> u64 {
         self.applied_index
+    }
+
+    /// Key and value bytes of every live key: about what a snapshot costs to
+    /// build, write and send.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
     }
 
     /// Number of live keys.
@@ -433,6 +452,7 @@ impl KvStore {
         let image = proto::KvSnapshot::decode(bytes)?;
         let applied_index = image.applied_index;
         let mut entries = BTreeMap::new();
+        let mut data_bytes = 0u64;
         let mut previous_key: Option<Bytes> = None;
         for (entry, kv) in image.entries.into_iter().enumerate() {
             if previous_key
@@ -443,11 +463,13 @@ impl KvStore {
             }
             check_revisions(entry, &kv, applied_index)?;
             previous_key = Some(kv.key.clone());
+            data_bytes += (kv.key.len() + kv.value.len()) as u64;
             entries.insert(kv.key.clone(), KeyValue::from_proto(kv));
         }
         Ok(KvStore {
             entries,
             applied_index,
+            data_bytes,
         })
     }
 

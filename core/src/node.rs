@@ -14,8 +14,22 @@
 //!   [`Reply::Forward`] to the leader (or to a replica, if this node does not
 //!   host the partition); stale reads are served by any replica;
 //! - **batching**: everything produced between two rounds of `poll_transmit`
-//!   for one peer goes out as one [`PeerBatch`], and everything to persist
-//!   between two `poll_io` calls as one [`IoRequest`] (group commit);
+//!   for one peer goes out together, and everything to persist between two
+//!   `poll_io` calls as one [`IoRequest`] (group commit). A round's messages
+//!   to one peer form one [`Lane::Control`] batch (votes, heartbeats,
+//!   answers) and as many [`Lane::Bulk`] batches (entries, snapshot chunks)
+//!   as [`NodeConfig::max_batch_bytes`] requires, the groups' bulk messages
+//!   taken in turn so that one busy group cannot crowd out the others;
+//! - **bounded messages**: every batch fits in `max_batch_bytes`, except one
+//!   holding a single message that is larger on its own (an entry with a
+//!   value near the limit); [`NodeConfig::max_peer_frame_bytes`] bounds
+//!   both, for the transport's message limit;
+//! - **paced compaction**: groups due for a snapshot (by entry count, by log
+//!   size, or at the driver's request) queue up, and ticks work through the
+//!   queue at `max_snapshot_bytes_per_tick` of state per tick on average (a
+//!   larger snapshot is paid off over later ticks), so a node never
+//!   snapshots all its partitions at once; a leader also holds off briefly
+//!   while a follower it is streaming to lacks the entries to be folded;
 //! - **persist before speak** across groups: a group's gated messages wait for
 //!   the WAL batch holding that group's latest records;
 //! - **node heartbeats**: every batch counts as a heartbeat; a peer that got
@@ -42,6 +56,7 @@ use crate::raft::{
 };
 use crate::ring::{Ring, RingConfig, RingError};
 use crate::types::{NodeId, PartitionId, Time};
+use crate::wire;
 
 /// Static configuration of one node.
 #[derive(Debug, Clone)]
@@ -61,8 +76,26 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Compact a group's log once this many applied entries follow its snapshot.
     pub snapshot_threshold: u64,
+    /// ... or once the applied entries after its snapshot hold this many
+    /// payload bytes and at least as many as the group's state (so a
+    /// snapshot, which costs the size of the state, is taken at most once
+    /// per that much logged data).
+    pub snapshot_threshold_bytes: u64,
+    /// Compaction's pace: snapshots of this many bytes of state per tick on
+    /// average. A larger snapshot is taken whole and then paid off over the
+    /// following ticks (a snapshot debt), so compaction never bursts.
+    pub max_snapshot_bytes_per_tick: u64,
+    /// Encoded bytes per peer batch (see [`NodeConfig::max_peer_frame_bytes`]).
+    pub max_batch_bytes: usize,
     /// Requests in flight on this node beyond this are refused with `Busy`.
     pub max_pending_requests: usize,
+    /// Command bytes of writes this node proposed and has not answered yet;
+    /// a proposal beyond this is refused with `Busy` (at once, safe to
+    /// retry) rather than queued behind them until it times out. It also
+    /// bounds what the transport must queue for each follower (see
+    /// [`NodeConfig::max_peer_frame_bytes`]). A single write is always
+    /// admitted when none is pending.
+    pub max_pending_write_bytes: usize,
 }
 
 impl NodeConfig {
@@ -78,7 +111,11 @@ impl NodeConfig {
             max_value_bytes: 1 << 20,
             request_timeout: Duration::from_secs(5),
             snapshot_threshold: 10_000,
+            snapshot_threshold_bytes: 64 << 20,
+            max_snapshot_bytes_per_tick: 4 << 20,
+            max_batch_bytes: 4 << 20,
             max_pending_requests: 100_000,
+            max_pending_write_bytes: 64 << 20,
         }
     }
 }
@@ -91,6 +128,39 @@ impl NodeConfig {
     pub fn peer_heartbeat_interval(&self) -> Duration {
         self.tick_interval * self.raft.heartbeat_ticks
     }
+
+    /// The largest encoded [`PeerBatch`] this node ever emits: a full batch,
+    /// or a batch of one append carrying one entry of the largest key and
+    /// value. A transport sets its message limit (sending and receiving) to
+    /// at least this; every node of a cluster must agree on the limits it
+    /// derives from.
+    pub fn max_peer_frame_bytes(&self) -> usize {
+        let largest_entry = self.max_key_bytes + self.max_value_bytes + Command::MAX_OVERHEAD_BYTES;
+        let single = wire::MESSAGE_OVERHEAD_BYTES + wire::ENTRY_OVERHEAD_BYTES + largest_entry;
+        self.max_batch_bytes.max(single) + wire::PEER_BATCH_OVERHEAD_BYTES
+    }
+
+    /// Checks that every message the groups produce fits in a batch.
+    fn validate(&self) -> Result<(), StartError> {
+        let append = wire::MESSAGE_OVERHEAD_BYTES
+            + self.raft.max_bytes_per_msg
+            + self.raft.max_entries_per_msg * wire::ENTRY_OVERHEAD_BYTES;
+        let chunk = wire::MESSAGE_OVERHEAD_BYTES
+            + wire::snapshot_meta_len_bound(self.ring.replication_factor)
+            + self.raft.snapshot_chunk_bytes;
+        let need = append.max(chunk) + wire::PEER_BATCH_OVERHEAD_BYTES;
+        if self.max_batch_bytes < need {
+            return Err(StartError::Config(format!(
+                "max_batch_bytes {} is too small for an append of {} payload bytes ({} entries) \
+                 or a snapshot chunk of {} bytes: it must be at least {need}",
+                self.max_batch_bytes,
+                self.raft.max_bytes_per_msg,
+                self.raft.max_entries_per_msg,
+                self.raft.snapshot_chunk_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Why a node could not start.
@@ -100,6 +170,8 @@ pub enum StartError {
     Ring(#[from] RingError),
     #[error("node {0} is not in the member list")]
     NotAMember(NodeId),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("recovered snapshot of partition {partition} is corrupt: {reason}")]
     CorruptSnapshot {
         partition: PartitionId,
@@ -249,6 +321,14 @@ pub struct NodeStats {
     pub batches_dropped: u64,
     pub messages_for_unknown_partitions: u64,
     pub batches_sent: u64,
+    /// Bulk-lane batches among `batches_sent`.
+    pub bulk_batches_sent: u64,
+    /// Times the driver reported a peer unreachable (messages to it dropped).
+    pub unreachable_reports: u64,
+    /// Times the driver reported the link to a peer congested.
+    pub congestion_reports: u64,
+    /// Snapshots taken to compact a log.
+    pub compactions: u64,
     pub io_requests: u64,
     pub proposals: u64,
     pub applied_entries: u64,
@@ -268,6 +348,8 @@ struct PendingWrite {
     id: RequestId,
     term: u64,
     deadline: Time,
+    /// Bytes of its command (counted in `Node::pending_write_bytes`).
+    bytes: usize,
 }
 
 struct PendingRead {
@@ -279,6 +361,10 @@ struct PendingRead {
 
 /// Limits on internal queues (explicit, never unbounded in practice).
 const MAX_GROUP_PASSES: usize = 16;
+/// Ticks a leader's compaction waits for a follower it is streaming to (see
+/// `Node::run_compactions`): 1 s at the default tick, ample for a live
+/// follower; a slower one gets a snapshot.
+const MAX_COMPACTION_WAIT_TICKS: u32 = 20;
 
 pub struct Node {
     cfg: NodeConfig,
@@ -294,6 +380,7 @@ pub struct Node {
     dirty: BTreeSet<PartitionId>,
 
     writes: BTreeMap<(PartitionId, u64), PendingWrite>,
+    pending_write_bytes: usize,
     reads: BTreeMap<u64, PendingRead>,
     next_read_ctx: u64,
 
@@ -307,6 +394,14 @@ pub struct Node {
     held: BTreeMap<IoId, Vec<(NodeId, GroupMessage)>>,
     outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
     last_sent: BTreeMap<NodeId, Time>,
+    /// Groups due for a snapshot, in the order they became due (each once).
+    compaction_queue: VecDeque<PartitionId>,
+    compaction_queued: BTreeSet<PartitionId>,
+    /// Ticks each queued compaction has waited for a follower.
+    compaction_waits: BTreeMap<PartitionId, u32>,
+    /// Snapshot bytes compaction may still take; negative after a snapshot
+    /// larger than a tick's budget (a debt that later ticks pay off).
+    snapshot_allowance: i64,
     transmits: VecDeque<(NodeId, PeerBatch)>,
     replies: VecDeque<(RequestId, Reply)>,
     events: VecDeque<Event>,
@@ -321,6 +416,7 @@ impl Node {
         if !cfg.members.contains(&id) {
             return Err(StartError::NotAMember(id));
         }
+        cfg.validate()?;
         let ring = Ring::new(cfg.ring, cfg.members.iter().copied())?;
         let mut recovered = recovered;
         let mut groups = BTreeMap::new();
@@ -367,6 +463,7 @@ impl Node {
             ticks: 0,
             dirty,
             writes: BTreeMap::new(),
+            pending_write_bytes: 0,
             reads: BTreeMap::new(),
             next_read_ctx: 1,
             next_io: 1,
@@ -378,6 +475,10 @@ impl Node {
             held: BTreeMap::new(),
             outbox: BTreeMap::new(),
             last_sent: BTreeMap::new(),
+            compaction_queue: VecDeque::new(),
+            compaction_queued: BTreeSet::new(),
+            compaction_waits: BTreeMap::new(),
+            snapshot_allowance: 0,
             transmits: VecDeque::new(),
             replies: VecDeque::new(),
             events: VecDeque::new(),
@@ -415,6 +516,10 @@ impl Node {
     }
     pub fn pending_requests(&self) -> usize {
         self.writes.len() + self.reads.len()
+    }
+    /// Command bytes of the writes counted in `pending_requests`.
+    pub fn pending_write_bytes(&self) -> usize {
+        self.pending_write_bytes
     }
 
     // ----------------------------------------------------------------- inputs
@@ -583,12 +688,28 @@ impl Node {
         let Some(g) = self.groups.get_mut(&p) else {
             return;
         };
-        match g.raft.propose(cmd.encode()) {
+        let data = cmd.encode();
+        let bytes = data.len();
+        if !self.writes.is_empty()
+            && self.pending_write_bytes + bytes > self.cfg.max_pending_write_bytes
+        {
+            self.reply(id, Reply::Done(Err(ClientError::Busy)));
+            return;
+        }
+        match g.raft.propose(data) {
             Ok(index) => {
                 self.stats.proposals += 1;
                 let term = g.raft.term();
-                self.writes
-                    .insert((p, index), PendingWrite { id, term, deadline });
+                self.pending_write_bytes += bytes;
+                self.writes.insert(
+                    (p, index),
+                    PendingWrite {
+                        id,
+                        term,
+                        deadline,
+                        bytes,
+                    },
+                );
             }
             Err(e) => {
                 let r = Self::refusal(&mut g.raft, p, e);
@@ -623,6 +744,39 @@ impl Node {
             self.heartbeat_idle_peers();
             self.detect_failures();
             self.expire_requests();
+            self.run_compactions();
+        }
+        self.process();
+    }
+
+    /// The transport's queue of bulk messages (entries, snapshot chunks) to
+    /// `peer` is filling (`congested`) or has drained. While congested, no
+    /// group sends `peer` entries or snapshot chunks; on clearing, leaders
+    /// resume at once. The driver reports changes only.
+    pub fn handle_peer_congestion(&mut self, now: Time, peer: NodeId, congested: bool) {
+        self.start(now);
+        if congested {
+            self.stats.congestion_reports += 1;
+        }
+        for (&p, g) in self.groups.iter_mut() {
+            g.raft.set_peer_congested(peer, congested);
+            self.dirty.insert(p);
+        }
+        self.process();
+    }
+
+    /// The transport dropped messages to `peer` (its queue was full or its
+    /// connection broke). Groups this node leads stop streaming to it and
+    /// probe until it answers, instead of learning of the loss only when the
+    /// peer rejects a later append.
+    pub fn handle_unreachable(&mut self, now: Time, peer: NodeId) {
+        self.start(now);
+        self.stats.unreachable_reports += 1;
+        for (&p, g) in self.groups.iter_mut() {
+            if g.raft.is_leader() {
+                g.raft.report_unreachable(peer);
+                self.dirty.insert(p);
+            }
         }
         self.process();
     }
@@ -652,22 +806,82 @@ impl Node {
         self.process();
     }
 
-    /// The driver wants this partition's applied log folded into a snapshot
-    /// now (its old entries pin a WAL segment the driver wants to delete).
-    /// Returns whether a snapshot was taken; false when nothing new is
-    /// applied and durable, or the node does not host the partition.
-    pub fn compact_partition(&mut self, now: Time, p: PartitionId) -> bool {
+    /// The driver wants these partitions' applied logs folded into
+    /// snapshots (their old entries pin WAL segments it wants to delete).
+    /// They join the compaction queue, which ticks work through at the pace
+    /// `max_snapshot_bytes_per_tick` allows; partitions this node does not
+    /// host are ignored.
+    pub fn handle_compaction_request(&mut self, now: Time, partitions: &[PartitionId]) {
         self.start(now);
-        let Some(g) = self.groups.get_mut(&p) else {
-            return false;
-        };
-        let applied = g.raft.log().applied();
-        if g.kv.applied_index() != applied || !g.raft.compact(applied, g.kv.snapshot()) {
-            return false;
+        for &p in partitions {
+            if self.groups.contains_key(&p) {
+                self.queue_compaction(p);
+            }
         }
-        self.dirty.insert(p);
-        self.process();
-        true
+    }
+
+    fn queue_compaction(&mut self, p: PartitionId) {
+        if self.compaction_queued.insert(p) {
+            self.compaction_queue.push_back(p);
+        }
+    }
+
+    /// Takes queued snapshots until this tick's byte budget is spent.
+    ///
+    /// A leader holds off (for at most [`MAX_COMPACTION_WAIT_TICKS`]) while
+    /// a follower it is streaming to still lacks applied entries: folding
+    /// them away would turn that follower's next append into a transfer of
+    /// the partition's whole state.
+    fn run_compactions(&mut self) {
+        // Each tick adds a tick's budget, up to one tick's worth: unused
+        // budget does not pile up into a burst later.
+        let per_tick = i64::try_from(self.cfg.max_snapshot_bytes_per_tick).unwrap_or(i64::MAX);
+        self.snapshot_allowance = self
+            .snapshot_allowance
+            .saturating_add(per_tick)
+            .min(per_tick);
+        let mut deferred = Vec::new();
+        while self.snapshot_allowance > 0
+            && let Some(p) = self.compaction_queue.pop_front()
+        {
+            self.compaction_queued.remove(&p);
+            let Some(g) = self.groups.get_mut(&p) else {
+                continue;
+            };
+            let applied = g.raft.log().applied();
+            if g.kv.applied_index() != applied || !g.raft.can_compact(applied) {
+                // Nothing new is applied and durable: nothing to fold.
+                self.compaction_waits.remove(&p);
+                continue;
+            }
+            let waited = self.compaction_waits.entry(p).or_insert(0);
+            if g.raft.is_leader()
+                && g.raft.streaming_follower_lacks(applied)
+                && *waited < MAX_COMPACTION_WAIT_TICKS
+            {
+                *waited += 1;
+                deferred.push(p);
+                continue;
+            }
+            self.compaction_waits.remove(&p);
+            let taken = g.raft.compact(applied, g.kv.snapshot());
+            assert!(
+                taken,
+                "partition {p}: compaction at {applied} refused after can_compact"
+            );
+            self.stats.compactions += 1;
+            self.dirty.insert(p);
+            let cost = i64::try_from(g.kv.data_bytes().max(1)).unwrap_or(i64::MAX);
+            self.snapshot_allowance = self.snapshot_allowance.saturating_sub(cost);
+        }
+        for p in deferred {
+            self.queue_compaction(p);
+        }
+    }
+
+    /// Partitions waiting for a snapshot.
+    pub fn compactions_queued(&self) -> usize {
+        self.compaction_queue.len()
     }
 
     // ---------------------------------------------------------------- outputs
@@ -759,6 +973,7 @@ impl Node {
             .collect();
         for k in expired {
             if let Some(w) = self.writes.remove(&k) {
+                self.pending_write_bytes -= w.bytes;
                 self.reply(w.id, Reply::Done(Err(ClientError::OutcomeUnknown)));
             }
         }
@@ -873,6 +1088,7 @@ impl Node {
                 EntryKind::Normal => g.kv.apply(entry.index, &entry.data),
             };
             if let Some(w) = self.writes.remove(&(p, entry.index)) {
+                self.pending_write_bytes -= w.bytes;
                 let result = if w.term != entry.term {
                     // Another entry won this index: ours can never commit.
                     Err(ClientError::Dropped)
@@ -912,34 +1128,97 @@ impl Node {
                 self.replies.push_back((r.id, reply));
             }
         }
-        // Compaction: fold applied entries into a snapshot now and then.
+        // Compaction: fold applied entries into a snapshot now and then (by
+        // entry count, or by bytes once the log outweighs the state), at the
+        // pace the tick budget allows.
         let log = g.raft.log();
-        if log.applied().saturating_sub(log.snapshot_meta().index) >= self.cfg.snapshot_threshold {
-            let applied = log.applied();
-            if g.kv.applied_index() == applied && g.raft.compact(applied, g.kv.snapshot()) {
-                self.dirty.insert(p);
-            }
+        let by_count =
+            log.applied().saturating_sub(log.snapshot_meta().index) >= self.cfg.snapshot_threshold;
+        let log_bytes = log.entries_bytes() as u64;
+        let by_bytes = log_bytes >= self.cfg.snapshot_threshold_bytes.max(g.kv.data_bytes());
+        let has_ready = g.raft.has_ready();
+        if by_count || by_bytes {
+            self.queue_compaction(p);
         }
-        if g.raft.has_ready() {
+        if has_ready {
             self.dirty.insert(p);
         }
     }
 
-    /// One batch per peer with everything queued for it.
+    /// Everything queued for each peer: the control batch, then the bulk
+    /// batches. A peer with nothing queued gets an empty control batch (the
+    /// node heartbeat).
     fn flush(&mut self) {
         for (to, messages) in std::mem::take(&mut self.outbox) {
             self.last_sent.insert(to, self.now);
-            self.stats.batches_sent += 1;
-            self.transmits.push_back((
-                to,
-                PeerBatch {
+            let (bulk, control): (Vec<GroupMessage>, Vec<GroupMessage>) = messages
+                .into_iter()
+                .partition(|gm| gm.message.body.is_bulk());
+            let mut batches = pack(control, self.cfg.max_batch_bytes);
+            let bulk = pack(take_in_turn(bulk), self.cfg.max_batch_bytes);
+            if batches.is_empty() && bulk.is_empty() {
+                batches.push(Vec::new());
+            }
+            self.stats.bulk_batches_sent += bulk.len() as u64;
+            for messages in batches.into_iter().chain(bulk) {
+                self.stats.batches_sent += 1;
+                let batch = PeerBatch {
                     from: self.id,
                     to,
                     messages,
-                },
-            ));
+                };
+                self.transmits.push_back((to, batch));
+            }
         }
     }
+}
+
+/// Reorders messages so that groups take turns: every group's first message,
+/// then every group's second, and so on (each group's own order is kept).
+fn take_in_turn(messages: Vec<GroupMessage>) -> Vec<GroupMessage> {
+    let mut per_group: BTreeMap<PartitionId, VecDeque<GroupMessage>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for gm in messages {
+        let q = per_group.entry(gm.partition).or_default();
+        if q.is_empty() {
+            order.push(gm.partition);
+        }
+        q.push_back(gm);
+    }
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        for p in &order {
+            if let Some(gm) = per_group.get_mut(p).and_then(VecDeque::pop_front) {
+                out.push(gm);
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
+/// Cuts messages, in order, into runs whose encoded batches stay within
+/// `max_bytes`; a message too large for any batch gets one of its own.
+fn pack(messages: Vec<GroupMessage>, max_bytes: usize) -> Vec<Vec<GroupMessage>> {
+    let budget = max_bytes.saturating_sub(wire::PEER_BATCH_OVERHEAD_BYTES);
+    let mut out: Vec<Vec<GroupMessage>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for gm in messages {
+        let len = wire::group_message_len_bound(&gm);
+        if !current.is_empty() && bytes + len > budget {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += len;
+        current.push(gm);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 fn write_result(outcome: ApplyOutcome, index: u64) -> Result<ClientResponse, ClientError> {

@@ -64,6 +64,46 @@ pub enum WireError {
 
 type Result<T, E = WireError> = std::result::Result<T, E>;
 
+// ----------------------------------------------------------- size bounds
+//
+// Upper bounds on encoded sizes, computed without encoding, so the node can
+// keep every batch under its byte limit cheaply. Each is at least the real
+// size (property-tested below) and at most a few dozen bytes above it. A
+// protobuf field costs its tag (1 byte for numbers below 16), a varint of up
+// to 10 bytes for a u64, and for a length-delimited field a length varint
+// (up to 5 bytes below 4 GiB) before its bytes.
+
+/// A batch's own fields and framing: `from`, `to`, and slack.
+pub const PEER_BATCH_OVERHEAD_BYTES: usize = 32;
+/// A `GroupMessage` around a `RaftMessage` with a body of fixed-size fields:
+/// the group message (tag, length, partition), the Raft message (tag, length,
+/// from, to, term), the body (tag, length, up to three u64 fields and a bool).
+pub const MESSAGE_OVERHEAD_BYTES: usize = 96;
+/// One entry in an append, beyond its data: tag, length, index, term, kind,
+/// and the data's tag and length.
+pub const ENTRY_OVERHEAD_BYTES: usize = 40;
+
+/// A `SnapshotMeta` with `voters` voters: tag, length, index, term, the
+/// membership's tag and length, and a packed run of voters.
+pub fn snapshot_meta_len_bound(voters: usize) -> usize {
+    40 + 11 * voters
+}
+
+/// An upper bound on the bytes `gm` adds to an encoded [`PeerBatch`].
+pub fn group_message_len_bound(gm: &GroupMessage) -> usize {
+    MESSAGE_OVERHEAD_BYTES
+        + match &gm.message.body {
+            MessageBody::Append { entries, .. } => entries
+                .iter()
+                .map(|e| ENTRY_OVERHEAD_BYTES + e.data.len())
+                .sum(),
+            MessageBody::SnapshotChunk { meta, data, .. } => {
+                snapshot_meta_len_bound(meta.membership.voters.len()) + 32 + data.len()
+            }
+            _ => 0,
+        }
+}
+
 /// Encodes a batch for the peer transport.
 pub fn encode_peer_batch(b: &PeerBatch) -> Bytes {
     Bytes::from(peer_batch_to_proto(b).encode_to_vec())
@@ -71,6 +111,12 @@ pub fn encode_peer_batch(b: &PeerBatch) -> Bytes {
 
 /// Decodes and validates a batch received from a peer.
 pub fn decode_peer_batch(buf: &[u8]) -> Result<PeerBatch> {
+    peer_batch_from_proto(pb::PeerBatch::decode(buf)?)
+}
+
+/// [`decode_peer_batch`] from a shared buffer: the entries' data and
+/// snapshot chunks point into `buf` rather than being copied out of it.
+pub fn decode_peer_batch_bytes(buf: Bytes) -> Result<PeerBatch> {
     peer_batch_from_proto(pb::PeerBatch::decode(buf)?)
 }
 
@@ -247,8 +293,20 @@ fn message_to_proto(m: &Message, batch_from: NodeId, batch_to: NodeId) -> pb::Ra
         MessageBody::HeartbeatResponse { round } => {
             PbBody::HeartbeatResponse(rm::HeartbeatResponse { round: *round })
         }
-        MessageBody::InstallSnapshot { snapshot } => PbBody::InstallSnapshot(rm::InstallSnapshot {
-            snapshot: Some(snapshot_to_proto(snapshot)),
+        MessageBody::SnapshotChunk {
+            meta,
+            total_len,
+            offset,
+            data,
+        } => PbBody::SnapshotChunk(rm::SnapshotChunk {
+            meta: Some(snapshot_meta_to_proto(meta)),
+            total_len: *total_len,
+            offset: *offset,
+            data: data.clone(),
+        }),
+        MessageBody::SnapshotAck { index, received } => PbBody::SnapshotAck(rm::SnapshotAck {
+            index: *index,
+            received: *received,
         }),
         MessageBody::TimeoutNow => PbBody::TimeoutNow(rm::TimeoutNow {}),
     };
@@ -376,11 +434,16 @@ fn message_from_proto(m: pb::RaftMessage, batch_from: NodeId, batch_to: NodeId) 
             quiesce: b.quiesce,
         },
         PbBody::HeartbeatResponse(b) => B::HeartbeatResponse { round: b.round },
-        PbBody::InstallSnapshot(b) => B::InstallSnapshot {
-            snapshot: snapshot_from_proto(
-                b.snapshot
-                    .ok_or(WireError::Missing("InstallSnapshot.snapshot"))?,
-            )?,
+        PbBody::InstallSnapshot(_) => {
+            return Err(invalid(
+                "RaftMessage.install_snapshot: retired; snapshots travel as snapshot_chunk"
+                    .to_owned(),
+            ));
+        }
+        PbBody::SnapshotChunk(b) => snapshot_chunk_from_proto(b)?,
+        PbBody::SnapshotAck(b) => B::SnapshotAck {
+            index: b.index,
+            received: b.received,
         },
         PbBody::TimeoutNow(pb::raft_message::TimeoutNow {}) => B::TimeoutNow,
     };
@@ -389,6 +452,33 @@ fn message_from_proto(m: pb::RaftMessage, batch_from: NodeId, batch_to: NodeId) 
         to,
         term,
         body,
+    })
+}
+
+/// A chunk lies inside its image, and only an empty image has an empty chunk.
+fn snapshot_chunk_from_proto(c: pb::raft_message::SnapshotChunk) -> Result<MessageBody> {
+    let meta = snapshot_meta_from_proto(c.meta.ok_or(WireError::Missing("SnapshotChunk.meta"))?)?;
+    let len = c.data.len() as u64;
+    if c.offset
+        .checked_add(len)
+        .is_none_or(|end| end > c.total_len)
+    {
+        return Err(invalid(format!(
+            "SnapshotChunk: bytes {}..+{len} lie beyond the image's {} bytes",
+            c.offset, c.total_len
+        )));
+    }
+    if len == 0 && c.total_len != 0 {
+        return Err(invalid(format!(
+            "SnapshotChunk: empty chunk at offset {} of a {}-byte image",
+            c.offset, c.total_len
+        )));
+    }
+    Ok(MessageBody::SnapshotChunk {
+        meta,
+        total_len: c.total_len,
+        offset: c.offset,
+        data: c.data,
     })
 }
 
@@ -652,7 +742,24 @@ mod tests {
                 }
             }),
             any::<u64>().prop_map(|round| MessageBody::HeartbeatResponse { round }),
-            arb_snapshot().prop_map(|snapshot| MessageBody::InstallSnapshot { snapshot }),
+            (arb_snapshot(), 0..100u64, 0..100u64).prop_map(|(snapshot, before, after)| {
+                // A chunk of some image: `data` somewhere inside it (an
+                // empty chunk only as the whole of an empty image).
+                let len = snapshot.data.len() as u64;
+                let (offset, total_len) = if len == 0 {
+                    (0, 0)
+                } else {
+                    (before, before + len + after)
+                };
+                MessageBody::SnapshotChunk {
+                    meta: snapshot.meta,
+                    total_len,
+                    offset,
+                    data: snapshot.data,
+                }
+            }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(index, received)| MessageBody::SnapshotAck { index, received }),
             Just(MessageBody::TimeoutNow),
         ]
     }
@@ -704,6 +811,31 @@ mod tests {
             let bytes = encode_peer_batch(&batch);
             prop_assert_eq!(decode_peer_batch(&bytes), Ok(batch.clone()));
             prop_assert_eq!(peer_batch_from_proto(peer_batch_to_proto(&batch)), Ok(batch));
+        }
+
+        /// The node packs batches by these bounds: they must never be below
+        /// the real encoded size, or a "full" batch could exceed the
+        /// transport's limit.
+        #[test]
+        fn size_bounds_are_upper_bounds(batch in arb_peer_batch()) {
+            let empty = PeerBatch { from: batch.from, to: batch.to, messages: Vec::new() };
+            let bound = PEER_BATCH_OVERHEAD_BYTES
+                + batch.messages.iter().map(group_message_len_bound).sum::<usize>();
+            let real = encode_peer_batch(&batch).len();
+            prop_assert!(real <= bound, "encoded {} bytes, bound {}", real, bound);
+            prop_assert!(encode_peer_batch(&empty).len() <= PEER_BATCH_OVERHEAD_BYTES);
+            for gm in &batch.messages {
+                let one = PeerBatch { messages: vec![gm.clone()], ..empty.clone() };
+                let added = encode_peer_batch(&one).len() - encode_peer_batch(&empty).len();
+                prop_assert!(added <= group_message_len_bound(gm));
+                // ...and not wildly loose: a few dozen bytes per entry at most.
+                let entries = match &gm.message.body {
+                    MessageBody::Append { entries, .. } => entries.len(),
+                    _ => 0,
+                };
+                let slack = group_message_len_bound(gm) - added;
+                prop_assert!(slack <= 256 + entries * ENTRY_OVERHEAD_BYTES, "{} bytes of slack", slack);
+            }
         }
 
         #[test]
@@ -1075,7 +1207,7 @@ mod tests {
             Err(WireError::Missing("GroupMessage.message"))
         );
 
-        let install = |snapshot| {
+        let with_body = |body| {
             peer_batch_from_proto(pb::PeerBatch {
                 from: 1,
                 to: 2,
@@ -1085,34 +1217,66 @@ mod tests {
                         from: 0,
                         to: 0,
                         term: 1,
-                        body: Some(PbBody::InstallSnapshot(pb::raft_message::InstallSnapshot {
-                            snapshot,
-                        })),
+                        body: Some(body),
                     }),
                 }],
             })
         };
+        let chunk = |meta| {
+            with_body(PbBody::SnapshotChunk(pb::raft_message::SnapshotChunk {
+                meta,
+                total_len: 0,
+                offset: 0,
+                data: Bytes::new(),
+            }))
+        };
+        assert_eq!(chunk(None), Err(WireError::Missing("SnapshotChunk.meta")));
         assert_eq!(
-            install(None),
-            Err(WireError::Missing("InstallSnapshot.snapshot"))
-        );
-        assert_eq!(
-            install(Some(pb::Snapshot {
-                meta: None,
-                data: Bytes::new()
-            })),
-            Err(WireError::Missing("Snapshot.meta"))
-        );
-        assert_eq!(
-            install(Some(pb::Snapshot {
-                meta: Some(pb::SnapshotMeta {
-                    index: 1,
-                    term: 1,
-                    membership: None
-                }),
-                data: Bytes::new()
+            chunk(Some(pb::SnapshotMeta {
+                index: 1,
+                term: 1,
+                membership: None
             })),
             Err(WireError::Missing("SnapshotMeta.membership"))
+        );
+        // The retired whole-snapshot message is refused, not misread.
+        let retired = with_body(PbBody::InstallSnapshot(pb::raft_message::InstallSnapshot {
+            snapshot: None,
+        }));
+        assert!(
+            matches!(&retired, Err(WireError::Invalid(why)) if why.contains("retired")),
+            "{retired:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_snapshot_chunks_outside_their_image() {
+        let meta = snapshot(5, 2, &[1, 2]).meta;
+        let chunk = |total_len, offset, len: usize| {
+            invalid_reason(reencode(&batch_of(
+                2,
+                MessageBody::SnapshotChunk {
+                    meta: meta.clone(),
+                    total_len,
+                    offset,
+                    data: Bytes::from(vec![7u8; len]),
+                },
+            )))
+        };
+        assert_eq!(
+            chunk(10, 8, 4),
+            "SnapshotChunk: bytes 8..+4 lie beyond the image's 10 bytes (partition p7)"
+        );
+        assert_eq!(
+            chunk(10, u64::MAX, 1),
+            format!(
+                "SnapshotChunk: bytes {}..+1 lie beyond the image's 10 bytes (partition p7)",
+                u64::MAX
+            )
+        );
+        assert_eq!(
+            chunk(10, 3, 0),
+            "SnapshotChunk: empty chunk at offset 3 of a 10-byte image (partition p7)"
         );
     }
 
@@ -1120,8 +1284,11 @@ mod tests {
     fn rejects_snapshot_without_voters() {
         let why = invalid_reason(reencode(&batch_of(
             2,
-            MessageBody::InstallSnapshot {
-                snapshot: snapshot(5, 2, &[]),
+            MessageBody::SnapshotChunk {
+                meta: snapshot(5, 2, &[]).meta,
+                total_len: 0,
+                offset: 0,
+                data: Bytes::new(),
             },
         )));
         assert_eq!(

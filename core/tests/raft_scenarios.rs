@@ -5,12 +5,14 @@
 //! changes) is an `insta` snapshot, reviewed like code.
 //!
 //! Commands (one per line; `#` lines are narration, copied to the output):
-//! - `add-nodes N [election=E] [heartbeat=H] [drift_ppm=P] [quiesce=Q] [max_entries=M]`
+//! - `add-nodes N [election=E] [heartbeat=H] [drift_ppm=P] [quiesce=Q] [max_entries=M]
+//!   [snapshot_chunk=BYTES] [snapshot_window=CHUNKS]`
 //! - `campaign I` — node I starts an election now
 //! - `tick I[,J..] [COUNT]` — COUNT logical ticks on each node listed (no processing)
 //! - `tick-election I` — tick node I until it has output, i.e. campaigns (at most 3 timeouts)
 //! - `process-ready I` — drain node I's outputs: persist, apply, queue messages
 //! - `deliver-msgs [I]` — deliver queued messages (to node I only, if given)
+//! - `drop-msg I K` — lose the K-th (from 1) queued message to node I
 //! - `stabilize` — process and deliver until nothing moves
 //! - `partition A,B C` — only nodes in the same group can talk; `heal`
 //! - `propose I DATA`, `read I CTX [lease]`, `transfer I J`, `compact I INDEX`
@@ -112,6 +114,8 @@ impl Harness {
                         "drift_ppm" => self.cfg.max_clock_drift_ppm = v as u32,
                         "quiesce" => self.cfg.quiesce_after_ticks = v as u32,
                         "max_entries" => self.cfg.max_entries_per_msg = v as usize,
+                        "snapshot_chunk" => self.cfg.snapshot_chunk_bytes = v as usize,
+                        "snapshot_window" => self.cfg.max_snapshot_chunks_inflight = v as usize,
                         _ => panic!("unknown option {k}"),
                     }
                 }
@@ -167,6 +171,19 @@ impl Harness {
             "deliver-msgs" => {
                 let to = args.get(1).map(|s| Self::num(s));
                 self.deliver(to);
+            }
+            "drop-msg" => {
+                let (to, k) = (Self::num(args[1]), Self::num(args[2]) as usize);
+                let pos = self
+                    .queue
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.to.0 == to)
+                    .nth(k - 1)
+                    .map(|(i, _)| i)
+                    .unwrap_or_else(|| panic!("no message {k} queued for n{to}"));
+                let m = self.queue.remove(pos).expect("found above");
+                self.line(format!("  lost {m:?}"));
             }
             "stabilize" => self.stabilize(),
             "partition" => {
@@ -270,6 +287,11 @@ impl Harness {
         if r.is_quiesced() {
             s.push_str(" quiesced");
         }
+        if let Some((index, held, total)) = r.incoming_snapshot_progress() {
+            s.push_str(&format!(
+                " receiving snapshot {index} ({held} of {total} bytes)"
+            ));
+        }
         if r.is_leader() {
             for &v in r.membership().voters.iter().filter(|&&v| v != r.id()) {
                 if let Some(pr) = r.progress(v) {
@@ -277,6 +299,9 @@ impl Harness {
                         "\n    {v}: match={} next={} {:?}",
                         pr.matched, pr.next, pr.state
                     ));
+                    if let Some((acked, total)) = r.outgoing_snapshot_progress(v) {
+                        s.push_str(&format!(" (acknowledged {acked} of {total} bytes)"));
+                    }
                 }
             }
         }
@@ -434,6 +459,7 @@ scenario!(
     stale_read_index,
     lease_read_drift,
     snapshot_install,
+    snapshot_chunks,
     leadership_transfer,
     quiesce,
 );

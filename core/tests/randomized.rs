@@ -13,6 +13,11 @@
 //!   durable term never decreases, across restarts too;
 //! - acknowledged writes are in the committed log at the revision reported.
 //!
+//! Besides network, disk and crash faults, the transport's own signals are
+//! injected: a link reported congested (no entries or snapshot chunks may go
+//! over it until it clears) and a peer reported unreachable (streaming
+//! falls back to probing).
+//!
 //! Every batch and WAL record goes through the wire codec on the way.
 //!
 //! At the end the network heals and every partition must elect a leader and
@@ -73,6 +78,8 @@ struct Sim {
     net: Vec<InFlight>,
     seq: u64,
     cut: BTreeSet<(u64, u64)>,
+    /// Links (from, to) a node was told are congested.
+    congested: BTreeSet<(u64, u64)>,
     drop_rate: f64,
     dup_rate: f64,
     /// Global committed log per partition: index -> (term, kind, data).
@@ -101,6 +108,17 @@ fn config(id: u64, n: u64) -> NodeConfig {
     cfg.snapshot_threshold = 16;
     cfg.raft.max_inflight_msgs = 4;
     cfg.raft.max_entries_per_msg = 4;
+    // Byte limits scaled down to this workload's small values, so that
+    // appends are cut by bytes, windows fill by bytes, snapshots travel in
+    // several chunks (and restart when a node crashes mid-transfer), batches
+    // are split, and compactions queue up behind the per-tick budget.
+    cfg.raft.max_bytes_per_msg = 64;
+    cfg.raft.max_inflight_bytes = 128;
+    cfg.raft.snapshot_chunk_bytes = 48;
+    cfg.raft.max_snapshot_chunks_inflight = 2;
+    cfg.max_batch_bytes = 1024;
+    cfg.snapshot_threshold_bytes = 256;
+    cfg.max_snapshot_bytes_per_tick = 64;
     cfg
 }
 
@@ -141,6 +159,7 @@ impl Sim {
             net: Vec::new(),
             seq: 0,
             cut: BTreeSet::new(),
+            congested: BTreeSet::new(),
             drop_rate,
             dup_rate,
             committed: BTreeMap::new(),
@@ -395,8 +414,45 @@ impl Sim {
         }
     }
 
+    /// What a driver tells its node about a link: congested, clear again,
+    /// or messages dropped (unreachable).
+    fn transport_signal(&mut self) {
+        let n = self.n() as u64;
+        let (a, b) = (self.rng.random_range(1..=n), self.rng.random_range(1..=n));
+        let i = (a - 1) as usize;
+        if a == b || self.nodes[i].node.is_none() {
+            return;
+        }
+        let now = self.now;
+        let peer = NodeId(b);
+        let unreachable = self.rng.random_bool(0.3);
+        let congested = !unreachable && !self.congested.contains(&(a, b));
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return;
+        };
+        if unreachable {
+            let _ = writeln!(self.trace, "{now} n{a}: {peer} unreachable");
+            node.handle_unreachable(now, peer);
+        } else {
+            let _ = writeln!(
+                self.trace,
+                "{now} n{a}: link to {peer} congested={congested}"
+            );
+            node.handle_peer_congestion(now, peer, congested);
+            if congested {
+                self.congested.insert((a, b));
+            } else {
+                self.congested.remove(&(a, b));
+            }
+        }
+        self.drain(i);
+    }
+
     fn crash(&mut self, i: usize) {
         let _ = writeln!(self.trace, "{} crash n{}", self.now, i + 1);
+        // A restarted node's transport starts with every link clear.
+        let id = (i + 1) as u64;
+        self.congested.retain(|&(from, _)| from != id);
         self.nodes[i].node = None;
         // Writes not yet durable are lost; a prefix of them may have made it.
         let pending = std::mem::take(&mut self.nodes[i].pending_io);
@@ -455,7 +511,8 @@ impl Sim {
                     }
                 }
             }
-            89..=92 => self.cut.clear(),
+            89 => self.transport_signal(),
+            90..=92 => self.cut.clear(),
             93..=94 => {
                 let i = self.rng.random_range(0..self.n());
                 if self.nodes[i].node.is_some() {
@@ -616,6 +673,14 @@ impl Sim {
                 self.restart(i);
             }
         }
+        for (a, b) in std::mem::take(&mut self.congested) {
+            let i = (a - 1) as usize;
+            let now = self.now;
+            if let Some(node) = self.nodes[i].node.as_mut() {
+                node.handle_peer_congestion(now, NodeId(b), false);
+            }
+            self.drain(i);
+        }
         // Run quietly: time passes, every IO completes promptly.
         self.run_quietly(3000);
         // Write once more to every partition so that every replica has applied
@@ -729,7 +794,7 @@ fn replay() {
     }
 }
 
-/// Regression: a follower whose InstallSnapshot message was lost waited for it
+/// Regression: a follower whose snapshot message was lost waited for it
 /// forever, so its partition never converged after healing.
 #[test]
 fn seed_54_lost_snapshot_is_retried() {

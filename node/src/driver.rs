@@ -10,12 +10,11 @@
 //! previous write was in flight, with one sync for all of them (group commit),
 //! then reports the newest one durable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ringkv_core::detector::PeerStatus;
 use ringkv_core::io::{IoId, IoRequest, PeerBatch};
 use ringkv_core::node::{
     ClientError, ClientRequest, ClientResponse, Event, Node, NodeStats, Reply, RequestId,
@@ -27,6 +26,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::clock::Clock;
 use crate::storage::{Storage, StorageStats};
 use crate::transport::{Forwarder, PeerSenders};
+use crate::view::build_view;
+pub use crate::view::{ClusterView, MemberView, PartitionView};
 
 /// What a client call gets back.
 pub type ClientResult = Result<ClientResponse, ClientError>;
@@ -68,46 +69,6 @@ pub struct PartitionDigest {
     pub partition: PartitionId,
     pub applied_index: u64,
     pub digest: u64,
-}
-
-/// This node's view of the cluster, refreshed a few times per second.
-#[derive(Debug, Clone)]
-pub struct ClusterView {
-    pub node_id: NodeId,
-    pub members: Vec<MemberView>,
-    pub partitions: Vec<PartitionView>,
-    /// Set once every partition this node replicates knows its leader.
-    pub ready: bool,
-    /// The core's counters.
-    pub stats: NodeStats,
-    /// Client requests inside the core right now.
-    pub pending_requests: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct MemberView {
-    pub id: NodeId,
-    /// "self", "up" or "down".
-    pub health: &'static str,
-    pub phi: f64,
-}
-
-#[derive(Debug, Clone)]
-pub struct PartitionView {
-    pub partition: PartitionId,
-    pub replicas: Vec<NodeId>,
-    /// Known only where this node replicates the partition.
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub keys: u64,
-}
-
-impl ClusterView {
-    pub fn leader_of(&self, p: PartitionId) -> Option<NodeId> {
-        self.partitions.get(p.0 as usize).and_then(|v| v.leader)
-    }
 }
 
 /// The handle the APIs use to reach the core.
@@ -223,6 +184,7 @@ impl Driver {
             ready: false,
             stats: NodeStats::default(),
             pending_requests: 0,
+            compactions_queued: 0,
         }));
         let stopped = Arc::new(AtomicBool::new(false));
         let (storage_stats_tx, storage_stats) = watch::channel(storage.stats());
@@ -271,6 +233,7 @@ impl Driver {
         loop {
             let deadline = self.node.poll_timeout();
             let sleep = deadline.map(|d| self.clock.sleep_until(d));
+            let cleared = self.io.peers.cleared();
             // `biased` (inputs first; the deadline is re-checked below either
             // way): an unbiased select! draws from tokio's thread-local RNG,
             // seeded from a process-wide counter, so a seed would not replay
@@ -287,6 +250,8 @@ impl Driver {
                         }
                     }
                 }
+                // A congested link cleared: outputs are drained below.
+                () = cleared => {}
                 () = async { match sleep { Some(s) => s.await, None => std::future::pending().await } } => {}
             }
             let now = self.clock.now();
@@ -315,11 +280,7 @@ impl Driver {
                 self.node.handle_request(now, id, req);
             }
             Input::Persisted(io) => self.node.handle_persisted(now, io),
-            Input::Compact(partitions) => {
-                for p in partitions {
-                    let _ = self.node.compact_partition(now, p);
-                }
-            }
+            Input::Compact(partitions) => self.node.handle_compaction_request(now, &partitions),
             Input::StorageFailed(e) => {
                 tracing::error!(error = %e, "storage failed; stopping this node");
                 return Err(e);
@@ -345,6 +306,20 @@ impl Driver {
     }
 
     fn drain_outputs(&mut self) {
+        // Batches the transport had to drop since the last turn (a full
+        // queue, a broken stream): the core stops streaming to those peers
+        // until they answer again.
+        let unreachable = self.io.peers.take_unreachable();
+        let congestion = self.io.peers.congestion_changes();
+        if !unreachable.is_empty() || !congestion.is_empty() {
+            let now = self.clock.now();
+            for peer in unreachable {
+                self.node.handle_unreachable(now, peer);
+            }
+            for (peer, congested) in congestion {
+                self.node.handle_peer_congestion(now, peer, congested);
+            }
+        }
         while let Some(io) = self.node.poll_io() {
             // The storage task lives as long as the driver; if it is gone the
             // node is stopping and the records need no home.
@@ -402,77 +377,6 @@ fn log_event(event: &Event) {
         Event::DroppedBatch { from, reason } => {
             tracing::warn!(from = %from, reason, "dropped a peer batch");
         }
-    }
-}
-
-fn build_view(node: &Node, now: Time) -> ClusterView {
-    let me = node.id();
-    let detector = node.detector();
-    let mut status: BTreeMap<NodeId, PeerStatus> = BTreeMap::new();
-    for (peer, s, _) in detector.peers() {
-        status.insert(peer, s);
-    }
-    let members = node
-        .ring()
-        .members()
-        .iter()
-        .map(|&id| {
-            if id == me {
-                MemberView {
-                    id,
-                    health: "self",
-                    phi: 0.0,
-                }
-            } else {
-                let up = matches!(status.get(&id), Some(PeerStatus::Up));
-                MemberView {
-                    id,
-                    health: if up { "up" } else { "down" },
-                    phi: detector.phi(id, now),
-                }
-            }
-        })
-        .collect();
-    let mut ready = true;
-    let partitions = node
-        .ring()
-        .partitions()
-        .map(|p| {
-            let replicas = node.ring().replicas(p).to_vec();
-            match (node.raft(p), node.kv(p)) {
-                (Some(raft), Some(kv)) => {
-                    if raft.leader().is_none() {
-                        ready = false;
-                    }
-                    PartitionView {
-                        partition: p,
-                        replicas,
-                        leader: raft.leader(),
-                        term: raft.term(),
-                        commit_index: raft.log().committed(),
-                        applied_index: kv.applied_index(),
-                        keys: kv.len() as u64,
-                    }
-                }
-                _ => PartitionView {
-                    partition: p,
-                    replicas,
-                    leader: None,
-                    term: 0,
-                    commit_index: 0,
-                    applied_index: 0,
-                    keys: 0,
-                },
-            }
-        })
-        .collect();
-    ClusterView {
-        node_id: me,
-        members,
-        partitions,
-        ready,
-        stats: node.stats().clone(),
-        pending_requests: node.pending_requests(),
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! - [`server`]: starts a node (storage, core, transport, APIs).
 //! - [`driver`]: the event loop around the core.
+//! - [`view`]: the cluster as this node sees it (status, metrics, readiness).
 //! - [`transport`]: peer streams and request forwarding over gRPC.
 //! - [`storage`]: WAL segments, snapshots, recovery.
 //! - [`api`]: gRPC and REST client APIs.
@@ -23,3 +24,21 @@ pub mod driver;
 pub mod server;
 pub mod storage;
 pub mod transport;
+pub mod view;
+
+/// An error and its sources on one line, "a: b: c", skipping a source whose
+/// text the line already holds (tonic's transport errors say only
+/// "transport error" at the top; the cause is below).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}

@@ -18,9 +18,7 @@ use crate::config::ServerConfig;
 use crate::disk::Disk;
 use crate::driver::{Driver, DriverIo, NodeHandle};
 use crate::storage::{NodeMeta, Storage, StorageOptions};
-use crate::transport::{
-    Forwarder, PeerSenders, PeerService, STREAM_IDLE_HEARTBEATS, TransportStats,
-};
+use crate::transport::{Forwarder, PeerSenders, PeerService, TransportLimits, TransportStats};
 
 /// A running node.
 pub struct Server {
@@ -64,13 +62,19 @@ impl Server {
         })?;
         let node = Node::new(config.node_config(), seed, recovered)
             .context("cannot start the node's core")?;
-        // Every live peer sends us a batch at least this often; a stream
-        // silent for many such intervals is stalled (see `transport`).
-        let peer_idle_timeout = node.config().peer_heartbeat_interval() * STREAM_IDLE_HEARTBEATS;
+        // Frame limits follow from the core's batch and value limits; the
+        // idle timeout from its heartbeat interval (see `transport`).
+        let limits = TransportLimits::for_node(node.config());
 
         let stats = Arc::new(TransportStats::default());
         #[cfg(not(madsim))]
-        let peers = PeerSenders::start(config.node_id, &config.peers, clock.clone(), stats.clone());
+        let peers = PeerSenders::start(
+            config.node_id,
+            &config.peers,
+            clock.clone(),
+            stats.clone(),
+            limits,
+        );
         #[cfg(madsim)]
         let peers = match &config.peer_faults {
             Some(hook) => PeerSenders::start_with_faults(
@@ -78,9 +82,16 @@ impl Server {
                 &config.peers,
                 clock.clone(),
                 stats.clone(),
+                limits,
                 hook.clone(),
             ),
-            None => PeerSenders::start(config.node_id, &config.peers, clock.clone(), stats.clone()),
+            None => PeerSenders::start(
+                config.node_id,
+                &config.peers,
+                clock.clone(),
+                stats.clone(),
+                limits,
+            ),
         };
         // A forwarded call waits a little longer than the remote node's own
         // request timeout, so the remote's answer (even "outcome unknown") wins.
@@ -90,6 +101,7 @@ impl Server {
             &config.peers,
             forward_timeout,
             stats.clone(),
+            limits,
         );
         let (driver, handle) =
             Driver::new(node, storage, clock.clone(), DriverIo { peers, forwarder });
@@ -98,19 +110,30 @@ impl Server {
 
         let addrs = Arc::new(config.peers.clone());
         let grpc_addr = config.grpc_listen;
-        let grpc_router = tonic::transport::Server::builder()
-            .add_service(KvServer::new(KvService::new(handle.clone())))
+        // A client message holds at most one key and one value.
+        let client_limit = config.max_key_bytes + config.max_value_bytes + (64 << 10);
+        let grpc_router = crate::transport::tune_server(tonic::transport::Server::builder())
+            .add_service(
+                KvServer::new(KvService::new(handle.clone()))
+                    .max_decoding_message_size(client_limit)
+                    .max_encoding_message_size(client_limit),
+            )
             .add_service(ClusterServer::new(ClusterService::new(
                 handle.clone(),
                 addrs.clone(),
             )))
-            .add_service(PeerServer::new(PeerService::new(
-                input,
-                handle.clone(),
-                stats.clone(),
-                clock,
-                peer_idle_timeout,
-            )));
+            .add_service(
+                PeerServer::new(PeerService::new(
+                    input,
+                    handle.clone(),
+                    stats.clone(),
+                    clock,
+                    limits.idle_timeout,
+                    limits.max_frame_bytes,
+                ))
+                .max_decoding_message_size(limits.grpc_message_limit())
+                .max_encoding_message_size(limits.grpc_message_limit()),
+            );
         let mut rx = shutdown_rx.clone();
         let grpc = tokio::spawn(async move {
             grpc_router

@@ -1,6 +1,8 @@
-//! The peer transport refuses what it cannot decode: a garbage frame on a
-//! peer stream is dropped and counted, the stream and the node keep working,
-//! and a well-formed batch from a stranger is refused by the core.
+//! The peer transport refuses what it cannot decode or what is too large: a
+//! garbage frame on a peer stream is dropped and counted, the stream and the
+//! node keep working, and a well-formed batch from a stranger is refused by
+//! the core; a frame over the frame limit closes its stream with a reason.
+//! Streams that go silent are closed; keepalives keep quiet ones open.
 
 #![cfg(not(madsim))]
 
@@ -91,8 +93,9 @@ async fn undecodable_peer_frames_are_dropped_and_counted() {
         .expect("the stream is accepted and closed cleanly");
 
     assert_eq!(stats.batches_received.load(Ordering::Relaxed), 3);
-    // The garbage frame and the empty one (no sender) fail to decode.
-    assert_eq!(stats.decode_failures.load(Ordering::Relaxed), 2);
+    // The garbage frame fails to decode; the empty one is a keepalive.
+    assert_eq!(stats.decode_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.keepalives_received.load(Ordering::Relaxed), 1);
     // The well-formed batch from a non-member reaches the core, which refuses it.
     wait_until("the core to refuse the stranger's batch", || {
         node.view().stats.batches_dropped == 1
@@ -156,5 +159,71 @@ async fn a_silent_peer_stream_is_closed_so_its_sender_redials() {
     );
     assert_eq!(stats.batches_received.load(Ordering::Relaxed), 1);
     assert_eq!(stats.idle_streams_closed.load(Ordering::Relaxed), 1);
+    server.stop().await;
+}
+
+/// A frame over the frame limit is refused before it is decoded: the
+/// receiver closes the stream with a status that names both sizes (so the
+/// sender's log says why), counts it, and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_closes_its_stream_with_the_reason() {
+    let (server, client) = ready_node_and_peer_client().await;
+    let stats = server.stats.clone();
+    let limit = ringkv_node::transport::TransportLimits::for_node(
+        &ServerConfig::new(NodeId(1), BTreeMap::new(), free_addr(), "/x".into()).node_config(),
+    )
+    .max_frame_bytes;
+    let mut client = client.max_encoding_message_size(usize::MAX);
+    let frame = pb::PeerFrame {
+        batch: Bytes::from(vec![0u8; limit + 1000]),
+    };
+    let status = client
+        .batches(tokio_stream::iter([frame]))
+        .await
+        .expect_err("the stream is refused");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("exceeds the") && status.message().contains("MiB limit"),
+        "{status:?}"
+    );
+    assert_eq!(stats.frames_too_large_in.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.decode_failures.load(Ordering::Relaxed), 0);
+    let put = server
+        .node
+        .request(ClientRequest::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            precondition: Default::default(),
+        })
+        .await;
+    assert!(put.is_ok(), "the node keeps serving: {put:?}");
+    server.stop().await;
+}
+
+/// Keepalive frames (empty) keep a stream that has nothing else to carry
+/// open well past the idle timeout, and never reach the core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_hold_a_quiet_stream_open() {
+    let (server, mut client) = ready_node_and_peer_client().await;
+    let stats = server.stats.clone();
+    let keepalives = tokio_stream::StreamExt::throttle(
+        tokio_stream::iter((0..12).map(|_| pb::PeerFrame {
+            batch: Bytes::new(),
+        })),
+        Duration::from_millis(200),
+    );
+    let started = tokio::time::Instant::now();
+    client
+        .batches(keepalives)
+        .await
+        .expect("a stream of keepalives is never closed as idle");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stats.keepalives_received.load(Ordering::Relaxed), 12);
+    assert_eq!(stats.idle_streams_closed.load(Ordering::Relaxed), 0);
+    assert_eq!(server.node.view().stats.batches_received, 0);
     server.stop().await;
 }

@@ -14,6 +14,16 @@
 //! transport error, `internal`, the client-side deadline) is `Unknown`. A read
 //! that fails had no effect either way, so it is always `Fail`. A request that
 //! never left the client (the connection could not be opened) is `Fail`.
+//!
+//! **Large values** ([`LargeValues`]): some runs make a fraction of the puts
+//! carry values up to the node's limit. The history holds them in a compact
+//! form, `<unique prefix>~<length>` ([`expand`] is the bytes on the wire:
+//! the prefix, `|`, then the prefix repeated to the length), and a value read
+//! back is put in compact form only if every one of its bytes is what
+//! `expand` makes of that form; otherwise it is recorded as `corrupt-…`.
+//! Either way a damaged value (a flipped byte, a cut tail) reads back as a
+//! value nobody wrote, which the checkers reject. So histories stay small and readable,
+//! and a byte lost or misplaced anywhere in a megabyte is still caught.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,6 +62,17 @@ pub struct ClientConfig {
     pub op_timeout: Duration,
     /// Pause between operations, drawn uniformly from `0..=max_think`.
     pub max_think: Duration,
+    /// Whether some puts carry large values, and how large.
+    pub large_values: Option<LargeValues>,
+}
+
+/// Puts with large values: each put is large with probability `fraction`;
+/// a large value has `max_bytes` bytes (a third of them) or a length drawn
+/// from `max_bytes / 2..=max_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LargeValues {
+    pub fraction: f64,
+    pub max_bytes: usize,
 }
 
 impl ClientConfig {
@@ -68,6 +89,7 @@ impl ClientConfig {
             stop,
             op_timeout: Duration::from_secs(3),
             max_think: Duration::from_millis(200),
+            large_values: None,
         }
     }
 }
@@ -173,7 +195,7 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
             timeout_at(deadline, kv.get(req)).await.map(|r| {
                 r.map(|resp| {
                     Response::Value(resp.into_inner().kv.map(|kv| ValueVersion {
-                        value: kv.value,
+                        value: compact(kv.value),
                         version: kv.version,
                         mod_revision: kv.mod_revision,
                     }))
@@ -187,7 +209,7 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
         } => {
             let req = pb::PutRequest {
                 key,
-                value,
+                value: expand(&value),
                 precondition: precondition_to_proto(&precondition),
             };
             timeout_at(deadline, kv.put(req)).await.map(|r| {
@@ -219,6 +241,52 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
         Err(_) if is_write => Outcome::Unknown,
         Err(_) => not_applied("client deadline".to_owned()),
     }
+}
+
+/// The bytes a value in the history stands for: a compact large value
+/// `<prefix>~<length>` becomes `length` bytes (the prefix, `|`, then the
+/// prefix repeated); any other value is itself.
+pub fn expand(value: &Bytes) -> Bytes {
+    let Some((prefix, len)) = parse_compact(value) else {
+        return value.clone();
+    };
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(prefix);
+    out.push(b'|');
+    while out.len() < len {
+        let take = (len - out.len()).min(prefix.len());
+        out.extend_from_slice(&prefix[..take]);
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+/// The history's form of a value read back: a large value becomes
+/// `<prefix>~<length>` if all its bytes are what [`expand`] makes of that,
+/// else `corrupt-<prefix>~<length>`; any other value is itself.
+pub fn compact(value: Bytes) -> Bytes {
+    let Some(bar) = value.iter().position(|&b| b == b'|') else {
+        return value;
+    };
+    let form = Bytes::from(format!("{}~{}", value[..bar].escape_ascii(), value.len()));
+    if parse_compact(&form).is_some() && expand(&form) == value {
+        form
+    } else {
+        Bytes::from(format!("corrupt-{}", form.escape_ascii()))
+    }
+}
+
+/// `<prefix>~<length>` with a non-empty prefix free of `|` and `~`, and a
+/// length that fits the prefix and the bar.
+fn parse_compact(value: &[u8]) -> Option<(&[u8], usize)> {
+    let tilde = value.iter().rposition(|&b| b == b'~')?;
+    let (prefix, len) = (&value[..tilde], &value[tilde + 1..]);
+    let len: usize = std::str::from_utf8(len).ok()?.parse().ok()?;
+    let valid = !prefix.is_empty()
+        && !prefix.contains(&b'|')
+        && !prefix.contains(&b'~')
+        && len > prefix.len();
+    valid.then_some((prefix, len))
 }
 
 /// `tokio::time::timeout_at`, which madsim's tokio lacks.
@@ -301,7 +369,14 @@ pub async fn run_client(config: ClientConfig, recorder: SharedRecorder) -> Clien
             }
             None => {
                 let key = config.keys[rng.random_range(0..config.keys.len())].clone();
-                let request = pick_request(&mut rng, config.client, &mut n, key.clone(), &seen);
+                let request = pick_request(
+                    &mut rng,
+                    config.client,
+                    config.large_values,
+                    &mut n,
+                    key.clone(),
+                    &seen,
+                );
                 (key, request)
             }
         };
@@ -353,13 +428,27 @@ pub async fn run_client(config: ClientConfig, recorder: SharedRecorder) -> Clien
 fn pick_request(
     rng: &mut ChaCha8Rng,
     client: ClientId,
+    large: Option<LargeValues>,
     n: &mut u64,
     key: Bytes,
     seen: &HashMap<Bytes, u64>,
 ) -> Request {
+    // Drawn only when large values are on, so that runs without them replay
+    // exactly as before.
+    let large_len = match large {
+        Some(l) if rng.random_bool(l.fraction) => Some(if rng.random_ratio(1, 3) {
+            l.max_bytes
+        } else {
+            rng.random_range(l.max_bytes / 2..=l.max_bytes)
+        }),
+        _ => None,
+    };
     let mut value = || {
         *n += 1;
-        Bytes::from(format!("c{client}-{n}"))
+        match large_len {
+            Some(len) => Bytes::from(format!("c{client}-{n}~{len}")),
+            None => Bytes::from(format!("c{client}-{n}")),
+        }
     };
     match rng.random_range(0..100u32) {
         0..20 => Request::Get {
@@ -404,5 +493,33 @@ fn pick_request(
             };
             Request::Delete { key, precondition }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_values_expand_and_compact_back() {
+        let compact_form = Bytes::from_static(b"c3-17~1000");
+        let wire = expand(&compact_form);
+        assert_eq!(wire.len(), 1000);
+        assert!(wire.starts_with(b"c3-17|c3-17c3-17"));
+        assert_eq!(compact(wire.clone()), compact_form);
+        // Small values are themselves both ways.
+        assert_eq!(expand(&Bytes::from_static(b"c1-2")), "c1-2");
+        assert_eq!(compact(Bytes::from_static(b"c1-2")), "c1-2");
+    }
+
+    #[test]
+    fn a_damaged_large_value_reads_back_as_a_value_nobody_wrote() {
+        let wire = expand(&Bytes::from_static(b"c3-17~1000"));
+        let mut flipped = wire.to_vec();
+        flipped[700] ^= 1;
+        assert_eq!(compact(Bytes::from(flipped)), "corrupt-c3-17~1000");
+        // A cut value names a length nobody wrote: the checkers see a value
+        // that was never put.
+        assert_eq!(compact(wire.slice(..999)), "c3-17~999");
     }
 }

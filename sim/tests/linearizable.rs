@@ -2,7 +2,10 @@
 //! 4–6 concurrent clients, 30 s of simulated time with a seeded swarm
 //! nemesis, then heal, check that every partition takes writes again, read
 //! every key linearizably, run every history checker and compare the
-//! replicas of each partition by content digest.
+//! replicas of each partition by content digest. In a quarter of the seeds
+//! a tenth of the puts carry values of half the node's limit up to the limit
+//! itself (1 MiB), so that appends and snapshots far larger than a message
+//! cross the transport, which enforces its frame limit here as in production.
 //!
 //! Every seed that passes prints one line starting `seed <n>:` and ending in
 //! `passed`; `scripts/test.sh` counts them.
@@ -26,7 +29,9 @@ use ringkv_sim::checker::{self, KeyVerdict, LinearizabilityConfig, no_lost_write
 use ringkv_sim::cluster::{ClusterOptions, SimCluster};
 use ringkv_sim::history::{Consistency, Outcome, Precondition, Recorder, Request};
 use ringkv_sim::nemesis::{Nemesis, NemesisConfig};
-use ringkv_sim::workload::{self, ClientConfig, ClientStats, SharedRecorder, elapsed_ms};
+use ringkv_sim::workload::{
+    self, ClientConfig, ClientStats, LargeValues, SharedRecorder, elapsed_ms,
+};
 use tokio::time::Instant;
 
 const KEYS: usize = 8;
@@ -160,9 +165,18 @@ async fn histories_under_faults_are_linearizable() {
     let recorder: SharedRecorder = Arc::new(Mutex::new(Recorder::new()));
     let clients: u32 = rng.random_range(4..=6);
     let stop = Instant::now() + RUN;
+    // From an RNG of its own, so that the rest of a seed's run (nodes,
+    // clients, faults) is what it is without large values.
+    let large_values = ChaCha8Rng::seed_from_u64(seed ^ 0x01A4_6E5A_10E5)
+        .random_ratio(1, 4)
+        .then_some(LargeValues {
+            fraction: 0.1,
+            max_bytes: ringkv_node::config::defaults::MAX_VALUE_BYTES,
+        });
     let template = ClientConfig {
         op_timeout: OP_TIMEOUT,
         max_think: Duration::from_millis(200),
+        large_values,
         ..ClientConfig::new(keys.clone(), start, stop)
     };
     let tasks = workload::spawn_clients(&mut cluster, clients, &mut rng, &template, &recorder);
@@ -295,12 +309,17 @@ async fn histories_under_faults_are_linearizable() {
         .max()
         .unwrap_or(0);
     println!(
-        "seed {seed}: {nodes} nodes, {} ops ({} ok / {} fail / {} unknown by clients), {} clients, {} faults [{}], max {max_steps} steps/key, converged in {}ms, {}",
+        "seed {seed}: {nodes} nodes, {} ops ({} ok / {} fail / {} unknown by clients), {} clients{}, {} faults [{}], max {max_steps} steps/key, converged in {}ms, {}",
         history.len(),
         stats.ok,
         stats.fail,
         stats.unknown,
         clients,
+        if large_values.is_some() {
+            " (large values)"
+        } else {
+            ""
+        },
         nemesis.faults(),
         nemesis.config().describe(),
         converge_time.as_millis(),

@@ -27,6 +27,8 @@ pub struct RaftLog {
     /// The snapshot image, kept to send to followers behind the compacted log.
     snapshot_data: Option<Bytes>,
     entries: Vec<Entry>,
+    /// Payload bytes of `entries` (what compaction by size looks at).
+    entries_bytes: usize,
     committed: u64,
     applied: u64,
     /// Entries at or after this index have not yet been handed out to persist.
@@ -59,6 +61,7 @@ impl RaftLog {
         let last = entries.last().map_or(meta.index, |e| e.index);
         let committed = commit.clamp(meta.index, last);
         RaftLog {
+            entries_bytes: payload_bytes(&entries),
             applied: meta.index,
             committed,
             unsaved_from: last + 1,
@@ -97,6 +100,11 @@ impl RaftLog {
 
     pub fn snapshot_meta(&self) -> &SnapshotMeta {
         &self.snapshot
+    }
+
+    /// Payload bytes of the entries after the snapshot.
+    pub fn entries_bytes(&self) -> usize {
+        self.entries_bytes
     }
 
     /// The latest snapshot, if the log was ever compacted.
@@ -160,6 +168,7 @@ impl RaftLog {
         for e in entries {
             debug_assert_eq!(e.index, self.last_index() + 1);
             debug_assert!(e.term >= self.last_term());
+            self.entries_bytes += e.data.len();
             self.entries.push(e);
         }
     }
@@ -190,10 +199,13 @@ impl RaftLog {
                 "a committed entry ({at}) would be overwritten (Raft §5.4)"
             );
             if at <= self.last_index() {
-                self.entries.truncate((at - self.first_index()) as usize);
+                let keep = (at - self.first_index()) as usize;
+                self.entries_bytes -= payload_bytes(&self.entries[keep..]);
+                self.entries.truncate(keep);
                 self.persisted = self.persisted.min(at - 1);
             }
             self.unsaved_from = self.unsaved_from.min(at);
+            self.entries_bytes += payload_bytes(&new);
             self.entries.extend(new);
         }
         Some(last_new)
@@ -262,6 +274,7 @@ impl RaftLog {
         let meta = snapshot.meta.clone();
         assert!(meta.index > self.committed);
         self.entries.clear();
+        self.entries_bytes = 0;
         self.committed = meta.index;
         self.applied = meta.index;
         self.unsaved_from = meta.index + 1;
@@ -288,6 +301,7 @@ impl RaftLog {
         assert!(meta.index > self.snapshot.index);
         assert_eq!(self.term(meta.index), Some(meta.term));
         let drop = (meta.index - self.snapshot.index) as usize;
+        self.entries_bytes -= payload_bytes(&self.entries[..drop]);
         self.entries.drain(..drop);
         self.snapshot = meta.clone();
         self.snapshot_data = Some(data.clone());
@@ -301,4 +315,8 @@ impl RaftLog {
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
+}
+
+fn payload_bytes(entries: &[Entry]) -> usize {
+    entries.iter().map(|e| e.data.len()).sum()
 }

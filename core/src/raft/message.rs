@@ -177,11 +177,41 @@ pub enum MessageBody {
     HeartbeatResponse {
         round: u64,
     },
-    InstallSnapshot {
-        snapshot: Snapshot,
+    /// One piece of the leader's latest snapshot, for a follower that needs
+    /// entries the leader compacted away (Raft §7). A snapshot of any size
+    /// travels as chunks of at most `RaftConfig::snapshot_chunk_bytes`, so no
+    /// peer message grows with the partition. `data` holds bytes
+    /// `[offset, offset + data.len())` of the `total_len`-byte image; every
+    /// chunk carries the snapshot's `meta`, so a chunk names what it belongs to.
+    SnapshotChunk {
+        meta: SnapshotMeta,
+        total_len: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    /// The follower holds the first `received` bytes of the snapshot at
+    /// `index` (0: none; the leader restarts the transfer from the start).
+    /// Once it has them all it installs the snapshot and answers with an
+    /// `AppendResponse` instead.
+    SnapshotAck {
+        index: u64,
+        received: u64,
     },
     /// "Campaign now": the last step of a leadership transfer.
     TimeoutNow,
+}
+
+impl MessageBody {
+    /// Whether the message carries bulk data (log entries or snapshot
+    /// bytes): a transport may queue and pace such messages apart from the
+    /// small ones that keep the group alive (votes, heartbeats, answers).
+    pub fn is_bulk(&self) -> bool {
+        match self {
+            MessageBody::Append { entries, .. } => !entries.is_empty(),
+            MessageBody::SnapshotChunk { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Debug for Message {
@@ -262,7 +292,21 @@ impl fmt::Debug for Message {
                 }
                 Ok(())
             }
-            MessageBody::InstallSnapshot { snapshot } => write!(f, "InstallSnapshot {snapshot:?}"),
+            MessageBody::SnapshotChunk {
+                meta,
+                total_len,
+                offset,
+                data,
+            } => write!(
+                f,
+                "SnapshotChunk {}/{} bytes {offset}..{} of {total_len}",
+                meta.term,
+                meta.index,
+                offset + data.len() as u64
+            ),
+            MessageBody::SnapshotAck { index, received } => {
+                write!(f, "SnapshotAck index={index} received={received}")
+            }
             MessageBody::TimeoutNow => write!(f, "TimeoutNow"),
         }
     }

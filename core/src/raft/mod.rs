@@ -16,7 +16,11 @@
 //!   reads, valid for `lease_ticks()` after a quorum acknowledged a heartbeat,
 //!   safe while every node's clock runs within `max_clock_drift_ppm` of real
 //!   time;
-//! - leadership transfer (§3.10), snapshots and log compaction (§7);
+//! - leadership transfer (§3.10), snapshots and log compaction (§7), with
+//!   snapshots sent in chunks under flow control ([`snapshot_transfer`]), so
+//!   no message grows with the size of a partition;
+//! - flow control per follower by message count and by bytes in flight, and
+//!   [`Raft::report_unreachable`] for a transport that had to drop messages.
 //! - quiescence: an idle leader tells followers to stop their election timers;
 //!   a quiesced group sends nothing until a proposal, read or message wakes it.
 //!
@@ -33,8 +37,9 @@
 mod log;
 mod message;
 mod progress;
+pub mod snapshot_transfer;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -46,6 +51,7 @@ pub use message::{
     SnapshotMeta,
 };
 pub use progress::{Progress, ProgressState};
+use snapshot_transfer::{ChunkOutcome, IncomingSnapshot, OutgoingSnapshot};
 
 use crate::types::NodeId;
 
@@ -59,10 +65,19 @@ pub struct RaftConfig {
     pub heartbeat_ticks: u32,
     /// Unacknowledged append messages per follower in `Replicate` state.
     pub max_inflight_msgs: usize,
+    /// Entry payload bytes of unacknowledged appends per follower: with large
+    /// entries this, not the message count, bounds what a leader queues for
+    /// one follower (the window is full once it is reached or exceeded).
+    pub max_inflight_bytes: usize,
     /// Entries per append message.
     pub max_entries_per_msg: usize,
-    /// Payload bytes per append message (at least one entry is always sent).
+    /// Payload bytes per append message (at least one entry is always sent,
+    /// so a single larger entry goes out alone).
     pub max_bytes_per_msg: usize,
+    /// Snapshot bytes per `SnapshotChunk` message.
+    pub snapshot_chunk_bytes: usize,
+    /// Unacknowledged snapshot chunks per follower.
+    pub max_snapshot_chunks_inflight: usize,
     /// Proposals beyond this many uncommitted entries are refused (`Busy`).
     pub max_uncommitted_entries: u64,
     /// Bound on how far any node's clock rate may stray from real time, in
@@ -82,8 +97,11 @@ impl Default for RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             max_inflight_msgs: 64,
+            max_inflight_bytes: 4 << 20,
             max_entries_per_msg: 256,
             max_bytes_per_msg: 1 << 20,
+            snapshot_chunk_bytes: 1 << 20,
+            max_snapshot_chunks_inflight: 4,
             max_uncommitted_entries: 10_000,
             max_clock_drift_ppm: 50_000,
             quiesce_after_ticks: 6,
@@ -275,8 +293,20 @@ pub struct Raft {
     ticks: u64,
     votes: BTreeMap<NodeId, bool>,
 
+    /// Follower: the highest commit index a leader of this term told us of
+    /// (how far behind this replica is).
+    leader_commit: u64,
+    /// Follower: the snapshot being received in chunks, if any.
+    incoming_snapshot: Option<IncomingSnapshot>,
+
     // Leader state.
     progress: BTreeMap<NodeId, Progress>,
+    /// Snapshots being sent, one per follower in `Snapshot` state.
+    outgoing_snapshots: BTreeMap<NodeId, OutgoingSnapshot>,
+    /// Peers whose link the driver reports congested: no entries or
+    /// snapshot chunks go to them until it clears (kept across terms and
+    /// roles; it is a fact about the link, not the group).
+    congested_peers: BTreeSet<NodeId>,
     transferee: Option<NodeId>,
     /// Heartbeat round counter, and when each recent round was sent (ticks).
     round: u64,
@@ -331,7 +361,11 @@ impl Raft {
             randomized_election_timeout: cfg.election_ticks,
             ticks: 0,
             votes: BTreeMap::new(),
+            leader_commit: 0,
+            incoming_snapshot: None,
             progress: BTreeMap::new(),
+            outgoing_snapshots: BTreeMap::new(),
+            congested_peers: BTreeSet::new(),
             transferee: None,
             round: 0,
             round_sent_at: VecDeque::new(),
@@ -390,6 +424,34 @@ impl Raft {
     }
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
         self.progress.get(&peer)
+    }
+    /// Leader: each follower's progress (not this node's own).
+    pub fn followers(&self) -> impl Iterator<Item = (NodeId, &Progress)> + '_ {
+        let me = self.id;
+        self.progress
+            .iter()
+            .filter(move |(id, _)| **id != me)
+            .map(|(&id, pr)| (id, pr))
+    }
+    /// Leader: bytes of the snapshot `peer` has acknowledged, and its size,
+    /// while a snapshot transfer to it is under way.
+    pub fn outgoing_snapshot_progress(&self, peer: NodeId) -> Option<(u64, u64)> {
+        self.outgoing_snapshots
+            .get(&peer)
+            .map(|o| (o.acked(), o.total_len()))
+    }
+    /// Follower: the snapshot index being received, bytes held, and its size.
+    pub fn incoming_snapshot_progress(&self) -> Option<(u64, u64, u64)> {
+        self.incoming_snapshot.as_ref().map(|s| {
+            let (held, total) = s.progress();
+            (s.index(), held, total)
+        })
+    }
+    /// The highest commit index known here: ours, or (on a follower) the
+    /// highest a leader of this term announced. `leader_commit() -
+    /// log().applied()` is how far this replica trails.
+    pub fn leader_commit(&self) -> u64 {
+        self.leader_commit.max(self.log.committed())
     }
     pub fn hard_state(&self) -> HardState {
         HardState {
@@ -461,16 +523,35 @@ impl Raft {
                 self.events.push(RaftEvent::TransferAborted { to });
             }
         }
-        // A snapshot message may have been lost: give up waiting after an
-        // election timeout and probe again (which resends it if still needed).
+        // Snapshot transfers: `snapshot_ticks` counts ticks since the
+        // follower last acknowledged new bytes. After half an election
+        // timeout without progress a chunk was probably lost: resend from the
+        // last acknowledged byte (go-back-N). After a whole one the follower
+        // is gone or the transfer is stuck: give up and probe again, which
+        // starts a new transfer if one is still needed.
         let timeout = self.cfg.election_ticks;
-        for pr in self.progress.values_mut() {
+        let resend_after = (timeout / 2).max(1);
+        let mut resend = Vec::new();
+        for (&peer, pr) in self.progress.iter_mut() {
+            pr.tick();
             if let ProgressState::Snapshot { .. } = pr.state {
+                if self.congested_peers.contains(&peer) {
+                    continue; // nothing is being sent; nothing can be late
+                }
                 pr.snapshot_ticks += 1;
                 if pr.snapshot_ticks >= timeout {
                     pr.become_probe();
+                    self.outgoing_snapshots.remove(&peer);
+                } else if pr.snapshot_ticks % resend_after == 0 {
+                    resend.push(peer);
                 }
             }
+        }
+        for peer in resend {
+            if let Some(out) = self.outgoing_snapshots.get_mut(&peer) {
+                out.rewind();
+            }
+            self.send_snapshot_chunks(peer);
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
@@ -517,6 +598,43 @@ impl Raft {
         let leader_of_it = self.role == Role::Leader && self.membership.contains(node);
         if self.quiesced && (follower_of_it || leader_of_it) {
             self.wake();
+        }
+    }
+
+    /// The transport had to drop messages to `peer` (its queue was full, or
+    /// its connection broke): stop streaming to it optimistically and probe
+    /// until it answers again (etcd's `ReportUnreachable`). Appends assumed
+    /// delivered would otherwise be found missing only after a rejection.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(pr) = self.progress.get_mut(&peer)
+            && pr.state == ProgressState::Replicate
+        {
+            pr.become_probe();
+        }
+    }
+
+    /// The link to `peer` is congested (its transport queue is filling) or
+    /// clear again. While congested, this group sends it no entries and no
+    /// snapshot chunks (empty appends, heartbeats and answers still go), so
+    /// a slow link fills no queue beyond what the transport holds; when it
+    /// clears, a leader resumes sending at once. This is backpressure,
+    /// where [`Raft::report_unreachable`] is the remedy for loss.
+    pub fn set_peer_congested(&mut self, peer: NodeId, congested: bool) {
+        let changed = if congested {
+            self.congested_peers.insert(peer)
+        } else {
+            self.congested_peers.remove(&peer)
+        };
+        if !changed || congested || self.role != Role::Leader {
+            return;
+        }
+        match self.progress.get(&peer).map(|pr| pr.state) {
+            Some(ProgressState::Snapshot { .. }) => self.send_snapshot_chunks(peer),
+            Some(_) => while self.maybe_send_append(peer, false) {},
+            None => {}
         }
     }
 
@@ -613,13 +731,30 @@ impl Raft {
         }
     }
 
+    /// Whether [`Raft::compact`] at `index` would be taken: the index is
+    /// past the snapshot, applied and durable. Lets a caller skip building a
+    /// state image that would be refused.
+    pub fn can_compact(&self, index: u64) -> bool {
+        index > self.log.snapshot_meta().index
+            && index <= self.log.applied()
+            && index <= self.log.persisted()
+            && self.log.term(index).is_some()
+    }
+
+    /// Leader: whether a follower it is streaming entries to (in
+    /// `Replicate`) still lacks entries up to `index`, so that compacting
+    /// there would force a snapshot on it.
+    pub fn streaming_follower_lacks(&self, index: u64) -> bool {
+        self.role == Role::Leader
+            && self
+                .followers()
+                .any(|(_, pr)| pr.state == ProgressState::Replicate && pr.matched < index)
+    }
+
     /// Folds the log up to `index` (applied, durable) into a snapshot whose
     /// state machine image is `data`. Returns false if not allowed yet.
     pub fn compact(&mut self, index: u64, data: Bytes) -> bool {
-        if index <= self.log.snapshot_meta().index
-            || index > self.log.applied()
-            || index > self.log.persisted()
-        {
+        if !self.can_compact(index) {
             return false;
         }
         let Some(term) = self.log.term(index) else {
@@ -659,14 +794,16 @@ impl Raft {
                 MessageBody::PreVoteResponse { granted: true } => {}
                 MessageBody::Append { .. }
                 | MessageBody::Heartbeat { .. }
-                | MessageBody::InstallSnapshot { .. } => {
+                | MessageBody::SnapshotChunk { .. } => {
                     self.become_follower(m.term, Some(m.from));
                 }
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
             match m.body {
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::SnapshotChunk { .. } => {
                     // A stale leader: tell it about our term so it steps down.
                     // Without this, PreVote + CheckQuorum can leave it stuck.
                     self.send(
@@ -752,6 +889,7 @@ impl Raft {
         if self.term != term {
             self.term = term;
             self.vote = None;
+            self.leader_commit = 0;
         }
         self.leader = None;
         self.election_elapsed = 0;
@@ -759,6 +897,8 @@ impl Raft {
         self.reset_randomized_election_timeout();
         self.votes.clear();
         self.progress.clear();
+        self.outgoing_snapshots.clear();
+        self.incoming_snapshot = None;
         if let Some(to) = self.transferee.take() {
             self.events.push(RaftEvent::TransferAborted { to });
         }
@@ -861,7 +1001,11 @@ impl Raft {
         self.leader = Some(self.id);
         let next = self.log.last_index() + 1;
         for &v in &self.membership.voters {
-            let mut pr = Progress::new(next, self.cfg.max_inflight_msgs);
+            let mut pr = Progress::new(
+                next,
+                self.cfg.max_inflight_msgs,
+                self.cfg.max_inflight_bytes,
+            );
             if v == self.id {
                 pr.matched = self.log.persisted();
                 pr.become_replicate();
@@ -924,7 +1068,7 @@ impl Raft {
         match m.body {
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. } => {
+            | MessageBody::SnapshotChunk { .. } => {
                 // A leader exists in our term (§5.2).
                 self.become_follower(m.term, Some(m.from));
                 self.step_follower(m);
@@ -964,6 +1108,7 @@ impl Raft {
             } => {
                 self.election_elapsed = 0;
                 self.leader = Some(m.from);
+                self.leader_commit = self.leader_commit.max(commit);
                 self.handle_append(m.from, prev_index, prev_term, entries, commit);
             }
             MessageBody::Heartbeat {
@@ -973,6 +1118,7 @@ impl Raft {
             } => {
                 self.election_elapsed = 0;
                 self.leader = Some(m.from);
+                self.leader_commit = self.leader_commit.max(commit);
                 // The leader sends min(commit, our match), so this is safe.
                 self.log.commit_to(commit.min(self.log.last_index()));
                 if quiesce && !self.quiesced {
@@ -981,10 +1127,16 @@ impl Raft {
                 }
                 self.send(m.from, MessageBody::HeartbeatResponse { round });
             }
-            MessageBody::InstallSnapshot { snapshot } => {
+            MessageBody::SnapshotChunk {
+                meta,
+                total_len,
+                offset,
+                data,
+            } => {
                 self.election_elapsed = 0;
                 self.leader = Some(m.from);
-                self.handle_snapshot(m.from, snapshot);
+                self.leader_commit = self.leader_commit.max(meta.index);
+                self.handle_snapshot_chunk(m.from, meta, total_len, offset, data);
             }
             MessageBody::TimeoutNow if self.promotable() => self.campaign(true),
             _ => {}
@@ -1037,6 +1189,48 @@ impl Raft {
         }
     }
 
+    fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        total_len: u64,
+        offset: u64,
+        data: Bytes,
+    ) {
+        let (index, term) = (meta.index, meta.term);
+        // Nothing to receive if we already have what the snapshot covers
+        // (answered as a whole snapshot would be, below).
+        if index <= self.log.committed() || self.log.match_term(index, term) {
+            self.incoming_snapshot = None;
+            self.handle_snapshot(
+                from,
+                Snapshot {
+                    meta,
+                    data: Bytes::new(),
+                },
+            );
+            return;
+        }
+        let outcome = IncomingSnapshot::accept(
+            &mut self.incoming_snapshot,
+            from,
+            self.term,
+            meta,
+            total_len,
+            offset,
+            data,
+        );
+        match outcome {
+            ChunkOutcome::Ack(received) => {
+                self.send(from, MessageBody::SnapshotAck { index, received });
+            }
+            ChunkOutcome::Complete(snapshot) => self.handle_snapshot(from, snapshot),
+        }
+    }
+
+    /// A whole snapshot from the leader (its last chunk just arrived). Also
+    /// answers chunks of a snapshot whose entries we already have; `snapshot`
+    /// then carries no data and is not installed.
     fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         if index <= self.log.committed() {
@@ -1093,11 +1287,20 @@ impl Raft {
         }
         let next = pr.next;
         let prev_index = next - 1;
-        let entries = self.log.entries_from(
-            next,
-            self.cfg.max_entries_per_msg,
-            self.cfg.max_bytes_per_msg,
-        );
+        let entries = if self.congested_peers.contains(&peer) {
+            // Only an empty append (a probe, or news of the commit index);
+            // a compacted position waits as well.
+            if !send_if_empty || self.log.term(prev_index).is_none() {
+                return false;
+            }
+            Ok(Vec::new())
+        } else {
+            self.log.entries_from(
+                next,
+                self.cfg.max_entries_per_msg,
+                self.cfg.max_bytes_per_msg,
+            )
+        };
         match (self.log.term(prev_index), entries) {
             (Some(prev_term), Ok(entries)) => {
                 if entries.is_empty() && !send_if_empty {
@@ -1105,6 +1308,7 @@ impl Raft {
                 }
                 let last = entries.last().map_or(prev_index, |e| e.index);
                 let n = entries.len();
+                let bytes = entries.iter().map(|e| e.data.len()).sum();
                 let commit = self.log.committed();
                 self.send(
                     peer,
@@ -1116,22 +1320,55 @@ impl Raft {
                     },
                 );
                 if let Some(pr) = self.progress.get_mut(&peer) {
-                    pr.on_sent(last, n);
+                    pr.on_sent(last, n, bytes);
                 }
                 true
             }
             _ => {
-                // The entries were compacted away: send the snapshot (§7).
+                // The entries were compacted away: send the snapshot (§7),
+                // in chunks.
                 let Some(snapshot) = self.log.snapshot() else {
                     return false;
                 };
                 let index = snapshot.meta.index;
-                self.send(peer, MessageBody::InstallSnapshot { snapshot });
                 if let Some(pr) = self.progress.get_mut(&peer) {
                     pr.become_snapshot(index);
                 }
+                self.outgoing_snapshots
+                    .insert(peer, OutgoingSnapshot::new(snapshot));
+                self.send_snapshot_chunks(peer);
                 true
             }
+        }
+    }
+
+    /// Sends `peer` the chunks of its snapshot transfer the window allows.
+    fn send_snapshot_chunks(&mut self, peer: NodeId) {
+        if self.congested_peers.contains(&peer) {
+            return;
+        }
+        let Some(out) = self.outgoing_snapshots.get_mut(&peer) else {
+            return;
+        };
+        let (chunk_bytes, window) = (
+            self.cfg.snapshot_chunk_bytes,
+            self.cfg.max_snapshot_chunks_inflight,
+        );
+        let mut chunks = Vec::new();
+        while let Some(c) = out.next_chunk(chunk_bytes, window) {
+            chunks.push(c);
+        }
+        let (meta, total_len) = (out.meta().clone(), out.total_len());
+        for c in chunks {
+            self.send(
+                peer,
+                MessageBody::SnapshotChunk {
+                    meta: meta.clone(),
+                    total_len,
+                    offset: c.offset,
+                    data: c.data,
+                },
+            );
         }
     }
 
@@ -1281,7 +1518,8 @@ impl Raft {
                 match pr.state {
                     ProgressState::Probe => pr.become_replicate(),
                     ProgressState::Snapshot { pending_index } if pr.matched >= pending_index => {
-                        pr.become_probe()
+                        pr.become_probe();
+                        self.outgoing_snapshots.remove(&from);
                     }
                     _ => {}
                 }
@@ -1302,6 +1540,7 @@ impl Raft {
             }
             MessageBody::HeartbeatResponse { round } => {
                 let last = self.log.last_index();
+                let stall_ticks = (self.cfg.election_ticks / 2).max(1);
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return;
                 };
@@ -1309,11 +1548,25 @@ impl Raft {
                 pr.probe_sent = false;
                 // Appends may have been lost: free a slot of a full window and
                 // send even an empty append, whose rejection resets the probe.
-                pr.free_first_inflight_if_full();
+                pr.free_first_inflight_if_stalled(stall_ticks);
                 if pr.matched < last {
                     self.maybe_send_append(from, true);
                 }
                 self.release_reads();
+            }
+            MessageBody::SnapshotAck { index, received } => {
+                let Some(out) = self.outgoing_snapshots.get_mut(&from) else {
+                    return; // the transfer ended; a late answer
+                };
+                if out.meta().index != index {
+                    return;
+                }
+                if out.on_ack(received)
+                    && let Some(pr) = self.progress.get_mut(&from)
+                {
+                    pr.snapshot_ticks = 0;
+                }
+                self.send_snapshot_chunks(from);
             }
             _ => {}
         }
@@ -1327,16 +1580,22 @@ impl Raft {
     }
 
     fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody) {
-        // Votes and acknowledgements claim durable state: they wait for the
-        // persist of everything before them. The leader's own traffic depends
-        // only on its term, which was durable before it could win (§10.2.1
-        // lets the leader write its log in parallel with followers).
+        // Votes and append acknowledgements claim durable state: they wait
+        // for the persist of everything before them (thesis §3.8: a server
+        // must not vote twice in a term, nor count toward an entry's commit
+        // before it is durable). The leader's own traffic depends only on its
+        // term, which was durable before it could win (§10.2.1 lets the
+        // leader write its log in parallel with followers). A heartbeat
+        // answer claims nothing durable: it says "I am in your term and
+        // heard your round", true the moment it is sent, which is all
+        // ReadIndex, leases and CheckQuorum need. It leaves at once, as in
+        // etcd-raft, so a follower whose disk is slow (saturated by large
+        // entries) does not look dead to its leader.
         let after_persist = matches!(
             body,
             MessageBody::Vote { .. }
                 | MessageBody::VoteResponse { .. }
                 | MessageBody::AppendResponse { .. }
-                | MessageBody::HeartbeatResponse { .. }
         );
         let m = Message {
             from: self.id,

@@ -4,7 +4,9 @@
 //! Owns the probe / replicate / snapshot flow control of etcd-raft's
 //! `tracker.Progress`: in `Probe` the leader sends one append and waits for its
 //! answer (it does not yet know where the follower's log ends); in `Replicate`
-//! it streams optimistically, up to `max_inflight` unacknowledged messages; in
+//! it streams optimistically, up to `max_inflight` unacknowledged messages
+//! holding at most `max_inflight_bytes` of entries (etcd's `MaxInflightBytes`:
+//! a count alone lets a window of large entries grow to hundreds of MiB); in
 //! `Snapshot` it waits until the follower has installed a snapshot.
 //!
 //! Invariant: `matched < next`.
@@ -27,9 +29,12 @@ pub struct Progress {
     pub state: ProgressState,
     /// Probe: an append is outstanding; wait for its answer or a heartbeat.
     pub probe_sent: bool,
-    /// Last index of each unacknowledged append in `Replicate` (bounded).
-    inflight: VecDeque<u64>,
+    /// Last index and payload bytes of each unacknowledged append in
+    /// `Replicate` (bounded by count and by bytes).
+    inflight: VecDeque<(u64, usize)>,
+    inflight_bytes: usize,
     max_inflight: usize,
+    max_inflight_bytes: usize,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
     /// Highest heartbeat round the follower acknowledged (ReadIndex, lease).
@@ -37,20 +42,25 @@ pub struct Progress {
     /// Ticks spent waiting in `Snapshot` state; a snapshot message can be
     /// lost, so after a while the leader probes (and resends) again.
     pub snapshot_ticks: u32,
+    /// Ticks the `Replicate` window has been full without an acknowledgement.
+    pub window_full_ticks: u32,
 }
 
 impl Progress {
-    pub fn new(next: u64, max_inflight: usize) -> Self {
+    pub fn new(next: u64, max_inflight: usize, max_inflight_bytes: usize) -> Self {
         Progress {
             matched: 0,
             next,
             state: ProgressState::Probe,
             probe_sent: false,
             inflight: VecDeque::new(),
+            inflight_bytes: 0,
             max_inflight,
+            max_inflight_bytes,
             recent_active: false,
             acked_round: 0,
             snapshot_ticks: 0,
+            window_full_ticks: 0,
         }
     }
 
@@ -58,6 +68,8 @@ impl Progress {
         self.state = state;
         self.probe_sent = false;
         self.inflight.clear();
+        self.inflight_bytes = 0;
+        self.window_full_ticks = 0;
     }
 
     pub fn become_probe(&mut self) {
@@ -85,18 +97,23 @@ impl Progress {
     pub fn is_paused(&self) -> bool {
         match self.state {
             ProgressState::Probe => self.probe_sent,
-            ProgressState::Replicate => self.inflight.len() >= self.max_inflight,
+            ProgressState::Replicate => {
+                self.inflight.len() >= self.max_inflight
+                    || self.inflight_bytes >= self.max_inflight_bytes
+            }
             ProgressState::Snapshot { .. } => true,
         }
     }
 
-    /// An append covering up to `last` was sent.
-    pub fn on_sent(&mut self, last: u64, entries: usize) {
+    /// An append covering up to `last`, with `entries` entries of `bytes`
+    /// payload bytes in all, was sent.
+    pub fn on_sent(&mut self, last: u64, entries: usize, bytes: usize) {
         match self.state {
             ProgressState::Replicate => {
                 if entries > 0 {
                     self.next = last + 1;
-                    self.inflight.push_back(last);
+                    self.inflight.push_back((last, bytes));
+                    self.inflight_bytes += bytes;
                 }
             }
             ProgressState::Probe => self.probe_sent = true,
@@ -110,20 +127,54 @@ impl Progress {
         if updated {
             self.matched = index;
             self.probe_sent = false;
+            self.window_full_ticks = 0;
         }
         self.next = self.next.max(index + 1);
-        while self.inflight.front().is_some_and(|&last| last <= index) {
-            self.inflight.pop_front();
+        while self
+            .inflight
+            .front()
+            .is_some_and(|&(last, _)| last <= index)
+        {
+            self.pop_inflight();
         }
         updated
     }
 
-    /// A heartbeat answer proves the follower is reachable even if all our
-    /// appends were lost: free one slot so that a full window cannot stall.
-    pub fn free_first_inflight_if_full(&mut self) {
-        if self.inflight.len() >= self.max_inflight {
-            self.inflight.pop_front();
+    fn pop_inflight(&mut self) {
+        if let Some((_, bytes)) = self.inflight.pop_front() {
+            self.inflight_bytes -= bytes;
         }
+    }
+
+    /// One leader tick passed.
+    pub fn tick(&mut self) {
+        if self.state == ProgressState::Replicate && self.is_paused() {
+            self.window_full_ticks = self.window_full_ticks.saturating_add(1);
+        } else {
+            self.window_full_ticks = 0;
+        }
+    }
+
+    /// A heartbeat answer proves the follower is reachable. If the window
+    /// has also been full for `stall_ticks` without any acknowledgement, the
+    /// appends in it were probably lost: free one slot so that a full window
+    /// cannot stall forever. A window that is merely full (the appends are
+    /// queued behind others on a busy link; heartbeats travel apart from
+    /// them) is left alone: freeing a slot per heartbeat would pile ever
+    /// more appends onto the congested link.
+    pub fn free_first_inflight_if_stalled(&mut self, stall_ticks: u32) {
+        if self.state == ProgressState::Replicate
+            && self.is_paused()
+            && self.window_full_ticks >= stall_ticks
+        {
+            self.pop_inflight();
+            self.window_full_ticks = 0;
+        }
+    }
+
+    /// Payload bytes of unacknowledged appends.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_bytes
     }
 
     /// The follower rejected an append at `rejected`, its log ending at `hint`.

@@ -107,7 +107,7 @@ pub fn status_response(
             .map(|m| pb::NodeStatus {
                 id: m.id.0,
                 grpc_addr: addrs.get(&m.id).map(|a| a.to_string()).unwrap_or_default(),
-                health: m.health.to_owned(),
+                health: m.health.as_str().to_owned(),
                 phi: if m.phi.is_finite() { m.phi } else { f64::MAX },
             })
             .collect(),
@@ -122,6 +122,25 @@ pub fn status_response(
                 commit_index: p.commit_index,
                 applied_index: p.applied_index,
                 keys: p.keys,
+                followers: p
+                    .followers
+                    .iter()
+                    .map(|f| {
+                        let (acked, total) = f.snapshot_progress.unwrap_or((0, 0));
+                        pb::ReplicaProgress {
+                            node: f.node.0,
+                            match_index: f.match_index,
+                            lag: f.lag,
+                            state: f.state.to_owned(),
+                            snapshot_bytes_acked: acked,
+                            snapshot_bytes_total: total,
+                            lagging: f.lagging,
+                        }
+                    })
+                    .collect(),
+                lag: p.lag,
+                under_replicated: p.under_replicated,
+                catching_up: p.catching_up,
             })
             .collect(),
     }

@@ -2,6 +2,7 @@
 //! (`GET /metrics`). Names follow Prometheus conventions: `_total` for
 //! counters, base units, one `ringkv_` prefix.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
@@ -49,7 +50,11 @@ pub fn render(node: &NodeHandle, transport: &TransportStats) -> String {
         .map(|m| {
             (
                 format!("peer=\"{}\"", m.id.0),
-                if m.health == "up" { 1.0 } else { 0.0 },
+                if m.health == crate::view::Health::Up {
+                    1.0
+                } else {
+                    0.0
+                },
             )
         })
         .collect();
@@ -65,11 +70,7 @@ pub fn render(node: &NodeHandle, transport: &TransportStats) -> String {
         .iter()
         .filter(|p| p.leader == Some(me))
         .count();
-    let leaderless = view
-        .partitions
-        .iter()
-        .filter(|p| p.leader.is_none() && p.replicas.contains(&me))
-        .count();
+    let leaderless = view.leaderless().count();
     o.gauge(
         "ringkv_partitions_led",
         "Partitions this node leads.",
@@ -81,9 +82,67 @@ pub fn render(node: &NodeHandle, transport: &TransportStats) -> String {
         leaderless as f64,
     );
     o.gauge(
+        "ringkv_partitions_under_replicated",
+        "Partitions this node leads with a replica that lags (over 1,000 entries behind, being sent a snapshot, or down).",
+        view.under_replicated().count() as f64,
+    );
+    o.gauge(
+        "ringkv_partitions_catching_up",
+        "Partitions whose replica on this node is over 1,000 entries behind its leader or receiving a snapshot.",
+        view.catching_up().count() as f64,
+    );
+    o.gauge(
+        "ringkv_replica_lag_entries_max",
+        "The most committed entries any replica on this node has left to apply (as far as its leader told it).",
+        view.partitions.iter().map(|p| p.lag).max().unwrap_or(0) as f64,
+    );
+    // Per follower node, over the partitions this node leads.
+    let mut per_peer: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    for m in view.members.iter().filter(|m| m.id != me) {
+        per_peer.insert(m.id.0, (0, 0, 0));
+    }
+    for f in view.partitions.iter().flat_map(|p| &p.followers) {
+        let e = per_peer.entry(f.node.0).or_default();
+        e.0 = e.0.max(f.lag);
+        e.1 += u64::from(f.lagging);
+        e.2 += u64::from(f.snapshot_progress.is_some());
+    }
+    let samples = |pick: fn(&(u64, u64, u64)) -> u64| -> Vec<(String, f64)> {
+        per_peer
+            .iter()
+            .map(|(peer, v)| (format!("peer=\"{peer}\""), pick(v) as f64))
+            .collect()
+    };
+    for (name, help, pick) in [
+        (
+            "ringkv_follower_lag_entries_max",
+            "The most entries the peer lacks in any partition this node leads.",
+            (|v: &(u64, u64, u64)| v.0) as fn(&(u64, u64, u64)) -> u64,
+        ),
+        (
+            "ringkv_follower_partitions_lagging",
+            "Partitions this node leads in which the peer's replica lags.",
+            |v| v.1,
+        ),
+        (
+            "ringkv_snapshots_sending",
+            "Snapshot transfers from this node to the peer in progress.",
+            |v| v.2,
+        ),
+    ] {
+        let s = samples(pick);
+        let s: Vec<(&str, f64)> = s.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        o.metric(name, "gauge", help, &s);
+    }
+    o.gauge(
         "ringkv_requests_pending",
         "Client requests inside the core.",
         view.pending_requests as f64,
+    );
+    o.gauge(
+        "ringkv_compactions_queued",
+        "Partitions waiting for a compaction snapshot (compaction is paced).",
+        view.compactions_queued as f64,
     );
     let s = &view.stats;
     o.counter(
@@ -116,6 +175,21 @@ pub fn render(node: &NodeHandle, transport: &TransportStats) -> String {
         "Peer batches the core refused (wrong address or sender).",
         s.batches_dropped,
     );
+    o.counter(
+        "ringkv_core_bulk_batches_sent_total",
+        "Peer batches of log entries or snapshot chunks the core produced (among ringkv_core_batches_sent_total).",
+        s.bulk_batches_sent,
+    );
+    o.counter(
+        "ringkv_core_unreachable_reports_total",
+        "Times the transport told the core that batches to a peer were dropped.",
+        s.unreachable_reports,
+    );
+    o.counter(
+        "ringkv_compactions_total",
+        "Snapshots taken to compact a partition's log.",
+        s.compactions,
+    );
     let t = transport;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     o.counter(
@@ -123,20 +197,48 @@ pub fn render(node: &NodeHandle, transport: &TransportStats) -> String {
         "Peer batches written to a peer stream.",
         load(&t.batches_sent),
     );
-    o.counter(
+    o.metric(
         "ringkv_peer_batches_dropped_total",
-        "Peer batches dropped because the peer's queue was full.",
-        load(&t.batches_dropped_queue_full),
+        "counter",
+        "Peer batches dropped: the peer's lane queue was full, or they were queued when its stream broke. Each drop makes the core probe that peer instead of streaming.",
+        &[
+            ("reason=\"queue_full\"", load(&t.batches_dropped_queue_full) as f64),
+            ("reason=\"stream_broke\"", load(&t.batches_discarded_on_reconnect) as f64),
+        ],
+    );
+    o.counter(
+        "ringkv_peer_keepalives_sent_total",
+        "Empty frames sent on peer streams that had nothing else to send.",
+        load(&t.keepalives_sent),
     );
     o.counter(
         "ringkv_peer_frames_received_total",
-        "Peer frames received.",
+        "Peer frames received (keepalives included).",
         load(&t.batches_received),
     );
+    o.metric(
+        "ringkv_peer_frames_rejected_total",
+        "counter",
+        "Peer frames refused: larger than the frame limit (not sent, or closing the incoming stream), or not decodable (dropped).",
+        &[
+            (
+                "direction=\"out\",reason=\"too_large\"",
+                load(&t.frames_too_large_out) as f64,
+            ),
+            (
+                "direction=\"in\",reason=\"too_large\"",
+                load(&t.frames_too_large_in) as f64,
+            ),
+            (
+                "direction=\"in\",reason=\"undecodable\"",
+                load(&t.decode_failures) as f64,
+            ),
+        ],
+    );
     o.counter(
-        "ringkv_peer_decode_failures_total",
-        "Peer frames dropped because they did not decode.",
-        load(&t.decode_failures),
+        "ringkv_peer_stream_failures_total",
+        "Outgoing peer streams that failed or could not connect (each is then re-dialled).",
+        load(&t.stream_failures),
     );
     o.counter(
         "ringkv_peer_idle_streams_closed_total",

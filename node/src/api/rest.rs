@@ -371,7 +371,7 @@ async fn cluster_status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "partition_count": st.partition_count,
         "replication_factor": st.replication_factor,
         "nodes": st.nodes.iter().map(|n| json!({
-            "id": n.id, "grpc_addr": n.grpc_addr, "health": n.health,
+            "id": n.id, "grpc_addr": n.grpc_addr, "health": n.health.as_str(),
             "phi": if n.phi == f64::MAX { serde_json::Value::Null } else { json!(n.phi) },
         })).collect::<Vec<_>>(),
         "partitions": st.partitions.iter().map(|p| json!({
@@ -406,23 +406,63 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// Ready when the node runs, every partition it replicates has a leader,
+/// and none of its replicas is catching up. The body lists what is wrong:
+/// leaderless partitions, this node's replicas that are catching up (with
+/// how far behind they are), and partitions it leads that are
+/// under-replicated (which replicas lag, by how much) — the last do not make
+/// the node unready, they are its followers' trouble.
 async fn readyz(State(s): State<AppState>) -> Response {
     let view = s.node.view();
-    if !s.node.is_stopped() && view.ready {
-        Json(json!({ "status": "ready" })).into_response()
-    } else {
-        let leaderless = view
-            .partitions
-            .iter()
-            .filter(|p| p.leader.is_none() && p.replicas.contains(&view.node_id))
-            .count();
-        problem(
-            503,
-            "not_ready",
-            &format!("{leaderless} partition(s) this node replicates have no leader yet"),
-            json!({ "leaderless_partitions": leaderless }),
-        )
+    let leaderless: Vec<u32> = view.leaderless().map(|p| p.partition.0).collect();
+    let catching_up: Vec<serde_json::Value> = view
+        .catching_up()
+        .map(|p| {
+            json!({
+                "partition": p.partition.0,
+                "lag_entries": p.lag,
+                "receiving_snapshot": p.receiving_snapshot.map(|(held, total)| json!({
+                    "bytes_received": held, "bytes_total": total,
+                })),
+            })
+        })
+        .collect();
+    let under_replicated: Vec<serde_json::Value> = view
+        .under_replicated()
+        .map(|p| {
+            let lagging: Vec<&crate::view::FollowerView> =
+                p.followers.iter().filter(|f| f.lagging).collect();
+            json!({ "partition": p.partition.0, "lagging_replicas": lagging })
+        })
+        .collect();
+    let details = json!({
+        "leaderless_partitions": leaderless,
+        "catching_up": catching_up,
+        "under_replicated": under_replicated,
+    });
+    let stopped = s.node.is_stopped();
+    if !stopped && view.ready && catching_up.is_empty() {
+        let mut body = json!({ "status": "ready" });
+        if let (Some(b), Some(d)) = (body.as_object_mut(), details.as_object()) {
+            b.extend(d.clone());
+        }
+        return Json(body).into_response();
     }
+    let detail = if stopped {
+        "the node has stopped".to_owned()
+    } else if !leaderless.is_empty() {
+        format!(
+            "{} partition(s) this node replicates have no leader yet",
+            leaderless.len()
+        )
+    } else {
+        let behind: u64 = view.catching_up().map(|p| p.lag).sum();
+        format!(
+            "{} partition(s) of this node are catching up ({behind} entries behind in all)",
+            catching_up.len()
+        )
+    };
+    problem(503, "not_ready", &detail, details)
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

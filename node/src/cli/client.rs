@@ -38,6 +38,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::failure::{ErrorCode, Failure, Op};
 use super::table::{Align, Table, fields};
 use super::{Consistency, OutputFormat, parse_duration, parse_endpoint, write_stdout};
+use crate::error_chain;
 
 /// How long to wait for one endpoint to accept a connection before trying
 /// the next.
@@ -376,21 +377,6 @@ async fn connect_first(endpoints: &[String], op: Op) -> Result<(Channel, usize),
     Err(Failure::new(ErrorCode::Unreachable, op, message))
 }
 
-/// An error and its sources on one line (tonic's own Display is terse).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
-    }
-    text
-}
-
 /// A JSON string for bytes: the text if valid UTF-8, else base64.
 #[derive(Serialize)]
 struct EncodedBytes {
@@ -560,6 +546,32 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                  (node {} knows the leaders of the partitions it replicates)\n",
                 s.node_id
             ));
+            out.push_str(&format!(
+                "under-replicated partitions led by node {}: {}\n\
+                 partitions catching up on node {}: {}\n",
+                s.node_id,
+                s.partitions.iter().filter(|p| p.under_replicated).count(),
+                s.node_id,
+                s.partitions.iter().filter(|p| p.catching_up).count(),
+            ));
+            for p in &s.partitions {
+                for f in p.followers.iter().filter(|f| f.lagging) {
+                    out.push_str(&format!(
+                        "  partition {}: replica on node {} lags by {} entries ({}{})\n",
+                        p.partition,
+                        f.node,
+                        f.lag,
+                        f.state,
+                        snapshot_note(f.snapshot_bytes_acked, f.snapshot_bytes_total),
+                    ));
+                }
+                if p.catching_up {
+                    out.push_str(&format!(
+                        "  partition {}: this replica is {} entries behind its leader\n",
+                        p.partition, p.lag
+                    ));
+                }
+            }
             if partitions {
                 let mut table = Table::new(&[
                     ("PARTITION", Align::Right),
@@ -568,9 +580,17 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                     ("TERM", Align::Right),
                     ("COMMIT", Align::Right),
                     ("APPLIED", Align::Right),
+                    ("LAG", Align::Right),
                     ("KEYS", Align::Right),
+                    ("LAGGING REPLICAS", Align::Left),
                 ]);
                 for p in &s.partitions {
+                    let lagging: Vec<String> = p
+                        .followers
+                        .iter()
+                        .filter(|f| f.lagging)
+                        .map(|f| format!("{} (-{})", f.node, f.lag))
+                        .collect();
                     table.row(vec![
                         p.partition.to_string(),
                         leader_cell(p.leader),
@@ -578,7 +598,13 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                         p.term.to_string(),
                         p.commit_index.to_string(),
                         p.applied_index.to_string(),
+                        p.lag.to_string(),
                         p.keys.to_string(),
+                        if lagging.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            lagging.join(", ")
+                        },
                     ]);
                 }
                 out.push('\n');
@@ -596,6 +622,16 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                 leaders: usize,
             }
             #[derive(Serialize)]
+            struct Follower<'a> {
+                node: u64,
+                match_index: u64,
+                lag: u64,
+                state: &'a str,
+                lagging: bool,
+                snapshot_bytes_acked: u64,
+                snapshot_bytes_total: u64,
+            }
+            #[derive(Serialize)]
             struct Partition<'a> {
                 partition: u32,
                 leader: Option<u64>,
@@ -603,7 +639,11 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                 term: u64,
                 commit_index: u64,
                 applied_index: u64,
+                lag: u64,
                 keys: u64,
+                under_replicated: bool,
+                catching_up: bool,
+                followers: Vec<Follower<'a>>,
             }
             #[derive(Serialize)]
             struct Status<'a> {
@@ -639,12 +679,40 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                         term: p.term,
                         commit_index: p.commit_index,
                         applied_index: p.applied_index,
+                        lag: p.lag,
                         keys: p.keys,
+                        under_replicated: p.under_replicated,
+                        catching_up: p.catching_up,
+                        followers: p
+                            .followers
+                            .iter()
+                            .map(|f| Follower {
+                                node: f.node,
+                                match_index: f.match_index,
+                                lag: f.lag,
+                                state: &f.state,
+                                lagging: f.lagging,
+                                snapshot_bytes_acked: f.snapshot_bytes_acked,
+                                snapshot_bytes_total: f.snapshot_bytes_total,
+                            })
+                            .collect(),
                     })
                     .collect(),
             })
         }
     }
+}
+
+/// ": 40% of 12.0 MiB sent" while a snapshot is being sent.
+fn snapshot_note(acked: u64, total: u64) -> String {
+    if total == 0 {
+        return String::new();
+    }
+    format!(
+        ": {}% of {:.1} MiB sent",
+        acked * 100 / total,
+        total as f64 / (1024.0 * 1024.0)
+    )
 }
 
 fn leader_cell(leader: u64) -> String {

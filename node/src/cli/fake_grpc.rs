@@ -14,8 +14,8 @@ use ringkv_proto::v1::cluster_server::{Cluster, ClusterServer};
 use ringkv_proto::v1::kv_server::{Kv, KvServer};
 use ringkv_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, LocateRequest,
-    LocateResponse, NodeStatus, PartitionStatus, PutRequest, PutResponse, StatusRequest,
-    StatusResponse, precondition,
+    LocateResponse, NodeStatus, PartitionStatus, PutRequest, PutResponse, ReplicaProgress,
+    StatusRequest, StatusResponse, precondition,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -37,7 +37,33 @@ pub(crate) fn sample_status() -> StatusResponse {
         commit_index: 120 + u64::from(partition),
         applied_index: 120 + u64::from(partition),
         keys: 10 * u64::from(partition),
+        ..Default::default()
     };
+    // Node 1 leads partition 0, whose replica on node 3 is being sent a
+    // snapshot; its own replica of partition 1 is catching up.
+    let mut p0 = part(0, 1);
+    p0.followers = vec![
+        ReplicaProgress {
+            node: 2,
+            match_index: 120,
+            lag: 0,
+            state: "replicate".into(),
+            ..Default::default()
+        },
+        ReplicaProgress {
+            node: 3,
+            match_index: 20,
+            lag: 100_020,
+            state: "snapshot".into(),
+            snapshot_bytes_acked: 3 << 20,
+            snapshot_bytes_total: 12 << 20,
+            lagging: true,
+        },
+    ];
+    p0.under_replicated = true;
+    let mut p1 = part(1, 2);
+    p1.lag = 4_500;
+    p1.catching_up = true;
     StatusResponse {
         node_id: 1,
         partition_count: 4,
@@ -47,7 +73,7 @@ pub(crate) fn sample_status() -> StatusResponse {
             node(2, "up", 0.41),
             node(3, "down", 12.5),
         ],
-        partitions: vec![part(0, 1), part(1, 2), part(2, 1), part(3, 0)],
+        partitions: vec![p0, p1, part(2, 1), part(3, 0)],
     }
 }
 

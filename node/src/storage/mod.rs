@@ -51,8 +51,15 @@
 //!   segment holding the conflicting entry as holding that whole tail (see
 //!   `log_shape`), so replay from a later segment cannot resurrect it.
 //! - [`Storage::partitions_pinning_old_segments`] names the partitions whose
-//!   uncovered entries keep segments beyond `max_segments` alive; the driver
-//!   asks the core to compact them.
+//!   uncovered entries keep old segments alive once the WAL outgrows its
+//!   allowance: `max_segments` segments, or as many bytes as the current
+//!   snapshots hold, whichever is more; the driver asks the core to compact
+//!   them. The allowance grows with the data because a snapshot rewrites a
+//!   partition's whole state: forcing snapshots every fixed number of WAL
+//!   bytes would rewrite gigabytes of state per few hundred megabytes of
+//!   writes once the data outgrows the WAL (with 900 KB values, 14 bytes of
+//!   snapshot per byte written). With the allowance, snapshots at most about
+//!   double the bytes written.
 //! - After any error the `Storage` refuses further writes
 //!   ([`StorageError::Failed`]): what reached the disk is unknown (a failed
 //!   fsync may have dropped dirty pages), so the node must restart and
@@ -129,8 +136,9 @@ pub struct NodeMeta {
 pub struct StorageOptions {
     /// A new segment is started once the active one holds this many bytes.
     pub segment_bytes: u64,
-    /// Above this many segments, [`Storage::partitions_pinning_old_segments`]
-    /// names the partitions to compact.
+    /// Above this many segments (and above the bytes of the current
+    /// snapshots), [`Storage::partitions_pinning_old_segments`] names the
+    /// partitions to compact.
     pub max_segments: usize,
 }
 
@@ -217,6 +225,8 @@ pub struct StorageStats {
     pub segments: usize,
     /// Bytes in those segments.
     pub wal_bytes: u64,
+    /// Bytes of every partition's current snapshot.
+    pub snapshot_bytes: u64,
     /// WAL records appended, checkpoints included.
     pub records_written: u64,
     /// Syncs of WAL segment files.
@@ -276,6 +286,9 @@ pub struct Storage {
     shapes: BTreeMap<PartitionId, PartitionShape>,
     /// Snapshot indices on disk per partition (a key: its directory exists).
     snapshot_files: BTreeMap<PartitionId, BTreeSet<u64>>,
+    /// Size of each partition's current snapshot (the newest written or
+    /// loaded): what compacting it again would cost.
+    snapshot_bytes: BTreeMap<PartitionId, u64>,
     stats: StorageStats,
     /// Set by the first failed write; see [`StorageError::Failed`].
     failed: Option<String>,
@@ -323,6 +336,7 @@ impl Storage {
             active_unsynced: false,
             shapes: BTreeMap::new(),
             snapshot_files: BTreeMap::new(),
+            snapshot_bytes: BTreeMap::new(),
             stats: StorageStats::default(),
             failed: None,
         };
@@ -350,13 +364,25 @@ impl Storage {
         result
     }
 
-    /// Partitions whose entries keep the oldest segments alive while there
-    /// are more than `max_segments`: compacting them lets those go.
+    /// Partitions whose entries keep the oldest segments alive beyond the
+    /// WAL's allowance (see the module doc): compacting them lets those go.
     pub fn partitions_pinning_old_segments(&self) -> Vec<PartitionId> {
-        let excess = self
+        let over_count = self
             .segments
             .len()
             .saturating_sub(self.opts.max_segments.max(1));
+        // Old segments beyond the count are excess only while the WAL also
+        // holds more bytes than the snapshots that would replace them.
+        let snapshots: u64 = self.snapshot_bytes.values().sum();
+        let mut wal: u64 = self.segments.iter().map(|s| s.bytes).sum();
+        let mut excess = 0;
+        for seg in self.segments.iter().take(over_count) {
+            if wal <= snapshots {
+                break;
+            }
+            wal -= seg.bytes;
+            excess += 1;
+        }
         let mut pinning = BTreeSet::new();
         for seg in self.segments.iter().take(excess) {
             for (&p, &max) in &seg.max_index {
@@ -372,6 +398,7 @@ impl Storage {
         StorageStats {
             segments: self.segments.len(),
             wal_bytes: self.segments.iter().map(|s| s.bytes).sum(),
+            snapshot_bytes: self.snapshot_bytes.values().sum(),
             ..self.stats
         }
     }
@@ -501,6 +528,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let dir_exists = self.snapshot_files.contains_key(&p);
         snapshots::write(self.disk.as_ref(), &self.dirs, p, snapshot, dir_exists)?;
+        self.snapshot_bytes.insert(p, snapshot.data.len() as u64);
         self.snapshot_files
             .entry(p)
             .or_default()
@@ -747,6 +775,7 @@ impl Storage {
                     snapshot
                 }
             };
+            self.snapshot_bytes.insert(p, snapshot.data.len() as u64);
             groups.entry(p).or_default().snapshot = Some(snapshot);
         }
         for (p, snapshot) in inline {

@@ -424,6 +424,55 @@ fn tiny_segments() -> StorageOptions {
     }
 }
 
+/// The WAL may outgrow `max_segments` while it holds fewer bytes than the
+/// snapshots that compacting would rewrite: a snapshot costs a partition's
+/// whole state, so forcing one every few segments would rewrite far more
+/// than is written. Past the snapshots' size, the old segments' partitions
+/// are named as before; the allowance survives a restart.
+#[test]
+fn the_wal_may_grow_to_the_size_of_the_snapshots_before_forcing_compaction() {
+    let disk = Arc::new(MemDisk::new());
+    let (mut storage, _) = open_with(&disk, tiny_segments()).expect("open");
+    let mut big = snapshot(P0, 1, 1);
+    if let PersistRecord::Snapshot(s) = &mut big.record {
+        s.data = Bytes::from(vec![b'x'; 4000]);
+    }
+    let mut n = 0;
+    let mut write = |storage: &mut Storage, records| {
+        n += 1;
+        storage.write(&[request(n, records)]).expect("write");
+    };
+    write(
+        &mut storage,
+        vec![hard_state(P0, 1, 0), entries(P0, 1, 1, 1), big],
+    );
+    let mut i = 0;
+    while storage.stats().wal_bytes < 3000 {
+        i += 1;
+        write(&mut storage, vec![entries(P1, i, i, 1)]);
+    }
+    let stats = storage.stats();
+    assert!(
+        stats.segments > 2 * tiny_segments().max_segments,
+        "{stats:?}"
+    );
+    assert_eq!(stats.snapshot_bytes, 4000);
+    assert_eq!(
+        storage.partitions_pinning_old_segments(),
+        [],
+        "a WAL smaller than the snapshots is left alone: {stats:?}"
+    );
+    drop(storage);
+    let (mut storage, _) = open_with(&disk, tiny_segments()).expect("reopen");
+    assert_eq!(storage.stats().snapshot_bytes, 4000, "known after recovery");
+    assert_eq!(storage.partitions_pinning_old_segments(), []);
+    while storage.stats().wal_bytes < 5000 {
+        i += 1;
+        write(&mut storage, vec![entries(P1, i, i, 1)]);
+    }
+    assert_eq!(storage.partitions_pinning_old_segments(), [P1]);
+}
+
 #[test]
 fn snapshots_let_old_segments_go_and_recovery_still_finds_everything() {
     let disk = Arc::new(MemDisk::new());

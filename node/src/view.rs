@@ -1,0 +1,240 @@
+//! This node's published view of the cluster: members and their health,
+//! every partition with its leader (where known) and, for the partitions
+//! this node replicates, how far each replica has got. Built by the driver
+//! from the core a few times per second ([`build_view`]) and read by the
+//! APIs (status, metrics, readiness) without reaching into the event loop.
+//!
+//! What "lagging" means is decided here, once, for every API: a replica is
+//! **lagging** when its leader knows it lacks more than [`LAGGING_ENTRIES`]
+//! entries, when it is being sent a snapshot, or when its node is down; a
+//! partition this node leads is **under-replicated** while any of its
+//! replicas lags; this node's own replica is **catching up** while it has
+//! more than [`LAGGING_ENTRIES`] committed entries left to apply, as far as
+//! its leader told it, or is receiving a snapshot. A node knows the
+//! followers' progress only of the partitions it leads, and its own
+//! replica's lag only as well as its leader's last message tells it.
+
+use std::collections::BTreeMap;
+
+use ringkv_core::detector::PeerStatus;
+use ringkv_core::node::{Node, NodeStats};
+use ringkv_core::raft::ProgressState;
+use ringkv_core::{NodeId, PartitionId, Time};
+use serde::Serialize;
+
+/// Entries a replica may trail its leader by before it counts as lagging:
+/// a healthy follower trails by what is in flight (a few RTTs of writes).
+pub const LAGGING_ENTRIES: u64 = 1_000;
+
+/// This node's view of the cluster, refreshed a few times per second.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub node_id: NodeId,
+    pub members: Vec<MemberView>,
+    pub partitions: Vec<PartitionView>,
+    /// Set once every partition this node replicates knows its leader.
+    pub ready: bool,
+    /// The core's counters.
+    pub stats: NodeStats,
+    /// Client requests inside the core right now.
+    pub pending_requests: usize,
+    /// Partitions waiting for a compaction snapshot.
+    pub compactions_queued: usize,
+}
+
+/// A member's health as this node's failure detector sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// This node.
+    #[serde(rename = "self")]
+    Local,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Local => "self",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub health: Health,
+    pub phi: f64,
+}
+
+/// One replica of a partition this node leads, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FollowerView {
+    pub node: NodeId,
+    /// Highest index known to be durable on the replica.
+    pub match_index: u64,
+    /// Entries the replica lacks: the leader's last index minus `match_index`.
+    pub lag: u64,
+    /// "replicate", "probe" or "snapshot".
+    pub state: &'static str,
+    /// While a snapshot is being sent: bytes acknowledged and its size.
+    pub snapshot_progress: Option<(u64, u64)>,
+    pub lagging: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartitionView {
+    pub partition: PartitionId,
+    pub replicas: Vec<NodeId>,
+    /// Known only where this node replicates the partition.
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub keys: u64,
+    /// Where this node leads: the other replicas.
+    pub followers: Vec<FollowerView>,
+    /// Where this node replicates: committed entries (as far as it knows)
+    /// it has not applied yet.
+    pub lag: u64,
+    /// Where this node replicates: bytes received of a snapshot it is being
+    /// sent, and its size.
+    pub receiving_snapshot: Option<(u64, u64)>,
+    /// This node leads the partition and some replica lags.
+    pub under_replicated: bool,
+    /// This node's replica lags its leader.
+    pub catching_up: bool,
+}
+
+impl ClusterView {
+    pub fn leader_of(&self, p: PartitionId) -> Option<NodeId> {
+        self.partitions.get(p.0 as usize).and_then(|v| v.leader)
+    }
+
+    /// Partitions this node replicates without a known leader.
+    pub fn leaderless(&self) -> impl Iterator<Item = &PartitionView> {
+        let me = self.node_id;
+        self.partitions
+            .iter()
+            .filter(move |p| p.leader.is_none() && p.replicas.contains(&me))
+    }
+
+    pub fn under_replicated(&self) -> impl Iterator<Item = &PartitionView> {
+        self.partitions.iter().filter(|p| p.under_replicated)
+    }
+
+    pub fn catching_up(&self) -> impl Iterator<Item = &PartitionView> {
+        self.partitions.iter().filter(|p| p.catching_up)
+    }
+}
+
+/// The view of `node` at `now`.
+pub fn build_view(node: &Node, now: Time) -> ClusterView {
+    let me = node.id();
+    let detector = node.detector();
+    let mut status: BTreeMap<NodeId, PeerStatus> = BTreeMap::new();
+    for (peer, s, _) in detector.peers() {
+        status.insert(peer, s);
+    }
+    let is_up = |id: NodeId| id == me || matches!(status.get(&id), Some(PeerStatus::Up));
+    let members = node
+        .ring()
+        .members()
+        .iter()
+        .map(|&id| {
+            if id == me {
+                MemberView {
+                    id,
+                    health: Health::Local,
+                    phi: 0.0,
+                }
+            } else {
+                MemberView {
+                    id,
+                    health: if is_up(id) { Health::Up } else { Health::Down },
+                    phi: detector.phi(id, now),
+                }
+            }
+        })
+        .collect();
+    let mut ready = true;
+    let partitions = node
+        .ring()
+        .partitions()
+        .map(|p| {
+            let replicas = node.ring().replicas(p).to_vec();
+            let (Some(raft), Some(kv)) = (node.raft(p), node.kv(p)) else {
+                return PartitionView {
+                    partition: p,
+                    replicas,
+                    leader: None,
+                    term: 0,
+                    commit_index: 0,
+                    applied_index: 0,
+                    keys: 0,
+                    followers: Vec::new(),
+                    lag: 0,
+                    receiving_snapshot: None,
+                    under_replicated: false,
+                    catching_up: false,
+                };
+            };
+            if raft.leader().is_none() {
+                ready = false;
+            }
+            let last = raft.log().last_index();
+            let followers: Vec<FollowerView> = raft
+                .followers()
+                .map(|(id, pr)| {
+                    let snapshot_progress = raft.outgoing_snapshot_progress(id);
+                    let lag = last.saturating_sub(pr.matched);
+                    FollowerView {
+                        node: id,
+                        match_index: pr.matched,
+                        lag,
+                        state: match pr.state {
+                            ProgressState::Replicate => "replicate",
+                            ProgressState::Probe => "probe",
+                            ProgressState::Snapshot { .. } => "snapshot",
+                        },
+                        snapshot_progress,
+                        lagging: lag > LAGGING_ENTRIES
+                            || matches!(pr.state, ProgressState::Snapshot { .. })
+                            || !is_up(id),
+                    }
+                })
+                .collect();
+            let applied = kv.applied_index();
+            let lag = raft.leader_commit().saturating_sub(applied);
+            let receiving_snapshot = raft
+                .incoming_snapshot_progress()
+                .map(|(_, held, total)| (held, total));
+            PartitionView {
+                partition: p,
+                replicas,
+                leader: raft.leader(),
+                term: raft.term(),
+                commit_index: raft.log().committed(),
+                applied_index: applied,
+                keys: kv.len() as u64,
+                under_replicated: followers.iter().any(|f| f.lagging),
+                followers,
+                lag,
+                catching_up: lag > LAGGING_ENTRIES || receiving_snapshot.is_some(),
+                receiving_snapshot,
+            }
+        })
+        .collect();
+    ClusterView {
+        node_id: me,
+        members,
+        partitions,
+        ready,
+        stats: node.stats().clone(),
+        pending_requests: node.pending_requests(),
+        compactions_queued: node.compactions_queued(),
+    }
+}
