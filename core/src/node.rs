@@ -1149,18 +1149,46 @@ impl Node {
     /// batches. A peer with nothing queued gets an empty control batch (the
     /// node heartbeat).
     fn flush(&mut self) {
+        let budget = self
+            .cfg
+            .max_batch_bytes
+            .saturating_sub(wire::PEER_BATCH_OVERHEAD_BYTES);
         for (to, messages) in std::mem::take(&mut self.outbox) {
             self.last_sent.insert(to, self.now);
-            let (bulk, control): (Vec<GroupMessage>, Vec<GroupMessage>) = messages
-                .into_iter()
-                .partition(|gm| gm.message.body.is_bulk());
-            let mut batches = pack(control, self.cfg.max_batch_bytes);
-            let bulk = pack(take_in_turn(bulk), self.cfg.max_batch_bytes);
-            if batches.is_empty() && bulk.is_empty() {
-                batches.push(Vec::new());
+            // One pass for sizes; most flushes fit one batch per lane and
+            // keep their order and their vector.
+            let (mut control_bytes, mut bulk_bytes, mut bulk_count) = (0usize, 0usize, 0usize);
+            for gm in &messages {
+                let len = wire::group_message_len_bound(gm);
+                if gm.message.body.is_bulk() {
+                    bulk_bytes += len;
+                    bulk_count += 1;
+                } else {
+                    control_bytes += len;
+                }
             }
+            let (control, bulk) = if bulk_count == 0 && control_bytes <= budget {
+                (vec![messages], Vec::new())
+            } else if bulk_count == messages.len() && bulk_bytes <= budget {
+                (Vec::new(), vec![messages])
+            } else {
+                let (bulk, control): (Vec<GroupMessage>, Vec<GroupMessage>) = messages
+                    .into_iter()
+                    .partition(|gm| gm.message.body.is_bulk());
+                let control = match control.is_empty() {
+                    true => Vec::new(),
+                    false if control_bytes <= budget => vec![control],
+                    false => pack(control, self.cfg.max_batch_bytes),
+                };
+                let bulk = match bulk.is_empty() {
+                    true => Vec::new(),
+                    false if bulk_bytes <= budget => vec![bulk],
+                    false => pack(take_in_turn(bulk), self.cfg.max_batch_bytes),
+                };
+                (control, bulk)
+            };
             self.stats.bulk_batches_sent += bulk.len() as u64;
-            for messages in batches.into_iter().chain(bulk) {
+            for messages in control.into_iter().chain(bulk) {
                 self.stats.batches_sent += 1;
                 let batch = PeerBatch {
                     from: self.id,

@@ -96,6 +96,9 @@ struct ClusterArgs {
     /// After this many milliseconds a request is answered: a write "outcome unknown", a read "timeout".
     #[arg(long, env = "RINGKV_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Snapshot a partition (and drop its log) once this many applied entries follow its last snapshot.
+    #[arg(long, env = "RINGKV_SNAPSHOT_ENTRIES", default_value_t = defaults::SNAPSHOT_ENTRIES, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_entries: u64,
 }
 
 impl ClusterArgs {
@@ -106,6 +109,7 @@ impl ClusterArgs {
         c.max_key_bytes = self.max_key_bytes;
         c.max_value_bytes = self.max_value_bytes;
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        c.snapshot_entries = self.snapshot_entries;
     }
 }
 

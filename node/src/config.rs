@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub max_value_bytes: usize,
     pub request_timeout: Duration,
     pub tick_interval: Duration,
+    /// Applied entries after which a partition's log is compacted.
+    pub snapshot_entries: u64,
     /// Simulation only: the harness's hook that drops, duplicates or delays
     /// outgoing peer batches (see [`crate::transport::faults`]). The field
     /// does not exist outside `cfg(madsim)`.
@@ -46,6 +48,7 @@ pub mod defaults {
     pub const TOKENS_PER_NODE: u32 = 64;
     pub const MAX_KEY_BYTES: usize = 4 << 10;
     pub const MAX_VALUE_BYTES: usize = 1 << 20;
+    pub const SNAPSHOT_ENTRIES: u64 = 10_000;
     pub const CLUSTER_ID: &str = "ringkv";
 }
 
@@ -72,6 +75,7 @@ impl ServerConfig {
             max_value_bytes: defaults::MAX_VALUE_BYTES,
             request_timeout: core.request_timeout,
             tick_interval: core.tick_interval,
+            snapshot_entries: defaults::SNAPSHOT_ENTRIES,
             #[cfg(madsim)]
             peer_faults: None,
         }
@@ -89,6 +93,7 @@ impl ServerConfig {
         c.max_value_bytes = self.max_value_bytes;
         c.request_timeout = self.request_timeout;
         c.tick_interval = self.tick_interval;
+        c.snapshot_threshold = self.snapshot_entries;
         c
     }
 }

@@ -142,7 +142,41 @@ impl Disk for FsDisk {
 #[derive(Debug, Clone, Default)]
 struct MemFile {
     current: Vec<u8>,
-    durable: Vec<u8>,
+    durable: Durable,
+}
+
+/// What of a [`MemFile`] survives a crash. While only appends happened since
+/// the last sync it is a prefix of the current bytes, kept as a length: a
+/// sync of a large WAL segment must not copy the whole file (the simulation
+/// writes megabytes of entries and syncs after every batch).
+#[derive(Debug, Clone)]
+enum Durable {
+    /// `current[..n]`.
+    Prefix(usize),
+    /// Bytes of their own: the current ones were cut or rewritten since.
+    Copy(Vec<u8>),
+}
+
+impl Default for Durable {
+    fn default() -> Self {
+        Durable::Prefix(0)
+    }
+}
+
+impl MemFile {
+    /// Keeps what is durable before `current` loses bytes of it.
+    fn detach_durable(&mut self) {
+        if let Durable::Prefix(n) = self.durable {
+            self.durable = Durable::Copy(self.current[..n].to_vec());
+        }
+    }
+
+    fn durable_bytes(&self) -> &[u8] {
+        match &self.durable {
+            Durable::Prefix(n) => &self.current[..*n],
+            Durable::Copy(bytes) => bytes,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -189,14 +223,19 @@ impl MemDisk {
     pub fn crash_keeping(&self, mut keep: impl FnMut(&Path, usize) -> usize) {
         let mut state = self.state();
         for (path, file) in state.files.iter_mut() {
-            if file.current.len() > file.durable.len() && file.current.starts_with(&file.durable) {
-                let unsynced = file.current.len() - file.durable.len();
+            let durable = file.durable_bytes();
+            let (synced, appended_only) = (
+                durable.len(),
+                file.current.len() > durable.len() && file.current.starts_with(durable),
+            );
+            if appended_only {
+                let unsynced = file.current.len() - synced;
                 let kept = keep(path, unsynced).min(unsynced);
-                file.current.truncate(file.durable.len() + kept);
+                file.current.truncate(synced + kept);
             } else {
-                file.current.clone_from(&file.durable);
+                file.current = file.durable_bytes().to_vec();
             }
-            file.durable.clone_from(&file.current);
+            file.durable = Durable::Prefix(file.current.len());
         }
     }
 
@@ -215,8 +254,8 @@ impl MemDisk {
     pub fn set_durable(&self, path: &Path, data: Vec<u8>) {
         let mut state = self.state();
         let file = state.files.entry(path.to_path_buf()).or_default();
-        file.current.clone_from(&data);
-        file.durable = data;
+        file.durable = Durable::Prefix(data.len());
+        file.current = data;
     }
 }
 
@@ -297,6 +336,7 @@ impl Disk for MemDisk {
         let mut state = self.state();
         state.parent_exists(path)?;
         let file = state.files.entry(path.to_path_buf()).or_default();
+        file.detach_durable();
         file.current = data.to_vec();
         Ok(())
     }
@@ -304,7 +344,7 @@ impl Disk for MemDisk {
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         let mut state = self.state();
         let file = state.file_mut(path)?;
-        file.durable.clone_from(&file.current);
+        file.durable = Durable::Prefix(file.current.len());
         state.file_syncs += 1;
         Ok(())
     }
@@ -324,6 +364,9 @@ impl Disk for MemDisk {
         // Like ftruncate: cuts, or extends with zeros.
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length exceeds memory"))?;
+        if matches!(file.durable, Durable::Prefix(n) if len < n) {
+            file.detach_durable();
+        }
         file.current.resize(len, 0);
         Ok(())
     }

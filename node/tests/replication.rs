@@ -176,10 +176,20 @@ fn large_values_replicate_and_leave_the_transport_quiet() {
         writes["ok"].as_u64().unwrap_or(0) >= 50,
         "large writes barely went through: {writes}"
     );
+    // Overload may time writes out or refuse them (and a node starved of
+    // CPU may lose leadership for a moment); it must never corrupt,
+    // mis-size or garble them.
     let errors = writes["errors"].as_object().cloned().unwrap_or_default();
     for code in errors.keys() {
         assert!(
-            ["client_timeout", "timeout_outcome_unknown", "busy"].contains(&code.as_str()),
+            [
+                "client_timeout",
+                "timeout_outcome_unknown",
+                "busy",
+                "no_leader",
+                "not_applied",
+            ]
+            .contains(&code.as_str()),
             "unexpected error {code} under large writes: {writes}"
         );
     }

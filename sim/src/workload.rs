@@ -250,14 +250,16 @@ pub fn expand(value: &Bytes) -> Bytes {
     let Some((prefix, len)) = parse_compact(value) else {
         return value.clone();
     };
+    // The repeated part doubles at each step: a megabyte takes ~20 copies.
+    let mut fill = Vec::with_capacity(len);
+    fill.extend_from_slice(prefix);
+    while fill.len() < len {
+        fill.extend_from_within(..fill.len().min(len - fill.len()));
+    }
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(prefix);
     out.push(b'|');
-    while out.len() < len {
-        let take = (len - out.len()).min(prefix.len());
-        out.extend_from_slice(&prefix[..take]);
-    }
-    out.truncate(len);
+    out.extend_from_slice(&fill[..len - out.len()]);
     Bytes::from(out)
 }
 

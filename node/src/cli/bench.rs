@@ -11,7 +11,9 @@
 //! Phases: optional `--prefill` (write every key once), `--warmup` (load,
 //! not recorded), then the measured phase, which ends after `--duration`
 //! or, with `--ops N`, after N operations. A progress line goes to stderr
-//! once a second. Latencies are recorded in microseconds, for successful
+//! once a second, with that second's p99 and slowest successful operation
+//! (so a stall, such as a burst of compaction, shows in the second it
+//! happens rather than vanishing into the run's percentiles). Latencies are recorded in microseconds, for successful
 //! operations only (a fast-failing error would flatter the percentiles);
 //! failures are counted by code (see [`failure::ErrorCode`]). A read of a
 //! key never written succeeds as a *miss*. REST reads other than
@@ -77,6 +79,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const VALUE_POOL_SLACK: usize = 4096;
 /// Significant figures kept by the latency histograms (0.1% resolution).
 const HISTOGRAM_SIGFIGS: u8 = 3;
+
+/// A latency histogram in microseconds. Auto-resizing: memory grows only
+/// with the slowest latency seen.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new(HISTOGRAM_SIGFIGS).expect("3 significant figures are valid")
+}
 
 /// The API the bench loads the cluster through.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,6 +340,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Option<Report>> {
         issued: AtomicU64::new(0),
         completed: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        window: std::sync::Mutex::new(new_histogram()),
     });
     let run_start = Instant::now();
     let mut measure_start = run_start;
@@ -367,7 +376,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Option<Report>> {
             results = &mut all_done => break results,
             _ = ticker.tick() => {
                 let phase = if shared.recording.load(Ordering::Relaxed) { "" } else { " warmup" };
-                progress.tick(&shared.completed, &shared.failed, phase);
+                progress.tick(&shared.completed, &shared.failed, phase, Some(&shared.window));
             }
             _ = sleep_until_or_never(next_boundary) => {
                 if !shared.recording.load(Ordering::Relaxed) {
@@ -449,7 +458,7 @@ async fn prefill(
     let results = loop {
         tokio::select! {
             results = &mut all_done => break results,
-            _ = ticker.tick() => progress.tick(&completed, &failed, " prefill"),
+            _ = ticker.tick() => progress.tick(&completed, &failed, " prefill", None),
         }
     };
     for result in results {
@@ -648,6 +657,8 @@ struct Shared {
     issued: AtomicU64,
     completed: AtomicU64,
     failed: AtomicU64,
+    /// Latencies (µs) of successful operations since the last progress line.
+    window: std::sync::Mutex<Histogram<u64>>,
 }
 
 /// One closed-loop client.
@@ -694,6 +705,11 @@ impl Worker {
             let latency = started.elapsed();
             if recording {
                 stats.record(is_read, outcome, latency);
+            }
+            if matches!(outcome, Outcome::Ok | Outcome::Miss) {
+                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                let mut window = self.shared.window.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = window.record(micros);
             }
             self.shared.completed.fetch_add(1, Ordering::Relaxed);
             if matches!(outcome, Outcome::Failed(_)) {
@@ -781,8 +797,7 @@ struct ClassStats {
 impl ClassStats {
     fn new() -> ClassStats {
         ClassStats {
-            // Auto-resizing: memory grows only with the slowest latency seen.
-            latency_us: Histogram::new(HISTOGRAM_SIGFIGS).expect("3 significant figures are valid"),
+            latency_us: new_histogram(),
             ok: 0,
             misses: 0,
             errors: [0; ErrorCode::ALL.len()],
@@ -857,18 +872,36 @@ impl Progress {
         }
     }
 
-    fn tick(&self, completed: &AtomicU64, failed: &AtomicU64, phase: &str) {
+    fn tick(
+        &self,
+        completed: &AtomicU64,
+        failed: &AtomicU64,
+        phase: &str,
+        window: Option<&std::sync::Mutex<Histogram<u64>>>,
+    ) {
         let now = Instant::now();
         let total = completed.load(Ordering::Relaxed);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let (then, before) = *last;
         *last = (now, total);
         let rate = total.saturating_sub(before) as f64 / now.duration_since(then).as_secs_f64();
-        let line = format!(
+        let mut line = format!(
             "[{:6.1}s{phase}] {rate:8.0} ops/s  total {total}  errors {}",
             now.duration_since(self.started).as_secs_f64(),
             failed.load(Ordering::Relaxed)
         );
+        if let Some(window) = window {
+            let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
+            if !w.is_empty() {
+                let ms = |us: u64| us as f64 / 1000.0;
+                line.push_str(&format!(
+                    "  p99 {:.1} ms  max {:.1} ms",
+                    ms(w.value_at_quantile(0.99)),
+                    ms(w.max())
+                ));
+            }
+            w.reset();
+        }
         if self.terminal {
             eprint!("\r{line:<72}");
         } else {

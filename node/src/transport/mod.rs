@@ -38,9 +38,9 @@
 //! closes a stream that carried nothing for [`PeerService`]'s idle timeout,
 //! and the sender's HTTP/2 keepalive closes a connection whose pings go
 //! unanswered; either way the sender re-dials. A sender whose lane has had
-//! nothing to send for a quarter of that timeout sends an empty keepalive
-//! frame, so a quiet lane is never mistaken for a stalled one (and never
-//! re-dialled while idle).
+//! nothing to send for half that timeout sends an empty keepalive frame, so
+//! a quiet lane is never mistaken for a stalled one (and never re-dialled
+//! while idle).
 //!
 //! The same service carries `Forward`: a client request this node cannot
 //! answer, sent to the node the core named ([`forward`]).
@@ -132,9 +132,10 @@ impl TransportLimits {
     }
 
     /// How long a lane with nothing to send waits before sending an empty
-    /// keepalive frame: well inside the receiver's idle timeout.
+    /// keepalive frame: half the receiver's idle timeout, so one lost or
+    /// late keepalive never closes a quiet stream.
     pub fn keepalive_interval(&self) -> Duration {
-        self.idle_timeout / 4
+        self.idle_timeout / 2
     }
 
     /// Bulk bytes queued for a peer above which its link is congested.

@@ -315,50 +315,39 @@ impl StreamTask {
         let mut last_sent = self.clock.now();
         let mut keepalive_due = self.clock.sleep(keepalive);
         loop {
-            // `biased`: unbiased select! is not replayable under madsim
-            // (see the driver's event loop).
-            let frame = tokio::select! {
-                biased;
-                result = &mut call => {
-                    self.failed(why_ended(result));
-                    return Ended::Broken;
-                }
-                queued = self.rx.recv() => {
-                    let Some(Queued { batch, bytes }) = queued else { return Ended::Shutdown };
-                    self.dequeued(bytes);
-                    let frame = pb::PeerFrame { batch: wire::encode_peer_batch(&batch) };
-                    if frame.batch.len() > self.limits.max_frame_bytes {
-                        // The core bounds every batch by the same limit; this
-                        // is a bug, and resending it would fail forever.
-                        self.stats.frames_too_large_out.fetch_add(1, Ordering::Relaxed);
-                        self.lost.store(true, Ordering::Relaxed);
-                        tracing::warn!(
-                            peer = %self.peer, lane = ?self.lane, messages = batch.messages.len(),
-                            "not sending a peer frame of {}: it exceeds the {} limit",
-                            human_bytes(frame.batch.len()), human_bytes(self.limits.max_frame_bytes)
-                        );
-                        continue;
-                    }
-                    #[cfg(madsim)]
-                    let frame = match &self.hook.faults {
-                        Some(h) => match h.apply(self.peer, frame, &frames_tx, &self.stats) {
-                            Some(f) => f,
-                            None => continue,
-                        },
-                        None => frame,
-                    };
-                    frame
-                }
-                () = &mut keepalive_due => {
-                    let due = last_sent + keepalive;
-                    if self.clock.now() < due {
-                        keepalive_due = self.clock.sleep_until(due);
-                        continue;
-                    }
-                    self.stats.keepalives_sent.fetch_add(1, Ordering::Relaxed);
-                    pb::PeerFrame { batch: Default::default() }
-                }
+            // A batch already queued goes out without arming any timer;
+            // only an empty queue waits (and counts toward a keepalive).
+            let queued = match self.rx.try_recv() {
+                Ok(queued) => Some(queued),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ended::Shutdown,
+                Err(mpsc::error::TryRecvError::Empty) => None,
             };
+            let frame = match queued {
+                Some(queued) => self.encode(queued, &frames_tx),
+                // `biased`: unbiased select! is not replayable under madsim
+                // (see the driver's event loop).
+                None => tokio::select! {
+                    biased;
+                    result = &mut call => {
+                        self.failed(why_ended(result));
+                        return Ended::Broken;
+                    }
+                    queued = self.rx.recv() => {
+                        let Some(queued) = queued else { return Ended::Shutdown };
+                        self.encode(queued, &frames_tx)
+                    }
+                    () = &mut keepalive_due => {
+                        let due = last_sent + keepalive;
+                        if self.clock.now() < due {
+                            keepalive_due = self.clock.sleep_until(due);
+                            continue;
+                        }
+                        self.stats.keepalives_sent.fetch_add(1, Ordering::Relaxed);
+                        Some(pb::PeerFrame { batch: Default::default() })
+                    }
+                },
+            };
+            let Some(frame) = frame else { continue };
             let keepalive_frame = frame.batch.is_empty();
             // Wait for room in gRPC's small send buffer, watching the call
             // (its end must be noticed at once) and the time: a stream that
@@ -369,7 +358,9 @@ impl StreamTask {
                 Ok(permit) => Ok(permit),
                 Err(mpsc::error::TrySendError::Closed(())) => Err(()),
                 Err(mpsc::error::TrySendError::Full(())) => {
-                    let stalled = self.clock.sleep(self.limits.idle_timeout);
+                    // Armed only if room does not come at once.
+                    let (clock, idle) = (self.clock.clone(), self.limits.idle_timeout);
+                    let stalled = async move { clock.sleep(idle).await };
                     tokio::select! {
                         biased;
                         result = &mut call => {
@@ -417,6 +408,39 @@ impl StreamTask {
         }
     }
 
+    /// Takes a batch off the queue and makes its frame: `None` if it
+    /// exceeds the frame limit (a bug: the core bounds every batch by the
+    /// same limit, and resending it would fail forever) or, in the
+    /// simulation, the fault hook holds or drops it.
+    #[cfg_attr(not(madsim), expect(unused_variables))]
+    fn encode(
+        &mut self,
+        Queued { batch, bytes }: Queued,
+        frames: &mpsc::Sender<pb::PeerFrame>,
+    ) -> Option<pb::PeerFrame> {
+        self.dequeued(bytes);
+        let frame = pb::PeerFrame {
+            batch: wire::encode_peer_batch(&batch),
+        };
+        if frame.batch.len() > self.limits.max_frame_bytes {
+            self.stats
+                .frames_too_large_out
+                .fetch_add(1, Ordering::Relaxed);
+            self.lost.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                peer = %self.peer, lane = ?self.lane, messages = batch.messages.len(),
+                "not sending a peer frame of {}: it exceeds the {} limit",
+                human_bytes(frame.batch.len()), human_bytes(self.limits.max_frame_bytes)
+            );
+            return None;
+        }
+        #[cfg(madsim)]
+        if let Some(h) = &self.hook.faults {
+            return h.apply(self.peer, frame, frames, &self.stats);
+        }
+        Some(frame)
+    }
+
     /// Drops everything queued; if anything was, the peer missed messages.
     fn discard_queued(&mut self) {
         let mut discarded = 0u64;
@@ -454,6 +478,17 @@ impl StreamTask {
 fn why_ended<T>(result: Result<T, tonic::Status>) -> String {
     match result {
         Ok(_) => "the peer closed the stream".to_owned(),
-        Err(status) => format!("stream failed: {}", status.message()),
+        Err(status) => {
+            // The status's message, then its causes (a transport error's
+            // message says only "transport error").
+            let mut why = status.message().to_owned();
+            if let Some(source) = std::error::Error::source(&status) {
+                let causes = error_chain(source);
+                if !why.contains(&causes) {
+                    why = format!("{why}: {causes}");
+                }
+            }
+            format!("stream failed: {why}")
+        }
     }
 }

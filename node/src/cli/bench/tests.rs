@@ -283,6 +283,7 @@ async fn rest_run_with_op_budget_reuses_connections() {
         issued: AtomicU64::new(0),
         completed: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        window: std::sync::Mutex::new(new_histogram()),
     });
     let values = ValuePool::new(args.seed, args.value_size);
     let mut stats = Stats::new();
