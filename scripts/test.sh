@@ -7,6 +7,8 @@
 #   MADSIM_TEST_NUM         seeds per simulation test (default 50)
 #   RINGKV_SIM_LINEARIZABLE seeds of the linearizability run (default 200,
 #                           30 s of simulated time each)
+#   MADSIM_TEST_JOBS        seeds of that run at once (default: the number
+#                           of CPUs; each seed replays the same either way)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +29,7 @@ echo "simulation: linearizability under faults, seeds ${seed}..$((seed + runs - 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 started=$SECONDS
-if ! MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$runs" \
+if ! MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$runs" MADSIM_TEST_JOBS="${MADSIM_TEST_JOBS:-$(nproc)}" \
   cargo test -p ringkv-sim --test linearizable -- --nocapture >"$log" 2>&1; then
   tail -n 80 "$log"
   echo "simulation: linearizability run FAILED (the replay command is above)"

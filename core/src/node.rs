@@ -27,8 +27,10 @@
 //! - **paced compaction**: groups due for a snapshot (by entry count, by log
 //!   size, or at the driver's request) queue up, and ticks work through the
 //!   queue at `max_snapshot_bytes_per_tick` of state per tick on average (a
-//!   larger snapshot is paid off over later ticks), so a node never
-//!   snapshots all its partitions at once; a leader also holds off briefly
+//!   larger snapshot is paid off over later ticks; a small one costs at
+//!   least `snapshot_cost_floor_bytes`, since its file and fsyncs cost the
+//!   disk the same whatever its size), so a node never snapshots all its
+//!   partitions at once; a leader also holds off briefly
 //!   while a follower it is streaming to lacks the entries to be folded;
 //! - **persist before speak** across groups: a group's gated messages wait for
 //!   the WAL batch holding that group's latest records;
@@ -85,6 +87,11 @@ pub struct NodeConfig {
     /// average. A larger snapshot is taken whole and then paid off over the
     /// following ticks (a snapshot debt), so compaction never bursts.
     pub max_snapshot_bytes_per_tick: u64,
+    /// The least a snapshot costs against that pace, however small the
+    /// state: writing one is a file, two fsyncs and a rename whatever its
+    /// size, so a thousand partitions of a few KB each must not all go in
+    /// one tick (with the defaults: at most 4 snapshots per tick).
+    pub snapshot_cost_floor_bytes: u64,
     /// Encoded bytes per peer batch (see [`NodeConfig::max_peer_frame_bytes`]).
     pub max_batch_bytes: usize,
     /// Requests in flight on this node beyond this are refused with `Busy`.
@@ -113,6 +120,7 @@ impl NodeConfig {
             snapshot_threshold: 10_000,
             snapshot_threshold_bytes: 64 << 20,
             max_snapshot_bytes_per_tick: 4 << 20,
+            snapshot_cost_floor_bytes: 1 << 20,
             max_batch_bytes: 4 << 20,
             max_pending_requests: 100_000,
             max_pending_write_bytes: 64 << 20,
@@ -871,7 +879,10 @@ impl Node {
             );
             self.stats.compactions += 1;
             self.dirty.insert(p);
-            let cost = i64::try_from(g.kv.data_bytes().max(1)).unwrap_or(i64::MAX);
+            let cost =
+                g.kv.data_bytes()
+                    .max(self.cfg.snapshot_cost_floor_bytes.max(1));
+            let cost = i64::try_from(cost).unwrap_or(i64::MAX);
             self.snapshot_allowance = self.snapshot_allowance.saturating_sub(cost);
         }
         for p in deferred {

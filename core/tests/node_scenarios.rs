@@ -322,6 +322,43 @@ fn idle_groups_quiesce_and_wake() {
     insta::assert_snapshot!(c.out);
 }
 
+/// Issue 9: a WAL past its allowance asks for every partition at once. With
+/// a thousand small partitions the byte pace alone let a thousand snapshot
+/// files (two fsyncs each) into one storage batch, and commits queued behind
+/// them stalled for seconds. A snapshot costs at least
+/// `snapshot_cost_floor_bytes` of the pace, so ticks take a few at a time.
+#[test]
+fn compaction_of_many_small_partitions_is_paced_by_count() {
+    let mut c = Cluster::new(3, 16);
+    c.quiet_events = true;
+    c.run_for(300);
+    assert_eq!(c.leaders().len(), 16, "every partition elected a leader");
+    let cfg = NodeConfig::new(NodeId(1), vec![NodeId(1)]);
+    let per_tick = cfg.max_snapshot_bytes_per_tick / cfg.snapshot_cost_floor_bytes;
+    assert!(
+        (1..16).contains(&per_tick),
+        "the defaults pace 16 partitions over several ticks"
+    );
+    let all: Vec<PartitionId> = (0..16).map(PartitionId).collect();
+    let before = c.nodes[0].stats().compactions;
+    let now = c.now;
+    c.nodes[0].handle_compaction_request(now, &all);
+    assert_eq!(c.nodes[0].compactions_queued(), 16);
+    c.run_for(50);
+    assert_eq!(
+        c.nodes[0].stats().compactions - before,
+        per_tick,
+        "one tick takes as many tiny snapshots as the floor allows, no more"
+    );
+    c.run_for(50 * 16);
+    assert_eq!(
+        c.nodes[0].stats().compactions - before,
+        16,
+        "later ticks take the rest"
+    );
+    assert_eq!(c.nodes[0].compactions_queued(), 0);
+}
+
 /// The driver asks for a snapshot when old entries pin a WAL segment: the
 /// node folds the applied log into a snapshot record (so the segment can go)
 /// and keeps serving the same data.

@@ -119,6 +119,7 @@ fn config(id: u64, n: u64) -> NodeConfig {
     cfg.max_batch_bytes = 1024;
     cfg.snapshot_threshold_bytes = 256;
     cfg.max_snapshot_bytes_per_tick = 64;
+    cfg.snapshot_cost_floor_bytes = 16;
     cfg
 }
 
