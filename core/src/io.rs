@@ -20,7 +20,7 @@ pub struct GroupMessage {
 ///
 /// A node never mixes lanes in one batch: a batch holds either only small
 /// messages that keep groups alive (votes, heartbeats, answers) or only bulk
-/// ones (entries, snapshot chunks); see [`PeerBatch::lane`].
+/// ones (entries, snapshot chunks); see [`Transmit::lane`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerBatch {
     pub from: NodeId,
@@ -39,15 +39,17 @@ pub enum Lane {
     Bulk,
 }
 
-impl PeerBatch {
-    /// `Bulk` if any message carries entries or snapshot bytes.
-    pub fn lane(&self) -> Lane {
-        if self.messages.iter().any(|gm| gm.message.body.is_bulk()) {
-            Lane::Bulk
-        } else {
-            Lane::Control
-        }
-    }
+/// A batch as [`crate::node::Node::poll_transmit`] hands it out, with what
+/// the core knew when it cut it: its lane (`Bulk` if any message carries
+/// entries or snapshot bytes) and an upper bound of its encoded size (by
+/// [`crate::wire::group_message_len_bound`]), which a transport accounts its
+/// queues by.
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    pub to: NodeId,
+    pub lane: Lane,
+    pub bytes: usize,
+    pub batch: PeerBatch,
 }
 
 /// One durable record of one partition's group.

@@ -50,7 +50,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector};
-use crate::io::{GroupMessage, IoId, IoRequest, PeerBatch, WalRecord};
+use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRecord};
 use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition};
 use crate::raft::{
     EntryKind, HardState, Membership, PersistRecord, ProposeError, Raft, RaftConfig, RaftEvent,
@@ -410,7 +410,7 @@ pub struct Node {
     /// Snapshot bytes compaction may still take; negative after a snapshot
     /// larger than a tick's budget (a debt that later ticks pay off).
     snapshot_allowance: i64,
-    transmits: VecDeque<(NodeId, PeerBatch)>,
+    transmits: VecDeque<Transmit>,
     replies: VecDeque<(RequestId, Reply)>,
     events: VecDeque<Event>,
     stats: NodeStats,
@@ -919,7 +919,7 @@ impl Node {
     /// The next batch to send. Everything queued for a peer since the previous
     /// round of calls goes into one batch.
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<(NodeId, PeerBatch)> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         if self.transmits.is_empty() {
             self.flush();
         }
@@ -1179,34 +1179,40 @@ impl Node {
                 }
             }
             let (control, bulk) = if bulk_count == 0 && control_bytes <= budget {
-                (vec![messages], Vec::new())
+                (vec![(messages, control_bytes)], Vec::new())
             } else if bulk_count == messages.len() && bulk_bytes <= budget {
-                (Vec::new(), vec![messages])
+                (Vec::new(), vec![(messages, bulk_bytes)])
             } else {
                 let (bulk, control): (Vec<GroupMessage>, Vec<GroupMessage>) = messages
                     .into_iter()
                     .partition(|gm| gm.message.body.is_bulk());
                 let control = match control.is_empty() {
                     true => Vec::new(),
-                    false if control_bytes <= budget => vec![control],
+                    false if control_bytes <= budget => vec![(control, control_bytes)],
                     false => pack(control, self.cfg.max_batch_bytes),
                 };
                 let bulk = match bulk.is_empty() {
                     true => Vec::new(),
-                    false if bulk_bytes <= budget => vec![bulk],
+                    false if bulk_bytes <= budget => vec![(bulk, bulk_bytes)],
                     false => pack(take_in_turn(bulk), self.cfg.max_batch_bytes),
                 };
                 (control, bulk)
             };
             self.stats.bulk_batches_sent += bulk.len() as u64;
-            for messages in control.into_iter().chain(bulk) {
+            let control = control.into_iter().map(|b| (Lane::Control, b));
+            let bulk = bulk.into_iter().map(|b| (Lane::Bulk, b));
+            for (lane, (messages, bytes)) in control.chain(bulk) {
                 self.stats.batches_sent += 1;
-                let batch = PeerBatch {
-                    from: self.id,
+                self.transmits.push_back(Transmit {
                     to,
-                    messages,
-                };
-                self.transmits.push_back((to, batch));
+                    lane,
+                    bytes: wire::PEER_BATCH_OVERHEAD_BYTES + bytes,
+                    batch: PeerBatch {
+                        from: self.id,
+                        to,
+                        messages,
+                    },
+                });
             }
         }
     }
@@ -1239,23 +1245,24 @@ fn take_in_turn(messages: Vec<GroupMessage>) -> Vec<GroupMessage> {
 }
 
 /// Cuts messages, in order, into runs whose encoded batches stay within
-/// `max_bytes`; a message too large for any batch gets one of its own.
-fn pack(messages: Vec<GroupMessage>, max_bytes: usize) -> Vec<Vec<GroupMessage>> {
+/// `max_bytes`; a message too large for any batch gets one of its own. Each
+/// run comes with the size bound of its messages.
+fn pack(messages: Vec<GroupMessage>, max_bytes: usize) -> Vec<(Vec<GroupMessage>, usize)> {
     let budget = max_bytes.saturating_sub(wire::PEER_BATCH_OVERHEAD_BYTES);
-    let mut out: Vec<Vec<GroupMessage>> = Vec::new();
+    let mut out = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
     for gm in messages {
         let len = wire::group_message_len_bound(&gm);
         if !current.is_empty() && bytes + len > budget {
-            out.push(std::mem::take(&mut current));
+            out.push((std::mem::take(&mut current), bytes));
             bytes = 0;
         }
         bytes += len;
         current.push(gm);
     }
     if !current.is_empty() {
-        out.push(current);
+        out.push((current, bytes));
     }
     out
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::io::{PeerBatch, WalRecord};
+use ringkv_core::io::{Lane, PeerBatch, Transmit, WalRecord};
 use ringkv_core::kv::Precondition;
 use ringkv_core::node::{ClientRequest, Event, Node, NodeConfig, Recovered, Reply, RequestId};
 use ringkv_core::raft::{PersistRecord, RaftEvent, Role};
@@ -65,8 +65,24 @@ impl Cluster {
         loop {
             let mut progressed = false;
             let mut sent_to = BTreeMap::new();
-            while let Some((to, b)) = self.nodes[i].poll_transmit() {
-                *sent_to.entry((to, b.lane())).or_insert(0usize) += 1;
+            while let Some(Transmit {
+                to,
+                lane,
+                bytes,
+                batch: b,
+            }) = self.nodes[i].poll_transmit()
+            {
+                // What a transport relies on: the size bound holds, and
+                // the lane is bulk exactly when a message carries entries
+                // or snapshot bytes.
+                let encoded = ringkv_core::wire::encode_peer_batch(&b).len();
+                assert!(
+                    encoded <= bytes,
+                    "batch of {encoded} bytes exceeds its bound {bytes}"
+                );
+                let bulk = b.messages.iter().any(|gm| gm.message.body.is_bulk());
+                assert_eq!(lane == Lane::Bulk, bulk, "lane {lane:?} of {b:?}");
+                *sent_to.entry((to, lane)).or_insert(0usize) += 1;
                 let e = self.batches.entry((b.from.0, to.0)).or_default();
                 e.0 += 1;
                 e.1 += b.messages.len() as u64;

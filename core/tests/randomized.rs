@@ -193,8 +193,8 @@ impl Sim {
         };
         let from = node.id();
         let mut batches = Vec::new();
-        while let Some((to, b)) = node.poll_transmit() {
-            batches.push((to, b));
+        while let Some(t) = node.poll_transmit() {
+            batches.push((t.to, t.batch));
         }
         let mut ios = Vec::new();
         while let Some(io) = node.poll_io() {

@@ -325,8 +325,8 @@ impl Driver {
             // node is stopping and the records need no home.
             let _ = self.io_tx.send(io);
         }
-        while let Some((to, batch)) = self.node.poll_transmit() {
-            self.io.peers.send(to, batch);
+        while let Some(transmit) = self.node.poll_transmit() {
+            self.io.peers.send(transmit);
         }
         while let Some((id, reply)) = self.node.poll_reply() {
             let Some(p) = self.pending.remove(&id) else {

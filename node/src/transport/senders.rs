@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ringkv_core::io::{Lane, PeerBatch};
+use ringkv_core::io::{Lane, PeerBatch, Transmit};
 use ringkv_core::{NodeId, Time, wire};
 use ringkv_proto::v1 as pb;
 use ringkv_proto::v1::peer_client::PeerClient;
@@ -151,22 +151,23 @@ impl PeerSenders {
 
     /// Queues a batch on its peer's lane; drops it (and remembers the peer
     /// as unreachable) if that queue is full. A batch is always accepted
-    /// into an empty queue.
-    pub fn send(&self, to: NodeId, batch: PeerBatch) {
+    /// into an empty queue. The queue accounts the batch at the core's size
+    /// bound (`Transmit::bytes`).
+    pub fn send(&self, transmit: Transmit) {
+        let Transmit {
+            to,
+            lane,
+            bytes,
+            batch,
+        } = transmit;
         let Some(peer) = self.peers.get(&to) else {
             tracing::warn!(peer = %to, "batch for a node that is not a peer");
             return;
         };
-        let queue = match batch.lane() {
+        let queue = match lane {
             Lane::Control => &peer.control,
             Lane::Bulk => &peer.bulk,
         };
-        let bytes = wire::PEER_BATCH_OVERHEAD_BYTES
-            + batch
-                .messages
-                .iter()
-                .map(wire::group_message_len_bound)
-                .sum::<usize>();
         let queued = queue.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         if queued > 0 && queued + bytes > queue.limit {
             queue.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
