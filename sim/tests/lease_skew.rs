@@ -118,6 +118,15 @@ async fn cut_off_leader_with_skewed_clocks(drift_ppm: i64) -> Run {
     assert!(matches!(first, Outcome::Ok(_)), "first put: {first:?}");
 
     let leader = agreed_leader(&cluster, partition_count).await;
+    // A write's acknowledgements do not extend the leader's lease; an
+    // acknowledged heartbeat round does (every 2 ticks of 50 ms), and the
+    // first put only woke the group. Wait 3 ticks at the normal clock rate,
+    // so that a round was sent and acknowledged before the leader's clock is
+    // slowed (slowed 10x, its next round could be a second away). The group
+    // quiesces only after 6 idle ticks, so it is still busy at the cut.
+    // Without the wait the test depends on where the put fell between two
+    // rounds.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let followers: Vec<NodeId> = cluster
         .node_ids()
         .into_iter()
@@ -128,8 +137,8 @@ async fn cut_off_leader_with_skewed_clocks(drift_ppm: i64) -> Run {
         cluster.clock(f).set_drift_ppm(drift_ppm);
     }
     // A write through the leader just before the cut: the group is busy (not
-    // quiesced) and a heartbeat round has just been acknowledged, so the
-    // leader holds a fresh lease when it is cut off.
+    // quiesced), so heartbeat rounds go out and are acknowledged until the
+    // cut, and the leader holds a fresh lease when it is cut off.
     let second = {
         let recorder = recorder.clone();
         setup
