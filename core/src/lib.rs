@@ -11,8 +11,11 @@
 //! - [`ring`]: consistent-hash ring, `partition_of(key)`, replica placement.
 //! - [`kv`]: the replicated key-value state machine of one partition.
 //! - [`detector`]: phi-accrual failure detection over node heartbeats.
+//! - [`identity`]: who a peer is (cluster, settings, data-directory
+//!   incarnation), whether to admit it, and how a cluster is formed.
 
 pub mod detector;
+pub mod identity;
 pub mod io;
 pub mod kv;
 pub mod node;

@@ -289,6 +289,11 @@ pub enum ClientError {
     Timeout,
     #[error("too many requests in flight")]
     Busy,
+    #[error(
+        "this node has not joined its cluster yet (it is forming, or its peers refuse it; \
+         `ringkv status` says which); nothing was applied"
+    )]
+    NotInCluster,
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -249,6 +249,34 @@ impl MemDisk {
         self.state().dir_syncs
     }
 
+    /// Every file's durable bytes: what a copy of the disk would hold after
+    /// a power loss (tests that move a disk to another node).
+    pub fn durable_image(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        self.state()
+            .files
+            .iter()
+            .map(|(path, file)| (path.clone(), file.durable_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Makes the disk hold exactly `image` (durably), as if it were swapped
+    /// for another one: every other file and directory is gone.
+    pub fn replace_with_image(&self, image: BTreeMap<PathBuf, Vec<u8>>) {
+        let mut state = self.state();
+        state.files.clear();
+        state.dirs.clear();
+        for (path, data) in image {
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                state.dirs.insert(d.to_path_buf());
+                dir = d.parent();
+            }
+            let file = state.files.entry(path).or_default();
+            file.durable = Durable::Prefix(data.len());
+            file.current = data;
+        }
+    }
+
     /// Replaces a file's bytes, durably, as if the medium changed under us
     /// (tests: corruption, truncation). Creates the file if absent.
     pub fn set_durable(&self, path: &Path, data: Vec<u8>) {

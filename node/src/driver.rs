@@ -78,6 +78,9 @@ pub struct NodeHandle {
     view: watch::Receiver<Arc<ClusterView>>,
     storage_stats: watch::Receiver<StorageStats>,
     ring: Arc<Ring>,
+    /// Set when the event loop starts: after formation gave the node a
+    /// cluster (see `Server::start`).
+    started: Arc<AtomicBool>,
     stopped: Arc<AtomicBool>,
 }
 
@@ -90,6 +93,10 @@ impl NodeHandle {
 
     /// A request another node forwarded to us, `hops` forwards so far.
     pub async fn request_with_hops(&self, req: ClientRequest, hops: u32) -> ClientResult {
+        if !self.started.load(Ordering::Relaxed) {
+            // Nothing would answer before formation ends; say so at once.
+            return Err(ClientError::NotInCluster);
+        }
         let is_write = req.is_write();
         let (reply, rx) = oneshot::channel();
         if self
@@ -132,6 +139,11 @@ impl NodeHandle {
         *self.storage_stats.borrow()
     }
 
+    /// Whether the event loop has started (the node is in a cluster).
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
     /// Whether the event loop has stopped (storage failure or shutdown).
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Relaxed)
@@ -156,6 +168,7 @@ pub struct Driver {
     next_request: u64,
     view_tx: watch::Sender<Arc<ClusterView>>,
     next_view: Time,
+    started: Arc<AtomicBool>,
     stopped: Arc<AtomicBool>,
 }
 
@@ -187,6 +200,7 @@ impl Driver {
             compactions_queued: 0,
         }));
         let stopped = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicBool::new(false));
         let (storage_stats_tx, storage_stats) = watch::channel(storage.stats());
         tokio::spawn(storage_task(storage, io_rx, tx.clone(), storage_stats_tx));
         let handle = NodeHandle {
@@ -194,6 +208,7 @@ impl Driver {
             view: view_rx,
             storage_stats,
             ring,
+            started: started.clone(),
             stopped: stopped.clone(),
         };
         let driver = Driver {
@@ -207,6 +222,7 @@ impl Driver {
             next_request: 1,
             view_tx,
             next_view: Time::from_millis(0),
+            started,
             stopped,
         };
         (driver, handle)
@@ -220,6 +236,7 @@ impl Driver {
     /// Runs until storage fails or every input sender is gone. Returns the
     /// storage error, if that is why it stopped.
     pub async fn run(mut self) -> Result<(), String> {
+        self.started.store(true, Ordering::Relaxed);
         let result = self.event_loop().await;
         self.stopped.store(true, Ordering::Relaxed);
         // Requests still pending are answered when `self` drops their reply

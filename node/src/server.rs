@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use rand::{Rng as _, SeedableRng as _};
+use ringkv_core::identity::{Identity, Incarnation};
 use ringkv_core::node::Node;
 use ringkv_proto::v1::cluster_server::ClusterServer;
 use ringkv_proto::v1::kv_server::KvServer;
@@ -17,13 +19,16 @@ use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::disk::Disk;
 use crate::driver::{Driver, DriverIo, NodeHandle};
-use crate::storage::{NodeMeta, Storage, StorageOptions};
-use crate::transport::{Forwarder, PeerSenders, PeerService, TransportLimits, TransportStats};
+use crate::storage::{FORMAT_VERSION, NodeMeta, Storage, StorageOptions};
+use crate::transport::{
+    Forwarder, Handshake, PeerSenders, PeerService, TransportLimits, TransportStats,
+};
 
 /// A running node.
 pub struct Server {
     pub node: NodeHandle,
     pub stats: Arc<TransportStats>,
+    pub handshake: Arc<Handshake>,
     pub grpc_addr: SocketAddr,
     pub rest_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -35,20 +40,27 @@ pub struct Server {
 
 impl Server {
     /// Recovers the node from `config.data_dir` and starts serving.
-    /// `seed` drives the core's election jitter.
+    /// `seed` drives the core's election jitter, and draws the incarnation
+    /// of a new data directory and the uid of a cluster this node founds.
+    /// A node whose directory is in no cluster yet serves `Hello` (and the
+    /// status APIs) at once, and starts its core once formation gives it a
+    /// cluster (see [`Handshake::form`]).
     pub async fn start(
         config: ServerConfig,
         clock: Arc<dyn Clock>,
         disk: Arc<dyn Disk>,
         seed: u64,
     ) -> anyhow::Result<Server> {
+        let mut ids = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x1dc0_ffee_d00d_f00d);
         let meta = NodeMeta {
             node_id: config.node_id.0,
             cluster_id: config.cluster_id.clone(),
             partition_count: config.partition_count,
             replication_factor: config.replication_factor,
+            incarnation_if_new: Incarnation(ids.random()),
         };
         let dir = config.data_dir.clone();
+        let formation_disk = disk.clone();
         let (storage, recovered) = crate::driver::run_blocking(move || {
             Storage::open(disk, dir, meta, StorageOptions::default())
         })
@@ -65,11 +77,25 @@ impl Server {
         // Frame limits follow from the core's batch and value limits; the
         // idle timeout from its heartbeat interval (see `transport`).
         let limits = TransportLimits::for_node(node.config());
+        let identity = Identity {
+            node: config.node_id,
+            incarnation: storage.incarnation(),
+            cluster_name: config.cluster_id.clone(),
+            partition_count: config.partition_count,
+            replication_factor: config.replication_factor,
+            format_version: FORMAT_VERSION,
+        };
+        let handshake = Arc::new(Handshake::new(
+            identity,
+            config.peers.keys().copied().collect(),
+            storage.cluster_record().cloned(),
+            clock.clone(),
+        ));
 
         let stats = Arc::new(TransportStats::default());
         #[cfg(not(madsim))]
         let peers = PeerSenders::start(
-            config.node_id,
+            handshake.clone(),
             &config.peers,
             clock.clone(),
             stats.clone(),
@@ -78,7 +104,7 @@ impl Server {
         #[cfg(madsim)]
         let peers = match &config.peer_faults {
             Some(hook) => PeerSenders::start_with_faults(
-                config.node_id,
+                handshake.clone(),
                 &config.peers,
                 clock.clone(),
                 stats.clone(),
@@ -86,7 +112,7 @@ impl Server {
                 hook.clone(),
             ),
             None => PeerSenders::start(
-                config.node_id,
+                handshake.clone(),
                 &config.peers,
                 clock.clone(),
                 stats.clone(),
@@ -97,7 +123,7 @@ impl Server {
         // request timeout, so the remote's answer (even "outcome unknown") wins.
         let forward_timeout = config.request_timeout + config.request_timeout / 5;
         let forwarder = Forwarder::new(
-            config.node_id,
+            handshake.clone(),
             &config.peers,
             forward_timeout,
             stats.clone(),
@@ -120,10 +146,12 @@ impl Server {
             )
             .add_service(ClusterServer::new(ClusterService::new(
                 handle.clone(),
+                handshake.clone(),
                 addrs.clone(),
             )))
             .add_service(
                 PeerServer::new(PeerService::new(
+                    handshake.clone(),
                     input,
                     handle.clone(),
                     stats.clone(),
@@ -154,6 +182,7 @@ impl Server {
                 let app = crate::api::rest::router(
                     handle.clone(),
                     stats.clone(),
+                    handshake.clone(),
                     addrs,
                     config.max_value_bytes,
                 );
@@ -174,12 +203,25 @@ impl Server {
         let rest_addr = None;
 
         let mut rx = shutdown_rx;
+        let formation = {
+            let (handshake, peers) = (handshake.clone(), config.peers.clone());
+            let dir = config.data_dir.clone();
+            async move {
+                handshake
+                    .form(&peers, formation_disk, dir, ids.random())
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            }
+        };
         let driver = tokio::spawn(async move {
             // `biased` throughout: unbiased select! is not replayable under
             // madsim (see the driver's event loop).
             tokio::select! {
                 biased;
-                r = driver.run() => r,
+                r = async move {
+                    formation.await?;
+                    driver.run().await
+                } => r,
                 _ = rx.wait_for(|s| *s) => Ok(()),
             }
         });
@@ -187,6 +229,7 @@ impl Server {
         Ok(Server {
             node: handle,
             stats,
+            handshake,
             grpc_addr,
             rest_addr,
             shutdown,

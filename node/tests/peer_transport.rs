@@ -1,8 +1,10 @@
 //! The peer transport refuses what it cannot decode or what is too large: a
 //! garbage frame on a peer stream is dropped and counted, the stream and the
-//! node keep working, and a well-formed batch from a stranger is refused by
-//! the core; a frame over the frame limit closes its stream with a reason.
-//! Streams that go silent are closed; keepalives keep quiet ones open.
+//! node keep working, and a batch that claims another sender than the
+//! stream's is dropped too; a frame over the frame limit closes its stream
+//! with a reason. Streams that go silent are closed; keepalives keep quiet
+//! ones open. A call without a valid hello, or from a node of another
+//! cluster or with other settings, is refused with the mismatch named.
 
 #![cfg(not(madsim))]
 
@@ -23,6 +25,7 @@ use ringkv_node::disk::MemDisk;
 use ringkv_node::server::Server;
 use ringkv_proto::v1 as pb;
 use ringkv_proto::v1::peer_client::PeerClient;
+use tonic::Request;
 
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -56,6 +59,14 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A request carrying the hello of a member of `server`'s cluster. (The
+/// cluster has one member, the node itself: the test speaks as it.)
+fn as_member<T>(server: &Server, body: T) -> Request<T> {
+    let mut request = Request::new(body);
+    server.handshake.attach(&mut request, NodeId(1));
+    request
+}
+
 /// A single node that leads every partition, and a peer client to it.
 async fn ready_node_and_peer_client() -> (Server, PeerClient<tonic::transport::Channel>) {
     let server = single_node().await;
@@ -71,7 +82,8 @@ async fn ready_node_and_peer_client() -> (Server, PeerClient<tonic::transport::C
 async fn undecodable_peer_frames_are_dropped_and_counted() {
     let (server, mut client) = ready_node_and_peer_client().await;
     let (node, stats) = (server.node.clone(), server.stats.clone());
-    let stranger = PeerBatch {
+    // Well-formed, but claiming another sender than the stream's hello.
+    let impostor = PeerBatch {
         from: NodeId(9),
         to: NodeId(1),
         messages: vec![],
@@ -84,23 +96,20 @@ async fn undecodable_peer_frames_are_dropped_and_counted() {
             batch: Bytes::new(),
         },
         pb::PeerFrame {
-            batch: wire::encode_peer_batch(&stranger),
+            batch: wire::encode_peer_batch(&impostor),
         },
     ];
     client
-        .batches(tokio_stream::iter(frames))
+        .batches(as_member(&server, tokio_stream::iter(frames)))
         .await
         .expect("the stream is accepted and closed cleanly");
 
     assert_eq!(stats.batches_received.load(Ordering::Relaxed), 3);
-    // The garbage frame fails to decode; the empty one is a keepalive.
-    assert_eq!(stats.decode_failures.load(Ordering::Relaxed), 1);
+    // The garbage frame fails to decode, the impostor's is dropped before
+    // the core; the empty one is a keepalive.
+    assert_eq!(stats.decode_failures.load(Ordering::Relaxed), 2);
     assert_eq!(stats.keepalives_received.load(Ordering::Relaxed), 1);
-    // The well-formed batch from a non-member reaches the core, which refuses it.
-    wait_until("the core to refuse the stranger's batch", || {
-        node.view().stats.batches_dropped == 1
-    })
-    .await;
+    assert_eq!(node.view().stats.batches_received, 0);
 
     // The node still serves.
     let put = node
@@ -147,9 +156,12 @@ async fn a_silent_peer_stream_is_closed_so_its_sender_redials() {
     let frames =
         tokio_stream::StreamExt::chain(tokio_stream::iter([hello]), tokio_stream::pending());
     let started = tokio::time::Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(10), client.batches(frames))
-        .await
-        .expect("the receiver closes a silent stream instead of waiting forever");
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.batches(as_member(&server, frames)),
+    )
+    .await
+    .expect("the receiver closes a silent stream instead of waiting forever");
     let status = result.expect_err("an idle close is reported as an error");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
@@ -178,7 +190,7 @@ async fn an_oversized_frame_closes_its_stream_with_the_reason() {
         batch: Bytes::from(vec![0u8; limit + 1000]),
     };
     let status = client
-        .batches(tokio_stream::iter([frame]))
+        .batches(as_member(&server, tokio_stream::iter([frame])))
         .await
         .expect_err("the stream is refused");
     assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
@@ -214,7 +226,7 @@ async fn keepalives_hold_a_quiet_stream_open() {
     );
     let started = tokio::time::Instant::now();
     client
-        .batches(keepalives)
+        .batches(as_member(&server, keepalives))
         .await
         .expect("a stream of keepalives is never closed as idle");
     assert!(
@@ -225,5 +237,67 @@ async fn keepalives_hold_a_quiet_stream_open() {
     assert_eq!(stats.keepalives_received.load(Ordering::Relaxed), 12);
     assert_eq!(stats.idle_streams_closed.load(Ordering::Relaxed), 0);
     assert_eq!(server.node.view().stats.batches_received, 0);
+    server.stop().await;
+}
+
+/// Every peer call must say who it is from: without a hello it is refused as
+/// malformed; with the hello of a node whose settings differ, or of another
+/// cluster, it is refused with FAILED_PRECONDITION naming the mismatch, and
+/// the refusal shows in the handshake's record (status, metrics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_strangers_are_refused_with_the_mismatch_named() {
+    use prost::Message as _;
+    let (server, mut client) = ready_node_and_peer_client().await;
+    let status = client
+        .batches(tokio_stream::iter(Vec::<pb::PeerFrame>::new()))
+        .await
+        .expect_err("no hello");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("ringkv-hello-bin"), "{status:?}");
+
+    let me = server.handshake.identity().clone();
+    let hello = |partitions: u32, uid: u8| pb::PeerHello {
+        from: Some(pb::PeerIdentity {
+            node: 1,
+            incarnation: me.incarnation.to_bytes().to_vec().into(),
+            cluster_name: me.cluster_name.clone(),
+            partition_count: partitions,
+            replication_factor: me.replication_factor,
+            format_version: me.format_version,
+        }),
+        cluster_uid: vec![uid; 16].into(),
+        to: 1,
+        to_incarnation: Default::default(),
+    };
+    let with = |h: pb::PeerHello| {
+        let mut r = Request::new(tokio_stream::iter(Vec::<pb::PeerFrame>::new()));
+        r.metadata_mut().insert_bin(
+            "ringkv-hello-bin",
+            tonic::metadata::MetadataValue::from_bytes(&h.encode_to_vec()),
+        );
+        r
+    };
+    let status = client
+        .batches(with(hello(128, 0)))
+        .await
+        .expect_err("other settings");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("partition count mismatch: n1 has 128 partitions, this node 4"),
+        "{status:?}"
+    );
+    let status = client
+        .batches(with(hello(4, 0xee)))
+        .await
+        .expect_err("another cluster");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("[other_cluster]"), "{status:?}");
+    let refusals = server.handshake.recent_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0].0.reason, "other_cluster");
+    assert_eq!(refusals[0].0.count, 2);
+    assert_eq!(server.stats.batches_received.load(Ordering::Relaxed), 0);
     server.stop().await;
 }

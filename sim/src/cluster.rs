@@ -32,7 +32,7 @@ use ringkv_node::config::ServerConfig;
 use ringkv_node::disk::Disk;
 use ringkv_node::driver::NodeHandle;
 use ringkv_node::server::Server;
-use ringkv_node::transport::TransportStats;
+use ringkv_node::transport::{Handshake, TransportStats};
 use ringkv_proto::v1::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -97,6 +97,7 @@ struct NodeShared {
 struct Running {
     node: NodeHandle,
     transport: Arc<TransportStats>,
+    handshake: Arc<Handshake>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -246,6 +247,14 @@ impl SimCluster {
     /// The running incarnation's transport counters (batches sent, faults
     /// injected into them, ...); `None` while it is down or recovering.
     /// They start from zero with each incarnation.
+    /// The running incarnation's side of the peer handshake (its identity,
+    /// cluster record and the refusals it has seen).
+    pub fn handshake(&self, id: NodeId) -> Option<Arc<Handshake>> {
+        lock(&self.node(id).shared.running)
+            .as_ref()
+            .map(|r| r.handshake.clone())
+    }
+
     pub fn transport_stats(&self, id: NodeId) -> Option<Arc<TransportStats>> {
         lock(&self.node(id).shared.running)
             .as_ref()
@@ -485,6 +494,7 @@ async fn run_node(
             *lock(&shared.running) = Some(Running {
                 node: server.node.clone(),
                 transport: server.stats.clone(),
+                handshake: server.handshake.clone(),
             });
             match server.wait().await {
                 Ok(()) => format!("incarnation {incarnation} stopped by itself"),

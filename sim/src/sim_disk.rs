@@ -47,6 +47,10 @@ pub struct CrashReport {
     pub bytes_lost: u64,
 }
 
+/// The durable contents of a [`SimDisk`], path by path.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DiskImage(BTreeMap<PathBuf, Vec<u8>>);
+
 /// The in-memory disk of one simulated node. Share it with `Arc`; the
 /// harness keeps one per node across restarts.
 #[derive(Debug, Default)]
@@ -98,6 +102,24 @@ impl SimDisk {
         self.mem
             .crash_keeping(|path, _unsynced| keep.get(path).copied().unwrap_or(0));
         report
+    }
+
+    /// A copy of what the disk holds durably (see [`SimDisk::swap_in`]).
+    pub fn image(&self) -> DiskImage {
+        DiskImage(self.mem.durable_image())
+    }
+
+    /// Swaps the disk for one holding exactly `image` (nothing pending), as
+    /// an operator moving a disk between machines would. Call it while the
+    /// node is down.
+    pub fn swap_in(&self, image: &DiskImage) {
+        self.unsynced().clear();
+        self.mem.replace_with_image(image.0.clone());
+    }
+
+    /// Swaps the disk for an empty one (a replaced or wiped disk).
+    pub fn wipe(&self) {
+        self.swap_in(&DiskImage::default());
     }
 
     /// Replaces a file's bytes durably, as if the medium changed (corruption

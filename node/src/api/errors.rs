@@ -34,6 +34,7 @@ pub fn kind(e: &ClientError) -> ErrorKind {
         ClientError::NoLeader { .. } => ("no_leader", 503, Code::Unavailable),
         ClientError::Dropped => ("not_applied", 503, Code::Unavailable),
         ClientError::Busy => ("busy", 503, Code::Unavailable),
+        ClientError::NotInCluster => ("not_in_cluster", 503, Code::Unavailable),
         ClientError::OutcomeUnknown => ("timeout_outcome_unknown", 504, Code::DeadlineExceeded),
         ClientError::Timeout => ("read_timeout", 504, Code::DeadlineExceeded),
         ClientError::Internal(_) => ("internal", 500, Code::Internal),
@@ -95,6 +96,7 @@ pub fn from_code(code: &str, message: &str, d: ErrorDetails) -> ClientError {
         },
         "not_applied" => ClientError::Dropped,
         "busy" => ClientError::Busy,
+        "not_in_cluster" => ClientError::NotInCluster,
         "timeout_outcome_unknown" => ClientError::OutcomeUnknown,
         "read_timeout" => ClientError::Timeout,
         "internal" => ClientError::Internal(
@@ -147,6 +149,7 @@ mod tests {
             },
             ClientError::Dropped,
             ClientError::Busy,
+            ClientError::NotInCluster,
             ClientError::OutcomeUnknown,
             ClientError::Timeout,
             ClientError::Internal("x".into()),

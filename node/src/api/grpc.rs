@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::errors::to_status;
 use crate::driver::{ClusterView, NodeHandle};
+use crate::transport::Handshake;
 
 pub struct KvService {
     node: NodeHandle,
@@ -81,12 +82,21 @@ impl pb::kv_server::Kv for KvService {
 
 pub struct ClusterService {
     node: NodeHandle,
+    handshake: Arc<Handshake>,
     addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
 }
 
 impl ClusterService {
-    pub fn new(node: NodeHandle, addrs: Arc<BTreeMap<NodeId, SocketAddr>>) -> Self {
-        ClusterService { node, addrs }
+    pub fn new(
+        node: NodeHandle,
+        handshake: Arc<Handshake>,
+        addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    ) -> Self {
+        ClusterService {
+            node,
+            handshake,
+            addrs,
+        }
     }
 }
 
@@ -94,10 +104,29 @@ impl ClusterService {
 pub fn status_response(
     view: &ClusterView,
     node: &NodeHandle,
+    handshake: &Handshake,
     addrs: &BTreeMap<NodeId, SocketAddr>,
 ) -> pb::StatusResponse {
     let cfg = node.ring().config();
     pb::StatusResponse {
+        incarnation: handshake.identity().incarnation.to_string(),
+        cluster_uid: handshake
+            .record()
+            .map(|r| r.uid.to_string())
+            .unwrap_or_default(),
+        formation: handshake.formation_status(),
+        refusals: handshake
+            .recent_refusals()
+            .into_iter()
+            .map(|(r, age)| pb::PeerRefusal {
+                peer: r.peer.0,
+                direction: r.direction.as_str().to_owned(),
+                reason: r.reason,
+                message: r.message,
+                count: r.count,
+                seconds_ago: age.as_secs_f64(),
+            })
+            .collect(),
         node_id: view.node_id.0,
         partition_count: cfg.partition_count,
         replication_factor: cfg.replication_factor as u32,
@@ -166,6 +195,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(status_response(
             &view,
             &self.node,
+            &self.handshake,
             &self.addrs,
         )))
     }

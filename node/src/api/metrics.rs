@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::driver::NodeHandle;
-use crate::transport::TransportStats;
+use crate::transport::{Handshake, TransportStats};
 
 struct Out(String);
 
@@ -32,7 +32,7 @@ impl Out {
 }
 
 /// Renders every metric of this node.
-pub fn render(node: &NodeHandle, transport: &TransportStats) -> String {
+pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handshake) -> String {
     let view = node.view();
     let storage = node.storage_stats();
     let mut o = Out(String::new());
@@ -249,6 +249,36 @@ pub fn render(node: &NodeHandle, transport: &TransportStats) -> String {
         "ringkv_peer_reconnects_total",
         "Peer stream re-dials.",
         load(&t.reconnects),
+    );
+    o.gauge(
+        "ringkv_cluster_formed",
+        "1 once this node is in a cluster (formed or joined); 0 while it forms or is refused.",
+        if handshake.record().is_some() {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    let refusals: Vec<(String, f64)> = handshake
+        .refusal_counts()
+        .into_iter()
+        .map(|(peer, direction, reason, n)| {
+            (
+                format!(
+                    "peer=\"{}\",direction=\"{}\",reason=\"{reason}\"",
+                    peer.0,
+                    direction.as_str()
+                ),
+                n as f64,
+            )
+        })
+        .collect();
+    let refusals: Vec<(&str, f64)> = refusals.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    o.metric(
+        "ringkv_peer_refusals_total",
+        "counter",
+        "Peer handshakes refused: incoming (this node refused the peer) or outgoing (the peer refused this node, or this node will not join because of it), by reason.",
+        &refusals,
     );
     o.counter(
         "ringkv_forwards_total",

@@ -33,12 +33,13 @@ use serde_json::json;
 use super::errors::{RETRY_AFTER_SECS, kind};
 use super::grpc::{locate_response, status_response};
 use crate::driver::NodeHandle;
-use crate::transport::TransportStats;
+use crate::transport::{Handshake, TransportStats};
 
 #[derive(Clone)]
 struct AppState {
     node: NodeHandle,
     transport: Arc<TransportStats>,
+    handshake: Arc<Handshake>,
     addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
     max_value_bytes: usize,
 }
@@ -47,12 +48,14 @@ struct AppState {
 pub fn router(
     node: NodeHandle,
     transport: Arc<TransportStats>,
+    handshake: Arc<Handshake>,
     addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
     max_value_bytes: usize,
 ) -> Router {
     let state = AppState {
         node,
         transport,
+        handshake,
         addrs,
         max_value_bytes,
     };
@@ -105,7 +108,10 @@ fn error_response(e: &ClientError) -> Response {
     let mut resp = problem(k.http_status, k.code, &e.to_string(), extra);
     let h = resp.headers_mut();
     match e {
-        ClientError::NoLeader { .. } | ClientError::Busy | ClientError::Dropped => {
+        ClientError::NoLeader { .. }
+        | ClientError::Busy
+        | ClientError::Dropped
+        | ClientError::NotInCluster => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         ClientError::PreconditionFailed {
@@ -365,9 +371,16 @@ async fn delete_key(
 
 async fn cluster_status(State(s): State<AppState>) -> Json<serde_json::Value> {
     let view = s.node.view();
-    let st = status_response(&view, &s.node, &s.addrs);
+    let st = status_response(&view, &s.node, &s.handshake, &s.addrs);
     Json(json!({
         "node_id": st.node_id,
+        "incarnation": st.incarnation,
+        "cluster_uid": if st.cluster_uid.is_empty() { serde_json::Value::Null } else { json!(st.cluster_uid) },
+        "formation": if st.formation.is_empty() { serde_json::Value::Null } else { json!(st.formation) },
+        "refusals": st.refusals.iter().map(|r| json!({
+            "peer": r.peer, "direction": r.direction, "reason": r.reason,
+            "message": r.message, "count": r.count, "seconds_ago": r.seconds_ago,
+        })).collect::<Vec<_>>(),
         "partition_count": st.partition_count,
         "replication_factor": st.replication_factor,
         "nodes": st.nodes.iter().map(|n| json!({
@@ -413,6 +426,15 @@ async fn healthz(State(s): State<AppState>) -> Response {
 /// under-replicated (which replicas lag, by how much) — the last do not make
 /// the node unready, they are its followers' trouble.
 async fn readyz(State(s): State<AppState>) -> Response {
+    if !s.node.is_started() && !s.node.is_stopped() {
+        let formation = s.handshake.formation_status();
+        return problem(
+            503,
+            "not_in_cluster",
+            &format!("the node has not joined its cluster yet: {formation}"),
+            json!({ "formation": formation }),
+        );
+    }
     let view = s.node.view();
     let leaderless: Vec<u32> = view.leaderless().map(|p| p.partition.0).collect();
     let catching_up: Vec<serde_json::Value> = view
@@ -466,7 +488,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let mut resp = super::metrics::render(&s.node, &s.transport).into_response();
+    let mut resp = super::metrics::render(&s.node, &s.transport, &s.handshake).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

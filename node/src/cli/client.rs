@@ -524,6 +524,17 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                 s.partition_count,
                 s.replication_factor
             );
+            if s.cluster_uid.is_empty() {
+                out.push_str(&format!(
+                    "node {} is not in a cluster yet: {}\n\n",
+                    s.node_id, s.formation
+                ));
+            } else {
+                out.push_str(&format!(
+                    "cluster {}, node {} incarnation {}\n\n",
+                    s.cluster_uid, s.node_id, s.incarnation
+                ));
+            }
             let mut nodes = Table::new(&[
                 ("NODE", Align::Right),
                 ("ADDRESS", Align::Left),
@@ -541,6 +552,19 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                 ]);
             }
             out.push_str(&nodes.render());
+            if !s.refusals.is_empty() {
+                out.push_str("\nrefused peers (last minute):\n");
+                for r in &s.refusals {
+                    let who = match r.direction.as_str() {
+                        "incoming" => format!("node {} refused node {}", s.node_id, r.peer),
+                        _ => format!("node {} refused node {}", r.peer, s.node_id),
+                    };
+                    out.push_str(&format!(
+                        "  {who} [{}] {} time(s), last {:.0} s ago: {}\n",
+                        r.reason, r.count, r.seconds_ago, r.message
+                    ));
+                }
+            }
             out.push_str(&format!(
                 "\npartitions without a known leader: {leaderless} \
                  (node {} knows the leaders of the partitions it replicates)\n",
@@ -646,17 +670,48 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                 followers: Vec<Follower<'a>>,
             }
             #[derive(Serialize)]
+            struct Refusal<'a> {
+                peer: u64,
+                direction: &'a str,
+                reason: &'a str,
+                message: &'a str,
+                count: u64,
+                seconds_ago: f64,
+            }
+            #[derive(Serialize)]
             struct Status<'a> {
                 node_id: u64,
                 partition_count: u32,
                 replication_factor: u32,
+                incarnation: &'a str,
+                cluster_uid: Option<&'a str>,
+                formation: Option<&'a str>,
+                refusals: Vec<Refusal<'a>>,
                 nodes: Vec<Node<'a>>,
                 partitions: Vec<Partition<'a>>,
+            }
+            fn some(t: &str) -> Option<&str> {
+                (!t.is_empty()).then_some(t)
             }
             to_json_line(&Status {
                 node_id: s.node_id,
                 partition_count: s.partition_count,
                 replication_factor: s.replication_factor,
+                incarnation: &s.incarnation,
+                cluster_uid: some(&s.cluster_uid),
+                formation: some(&s.formation),
+                refusals: s
+                    .refusals
+                    .iter()
+                    .map(|r| Refusal {
+                        peer: r.peer,
+                        direction: &r.direction,
+                        reason: &r.reason,
+                        message: &r.message,
+                        count: r.count,
+                        seconds_ago: r.seconds_ago,
+                    })
+                    .collect(),
                 nodes: s
                     .nodes
                     .iter()

@@ -26,7 +26,7 @@ pub enum Op {
     Write,
 }
 
-/// A stable failure code: the server's eleven, then the client's own.
+/// A stable failure code: the server's twelve, then the client's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorCode {
     KeyTooLarge,
@@ -37,6 +37,7 @@ pub enum ErrorCode {
     NoLeader,
     Busy,
     NotApplied,
+    NotInCluster,
     TimeoutOutcomeUnknown,
     ReadTimeout,
     Internal,
@@ -57,7 +58,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order (`ALL[c.index()] == c`).
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::KeyTooLarge,
         ErrorCode::ValueTooLarge,
         ErrorCode::InvalidKey,
@@ -66,6 +67,7 @@ impl ErrorCode {
         ErrorCode::NoLeader,
         ErrorCode::Busy,
         ErrorCode::NotApplied,
+        ErrorCode::NotInCluster,
         ErrorCode::TimeoutOutcomeUnknown,
         ErrorCode::ReadTimeout,
         ErrorCode::Internal,
@@ -93,6 +95,7 @@ impl ErrorCode {
             ErrorCode::NoLeader => "no_leader",
             ErrorCode::Busy => "busy",
             ErrorCode::NotApplied => "not_applied",
+            ErrorCode::NotInCluster => "not_in_cluster",
             ErrorCode::TimeoutOutcomeUnknown => "timeout_outcome_unknown",
             ErrorCode::ReadTimeout => "read_timeout",
             ErrorCode::Internal => "internal",
@@ -119,7 +122,7 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NoLeader | ErrorCode::Busy | ErrorCode::NotApplied
+            ErrorCode::NoLeader | ErrorCode::Busy | ErrorCode::NotApplied | ErrorCode::NotInCluster
         )
     }
 
@@ -149,6 +152,7 @@ impl ErrorCode {
             ErrorCode::NoLeader
             | ErrorCode::Busy
             | ErrorCode::NotApplied
+            | ErrorCode::NotInCluster
             | ErrorCode::ReadTimeout
             | ErrorCode::Unreachable
             | ErrorCode::ConnectionLost

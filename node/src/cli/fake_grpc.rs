@@ -74,6 +74,17 @@ pub(crate) fn sample_status() -> StatusResponse {
             node(3, "down", 12.5),
         ],
         partitions: vec![p0, p1, part(2, 1), part(3, 0)],
+        incarnation: "0000000000000000000000000000a11c".to_owned(),
+        cluster_uid: "000000000000000000000000000c1a55".to_owned(),
+        formation: String::new(),
+        refusals: vec![ringkv_proto::v1::PeerRefusal {
+            peer: 3,
+            direction: "incoming".to_owned(),
+            reason: "peer_replaced".to_owned(),
+            message: "n3's data directory was replaced or wiped".to_owned(),
+            count: 7,
+            seconds_ago: 2.0,
+        }],
     }
 }
 

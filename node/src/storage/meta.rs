@@ -1,18 +1,24 @@
-//! `node.toml`: who this data directory belongs to. Written once, atomically,
-//! on first start; on every later start compared with the configuration so a
-//! node never runs on another node's, or another cluster's, data. Owns that
-//! file only.
+//! `node.toml`: who this data directory belongs to, and its incarnation
+//! (drawn when the directory is created). Written once, atomically, on
+//! first start; on every later start compared with the configuration so a
+//! node never runs on another node's, or another cluster's, data.
+//! `cluster.toml`: the record of the cluster this directory joined (its uid
+//! and every member's incarnation), written once when the node forms or
+//! joins the cluster. Owns those two files only.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
+use ringkv_core::NodeId;
+use ringkv_core::identity::{ClusterRecord, ClusterUid, Incarnation};
 use serde::{Deserialize, Serialize};
 
 use super::{Dirs, NodeMeta, StorageError, io_err};
 use crate::disk::Disk;
 
 /// The on-disk format this build reads and writes.
-pub(super) const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct NodeToml {
@@ -21,34 +27,123 @@ struct NodeToml {
     cluster_id: String,
     partition_count: u32,
     replication_factor: u32,
+    /// Absent in directories made before incarnations existed; one is drawn
+    /// and written on their next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incarnation: Option<String>,
 }
 
-/// Writes `node.toml` if absent, or checks it against `meta` if present.
-/// A missing `node.toml` beside existing WAL segments is an error: the
-/// directory's owner can no longer be checked.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClusterToml {
+    uid: String,
+    /// Member id (decimal) -> incarnation.
+    members: BTreeMap<String, String>,
+}
+
+/// What the identity files say.
+pub(super) struct Loaded {
+    pub incarnation: Incarnation,
+    pub record: Option<ClusterRecord>,
+}
+
+/// Writes `node.toml` if absent, or checks it against `meta` if present;
+/// reads `cluster.toml` if present. A missing `node.toml` beside existing
+/// WAL segments or a `cluster.toml` is an error: the directory's owner can
+/// no longer be checked.
 pub(super) fn ensure(
     disk: &dyn Disk,
     dirs: &Dirs,
     meta: &NodeMeta,
     wal_present: bool,
-) -> Result<(), StorageError> {
+) -> Result<Loaded, StorageError> {
     let file = &dirs.node_toml;
-    match disk.read(file) {
-        Ok(bytes) => check(file, &bytes, meta),
+    let cluster_file = dirs.root.join(CLUSTER_TOML);
+    let record = match disk.read(&cluster_file) {
+        Ok(bytes) => Some(parse_cluster(&cluster_file, &bytes)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(&cluster_file)(e)),
+    };
+    let incarnation = match disk.read(file) {
+        Ok(bytes) => match check(file, &bytes, meta)? {
+            Some(incarnation) => incarnation,
+            None => {
+                // Made by an earlier build: give it its incarnation now.
+                write(disk, dirs, meta)?;
+                tracing::info!(
+                    incarnation = %meta.incarnation_if_new,
+                    "the data directory had no incarnation; assigned one"
+                );
+                meta.incarnation_if_new
+            }
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if wal_present {
+            if wal_present || record.is_some() {
                 return Err(StorageError::BadMeta {
                     file: file.clone(),
-                    reason: "missing, but the WAL directory holds segments".to_owned(),
+                    reason: "missing, but the directory holds WAL segments or cluster.toml"
+                        .to_owned(),
                 });
             }
-            write(disk, dirs, meta)
+            write(disk, dirs, meta)?;
+            meta.incarnation_if_new
         }
-        Err(e) => Err(io_err(file)(e)),
-    }
+        Err(e) => return Err(io_err(file)(e)),
+    };
+    Ok(Loaded {
+        incarnation,
+        record,
+    })
 }
 
-fn check(file: &Path, bytes: &[u8], meta: &NodeMeta) -> Result<(), StorageError> {
+const CLUSTER_TOML: &str = "cluster.toml";
+
+fn parse_cluster(file: &Path, bytes: &[u8]) -> Result<ClusterRecord, StorageError> {
+    let bad = |reason: String| StorageError::BadMeta {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+    let on_disk: ClusterToml = toml::from_str(text).map_err(|e| bad(e.message().to_owned()))?;
+    let uid: ClusterUid = on_disk.uid.parse().map_err(|e| bad(format!("uid: {e}")))?;
+    let mut members = BTreeMap::new();
+    for (id, inc) in on_disk.members {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| bad(format!("member {id:?} is not a node id")))?;
+        let inc: Incarnation = inc.parse().map_err(|e| bad(format!("member {id}: {e}")))?;
+        members.insert(NodeId(id), inc);
+    }
+    if members.is_empty() {
+        return Err(bad("no members".to_owned()));
+    }
+    Ok(ClusterRecord { uid, members })
+}
+
+/// Writes `cluster.toml` durably (tmp, sync, rename, sync the directory).
+pub(super) fn write_cluster(
+    disk: &dyn Disk,
+    root: &Path,
+    record: &ClusterRecord,
+) -> Result<(), StorageError> {
+    let body = ClusterToml {
+        uid: record.uid.to_string(),
+        members: record
+            .members
+            .iter()
+            .map(|(id, inc)| (id.0.to_string(), inc.to_string()))
+            .collect(),
+    };
+    let file = root.join(CLUSTER_TOML);
+    let text = toml::to_string(&body).map_err(|e| StorageError::BadMeta {
+        file: file.clone(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    write_atomically(disk, root, &file, text.as_bytes())
+}
+
+/// Checks `node.toml` against `meta`; returns its incarnation (`None` if it
+/// predates incarnations).
+fn check(file: &Path, bytes: &[u8], meta: &NodeMeta) -> Result<Option<Incarnation>, StorageError> {
     let bad = |reason: String| StorageError::BadMeta {
         file: file.to_path_buf(),
         reason,
@@ -98,7 +193,13 @@ fn check(file: &Path, bytes: &[u8], meta: &NodeMeta) -> Result<(), StorageError>
             meta.replication_factor.to_string(),
         );
     }
-    Ok(())
+    on_disk
+        .incarnation
+        .map(|text| {
+            text.parse()
+                .map_err(|e: String| bad(format!("incarnation: {e}")))
+        })
+        .transpose()
 }
 
 /// Temporary file, sync, rename, sync the directory: `node.toml` is either
@@ -110,16 +211,26 @@ fn write(disk: &dyn Disk, dirs: &Dirs, meta: &NodeMeta) -> Result<(), StorageErr
         cluster_id: meta.cluster_id.clone(),
         partition_count: meta.partition_count,
         replication_factor: meta.replication_factor,
+        incarnation: Some(meta.incarnation_if_new.to_string()),
     };
     let text = toml::to_string(&body).map_err(|e| StorageError::BadMeta {
         file: dirs.node_toml.clone(),
         reason: format!("cannot encode: {e}"),
     })?;
-    let tmp = dirs.root.join("node.toml.tmp");
-    disk.write_file(&tmp, text.as_bytes())
-        .map_err(io_err(&tmp))?;
+    write_atomically(disk, &dirs.root, &dirs.node_toml, text.as_bytes())
+}
+
+fn write_atomically(
+    disk: &dyn Disk,
+    root: &Path,
+    file: &Path,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    disk.write_file(&tmp, bytes).map_err(io_err(&tmp))?;
     disk.sync_file(&tmp).map_err(io_err(&tmp))?;
-    disk.rename(&tmp, &dirs.node_toml)
-        .map_err(io_err(&dirs.node_toml))?;
-    disk.sync_dir(&dirs.root).map_err(io_err(&dirs.root))
+    disk.rename(&tmp, file).map_err(io_err(file))?;
+    disk.sync_dir(root).map_err(io_err(root))
 }

@@ -8,7 +8,10 @@
 //!
 //! ```text
 //! <dir>/node.toml                      format_version = 1, node_id, cluster_id,
-//!                                      partition_count, replication_factor (TOML)
+//!                                      partition_count, replication_factor,
+//!                                      incarnation (TOML)
+//! <dir>/cluster.toml                   uid and members' incarnations of the cluster
+//!                                      this directory joined (absent until then)
 //! <dir>/wal/<seq>.log                  a WAL segment; seq: u64, 20 digits zero-padded,
 //!                                      consecutive, the highest one is being appended to
 //! <dir>/snap/<partition>/<index>.snap  a snapshot; partition: decimal u32, index: u64,
@@ -113,6 +116,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringkv_core::PartitionId;
+use ringkv_core::identity::{ClusterRecord, Incarnation};
 use ringkv_core::io::{IoRequest, WalRecord};
 use ringkv_core::node::Recovered;
 use ringkv_core::raft::{Entry, PersistRecord, RaftStorage, Snapshot, SnapshotMeta};
@@ -120,6 +124,7 @@ use ringkv_core::wire::{self, WalPayload};
 
 use crate::disk::Disk;
 use log_shape::{PartitionShape, Pin};
+pub use meta::FORMAT_VERSION;
 
 /// Who a data directory belongs to; recorded in `node.toml` on first start
 /// and checked on every later one.
@@ -129,6 +134,9 @@ pub struct NodeMeta {
     pub cluster_id: String,
     pub partition_count: u32,
     pub replication_factor: u32,
+    /// Recorded as the directory's incarnation if it has none yet (a new
+    /// directory); an existing one keeps its own.
+    pub incarnation_if_new: Incarnation,
 }
 
 /// Tuning of the WAL.
@@ -292,6 +300,10 @@ pub struct Storage {
     stats: StorageStats,
     /// Set by the first failed write; see [`StorageError::Failed`].
     failed: Option<String>,
+    /// The directory's incarnation (from `node.toml`).
+    incarnation: Incarnation,
+    /// The cluster it joined (from `cluster.toml`), if it has.
+    cluster: Option<ClusterRecord>,
 }
 
 impl fmt::Debug for Storage {
@@ -301,6 +313,17 @@ impl fmt::Debug for Storage {
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
+}
+
+/// Records, durably, the cluster the data directory at `dir` has formed or
+/// joined (`cluster.toml`). Called once, before the node takes any peer
+/// traffic.
+pub fn save_cluster_record(
+    disk: &dyn Disk,
+    dir: &Path,
+    record: &ClusterRecord,
+) -> Result<(), StorageError> {
+    meta::write_cluster(disk, dir, record)
 }
 
 impl Storage {
@@ -322,7 +345,7 @@ impl Storage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(io_err(&dirs.wal)(e)),
         };
-        meta::ensure(disk.as_ref(), &dirs, &meta, wal_present)?;
+        let loaded = meta::ensure(disk.as_ref(), &dirs, &meta, wal_present)?;
         for sub in [&dirs.wal, &dirs.snap] {
             disk.create_dir_all(sub).map_err(io_err(sub))?;
         }
@@ -339,6 +362,8 @@ impl Storage {
             snapshot_bytes: BTreeMap::new(),
             stats: StorageStats::default(),
             failed: None,
+            incarnation: loaded.incarnation,
+            cluster: loaded.record,
         };
         let recovered = storage.recover()?;
         storage.start_segment_after_recovery()?;
@@ -392,6 +417,17 @@ impl Storage {
             }
         }
         pinning.into_iter().collect()
+    }
+
+    /// The data directory's incarnation.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// The record of the cluster this directory joined, as read at open
+    /// (see [`save_cluster_record`]).
+    pub fn cluster_record(&self) -> Option<&ClusterRecord> {
+        self.cluster.as_ref()
     }
 
     pub fn stats(&self) -> StorageStats {

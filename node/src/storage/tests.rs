@@ -28,6 +28,7 @@ fn node_meta() -> NodeMeta {
         cluster_id: "test-cluster".to_owned(),
         partition_count: 8,
         replication_factor: 3,
+        incarnation_if_new: Incarnation(0x1234),
     }
 }
 
@@ -911,4 +912,73 @@ fn a_log_with_a_gap_is_refused_rather_than_handed_to_the_core() {
         "{err}"
     );
     assert!(err.to_string().contains("/data/wal"), "{err}");
+}
+
+#[test]
+fn a_directory_keeps_the_incarnation_it_was_created_with() {
+    let disk = Arc::new(MemDisk::new());
+    let (storage, _) = open(&disk);
+    assert_eq!(storage.incarnation(), Incarnation(0x1234));
+    assert_eq!(storage.cluster_record(), None);
+    drop(storage);
+    let reopened = Storage::open(
+        Arc::clone(&disk) as Arc<dyn Disk>,
+        data_dir(),
+        NodeMeta {
+            incarnation_if_new: Incarnation(0x9999),
+            ..node_meta()
+        },
+        StorageOptions::default(),
+    )
+    .expect("reopen")
+    .0;
+    assert_eq!(reopened.incarnation(), Incarnation(0x1234));
+}
+
+#[test]
+fn the_cluster_record_survives_a_restart_and_corruption_is_named() {
+    use ringkv_core::identity::{ClusterRecord, ClusterUid};
+    let disk = Arc::new(MemDisk::new());
+    let (storage, _) = open(&disk);
+    drop(storage);
+    let record = ClusterRecord {
+        uid: ClusterUid(0xabc),
+        members: [
+            (NodeId(1), Incarnation(0x1234)),
+            (NodeId(2), Incarnation(7)),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    save_cluster_record(disk.as_ref(), &data_dir(), &record).expect("saved");
+    let (storage, _) = open(&disk);
+    assert_eq!(storage.cluster_record(), Some(&record));
+    drop(storage);
+    disk.set_durable(
+        &data_dir().join("cluster.toml"),
+        b"uid = \"zz\"\n[members]\n".to_vec(),
+    );
+    let msg = open_with(&disk, StorageOptions::default())
+        .expect_err("corrupt")
+        .to_string();
+    assert!(msg.contains("cluster.toml") && msg.contains("uid"), "{msg}");
+}
+
+#[test]
+fn a_directory_from_before_incarnations_is_given_one() {
+    let disk = Arc::new(MemDisk::new());
+    let (storage, _) = open(&disk);
+    drop(storage);
+    disk.set_durable(
+        &data_dir().join("node.toml"),
+        b"format_version = 1\nnode_id = 1\ncluster_id = \"test-cluster\"\npartition_count = 8\nreplication_factor = 3\n".to_vec(),
+    );
+    let (storage, _) = open(&disk);
+    assert_eq!(storage.incarnation(), Incarnation(0x1234));
+    let text =
+        String::from_utf8(disk.read(&data_dir().join("node.toml")).expect("read")).expect("utf-8");
+    assert!(
+        text.contains("incarnation = \"00000000000000000000000000001234\""),
+        "{text}"
+    );
 }

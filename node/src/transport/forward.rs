@@ -14,13 +14,14 @@ use ringkv_proto::v1::peer_client::PeerClient;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use super::{TransportLimits, TransportStats, endpoint};
+use super::{Handshake, TransportLimits, TransportStats, endpoint};
 use crate::api::convert;
 
 /// Sends client requests on to other nodes.
 #[derive(Clone)]
 pub struct Forwarder {
     clients: Arc<BTreeMap<NodeId, PeerClient<Channel>>>,
+    handshake: Arc<Handshake>,
     timeout: Duration,
     stats: Arc<TransportStats>,
 }
@@ -29,12 +30,13 @@ impl Forwarder {
     /// `timeout` bounds a forwarded call; it should exceed the core's request
     /// timeout so the remote node's own answer (e.g. outcome unknown) wins.
     pub fn new(
-        me: NodeId,
+        handshake: Arc<Handshake>,
         peers: &BTreeMap<NodeId, SocketAddr>,
         timeout: Duration,
         stats: Arc<TransportStats>,
         limits: TransportLimits,
     ) -> Self {
+        let me = handshake.identity().node;
         let limit = limits.grpc_message_limit();
         let clients = peers
             .iter()
@@ -48,6 +50,7 @@ impl Forwarder {
             .collect();
         Forwarder {
             clients: Arc::new(clients),
+            handshake,
             timeout,
             stats,
         }
@@ -71,8 +74,16 @@ impl Forwarder {
         let mut client = client.clone();
         let mut request = Request::new(convert::forward_request(req, from.0, hops));
         request.set_timeout(self.timeout);
+        self.handshake.attach(&mut request, to);
         match tokio::time::timeout(self.timeout, client.forward(request)).await {
             Ok(Ok(resp)) => convert::forwarded_response(resp.into_inner()),
+            // Refused by the handshake: the request never reached its core,
+            // and this node's idea of the leader is stale (a refused node
+            // leads nothing); retrying finds the real one.
+            Ok(Err(status)) if self.handshake.note_refused_by(to, &status).is_some() => {
+                tracing::warn!(to = %to, "forward refused: {}", status.message());
+                Err(ClientError::NoLeader { partition })
+            }
             // The connection was refused: the request never left this node.
             Ok(Err(status)) if connection_refused(&status) => {
                 tracing::debug!(to = %to, %status, "forward target refused the connection");

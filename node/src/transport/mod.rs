@@ -45,6 +45,13 @@
 //! The same service carries `Forward`: a client request this node cannot
 //! answer, sent to the node the core named ([`forward`]).
 //!
+//! **Every call says who it is from.** Each `Batches` stream and `Forward`
+//! call carries the caller's hello (cluster uid, settings, node id, data
+//! directory incarnation, and whom it means to reach); the receiver admits
+//! it or refuses it, naming the mismatch, before reading any frame
+//! ([`handshake`]). A node not yet in a cluster sends nothing until
+//! formation gives it one.
+//!
 //! Under `cfg(madsim)` only, the stream tasks ask the simulation harness's
 //! fault hook ([`faults`]) about every outgoing batch: deliver, drop,
 //! duplicate or delay it. Production builds have no hook. madsim's gRPC
@@ -54,6 +61,7 @@
 #[cfg(madsim)]
 pub mod faults;
 mod forward;
+pub mod handshake;
 mod senders;
 mod service;
 
@@ -66,6 +74,7 @@ use ringkv_core::node::NodeConfig;
 use tonic::transport::Endpoint;
 
 pub use forward::Forwarder;
+pub use handshake::Handshake;
 pub use senders::PeerSenders;
 pub use service::PeerService;
 

@@ -15,8 +15,8 @@ use ringkv_proto::v1::peer_client::PeerClient;
 use tokio::sync::{Notify, mpsc};
 
 use super::{
-    BACKOFF_MAX, BACKOFF_MIN, FAILURE_LOG_INTERVAL, TransportLimits, TransportStats, endpoint,
-    human_bytes,
+    BACKOFF_MAX, BACKOFF_MIN, FAILURE_LOG_INTERVAL, Handshake, TransportLimits, TransportStats,
+    endpoint, human_bytes,
 };
 use crate::clock::Clock;
 use crate::error_chain;
@@ -61,41 +61,52 @@ pub struct PeerSenders {
 
 impl PeerSenders {
     /// Starts two stream tasks per peer (every member but `me`), one per lane.
+    /// No stream is opened before `handshake` has a cluster record; every
+    /// stream carries its hello.
     pub fn start(
-        me: NodeId,
+        handshake: Arc<Handshake>,
         peers: &BTreeMap<NodeId, SocketAddr>,
         clock: Arc<dyn Clock>,
         stats: Arc<TransportStats>,
         limits: TransportLimits,
     ) -> Self {
-        Self::spawn(me, peers, clock, stats, limits, StreamHook::default())
+        Self::spawn(
+            handshake,
+            peers,
+            clock,
+            stats,
+            limits,
+            StreamHook::default(),
+        )
     }
 
     /// [`PeerSenders::start`], with every outgoing batch put to the
     /// simulation harness's fault `hook` first.
     #[cfg(madsim)]
     pub fn start_with_faults(
-        me: NodeId,
+        handshake: Arc<Handshake>,
         peers: &BTreeMap<NodeId, SocketAddr>,
         clock: Arc<dyn Clock>,
         stats: Arc<TransportStats>,
         limits: TransportLimits,
         hook: Arc<dyn super::faults::PeerFaults>,
     ) -> Self {
+        let me = handshake.identity().node;
         let hook = StreamHook {
             faults: Some(super::faults::StreamFaults::new(hook, me)),
         };
-        Self::spawn(me, peers, clock, stats, limits, hook)
+        Self::spawn(handshake, peers, clock, stats, limits, hook)
     }
 
     fn spawn(
-        me: NodeId,
+        handshake: Arc<Handshake>,
         peers: &BTreeMap<NodeId, SocketAddr>,
         clock: Arc<dyn Clock>,
         stats: Arc<TransportStats>,
         limits: TransportLimits,
         hook: StreamHook,
     ) -> Self {
+        let me = handshake.identity().node;
         let mut lanes = BTreeMap::new();
         let wake = Arc::new(Notify::new());
         for (&peer, &addr) in peers {
@@ -117,6 +128,7 @@ impl PeerSenders {
                     congested: (lane == Lane::Bulk).then(|| (congested.clone(), wake.clone())),
                     clock: clock.clone(),
                     stats: stats.clone(),
+                    handshake: handshake.clone(),
                     limits,
                     hook: hook.clone(),
                     failure_log: None,
@@ -252,6 +264,7 @@ struct StreamTask {
     congested: Option<(Arc<AtomicBool>, Arc<Notify>)>,
     clock: Arc<dyn Clock>,
     stats: Arc<TransportStats>,
+    handshake: Arc<Handshake>,
     limits: TransportLimits,
     #[cfg_attr(not(madsim), expect(dead_code))]
     hook: StreamHook,
@@ -269,6 +282,9 @@ enum Ended {
 
 impl StreamTask {
     async fn run(mut self) {
+        // Nothing is queued before the node is in a cluster: the driver
+        // starts after formation.
+        self.handshake.formed().await;
         let mut backoff = BACKOFF_MIN;
         let mut first = true;
         loop {
@@ -309,7 +325,10 @@ impl StreamTask {
         backoff: &mut Duration,
     ) -> Ended {
         let (frames_tx, frames_rx) = mpsc::channel::<pb::PeerFrame>(FRAMES_IN_FLIGHT);
-        let call = client.batches(tokio_stream::wrappers::ReceiverStream::new(frames_rx));
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(frames_rx));
+        self.handshake.attach(&mut request, self.peer);
+        let call = client.batches(request);
         tokio::pin!(call);
         tracing::debug!(peer = %self.peer, lane = ?self.lane, addr = %self.addr, "peer stream open");
         let keepalive = self.limits.keepalive_interval();
@@ -330,7 +349,7 @@ impl StreamTask {
                 None => tokio::select! {
                     biased;
                     result = &mut call => {
-                        self.failed(why_ended(result));
+                        self.call_ended(result);
                         return Ended::Broken;
                     }
                     queued = self.rx.recv() => {
@@ -365,7 +384,7 @@ impl StreamTask {
                     tokio::select! {
                         biased;
                         result = &mut call => {
-                            self.failed(why_ended(result));
+                            self.call_ended(result);
                             return Ended::Broken;
                         }
                         permit = frames_tx.reserve() => permit.map_err(|_| ()),
@@ -455,6 +474,19 @@ impl StreamTask {
                 .fetch_add(discarded, Ordering::Relaxed);
             self.lost.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// The stream's call ended: logs why, and notes a refusal by the peer.
+    fn call_ended<T>(&mut self, result: Result<T, tonic::Status>) {
+        if let Err(status) = &result
+            && let Some(refused) = self.handshake.note_refused_by(self.peer, status)
+            && refused.is_transient()
+        {
+            self.stats.stream_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %self.peer, lane = ?self.lane, "peer stream: {}; re-dialling", status.message());
+            return;
+        }
+        self.failed(why_ended(result));
     }
 
     /// Counts and logs a failed or refused stream: at warn level the first

@@ -11,13 +11,14 @@ use ringkv_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::{TransportStats, human_bytes};
+use super::{Handshake, TransportStats, human_bytes};
 use crate::api::convert;
 use crate::clock::Clock;
 use crate::driver::{Input, NodeHandle};
 
 /// The server side of `ringkv.v1.Peer`.
 pub struct PeerService {
+    handshake: Arc<Handshake>,
     input: mpsc::Sender<Input>,
     node: NodeHandle,
     stats: Arc<TransportStats>,
@@ -33,6 +34,7 @@ impl PeerService {
     /// (see [`super::TransportLimits`]). `max_frame_bytes`: a larger frame
     /// closes its stream.
     pub fn new(
+        handshake: Arc<Handshake>,
         input: mpsc::Sender<Input>,
         node: NodeHandle,
         stats: Arc<TransportStats>,
@@ -41,6 +43,7 @@ impl PeerService {
         max_frame_bytes: usize,
     ) -> Self {
         PeerService {
+            handshake,
             input,
             node,
             stats,
@@ -65,6 +68,7 @@ impl PeerService {
 /// sender's next write fail, and it re-dials a fresh connection, which
 /// carries traffic as soon as the network does.
 async fn receive_frames<S>(
+    peer: ringkv_core::NodeId,
     stream: S,
     input: &mpsc::Sender<Input>,
     stats: &TransportStats,
@@ -129,6 +133,16 @@ where
         // Decoding from `Bytes` lets entries and chunks share its buffer
         // instead of copying each value out of it.
         match wire::decode_peer_batch_bytes(frame.batch) {
+            Ok(batch) if batch.from != peer => {
+                // The hello admitted `peer`; a batch claiming another
+                // sender would let one node speak for another.
+                let n = stats.decode_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    total = n,
+                    "dropped a peer frame from {} on {peer}'s stream",
+                    batch.from
+                );
+            }
             Ok(batch) => {
                 if input.send(Input::Peer(batch)).await.is_err() {
                     return Err(Status::unavailable("node is shutting down"));
@@ -144,11 +158,22 @@ where
 
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
+    async fn hello(
+        &self,
+        request: Request<pb::PeerHello>,
+    ) -> Result<Response<pb::PeerHelloReply>, Status> {
+        self.handshake
+            .answer_hello(request.get_ref())
+            .map(Response::new)
+    }
+
     async fn batches(
         &self,
         request: Request<tonic::Streaming<pb::PeerFrame>>,
     ) -> Result<Response<pb::PeerStreamClosed>, Status> {
+        let peer = self.handshake.admit_call(&request)?;
         receive_frames(
+            peer,
             request.into_inner(),
             &self.input,
             &self.stats,
@@ -164,6 +189,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::ForwardResponse>, Status> {
+        self.handshake.admit_call(&request)?;
         let r = request.into_inner();
         let hops = r.hops;
         let req = convert::forwarded_request(r).map_err(Status::invalid_argument)?;

@@ -253,6 +253,8 @@ pub struct NodeProc {
     pub rest: SocketAddr,
     pub data_dir: PathBuf,
     log: PathBuf,
+    /// Flags for this node only, after the cluster's (see [`Cluster::set_node_args`]).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -283,6 +285,16 @@ impl Cluster {
 
     /// Starts `n` nodes, passing `extra_args` to every `ringkv server`.
     pub fn start_with(n: u64, extra_args: &[&str]) -> Cluster {
+        Cluster::start_each(n, extra_args, |_| Vec::new())
+    }
+
+    /// Starts `n` nodes, passing `extra_args` to every `ringkv server` and
+    /// `node_args(id)` to node `id` after them.
+    pub fn start_each(
+        n: u64,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("ringkv-cluster-test")
             .tempdir()
@@ -294,6 +306,7 @@ impl Cluster {
                 rest: SocketAddr::from(([127, 0, 0, 1], free_port())),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
+                args: Vec::new(),
                 child: None,
             })
             .collect();
@@ -309,9 +322,44 @@ impl Cluster {
             nodes,
         };
         for id in 1..=n {
+            c.node_mut(id).args = node_args(id);
             c.spawn(id);
         }
         c
+    }
+
+    /// Flags node `id` gets from its next (re)start on, after the cluster's.
+    pub fn set_node_args(&mut self, id: u64, args: &[&str]) {
+        self.node_mut(id).args = args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Kills node `id` and deletes its data directory, as if its disk
+    /// were replaced; [`Cluster::restart`] then starts it on an empty one.
+    pub fn wipe(&mut self, id: u64) {
+        self.kill(id);
+        let dir = self.node(id).data_dir.clone();
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot wipe {}: {e}", dir.display()),
+        }
+    }
+
+    /// Everything node `id` has logged so far (all its starts).
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    /// Node `id`'s `/v1/cluster/status` (waiting a little for a node that
+    /// is still starting to listen).
+    pub fn status(&self, id: u64) -> serde_json::Value {
+        let r = poll(
+            Duration::from_secs(10),
+            &format!("node {id} to answer status"),
+            || get(self.node(id).rest(), "/v1/cluster/status").ok(),
+        );
+        assert_eq!(r.status, 200, "status of node {id}: {r:?}");
+        r.json()
     }
 
     pub fn dir(&self) -> &Path {
@@ -334,7 +382,8 @@ impl Cluster {
     fn spawn(&mut self, id: u64) {
         let bin = env!("CARGO_BIN_EXE_ringkv");
         let peers = self.peers.clone();
-        let extra = self.extra_args.clone();
+        let mut extra = self.extra_args.clone();
+        extra.extend(self.node(id).args.iter().cloned());
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = OpenOptions::new()
