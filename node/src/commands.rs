@@ -307,9 +307,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     println!("stopping...");
-    for s in servers {
-        s.stop().await;
-    }
+    // All at once: a node's graceful stop waits for its peers' streams to
+    // end, and they end sooner when the peers stop too.
+    futures::future::join_all(servers.into_iter().map(Server::stop)).await;
     if let Some((i, r)) = failed {
         r.with_context(|| format!("node {} stopped", i + 1))?;
     }

@@ -272,6 +272,13 @@ struct StreamTask {
     failure_log: Option<(String, Time)>,
 }
 
+/// Whether a lane's queue still has a sender (the driver).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queue {
+    Open,
+    Closed,
+}
+
 /// Why a stream ended.
 enum Ended {
     /// The node is shutting down (the queue's sender is gone).
@@ -293,7 +300,9 @@ impl StreamTask {
                 self.clock.sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 // What queued while the peer was unreachable is stale by now.
-                self.discard_queued();
+                if self.discard_queued() == Queue::Closed {
+                    return;
+                }
             }
             first = false;
             let channel = match endpoint(self.addr).connect().await {
@@ -462,18 +471,27 @@ impl StreamTask {
     }
 
     /// Drops everything queued; if anything was, the peer missed messages.
-    fn discard_queued(&mut self) {
+    /// Says whether the queue is closed (the node is shutting down: stop
+    /// re-dialling).
+    fn discard_queued(&mut self) -> Queue {
         let mut discarded = 0u64;
-        while let Ok(q) = self.rx.try_recv() {
-            self.dequeued(q.bytes);
-            discarded += 1;
-        }
+        let state = loop {
+            match self.rx.try_recv() {
+                Ok(q) => {
+                    self.dequeued(q.bytes);
+                    discarded += 1;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break Queue::Open,
+                Err(mpsc::error::TryRecvError::Disconnected) => break Queue::Closed,
+            }
+        };
         if discarded > 0 {
             self.stats
                 .batches_discarded_on_reconnect
                 .fetch_add(discarded, Ordering::Relaxed);
             self.lost.store(true, Ordering::Relaxed);
         }
+        state
     }
 
     /// The stream's call ended: logs why, and notes a refusal by the peer.

@@ -118,6 +118,12 @@ where
         stats.batches_received.fetch_add(1, Ordering::Relaxed);
         if frame.batch.is_empty() {
             stats.keepalives_received.fetch_add(1, Ordering::Relaxed);
+            // A stream of keepalives alone would hold a stopping node's
+            // graceful shutdown open forever: end it once the event loop is
+            // gone, as a batch would.
+            if input.is_closed() {
+                return Err(Status::unavailable("node is shutting down"));
+            }
             continue;
         }
         if frame.batch.len() > max_frame_bytes {

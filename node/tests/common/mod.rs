@@ -246,6 +246,20 @@ fn free_port() -> u16 {
     panic!("no free port found");
 }
 
+/// The first of `n` consecutive free ports (for `ringkv demo`, whose nodes
+/// listen on a base port plus their index).
+pub fn free_port_run(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base.checked_add(n).is_some()
+            && (1..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports found");
+}
+
 /// One `ringkv server` process of a [`Cluster`].
 pub struct NodeProc {
     pub id: u64,
