@@ -53,7 +53,7 @@ pub const REFUSAL_SHOWN_FOR: Duration = Duration::from_secs(60);
 /// How long one formation `Hello` may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 const FORMATION_RETRY_MIN: Duration = Duration::from_millis(25);
-const FORMATION_RETRY_MAX: Duration = Duration::from_secs(1);
+const FORMATION_RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// Which side refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
