@@ -232,6 +232,23 @@ impl Handshake {
         Some(refused)
     }
 
+    /// Asks `peer` (over an open channel) whether it is still forming: a
+    /// stream opened now would be refused, and the frames written into it
+    /// (the first votes of a new cluster) lost. The stream tasks ask before
+    /// every stream they open.
+    pub async fn peer_is_forming(
+        &self,
+        client: &mut PeerClient<tonic::transport::Channel>,
+        peer: NodeId,
+    ) -> Result<bool, String> {
+        let hello = hello_to_proto(&self.hello_to(peer));
+        let reply = client
+            .hello(Request::new(hello))
+            .await
+            .map_err(|s| format!("hello failed: {}", s.message()))?;
+        Ok(reply.get_ref().cluster.is_none())
+    }
+
     /// Answers a peer's `Hello`: this node's identity and record. A peer
     /// this node would refuse is still answered (so it can tell why), and
     /// the refusal is noted here too.

@@ -26,6 +26,9 @@ use crate::error_chain;
 /// and counted.
 const FRAMES_IN_FLIGHT: usize = 2;
 
+/// How soon a stream task asks again a peer that is still forming.
+const PEER_FORMING_RETRY: Duration = Duration::from_millis(10);
+
 /// A batch in a lane's queue, with the bytes it is accounted at.
 struct Queued {
     batch: PeerBatch,
@@ -272,6 +275,17 @@ struct StreamTask {
     failure_log: Option<(String, Time)>,
 }
 
+/// What a stream task does before its next dial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Dial at once (the first time).
+    Now,
+    /// The peer is still forming: ask again shortly, keeping the queue.
+    PeerForming,
+    /// The last attempt failed: wait out the backoff, drop the queue.
+    Backoff,
+}
+
 /// Whether a lane's queue still has a sender (the driver).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Queue {
@@ -293,18 +307,29 @@ impl StreamTask {
         // starts after formation.
         self.handshake.formed().await;
         let mut backoff = BACKOFF_MIN;
-        let mut first = true;
+        let mut retry = Retry::Now;
         loop {
-            if !first {
-                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                self.clock.sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                // What queued while the peer was unreachable is stale by now.
-                if self.discard_queued() == Queue::Closed {
-                    return;
+            match retry {
+                Retry::Now => {}
+                Retry::PeerForming => {
+                    // The peer joins within milliseconds; keep what is
+                    // queued for it.
+                    self.clock.sleep(PEER_FORMING_RETRY).await;
+                    if self.rx.is_closed() {
+                        return;
+                    }
+                }
+                Retry::Backoff => {
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.clock.sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    // What queued while the peer was unreachable is stale by now.
+                    if self.discard_queued() == Queue::Closed {
+                        return;
+                    }
                 }
             }
-            first = false;
+            retry = Retry::Backoff;
             let channel = match endpoint(self.addr).connect().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -317,9 +342,20 @@ impl StreamTask {
                 }
             };
             let limit = self.limits.grpc_message_limit();
-            let client = PeerClient::new(channel)
+            let mut client = PeerClient::new(channel)
                 .max_encoding_message_size(limit)
                 .max_decoding_message_size(limit);
+            match self.handshake.peer_is_forming(&mut client, self.peer).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    retry = Retry::PeerForming;
+                    continue;
+                }
+                Err(why) => {
+                    self.failed(why);
+                    continue;
+                }
+            }
             match self.feed(client, &mut backoff).await {
                 Ended::Shutdown => return,
                 Ended::Broken => {}
