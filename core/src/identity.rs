@@ -195,10 +195,30 @@ impl Refusal {
     /// Whether the refusal ends by itself once formation completes (as
     /// opposed to one an operator must act on).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Refusal::NotFormed { .. } | Refusal::PeerNotFormed { .. }
-        )
+        Self::kind_is_transient(self.kind())
+    }
+
+    /// [`Refusal::is_transient`] from the [`Refusal::kind`] alone (what a
+    /// refused caller reads back from the callee's status).
+    pub fn kind_is_transient(kind: &str) -> bool {
+        matches!(kind, "not_formed" | "peer_not_formed")
+    }
+
+    /// The other node the refusal is about (`None`: only this one).
+    pub fn peer(&self) -> Option<NodeId> {
+        match self {
+            Refusal::FormatVersion { peer, .. }
+            | Refusal::ClusterName { peer, .. }
+            | Refusal::PartitionCount { peer, .. }
+            | Refusal::ReplicationFactor { peer, .. }
+            | Refusal::NotAMember { peer }
+            | Refusal::PeerNotFormed { peer }
+            | Refusal::OtherCluster { peer, .. }
+            | Refusal::PeerReplaced { peer, .. }
+            | Refusal::SelfReplaced { peer, .. } => Some(*peer),
+            Refusal::WrongNode { addressed, .. } => Some(*addressed),
+            Refusal::NotFormed { .. } => None,
+        }
     }
 }
 
@@ -228,10 +248,12 @@ impl fmt::Display for Refusal {
                 "replication factor mismatch: {peer} has {theirs}, this node {ours}; every node \
                  of a cluster needs the same --replication-factor"
             ),
+            // Said the same on either side: the caller or the callee may be
+            // the one whose --peers is wrong.
             Refusal::WrongNode { me, addressed } => write!(
                 f,
-                "addressed to {addressed}, but this is {me}: the peer's --peers maps {addressed} \
-                 to this node's address"
+                "a call meant for {addressed} reached {me}: a --peers list maps {addressed} to \
+                 {me}'s address"
             ),
             Refusal::NotAMember { peer } => {
                 write!(f, "{peer} is not a member of this node's cluster")

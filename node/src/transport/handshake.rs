@@ -37,7 +37,7 @@ use ringkv_core::{NodeId, Time};
 use ringkv_proto::v1 as pb;
 use ringkv_proto::v1::peer_client::PeerClient;
 use tokio::sync::Notify;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Binary, MetadataValue};
 use tonic::{Request, Status};
 
 use super::{FAILURE_LOG_INTERVAL, endpoint};
@@ -100,6 +100,15 @@ pub struct Handshake {
     joined: Notify,
     /// What formation waits for, or why it is refused; empty once formed.
     formation: Mutex<String>,
+    /// Once formed, the hello to each peer never changes: encoded once, per
+    /// target, and attached to every call by a cheap clone (`Forward` is on
+    /// the request path).
+    hellos: Mutex<BTreeMap<NodeId, MetadataValue<Binary>>>,
+    /// Hellos (as they arrive, encoded) already admitted, and whose they
+    /// are. Once formed, admission depends only on those bytes, so a known
+    /// one is admitted without decoding it again. At most two per member
+    /// (with and without the target's incarnation).
+    admitted: Mutex<Vec<(Vec<u8>, NodeId)>>,
     refusals: Mutex<BTreeMap<(NodeId, Direction), RefusalRecord>>,
     clock: Arc<dyn Clock>,
 }
@@ -129,6 +138,8 @@ impl Handshake {
             record: Mutex::new(record.map(Arc::new)),
             joined: Notify::new(),
             formation: Mutex::new(formation),
+            hellos: Mutex::new(BTreeMap::new()),
+            admitted: Mutex::new(Vec::new()),
             refusals: Mutex::new(BTreeMap::new()),
             clock,
         }
@@ -175,18 +186,38 @@ impl Handshake {
 
     /// Puts this node's hello to `to` on an outgoing call.
     pub fn attach<T>(&self, request: &mut Request<T>, to: NodeId) {
-        let bytes = encode_hello(&self.hello_to(to));
-        request
-            .metadata_mut()
-            .insert_bin(HELLO_METADATA, MetadataValue::from_bytes(&bytes));
+        // (The lookup's guard must drop before the insert below locks again.)
+        let cached = lock(&self.hellos).get(&to).cloned();
+        let value = match cached {
+            Some(v) => v,
+            None => {
+                let hello = self.hello_to(to);
+                let value = MetadataValue::from_bytes(&encode_hello(&hello));
+                // Only a formed node's hello is final (see `hellos`).
+                if hello.cluster.is_some() {
+                    lock(&self.hellos).insert(to, value.clone());
+                }
+                value
+            }
+        };
+        request.metadata_mut().insert_bin(HELLO_METADATA, value);
     }
 
     /// The admission check of an incoming `Batches` or `Forward` call:
     /// returns the admitted peer, or the status that refuses the call.
     pub fn admit_call<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
-        let hello = request
-            .metadata()
-            .get_bin(HELLO_METADATA)
+        let value = request.metadata().get_bin(HELLO_METADATA);
+        if let Some(v) = value {
+            let encoded = v.as_encoded_bytes();
+            let known = lock(&self.admitted)
+                .iter()
+                .find(|(bytes, _)| bytes.as_slice() == encoded)
+                .map(|&(_, peer)| peer);
+            if let Some(peer) = known {
+                return Ok(peer);
+            }
+        }
+        let hello = value
             .ok_or_else(|| "no hello".to_owned())
             .and_then(|v| v.to_bytes().map_err(|e| e.to_string()))
             .and_then(|b| decode_hello(&b).map_err(|e| e.to_string()));
@@ -202,7 +233,16 @@ impl Handshake {
         };
         let peer = hello.from.node;
         match identity::admit(&self.me, self.record().as_deref(), &hello) {
-            Ok(()) => Ok(peer),
+            Ok(()) => {
+                // Admitted means formed, so the bytes will be again.
+                let mut admitted = lock(&self.admitted);
+                if admitted.len() < 2 * self.members.len()
+                    && let Some(v) = value
+                {
+                    admitted.push((v.as_encoded_bytes().to_vec(), peer));
+                }
+                Ok(peer)
+            }
             Err(refusal) => {
                 self.note(peer, Direction::Incoming, &refusal);
                 Err(Status::failed_precondition(format!(
@@ -224,7 +264,7 @@ impl Handshake {
         }
         let reason = refusal_reason(status.message())?;
         let refused = PeerRefused {
-            transient: TRANSIENT_REASONS.contains(&reason),
+            transient: Refusal::kind_is_transient(reason),
         };
         if !refused.transient {
             self.record_refusal(peer, Direction::Outgoing, reason, status.message());
@@ -241,12 +281,22 @@ impl Handshake {
         client: &mut PeerClient<tonic::transport::Channel>,
         peer: NodeId,
     ) -> Result<bool, String> {
+        let reply = self.hello(client, peer).await?;
+        Ok(reply.cluster.is_none())
+    }
+
+    /// One `Hello` call to `peer`.
+    async fn hello(
+        &self,
+        client: &mut PeerClient<tonic::transport::Channel>,
+        peer: NodeId,
+    ) -> Result<pb::PeerHelloReply, String> {
         let hello = hello_to_proto(&self.hello_to(peer));
-        let reply = client
+        client
             .hello(Request::new(hello))
             .await
-            .map_err(|s| format!("hello failed: {}", s.message()))?;
-        Ok(reply.get_ref().cluster.is_none())
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("hello failed: {}", s.message()))
     }
 
     /// Answers a peer's `Hello`: this node's identity and record. A peer
@@ -359,7 +409,9 @@ impl Handshake {
         loop {
             let answers = self.ask_peers(peers).await;
             let step = identity::formation_step(&self.me, &self.members, &answers);
-            let status = match step {
+            // What to show in status, and whether to log it at info level
+            // (a refusal was logged at warn level, rate-limited, already).
+            let (status, log) = match step {
                 Formation::Form { members } => {
                     let record = ClusterRecord {
                         uid: ClusterUid(rng.random()),
@@ -379,7 +431,7 @@ impl Handshake {
                 Formation::Wait { waiting_for } => {
                     let ids: Vec<String> = waiting_for.iter().map(ToString::to_string).collect();
                     let founder = identity::founder(&self.members);
-                    if founder == Some(self.me.node) {
+                    let status = if founder == Some(self.me.node) {
                         format!(
                             "forming the cluster: waiting for {} to answer (the first start \
                              needs every member up)",
@@ -390,17 +442,17 @@ impl Handshake {
                             "waiting for the founder {} to form the cluster",
                             ids.join(", ")
                         )
-                    }
+                    };
+                    (status, true)
                 }
                 Formation::Refused(refusal) => {
-                    let peer = refusal_peer(&refusal).unwrap_or(self.me.node);
+                    let peer = refusal.peer().unwrap_or(self.me.node);
                     self.note(peer, Direction::Outgoing, &refusal);
-                    format!("refused: {refusal}")
+                    (format!("refused: {refusal}"), false)
                 }
             };
             if status != last_status {
-                // Refusals were logged at warn level (rate-limited) above.
-                if !status.starts_with("refused") {
+                if log {
                     tracing::info!("{status}");
                 }
                 last_status.clone_from(&status);
@@ -456,13 +508,7 @@ impl Handshake {
                 .connect()
                 .await
                 .map_err(|e| crate::error_chain(&e))?;
-            let mut client = PeerClient::new(channel);
-            let hello = hello_to_proto(&self.hello_to(peer));
-            client
-                .hello(Request::new(hello))
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|s| s.message().to_owned())
+            self.hello(&mut PeerClient::new(channel), peer).await
         };
         let reply = tokio::time::timeout(HELLO_TIMEOUT, call)
             .await
@@ -482,9 +528,6 @@ impl Handshake {
     }
 }
 
-/// The [`Refusal::kind`]s that end by themselves once formation completes.
-const TRANSIENT_REASONS: [&str; 2] = ["not_formed", "peer_not_formed"];
-
 /// A peer refused a call of this node (see [`Handshake::note_refused_by`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerRefused {
@@ -496,23 +539,6 @@ impl PeerRefused {
     /// before it has adopted the record): not worth a warning.
     pub fn is_transient(self) -> bool {
         self.transient
-    }
-}
-
-/// The peer a refusal is about, if it names one.
-fn refusal_peer(r: &Refusal) -> Option<NodeId> {
-    match r {
-        Refusal::FormatVersion { peer, .. }
-        | Refusal::ClusterName { peer, .. }
-        | Refusal::PartitionCount { peer, .. }
-        | Refusal::ReplicationFactor { peer, .. }
-        | Refusal::NotAMember { peer }
-        | Refusal::PeerNotFormed { peer }
-        | Refusal::OtherCluster { peer, .. }
-        | Refusal::PeerReplaced { peer, .. }
-        | Refusal::SelfReplaced { peer, .. } => Some(*peer),
-        Refusal::WrongNode { addressed, .. } => Some(*addressed),
-        Refusal::NotFormed { .. } => None,
     }
 }
 
