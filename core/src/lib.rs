@@ -13,7 +13,10 @@
 //! - [`detector`]: phi-accrual failure detection over node heartbeats.
 //! - [`identity`]: who a peer is (cluster, settings, data-directory
 //!   incarnation), whether to admit it, and how a cluster is formed.
+//! - [`check`]: what the simulators judge (client histories, Raft
+//!   invariants); pure, and shared by the core's and the madsim simulation.
 
+pub mod check;
 pub mod detector;
 pub mod identity;
 pub mod io;

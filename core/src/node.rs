@@ -54,7 +54,7 @@ use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRec
 use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition};
 use crate::raft::{
     EntryKind, HardState, Membership, PersistRecord, ProposeError, Raft, RaftConfig, RaftEvent,
-    RaftStorage,
+    RaftStorage, Role,
 };
 use crate::ring::{Ring, RingConfig, RingError};
 use crate::types::{NodeId, PartitionId, Time};
@@ -103,6 +103,11 @@ pub struct NodeConfig {
     /// [`NodeConfig::max_peer_frame_bytes`]). A single write is always
     /// admitted when none is pending.
     pub max_pending_write_bytes: usize,
+    /// Emit [`Event::Observed`]: what every group did, as Raft's safety
+    /// properties speak of it, for the simulators' invariant checker
+    /// ([`crate::check::invariants`]). Off in production: it costs an event
+    /// and a hash of the command per applied entry.
+    pub observe: bool,
 }
 
 impl NodeConfig {
@@ -124,6 +129,7 @@ impl NodeConfig {
             max_batch_bytes: 4 << 20,
             max_pending_requests: 100_000,
             max_pending_write_bytes: 64 << 20,
+            observe: false,
         }
     }
 }
@@ -325,6 +331,83 @@ pub enum Event {
         from: NodeId,
         reason: &'static str,
     },
+    /// Only with [`NodeConfig::observe`].
+    Observed(Observation),
+}
+
+/// What one replica of a group did, in the terms of Raft's safety
+/// properties, for [`crate::check::invariants`]: emitted as
+/// [`Event::Observed`] when [`NodeConfig::observe`] is set, in the order the
+/// node did it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub node: NodeId,
+    pub partition: PartitionId,
+    pub what: Observed,
+}
+
+/// See [`Observation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// The node (re)started: the state machine holds the effects of the
+    /// entries up to `applied` (its snapshot's index, or 0), and the log is
+    /// known committed up to `commit`. What the previous run held in memory
+    /// (commit, role) is gone.
+    Started { applied: u64, commit: u64 },
+    /// It won the election of `term`. `last_index`/`last_term`: its log as
+    /// it was when it won, before the entry it appends to open its term.
+    BecameLeader {
+        term: u64,
+        last_index: u64,
+        last_term: u64,
+    },
+    /// It learned that its log is committed up to `commit`.
+    Committed { commit: u64 },
+    /// It applied the entry at `index` of `term` to its state machine.
+    /// `command`: a fingerprint of the entry's kind and bytes
+    /// ([`command_fingerprint`]).
+    Applied { index: u64, term: u64, command: u64 },
+    /// It replaced its state machine with a leader's snapshot of the
+    /// entries up to `index` (of `term`).
+    SnapshotRestored { index: u64, term: u64 },
+}
+
+/// The fingerprint [`Observed::Applied`] carries: xxh3-64 of the entry's
+/// bytes, seeded with its kind.
+pub fn command_fingerprint(kind: EntryKind, data: &[u8]) -> u64 {
+    let seed = match kind {
+        EntryKind::Noop => 0,
+        EntryKind::Normal => 1,
+    };
+    xxhash_rust::xxh3::xxh3_64_with_seed(data, seed)
+}
+
+impl std::fmt::Display for Observation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: ", self.node, self.partition)?;
+        match self.what {
+            Observed::Started { applied, commit } => {
+                write!(f, "started (applied {applied}, commit {commit})")
+            }
+            Observed::BecameLeader {
+                term,
+                last_index,
+                last_term,
+            } => write!(
+                f,
+                "leader of term {term} (log ends at {last_term}/{last_index})"
+            ),
+            Observed::Committed { commit } => write!(f, "commit {commit}"),
+            Observed::Applied {
+                index,
+                term,
+                command,
+            } => write!(f, "applied {term}/{index} (command {command:016x})"),
+            Observed::SnapshotRestored { index, term } => {
+                write!(f, "restored a snapshot at {term}/{index}")
+            }
+        }
+    }
 }
 
 /// Counters for metrics.
@@ -353,6 +436,8 @@ struct Group {
     /// The latest IO holding records of this group.
     last_io: Option<IoId>,
     saved_hard_state: HardState,
+    /// The commit index last reported as [`Observed::Committed`].
+    observed_commit: u64,
     /// Reads confirmed at an index this replica has not applied yet.
     reads_waiting_apply: Vec<(u64, u64)>, // (index, ctx)
 }
@@ -433,6 +518,7 @@ impl Node {
         let ring = Ring::new(cfg.ring, cfg.members.iter().copied())?;
         let mut recovered = recovered;
         let mut groups = BTreeMap::new();
+        let mut events = VecDeque::new();
         for p in ring.partitions_of(id) {
             let storage = recovered.groups.remove(&p).unwrap_or_default();
             let kv = match &storage.snapshot {
@@ -446,6 +532,17 @@ impl Node {
             let seed = rng_seed ^ (u64::from(p.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let saved_hard_state = storage.hard_state;
             let raft = Raft::new(id, cfg.raft.clone(), membership, storage, seed);
+            let observed_commit = raft.log().committed();
+            if cfg.observe {
+                events.push_back(Event::Observed(Observation {
+                    node: id,
+                    partition: p,
+                    what: Observed::Started {
+                        applied: kv.applied_index(),
+                        commit: observed_commit,
+                    },
+                }));
+            }
             groups.insert(
                 p,
                 Group {
@@ -453,6 +550,7 @@ impl Node {
                     kv,
                     last_io: None,
                     saved_hard_state,
+                    observed_commit,
                     reads_waiting_apply: Vec::new(),
                 },
             );
@@ -494,7 +592,7 @@ impl Node {
             snapshot_allowance: 0,
             transmits: VecDeque::new(),
             replies: VecDeque::new(),
-            events: VecDeque::new(),
+            events,
             stats: NodeStats::default(),
             cfg,
         })
@@ -1027,7 +1125,39 @@ impl Node {
             return;
         }
         let ready = g.raft.take_ready();
+        let observe = |events: &mut VecDeque<Event>, what| {
+            events.push_back(Event::Observed(Observation {
+                node: self.id,
+                partition: p,
+                what,
+            }))
+        };
         for event in ready.events {
+            if self.cfg.observe
+                && let RaftEvent::RoleChanged {
+                    role: Role::Leader,
+                    term,
+                    ..
+                } = event
+            {
+                // The log as it was when the election was won: everything
+                // before the first entry of the new term (that entry, the
+                // opening no-op, is the leader's own).
+                let log = g.raft.log();
+                let mut last_index = log.last_index();
+                while last_index > 0 && log.term(last_index) == Some(term) {
+                    last_index -= 1;
+                }
+                let last_term = log.term(last_index).unwrap_or(0);
+                observe(
+                    &mut self.events,
+                    Observed::BecameLeader {
+                        term,
+                        last_index,
+                        last_term,
+                    },
+                );
+            }
             self.events.push_back(Event::Raft {
                 partition: p,
                 event,
@@ -1087,9 +1217,20 @@ impl Node {
             }
         }
         // State machine.
+        if self.cfg.observe && g.raft.log().committed() > g.observed_commit {
+            g.observed_commit = g.raft.log().committed();
+            let commit = g.observed_commit;
+            observe(&mut self.events, Observed::Committed { commit });
+        }
         if let Some(snap) = ready.snapshot_to_apply {
             match KvStore::restore(&snap.data) {
-                Ok(kv) => g.kv = kv,
+                Ok(kv) => {
+                    g.kv = kv;
+                    if self.cfg.observe {
+                        let (index, term) = (snap.meta.index, snap.meta.term);
+                        observe(&mut self.events, Observed::SnapshotRestored { index, term });
+                    }
+                }
                 Err(e) => {
                     // Cannot happen for a snapshot a correct leader made; keep
                     // the old state and say so loudly rather than panic.
@@ -1099,6 +1240,18 @@ impl Node {
         }
         for entry in ready.committed {
             self.stats.applied_entries += 1;
+            if self.cfg.observe {
+                let (index, term) = (entry.index, entry.term);
+                let command = command_fingerprint(entry.kind, &entry.data);
+                observe(
+                    &mut self.events,
+                    Observed::Applied {
+                        index,
+                        term,
+                        command,
+                    },
+                );
+            }
             let outcome = match entry.kind {
                 EntryKind::Noop => g.kv.apply(entry.index, &[]),
                 EntryKind::Normal => g.kv.apply(entry.index, &entry.data),

@@ -42,12 +42,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use ringkv_core::check::history::{FailReason, OpId, Outcome, Recorder, Response, ValueVersion};
+use ringkv_core::check::invariants::Invariants;
+use ringkv_core::check::{LinearizabilityConfig, check_all, no_lost_writes};
 use ringkv_core::identity::{self, ClusterRecord, ClusterUid, Hello, Identity, Incarnation};
 use ringkv_core::io::{IoRequest, PeerBatch, WalRecord};
 use ringkv_core::kv::{Command, Precondition};
 use ringkv_core::node::{
-    ClientError, ClientRequest, ClientResponse, Consistency, Node, NodeConfig, Recovered, Reply,
-    RequestId,
+    ClientError, ClientRequest, ClientResponse, Consistency, Event, Node, NodeConfig, Recovered,
+    Reply, RequestId,
 };
 use ringkv_core::raft::{EntryKind, PersistRecord, Role};
 use ringkv_core::ring::RingConfig;
@@ -95,6 +98,14 @@ impl Default for Options {
     }
 }
 
+/// A client request on its way: the history operation it is, and the node
+/// that holds it now (a forward moves it).
+struct InFlightRequest {
+    op: OpId,
+    node: usize,
+    request: ClientRequest,
+}
+
 struct InFlight {
     at: Time,
     seq: u64,
@@ -125,13 +136,29 @@ struct Sim {
     leaders: BTreeMap<(PartitionId, u64), NodeId>,
     /// Acknowledged writes: (partition, revision) -> (key, value or None for delete).
     acked: Vec<(PartitionId, u64, Bytes, Option<Bytes>)>,
-    /// In-flight client requests: id -> (node, request).
-    requests: BTreeMap<u64, ClientRequest>,
+    /// In-flight client requests: request id -> where it is and what it is.
+    requests: BTreeMap<u64, InFlightRequest>,
+    /// Every client operation and its outcome, for the history checkers.
+    history: Recorder,
+    /// Picks preconditions and revisions (its own stream, so that adding
+    /// kinds of requests left the scheduler's draws, and the fault
+    /// schedules of pinned seeds, as they were).
+    workload_rng: ChaCha8Rng,
+    /// The mod_revision last seen per key, for compare-and-set.
+    seen_revisions: BTreeMap<Bytes, u64>,
     next_req: u64,
     next_value: u64,
     steps: u64,
     trace: String,
     outcomes: BTreeMap<&'static str, u64>,
+    /// The shared Raft invariant checker, fed every node's observations.
+    invariants: Invariants,
+    /// Operations the history checkers judged.
+    checked_ops: u64,
+}
+
+fn not_applied(e: ClientError) -> Outcome {
+    Outcome::Fail(FailReason::NotApplied(e.to_string()))
 }
 
 fn config(id: u64, n: u64) -> NodeConfig {
@@ -158,6 +185,7 @@ fn config(id: u64, n: u64) -> NodeConfig {
     cfg.snapshot_threshold_bytes = 256;
     cfg.max_snapshot_bytes_per_tick = 64;
     cfg.snapshot_cost_floor_bytes = 16;
+    cfg.observe = true;
     cfg
 }
 
@@ -227,11 +255,16 @@ impl Sim {
             leaders: BTreeMap::new(),
             acked: Vec::new(),
             requests: BTreeMap::new(),
+            history: Recorder::new(),
+            workload_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x776f_726b_6c6f_6164),
+            seen_revisions: BTreeMap::new(),
             next_req: 1,
             next_value: 1,
             steps: 0,
             trace: String::new(),
             outcomes: BTreeMap::new(),
+            invariants: Invariants::new(),
+            checked_ops: 0,
         }
     }
 
@@ -272,7 +305,17 @@ impl Sim {
         while let Some(r) = node.poll_reply() {
             replies.push(r);
         }
-        while node.poll_event().is_some() {}
+        let mut observations = Vec::new();
+        while let Some(event) = node.poll_event() {
+            if let Event::Observed(o) = event {
+                observations.push(o);
+            }
+        }
+        for o in observations {
+            if let Some(v) = self.invariants.observe(&o).into_iter().next() {
+                self.fail(v.to_string());
+            }
+        }
         for (to, b, hello) in batches {
             // Every batch crosses the wire codec, as it does in production.
             let b = ringkv_core::wire::decode_peer_batch(&ringkv_core::wire::encode_peer_batch(&b))
@@ -338,58 +381,128 @@ impl Sim {
             i + 1,
             id.0
         );
-        let Some(req) = self.requests.remove(&id.0) else {
+        let Some(InFlightRequest { op, request, .. }) = self.requests.remove(&id.0) else {
             self.fail(format!("reply to unknown request {}", id.0))
         };
-        let kind = match &reply {
+        let key = request.key().clone();
+        let (kind, outcome) = match reply {
             Reply::Forward(to) => {
-                // Forward it like the driver would (one hop).
+                // Forward it like the driver would (one hop). A forward
+                // that cannot go is a request never proposed.
                 let j = (to.0 - 1) as usize;
                 if j != i
                     && self.nodes[j].node.is_some()
                     && !self.cut.contains(&((i + 1) as u64, to.0))
                 {
-                    self.submit(j, req);
+                    self.send(j, op, request);
+                    *self.outcomes.entry("forward").or_default() += 1;
+                    return;
                 }
-                "forward"
+                (
+                    "forward",
+                    Outcome::Fail(FailReason::NotApplied("forward".into())),
+                )
             }
-            Reply::Done(Ok(ClientResponse::Put { mod_revision, .. })) => {
-                let ClientRequest::Put { key, value, .. } = &req else {
+            Reply::Done(Ok(ClientResponse::Put {
+                version,
+                mod_revision,
+                ..
+            })) => {
+                let ClientRequest::Put { key, value, .. } = &request else {
                     self.fail("put reply to non-put".into())
                 };
-                let p = self.cfgs[0].ring.partition_count;
-                let p = ringkv_core::ring::partition_of(key, p);
+                let p = ringkv_core::ring::partition_of(key, PARTITIONS);
                 self.acked
-                    .push((p, *mod_revision, key.clone(), Some(value.clone())));
-                "put-ok"
+                    .push((p, mod_revision, key.clone(), Some(value.clone())));
+                let response = Response::Put {
+                    version,
+                    mod_revision,
+                };
+                ("put-ok", Outcome::Ok(response))
             }
             Reply::Done(Ok(ClientResponse::Deleted { revision })) => {
-                let ClientRequest::Delete { key, .. } = &req else {
+                if !matches!(request, ClientRequest::Delete { .. }) {
                     self.fail("delete reply to non-delete".into())
-                };
-                let p = ringkv_core::ring::partition_of(key, PARTITIONS);
-                self.acked.push((p, *revision, key.clone(), None));
-                "delete-ok"
+                }
+                let p = ringkv_core::ring::partition_of(&key, PARTITIONS);
+                self.acked.push((p, revision, key.clone(), None));
+                ("delete-ok", Outcome::Ok(Response::Deleted { revision }))
             }
-            Reply::Done(Ok(ClientResponse::Value(_))) => "get-ok",
-            Reply::Done(Err(ClientError::OutcomeUnknown)) => "unknown",
-            Reply::Done(Err(ClientError::NoLeader { .. })) => "no-leader",
-            Reply::Done(Err(ClientError::PreconditionFailed { .. })) => "precondition",
-            Reply::Done(Err(ClientError::NotFound)) => "not-found",
-            Reply::Done(Err(ClientError::Dropped)) => "dropped",
-            Reply::Done(Err(ClientError::Timeout)) => "timeout",
+            Reply::Done(Ok(ClientResponse::Value(kv))) => {
+                let value = kv.map(|kv| ValueVersion {
+                    value: kv.value,
+                    version: kv.version,
+                    mod_revision: kv.mod_revision,
+                });
+                ("get-ok", Outcome::Ok(Response::Value(value)))
+            }
+            Reply::Done(Err(ClientError::OutcomeUnknown)) => ("unknown", Outcome::Unknown),
+            Reply::Done(Err(ClientError::Timeout)) if request.is_write() => {
+                ("unknown", Outcome::Unknown)
+            }
+            Reply::Done(Err(ClientError::PreconditionFailed {
+                current_mod_revision,
+            })) => (
+                "precondition",
+                Outcome::Fail(FailReason::PreconditionFailed {
+                    current_mod_revision,
+                }),
+            ),
+            Reply::Done(Err(ClientError::NotFound)) => {
+                ("not-found", Outcome::Fail(FailReason::NotFound))
+            }
+            Reply::Done(Err(e @ ClientError::NoLeader { .. })) => ("no-leader", not_applied(e)),
+            Reply::Done(Err(e @ ClientError::Dropped)) => ("dropped", not_applied(e)),
+            Reply::Done(Err(e @ ClientError::Timeout)) => ("timeout", not_applied(e)),
             Reply::Done(Err(e)) => self.fail(format!("unexpected error {e}")),
         };
+        // What this client learns of the key's revision, for its next
+        // compare-and-set.
+        match &outcome {
+            Outcome::Ok(Response::Value(Some(vv))) => {
+                self.seen_revisions.insert(key, vv.mod_revision);
+            }
+            Outcome::Ok(Response::Put { mod_revision, .. })
+            | Outcome::Fail(FailReason::PreconditionFailed {
+                current_mod_revision: Some(mod_revision),
+            }) => {
+                self.seen_revisions.insert(key, *mod_revision);
+            }
+            Outcome::Ok(Response::Value(None) | Response::Deleted { .. }) => {
+                self.seen_revisions.remove(&key);
+            }
+            _ => {}
+        }
+        self.history.complete(op, self.now.as_millis(), outcome);
         *self.outcomes.entry(kind).or_default() += 1;
     }
 
-    fn submit(&mut self, i: usize, req: ClientRequest) {
+    /// A new client operation, recorded in the history, sent to node `i`.
+    fn submit(&mut self, i: usize, request: ClientRequest) {
+        // One client per operation: operations overlap freely, and the
+        // checkers need no session order.
+        let client = u32::try_from(self.next_req).expect("fewer than 2^32 requests");
+        let op = self
+            .history
+            .invoke(client, self.now.as_millis(), request.clone());
+        self.send(i, op, request);
+    }
+
+    /// Hands operation `op` to node `i` (first try or forward).
+    fn send(&mut self, i: usize, op: OpId, request: ClientRequest) {
         let id = self.next_req;
         self.next_req += 1;
-        self.requests.insert(id, req.clone());
+        self.requests.insert(
+            id,
+            InFlightRequest {
+                op,
+                node: i,
+                request: request.clone(),
+            },
+        );
         let now = self.now;
         if let Some(node) = self.nodes[i].node.as_mut() {
-            node.handle_request(now, RequestId(id), req);
+            node.handle_request(now, RequestId(id), request);
         }
         self.drain(i);
     }
@@ -402,11 +515,22 @@ impl Sim {
         let key = Bytes::from_static(KEYS[self.rng.random_range(0..KEYS.len())].as_bytes());
         let value = Bytes::from(format!("v{}", self.next_value));
         self.next_value += 1;
+        // A compare-and-set names the revision last seen of the key, or
+        // now and then one that is surely stale.
+        let revision = match self.seen_revisions.get(&key) {
+            Some(&rev) if self.workload_rng.random_bool(0.8) => rev,
+            _ => self.workload_rng.random_range(1..40),
+        };
+        let conditional = match self.workload_rng.random_range(0..4) {
+            0 => Precondition::ModRevision(revision),
+            1 => Precondition::MustExist,
+            _ => Precondition::None,
+        };
         let req = match self.rng.random_range(0..10) {
             0..=3 => ClientRequest::Put {
                 key,
                 value,
-                precondition: Precondition::None,
+                precondition: conditional,
             },
             4 => ClientRequest::Put {
                 key,
@@ -415,7 +539,7 @@ impl Sim {
             },
             5 => ClientRequest::Delete {
                 key,
-                precondition: Precondition::None,
+                precondition: conditional,
             },
             6 => ClientRequest::Get {
                 key,
@@ -541,6 +665,22 @@ impl Sim {
         let id = (i + 1) as u64;
         self.congested.retain(|&(from, _)| from != id);
         self.nodes[i].node = None;
+        // Its clients' requests die with it: a write may still have been
+        // proposed (outcome unknown), a read has no effect either way.
+        let lost: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.node == i)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in lost {
+            let r = self.requests.remove(&id).expect("listed above");
+            let outcome = match r.request.is_write() {
+                true => Outcome::Unknown,
+                false => Outcome::Fail(FailReason::NotApplied("node crashed".into())),
+            };
+            self.history.complete(r.op, self.now.as_millis(), outcome);
+        }
         // Writes not yet durable are lost; a prefix of them may have made it.
         let pending = std::mem::take(&mut self.nodes[i].pending_io);
         let kept = self.rng.random_range(0..=pending.len());
@@ -806,6 +946,20 @@ impl Sim {
             );
         }
         self.run_quietly(1000);
+        // And read every key back, linearizably, for the lost-writes check.
+        let final_from = self.now.as_millis();
+        let reader = (0..self.n())
+            .find(|&i| self.wiped != Some(i))
+            .expect("one disk at most is wiped");
+        for &k in KEYS {
+            let get = ClientRequest::Get {
+                key: Bytes::from_static(k.as_bytes()),
+                consistency: Consistency::Linearizable,
+            };
+            self.submit(reader, get);
+        }
+        self.run_quietly(200);
+        self.check_history(final_from);
         for p in (0..PARTITIONS).map(PartitionId) {
             let mut leader = None;
             let mut states = BTreeMap::new();
@@ -831,6 +985,34 @@ impl Sim {
                 self.fail(format!("{p}: replicas did not converge: {states:?}"));
             }
         }
+    }
+}
+
+impl Sim {
+    /// Judges what the clients saw with the checkers the madsim harness
+    /// uses: linearizability per key (writes, linearizable and lease
+    /// reads), stale reads, and no acknowledged write lost.
+    fn check_history(&mut self, final_from: u64) {
+        let history = std::mem::take(&mut self.history)
+            .finish()
+            .unwrap_or_else(|e| self.fail(format!("malformed history (harness bug): {e}")));
+        let finals = no_lost_writes::final_reads(&history, final_from);
+        if finals.len() != KEYS.len() {
+            self.fail(format!(
+                "{} of {} final reads succeeded",
+                finals.len(),
+                KEYS.len()
+            ));
+        }
+        // Every node's clock is the scheduler's: lease reads are safe.
+        let summary = check_all(&history, &finals, &LinearizabilityConfig::default());
+        if !summary.passed() {
+            self.fail(format!(
+                "client history: {summary}operations named:\n{}",
+                summary.named_operations(&history)
+            ));
+        }
+        self.checked_ops = history.len() as u64;
     }
 }
 
@@ -861,18 +1043,21 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn randomized_cluster_keeps_raft_invariants() {
     let start = std::time::Instant::now();
-    let mut steps = 0;
+    let (mut steps, mut ops, mut observed) = (0, 0, 0);
     let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
     let seeds = seeds();
     for &seed in &seeds {
         let sim = run(seed, 3000);
         steps += sim.steps;
+        ops += sim.checked_ops;
+        observed += sim.invariants.observed();
         for (k, v) in sim.outcomes {
             *outcomes.entry(k).or_default() += v;
         }
     }
     println!(
-        "randomized simulation: {} seeds, {steps} steps, {:.1}s; client outcomes: {outcomes:?}",
+        "randomized simulation: {} seeds, {steps} steps, {ops} client operations checked, \
+         {observed} observations judged, {:.1}s; client outcomes: {outcomes:?}",
         seeds.len(),
         start.elapsed().as_secs_f64()
     );
@@ -885,6 +1070,11 @@ fn randomized_cluster_keeps_raft_invariants() {
         outcomes.get("get-ok").copied().unwrap_or(0) > 0,
         "no read ever succeeded"
     );
+    assert!(
+        outcomes.get("precondition").copied().unwrap_or(0) > 0,
+        "no precondition ever failed"
+    );
+    assert!(ops > 0 && observed > 0, "nothing was judged");
 }
 
 #[test]
@@ -958,6 +1148,10 @@ fn wiping_a_disk_breaks_safety_without_the_incarnation_rule() {
                     "lacks committed entry",
                     "acknowledged write",
                     "differs from the committed one",
+                    "[election_safety]",
+                    "[leader_completeness]",
+                    "[log_matching]",
+                    "[state_machine_safety]",
                 ];
                 assert!(
                     safety.iter().any(|s| msg.contains(s)),

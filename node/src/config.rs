@@ -39,6 +39,12 @@ pub struct ServerConfig {
     /// does not exist outside `cfg(madsim)`.
     #[cfg(madsim)]
     pub peer_faults: Option<std::sync::Arc<dyn crate::transport::faults::PeerFaults>>,
+    /// Simulation only: the harness's invariant checker, handed every
+    /// [`Observation`](ringkv_core::node::Observation) of the core as it
+    /// happens (and the core told to make them). Madsim-only, like
+    /// `peer_faults`.
+    #[cfg(madsim)]
+    pub observer: Option<crate::driver::Observer>,
 }
 
 /// Defaults shared by the CLI, the demo and the tests.
@@ -78,6 +84,8 @@ impl ServerConfig {
             snapshot_entries: defaults::SNAPSHOT_ENTRIES,
             #[cfg(madsim)]
             peer_faults: None,
+            #[cfg(madsim)]
+            observer: None,
         }
     }
 
@@ -94,6 +102,10 @@ impl ServerConfig {
         c.request_timeout = self.request_timeout;
         c.tick_interval = self.tick_interval;
         c.snapshot_threshold = self.snapshot_entries;
+        #[cfg(madsim)]
+        {
+            c.observe = self.observer.is_some();
+        }
         c
     }
 }

@@ -154,6 +154,23 @@ impl NodeHandle {
 pub struct DriverIo {
     pub peers: PeerSenders,
     pub forwarder: Forwarder,
+    /// Simulation only: where the core's observations go (see
+    /// `ServerConfig::observer`).
+    #[cfg(madsim)]
+    pub observer: Option<Observer>,
+}
+
+/// Simulation only: a receiver of the core's observations, called on the
+/// driver's task in the order the core made them.
+#[cfg(madsim)]
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn Fn(&ringkv_core::node::Observation) + Send + Sync>);
+
+#[cfg(madsim)]
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// The event loop. Built by [`Driver::new`], run by [`Driver::run`].
@@ -357,6 +374,10 @@ impl Driver {
             }
         }
         while let Some(event) = self.node.poll_event() {
+            #[cfg(madsim)]
+            if let (Event::Observed(o), Some(observer)) = (&event, &self.io.observer) {
+                (observer.0)(o);
+            }
             log_event(&event);
         }
         let now = self.clock.now();
@@ -394,6 +415,8 @@ fn log_event(event: &Event) {
         Event::DroppedBatch { from, reason } => {
             tracing::warn!(from = %from, reason, "dropped a peer batch");
         }
+        // For a simulator's checker (see `ServerConfig::observer`).
+        Event::Observed(_) => {}
     }
 }
 

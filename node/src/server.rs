@@ -129,8 +129,13 @@ impl Server {
             stats.clone(),
             limits,
         );
-        let (driver, handle) =
-            Driver::new(node, storage, clock.clone(), DriverIo { peers, forwarder });
+        let io = DriverIo {
+            peers,
+            forwarder,
+            #[cfg(madsim)]
+            observer: config.observer.clone(),
+        };
+        let (driver, handle) = Driver::new(node, storage, clock.clone(), io);
         let input = driver.input();
         let (shutdown, shutdown_rx) = watch::channel(false);
 

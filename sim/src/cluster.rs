@@ -12,6 +12,11 @@
 //! because the test's supervisor task has no IP.
 //!
 //! Not here: the fault schedule (nemesis), the workload and the checkers.
+//! Every node's core reports what it applies, commits and wins
+//! ([`Observation`]s) to one shared [`Invariants`] checker as it happens
+//! ([`SimCluster::invariant_violations`]); a test of one cluster's history
+//! asserts it found nothing.
+//!
 //! Must be used inside a madsim runtime (a `#[madsim::test]` or `Runtime::block_on`).
 
 use std::collections::BTreeMap;
@@ -27,10 +32,12 @@ use madsim::runtime::{Handle, NodeHandle as SimNodeHandle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
+use ringkv_core::check::invariants::{InvariantViolation, Invariants};
+use ringkv_core::node::Observation;
 use ringkv_node::clock::Clock;
 use ringkv_node::config::ServerConfig;
 use ringkv_node::disk::Disk;
-use ringkv_node::driver::NodeHandle;
+use ringkv_node::driver::{NodeHandle, Observer};
 use ringkv_node::server::Server;
 use ringkv_node::transport::{Handshake, TransportStats};
 use ringkv_proto::v1::kv_client::KvClient;
@@ -124,6 +131,8 @@ pub struct SimCluster {
     /// Per-link drop / duplicate / delay of peer batches, shared with every
     /// node's peer client.
     message_faults: Arc<LinkFaults>,
+    /// Raft's safety properties, judged on every node's observations.
+    invariants: Arc<Mutex<Invariants>>,
 }
 
 /// The address node `id` listens on.
@@ -156,6 +165,15 @@ impl SimCluster {
         let peers: BTreeMap<NodeId, SocketAddr> =
             (1..=n).map(NodeId).map(|id| (id, grpc_addr(id))).collect();
         let message_faults = Arc::new(LinkFaults::new(seed));
+        let invariants = Arc::new(Mutex::new(Invariants::new()));
+        let observer = {
+            let invariants = invariants.clone();
+            Observer(Arc::new(move |o: &Observation| {
+                for v in lock(&invariants).observe(o) {
+                    tracing::error!(violation = %v, "sim: Raft invariant broken");
+                }
+            }))
+        };
         let mut nodes = BTreeMap::new();
         for (index, &id) in peers.keys().enumerate() {
             let (offset, drift) = options.clocks.get(index).copied().unwrap_or_default();
@@ -164,6 +182,7 @@ impl SimCluster {
             let shared = Arc::new(NodeShared::default());
             let mut config = server_config(id, &peers, &options);
             config.peer_faults = Some(message_faults.clone());
+            config.observer = Some(observer.clone());
             let init = {
                 let (disk, clock, shared) = (disk.clone(), clock.clone(), shared.clone());
                 move || {
@@ -198,7 +217,22 @@ impl SimCluster {
             clients: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             message_faults,
+            invariants,
         }
+    }
+
+    /// Every broken Raft safety property the nodes' observations showed so
+    /// far (see `ringkv_core::check::invariants`). Judged across
+    /// incarnations: a node restarted on another cluster's disk (or a wiped
+    /// one) is the same replica to the checker, so only a test of one
+    /// cluster's history should assert this is empty.
+    pub fn invariant_violations(&self) -> Vec<InvariantViolation> {
+        lock(&self.invariants).violations().to_vec()
+    }
+
+    /// Observations judged so far (zero means nothing was checked).
+    pub fn observations_judged(&self) -> u64 {
+        lock(&self.invariants).observed()
     }
 
     pub fn seed(&self) -> u64 {

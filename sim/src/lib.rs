@@ -6,10 +6,9 @@
 //! parts with `RUSTFLAGS="--cfg madsim"` (see `docs/testing.md`); in a normal
 //! build only the madsim-free parts compile.
 //!
-//! - [`history`]: the operation log (invoke, completion, request, outcome) and
-//!   its one-line trace form;
-//! - [`checker`]: linearizability per key, stale reads that never invent, no
-//!   acknowledged write lost, each in its own file;
+//! The history it records and the checkers that judge it live in
+//! `ringkv_core::check`, shared with the core's randomized simulation.
+//!
 //! - [`sim_disk`]: per-node in-memory disks that lose, keep or tear unsynced
 //!   writes on power loss;
 //! - [`sim_clock`]: per-node skewed, drifting, jumping clocks over madsim's
@@ -25,10 +24,8 @@
 //! - `observer` (madsim only): elections and commit progress as the nodes'
 //!   views show them, as timeline lines for traces.
 
-pub mod checker;
 #[cfg(madsim)]
 pub mod cluster;
-pub mod history;
 #[cfg(madsim)]
 pub mod message_faults;
 /// Seeded swarm-style fault schedule applied to a [`cluster::SimCluster`].

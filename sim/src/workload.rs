@@ -1,4 +1,4 @@
-//! Simulated clients that fill a [`History`](crate::history::History).
+//! Simulated clients that fill a [`History`](ringkv_core::check::history::History).
 //!
 //! Each client loops until its stop time: it picks a key from a small set, an
 //! operation from its own seeded RNG (gets of every consistency, unique puts,
@@ -38,7 +38,7 @@ use ringkv_proto::v1 as pb;
 use tokio::time::Instant;
 
 use crate::cluster::{SimCluster, connect_kv};
-use crate::history::{
+use ringkv_core::check::history::{
     ClientId, Consistency, FailReason, History, HistoryError, Outcome, Precondition, Recorder,
     Request, Response, Time, ValueVersion,
 };

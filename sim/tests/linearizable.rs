@@ -25,9 +25,9 @@ use madsim::runtime::Handle;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
-use ringkv_sim::checker::{self, KeyVerdict, LinearizabilityConfig, no_lost_writes};
+use ringkv_core::check::history::{Consistency, Outcome, Precondition, Recorder, Request};
+use ringkv_core::check::{self as checker, KeyVerdict, LinearizabilityConfig, no_lost_writes};
 use ringkv_sim::cluster::{ClusterOptions, SimCluster};
-use ringkv_sim::history::{Consistency, Outcome, Precondition, Recorder, Request};
 use ringkv_sim::nemesis::{Nemesis, NemesisConfig};
 use ringkv_sim::workload::{
     self, ClientConfig, ClientStats, LargeValues, SharedRecorder, elapsed_ms,
@@ -50,6 +50,22 @@ const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Above the checker's default: writes of unknown outcome, which faults make
 /// common, multiply the orders to try.
 const STEP_BUDGET: u64 = 10_000_000;
+
+/// Fails the seed if the nodes' observations broke a Raft safety property.
+fn assert_invariants(cluster: &SimCluster, seed: u64, nemesis: &Nemesis) {
+    let broken = cluster.invariant_violations();
+    assert!(
+        broken.is_empty(),
+        "seed {seed}: Raft invariants broken ({} observations judged):\n{}\nnemesis:\n{}\nreplay: {}",
+        cluster.observations_judged(),
+        broken
+            .iter()
+            .map(|v| format!("  {v}\n"))
+            .collect::<String>(),
+        nemesis.trace(),
+        replay(seed)
+    );
+}
 
 fn replay(seed: u64) -> String {
     format!(
@@ -224,6 +240,10 @@ async fn histories_under_faults_are_linearizable() {
         "seed {seed}: nodes failed: {failures:#?}\nreplay: {}",
         replay(seed)
     );
+    // Raft's safety properties, judged as the nodes went; before liveness,
+    // since a broken one often shows first as a partition that cannot
+    // elect or converge.
+    assert_invariants(&cluster, seed, &nemesis);
     assert!(
         ready && all_written,
         "seed {seed}: not every partition accepts writes within {RECOVERY:?} after the heal \
@@ -276,6 +296,7 @@ async fn histories_under_faults_are_linearizable() {
         replay(seed)
     );
 
+    assert_invariants(&cluster, seed, &nemesis);
     let history = match workload::finish(recorder) {
         Ok(h) => h,
         Err(e) => panic!("seed {seed}: malformed history (workload bug): {e}"),
@@ -309,7 +330,7 @@ async fn histories_under_faults_are_linearizable() {
         .max()
         .unwrap_or(0);
     println!(
-        "seed {seed}: {nodes} nodes, {} ops ({} ok / {} fail / {} unknown by clients), {} clients{}, {} faults [{}], max {max_steps} steps/key, converged in {}ms, {}",
+        "seed {seed}: {nodes} nodes, {} ops ({} ok / {} fail / {} unknown by clients), {} clients{}, {} faults [{}], max {max_steps} steps/key, {} observations, converged in {}ms, {}",
         history.len(),
         stats.ok,
         stats.fail,
@@ -322,23 +343,14 @@ async fn histories_under_faults_are_linearizable() {
         },
         nemesis.faults(),
         nemesis.config().describe(),
+        cluster.observations_judged(),
         converge_time.as_millis(),
         if summary.passed() { "passed" } else { "FAILED" }
     );
     if !summary.passed() {
-        let involved: Vec<_> = summary
-            .violations
-            .iter()
-            .flat_map(|v| v.ops.iter().copied())
-            .collect();
-        let nearby: String = history
-            .ops()
-            .iter()
-            .filter(|op| involved.contains(&op.op_ref()))
-            .map(|op| format!("  {op}\n"))
-            .collect();
         panic!(
-            "seed {seed}: checks failed:\n{summary}\noperations named:\n{nearby}nemesis:\n{}\nreplay: {}",
+            "seed {seed}: checks failed:\n{summary}\noperations named:\n{}nemesis:\n{}\nreplay: {}",
+            summary.named_operations(&history),
             nemesis.trace(),
             replay(seed)
         );

@@ -16,10 +16,10 @@ use madsim::runtime::{Handle, Runtime};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
+use ringkv_core::check::history::{Consistency, Outcome, Recorder, Request, Response};
+use ringkv_core::check::{self as checker, LinearizabilityConfig, no_lost_writes};
 use ringkv_proto::v1 as pb;
-use ringkv_sim::checker::{self, LinearizabilityConfig, no_lost_writes};
 use ringkv_sim::cluster::{ClusterOptions, SimCluster, connect_kv};
-use ringkv_sim::history::{Consistency, Outcome, Recorder, Request, Response};
 use ringkv_sim::message_faults::MessageFaults;
 use ringkv_sim::workload::{self, ClientConfig, SharedRecorder, elapsed_ms};
 use tokio::time::Instant;
@@ -108,6 +108,9 @@ async fn get(
 fn assert_no_failures(cluster: &SimCluster) {
     let failures = cluster.failures();
     assert!(failures.is_empty(), "nodes failed: {failures:#?}");
+    let broken = cluster.invariant_violations();
+    assert!(broken.is_empty(), "Raft invariants broken: {broken:#?}");
+    assert!(cluster.observations_judged() > 0, "no observation judged");
 }
 
 #[madsim::test]

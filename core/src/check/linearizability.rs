@@ -53,8 +53,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use crate::checker::Violation;
-use crate::history::{
+use crate::check::Violation;
+use crate::check::history::{
     Consistency, FailReason, History, Operation, Outcome, Precondition, Request, Response, Time,
 };
 

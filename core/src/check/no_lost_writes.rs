@@ -24,8 +24,8 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use crate::checker::Violation;
-use crate::history::{Consistency, History, Operation, Outcome, Request, Response, Time};
+use crate::check::Violation;
+use crate::check::history::{Consistency, History, Operation, Outcome, Request, Response, Time};
 
 const CHECKER: &str = "no_lost_writes";
 
@@ -194,7 +194,7 @@ fn check_key(read: &FinalRead, writes: &[&Operation]) -> Result<(), Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::testkit::{assert_no_violation, assert_one_violation_naming};
+    use crate::check::testkit::{assert_no_violation, assert_one_violation_naming};
 
     /// The trace's last operation is the final read.
     fn violations(trace: &str) -> Vec<Violation> {

@@ -28,8 +28,10 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use crate::checker::Violation;
-use crate::history::{History, Operation, Outcome, Precondition, Request, Response, ValueVersion};
+use crate::check::Violation;
+use crate::check::history::{
+    History, Operation, Outcome, Precondition, Request, Response, ValueVersion,
+};
 
 const CHECKER: &str = "stale_reads";
 
@@ -158,7 +160,7 @@ fn violation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::testkit::{assert_no_violation, assert_one_violation_naming};
+    use crate::check::testkit::{assert_no_violation, assert_one_violation_naming};
 
     fn violations(trace: &str) -> Vec<Violation> {
         check(&History::from_trace(trace).unwrap())

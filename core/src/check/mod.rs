@@ -1,6 +1,9 @@
-//! Invariants judged on a recorded [`History`], one file per checker, each
-//! testable on a hand-made bad history (the `openraft` habit).
+//! What the simulators judge, shared by both of them: the core's randomized
+//! simulation (`core/tests/randomized.rs`) and the madsim harness (`sim/`).
+//! Pure code over recorded histories and observed events; it runs nothing.
 //!
+//! Client histories ([`history`]), one file per checker, each testable on a
+//! hand-made bad history (the `openraft` habit):
 //! - [`linearizability`]: per key, some linearization of the writes and the
 //!   linearizable / lease reads exists (Wing–Gong search, Lowe's memoization).
 //! - [`stale_reads`]: every read, even a stale one, returns a value some
@@ -8,13 +11,16 @@
 //! - [`no_lost_writes`]: the state read after healing keeps every
 //!   acknowledged write, unless a later write may have superseded it.
 //!
-//! Raft-level invariants (one leader per term, log matching, ...) and replica
-//! convergence are judged on node state, not on the client history, and will
-//! live beside these when the cluster harness exists.
+//! Each returns [`Violation`]s naming the key and the operations involved;
+//! [`check_all`] runs the three and gathers the results.
 //!
-//! Each checker returns [`Violation`]s naming the key and the operations
-//! involved; [`check_all`] runs the three and gathers the results.
+//! Replica state: [`invariants`] judges the stream of
+//! [`Observation`](crate::node::Observation)s the nodes emit (leaders
+//! elected, commit indexes, entries applied) against Raft's safety
+//! properties, one file per invariant.
 
+pub mod history;
+pub mod invariants;
 pub mod linearizability;
 pub mod no_lost_writes;
 pub mod stale_reads;
@@ -26,7 +32,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::history::{History, OpRef};
+use crate::check::history::{History, OpRef};
 
 pub use linearizability::{KeyVerdict, LinearizabilityConfig, LinearizabilityReport};
 pub use no_lost_writes::FinalRead;
@@ -69,6 +75,22 @@ pub struct Summary {
 impl Summary {
     pub fn passed(&self) -> bool {
         self.violations.is_empty() && self.inconclusive.is_empty()
+    }
+
+    /// Every operation a violation names, in history order, one per line in
+    /// trace form: what a reader of a failed run looks at first.
+    pub fn named_operations(&self, history: &History) -> String {
+        let named: std::collections::BTreeSet<OpRef> = self
+            .violations
+            .iter()
+            .flat_map(|v| v.ops.iter().copied())
+            .collect();
+        history
+            .ops()
+            .iter()
+            .filter(|op| named.contains(&op.op_ref()))
+            .map(|op| format!("  {op}\n"))
+            .collect()
     }
 }
 
@@ -118,7 +140,7 @@ mod tests {
 
     use super::testkit::{Workload, generate};
     use super::*;
-    use crate::history::{Consistency, Operation, Outcome, Request, Response, ValueVersion};
+    use crate::check::history::{Consistency, Operation, Outcome, Request, Response, ValueVersion};
 
     /// Runs all three checkers; the trace's last operation is the final read.
     fn checkers_rejecting(trace: &str) -> Vec<&'static str> {

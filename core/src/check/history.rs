@@ -30,8 +30,8 @@ pub type Time = u64;
 
 /// What a client asked for, in `ringkv-core`'s own terms (the workload
 /// turns it into a gRPC request).
-pub use ringkv_core::kv::Precondition;
-pub use ringkv_core::node::{ClientRequest as Request, Consistency};
+pub use crate::kv::Precondition;
+pub use crate::node::{ClientRequest as Request, Consistency};
 
 /// A live key's value and metadata, as a read returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
