@@ -2,7 +2,9 @@
 # Long soak of the simulation: the linearizability-under-faults test
 # (sim/tests/linearizable.rs, 30 s of simulated time per seed) for many
 # seeds, in a release build, several seeds at once. A failing seed does not
-# stop the soak: it is listed with its replay command at the end.
+# stop the soak: it is listed with its replay command at the end. Every
+# failure is confirmed by running its seed again alone, so seeds failing at
+# once (their output interleaved, RUST_BACKTRACE set or not) are each named.
 #
 #   ./scripts/soak.sh [SEEDS]     SEEDS defaults to 10000
 #
@@ -28,36 +30,58 @@ trap 'rm -rf "$work"' EXIT
 : >"$work/passed"
 failed=()
 started=$SECONDS
+
+# run FIRST COUNT JOBS OUT: one test process over seeds FIRST..FIRST+COUNT-1.
+run() {
+  MADSIM_TEST_SEED="$1" MADSIM_TEST_NUM="$2" MADSIM_TEST_JOBS="$3" \
+    cargo test --release -q -p ringkv-sim --test linearizable -- --nocapture >"$4" 2>&1
+}
+
+# Seeds that printed their passing summary line, from any output so far.
+passed_in() {
+  grep -aE '^seed [0-9]+: .* passed$' "$1" | cut -d: -f1 | cut -d' ' -f2 || true
+}
+
 next=$first
 while [ "$next" -le "$last" ]; do
   n=$((last - next + 1))
   [ "$n" -gt "$chunk" ] && n=$chunk
-  if MADSIM_TEST_SEED="$next" MADSIM_TEST_NUM="$n" MADSIM_TEST_JOBS="$jobs" \
-    cargo test --release -q -p ringkv-sim --test linearizable -- --nocapture \
-    >"$work/chunk" 2>&1; then
-    next=$((next + n))
-  else
-    # madsim names the failing seed; seeds after it may not have run.
-    bad="$(sed -n 's/.*run with `MADSIM_TEST_SEED=\([0-9]*\)`.*/\1/p' "$work/chunk" | head -n 1)"
-    if [ -z "$bad" ]; then
+  if ! run "$next" "$n" "$jobs" "$work/chunk"; then
+    # A failure stops the process; seeds running beside it may be cut
+    # short, and their output interleaves (with RUST_BACKTRACE set, badly).
+    # So the madsim message is not trusted: the lowest seed of the chunk
+    # without a passing line is run again alone, and only that clean run
+    # decides whether it failed and what is reported.
+    passed_in "$work/chunk" | sort -n >"$work/chunk-passed"
+    suspect=$next
+    while grep -qx "$suspect" "$work/chunk-passed"; do
+      suspect=$((suspect + 1))
+    done
+    if [ "$suspect" -gt $((next + n - 1)) ]; then
       tail -n 40 "$work/chunk"
-      echo "soak: a test process failed without naming a seed" >&2
+      echo "soak: every seed of ${next}..$((next + n - 1)) passed, yet the process failed" >&2
       exit 2
     fi
-    grep -E "^seed $bad: |panicked|^replay" "$work/chunk" | head -n 5 >"$work/failure-$bad" || true
-    failed+=("$bad")
-    next=$((bad + 1))
+    if run "$suspect" 1 1 "$work/solo-$suspect"; then
+      passed_in "$work/solo-$suspect" >>"$work/passed"
+    else
+      failed+=("$suspect")
+    fi
+    passed_in "$work/chunk" >>"$work/passed"
+    next=$((suspect + 1))
+  else
+    passed_in "$work/chunk" >>"$work/passed"
+    next=$((next + n))
   fi
-  grep -E '^seed [0-9]+: .* passed$' "$work/chunk" >>"$work/passed" || true
-  done_seeds="$(cut -d: -f1 "$work/passed" | sort -u | wc -l)"
+  done_seeds="$(sort -u "$work/passed" | wc -l)"
   echo "soak: ${done_seeds} passed, ${#failed[@]} failed, up to seed $((next - 1)) of ${last} ($((SECONDS - started)) s)"
 done
 
-passed="$(cut -d: -f1 "$work/passed" | sort -u | wc -l)"
+passed="$(sort -u "$work/passed" | wc -l)"
 echo "soak: ${passed} of ${total} seeds passed in $((SECONDS - started)) s (seeds ${first}..${last}, ${jobs} at once)"
 for seed in "${failed[@]}"; do
   echo "soak: seed ${seed} FAILED:"
-  sed 's/^/  /' "$work/failure-$seed"
+  grep -aE "^seed $seed: |panicked|Raft invariants|checks failed|^  \[" "$work/solo-$seed" | head -n 8 | sed 's/^/  /'
   echo "  replay: MADSIM_TEST_SEED=${seed} RUSTFLAGS=\"--cfg madsim\" RUSTDOCFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test linearizable -- --nocapture"
 done
 [ "${#failed[@]}" -eq 0 ]

@@ -37,6 +37,18 @@ pub trait Disk: Send + Sync + 'static {
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+
+    /// Simulation only: how long a write of `bytes` bytes (and a sync, if
+    /// `sync`) is to take. The storage task waits it out *before* it writes
+    /// and before it reports the write durable, so that a crash meanwhile
+    /// loses the write, and the rest of the node (its peer messages above
+    /// all) runs on while it is in flight. A real disk takes its own time;
+    /// the method does not exist outside `cfg(madsim)`.
+    #[cfg(madsim)]
+    fn io_latency(&self, bytes: u64, sync: bool) -> std::time::Duration {
+        let _ = (bytes, sync);
+        std::time::Duration::ZERO
+    }
 }
 
 // ------------------------------------------------------------------ FsDisk

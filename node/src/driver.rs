@@ -435,6 +435,17 @@ async fn storage_task(
             batch.push(more);
         }
         let last = batch.last().map(|r| r.id).unwrap_or(IoId(0));
+        // A simulated disk's time: the write is in flight (not yet on the
+        // disk, and lost if the node dies now) while everything else runs.
+        // Requests arriving meanwhile wait for the next write, as they
+        // would behind a real disk (group commit).
+        #[cfg(madsim)]
+        {
+            let latency = storage.io_latency(&batch);
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+        }
         let joined = run_blocking(move || {
             let result = storage.write(&batch);
             (storage, result)

@@ -45,7 +45,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::message_faults::{LinkFaults, MessageFaults};
 use crate::sim_clock::SkewedClock;
-use crate::sim_disk::{CrashReport, SimDisk};
+use crate::sim_disk::{CrashReport, DiskLatency, SimDisk};
 
 /// Every node serves gRPC (client API and peer transport) on this port.
 pub const GRPC_PORT: u16 = 9090;
@@ -218,6 +218,20 @@ impl SimCluster {
             rng: ChaCha8Rng::seed_from_u64(seed),
             message_faults,
             invariants,
+        }
+    }
+
+    /// Every node's disk takes time as `latency` says from now on (`None`:
+    /// instant), each drawing from its own RNG seeded from the cluster seed
+    /// and its id. Disks keep it across restarts.
+    pub fn set_disk_latency(&self, latency: Option<DiskLatency>) {
+        for (&id, node) in &self.nodes {
+            node.disk
+                .set_latency(latency, node_seed(self.seed ^ 0xd15c, id, 0));
+        }
+        match latency {
+            Some(l) => tracing::info!(%l, "sim: disk latency"),
+            None => tracing::info!("sim: disks instant"),
         }
     }
 

@@ -11,7 +11,9 @@
 //! are on in a quarter of the seeds: a jump on a follower shortens its
 //! election timeout and so can break the lease bound, so a run with jumps
 //! must not hold lease reads to linearizability
-//! ([`NemesisConfig::lease_reads_safe`]).
+//! ([`NemesisConfig::lease_reads_safe`]). Three seeds in four run on disks
+//! that take time ([`DISKS`]: a fast SSD, a slow disk, one that stalls), so
+//! writes are in flight while messages move.
 //!
 //! Every fault appends one trace line (`t=1234ms partition 1|2,3`,
 //! `t=1234ms lossy 1->2 drop=10% dup=5% delay=1..40ms`).
@@ -26,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{NodeState, SimCluster};
 use crate::message_faults::MessageFaults;
+use crate::sim_disk::DiskLatency;
 use crate::workload::elapsed_ms;
 
 /// Which faults a run injects, and how often.
@@ -57,6 +60,8 @@ pub struct NemesisConfig {
     pub mean_gap: Duration,
     /// A fault lasts up to this long.
     pub max_duration: Duration,
+    /// Disk time on every node for the whole run (`None`: instant disks).
+    pub disk: Option<DiskLatency>,
 }
 
 /// Bounds for lossy links that keep a run mostly live: Raft retransmits
@@ -64,6 +69,33 @@ pub struct NemesisConfig {
 pub const LOSSY_MAX_DROP_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DUPLICATE_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DELAY: Duration = Duration::from_millis(40);
+
+/// The disks a seed may run on: instant, a fast SSD, a slow disk, a disk
+/// that stalls now and then (a long tail on one write in twenty).
+pub const DISKS: [Option<DiskLatency>; 4] = [
+    None,
+    Some(DiskLatency {
+        per_kib: Duration::from_micros(2),
+        sync_min: Duration::from_micros(50),
+        sync_max: Duration::from_micros(500),
+        tail_percent: 1,
+        tail_max: Duration::from_millis(10),
+    }),
+    Some(DiskLatency {
+        per_kib: Duration::from_micros(10),
+        sync_min: Duration::from_millis(2),
+        sync_max: Duration::from_millis(10),
+        tail_percent: 2,
+        tail_max: Duration::from_millis(100),
+    }),
+    Some(DiskLatency {
+        per_kib: Duration::from_micros(5),
+        sync_min: Duration::from_micros(500),
+        sync_max: Duration::from_millis(3),
+        tail_percent: 5,
+        tail_max: Duration::from_millis(400),
+    }),
+];
 
 /// The drift the core tolerates: every clock within this many ppm of real
 /// time (`RaftConfig::max_clock_drift_ppm`, whose default this is); the
@@ -90,6 +122,7 @@ impl NemesisConfig {
             max_jump: Duration::ZERO,
             mean_gap: Duration::from_secs(1),
             max_duration: Duration::from_secs(1),
+            disk: None,
         }
     }
 
@@ -115,6 +148,7 @@ impl NemesisConfig {
                 max_jump: Duration::from_millis(rng.random_range(100..=3_000)),
                 mean_gap: Duration::from_millis(rng.random_range(300..=3_000)),
                 max_duration: Duration::from_millis(rng.random_range(500..=6_000)),
+                disk: DISKS[rng.random_range(0..DISKS.len())],
             };
             if c.partitions || c.one_way || c.isolate || c.lossy || c.crashes || c.pauses || c.drift
             {
@@ -162,6 +196,12 @@ impl NemesisConfig {
         if self.jumps {
             kinds.push(format!("jump(<={:?})", self.max_jump));
         }
+        if let Some(disk) = &self.disk {
+            kinds.push(format!(
+                "disk({:?}..{:?},{}%<={:?})",
+                disk.sync_min, disk.sync_max, disk.tail_percent, disk.tail_max
+            ));
+        }
         format!(
             "{} gap={}ms dur<={}ms",
             kinds.join(","),
@@ -186,6 +226,8 @@ pub struct Nemesis {
     faults: usize,
     /// The network fault in force and when it ends.
     network: Option<Instant>,
+    /// Whether the disks' latency is set yet (on the first run).
+    disks_set: bool,
     node: Option<(NodeFault, Instant)>,
 }
 
@@ -199,6 +241,7 @@ impl Nemesis {
             trace: String::new(),
             faults: 0,
             network: None,
+            disks_set: false,
             node: None,
         }
     }
@@ -251,6 +294,13 @@ impl Nemesis {
     /// Injects faults for `duration`, then returns with faults possibly still
     /// in force (see [`Nemesis::heal_all`]).
     pub async fn run(&mut self, cluster: &mut SimCluster, duration: Duration) {
+        if !self.disks_set {
+            self.disks_set = true;
+            if let Some(disk) = self.config.disk {
+                cluster.set_disk_latency(Some(disk));
+                self.log(format!("disks {disk}"));
+            }
+        }
         let end = Instant::now() + duration;
         let mut next = Instant::now() + self.gap();
         loop {

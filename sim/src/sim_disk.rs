@@ -13,13 +13,23 @@
 //! Under madsim a disk call runs inline (see `ringkv_node::driver::run_blocking`),
 //! so storage's append-then-sync can never be split by a kill: unsynced
 //! appends exist at a crash only where storage leaves them unsynced.
+//!
+//! Disk time: with a [`DiskLatency`] set ([`SimDisk::set_latency`]), each
+//! write the storage task makes first takes a seeded time (bandwidth, a
+//! sync, now and then a long tail), during which it is in flight: not on
+//! the disk, lost if the node dies, and not yet reported to the core, while
+//! the node's peer messages go on. A follower's acknowledgement can then
+//! beat its leader's own write, as on real machines.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use rand::Rng;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use ringkv_node::disk::{Disk, MemDisk};
 
 /// Sector size: a torn write keeps whole sectors only.
@@ -47,6 +57,48 @@ pub struct CrashReport {
     pub bytes_lost: u64,
 }
 
+/// How long a simulated disk takes to write and sync (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskLatency {
+    /// Per KiB written (its bandwidth).
+    pub per_kib: Duration,
+    /// A sync takes a time drawn uniformly from `sync_min..=sync_max` ...
+    pub sync_min: Duration,
+    pub sync_max: Duration,
+    /// ... except `tail_percent` of writes, which take a long tail drawn
+    /// from `sync_max..=tail_max` (a queue in the device, a flush of its
+    /// cache, a neighbour's burst).
+    pub tail_percent: u32,
+    pub tail_max: Duration,
+}
+
+impl DiskLatency {
+    /// The time one write of `bytes` bytes (and a sync) takes.
+    pub fn draw(&self, rng: &mut impl Rng, bytes: u64, sync: bool) -> Duration {
+        let transfer = self.per_kib * u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        if !sync {
+            return transfer;
+        }
+        let (lo, hi) = if rng.random_range(0..100) < self.tail_percent {
+            (self.sync_max, self.tail_max.max(self.sync_max))
+        } else {
+            (self.sync_min, self.sync_max.max(self.sync_min))
+        };
+        let nanos = rng.random_range(lo.as_nanos() as u64..=hi.as_nanos() as u64);
+        transfer + Duration::from_nanos(nanos)
+    }
+}
+
+impl std::fmt::Display for DiskLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sync={:?}..{:?} tail={}%..{:?} per-KiB={:?}",
+            self.sync_min, self.sync_max, self.tail_percent, self.tail_max, self.per_kib
+        )
+    }
+}
+
 /// The durable contents of a [`SimDisk`], path by path.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DiskImage(BTreeMap<PathBuf, Vec<u8>>);
@@ -57,6 +109,8 @@ pub struct DiskImage(BTreeMap<PathBuf, Vec<u8>>);
 pub struct SimDisk {
     mem: MemDisk,
     unsynced: Mutex<BTreeMap<PathBuf, Unsynced>>,
+    /// Disk time, if any, and the RNG that draws it.
+    latency: Mutex<Option<(DiskLatency, ChaCha8Rng)>>,
 }
 
 impl SimDisk {
@@ -67,6 +121,21 @@ impl SimDisk {
     fn unsynced(&self) -> MutexGuard<'_, BTreeMap<PathBuf, Unsynced>> {
         // A map of pending lengths stays consistent after any panic.
         self.unsynced.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// From now on every write takes time as `latency` says, drawn from a
+    /// ChaCha8 RNG seeded with `seed` (`None`: instant again).
+    pub fn set_latency(&self, latency: Option<DiskLatency>, seed: u64) {
+        *self.latency.lock().unwrap_or_else(PoisonError::into_inner) =
+            latency.map(|l| (l, ChaCha8Rng::seed_from_u64(seed)));
+    }
+
+    /// The time a write of `bytes` (and a sync) takes now.
+    pub fn latency_of(&self, bytes: u64, sync: bool) -> Duration {
+        match &mut *self.latency.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some((latency, rng)) => latency.draw(rng, bytes, sync),
+            None => Duration::ZERO,
+        }
     }
 
     /// Bytes appended and not yet synced, over all files.
@@ -246,6 +315,11 @@ impl Disk for SimDisk {
         self.unsynced().remove(path);
         Ok(())
     }
+
+    #[cfg(madsim)]
+    fn io_latency(&self, bytes: u64, sync: bool) -> Duration {
+        self.latency_of(bytes, sync)
+    }
 }
 
 impl SimDisk {
@@ -268,6 +342,41 @@ mod tests {
         let dir = PathBuf::from("/data");
         disk.create_dir_all(&dir).expect("mkdir");
         (disk, dir)
+    }
+
+    #[test]
+    fn latency_is_seeded_bounded_and_has_tails() {
+        let model = DiskLatency {
+            per_kib: Duration::from_micros(5),
+            sync_min: Duration::from_millis(1),
+            sync_max: Duration::from_millis(4),
+            tail_percent: 10,
+            tail_max: Duration::from_millis(100),
+        };
+        let disk = SimDisk::new();
+        assert_eq!(
+            disk.latency_of(4096, true),
+            Duration::ZERO,
+            "instant by default"
+        );
+        disk.set_latency(Some(model), 7);
+        let draws: Vec<Duration> = (0..1000).map(|_| disk.latency_of(4096, true)).collect();
+        let transfer = Duration::from_micros(20);
+        assert!(draws.iter().all(|&d| d >= model.sync_min + transfer));
+        assert!(draws.iter().all(|&d| d <= model.tail_max + transfer));
+        let tails = draws
+            .iter()
+            .filter(|&&d| d > model.sync_max + transfer)
+            .count();
+        assert!((50..=150).contains(&tails), "{tails} tails in 1000");
+        assert_eq!(
+            disk.latency_of(4096, false),
+            transfer,
+            "no sync, no sync time"
+        );
+        disk.set_latency(Some(model), 7);
+        let again: Vec<Duration> = (0..1000).map(|_| disk.latency_of(4096, true)).collect();
+        assert_eq!(draws, again, "same seed, same draws");
     }
 
     #[test]

@@ -18,9 +18,11 @@ use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
 use ringkv_core::check::history::{Consistency, Outcome, Recorder, Request, Response};
 use ringkv_core::check::{self as checker, LinearizabilityConfig, no_lost_writes};
+use ringkv_core::ring::partition_of;
 use ringkv_proto::v1 as pb;
 use ringkv_sim::cluster::{ClusterOptions, SimCluster, connect_kv};
 use ringkv_sim::message_faults::MessageFaults;
+use ringkv_sim::sim_disk::DiskLatency;
 use ringkv_sim::workload::{self, ClientConfig, SharedRecorder, elapsed_ms};
 use tokio::time::Instant;
 use tonic::Code;
@@ -130,6 +132,73 @@ async fn a_put_through_one_node_is_read_linearizably_through_the_others() {
     put_result.expect("put through node 1");
     assert_eq!(via2.expect("get via node 2"), Some(b"hello".to_vec()));
     assert_eq!(via3.expect("get via node 3"), Some(b"hello".to_vec()));
+    assert!(cluster.wait_ready(Duration::from_secs(10)).await);
+    assert_no_failures(&cluster);
+}
+
+/// Disk time: a leader's own WAL write is in flight while its followers
+/// acknowledge, so a write can commit (on the followers' copies) before the
+/// leader's copy is durable. With the leader's every write taking 300 ms
+/// and the others' none, a put is acknowledged while the leader's disk
+/// still lacks it, and a power loss of the leader then loses nothing
+/// acknowledged.
+#[madsim::test]
+async fn a_write_commits_while_the_leaders_own_write_is_in_flight() {
+    const SLOW_WRITE: Duration = Duration::from_millis(300);
+    let seed = Handle::current().seed();
+    let options = ClusterOptions::default();
+    let partitions = options.partition_count;
+    let mut cluster = SimCluster::new(3, seed, options);
+    assert!(cluster.wait_ready(Duration::from_secs(10)).await);
+    // The leader of the key's partition, once it is known.
+    let key = "fast-key".to_owned();
+    let p = partition_of(key.as_bytes(), partitions);
+    let mut leader = None;
+    for _ in 0..100 {
+        leader = cluster
+            .node_handle(NodeId(1))
+            .and_then(|h| h.view().leader_of(p));
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = leader.expect("the key's partition elects a leader");
+    cluster.disk(leader).set_latency(
+        Some(DiskLatency {
+            per_kib: Duration::ZERO,
+            sync_min: SLOW_WRITE,
+            sync_max: SLOW_WRITE,
+            tail_percent: 0,
+            tail_max: SLOW_WRITE,
+        }),
+        seed,
+    );
+    let client = cluster.client(1);
+    let before = cluster.disk(leader).image();
+    let result = client
+        .run({
+            let key = key.clone();
+            async move { put(leader, key.as_bytes(), b"fast").await }
+        })
+        .await;
+    result.expect("put through the leader");
+    assert!(
+        cluster.disk(leader).image() == before,
+        "the leader's disk took the write before it was acknowledged"
+    );
+    // The leader's copy is still in flight: lose it, and the write survives on
+    // the followers, which elect a leader that has it.
+    cluster.power_loss(leader);
+    let other = NodeId(leader.0 % 3 + 1);
+    let value = client
+        .run(async move { get(other, key.as_bytes(), pb::ReadConsistency::Linearizable).await })
+        .await;
+    assert_eq!(
+        value.expect("read via another node"),
+        Some(b"fast".to_vec())
+    );
+    cluster.restart(leader);
     assert!(cluster.wait_ready(Duration::from_secs(10)).await);
     assert_no_failures(&cluster);
 }

@@ -389,6 +389,25 @@ impl Storage {
         result
     }
 
+    /// Simulation only: how long the disk is to take over `requests` (see
+    /// `Disk::io_latency`), from their payload bytes and whether any must
+    /// be synced.
+    #[cfg(madsim)]
+    pub fn io_latency(&self, requests: &[IoRequest]) -> std::time::Duration {
+        use ringkv_core::raft::PersistRecord;
+        let bytes: u64 = requests
+            .iter()
+            .flat_map(|r| &r.records)
+            .map(|rec| match &rec.record {
+                PersistRecord::Entries(es) => es.iter().map(|e| e.data.len() as u64 + 32).sum(),
+                PersistRecord::Snapshot(s) => s.data.len() as u64,
+                PersistRecord::HardState(_) => 32,
+            })
+            .sum();
+        let sync = requests.iter().any(|r| r.must_sync);
+        self.disk.io_latency(bytes, sync)
+    }
+
     /// Partitions whose entries keep the oldest segments alive beyond the
     /// WAL's allowance (see the module doc): compacting them lets those go.
     pub fn partitions_pinning_old_segments(&self) -> Vec<PartitionId> {
