@@ -45,6 +45,10 @@ pub struct ServerConfig {
     /// `peer_faults`.
     #[cfg(madsim)]
     pub observer: Option<crate::driver::Observer>,
+    /// Simulation only: Raft tunables in place of the defaults (the
+    /// simulation's swarm shrinks messages and election timeouts per seed).
+    #[cfg(madsim)]
+    pub raft: Option<ringkv_core::raft::RaftConfig>,
 }
 
 /// Defaults shared by the CLI, the demo and the tests.
@@ -86,6 +90,8 @@ impl ServerConfig {
             peer_faults: None,
             #[cfg(madsim)]
             observer: None,
+            #[cfg(madsim)]
+            raft: None,
         }
     }
 
@@ -105,6 +111,9 @@ impl ServerConfig {
         #[cfg(madsim)]
         {
             c.observe = self.observer.is_some();
+            if let Some(raft) = &self.raft {
+                c.raft = raft.clone();
+            }
         }
         c
     }

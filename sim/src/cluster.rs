@@ -63,6 +63,8 @@ pub struct ClusterOptions {
     pub tokens_per_node: u32,
     pub tick_interval: Duration,
     pub request_timeout: Duration,
+    /// Raft tunables in place of the defaults (`None`: the defaults).
+    pub raft: Option<ringkv_core::raft::RaftConfig>,
     /// Each node's initial clock offset and drift (ppm), by node index from
     /// 0; nodes past the end get an exact clock.
     pub clocks: Vec<(Duration, i64)>,
@@ -76,6 +78,7 @@ impl Default for ClusterOptions {
             tokens_per_node: 8,
             tick_interval: Duration::from_millis(50),
             request_timeout: Duration::from_secs(2),
+            raft: None,
             clocks: Vec::new(),
         }
     }
@@ -439,6 +442,28 @@ impl SimCluster {
         }
     }
 
+    /// Arms the append trap on `node` (see
+    /// [`LinkFaults::arm_append_trap`]): told through the returned `Notify`
+    /// when it springs.
+    pub fn arm_append_trap(
+        &self,
+        node: NodeId,
+        reach: std::collections::BTreeSet<NodeId>,
+    ) -> Arc<tokio::sync::Notify> {
+        let _ = self.node(node);
+        self.message_faults.arm_append_trap(node, reach)
+    }
+
+    /// What the armed append trap caught, once sprung.
+    pub fn sprung_append_trap(&self) -> Option<crate::message_faults::SprungTrap> {
+        self.message_faults.sprung()
+    }
+
+    /// Removes the append trap, if any.
+    pub fn disarm_append_trap(&self) {
+        self.message_faults.disarm();
+    }
+
     /// What the link `from -> to` does to peer batches now.
     pub fn message_faults(&self, from: NodeId, to: NodeId) -> MessageFaults {
         self.message_faults.get(from, to)
@@ -520,6 +545,7 @@ fn server_config(
     c.tokens_per_node = options.tokens_per_node;
     c.tick_interval = options.tick_interval;
     c.request_timeout = options.request_timeout;
+    c.raft = options.raft.clone();
     c
 }
 

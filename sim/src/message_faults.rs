@@ -10,18 +10,27 @@
 //! never sets faults is unaffected by this module. The harness creates one
 //! table per cluster, outside the nodes' `init`, so it outlives restarts.
 //!
+//! It also sets traps on particular messages (BUGGIFY-style, aimed at the
+//! moments that matter): [`LinkFaults::arm_append_trap`] lets a node's next
+//! log entries reach only the peers chosen and cuts the node off right
+//! after, telling the nemesis, which crashes it then: a leader dies having
+//! sent an entry to a minority.
+//!
 //! Not here: when faults are switched on (the nemesis, or a test), and how
 //! the node applies a decision (its transport).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ringkv_core::NodeId;
+use ringkv_core::io::PeerBatch;
+use ringkv_core::raft::MessageBody;
+use ringkv_core::{NodeId, PartitionId};
 use ringkv_node::transport::faults::{FaultDecision, PeerFaults};
+use tokio::sync::Notify;
 
 /// What one directed link does to the peer batches sent over it.
 ///
@@ -94,6 +103,8 @@ struct Link {
 
 /// Every directed link's [`MessageFaults`] and RNG. See the module docs.
 pub struct LinkFaults {
+    /// The armed append trap, if any (see [`LinkFaults::arm_append_trap`]).
+    trap: Mutex<Option<AppendTrap>>,
     seed: u64,
     links: Mutex<BTreeMap<(NodeId, NodeId), Link>>,
 }
@@ -125,6 +136,7 @@ impl LinkFaults {
     /// No faults on any link; RNGs derived from `seed`.
     pub fn new(seed: u64) -> Self {
         LinkFaults {
+            trap: Mutex::new(None),
             seed,
             links: Mutex::new(BTreeMap::new()),
         }
@@ -168,8 +180,121 @@ impl LinkFaults {
     }
 }
 
+/// A trap on one node's next log entries; see [`LinkFaults::arm_append_trap`].
+#[derive(Debug)]
+struct AppendTrap {
+    node: NodeId,
+    reach: BTreeSet<NodeId>,
+    sprung: Option<SprungTrap>,
+    notify: Arc<Notify>,
+}
+
+/// What an append trap caught: the first batch of entries it let through
+/// (or, with nobody to reach, dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SprungTrap {
+    /// The peer that got the entries; `None` if the trap reached nobody.
+    pub reached: Option<NodeId>,
+    pub partition: PartitionId,
+    /// `(term, index)` of the first and last entry of that append.
+    pub first: (u64, u64),
+    pub last: (u64, u64),
+}
+
+impl fmt::Display for SprungTrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ((t0, i0), (t1, i1)) = (self.first, self.last);
+        write!(
+            f,
+            "{} entries {t0}/{i0}..{t1}/{i1} reached ",
+            self.partition
+        )?;
+        match self.reached {
+            Some(n) => write!(f, "{n} only"),
+            None => write!(f, "nobody"),
+        }
+    }
+}
+
+/// The first append in `batch` that carries entries, as a trap would
+/// report it (reaching nobody yet).
+fn first_append(batch: &PeerBatch) -> Option<SprungTrap> {
+    batch.messages.iter().find_map(|gm| match &gm.message.body {
+        MessageBody::Append { entries, .. } if !entries.is_empty() => {
+            let (a, b) = (entries.first()?, entries.last()?);
+            Some(SprungTrap {
+                reached: None,
+                partition: gm.partition,
+                first: (a.term, a.index),
+                last: (b.term, b.index),
+            })
+        }
+        _ => None,
+    })
+}
+
+impl LinkFaults {
+    fn trap(&self) -> MutexGuard<'_, Option<AppendTrap>> {
+        self.trap.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Arms a trap on `node`'s next log entries: the first batch it sends
+    /// carrying entries to a peer in `reach` is delivered (with `reach`
+    /// empty: the first such batch to anyone is dropped), batches of
+    /// entries to other peers before it are dropped, and from then on
+    /// everything `node` sends is dropped until [`Self::disarm`]. The
+    /// returned `Notify` is told when the trap springs, so that the nemesis
+    /// can crash the node at that moment. Replaces any armed trap.
+    pub fn arm_append_trap(&self, node: NodeId, reach: BTreeSet<NodeId>) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        *self.trap() = Some(AppendTrap {
+            node,
+            reach,
+            sprung: None,
+            notify: notify.clone(),
+        });
+        notify
+    }
+
+    /// What the armed trap caught, once it has sprung.
+    pub fn sprung(&self) -> Option<SprungTrap> {
+        self.trap().as_ref().and_then(|t| t.sprung.clone())
+    }
+
+    /// Removes the trap: the node's batches flow again.
+    pub fn disarm(&self) {
+        *self.trap() = None;
+    }
+
+    /// The trap's verdict on a batch, if one is armed on its sender.
+    fn trap_decision(&self, from: NodeId, to: NodeId, batch: &PeerBatch) -> Option<FaultDecision> {
+        let mut guard = self.trap();
+        let trap = guard.as_mut().filter(|t| t.node == from)?;
+        if trap.sprung.is_some() {
+            return Some(FaultDecision::Drop);
+        }
+        let append = first_append(batch)?;
+        let reached = trap.reach.contains(&to);
+        if !reached && !trap.reach.is_empty() {
+            return Some(FaultDecision::Drop);
+        }
+        trap.sprung = Some(SprungTrap {
+            reached: reached.then_some(to),
+            ..append
+        });
+        trap.notify.notify_one();
+        Some(match reached {
+            true => FaultDecision::Deliver,
+            false => FaultDecision::Drop,
+        })
+    }
+}
+
 impl PeerFaults for LinkFaults {
-    fn decide(&self, from: NodeId, to: NodeId) -> FaultDecision {
+    fn decide(&self, from: NodeId, to: NodeId, batch: &PeerBatch) -> FaultDecision {
+        if let Some(decision) = self.trap_decision(from, to, batch) {
+            return decision;
+        }
         match self.lock().get_mut(&(from, to)) {
             Some(link) => link.faults.decide(&mut link.rng),
             None => FaultDecision::Deliver,
@@ -185,14 +310,115 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A batch of heartbeats, say: nothing a trap looks at.
+    const NO_ENTRIES: PeerBatch = PeerBatch {
+        from: NodeId(0),
+        to: NodeId(0),
+        messages: Vec::new(),
+    };
+
+    /// A batch from `from` to `to` carrying entries 2/5..2/6 of p3.
+    fn append(from: u64, to: u64) -> PeerBatch {
+        use ringkv_core::io::GroupMessage;
+        use ringkv_core::raft::{Entry, EntryKind, Message};
+        let entry = |index| Entry {
+            index,
+            term: 2,
+            kind: EntryKind::Normal,
+            data: bytes::Bytes::from_static(b"x"),
+        };
+        PeerBatch {
+            from: NodeId(from),
+            to: NodeId(to),
+            messages: vec![GroupMessage {
+                partition: PartitionId(3),
+                message: Message {
+                    from: NodeId(from),
+                    to: NodeId(to),
+                    term: 2,
+                    body: MessageBody::Append {
+                        prev_index: 4,
+                        prev_term: 1,
+                        entries: vec![entry(5), entry(6)],
+                        commit: 4,
+                    },
+                },
+            }],
+        }
+    }
+
+    #[madsim::test]
+    async fn an_append_trap_lets_one_append_reach_its_peer_then_cuts_the_node_off() {
+        let t = LinkFaults::new(1);
+        let notify = t.arm_append_trap(NodeId(1), BTreeSet::from([NodeId(3)]));
+        // Heartbeats pass; entries to a peer out of reach are dropped.
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(2), &NO_ENTRIES),
+            FaultDecision::Deliver
+        );
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(2), &append(1, 2)),
+            FaultDecision::Drop
+        );
+        assert_eq!(t.sprung(), None);
+        // Other senders are untouched.
+        assert_eq!(
+            t.decide(NodeId(2), NodeId(3), &append(2, 3)),
+            FaultDecision::Deliver
+        );
+        // The first append to n3 goes, and springs the trap.
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(3), &append(1, 3)),
+            FaultDecision::Deliver
+        );
+        let sprung = t.sprung().expect("sprung");
+        assert_eq!(sprung.to_string(), "p3 entries 2/5..2/6 reached n3 only");
+        // The notification waits for the nemesis even if nobody listened yet.
+        notify.notified().await;
+        // From then on the node is cut off, until disarmed.
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(3), &NO_ENTRIES),
+            FaultDecision::Drop
+        );
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(3), &append(1, 3)),
+            FaultDecision::Drop
+        );
+        t.disarm();
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(3), &append(1, 3)),
+            FaultDecision::Deliver
+        );
+    }
+
+    #[test]
+    fn an_append_trap_reaching_nobody_drops_the_first_append() {
+        let t = LinkFaults::new(1);
+        t.arm_append_trap(NodeId(1), BTreeSet::new());
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(2), &append(1, 2)),
+            FaultDecision::Drop
+        );
+        assert_eq!(
+            t.sprung().expect("sprung").to_string(),
+            "p3 entries 2/5..2/6 reached nobody"
+        );
+    }
+
     #[test]
     fn a_link_without_faults_delivers_everything() {
         let t = LinkFaults::new(1);
         for _ in 0..100 {
-            assert_eq!(t.decide(NodeId(1), NodeId(2)), FaultDecision::Deliver);
+            assert_eq!(
+                t.decide(NodeId(1), NodeId(2), &NO_ENTRIES),
+                FaultDecision::Deliver
+            );
         }
         t.set(NodeId(1), NodeId(2), MessageFaults::default());
-        assert_eq!(t.decide(NodeId(1), NodeId(2)), FaultDecision::Deliver);
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(2), &NO_ENTRIES),
+            FaultDecision::Deliver
+        );
     }
 
     #[test]
@@ -206,7 +432,7 @@ mod tests {
         t.set(NodeId(1), NodeId(2), faults);
         let (mut drops, mut dups, mut delays) = (0, 0, 0);
         for _ in 0..10_000 {
-            match t.decide(NodeId(1), NodeId(2)) {
+            match t.decide(NodeId(1), NodeId(2), &NO_ENTRIES) {
                 FaultDecision::Drop => drops += 1,
                 FaultDecision::Duplicate(d) | FaultDecision::Delay(d)
                     if d < ms(1) || d > ms(40) =>
@@ -217,14 +443,20 @@ mod tests {
                 FaultDecision::Delay(_) => delays += 1,
                 FaultDecision::Deliver => panic!("every kept batch is delayed"),
             }
-            assert_eq!(t.decide(NodeId(2), NodeId(1)), FaultDecision::Deliver);
+            assert_eq!(
+                t.decide(NodeId(2), NodeId(1), &NO_ENTRIES),
+                FaultDecision::Deliver
+            );
         }
         // 20% dropped; of the rest, 25% duplicated.
         assert!((1_800..2_200).contains(&drops), "{drops} drops");
         assert!((1_800..2_200).contains(&dups), "{dups} duplicates");
         assert_eq!(drops + dups + delays, 10_000);
         t.clear();
-        assert_eq!(t.decide(NodeId(1), NodeId(2)), FaultDecision::Deliver);
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(2), &NO_ENTRIES),
+            FaultDecision::Deliver
+        );
         assert!(t.get(NodeId(1), NodeId(2)).is_none());
     }
 
@@ -242,9 +474,9 @@ mod tests {
             (0..50)
                 .map(|_| {
                     if interleave {
-                        let _ = t.decide(NodeId(3), NodeId(2));
+                        let _ = t.decide(NodeId(3), NodeId(2), &NO_ENTRIES);
                     }
-                    t.decide(NodeId(1), NodeId(2))
+                    t.decide(NodeId(1), NodeId(2), &NO_ENTRIES)
                 })
                 .collect::<Vec<_>>()
         };

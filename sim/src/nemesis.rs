@@ -27,6 +27,12 @@ use ringkv_core::NodeId;
 use tokio::time::Instant;
 
 use crate::cluster::{NodeState, SimCluster};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ringkv_core::raft::RaftConfig;
+use tokio::sync::Notify;
+
 use crate::message_faults::MessageFaults;
 use crate::sim_disk::DiskLatency;
 use crate::workload::elapsed_ms;
@@ -62,6 +68,24 @@ pub struct NemesisConfig {
     pub max_duration: Duration,
     /// Disk time on every node for the whole run (`None`: instant disks).
     pub disk: Option<DiskLatency>,
+    /// Targeted: a leader's next entries reach at most one follower, and
+    /// the leader crashes right after sending them ([`LinkFaults`]'s append
+    /// trap), so a new leader must settle what a minority (or a bare
+    /// majority the old leader never heard from) holds.
+    ///
+    /// [`LinkFaults`]: crate::message_faults::LinkFaults
+    pub crash_after_append: bool,
+    /// Targeted: one node's outgoing batches are held 200 ms to 1.5 s (none
+    /// lost), so they arrive after elections and term changes.
+    pub stale_messages: bool,
+    /// Targeted (a node setting, fixed for the run): one entry per append
+    /// and a window of two, so an old leader's entries and a new leader's
+    /// own travel in separate messages (the Figure 8 precondition).
+    pub tiny_appends: bool,
+    /// Targeted (a node setting): the shortest election timeouts the lease
+    /// allows, 4 ticks with no random part, so elections start at the
+    /// earliest moment and split votes are common.
+    pub fast_elections: bool,
 }
 
 /// Bounds for lossy links that keep a run mostly live: Raft retransmits
@@ -69,6 +93,13 @@ pub struct NemesisConfig {
 pub const LOSSY_MAX_DROP_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DUPLICATE_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DELAY: Duration = Duration::from_millis(40);
+
+/// How long an append trap waits for its leader to send entries.
+const APPEND_TRAP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long stale messages are held: long enough to arrive after an
+/// election (a few hundred ms at the simulation's ticks).
+const STALE_DELAY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_millis(1500));
 
 /// The disks a seed may run on: instant, a fast SSD, a slow disk, a disk
 /// that stalls now and then (a long tail on one write in twenty).
@@ -123,7 +154,30 @@ impl NemesisConfig {
             mean_gap: Duration::from_secs(1),
             max_duration: Duration::from_secs(1),
             disk: None,
+            crash_after_append: false,
+            stale_messages: false,
+            tiny_appends: false,
+            fast_elections: false,
         }
+    }
+
+    /// The Raft settings the nodes need for this schedule (`None`: the
+    /// defaults).
+    pub fn raft_config(&self) -> Option<RaftConfig> {
+        if !self.tiny_appends && !self.fast_elections {
+            return None;
+        }
+        let mut raft = RaftConfig::default();
+        if self.tiny_appends {
+            raft.max_entries_per_msg = 1;
+            raft.max_inflight_msgs = 2;
+        }
+        if self.fast_elections {
+            raft.election_ticks = 4;
+            raft.heartbeat_ticks = 1;
+            raft.election_jitter_ticks = Some(0);
+        }
+        Some(raft)
     }
 
     /// A seed's choice of faults: each kind on with probability 1/2 (at
@@ -149,8 +203,20 @@ impl NemesisConfig {
                 mean_gap: Duration::from_millis(rng.random_range(300..=3_000)),
                 max_duration: Duration::from_millis(rng.random_range(500..=6_000)),
                 disk: DISKS[rng.random_range(0..DISKS.len())],
+                crash_after_append: rng.random_bool(0.5),
+                stale_messages: rng.random_ratio(1, 4),
+                tiny_appends: rng.random_ratio(1, 4),
+                fast_elections: rng.random_ratio(1, 4),
             };
-            if c.partitions || c.one_way || c.isolate || c.lossy || c.crashes || c.pauses || c.drift
+            if c.partitions
+                || c.one_way
+                || c.isolate
+                || c.lossy
+                || c.crashes
+                || c.pauses
+                || c.drift
+                || c.crash_after_append
+                || c.stale_messages
             {
                 return c;
             }
@@ -196,6 +262,18 @@ impl NemesisConfig {
         if self.jumps {
             kinds.push(format!("jump(<={:?})", self.max_jump));
         }
+        if self.crash_after_append {
+            kinds.push("crash-after-append".to_owned());
+        }
+        if self.stale_messages {
+            kinds.push("stale-msgs".to_owned());
+        }
+        if self.tiny_appends {
+            kinds.push("tiny-appends".to_owned());
+        }
+        if self.fast_elections {
+            kinds.push("fast-elections".to_owned());
+        }
         if let Some(disk) = &self.disk {
             kinds.push(format!(
                 "disk({:?}..{:?},{}%<={:?})",
@@ -228,6 +306,9 @@ pub struct Nemesis {
     network: Option<Instant>,
     /// Whether the disks' latency is set yet (on the first run).
     disks_set: bool,
+    /// An armed append trap: its node, its notification, and when to give
+    /// up on it.
+    trap: Option<(NodeId, Arc<Notify>, Instant)>,
     node: Option<(NodeFault, Instant)>,
 }
 
@@ -242,6 +323,7 @@ impl Nemesis {
             faults: 0,
             network: None,
             disks_set: false,
+            trap: None,
             node: None,
         }
     }
@@ -311,11 +393,33 @@ impl Nemesis {
             if let Some((_, t)) = self.node {
                 wake = wake.min(t);
             }
-            if wake >= end {
-                tokio::time::sleep_until(end).await;
+            if let Some((_, _, t)) = &self.trap {
+                wake = wake.min(*t);
+            }
+            let sprung = match self.trap.as_ref().map(|(_, n, _)| n.clone()) {
+                Some(notify) => tokio::select! {
+                    biased;
+                    _ = notify.notified() => true,
+                    _ = tokio::time::sleep_until(wake.min(end)) => false,
+                },
+                None => {
+                    tokio::time::sleep_until(wake.min(end)).await;
+                    false
+                }
+            };
+            if let Some((id, notify, deadline)) = self.trap.take() {
+                if sprung {
+                    self.crash_sprung(cluster, id);
+                } else if Instant::now() >= deadline {
+                    cluster.disarm_append_trap();
+                    self.log(format!("append trap on {id} not sprung"));
+                } else {
+                    self.trap = Some((id, notify, deadline));
+                }
+            }
+            if Instant::now() >= end {
                 return;
             }
-            tokio::time::sleep_until(wake).await;
             let now = Instant::now();
             if self.network.is_some_and(|t| t <= now) {
                 self.network = None;
@@ -339,6 +443,25 @@ impl Nemesis {
     fn gap(&mut self) -> Duration {
         let mean = self.config.mean_gap.as_millis().max(1) as u64;
         Duration::from_millis(self.rng.random_range(0..=2 * mean))
+    }
+
+    /// The append trap on `id` caught its entries: crash it now (a power
+    /// loss as often as crashes are), and let its links carry its next
+    /// incarnation's traffic.
+    fn crash_sprung(&mut self, cluster: &mut SimCluster, id: NodeId) {
+        let what = cluster
+            .sprung_append_trap()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let how = if self.rng.random_range(0..100) < self.config.power_loss_percent {
+            format!(" power-loss {:?}", cluster.power_loss(id))
+        } else {
+            cluster.kill(id);
+            String::new()
+        };
+        cluster.disarm_append_trap();
+        self.node = Some((NodeFault::Down(id), Instant::now() + self.duration()));
+        self.log(format!("crash-after-append {id}: {what}{how}"));
     }
 
     fn repair(&mut self, cluster: &mut SimCluster, fault: NodeFault) {
@@ -366,10 +489,12 @@ impl Nemesis {
             Pause,
             Drift,
             Jump,
+            CrashAfterAppend,
+            StaleMessages,
         }
         let c = &self.config;
         let net_free = self.network.is_none();
-        let node_free = self.node.is_none();
+        let node_free = self.node.is_none() && self.trap.is_none();
         let kinds: Vec<Kind> = [
             (c.partitions && net_free, Kind::Partition),
             (c.one_way && net_free, Kind::OneWay),
@@ -379,6 +504,8 @@ impl Nemesis {
             (c.pauses && node_free, Kind::Pause),
             (c.drift, Kind::Drift),
             (c.jumps, Kind::Jump),
+            (c.crash_after_append && node_free, Kind::CrashAfterAppend),
+            (c.stale_messages && net_free, Kind::StaleMessages),
         ]
         .into_iter()
         .filter_map(|(on, k)| on.then_some(k))
@@ -497,6 +624,40 @@ impl Nemesis {
                 cluster.clock(id).jump_forward(by);
                 self.log(format!("jump {id} +{}ms", by.as_millis()));
             }
+            Kind::CrashAfterAppend => {
+                let Some((leader, p)) = self.leader_of_a_partition(cluster, &ids) else {
+                    return;
+                };
+                // Nobody, or one other node (a bare majority of three
+                // replicas, if it holds that partition).
+                let others: Vec<NodeId> = ids.iter().copied().filter(|&i| i != leader).collect();
+                let reach: BTreeSet<NodeId> = match self.rng.random_bool(0.5) {
+                    true => BTreeSet::from([self.pick(&others)]),
+                    false => BTreeSet::new(),
+                };
+                let notify = cluster.arm_append_trap(leader, reach.clone());
+                self.trap = Some((leader, notify, now + APPEND_TRAP_PATIENCE));
+                self.log(format!(
+                    "append trap on {leader} (leader of p{p}), reaching {}",
+                    match reach.first() {
+                        Some(n) => n.to_string(),
+                        None => "nobody".to_owned(),
+                    }
+                ));
+            }
+            Kind::StaleMessages => {
+                let id = self.pick(&ids);
+                let faults = MessageFaults {
+                    drop_percent: 0,
+                    duplicate_percent: 0,
+                    delay: Some(STALE_DELAY),
+                };
+                for &other in ids.iter().filter(|&&o| o != id) {
+                    cluster.set_message_faults(id, other, faults);
+                }
+                self.network = Some(now + self.duration());
+                self.log(format!("stale {id}->* {faults}"));
+            }
         }
         self.faults += 1;
     }
@@ -533,6 +694,10 @@ impl Nemesis {
     /// stays.
     pub fn heal_all(&mut self, cluster: &mut SimCluster) {
         cluster.heal();
+        if let Some((id, _, _)) = self.trap.take() {
+            cluster.disarm_append_trap();
+            self.log(format!("append trap on {id} disarmed"));
+        }
         self.network = None;
         if let Some((fault, _)) = self.node.take() {
             self.repair(cluster, fault);

@@ -168,7 +168,12 @@ fn diverging_views(cluster: &SimCluster, states: &ReplicaStates) -> String {
 async fn histories_under_faults_are_linearizable() {
     let seed = Handle::current().seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F11_4EA2);
-    let options = ClusterOptions::default();
+    // The seed's faults first: some of them are node settings.
+    let nemesis_config = NemesisConfig::swarm(&mut rng);
+    let options = ClusterOptions {
+        raft: nemesis_config.raft_config(),
+        ..ClusterOptions::default()
+    };
     let keys = workload::spread_keys(KEYS, options.partition_count);
     let nodes: u64 = if rng.random_ratio(1, 3) { 5 } else { 3 };
     let mut cluster = SimCluster::new(nodes, seed, options);
@@ -197,7 +202,6 @@ async fn histories_under_faults_are_linearizable() {
     };
     let tasks = workload::spawn_clients(&mut cluster, clients, &mut rng, &template, &recorder);
 
-    let nemesis_config = NemesisConfig::swarm(&mut rng);
     let mut nemesis = Nemesis::new(nemesis_config, rng.random(), start);
     nemesis.run(&mut cluster, RUN).await;
     nemesis.heal_all(&mut cluster);

@@ -61,6 +61,12 @@ pub struct RaftConfig {
     /// A follower that hears nothing from a leader for `election_ticks` (plus a
     /// random 0..election_ticks) starts an election.
     pub election_ticks: u32,
+    /// The random part of the election timeout is drawn from
+    /// `0..election_jitter_ticks` (`None`: `0..election_ticks`, the Raft
+    /// paper's `[E, 2E)`; `Some(0)`: none, every follower times out after
+    /// exactly `election_ticks`, which the simulation uses to provoke split
+    /// votes and elections at the earliest moment a lease allows).
+    pub election_jitter_ticks: Option<u32>,
     /// A leader sends heartbeats every `heartbeat_ticks`.
     pub heartbeat_ticks: u32,
     /// Unacknowledged append messages per follower in `Replicate` state.
@@ -95,6 +101,7 @@ impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
             election_ticks: 10,
+            election_jitter_ticks: None,
             heartbeat_ticks: 2,
             max_inflight_msgs: 64,
             max_inflight_bytes: 4 << 20,
@@ -914,7 +921,11 @@ impl Raft {
 
     fn reset_randomized_election_timeout(&mut self) {
         let e = self.cfg.election_ticks;
-        self.randomized_election_timeout = e + self.rng.random_range(0..e);
+        let jitter = match self.cfg.election_jitter_ticks.unwrap_or(e) {
+            0 => 0,
+            j => self.rng.random_range(0..j),
+        };
+        self.randomized_election_timeout = e + jitter;
     }
 
     fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {

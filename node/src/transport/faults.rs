@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ringkv_core::NodeId;
+use ringkv_core::io::PeerBatch;
 use ringkv_proto::v1 as pb;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -46,11 +47,12 @@ pub enum FaultDecision {
     Delay(Duration),
 }
 
-/// Decides the fate of each batch `from` sends `to`. Implemented by the
+/// Decides the fate of each batch `from` sends `to` (`batch`, as the core
+/// made it: a harness may aim at particular messages). Implemented by the
 /// simulation harness; must be deterministic given the harness's seed (a
 /// seeded RNG, no global randomness, no hash-map iteration order).
 pub trait PeerFaults: Debug + Send + Sync + 'static {
-    fn decide(&self, from: NodeId, to: NodeId) -> FaultDecision;
+    fn decide(&self, from: NodeId, to: NodeId, batch: &PeerBatch) -> FaultDecision;
 }
 
 /// The stream tasks' view of the hook: who is sending, and what may be
@@ -78,11 +80,12 @@ impl StreamFaults {
     pub(super) fn apply(
         &self,
         to: NodeId,
+        batch: &PeerBatch,
         frame: pb::PeerFrame,
         frames: &mpsc::Sender<pb::PeerFrame>,
         stats: &Arc<TransportStats>,
     ) -> Option<pb::PeerFrame> {
-        match self.hook.decide(self.from, to) {
+        match self.hook.decide(self.from, to, batch) {
             FaultDecision::Deliver => Some(frame),
             FaultDecision::Drop => {
                 stats.faults_dropped.fetch_add(1, Ordering::Relaxed);
@@ -147,10 +150,18 @@ mod tests {
     struct Scripted(Mutex<VecDeque<FaultDecision>>);
 
     impl PeerFaults for Scripted {
-        fn decide(&self, from: NodeId, to: NodeId) -> FaultDecision {
+        fn decide(&self, from: NodeId, to: NodeId, _: &PeerBatch) -> FaultDecision {
             assert_eq!((from, to), (NodeId(1), NodeId(2)));
             let mut script = self.0.lock().unwrap();
             script.pop_front().unwrap_or(FaultDecision::Deliver)
+        }
+    }
+
+    fn batch() -> PeerBatch {
+        PeerBatch {
+            from: NodeId(1),
+            to: NodeId(2),
+            messages: Vec::new(),
         }
     }
 
@@ -169,7 +180,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let start = Instant::now();
         for n in 1..=5 {
-            if let Some(f) = faults.apply(NodeId(2), frame(n), &tx, &stats) {
+            if let Some(f) = faults.apply(NodeId(2), &batch(), frame(n), &tx, &stats) {
                 tx.send(f).await.unwrap();
             }
         }
@@ -205,7 +216,11 @@ mod tests {
         let stats = Arc::new(TransportStats::default());
         let (tx, mut rx) = mpsc::channel(MAX_HELD_BATCHES + 1);
         for _ in 0..=MAX_HELD_BATCHES {
-            assert!(faults.apply(NodeId(2), frame(0), &tx, &stats).is_none());
+            assert!(
+                faults
+                    .apply(NodeId(2), &batch(), frame(0), &tx, &stats)
+                    .is_none()
+            );
         }
         drop(tx);
         let mut arrived = 0;

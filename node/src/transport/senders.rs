@@ -501,7 +501,7 @@ impl StreamTask {
         }
         #[cfg(madsim)]
         if let Some(h) = &self.hook.faults {
-            return h.apply(self.peer, frame, frames, &self.stats);
+            return h.apply(self.peer, &batch, frame, frames, &self.stats);
         }
         Some(frame)
     }
