@@ -28,14 +28,14 @@ use tokio::time::Instant;
 
 use crate::cluster::{NodeState, SimCluster};
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use ringkv_core::raft::RaftConfig;
 use tokio::sync::Notify;
 
 use crate::message_faults::MessageFaults;
 use crate::sim_disk::DiskLatency;
-use crate::workload::elapsed_ms;
+use crate::workload::{ProbeTarget, elapsed_ms};
 
 /// Which faults a run injects, and how often.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +78,11 @@ pub struct NemesisConfig {
     /// Targeted: one node's outgoing batches are held 200 ms to 1.5 s (none
     /// lost), so they arrive after elections and term changes.
     pub stale_messages: bool,
+    /// Targeted: the leader of a random partition is cut off from its peers
+    /// with every clock at the drift bound against it (its own slow, the
+    /// others fast), while a prober (`workload::run_lease_prober`) sends it
+    /// lease reads back to back: a deposed leader at the edge of its lease.
+    pub lease_edge: bool,
     /// Targeted (a node setting, fixed for the run): one entry per append
     /// and a window of two, so an old leader's entries and a new leader's
     /// own travel in separate messages (the Figure 8 precondition).
@@ -156,6 +161,7 @@ impl NemesisConfig {
             disk: None,
             crash_after_append: false,
             stale_messages: false,
+            lease_edge: false,
             tiny_appends: false,
             fast_elections: false,
         }
@@ -205,6 +211,7 @@ impl NemesisConfig {
                 disk: DISKS[rng.random_range(0..DISKS.len())],
                 crash_after_append: rng.random_bool(0.5),
                 stale_messages: rng.random_ratio(1, 4),
+                lease_edge: rng.random_ratio(1, 3),
                 tiny_appends: rng.random_ratio(1, 4),
                 fast_elections: rng.random_ratio(1, 4),
             };
@@ -217,6 +224,7 @@ impl NemesisConfig {
                 || c.drift
                 || c.crash_after_append
                 || c.stale_messages
+                || c.lease_edge
             {
                 return c;
             }
@@ -268,6 +276,9 @@ impl NemesisConfig {
         if self.stale_messages {
             kinds.push("stale-msgs".to_owned());
         }
+        if self.lease_edge {
+            kinds.push("lease-edge".to_owned());
+        }
         if self.tiny_appends {
             kinds.push("tiny-appends".to_owned());
         }
@@ -309,6 +320,8 @@ pub struct Nemesis {
     /// An armed append trap: its node, its notification, and when to give
     /// up on it.
     trap: Option<(NodeId, Arc<Notify>, Instant)>,
+    /// Where the lease prober aims (see [`Nemesis::lease_probe`]).
+    probe: ProbeTarget,
     node: Option<(NodeFault, Instant)>,
 }
 
@@ -324,12 +337,24 @@ impl Nemesis {
             network: None,
             disks_set: false,
             trap: None,
+            probe: ProbeTarget::default(),
             node: None,
         }
     }
 
     pub fn config(&self) -> &NemesisConfig {
         &self.config
+    }
+
+    /// The target a lease prober should follow (with
+    /// [`NemesisConfig::lease_edge`]): the deposed leader while a lease-edge
+    /// fault lasts, `None` otherwise.
+    pub fn lease_probe(&self) -> ProbeTarget {
+        self.probe.clone()
+    }
+
+    fn aim_probe(&self, at: Option<NodeId>) {
+        *self.probe.lock().unwrap_or_else(PoisonError::into_inner) = at;
     }
 
     /// One line per fault and repair.
@@ -423,6 +448,7 @@ impl Nemesis {
             let now = Instant::now();
             if self.network.is_some_and(|t| t <= now) {
                 self.network = None;
+                self.aim_probe(None);
                 cluster.heal();
                 self.log("heal".to_owned());
             }
@@ -491,6 +517,7 @@ impl Nemesis {
             Jump,
             CrashAfterAppend,
             StaleMessages,
+            LeaseEdge,
         }
         let c = &self.config;
         let net_free = self.network.is_none();
@@ -506,6 +533,7 @@ impl Nemesis {
             (c.jumps, Kind::Jump),
             (c.crash_after_append && node_free, Kind::CrashAfterAppend),
             (c.stale_messages && net_free, Kind::StaleMessages),
+            (c.lease_edge && net_free, Kind::LeaseEdge),
         ]
         .into_iter()
         .filter_map(|(on, k)| on.then_some(k))
@@ -645,6 +673,26 @@ impl Nemesis {
                     }
                 ));
             }
+            Kind::LeaseEdge => {
+                let Some((leader, p)) = self.leader_of_a_partition(cluster, &ids) else {
+                    return;
+                };
+                // Every clock at the bound, against the leader: its lease
+                // runs as long as the bound allows while the others' election
+                // timers run out as early as it allows.
+                let bound = SAFE_DRIFT_PPM;
+                for &id in &ids {
+                    let ppm = if id == leader { -bound } else { bound };
+                    cluster.clock(id).set_drift_ppm(ppm);
+                }
+                cluster.isolate(leader);
+                self.aim_probe(Some(leader));
+                self.network = Some(now + self.duration());
+                self.log(format!(
+                    "lease-edge {leader} (leader of p{p}): isolated, its clock -{bound}ppm, \
+                     the others +{bound}ppm, probed with lease reads"
+                ));
+            }
             Kind::StaleMessages => {
                 let id = self.pick(&ids);
                 let faults = MessageFaults {
@@ -694,6 +742,7 @@ impl Nemesis {
     /// stays.
     pub fn heal_all(&mut self, cluster: &mut SimCluster) {
         cluster.heal();
+        self.aim_probe(None);
         if let Some((id, _, _)) = self.trap.take() {
             cluster.disarm_append_trap();
             self.log(format!("append trap on {id} disarmed"));

@@ -348,6 +348,76 @@ pub struct ClientStats {
     pub unknown: u64,
 }
 
+/// The node a lease prober aims at (set while the nemesis holds a deposed
+/// leader at the edge of its lease; `None` between such faults).
+pub type ProbeTarget = Arc<Mutex<Option<NodeId>>>;
+
+/// Pause between a prober's reads while it has a target.
+const PROBE_GAP_MS: u64 = 2;
+/// How often an idle prober looks for a target.
+const PROBE_IDLE: Duration = Duration::from_millis(20);
+
+/// Starts a lease prober as client `client` (see [`run_lease_prober`]).
+pub fn spawn_lease_prober(
+    cluster: &mut SimCluster,
+    client: ClientId,
+    rng: &mut impl Rng,
+    template: &ClientConfig,
+    recorder: &SharedRecorder,
+    target: &ProbeTarget,
+) -> tokio::task::JoinHandle<ClientStats> {
+    let config = ClientConfig {
+        client,
+        seed: rng.random(),
+        nodes: cluster.node_ids(),
+        ..template.clone()
+    };
+    let node = cluster.client(u8::try_from(client).expect("at most 250 clients"));
+    let (recorder, target) = (recorder.clone(), target.clone());
+    tokio::spawn(async move { node.run(run_lease_prober(config, target, recorder)).await })
+}
+
+/// A client that, while `target` names a node, sends it lease reads of
+/// random keys back to back (0-2 ms apart), each recorded like any other
+/// operation, so that a read served after the node's lease should have
+/// ended is in the history; otherwise it idles. Runs until `config.stop`.
+pub async fn run_lease_prober(
+    config: ClientConfig,
+    target: ProbeTarget,
+    recorder: SharedRecorder,
+) -> ClientStats {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut stats = ClientStats::default();
+    while Instant::now() < config.stop {
+        let aim = *target.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(via) = aim else {
+            tokio::time::sleep(PROBE_IDLE).await;
+            continue;
+        };
+        let key = config.keys[rng.random_range(0..config.keys.len())].clone();
+        let get = Request::Get {
+            key,
+            consistency: Consistency::Lease,
+        };
+        let outcome = execute(
+            &recorder,
+            config.client,
+            config.start,
+            via,
+            get,
+            config.op_timeout,
+        )
+        .await;
+        match outcome {
+            Outcome::Ok(_) => stats.ok += 1,
+            Outcome::Fail(_) => stats.fail += 1,
+            Outcome::Unknown => stats.unknown += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=PROBE_GAP_MS))).await;
+    }
+    stats
+}
+
 /// Runs one client until `config.stop`; call it on a client node.
 pub async fn run_client(config: ClientConfig, recorder: SharedRecorder) -> ClientStats {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);

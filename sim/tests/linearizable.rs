@@ -200,9 +200,21 @@ async fn histories_under_faults_are_linearizable() {
         large_values,
         ..ClientConfig::new(keys.clone(), start, stop)
     };
-    let tasks = workload::spawn_clients(&mut cluster, clients, &mut rng, &template, &recorder);
+    let mut tasks = workload::spawn_clients(&mut cluster, clients, &mut rng, &template, &recorder);
 
     let mut nemesis = Nemesis::new(nemesis_config, rng.random(), start);
+    if nemesis.config().lease_edge {
+        let probe = nemesis.lease_probe();
+        let prober = clients + 1;
+        tasks.push(workload::spawn_lease_prober(
+            &mut cluster,
+            prober,
+            &mut rng,
+            &template,
+            &recorder,
+            &probe,
+        ));
+    }
     nemesis.run(&mut cluster, RUN).await;
     nemesis.heal_all(&mut cluster);
     let healed = Instant::now();
