@@ -43,7 +43,7 @@ use ringkv_node::transport::{Handshake, TransportStats};
 use ringkv_proto::v1::kv_client::KvClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::message_faults::{LinkFaults, MessageFaults};
+use crate::message_faults::{LinkFaults, MessageFaults, SprungTrap, TrapSpec};
 use crate::sim_clock::SkewedClock;
 use crate::sim_disk::{CrashReport, DiskLatency, SimDisk};
 
@@ -445,23 +445,24 @@ impl SimCluster {
     /// Arms the append trap on `node` (see
     /// [`LinkFaults::arm_append_trap`]): told through the returned `Notify`
     /// when it springs.
-    pub fn arm_append_trap(
-        &self,
-        node: NodeId,
-        reach: std::collections::BTreeSet<NodeId>,
-    ) -> Arc<tokio::sync::Notify> {
-        let _ = self.node(node);
-        self.message_faults.arm_append_trap(node, reach)
+    pub fn arm_append_trap(&self, spec: TrapSpec) -> Arc<tokio::sync::Notify> {
+        let _ = self.node(spec.node);
+        self.message_faults.arm_append_trap(spec)
     }
 
-    /// What the armed append trap caught, once sprung.
-    pub fn sprung_append_trap(&self) -> Option<crate::message_faults::SprungTrap> {
-        self.message_faults.sprung()
+    /// What the append trap on `node` caught, once sprung.
+    pub fn sprung_append_trap(&self, node: NodeId) -> Option<SprungTrap> {
+        self.message_faults.sprung(node)
     }
 
-    /// Removes the append trap, if any.
-    pub fn disarm_append_trap(&self) {
-        self.message_faults.disarm();
+    /// Removes the append trap on `node`, if any.
+    pub fn disarm_append_trap(&self, node: NodeId) {
+        self.message_faults.disarm(node);
+    }
+
+    /// Removes every append trap.
+    pub fn disarm_append_traps(&self) {
+        self.message_faults.disarm_all();
     }
 
     /// What the link `from -> to` does to peer batches now.

@@ -103,8 +103,8 @@ struct Link {
 
 /// Every directed link's [`MessageFaults`] and RNG. See the module docs.
 pub struct LinkFaults {
-    /// The armed append trap, if any (see [`LinkFaults::arm_append_trap`]).
-    trap: Mutex<Option<AppendTrap>>,
+    /// The armed append traps, per node (see [`LinkFaults::arm_append_trap`]).
+    traps: Mutex<BTreeMap<NodeId, AppendTrap>>,
     seed: u64,
     links: Mutex<BTreeMap<(NodeId, NodeId), Link>>,
 }
@@ -136,7 +136,7 @@ impl LinkFaults {
     /// No faults on any link; RNGs derived from `seed`.
     pub fn new(seed: u64) -> Self {
         LinkFaults {
-            trap: Mutex::new(None),
+            traps: Mutex::new(BTreeMap::new()),
             seed,
             links: Mutex::new(BTreeMap::new()),
         }
@@ -180,11 +180,36 @@ impl LinkFaults {
     }
 }
 
+/// Which of a node's appends a trap waits for, and where it lets it go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrapSpec {
+    pub node: NodeId,
+    /// The peers the caught append may reach (empty: nobody).
+    pub reach: BTreeSet<NodeId>,
+    /// Only appends of this partition (`None`: any).
+    pub partition: Option<PartitionId>,
+    /// Only appends whose first entry is of an earlier term than the
+    /// sender's: a new leader re-sending its predecessors' entries (the
+    /// Figure 8 moment).
+    pub old_entries_only: bool,
+}
+
+impl TrapSpec {
+    /// The node's next entries, of any partition.
+    pub fn next_entries(node: NodeId, reach: BTreeSet<NodeId>) -> Self {
+        TrapSpec {
+            node,
+            reach,
+            partition: None,
+            old_entries_only: false,
+        }
+    }
+}
+
 /// A trap on one node's next log entries; see [`LinkFaults::arm_append_trap`].
 #[derive(Debug)]
 struct AppendTrap {
-    node: NodeId,
-    reach: BTreeSet<NodeId>,
+    spec: TrapSpec,
     sprung: Option<SprungTrap>,
     notify: Arc<Notify>,
 }
@@ -216,11 +241,15 @@ impl fmt::Display for SprungTrap {
     }
 }
 
-/// The first append in `batch` that carries entries, as a trap would
+/// The first append in `batch` that `spec` waits for, as a trap would
 /// report it (reaching nobody yet).
-fn first_append(batch: &PeerBatch) -> Option<SprungTrap> {
+fn first_append(batch: &PeerBatch, spec: &TrapSpec) -> Option<SprungTrap> {
     batch.messages.iter().find_map(|gm| match &gm.message.body {
-        MessageBody::Append { entries, .. } if !entries.is_empty() => {
+        MessageBody::Append { entries, .. }
+            if !entries.is_empty()
+                && spec.partition.is_none_or(|p| p == gm.partition)
+                && (!spec.old_entries_only || entries[0].term < gm.message.term) =>
+        {
             let (a, b) = (entries.first()?, entries.last()?);
             Some(SprungTrap {
                 reached: None,
@@ -234,48 +263,54 @@ fn first_append(batch: &PeerBatch) -> Option<SprungTrap> {
 }
 
 impl LinkFaults {
-    fn trap(&self) -> MutexGuard<'_, Option<AppendTrap>> {
-        self.trap.lock().unwrap_or_else(PoisonError::into_inner)
+    fn traps(&self) -> MutexGuard<'_, BTreeMap<NodeId, AppendTrap>> {
+        self.traps.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Arms a trap on `node`'s next log entries: the first batch it sends
-    /// carrying entries to a peer in `reach` is delivered (with `reach`
-    /// empty: the first such batch to anyone is dropped), batches of
-    /// entries to other peers before it are dropped, and from then on
-    /// everything `node` sends is dropped until [`Self::disarm`]. The
-    /// returned `Notify` is told when the trap springs, so that the nemesis
-    /// can crash the node at that moment. Replaces any armed trap.
-    pub fn arm_append_trap(&self, node: NodeId, reach: BTreeSet<NodeId>) -> Arc<Notify> {
+    /// Arms a trap on `spec.node`'s next log entries (those `spec` waits
+    /// for): the first batch it sends carrying them to a peer in
+    /// `spec.reach` is delivered (with `reach` empty: the first such batch
+    /// to anyone is dropped), such batches to other peers before it are
+    /// dropped, and from then on everything the node sends is dropped until
+    /// [`Self::disarm`]. The returned `Notify` is told when the trap
+    /// springs, so that the nemesis can crash the node at that moment.
+    /// Replaces a trap armed on the same node.
+    pub fn arm_append_trap(&self, spec: TrapSpec) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
-        *self.trap() = Some(AppendTrap {
-            node,
-            reach,
+        let trap = AppendTrap {
+            spec,
             sprung: None,
             notify: notify.clone(),
-        });
+        };
+        self.traps().insert(trap.spec.node, trap);
         notify
     }
 
-    /// What the armed trap caught, once it has sprung.
-    pub fn sprung(&self) -> Option<SprungTrap> {
-        self.trap().as_ref().and_then(|t| t.sprung.clone())
+    /// What the trap on `node` caught, once it has sprung.
+    pub fn sprung(&self, node: NodeId) -> Option<SprungTrap> {
+        self.traps().get(&node).and_then(|t| t.sprung.clone())
     }
 
-    /// Removes the trap: the node's batches flow again.
-    pub fn disarm(&self) {
-        *self.trap() = None;
+    /// Removes the trap on `node`: its batches flow again.
+    pub fn disarm(&self, node: NodeId) {
+        self.traps().remove(&node);
+    }
+
+    /// Removes every trap.
+    pub fn disarm_all(&self) {
+        self.traps().clear();
     }
 
     /// The trap's verdict on a batch, if one is armed on its sender.
     fn trap_decision(&self, from: NodeId, to: NodeId, batch: &PeerBatch) -> Option<FaultDecision> {
-        let mut guard = self.trap();
-        let trap = guard.as_mut().filter(|t| t.node == from)?;
+        let mut traps = self.traps();
+        let trap = traps.get_mut(&from)?;
         if trap.sprung.is_some() {
             return Some(FaultDecision::Drop);
         }
-        let append = first_append(batch)?;
-        let reached = trap.reach.contains(&to);
-        if !reached && !trap.reach.is_empty() {
+        let append = first_append(batch, &trap.spec)?;
+        let reached = trap.spec.reach.contains(&to);
+        if !reached && !trap.spec.reach.is_empty() {
             return Some(FaultDecision::Drop);
         }
         trap.sprung = Some(SprungTrap {
@@ -350,7 +385,10 @@ mod tests {
     #[madsim::test]
     async fn an_append_trap_lets_one_append_reach_its_peer_then_cuts_the_node_off() {
         let t = LinkFaults::new(1);
-        let notify = t.arm_append_trap(NodeId(1), BTreeSet::from([NodeId(3)]));
+        let notify = t.arm_append_trap(TrapSpec::next_entries(
+            NodeId(1),
+            BTreeSet::from([NodeId(3)]),
+        ));
         // Heartbeats pass; entries to a peer out of reach are dropped.
         assert_eq!(
             t.decide(NodeId(1), NodeId(2), &NO_ENTRIES),
@@ -360,7 +398,7 @@ mod tests {
             t.decide(NodeId(1), NodeId(2), &append(1, 2)),
             FaultDecision::Drop
         );
-        assert_eq!(t.sprung(), None);
+        assert_eq!(t.sprung(NodeId(1)), None);
         // Other senders are untouched.
         assert_eq!(
             t.decide(NodeId(2), NodeId(3), &append(2, 3)),
@@ -371,7 +409,7 @@ mod tests {
             t.decide(NodeId(1), NodeId(3), &append(1, 3)),
             FaultDecision::Deliver
         );
-        let sprung = t.sprung().expect("sprung");
+        let sprung = t.sprung(NodeId(1)).expect("sprung");
         assert_eq!(sprung.to_string(), "p3 entries 2/5..2/6 reached n3 only");
         // The notification waits for the nemesis even if nobody listened yet.
         notify.notified().await;
@@ -384,7 +422,7 @@ mod tests {
             t.decide(NodeId(1), NodeId(3), &append(1, 3)),
             FaultDecision::Drop
         );
-        t.disarm();
+        t.disarm(NodeId(1));
         assert_eq!(
             t.decide(NodeId(1), NodeId(3), &append(1, 3)),
             FaultDecision::Deliver
@@ -394,14 +432,45 @@ mod tests {
     #[test]
     fn an_append_trap_reaching_nobody_drops_the_first_append() {
         let t = LinkFaults::new(1);
-        t.arm_append_trap(NodeId(1), BTreeSet::new());
+        t.arm_append_trap(TrapSpec::next_entries(NodeId(1), BTreeSet::new()));
         assert_eq!(
             t.decide(NodeId(1), NodeId(2), &append(1, 2)),
             FaultDecision::Drop
         );
         assert_eq!(
-            t.sprung().expect("sprung").to_string(),
+            t.sprung(NodeId(1)).expect("sprung").to_string(),
             "p3 entries 2/5..2/6 reached nobody"
+        );
+    }
+
+    #[test]
+    fn a_trap_can_wait_for_one_partition_and_for_old_entries() {
+        let t = LinkFaults::new(1);
+        t.arm_append_trap(TrapSpec {
+            node: NodeId(1),
+            reach: BTreeSet::from([NodeId(2)]),
+            partition: Some(PartitionId(3)),
+            old_entries_only: true,
+        });
+        // append() sends entries of term 2 in a message of term 2: not old.
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(2), &append(1, 2)),
+            FaultDecision::Deliver
+        );
+        assert_eq!(t.sprung(NodeId(1)), None);
+        let mut old = append(1, 2);
+        old.messages[0].message.term = 4;
+        let mut elsewhere = old.clone();
+        elsewhere.messages[0].partition = PartitionId(5);
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(2), &elsewhere),
+            FaultDecision::Deliver
+        );
+        assert_eq!(t.decide(NodeId(1), NodeId(2), &old), FaultDecision::Deliver);
+        assert!(t.sprung(NodeId(1)).is_some());
+        assert_eq!(
+            t.decide(NodeId(1), NodeId(2), &elsewhere),
+            FaultDecision::Drop
         );
     }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ringkv_core::NodeId;
+use ringkv_core::{NodeId, PartitionId};
 use tokio::time::Instant;
 
 use crate::cluster::{NodeState, SimCluster};
@@ -33,7 +33,7 @@ use std::sync::{Arc, PoisonError};
 use ringkv_core::raft::RaftConfig;
 use tokio::sync::Notify;
 
-use crate::message_faults::MessageFaults;
+use crate::message_faults::{MessageFaults, TrapSpec};
 use crate::sim_disk::DiskLatency;
 use crate::workload::{ProbeTarget, elapsed_ms};
 
@@ -83,6 +83,10 @@ pub struct NemesisConfig {
     /// others fast), while a prober (`workload::run_lease_prober`) sends it
     /// lease reads back to back: a deposed leader at the edge of its lease.
     pub lease_edge: bool,
+    /// Targeted: the Figure 8 history of the Raft paper, played on one
+    /// partition's replicas with append traps and crashes (see
+    /// `Nemesis::figure8`). Implies tiny appends.
+    pub figure8: bool,
     /// Targeted (a node setting, fixed for the run): one entry per append
     /// and a window of two, so an old leader's entries and a new leader's
     /// own travel in separate messages (the Figure 8 precondition).
@@ -98,6 +102,34 @@ pub struct NemesisConfig {
 pub const LOSSY_MAX_DROP_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DUPLICATE_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DELAY: Duration = Duration::from_millis(40);
+
+/// How long each step of the Figure 8 script waits for its trap.
+const FIGURE8_PATIENCE: Duration = Duration::from_secs(3);
+/// After a trap springs: time for the node's own write to reach its disk.
+const FIGURE8_SETTLE: Duration = Duration::from_millis(50);
+/// After the old entry reached the third replica: time for its answer.
+const FIGURE8_ACK: Duration = Duration::from_millis(100);
+/// Time for the returning leader to win and overwrite.
+const FIGURE8_OVERWRITE: Duration = Duration::from_secs(2);
+
+/// Which of `notifies` is told first within `patience`, by position.
+async fn sprung_within(notifies: &[&Arc<Notify>], patience: Duration) -> Option<usize> {
+    let deadline = Instant::now() + patience;
+    match notifies {
+        [one] => tokio::select! {
+            biased;
+            _ = one.notified() => Some(0),
+            _ = tokio::time::sleep_until(deadline) => None,
+        },
+        [first, second] => tokio::select! {
+            biased;
+            _ = first.notified() => Some(0),
+            _ = second.notified() => Some(1),
+            _ = tokio::time::sleep_until(deadline) => None,
+        },
+        _ => unreachable!("one or two traps at a time"),
+    }
+}
 
 /// How long an append trap waits for its leader to send entries.
 const APPEND_TRAP_PATIENCE: Duration = Duration::from_secs(2);
@@ -162,6 +194,7 @@ impl NemesisConfig {
             crash_after_append: false,
             stale_messages: false,
             lease_edge: false,
+            figure8: false,
             tiny_appends: false,
             fast_elections: false,
         }
@@ -170,11 +203,11 @@ impl NemesisConfig {
     /// The Raft settings the nodes need for this schedule (`None`: the
     /// defaults).
     pub fn raft_config(&self) -> Option<RaftConfig> {
-        if !self.tiny_appends && !self.fast_elections {
+        if !self.tiny_appends && !self.fast_elections && !self.figure8 {
             return None;
         }
         let mut raft = RaftConfig::default();
-        if self.tiny_appends {
+        if self.tiny_appends || self.figure8 {
             raft.max_entries_per_msg = 1;
             raft.max_inflight_msgs = 2;
         }
@@ -212,6 +245,7 @@ impl NemesisConfig {
                 crash_after_append: rng.random_bool(0.5),
                 stale_messages: rng.random_ratio(1, 4),
                 lease_edge: rng.random_ratio(1, 3),
+                figure8: rng.random_ratio(1, 3),
                 tiny_appends: rng.random_ratio(1, 4),
                 fast_elections: rng.random_ratio(1, 4),
             };
@@ -225,6 +259,7 @@ impl NemesisConfig {
                 || c.crash_after_append
                 || c.stale_messages
                 || c.lease_edge
+                || c.figure8
             {
                 return c;
             }
@@ -279,6 +314,9 @@ impl NemesisConfig {
         if self.lease_edge {
             kinds.push("lease-edge".to_owned());
         }
+        if self.figure8 {
+            kinds.push("figure8".to_owned());
+        }
         if self.tiny_appends {
             kinds.push("tiny-appends".to_owned());
         }
@@ -322,6 +360,8 @@ pub struct Nemesis {
     trap: Option<(NodeId, Arc<Notify>, Instant)>,
     /// Where the lease prober aims (see [`Nemesis::lease_probe`]).
     probe: ProbeTarget,
+    /// The Figure 8 script was picked; it runs once `inject` returns.
+    figure8_due: bool,
     node: Option<(NodeFault, Instant)>,
 }
 
@@ -338,6 +378,7 @@ impl Nemesis {
             disks_set: false,
             trap: None,
             probe: ProbeTarget::default(),
+            figure8_due: false,
             node: None,
         }
     }
@@ -436,7 +477,7 @@ impl Nemesis {
                 if sprung {
                     self.crash_sprung(cluster, id);
                 } else if Instant::now() >= deadline {
-                    cluster.disarm_append_trap();
+                    cluster.disarm_append_trap(id);
                     self.log(format!("append trap on {id} not sprung"));
                 } else {
                     self.trap = Some((id, notify, deadline));
@@ -460,9 +501,119 @@ impl Nemesis {
             }
             if next <= now {
                 self.inject(cluster);
-                next = now + self.gap();
+                if std::mem::take(&mut self.figure8_due) {
+                    self.figure8(cluster).await;
+                }
+                next = Instant::now() + self.gap();
             }
         }
+    }
+
+    /// The Figure 8 history of the Raft paper (§5.4.2), played on the
+    /// replicas `a`, `b`, `c` of a partition `a` leads, with traps on their
+    /// appends and one entry per append (the nodes run with tiny appends):
+    /// 1. `a`'s next entry (of term t) reaches nobody; `a` crashes;
+    /// 2. whichever of `b`, `c` wins the next term appends its first entry
+    ///    (at the same index) and crashes before it reaches anyone (say `b`);
+    /// 3. `a` returns and wins a later term with `c`'s vote; its re-sent
+    ///    entry of term t reaches `c`, then `a` is cut off and crashes a
+    ///    moment later, before an entry of its own term reaches `c`;
+    /// 4. `b` returns: its entry of term t+1 is newer than `c`'s last, so it
+    ///    wins and overwrites index i on `c`. Then `a` returns.
+    ///
+    /// Correct Raft never counted `a`'s re-sent entry as committed in step 3
+    /// (not of its term), so the overwrite is legal. A leader that does
+    /// (the rule broken) applies it, and the overwrite applies another
+    /// entry at that index: state machine safety catches it. A step whose
+    /// trap does not spring within its patience ends the script early (all
+    /// nodes restarted); the trace says where.
+    async fn figure8(&mut self, cluster: &mut SimCluster) {
+        let ids = cluster.node_ids();
+        let Some((a, p)) = self.leader_of_a_partition(cluster, &ids) else {
+            return;
+        };
+        let Some(replicas) = cluster.node_handle(a).and_then(|h| {
+            h.view()
+                .partitions
+                .get(p as usize)
+                .map(|v| v.replicas.clone())
+        }) else {
+            return;
+        };
+        let others: Vec<NodeId> = replicas.iter().copied().filter(|&r| r != a).collect();
+        if others.len() != 2 {
+            return;
+        }
+        let partition = PartitionId(p);
+        let trap = |node, reach: &[NodeId], old_entries_only| TrapSpec {
+            node,
+            reach: reach.iter().copied().collect(),
+            partition: Some(partition),
+            old_entries_only,
+        };
+        self.faults += 1;
+        self.log(format!(
+            "figure-8 on p{p}: {a} leads, {} and {} follow",
+            others[0], others[1]
+        ));
+
+        // 1. a's next entry reaches nobody.
+        let caught = cluster.arm_append_trap(trap(a, &[], false));
+        let sprung = sprung_within(&[&caught], FIGURE8_PATIENCE).await;
+        let what = cluster.sprung_append_trap(a);
+        tokio::time::sleep(FIGURE8_SETTLE).await;
+        cluster.kill(a);
+        cluster.disarm_append_trap(a);
+        let Some(what) = what.filter(|_| sprung.is_some()) else {
+            cluster.restart(a);
+            self.log(format!("figure-8 ends: {a} sent no entry of p{p}"));
+            return;
+        };
+        self.log(format!("figure-8 1/4: crash {a} after {what}"));
+
+        // 2. The next leader's first entry reaches nobody.
+        let caught: Vec<_> = others
+            .iter()
+            .map(|&o| cluster.arm_append_trap(trap(o, &[], false)))
+            .collect();
+        let sprung = sprung_within(&[&caught[0], &caught[1]], FIGURE8_PATIENCE).await;
+        tokio::time::sleep(FIGURE8_SETTLE).await;
+        let Some(b) = sprung.map(|k| others[k]) else {
+            cluster.disarm_append_traps();
+            cluster.restart(a);
+            self.log(format!(
+                "figure-8 ends: no new leader of p{p} sent an entry"
+            ));
+            return;
+        };
+        let c = if others[0] == b { others[1] } else { others[0] };
+        let what = cluster.sprung_append_trap(b).map(|s| s.to_string());
+        cluster.kill(b);
+        cluster.disarm_append_traps();
+        self.log(format!(
+            "figure-8 2/4: crash {b} after {}",
+            what.unwrap_or_default()
+        ));
+
+        // 3. a returns, wins with c's vote, and its re-sent old entry
+        // reaches c; a crashes once c could have answered.
+        let caught = cluster.arm_append_trap(trap(a, &[c], true));
+        cluster.restart(a);
+        let sprung = sprung_within(&[&caught], FIGURE8_PATIENCE).await;
+        let what = cluster.sprung_append_trap(a).map(|s| s.to_string());
+        tokio::time::sleep(FIGURE8_ACK).await;
+        cluster.kill(a);
+        cluster.disarm_append_trap(a);
+        match (sprung, what) {
+            (Some(_), Some(what)) => self.log(format!("figure-8 3/4: crash {a} after {what}")),
+            _ => self.log(format!("figure-8 3/4: {a} re-sent no old entry; crash it")),
+        }
+
+        // 4. b returns and overwrites c; then a returns.
+        cluster.restart(b);
+        tokio::time::sleep(FIGURE8_OVERWRITE).await;
+        cluster.restart(a);
+        self.log(format!("figure-8 4/4: restart {b}, then {a}"));
     }
 
     /// Time to the next fault decision: uniform on `[0, 2 * mean_gap]`.
@@ -476,7 +627,7 @@ impl Nemesis {
     /// incarnation's traffic.
     fn crash_sprung(&mut self, cluster: &mut SimCluster, id: NodeId) {
         let what = cluster
-            .sprung_append_trap()
+            .sprung_append_trap(id)
             .map(|s| s.to_string())
             .unwrap_or_default();
         let how = if self.rng.random_range(0..100) < self.config.power_loss_percent {
@@ -485,7 +636,7 @@ impl Nemesis {
             cluster.kill(id);
             String::new()
         };
-        cluster.disarm_append_trap();
+        cluster.disarm_append_trap(id);
         self.node = Some((NodeFault::Down(id), Instant::now() + self.duration()));
         self.log(format!("crash-after-append {id}: {what}{how}"));
     }
@@ -518,6 +669,7 @@ impl Nemesis {
             CrashAfterAppend,
             StaleMessages,
             LeaseEdge,
+            Figure8,
         }
         let c = &self.config;
         let net_free = self.network.is_none();
@@ -534,6 +686,7 @@ impl Nemesis {
             (c.crash_after_append && node_free, Kind::CrashAfterAppend),
             (c.stale_messages && net_free, Kind::StaleMessages),
             (c.lease_edge && net_free, Kind::LeaseEdge),
+            (c.figure8 && net_free && node_free, Kind::Figure8),
         ]
         .into_iter()
         .filter_map(|(on, k)| on.then_some(k))
@@ -663,7 +816,7 @@ impl Nemesis {
                     true => BTreeSet::from([self.pick(&others)]),
                     false => BTreeSet::new(),
                 };
-                let notify = cluster.arm_append_trap(leader, reach.clone());
+                let notify = cluster.arm_append_trap(TrapSpec::next_entries(leader, reach.clone()));
                 self.trap = Some((leader, notify, now + APPEND_TRAP_PATIENCE));
                 self.log(format!(
                     "append trap on {leader} (leader of p{p}), reaching {}",
@@ -692,6 +845,11 @@ impl Nemesis {
                     "lease-edge {leader} (leader of p{p}): isolated, its clock -{bound}ppm, \
                      the others +{bound}ppm, probed with lease reads"
                 ));
+            }
+            Kind::Figure8 => {
+                // Counted and traced by the script itself.
+                self.figure8_due = true;
+                return;
             }
             Kind::StaleMessages => {
                 let id = self.pick(&ids);
@@ -744,7 +902,7 @@ impl Nemesis {
         cluster.heal();
         self.aim_probe(None);
         if let Some((id, _, _)) = self.trap.take() {
-            cluster.disarm_append_trap();
+            cluster.disarm_append_trap(id);
             self.log(format!("append trap on {id} disarmed"));
         }
         self.network = None;
