@@ -370,6 +370,12 @@ pub enum Observed {
     /// It replaced its state machine with a leader's snapshot of the
     /// entries up to `index` (of `term`).
     SnapshotRestored { index: u64, term: u64 },
+    /// As leader of `term` it sent heartbeat round `round` (a lease rests
+    /// on a round a quorum acknowledged).
+    RoundSent { term: u64, round: u64 },
+    /// As leader of `term` it served a read from its lease, resting on the
+    /// acknowledgements of round `round`.
+    LeaseRead { term: u64, round: u64 },
 }
 
 /// The fingerprint [`Observed::Applied`] carries: xxh3-64 of the entry's
@@ -406,6 +412,10 @@ impl std::fmt::Display for Observation {
             Observed::SnapshotRestored { index, term } => {
                 write!(f, "restored a snapshot at {term}/{index}")
             }
+            Observed::RoundSent { term, round } => write!(f, "sent round {round} of term {term}"),
+            Observed::LeaseRead { term, round } => {
+                write!(f, "served a lease read on round {round} of term {term}")
+            }
         }
     }
 }
@@ -438,6 +448,8 @@ struct Group {
     saved_hard_state: HardState,
     /// The commit index last reported as [`Observed::Committed`].
     observed_commit: u64,
+    /// The heartbeat round last reported as [`Observed::RoundSent`].
+    observed_round: u64,
     /// Reads confirmed at an index this replica has not applied yet.
     reads_waiting_apply: Vec<(u64, u64)>, // (index, ctx)
 }
@@ -551,6 +563,7 @@ impl Node {
                     last_io: None,
                     saved_hard_state,
                     observed_commit,
+                    observed_round: 0,
                     reads_waiting_apply: Vec::new(),
                 },
             );
@@ -686,6 +699,21 @@ impl Node {
 
     /// A client request arrived (from a client or forwarded by a peer).
     pub fn handle_request(&mut self, now: Time, id: RequestId, req: ClientRequest) {
+        // A lease is judged on ticks, so count the ones due by now first.
+        // After a stall (a paused process, a stopped VM, a stalled event
+        // loop) a driver may hand over a queued request before the overdue
+        // timer, and a lease that ran out in real time would still look
+        // valid (`node_scenarios`: a lease read after a stalled timer).
+        let lease_read = matches!(
+            req,
+            ClientRequest::Get {
+                consistency: Consistency::Lease,
+                ..
+            }
+        );
+        if lease_read && self.started && now >= self.next_tick {
+            self.handle_timeout(now);
+        }
         self.start(now);
         if let Err(e) = self.validate(&req) {
             self.reply(id, Reply::Done(Err(e)));
@@ -722,8 +750,18 @@ impl Node {
             }
             ClientRequest::Get { key, consistency } => {
                 let ctx = self.next_read_ctx;
-                match g.raft.read(ctx, consistency == Consistency::Lease) {
+                let lease = consistency == Consistency::Lease;
+                let by_lease = lease && g.raft.lease_valid();
+                match g.raft.read(ctx, lease) {
                     Ok(()) => {
+                        if by_lease && self.cfg.observe {
+                            let (term, round) = (g.raft.term(), g.raft.lease_round());
+                            self.events.push_back(Event::Observed(Observation {
+                                node: self.id,
+                                partition: p,
+                                what: Observed::LeaseRead { term, round },
+                            }));
+                        }
                         self.next_read_ctx += 1;
                         self.reads.insert(
                             ctx,
@@ -1215,6 +1253,11 @@ impl Node {
                 Some(io) => self.held.entry(io).or_default().push((to, gm)),
                 None => self.outbox.entry(to).or_default().push(gm),
             }
+        }
+        if self.cfg.observe && g.raft.is_leader() && g.raft.round() > g.observed_round {
+            g.observed_round = g.raft.round();
+            let (term, round) = (g.raft.term(), g.observed_round);
+            observe(&mut self.events, Observed::RoundSent { term, round });
         }
         // State machine.
         if self.cfg.observe && g.raft.log().committed() > g.observed_commit {

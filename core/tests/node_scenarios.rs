@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringkv_core::io::{Lane, PeerBatch, Transmit, WalRecord};
 use ringkv_core::kv::Precondition;
-use ringkv_core::node::{ClientRequest, Event, Node, NodeConfig, Recovered, Reply, RequestId};
+use ringkv_core::node::{
+    ClientRequest, Consistency, Event, Node, NodeConfig, Recovered, Reply, RequestId,
+};
 use ringkv_core::raft::{PersistRecord, RaftEvent, Role};
 use ringkv_core::ring::RingConfig;
 use ringkv_core::{NodeId, PartitionId, Time};
@@ -425,5 +427,41 @@ fn driver_requested_compaction_snapshots_applied_entries() {
         c.nodes[i].stats().compactions,
         compactions + 1,
         "nothing new applied: no second snapshot"
+    );
+}
+
+/// A lease is judged on the request's time, not on the ticks the driver has
+/// run so far. After a stall (a paused process, a stopped VM, a stalled
+/// event loop) a driver that takes inputs before timers hands the node a
+/// queued lease read before the overdue tick: the leader must count the
+/// time that passed first, find its lease over, and not answer from it (a
+/// new leader may have taken writes meanwhile).
+#[test]
+fn a_lease_read_after_a_stalled_timer_is_not_served_from_the_lease() {
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let (_, &leader) = c.leaders().iter().next().expect("a leader");
+    let i = (leader.0 - 1) as usize;
+    let get = || ClientRequest::Get {
+        key: Bytes::from_static(b"k"),
+        consistency: Consistency::Lease,
+    };
+    c.request(i, 1, put("k", "v"));
+    c.run_for(100);
+    // A fresh lease serves at once.
+    c.request(i, 2, get());
+    assert!(
+        c.out.contains("reply to request 2: Done(Ok(Value(Some("),
+        "a fresh lease should serve at once:\n{}",
+        c.out
+    );
+    // Ten seconds without a timer or a message, then a lease read.
+    c.now = c.now + Duration::from_secs(10);
+    c.request(i, 3, get());
+    assert!(
+        !c.out.contains("reply to request 3: Done(Ok("),
+        "served from a lease that ran out 10 s ago:\n{}",
+        c.out
     );
 }

@@ -63,6 +63,11 @@ struct SimNode {
     node: Option<Node>,
     /// Records made durable, in WAL order.
     disk: Vec<WalRecord>,
+    /// Records written without a sync (`IoRequest::must_sync` false): the
+    /// node was told they are written, but a crash keeps only a prefix of
+    /// them, unless a later synced write made them durable first (one WAL
+    /// file, one fsync for everything before it).
+    unsynced: Vec<WalRecord>,
     /// IO requests written but not yet durable (lost on crash).
     pending_io: VecDeque<IoRequest>,
     restarts: u64,
@@ -76,6 +81,19 @@ struct SimNode {
     identity: Identity,
     /// The cluster record on its disk (a wipe loses it).
     record: Option<ClusterRecord>,
+}
+
+impl SimNode {
+    /// A write completes: synced, it makes everything before it durable
+    /// too; unsynced, it waits for a later sync.
+    fn write(&mut self, io: IoRequest) {
+        if io.must_sync {
+            self.disk.append(&mut self.unsynced);
+            self.disk.extend(io.records);
+        } else {
+            self.unsynced.extend(io.records);
+        }
+    }
 }
 
 /// Which faults and rules a run has.
@@ -144,6 +162,8 @@ struct Sim {
     /// kinds of requests left the scheduler's draws, and the fault
     /// schedules of pinned seeds, as they were).
     workload_rng: ChaCha8Rng,
+    /// Decides which unsynced records survive a crash.
+    disk_rng: ChaCha8Rng,
     /// The mod_revision last seen per key, for compare-and-set.
     seen_revisions: BTreeMap<Bytes, u64>,
     next_req: u64,
@@ -225,6 +245,7 @@ impl Sim {
                     .expect("start"),
                 ),
                 disk: Vec::new(),
+                unsynced: Vec::new(),
                 pending_io: VecDeque::new(),
                 restarts: 0,
                 max_term: BTreeMap::new(),
@@ -258,6 +279,7 @@ impl Sim {
             history: Recorder::new(),
             workload_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x776f_726b_6c6f_6164),
             seen_revisions: BTreeMap::new(),
+            disk_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6469_736b),
             next_req: 1,
             next_value: 1,
             steps: 0,
@@ -594,6 +616,7 @@ impl Sim {
         let Some(io) = self.nodes[i].pending_io.pop_front() else {
             return;
         };
+        let id = io.id;
         // The durable term of a group never decreases, across restarts too.
         for rec in &io.records {
             if let PersistRecord::HardState(hs) = &rec.record {
@@ -610,10 +633,10 @@ impl Sim {
                 *t = hs.term;
             }
         }
-        self.nodes[i].disk.extend(io.records);
+        self.nodes[i].write(io);
         let now = self.now;
         if let Some(node) = self.nodes[i].node.as_mut() {
-            node.handle_persisted(now, io.id);
+            node.handle_persisted(now, id);
         }
         self.drain(i);
     }
@@ -621,7 +644,7 @@ impl Sim {
     /// Makes the oldest pending IO durable without telling the (dead) node.
     fn complete_io_durable_only(&mut self, i: usize) {
         if let Some(io) = self.nodes[i].pending_io.pop_front() {
-            self.nodes[i].disk.extend(io.records);
+            self.nodes[i].write(io);
         }
     }
 
@@ -688,6 +711,13 @@ impl Sim {
             self.nodes[i].pending_io.push_back(io);
             self.complete_io_durable_only(i);
         }
+        // And of what was written unsynced, a prefix survives (drawn from
+        // a stream of its own, so the scheduler's draws stay as they were).
+        let unsynced = std::mem::take(&mut self.nodes[i].unsynced);
+        let survive = self.disk_rng.random_range(0..=unsynced.len());
+        self.nodes[i]
+            .disk
+            .extend(unsynced.into_iter().take(survive));
         self.nodes[i].cursors.clear();
         self.nodes[i].max_term.clear();
     }
@@ -699,6 +729,7 @@ impl Sim {
         let _ = writeln!(self.trace, "{} wipe n{}", self.now, i + 1);
         let sn = &mut self.nodes[i];
         sn.disk.clear();
+        sn.unsynced.clear();
         sn.pending_io.clear();
         sn.durable_term.clear();
         sn.record = None;

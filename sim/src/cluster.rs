@@ -138,6 +138,17 @@ pub struct SimCluster {
     invariants: Arc<Mutex<Invariants>>,
 }
 
+/// How soon after receiving a heartbeat round a follower may vote again at
+/// the earliest: `election_ticks - 1` of its ticks at the fastest the drift
+/// bound lets its clock run. A lease read served later than that after its
+/// round went out breaks lease safety (`check::invariants::lease`).
+pub fn lease_bound(options: &ClusterOptions) -> Duration {
+    let raft = options.raft.clone().unwrap_or_default();
+    let ticks = f64::from(raft.election_ticks.saturating_sub(1));
+    let rho = f64::from(raft.max_clock_drift_ppm) / 1e6;
+    options.tick_interval.mul_f64(ticks / (1.0 + rho))
+}
+
 /// The address node `id` listens on.
 pub fn grpc_addr(id: NodeId) -> SocketAddr {
     SocketAddr::new(node_ip(id), GRPC_PORT)
@@ -168,11 +179,14 @@ impl SimCluster {
         let peers: BTreeMap<NodeId, SocketAddr> =
             (1..=n).map(NodeId).map(|id| (id, grpc_addr(id))).collect();
         let message_faults = Arc::new(LinkFaults::new(seed));
-        let invariants = Arc::new(Mutex::new(Invariants::new()));
+        let invariants = Arc::new(Mutex::new(Invariants::with_lease_bound(lease_bound(
+            &options,
+        ))));
         let observer = {
             let invariants = invariants.clone();
+            let origin = tokio::time::Instant::now();
             Observer(Arc::new(move |o: &Observation| {
-                for v in lock(&invariants).observe(o) {
+                for v in lock(&invariants).observe_at(o, origin.elapsed()) {
                     tracing::error!(violation = %v, "sim: Raft invariant broken");
                 }
             }))

@@ -39,6 +39,7 @@ use bytes::Bytes;
 use madsim::runtime::Handle;
 use ringkv_core::NodeId;
 use ringkv_core::check::history::{Consistency, History, Outcome, Precondition, Recorder, Request};
+use ringkv_core::check::invariants::InvariantViolation;
 use ringkv_core::check::{LinearizabilityConfig, linearizability, stale_reads};
 use ringkv_core::raft::RaftConfig;
 use ringkv_core::ring::partition_of;
@@ -55,6 +56,8 @@ struct Run {
     /// Sim milliseconds (history time) at which the leader was cut off.
     isolated_at: u64,
     old_leader: NodeId,
+    /// What the Raft invariant checker found.
+    broken: Vec<InvariantViolation>,
 }
 
 /// The leader of `KEY`'s partition, once every node agrees on it.
@@ -193,16 +196,14 @@ async fn cut_off_leader_with_skewed_clocks(drift_ppm: i64) -> Run {
     }
     writer.await.expect("the writer");
     cluster.heal();
-    // Even beyond the bound, where lease reads go stale, the replicas'
-    // logs keep every Raft safety property: a lease serves reads only.
     let broken = cluster.invariant_violations();
-    assert!(broken.is_empty(), "Raft invariants broken: {broken:#?}");
 
     let history = workload::finish(recorder).expect("a well-formed history");
     Run {
         history,
         isolated_at,
         old_leader: leader,
+        broken,
     }
 }
 
@@ -268,6 +269,8 @@ async fn lease_reads_are_linearizable_with_drift_at_the_bound() {
         "lease reads at the drift bound",
     );
     assert_eq!(stale_reads::check(history), vec![], "seed {seed}");
+    // Lease safety as the invariant checker judges it on the global clock.
+    assert_eq!(run.broken, vec![], "seed {seed}");
 }
 
 /// Clocks far beyond the bound: lease reads can be stale (shown), everything
@@ -278,6 +281,14 @@ async fn beyond_the_drift_bound_only_lease_reads_go_stale() {
     let drift: i64 = 900_000; // the old leader at a tenth of real speed, followers at 1.9x
     let run = cut_off_leader_with_skewed_clocks(drift).await;
     let history = &run.history;
+
+    // The replicas' logs keep every Raft safety property (a lease serves
+    // reads only); the lease invariant reports the reads served too late.
+    assert!(
+        !run.broken.is_empty() && run.broken.iter().all(|v| v.invariant == "lease"),
+        "seed {seed}: expected lease violations only: {:#?}",
+        run.broken
+    );
 
     // Writes and linearizable reads: still linearizable.
     let without_leases = LinearizabilityConfig {
@@ -321,4 +332,97 @@ async fn beyond_the_drift_bound_only_lease_reads_go_stale() {
         run.old_leader,
         last - run.isolated_at
     );
+}
+
+/// A leader paused past its lease (a GC pause, a stopped VM, a stalled
+/// event loop) resumes with requests already queued for it. It must not
+/// serve them from a lease its tick count still believes in: by the time it
+/// runs again the followers have elected a new leader and taken a write.
+/// Every lease read is held to linearizability, and the lease invariant to
+/// the global clock.
+#[madsim::test]
+async fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
+    let seed = Handle::current().seed();
+    let options = ClusterOptions::default();
+    let partition_count = options.partition_count;
+    let mut cluster = SimCluster::new(3, seed, options);
+    assert!(
+        cluster.wait_ready(Duration::from_secs(20)).await,
+        "never ready"
+    );
+    let recorder: SharedRecorder = Arc::new(Mutex::new(Recorder::new()));
+    let start = Instant::now();
+    let setup = cluster.client(1);
+    let write = |recorder: SharedRecorder, via: NodeId, value: &str| {
+        let put = put(value.to_owned());
+        async move { workload::execute(&recorder, 0, start, via, put, Duration::from_secs(3)).await }
+    };
+    let first = setup
+        .run(write(recorder.clone(), NodeId(1), "before"))
+        .await;
+    assert!(matches!(first, Outcome::Ok(_)), "first put: {first:?}");
+    let leader = agreed_leader(&cluster, partition_count).await;
+    // Busy, so that heartbeat rounds keep its lease fresh up to the pause.
+    let second = setup.run(write(recorder.clone(), leader, "at-pause")).await;
+    assert!(matches!(second, Outcome::Ok(_)), "second put: {second:?}");
+    cluster.pause(leader);
+    let paused_at = workload::elapsed_ms(start);
+
+    // The others elect a leader and take a write.
+    let other = cluster
+        .node_ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("three nodes");
+    let mut newer = Outcome::Unknown;
+    for _ in 0..20 {
+        newer = setup.run(write(recorder.clone(), other, "after")).await;
+        if matches!(newer, Outcome::Ok(_)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        matches!(newer, Outcome::Ok(_)),
+        "the others took no write: {newer:?}"
+    );
+
+    // Lease reads queue up at the paused leader; then it resumes.
+    let mut readers = Vec::new();
+    for client in 1..=3u32 {
+        let (recorder, node) = (recorder.clone(), cluster.client(1 + client as u8));
+        readers.push(tokio::spawn(async move {
+            node.run(async move {
+                let read = get(Consistency::Lease);
+                workload::execute(
+                    &recorder,
+                    client,
+                    start,
+                    leader,
+                    read,
+                    Duration::from_secs(2),
+                )
+                .await
+            })
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cluster.resume(leader);
+    for reader in readers {
+        reader.await.expect("a reader");
+    }
+    let history = workload::finish(recorder).expect("a well-formed history");
+    let served = successful(&history, Consistency::Lease, paused_at);
+    println!(
+        "seed {seed}: {} lease reads served by the resumed leader {leader}",
+        served.len()
+    );
+    assert_linearizable(
+        &history,
+        &LinearizabilityConfig::default(),
+        "lease reads of a leader resumed after a pause",
+    );
+    let broken = cluster.invariant_violations();
+    assert_eq!(broken, vec![], "seed {seed}");
 }

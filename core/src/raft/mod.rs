@@ -472,6 +472,15 @@ impl Raft {
     pub fn committed_in_term(&self) -> bool {
         self.log.term(self.log.committed()) == Some(self.term)
     }
+    /// The latest heartbeat round this node sent as leader (0: none).
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+    /// The heartbeat round a lease read rests on now: the latest one a
+    /// quorum acknowledged.
+    pub fn lease_round(&self) -> u64 {
+        self.quorum_acked_round()
+    }
     /// Whether a lease read would be served locally right now.
     pub fn lease_valid(&self) -> bool {
         self.role == Role::Leader

@@ -48,7 +48,7 @@ impl LeaderCompleteness {
                 (last_index < i || last_term < t)
                     .then(|| format!("it lacks entry {t}/{i}, committed before its term"))
             }
-            Observed::Started { .. } | Observed::Committed { .. } => None,
+            _ => None,
         }
     }
 }

@@ -67,7 +67,7 @@ impl LogMatching {
                     format!("{first} also applied {t}/{index}, but their logs before it differ")
                 })
             }
-            Observed::BecameLeader { .. } | Observed::Committed { .. } => None,
+            _ => None,
         }
     }
 }

@@ -16,7 +16,10 @@
 //!   the same index;
 //! - [`monotonic`]: while a node runs, its commit index and leader terms
 //!   only grow, and it applies each index once, in order, never beyond what
-//!   it knows committed.
+//!   it knows committed;
+//! - [`lease`]: a leader serves lease reads only until a follower that
+//!   acknowledged the round they rest on could vote again (judged on the
+//!   harness's global time, so only through [`Invariants::observe_at`]).
 //!
 //! What the stream cannot show is not judged: an entry counts as committed
 //! here once some replica applied it, so a committed entry nobody applied
@@ -24,11 +27,13 @@
 
 pub mod election_safety;
 pub mod leader_completeness;
+pub mod lease;
 pub mod log_matching;
 pub mod monotonic;
 pub mod state_machine_safety;
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::node::Observation;
 
@@ -61,6 +66,7 @@ pub struct Invariants {
     log_matching: log_matching::LogMatching,
     state_machine_safety: state_machine_safety::StateMachineSafety,
     monotonic: monotonic::Monotonic,
+    lease: lease::LeaseSafety,
     observed: u64,
     violations: Vec<InvariantViolation>,
 }
@@ -68,6 +74,33 @@ pub struct Invariants {
 impl Invariants {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also judges lease reads: `bound` is how soon after receiving a
+    /// heartbeat round a follower may vote again at the earliest (see
+    /// [`lease`]); observations must then come through
+    /// [`Invariants::observe_at`].
+    pub fn with_lease_bound(bound: Duration) -> Self {
+        Invariants {
+            lease: lease::LeaseSafety::new(Some(bound)),
+            ..Self::default()
+        }
+    }
+
+    /// [`Invariants::observe`], for a harness with a global clock: `at` is
+    /// the observation's time on any fixed origin, which lease safety needs.
+    pub fn observe_at(&mut self, o: &Observation, at: Duration) -> Vec<InvariantViolation> {
+        let mut found = self.observe(o);
+        if let Some(explanation) = self.lease.observe_at(o, at) {
+            let v = InvariantViolation {
+                invariant: "lease",
+                observation: *o,
+                explanation,
+            };
+            self.violations.push(v.clone());
+            found.push(v);
+        }
+        found
     }
 
     /// Judges one observation against everything observed before it. The

@@ -81,6 +81,7 @@ impl Monotonic {
                 let was = std::mem::replace(&mut r.won, term);
                 (term <= was).then(|| format!("it had won term {was} already"))
             }
+            Observed::RoundSent { .. } | Observed::LeaseRead { .. } => None,
         }
     }
 }

@@ -1,0 +1,129 @@
+//! Lease safety (Raft thesis §6.4.1): a leader serves a read from its lease
+//! only while no other leader can exist, that is, before any follower that
+//! acknowledged the heartbeat round the lease rests on could vote again.
+//! Broken by a lease longer than the drift bound allows
+//! (`RaftConfig::lease_ticks`), or by judging it on a count of ticks that
+//! fell behind real time (a stalled event loop, a paused process).
+//!
+//! This is the one property judged on time, so it needs the harness's
+//! global clock ([`super::Invariants::observe_at`]) and a bound: how soon
+//! after receiving a round a follower may vote again at the earliest, which
+//! is `election_ticks - 1` of its ticks at the fastest a clock within the
+//! drift bound runs (`(E - 1) * tick / (1 + max_drift)`). A follower
+//! receives a round after it was sent, so a lease read served that long
+//! after the round's [`Observed::RoundSent`] may already race a new leader.
+//! Without a bound (or without times) nothing is judged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::node::{Observation, Observed};
+use crate::types::{NodeId, PartitionId};
+
+#[derive(Debug, Default)]
+pub struct LeaseSafety {
+    /// How long after a round's sending a lease read on it may be served.
+    bound: Option<Duration>,
+    /// When each (leader, partition, term, round) went out.
+    sent: BTreeMap<(NodeId, PartitionId, u64, u64), Duration>,
+}
+
+impl LeaseSafety {
+    pub fn new(bound: Option<Duration>) -> Self {
+        LeaseSafety {
+            bound,
+            sent: BTreeMap::new(),
+        }
+    }
+
+    /// `at`: the global time of the observation, on any fixed origin.
+    pub fn observe_at(&mut self, o: &Observation, at: Duration) -> Option<String> {
+        let bound = self.bound?;
+        match o.what {
+            Observed::RoundSent { term, round } => {
+                self.sent.insert((o.node, o.partition, term, round), at);
+                None
+            }
+            Observed::LeaseRead { term, round } => {
+                let sent = *self.sent.get(&(o.node, o.partition, term, round))?;
+                let age = at.saturating_sub(sent);
+                (age >= bound).then(|| {
+                    format!(
+                        "round {round} went out {age:?} before, but a follower that \
+                         acknowledged it may vote again {bound:?} after it"
+                    )
+                })
+            }
+            Observed::Started { .. } => {
+                // Rounds of an earlier incarnation are over.
+                self.sent
+                    .retain(|&(n, p, _, _), _| (n, p) != (o.node, o.partition));
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::invariants::testkit::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn round(node: u64, term: u64, round: u64) -> Observation {
+        at(node, Observed::RoundSent { term, round })
+    }
+
+    fn lease_read(node: u64, term: u64, round: u64) -> Observation {
+        at(node, Observed::LeaseRead { term, round })
+    }
+
+    #[test]
+    fn reads_within_the_bound_pass() {
+        let mut c = LeaseSafety::new(Some(ms(400)));
+        assert_eq!(c.observe_at(&round(1, 2, 7), ms(1000)), None);
+        assert_eq!(c.observe_at(&lease_read(1, 2, 7), ms(1000)), None);
+        assert_eq!(c.observe_at(&lease_read(1, 2, 7), ms(1399)), None);
+    }
+
+    #[test]
+    fn a_read_at_or_past_the_bound_is_caught() {
+        let mut c = LeaseSafety::new(Some(ms(400)));
+        c.observe_at(&round(1, 2, 7), ms(1000));
+        let v = c
+            .observe_at(&lease_read(1, 2, 7), ms(1400))
+            .expect("violation");
+        assert_eq!(
+            v,
+            "round 7 went out 400ms before, but a follower that acknowledged it \
+             may vote again 400ms after it"
+        );
+    }
+
+    #[test]
+    fn rounds_are_told_apart_by_node_term_and_number() {
+        let mut c = LeaseSafety::new(Some(ms(400)));
+        c.observe_at(&round(1, 2, 7), ms(1000));
+        c.observe_at(&round(1, 2, 8), ms(1300));
+        assert_eq!(c.observe_at(&lease_read(1, 2, 8), ms(1500)), None);
+        assert!(c.observe_at(&lease_read(1, 2, 7), ms(1500)).is_some());
+        // Another node's or term's round 7 is not this one.
+        assert_eq!(c.observe_at(&lease_read(2, 2, 7), ms(1500)), None);
+        assert_eq!(c.observe_at(&lease_read(1, 3, 7), ms(1500)), None);
+    }
+
+    #[test]
+    fn a_restart_forgets_its_rounds_and_no_bound_judges_nothing() {
+        let mut c = LeaseSafety::new(Some(ms(400)));
+        c.observe_at(&round(1, 2, 7), ms(1000));
+        c.observe_at(&started(1, 0, 0), ms(1100));
+        assert_eq!(c.observe_at(&lease_read(1, 2, 7), ms(9000)), None);
+        let mut off = LeaseSafety::new(None);
+        off.observe_at(&round(1, 2, 7), ms(1000));
+        assert_eq!(off.observe_at(&lease_read(1, 2, 7), ms(9000)), None);
+    }
+}
