@@ -95,6 +95,12 @@ pub struct NemesisConfig {
     /// allows, 4 ticks with no random part, so elections start at the
     /// earliest moment and split votes are common.
     pub fast_elections: bool,
+    /// Targeted (a node setting, unless `fast_elections`): 10 ms ticks and
+    /// 30-tick election timeouts (the same 300-600 ms), so the tick a lease
+    /// gives up for rounding is small beside its drift margin: a lease that
+    /// ignores the drift bound outlasts a follower's vote refusal (with 10
+    /// ticks per timeout the rounding tick happens to cover it).
+    pub fine_ticks: bool,
 }
 
 /// Bounds for lossy links that keep a run mostly live: Raft retransmits
@@ -102,6 +108,9 @@ pub struct NemesisConfig {
 pub const LOSSY_MAX_DROP_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DUPLICATE_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DELAY: Duration = Duration::from_millis(40);
+
+/// The tick of [`NemesisConfig::fine_ticks`].
+const FINE_TICK: Duration = Duration::from_millis(10);
 
 /// How long each step of the Figure 8 script waits for its trap.
 const FIGURE8_PATIENCE: Duration = Duration::from_secs(3);
@@ -197,13 +206,19 @@ impl NemesisConfig {
             figure8: false,
             tiny_appends: false,
             fast_elections: false,
+            fine_ticks: false,
         }
+    }
+
+    /// The nodes' tick interval for this schedule (`None`: the default).
+    pub fn tick_interval(&self) -> Option<Duration> {
+        (self.fine_ticks && !self.fast_elections).then_some(FINE_TICK)
     }
 
     /// The Raft settings the nodes need for this schedule (`None`: the
     /// defaults).
     pub fn raft_config(&self) -> Option<RaftConfig> {
-        if !self.tiny_appends && !self.fast_elections && !self.figure8 {
+        if !self.tiny_appends && !self.fast_elections && !self.figure8 && !self.fine_ticks {
             return None;
         }
         let mut raft = RaftConfig::default();
@@ -215,6 +230,10 @@ impl NemesisConfig {
             raft.election_ticks = 4;
             raft.heartbeat_ticks = 1;
             raft.election_jitter_ticks = Some(0);
+        } else if self.fine_ticks {
+            raft.election_ticks = 30;
+            raft.heartbeat_ticks = 6;
+            raft.quiesce_after_ticks = 18;
         }
         Some(raft)
     }
@@ -248,6 +267,7 @@ impl NemesisConfig {
                 figure8: rng.random_ratio(1, 3),
                 tiny_appends: rng.random_ratio(1, 4),
                 fast_elections: rng.random_ratio(1, 4),
+                fine_ticks: rng.random_ratio(1, 4),
             };
             if c.partitions
                 || c.one_way
@@ -322,6 +342,8 @@ impl NemesisConfig {
         }
         if self.fast_elections {
             kinds.push("fast-elections".to_owned());
+        } else if self.fine_ticks {
+            kinds.push("fine-ticks".to_owned());
         }
         if let Some(disk) = &self.disk {
             kinds.push(format!(

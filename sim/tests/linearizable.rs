@@ -170,9 +170,13 @@ async fn histories_under_faults_are_linearizable() {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F11_4EA2);
     // The seed's faults first: some of them are node settings.
     let nemesis_config = NemesisConfig::swarm(&mut rng);
+    let defaults = ClusterOptions::default();
     let options = ClusterOptions {
         raft: nemesis_config.raft_config(),
-        ..ClusterOptions::default()
+        tick_interval: nemesis_config
+            .tick_interval()
+            .unwrap_or(defaults.tick_interval),
+        ..defaults
     };
     let keys = workload::spread_keys(KEYS, options.partition_count);
     let nodes: u64 = if rng.random_ratio(1, 3) { 5 } else { 3 };
