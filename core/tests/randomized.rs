@@ -49,8 +49,8 @@ use ringkv_core::identity::{self, ClusterRecord, ClusterUid, Hello, Identity, In
 use ringkv_core::io::{IoRequest, PeerBatch, WalRecord};
 use ringkv_core::kv::{Command, Precondition};
 use ringkv_core::node::{
-    ClientError, ClientRequest, ClientResponse, Consistency, Event, Node, NodeConfig, Recovered,
-    Reply, RequestId,
+    ClientError, ClientRequest, ClientResponse, Consistency, Event, Node, NodeConfig, Observed,
+    Recovered, Reply, RequestId,
 };
 use ringkv_core::raft::{EntryKind, PersistRecord, Role};
 use ringkv_core::ring::RingConfig;
@@ -328,10 +328,32 @@ impl Sim {
             replies.push(r);
         }
         let mut observations = Vec::new();
+        let mut misreported = None;
         while let Some(event) = node.poll_event() {
             if let Event::Observed(o) = event {
+                // What a new leader reports is its log as it won: what
+                // follows its last entry is the opening no-op of its term.
+                if let Observed::BecameLeader {
+                    term,
+                    last_index,
+                    last_term,
+                } = o.what
+                    && let Some(raft) = node.raft(o.partition)
+                    && raft.term() == term
+                {
+                    let log = raft.log();
+                    let before = log.term(last_index);
+                    if log.term(last_index + 1) != Some(term)
+                        || before.is_some_and(|t| t != last_term)
+                    {
+                        misreported = Some(format!("{o} misreports its log"));
+                    }
+                }
                 observations.push(o);
             }
+        }
+        if let Some(e) = misreported {
+            self.fail(e);
         }
         for o in observations {
             if let Some(v) = self.invariants.observe(&o).into_iter().next() {
