@@ -465,3 +465,51 @@ fn a_lease_read_after_a_stalled_timer_is_not_served_from_the_lease() {
         c.out
     );
 }
+
+/// A group takes only messages addressed to this node from its members. A
+/// vote request of a far higher term that a peer's batch carries for
+/// another node, or on behalf of a stranger, must leave the group's term
+/// alone (a forged or misrouted message must not depose a leader).
+#[test]
+fn misaddressed_and_stranger_messages_do_not_reach_the_group() {
+    use ringkv_core::io::GroupMessage;
+    use ringkv_core::raft::{Message, MessageBody};
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let p = c.nodes[0].partitions().next().expect("a partition");
+    let term = c.nodes[0].raft(p).expect("hosted").term();
+    let vote = |from: u64, to: u64| GroupMessage {
+        partition: p,
+        message: Message {
+            from: NodeId(from),
+            to: NodeId(to),
+            term: term + 100,
+            body: MessageBody::Vote {
+                last_index: 1_000,
+                last_term: term + 99,
+                transfer: true,
+            },
+        },
+    };
+    for (what, gm) in [
+        ("addressed to n3", vote(2, 3)),
+        ("from a stranger, n9", vote(9, 1)),
+    ] {
+        let now = c.now;
+        c.nodes[0].handle_message(
+            now,
+            PeerBatch {
+                from: NodeId(2),
+                to: NodeId(1),
+                messages: vec![gm],
+            },
+        );
+        c.drain(0);
+        assert_eq!(
+            c.nodes[0].raft(p).expect("hosted").term(),
+            term,
+            "a vote request {what} changed n1's term"
+        );
+    }
+}
