@@ -134,8 +134,6 @@ pub fn check_all(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use proptest::prelude::*;
 
     use super::testkit::{Workload, generate};
@@ -291,10 +289,12 @@ mod tests {
         }
     }
 
-    /// 5 clients × 200 operations on 3 keys. Prints the time (run with
-    /// `--nocapture`); no timing assertion, by policy.
+    /// 5 clients × 200 operations on 3 keys: decided within the step
+    /// budget (no key inconclusive), accepted, and rejected once one read is
+    /// corrupted. Prints the search steps per key (run with `--nocapture`);
+    /// the core reads no clock, so no time is measured here.
     #[test]
-    fn realistic_history_checks_quickly() {
+    fn a_realistic_history_is_decided_within_the_step_budget() {
         let workload = Workload {
             clients: 5,
             ops_per_client: 200,
@@ -303,9 +303,7 @@ mod tests {
             not_applied_percent: 3,
         };
         let (history, finals) = generate(&workload, 42);
-        let started = Instant::now();
         let summary = check_all(&history, &finals, &LinearizabilityConfig::default());
-        let elapsed = started.elapsed();
         assert!(summary.passed(), "{summary}");
         let steps: Vec<String> = summary
             .linearizability
@@ -314,12 +312,12 @@ mod tests {
             .map(|(key, verdict)| format!("{}: {verdict:?}", key.escape_ascii()))
             .collect();
         println!(
-            "checked {} operations in {elapsed:?} ({})",
+            "checked {} operations ({})",
             history.len(),
             steps.join(", ")
         );
 
-        // Rejecting needs the search to exhaust the alternatives: time it too.
+        // Rejecting needs the search to exhaust the alternatives.
         // A version no write can have produced, on a read in the middle.
         let mut ops = history.ops().to_vec();
         let middle = (ops.len() / 2..ops.len())
@@ -340,11 +338,10 @@ mod tests {
             seen.version += 1_000_000;
         }
         let bad = History::new(ops).unwrap();
-        let started = Instant::now();
         let report = linearizability::check(&bad, &LinearizabilityConfig::default());
-        let elapsed = started.elapsed();
         assert_eq!(report.violations().count(), 1, "{report:?}");
-        println!("rejected one corrupted read in {elapsed:?}");
+        assert_eq!(report.inconclusive_keys().count(), 0, "{report:?}");
+        println!("rejected one corrupted read");
         println!("{}", report.violations().next().unwrap());
     }
 }
