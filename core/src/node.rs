@@ -751,10 +751,11 @@ impl Node {
             ClientRequest::Get { key, consistency } => {
                 let ctx = self.next_read_ctx;
                 let lease = consistency == Consistency::Lease;
-                let by_lease = lease && g.raft.lease_valid();
+                // Only a checker asks which reads the lease served.
+                let by_lease = self.cfg.observe && lease && g.raft.lease_valid();
                 match g.raft.read(ctx, lease) {
                     Ok(()) => {
-                        if by_lease && self.cfg.observe {
+                        if by_lease {
                             let (term, round) = (g.raft.term(), g.raft.lease_round());
                             self.events.push_back(Event::Observed(Observation {
                                 node: self.id,

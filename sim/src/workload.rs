@@ -37,7 +37,7 @@ use ringkv_node::api::convert::{consistency_to_proto, precondition_to_proto};
 use ringkv_proto::v1 as pb;
 use tokio::time::Instant;
 
-use crate::cluster::{SimCluster, connect_kv};
+use crate::cluster::{SimClient, SimCluster, connect_kv};
 use ringkv_core::check::history::{
     ClientId, Consistency, FailReason, History, HistoryError, Outcome, Precondition, Recorder,
     Request, Response, Time, ValueVersion,
@@ -107,17 +107,29 @@ pub fn spawn_clients(
 ) -> Vec<tokio::task::JoinHandle<ClientStats>> {
     (1..=count)
         .map(|client| {
-            let config = ClientConfig {
-                client,
-                seed: rng.random(),
-                nodes: cluster.node_ids(),
-                ..template.clone()
-            };
-            let node = cluster.client(u8::try_from(client).expect("at most 250 clients"));
+            let (config, node) = client_setup(cluster, client, rng, template);
             let recorder = recorder.clone();
             tokio::spawn(async move { node.run(run_client(config, recorder)).await })
         })
         .collect()
+}
+
+/// Client `client`'s configuration (`template` with its id, a seed drawn
+/// from `rng`, every node of `cluster`) and the client node it runs on.
+fn client_setup(
+    cluster: &mut SimCluster,
+    client: ClientId,
+    rng: &mut impl Rng,
+    template: &ClientConfig,
+) -> (ClientConfig, SimClient) {
+    let config = ClientConfig {
+        client,
+        seed: rng.random(),
+        nodes: cluster.node_ids(),
+        ..template.clone()
+    };
+    let node = cluster.client(u8::try_from(client).expect("at most 250 clients"));
+    (config, node)
 }
 
 /// The history of a run once every client is done (none may still hold
@@ -366,13 +378,7 @@ pub fn spawn_lease_prober(
     recorder: &SharedRecorder,
     target: &ProbeTarget,
 ) -> tokio::task::JoinHandle<ClientStats> {
-    let config = ClientConfig {
-        client,
-        seed: rng.random(),
-        nodes: cluster.node_ids(),
-        ..template.clone()
-    };
-    let node = cluster.client(u8::try_from(client).expect("at most 250 clients"));
+    let (config, node) = client_setup(cluster, client, rng, template);
     let (recorder, target) = (recorder.clone(), target.clone());
     tokio::spawn(async move { node.run(run_lease_prober(config, target, recorder)).await })
 }
