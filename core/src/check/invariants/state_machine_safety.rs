@@ -73,6 +73,19 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_tell_commands_and_kinds_apart() {
+        use crate::node::command_fingerprint;
+        use crate::raft::EntryKind;
+        let put_a = command_fingerprint(EntryKind::Normal, b"put a");
+        assert_eq!(put_a, command_fingerprint(EntryKind::Normal, b"put a"));
+        assert_ne!(put_a, command_fingerprint(EntryKind::Normal, b"put b"));
+        assert_ne!(
+            command_fingerprint(EntryKind::Noop, b""),
+            command_fingerprint(EntryKind::Normal, b"")
+        );
+    }
+
+    #[test]
     fn a_snapshot_of_another_history_is_caught() {
         let mut c = StateMachineSafety::default();
         c.observe(&applied(1, 2, 5, 0xa));
