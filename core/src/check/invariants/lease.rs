@@ -41,7 +41,10 @@ impl LeaseSafety {
         let bound = self.bound?;
         match o.what {
             Observed::RoundSent { term, round } => {
-                self.sent.insert((o.node, o.partition, term, round), at);
+                // The first report of a round is when it went out.
+                self.sent
+                    .entry((o.node, o.partition, term, round))
+                    .or_insert(at);
                 None
             }
             Observed::LeaseRead { term, round } => {
@@ -102,6 +105,14 @@ mod tests {
             "round 7 went out 400ms before, but a follower that acknowledged it \
              may vote again 400ms after it"
         );
+    }
+
+    #[test]
+    fn a_round_reported_again_keeps_its_first_time() {
+        let mut c = LeaseSafety::new(Some(ms(400)));
+        c.observe_at(&round(1, 2, 7), ms(1000));
+        c.observe_at(&round(1, 2, 7), ms(1300));
+        assert!(c.observe_at(&lease_read(1, 2, 7), ms(1450)).is_some());
     }
 
     #[test]
