@@ -13,6 +13,8 @@
 //! - `process-ready I` — drain node I's outputs: persist, apply, queue messages
 //! - `deliver-msgs [I]` — deliver queued messages (to node I only, if given)
 //! - `drop-msg I K` — lose the K-th (from 1) queued message to node I
+//! - `hold-msgs I` — the messages queued for node I now are delayed in the
+//!   network until `release-msgs I` puts them back at the head of the queue
 //! - `stabilize` — process and deliver until nothing moves
 //! - `partition A,B C` — only nodes in the same group can talk; `heal`
 //! - `propose I DATA`, `read I CTX [lease]`, `transfer I J`, `compact I INDEX`
@@ -39,6 +41,8 @@ struct Harness {
     membership: Membership,
     peers: BTreeMap<u64, Peer>,
     queue: VecDeque<Message>,
+    /// Messages delayed by `hold-msgs`, per destination.
+    held: BTreeMap<u64, Vec<Message>>,
     /// Partition groups: node -> group id; messages across groups are dropped.
     groups: BTreeMap<u64, usize>,
     out: String,
@@ -63,6 +67,7 @@ impl Harness {
             membership: Membership::default(),
             peers: BTreeMap::new(),
             queue: VecDeque::new(),
+            held: BTreeMap::new(),
             groups: BTreeMap::new(),
             out: String::new(),
         }
@@ -184,6 +189,22 @@ impl Harness {
                     .unwrap_or_else(|| panic!("no message {k} queued for n{to}"));
                 let m = self.queue.remove(pos).expect("found above");
                 self.line(format!("  lost {m:?}"));
+            }
+            "hold-msgs" => {
+                let to = Self::num(args[1]);
+                let (held, rest): (Vec<Message>, Vec<Message>) =
+                    self.queue.drain(..).partition(|m| m.to.0 == to);
+                self.queue = rest.into();
+                self.line(format!("  {} messages to n{to} delayed", held.len()));
+                self.held.entry(to).or_default().extend(held);
+            }
+            "release-msgs" => {
+                let to = Self::num(args[1]);
+                let held = self.held.remove(&to).unwrap_or_default();
+                self.line(format!("  {} delayed messages to n{to} back", held.len()));
+                for m in held.into_iter().rev() {
+                    self.queue.push_front(m);
+                }
             }
             "stabilize" => self.stabilize(),
             "partition" => {
@@ -462,4 +483,7 @@ scenario!(
     snapshot_chunks,
     leadership_transfer,
     quiesce,
+    read_before_first_commit,
+    lease_after_restart,
+    lease_after_transfer,
 );

@@ -209,6 +209,13 @@ fn config(id: u64, n: u64) -> NodeConfig {
     cfg
 }
 
+/// How soon after receiving a heartbeat round a follower may vote again at
+/// the earliest: `election_ticks - 1` tick intervals (every clock here runs
+/// at real time), which lease reads must never outlive.
+fn lease_bound(cfg: &NodeConfig) -> Duration {
+    cfg.tick_interval * cfg.raft.election_ticks.saturating_sub(1)
+}
+
 fn identity(id: u64, incarnation: u128) -> Identity {
     Identity {
         node: NodeId(id),
@@ -225,6 +232,7 @@ impl Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = if rng.random_bool(0.5) { 3 } else { 5 };
         let cfgs: Vec<NodeConfig> = (1..=n).map(|id| config(id, n)).collect();
+        let invariants = Invariants::with_lease_bound(lease_bound(&cfgs[0]));
         // The cluster was formed with every node's first incarnation.
         let record = ClusterRecord {
             uid: ClusterUid(0x5111),
@@ -285,7 +293,7 @@ impl Sim {
             steps: 0,
             trace: String::new(),
             outcomes: BTreeMap::new(),
-            invariants: Invariants::new(),
+            invariants,
             checked_ops: 0,
         }
     }
@@ -356,7 +364,8 @@ impl Sim {
             self.fail(e);
         }
         for o in observations {
-            if let Some(v) = self.invariants.observe(&o).into_iter().next() {
+            let at = self.now.saturating_since(Time::ZERO);
+            if let Some(v) = self.invariants.observe_at(&o, at).into_iter().next() {
                 self.fail(v.to_string());
             }
         }

@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use ringkv_core::{NodeId, PartitionId};
 use tokio::time::Instant;
 
-use crate::cluster::{NodeState, SimCluster};
+use crate::cluster::{ClusterOptions, NodeState, SimCluster};
 use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 
@@ -82,6 +82,9 @@ pub struct NemesisConfig {
     /// with every clock at the drift bound against it (its own slow, the
     /// others fast), while a prober (`workload::run_lease_prober`) sends it
     /// lease reads back to back: a deposed leader at the edge of its lease.
+    /// Half the time (when no node fault is in force) the edge comes from a
+    /// restart instead (`Nemesis::lease_restart`): the follower the lease
+    /// rests on crashes and comes straight back, forgetting its leader.
     pub lease_edge: bool,
     /// Targeted: the Figure 8 history of the Raft paper, played on one
     /// partition's replicas with append traps and crashes (see
@@ -384,6 +387,8 @@ pub struct Nemesis {
     probe: ProbeTarget,
     /// The Figure 8 script was picked; it runs once `inject` returns.
     figure8_due: bool,
+    /// The lease-restart script was picked; it runs once `inject` returns.
+    lease_restart_due: bool,
     node: Option<(NodeFault, Instant)>,
 }
 
@@ -401,6 +406,7 @@ impl Nemesis {
             trap: None,
             probe: ProbeTarget::default(),
             figure8_due: false,
+            lease_restart_due: false,
             node: None,
         }
     }
@@ -459,6 +465,21 @@ impl Nemesis {
             .filter_map(|p| Some((p.leader?, p.partition.0)))
             .collect();
         (!known.is_empty()).then(|| known[self.rng.random_range(0..known.len())])
+    }
+
+    /// The leader of a random partition (as for
+    /// [`Self::leader_of_a_partition`]), the partition, and its two other
+    /// replicas (`None` unless it has exactly two).
+    fn leader_and_followers(
+        &mut self,
+        cluster: &SimCluster,
+        ids: &[NodeId],
+    ) -> Option<(NodeId, u32, [NodeId; 2])> {
+        let (leader, p) = self.leader_of_a_partition(cluster, ids)?;
+        let view = cluster.node_handle(leader)?.view();
+        let replicas = &view.partitions.get(p as usize)?.replicas;
+        let others: Vec<NodeId> = replicas.iter().copied().filter(|&r| r != leader).collect();
+        Some((leader, p, others.try_into().ok()?))
     }
 
     /// Injects faults for `duration`, then returns with faults possibly still
@@ -526,9 +547,56 @@ impl Nemesis {
                 if std::mem::take(&mut self.figure8_due) {
                     self.figure8(cluster).await;
                 }
+                if std::mem::take(&mut self.lease_restart_due) {
+                    self.lease_restart(cluster).await;
+                }
                 next = Instant::now() + self.gap();
             }
         }
+    }
+
+    /// A lease that rests on a follower which restarts: the leader `l` of
+    /// a partition is cut off from one replica `b`, with every clock at the
+    /// drift bound against `l`, long enough for `b`'s election timer to run
+    /// out (`b` keeps asking for votes; the other replica `a`, which still
+    /// acknowledges `l`'s rounds, refuses). Then `a` crashes and comes
+    /// straight back, and `l` is cut off from everyone while a prober sends
+    /// it lease reads. `a` has forgotten that it acknowledged `l`: unless it
+    /// honours an unknown lease for an election timeout after it starts, it
+    /// votes `b` in while `l` still serves reads from its lease, which the
+    /// lease invariant reports (a leader of a later term elected before a
+    /// lease read).
+    async fn lease_restart(&mut self, cluster: &mut SimCluster) {
+        let ids = cluster.node_ids();
+        let Some((l, p, others)) = self.leader_and_followers(cluster, &ids) else {
+            return;
+        };
+        let k = self.rng.random_range(0..2);
+        let (a, b) = (others[k], others[1 - k]);
+        self.faults += 1;
+        let bound = SAFE_DRIFT_PPM;
+        for &id in &ids {
+            let ppm = if id == l { -bound } else { bound };
+            cluster.clock(id).set_drift_ppm(ppm);
+        }
+        cluster.partition(l, b);
+        self.aim_probe(Some(l));
+        self.log(format!(
+            "lease-restart on p{p}: {l} leads, cut off from {b}; clocks at the bound against {l}"
+        ));
+        let raft = self.config.raft_config().unwrap_or_default();
+        let tick = self
+            .config
+            .tick_interval()
+            .unwrap_or_else(|| ClusterOptions::default().tick_interval);
+        tokio::time::sleep(tick * raft.election_ticks * 2).await;
+        cluster.kill(a);
+        cluster.restart(a);
+        cluster.isolate(l);
+        self.network = Some(Instant::now() + self.duration());
+        self.log(format!(
+            "lease-restart: {a} crashed and restarted at once; {l} cut off from everyone, probed with lease reads"
+        ));
     }
 
     /// The Figure 8 history of the Raft paper (§5.4.2), played on the
@@ -551,21 +619,9 @@ impl Nemesis {
     /// nodes restarted); the trace says where.
     async fn figure8(&mut self, cluster: &mut SimCluster) {
         let ids = cluster.node_ids();
-        let Some((a, p)) = self.leader_of_a_partition(cluster, &ids) else {
+        let Some((a, p, others)) = self.leader_and_followers(cluster, &ids) else {
             return;
         };
-        let Some(replicas) = cluster.node_handle(a).and_then(|h| {
-            h.view()
-                .partitions
-                .get(p as usize)
-                .map(|v| v.replicas.clone())
-        }) else {
-            return;
-        };
-        let others: Vec<NodeId> = replicas.iter().copied().filter(|&r| r != a).collect();
-        if others.len() != 2 {
-            return;
-        }
         let partition = PartitionId(p);
         let trap = |node, reach: &[NodeId], old_entries_only| TrapSpec {
             node,
@@ -847,6 +903,11 @@ impl Nemesis {
                         None => "nobody".to_owned(),
                     }
                 ));
+            }
+            Kind::LeaseEdge if node_free && self.rng.random_bool(0.5) => {
+                // Counted and traced by the script itself.
+                self.lease_restart_due = true;
+                return;
             }
             Kind::LeaseEdge => {
                 let Some((leader, p)) = self.leader_of_a_partition(cluster, &ids) else {

@@ -322,6 +322,18 @@ pub struct Raft {
     pending_reads: VecDeque<PendingRead>,
     /// Reads that arrived before this leader committed an entry of its term.
     reads_before_commit: Vec<u64>,
+    /// Set when this member starts with a term of its own: just before it
+    /// stopped it may have acknowledged a heartbeat round that a leader now
+    /// serves lease reads on, and it no longer knows which leader. It
+    /// honours that unknown lease (refuses votes, and does not campaign)
+    /// until a full election timeout of its own has passed or it hears from
+    /// a leader. (With lease reads disabled there is no such lease.)
+    honours_unknown_lease: bool,
+    /// This leader sent `TimeoutNow` in its term. The target campaigns with
+    /// votes that voters grant despite their lease, whenever the message
+    /// arrives (it may be delayed past an aborted transfer), so the lease
+    /// means nothing for the rest of the term: reads go through ReadIndex.
+    sent_timeout_now: bool,
     idle_ticks: u32,
     quiesced: bool,
 
@@ -379,6 +391,8 @@ impl Raft {
             want_round: false,
             pending_reads: VecDeque::new(),
             reads_before_commit: Vec::new(),
+            honours_unknown_lease: hs.term > 0 && cfg.lease_ticks() > 0,
+            sent_timeout_now: false,
             idle_ticks: 0,
             quiesced: false,
             msgs: Vec::new(),
@@ -485,6 +499,7 @@ impl Raft {
     pub fn lease_valid(&self) -> bool {
         self.role == Role::Leader
             && self.transferee.is_none()
+            && !self.sent_timeout_now
             && self.committed_in_term()
             && self.lease_expires_at().is_some_and(|t| self.ticks < t)
     }
@@ -518,6 +533,9 @@ impl Raft {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.honours_unknown_lease = false;
+        }
         if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
             self.campaign_pre_vote();
@@ -710,6 +728,11 @@ impl Raft {
         Ok(())
     }
 
+    fn send_timeout_now(&mut self, to: NodeId) {
+        self.sent_timeout_now = true;
+        self.send(to, MessageBody::TimeoutNow);
+    }
+
     /// Starts handing leadership to `to` (§3.10): bring it up to date, then
     /// tell it to campaign. Proposals are refused meanwhile; the attempt is
     /// abandoned after an election timeout.
@@ -730,7 +753,7 @@ impl Raft {
             .get(&to)
             .is_some_and(|pr| pr.matched == self.log.last_index());
         if caught_up {
-            self.send(to, MessageBody::TimeoutNow);
+            self.send_timeout_now(to);
         } else {
             self.maybe_send_append(to, true);
         }
@@ -942,6 +965,9 @@ impl Raft {
         self.reset(term);
         self.role = Role::Follower;
         self.leader = leader;
+        if leader.is_some() {
+            self.honours_unknown_lease = false;
+        }
         if changed {
             self.events.push(RaftEvent::RoleChanged {
                 role: Role::Follower,
@@ -954,7 +980,7 @@ impl Raft {
     /// Starts an election now, as if the election timer fired (operators,
     /// tests, and a node that knows the leader is gone use this).
     pub fn start_election(&mut self) {
-        if self.role != Role::Leader && self.promotable() {
+        if self.role != Role::Leader && self.promotable() && !self.honours_unknown_lease {
             self.wake();
             self.campaign_pre_vote();
         }
@@ -1019,6 +1045,7 @@ impl Raft {
         self.reset(self.term);
         self.role = Role::Leader;
         self.leader = Some(self.id);
+        self.sent_timeout_now = false;
         let next = self.log.last_index() + 1;
         for &v in &self.membership.voters {
             let mut pr = Progress::new(
@@ -1049,8 +1076,11 @@ impl Raft {
 
     // ------------------------------------------------------------- elections
 
+    /// Does this member believe a leader may hold a lease on its
+    /// acknowledgement? Then it ignores disruptive candidates.
     fn in_lease(&self) -> bool {
-        self.leader.is_some() && (self.quiesced || self.election_elapsed < self.cfg.election_ticks)
+        (self.leader.is_some() || self.honours_unknown_lease)
+            && (self.quiesced || self.election_elapsed < self.cfg.election_ticks)
     }
 
     fn handle_vote_request(&mut self, m: &Message, last_index: u64, last_term: u64, pre: bool) {
@@ -1555,7 +1585,7 @@ impl Raft {
                         .get(&from)
                         .is_some_and(|p| p.matched == self.log.last_index())
                 {
-                    self.send(from, MessageBody::TimeoutNow);
+                    self.send_timeout_now(from);
                 }
             }
             MessageBody::HeartbeatResponse { round } => {

@@ -13,6 +13,13 @@
 //! receives a round after it was sent, so a lease read served that long
 //! after the round's [`Observed::RoundSent`] may already race a new leader.
 //! Without a bound (or without times) nothing is judged.
+//!
+//! It also judges the other half of the argument directly: when a leader of
+//! term `t` serves a lease read, no leader of a later term of that
+//! partition may have been elected yet. This catches a follower that
+//! votes too soon for any reason other than the leader's arithmetic: one
+//! that restarted and forgot whom it acknowledged, or that honoured a
+//! transfer the lease did not expect.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,6 +33,8 @@ pub struct LeaseSafety {
     bound: Option<Duration>,
     /// When each (leader, partition, term, round) went out.
     sent: BTreeMap<(NodeId, PartitionId, u64, u64), Duration>,
+    /// When each partition's leader of each term was first elected, and who.
+    elected: BTreeMap<(PartitionId, u64), (Duration, NodeId)>,
 }
 
 impl LeaseSafety {
@@ -33,6 +42,7 @@ impl LeaseSafety {
         LeaseSafety {
             bound,
             sent: BTreeMap::new(),
+            elected: BTreeMap::new(),
         }
     }
 
@@ -47,7 +57,24 @@ impl LeaseSafety {
                     .or_insert(at);
                 None
             }
+            Observed::BecameLeader { term, .. } => {
+                self.elected
+                    .entry((o.partition, term))
+                    .or_insert((at, o.node));
+                None
+            }
             Observed::LeaseRead { term, round } => {
+                let later = self
+                    .elected
+                    .range((o.partition, term + 1)..=(o.partition, u64::MAX))
+                    .find(|&(_, &(when, _))| when < at);
+                if let Some((&(_, later_term), &(when, leader))) = later {
+                    return Some(format!(
+                        "served a lease read in term {term}, but {leader} was elected \
+                         leader of term {later_term} {:?} before",
+                        at - when
+                    ));
+                }
                 let sent = *self.sent.get(&(o.node, o.partition, term, round))?;
                 let age = at.saturating_sub(sent);
                 (age >= bound).then(|| {
@@ -125,6 +152,32 @@ mod tests {
         // Another node's or term's round 7 is not this one.
         assert_eq!(c.observe_at(&lease_read(2, 2, 7), ms(1500)), None);
         assert_eq!(c.observe_at(&lease_read(1, 3, 7), ms(1500)), None);
+    }
+
+    #[test]
+    fn a_read_after_a_later_leader_was_elected_is_caught() {
+        let mut c = LeaseSafety::new(Some(ms(400)));
+        c.observe_at(&round(1, 2, 7), ms(1000));
+        // A leader of the same term (itself), or of a later term elected
+        // after the read, is no contradiction.
+        c.observe_at(&leader(1, 2, 1, 5), ms(900));
+        assert_eq!(c.observe_at(&lease_read(1, 2, 7), ms(1100)), None);
+        c.observe_at(&leader(3, 3, 2, 6), ms(1100));
+        assert_eq!(c.observe_at(&lease_read(1, 2, 7), ms(1100)), None);
+        let v = c
+            .observe_at(&lease_read(1, 2, 7), ms(1150))
+            .expect("violation");
+        assert_eq!(
+            v,
+            "served a lease read in term 2, but n3 was elected leader of term 3 50ms before"
+        );
+        // Another partition's elections are not this one's.
+        let mut other = LeaseSafety::new(Some(ms(400)));
+        other.observe_at(&round(1, 2, 7), ms(1000));
+        let mut elsewhere = leader(3, 3, 2, 6);
+        elsewhere.partition = PartitionId(1);
+        other.observe_at(&elsewhere, ms(1050));
+        assert_eq!(other.observe_at(&lease_read(1, 2, 7), ms(1100)), None);
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //!   only grow, and it applies each index once, in order, never beyond what
 //!   it knows committed;
 //! - [`lease`]: a leader serves lease reads only until a follower that
-//!   acknowledged the round they rest on could vote again (judged on the
-//!   harness's global time, so only through [`Invariants::observe_at`]).
+//!   acknowledged the round they rest on could vote again, and never after
+//!   a leader of a later term was elected (judged on the harness's global
+//!   time, so only through [`Invariants::observe_at`]).
 //!
 //! What the stream cannot show is not judged: an entry counts as committed
 //! here once some replica applied it, so a committed entry nobody applied
