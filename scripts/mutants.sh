@@ -31,9 +31,11 @@ cd "$(dirname "$0")/.."
 #   persist-before-speak: Raft::on_persisted, take_ready, RaftLog::on_persisted,
 #                  take_unsaved, Node::process_group, Node::handle_persisted
 #   lease / ReadIndex: RaftConfig::lease_ticks, Raft::lease_valid, in_lease,
-#                  lease_expires_at, quorum_acked_round, read, release_reads
+#                  lease_expires_at, quorum_acked_round, read, release_reads,
+#                  the unknown lease a restarted member honours (tick_election,
+#                  start_election, become_follower), send_timeout_now
 #   CAS precondition: KvStore::apply_command, check_revisions, Precondition::holds
-functions='Raft::(maybe_commit|committed_in_term|handle_vote_request|tally|step|step_candidate|handle_append|on_persisted|take_ready|lease_valid|in_lease|lease_expires_at|quorum_acked_round|read|release_reads)'
+functions='Raft::(maybe_commit|committed_in_term|handle_vote_request|tally|step|step_candidate|handle_append|on_persisted|take_ready|lease_valid|in_lease|lease_expires_at|quorum_acked_round|read|release_reads|tick_election|start_election|become_follower|send_timeout_now)'
 functions="${functions}|RaftConfig::lease_ticks"
 functions="${functions}|RaftLog::(commit_to|take_committed|is_up_to_date|maybe_append|match_term|term|on_persisted|take_unsaved)"
 functions="${functions}|Progress::maybe_update"
