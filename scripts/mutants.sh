@@ -11,9 +11,12 @@
 #   cargo install cargo-mutants        # once
 #   ./scripts/mutants.sh               # the safety-relevant functions below
 #   ./scripts/mutants.sh --list        # what would be tried
-#   ./scripts/mutants.sh -F 'maybe_commit'   # narrower (extra args pass on)
+#   ./scripts/mutants.sh --iterate     # skip what earlier runs caught
 #
 #   RINGKV_SIM_SEEDS   seeds of the randomized simulation per mutant (60)
+#   MUTANTS_FUNCTIONS  a narrower function regex than the default below,
+#                      e.g. 'RaftLog::.*|Raft::maybe_commit' (extra `--re`
+#                      arguments would widen the scope: cargo-mutants ORs them)
 #
 # Results: target/mutants-out/mutants.out/{caught,missed,timeout,unviable}.txt.
 # On 2 cores each mutant takes 30-40 s (an incremental build in the
@@ -41,6 +44,8 @@ functions="${functions}|RaftLog::(commit_to|take_committed|is_up_to_date|maybe_a
 functions="${functions}|Progress::maybe_update"
 functions="${functions}|Node::(process_group|handle_persisted)"
 functions="${functions}|KvStore::apply_command|check_revisions|Precondition::holds"
+
+functions="${MUTANTS_FUNCTIONS:-$functions}"
 
 export RINGKV_SIM_SEEDS="${RINGKV_SIM_SEEDS:-60}"
 exec cargo mutants \
