@@ -68,6 +68,10 @@ pub struct ClusterOptions {
     /// Each node's initial clock offset and drift (ppm), by node index from
     /// 0; nodes past the end get an exact clock.
     pub clocks: Vec<(Duration, i64)>,
+    /// Clocks may jump forward (a nemesis setting): the lease invariant then
+    /// judges only each leader's own arithmetic, not that no later leader
+    /// exists at a lease read (a follower whose clock jumped votes early).
+    pub clocks_jump: bool,
 }
 
 impl Default for ClusterOptions {
@@ -80,6 +84,7 @@ impl Default for ClusterOptions {
             request_timeout: Duration::from_secs(2),
             raft: None,
             clocks: Vec::new(),
+            clocks_jump: false,
         }
     }
 }
@@ -179,9 +184,11 @@ impl SimCluster {
         let peers: BTreeMap<NodeId, SocketAddr> =
             (1..=n).map(NodeId).map(|id| (id, grpc_addr(id))).collect();
         let message_faults = Arc::new(LinkFaults::new(seed));
-        let invariants = Arc::new(Mutex::new(Invariants::with_lease_bound(lease_bound(
-            &options,
-        ))));
+        let mut invariants = Invariants::with_lease_bound(lease_bound(&options));
+        if options.clocks_jump {
+            invariants = invariants.clocks_may_jump();
+        }
+        let invariants = Arc::new(Mutex::new(invariants));
         let observer = {
             let invariants = invariants.clone();
             let origin = tokio::time::Instant::now();

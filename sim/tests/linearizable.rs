@@ -176,6 +176,7 @@ async fn histories_under_faults_are_linearizable() {
         tick_interval: nemesis_config
             .tick_interval()
             .unwrap_or(defaults.tick_interval),
+        clocks_jump: !nemesis_config.lease_reads_safe(),
         ..defaults
     };
     let keys = workload::spread_keys(KEYS, options.partition_count);

@@ -19,7 +19,10 @@
 //! partition may have been elected yet. This catches a follower that
 //! votes too soon for any reason other than the leader's arithmetic: one
 //! that restarted and forgot whom it acknowledged, or that honoured a
-//! transfer the lease did not expect.
+//! transfer the lease did not expect. That half assumes every clock stays
+//! within the drift bound; a harness whose clocks jump turns it off
+//! ([`LeaseSafety::clocks_may_jump`]): a follower whose clock jumped ahead
+//! votes early, which no leader can help.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -35,6 +38,9 @@ pub struct LeaseSafety {
     sent: BTreeMap<(NodeId, PartitionId, u64, u64), Duration>,
     /// When each partition's leader of each term was first elected, and who.
     elected: BTreeMap<(PartitionId, u64), (Duration, NodeId)>,
+    /// Judge that no later leader exists at a lease read (clocks stay
+    /// within the drift bound).
+    exclusive: bool,
 }
 
 impl LeaseSafety {
@@ -43,7 +49,14 @@ impl LeaseSafety {
             bound,
             sent: BTreeMap::new(),
             elected: BTreeMap::new(),
+            exclusive: true,
         }
+    }
+
+    /// Clocks may jump (beyond any drift bound): judge only the leader's own
+    /// arithmetic, not whether a later leader was elected before a read.
+    pub fn clocks_may_jump(&mut self) {
+        self.exclusive = false;
     }
 
     /// `at`: the global time of the observation, on any fixed origin.
@@ -67,7 +80,7 @@ impl LeaseSafety {
                 let later = self
                     .elected
                     .range((o.partition, term + 1)..=(o.partition, u64::MAX))
-                    .find(|&(_, &(when, _))| when < at);
+                    .find(|&(_, &(when, _))| self.exclusive && when < at);
                 if let Some((&(_, later_term), &(when, leader))) = later {
                     return Some(format!(
                         "served a lease read in term {term}, but {leader} was elected \
@@ -178,6 +191,13 @@ mod tests {
         elsewhere.partition = PartitionId(1);
         other.observe_at(&elsewhere, ms(1050));
         assert_eq!(other.observe_at(&lease_read(1, 2, 7), ms(1100)), None);
+        // With clocks that may jump, only the leader's arithmetic is judged.
+        let mut jumping = LeaseSafety::new(Some(ms(400)));
+        jumping.clocks_may_jump();
+        jumping.observe_at(&round(1, 2, 7), ms(1000));
+        jumping.observe_at(&leader(3, 3, 2, 6), ms(1100));
+        assert_eq!(jumping.observe_at(&lease_read(1, 2, 7), ms(1150)), None);
+        assert!(jumping.observe_at(&lease_read(1, 2, 7), ms(1400)).is_some());
     }
 
     #[test]

@@ -88,6 +88,13 @@ impl Invariants {
         }
     }
 
+    /// For a harness whose clocks may jump beyond the drift bound: leases
+    /// are judged on the leader's own arithmetic only (see [`lease`]).
+    pub fn clocks_may_jump(mut self) -> Self {
+        self.lease.clocks_may_jump();
+        self
+    }
+
     /// [`Invariants::observe`], for a harness with a global clock: `at` is
     /// the observation's time on any fixed origin, which lease safety needs.
     pub fn observe_at(&mut self, o: &Observation, at: Duration) -> Vec<InvariantViolation> {
