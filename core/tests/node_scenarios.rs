@@ -513,3 +513,88 @@ fn misaddressed_and_stranger_messages_do_not_reach_the_group() {
         );
     }
 }
+
+/// Persist before you speak: a changed term or vote is synced before the
+/// answer that rests on it leaves: a term learned with no vote at all, and
+/// a vote cast later in a term learned in an earlier write. A vote written
+/// but not synced is lost with the power, and the node could vote again in
+/// the same term; a term lost that way goes back.
+#[test]
+fn a_changed_term_or_vote_is_synced_before_the_answer_leaves() {
+    use ringkv_core::io::GroupMessage;
+    use ringkv_core::raft::{Message, MessageBody};
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let p = c.nodes[0].partitions().next().expect("a partition");
+    let now_term = c.nodes[0].raft(p).expect("hosted").term();
+    // Candidates ask n1 in turn (with the transfer flag, so that n1's
+    // lease on the current leader does not silence them). n2's log is
+    // behind: n1 learns its term and refuses, twice (the second time only
+    // the term changes, no vote before or after). n3's log is ahead: n1
+    // votes for it in the term it already knows.
+    let ask = |from: u64, term: u64, last_index: u64| PeerBatch {
+        from: NodeId(from),
+        to: NodeId(1),
+        messages: vec![GroupMessage {
+            partition: p,
+            message: Message {
+                from: NodeId(from),
+                to: NodeId(1),
+                term,
+                body: MessageBody::Vote {
+                    last_index,
+                    last_term: if last_index == 0 { 0 } else { term },
+                    transfer: true,
+                },
+            },
+        }],
+    };
+    for (what, from, term, last_index, vote) in [
+        ("a new term, vote refused", 2, now_term + 1, 0, None),
+        ("only the term changed", 2, now_term + 2, 0, None),
+        (
+            "a vote in a term already known",
+            3,
+            now_term + 2,
+            1_000_000,
+            Some(NodeId(3)),
+        ),
+    ] {
+        let now = c.now;
+        c.nodes[0].handle_message(now, ask(from, term, last_index));
+        let mut ios = Vec::new();
+        while let Some(io) = c.nodes[0].poll_io() {
+            ios.push(io);
+        }
+        let written = ios.iter().find_map(|io| {
+            io.records.iter().rev().find_map(|r| match &r.record {
+                PersistRecord::HardState(hs) if r.partition == p => Some((*hs, io.must_sync)),
+                _ => None,
+            })
+        });
+        let Some((hs, synced)) = written else {
+            panic!("{what}: no hard state written");
+        };
+        assert_eq!((hs.term, hs.vote), (term, vote), "{what}: hard state");
+        assert!(
+            synced,
+            "{what}: the hard state {hs:?} was written without a sync"
+        );
+        // Nothing answers the candidate before the write completes.
+        while let Some(t) = c.nodes[0].poll_transmit() {
+            let answers = t.batch.messages.iter().any(|gm| {
+                gm.message.to == NodeId(from)
+                    && matches!(gm.message.body, MessageBody::VoteResponse { .. })
+            });
+            assert!(
+                !answers,
+                "{what}: the answer left before the write completed"
+            );
+        }
+        for io in ios {
+            c.nodes[0].handle_persisted(now, io.id);
+        }
+        c.drain(0);
+    }
+}
