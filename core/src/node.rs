@@ -361,8 +361,11 @@ pub enum Observed {
         last_index: u64,
         last_term: u64,
     },
-    /// It learned that its log is committed up to `commit`.
-    Committed { commit: u64 },
+    /// It learned that its log is committed up to `commit`, while in `term`
+    /// (so those entries were committed in `term` or before: a leader
+    /// commits in its own term, a follower learns the commit of its term's
+    /// leader).
+    Committed { commit: u64, term: u64 },
     /// It applied the entry at `index` of `term` to its state machine.
     /// `command`: a fingerprint of the entry's kind and bytes
     /// ([`command_fingerprint`]).
@@ -403,7 +406,7 @@ impl std::fmt::Display for Observation {
                 f,
                 "leader of term {term} (log ends at {last_term}/{last_index})"
             ),
-            Observed::Committed { commit } => write!(f, "commit {commit}"),
+            Observed::Committed { commit, term } => write!(f, "commit {commit} in term {term}"),
             Observed::Applied {
                 index,
                 term,
@@ -1263,8 +1266,8 @@ impl Node {
         // State machine.
         if self.cfg.observe && g.raft.log().committed() > g.observed_commit {
             g.observed_commit = g.raft.log().committed();
-            let commit = g.observed_commit;
-            observe(&mut self.events, Observed::Committed { commit });
+            let (commit, term) = (g.observed_commit, g.raft.term());
+            observe(&mut self.events, Observed::Committed { commit, term });
         }
         if let Some(snap) = ready.snapshot_to_apply {
             match KvStore::restore(&snap.data) {

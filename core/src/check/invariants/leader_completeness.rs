@@ -5,34 +5,55 @@
 //! earlier term as committed by replicas (§5.4.2, the Figure 8 history),
 //! after which a new leader may lack it.
 //!
-//! From the stream, an entry counts as committed once some replica applied
-//! it (or restored a snapshot covering it). A new leader's log as it won
-//! ([`Observed::BecameLeader`]) must then end at least at the last such
-//! entry of an earlier term: at or past its index, with at least its term
-//! (a log's terms never decrease, so holding the entry implies both).
+//! From the stream: a replica that reports [`Observed::Committed`] up to
+//! index `c` while in term `x` shows that everything up to `c` was
+//! committed in term `x` or before (a leader commits in its own term; a
+//! follower learns its leader's commit). A new leader of term `t`
+//! ([`Observed::BecameLeader`], its log as it won) must then hold the
+//! highest index known committed in a term before `t`: its log reaches that
+//! index, and ends in a term at least that entry's (a log's terms never
+//! decrease), when some replica applied the entry or restored a snapshot
+//! ending there, which tells its term.
+//!
+//! An entry's own term is no bound on when it was committed: an entry of
+//! term 2 may be committed in term 4 (through an entry of term 4 after it),
+//! and a leader of term 3 elected in between rightly lacks it. (Until the
+//! soak's seed 4692 showed it, this checker took the entry's term for the
+//! commit's and reported such a leader.)
 
 use std::collections::BTreeMap;
 
 use crate::node::{Observation, Observed};
 use crate::types::PartitionId;
 
-/// Per partition, per term: the highest index known committed in it.
 #[derive(Debug, Default)]
 pub struct LeaderCompleteness {
+    /// Per partition, per term `x`: the highest index known committed in
+    /// term `x` or before.
     committed: BTreeMap<PartitionId, BTreeMap<u64, u64>>,
+    /// Per partition, the term of each entry some replica applied (or a
+    /// restored snapshot ended at), by index.
+    terms: BTreeMap<PartitionId, BTreeMap<u64, u64>>,
 }
 
 impl LeaderCompleteness {
     pub fn observe(&mut self, o: &Observation) -> Option<String> {
         match o.what {
-            Observed::Applied { index, term, .. } | Observed::SnapshotRestored { index, term } => {
+            Observed::Committed { commit, term } => {
                 let top = self
                     .committed
                     .entry(o.partition)
                     .or_default()
                     .entry(term)
                     .or_default();
-                *top = (*top).max(index);
+                *top = (*top).max(commit);
+                None
+            }
+            Observed::Applied { index, term, .. } | Observed::SnapshotRestored { index, term } => {
+                self.terms
+                    .entry(o.partition)
+                    .or_default()
+                    .insert(index, term);
                 None
             }
             Observed::BecameLeader {
@@ -40,13 +61,25 @@ impl LeaderCompleteness {
                 last_index,
                 last_term,
             } => {
-                let (&t, &i) = self
+                let (by, index) = self
                     .committed
                     .get(&o.partition)?
                     .range(..term)
-                    .next_back()?;
-                (last_index < i || last_term < t)
-                    .then(|| format!("it lacks entry {t}/{i}, committed before its term"))
+                    .max_by_key(|&(_, &index)| index)
+                    .map(|(&by, &index)| (by, index))?;
+                let entry_term = self
+                    .terms
+                    .get(&o.partition)
+                    .and_then(|t| t.get(&index))
+                    .copied();
+                let lacks = last_index < index || entry_term.is_some_and(|t| last_term < t);
+                lacks.then(|| {
+                    let entry = match entry_term {
+                        Some(t) => format!("{t}/{index}"),
+                        None => format!("at index {index}"),
+                    };
+                    format!("it lacks entry {entry}, committed in term {by} or before")
+                })
             }
             _ => None,
         }
@@ -61,6 +94,7 @@ mod tests {
     #[test]
     fn a_leader_holding_every_committed_entry_passes() {
         let mut c = LeaderCompleteness::default();
+        c.observe(&committed(1, 2, 1));
         c.observe(&applied(1, 1, 1, 7));
         c.observe(&applied(1, 1, 2, 8));
         assert_eq!(c.observe(&leader(2, 2, 1, 2)), None);
@@ -71,29 +105,58 @@ mod tests {
     #[test]
     fn a_leader_missing_a_committed_entry_is_caught() {
         let mut c = LeaderCompleteness::default();
+        c.observe(&committed(1, 2, 2));
         c.observe(&applied(1, 1, 1, 7));
         c.observe(&applied(1, 2, 2, 8));
         let v = c.observe(&leader(3, 3, 1, 1)).expect("violation");
-        assert_eq!(v, "it lacks entry 2/2, committed before its term");
+        assert_eq!(v, "it lacks entry 2/2, committed in term 2 or before");
         // As long as the other: an entry of an earlier term at that index
         // cannot be the committed one.
         assert!(c.observe(&leader(3, 4, 1, 2)).is_some());
+        // A follower's report counts as its leader's would.
+        let mut f = LeaderCompleteness::default();
+        f.observe(&committed(2, 2, 2));
+        assert_eq!(
+            f.observe(&leader(3, 3, 1, 1)).as_deref(),
+            Some("it lacks entry at index 2, committed in term 2 or before")
+        );
     }
 
     #[test]
-    fn entries_of_its_own_or_later_terms_do_not_count() {
+    fn commits_of_its_own_or_later_terms_do_not_count() {
         // A leader of term 3 may win after a leader of term 4 committed
-        // (its votes were delayed): only earlier terms bind it.
+        // (its votes were delayed, or its report was): only commits of
+        // earlier terms bind it.
         let mut c = LeaderCompleteness::default();
+        c.observe(&committed(1, 1, 1));
         c.observe(&applied(1, 1, 1, 7));
+        c.observe(&committed(2, 5, 4));
         c.observe(&applied(2, 4, 5, 8));
         assert_eq!(c.observe(&leader(3, 3, 1, 1)), None);
     }
 
     #[test]
-    fn a_snapshot_marks_its_entries_committed() {
+    fn an_old_entry_committed_in_a_later_term_binds_only_later_leaders() {
+        // Seed 4692: entry 2/27 was committed in term 4, through 4/28. The
+        // leader of term 3, elected before, lacks it rightly; a leader of
+        // term 5 may not.
         let mut c = LeaderCompleteness::default();
+        c.observe(&committed(1, 26, 2));
+        c.observe(&applied(1, 2, 26, 1));
+        c.observe(&committed(1, 28, 4));
+        c.observe(&applied(1, 2, 27, 2));
+        c.observe(&applied(1, 4, 28, 3));
+        assert_eq!(c.observe(&leader(2, 3, 2, 26)), None);
+        let v = c.observe(&leader(3, 5, 2, 27)).expect("violation");
+        assert_eq!(v, "it lacks entry 4/28, committed in term 4 or before");
+    }
+
+    #[test]
+    fn a_snapshot_tells_the_term_of_its_last_entry() {
+        let mut c = LeaderCompleteness::default();
+        c.observe(&committed(2, 9, 2));
         c.observe(&restored(2, 2, 9));
-        assert!(c.observe(&leader(1, 3, 2, 8)).is_some());
+        assert!(c.observe(&leader(1, 3, 1, 9)).is_some());
+        assert_eq!(c.observe(&leader(1, 3, 2, 9)), None);
     }
 }

@@ -9,7 +9,8 @@
 //! tested on hand-made bad streams:
 //! - [`election_safety`]: at most one leader per partition and term;
 //! - [`leader_completeness`]: a new leader's log reaches every entry
-//!   committed in an earlier term;
+//!   committed in an earlier term (the term a replica reported the commit
+//!   in, not the entry's own);
 //! - [`log_matching`]: two replicas that applied an entry of the same index
 //!   and term applied identical logs up to it;
 //! - [`state_machine_safety`]: every replica applies the same command at
@@ -173,8 +174,8 @@ pub(crate) mod testkit {
             },
         )
     }
-    pub(crate) fn committed(node: u64, commit: u64) -> Observation {
-        at(node, Observed::Committed { commit })
+    pub(crate) fn committed(node: u64, commit: u64, term: u64) -> Observation {
+        at(node, Observed::Committed { commit, term })
     }
     pub(crate) fn applied(node: u64, term: u64, index: u64, command: u64) -> Observation {
         at(
@@ -203,17 +204,17 @@ mod tests {
         let mut h = vec![started(1, 0, 0), started(2, 0, 0), started(3, 0, 0)];
         h.push(leader(1, 1, 0, 0));
         for n in 1..=3 {
-            h.push(committed(n, 2));
+            h.push(committed(n, 2, 1));
             h.push(applied(n, 1, 1, 10));
             h.push(applied(n, 1, 2, 11));
         }
         h.push(leader(2, 2, 1, 2));
-        h.push(committed(2, 3));
+        h.push(committed(2, 3, 2));
         h.push(applied(2, 2, 3, 12));
         h.push(started(3, 0, 0));
-        h.push(committed(3, 3));
+        h.push(committed(3, 3, 2));
         h.push(restored(3, 2, 3));
-        h.push(committed(1, 3));
+        h.push(committed(1, 3, 2));
         h.push(applied(1, 2, 3, 12));
         h
     }
@@ -234,8 +235,8 @@ mod tests {
             inv.observe(&o);
         }
         let bad = applied(3, 3, 4, 99);
-        assert_eq!(inv.observe(&committed(3, 4)), vec![]);
-        assert_eq!(inv.observe(&committed(1, 4)), vec![]);
+        assert_eq!(inv.observe(&committed(3, 4, 2)), vec![]);
+        assert_eq!(inv.observe(&committed(1, 4, 2)), vec![]);
         assert_eq!(inv.observe(&bad), vec![]);
         inv.observe(&applied(1, 2, 4, 13));
         let v = &inv.violations()[0];

@@ -41,7 +41,7 @@ impl Monotonic {
                 };
                 None
             }
-            Observed::Committed { commit } => {
+            Observed::Committed { commit, .. } => {
                 let was = std::mem::replace(&mut r.commit, commit);
                 (commit < was).then(|| format!("commit went back from {was}"))
             }
@@ -97,15 +97,15 @@ mod tests {
         let ok = [
             started(1, 0, 0),
             leader(1, 1, 0, 0),
-            committed(1, 2),
+            committed(1, 2, 1),
             applied(1, 1, 1, 0),
             applied(1, 1, 2, 0),
             // Restart: memory starts again from the snapshot at 1.
             started(1, 1, 1),
-            committed(1, 2),
+            committed(1, 2, 1),
             applied(1, 1, 2, 0),
             restored(1, 2, 9),
-            committed(1, 10),
+            committed(1, 10, 1),
             applied(1, 2, 10, 0),
             leader(1, 3, 2, 10),
         ];
@@ -116,7 +116,7 @@ mod tests {
 
     fn after_start(bad: Observation) -> Option<String> {
         let mut c = Monotonic::default();
-        for o in [started(1, 0, 0), leader(1, 2, 0, 0), committed(1, 3)] {
+        for o in [started(1, 0, 0), leader(1, 2, 0, 0), committed(1, 3, 1)] {
             assert_eq!(c.observe(&o), None);
         }
         c.observe(&applied(1, 2, 1, 0));
@@ -126,7 +126,7 @@ mod tests {
     #[test]
     fn every_backward_step_is_caught() {
         let cases = [
-            (committed(1, 2), "commit went back from 3"),
+            (committed(1, 2, 1), "commit went back from 3"),
             (applied(1, 2, 1, 0), "the last entry it applied was 1"),
             (applied(1, 2, 3, 0), "the last entry it applied was 1"),
             (applied(1, 1, 2, 0), "after an entry of term 2"),
@@ -143,7 +143,7 @@ mod tests {
     fn applying_beyond_commit_is_caught() {
         let mut c = Monotonic::default();
         c.observe(&started(1, 0, 0));
-        c.observe(&committed(1, 1));
+        c.observe(&committed(1, 1, 1));
         assert_eq!(c.observe(&applied(1, 1, 1, 0)), None);
         assert_eq!(
             c.observe(&applied(1, 1, 2, 0)).as_deref(),
