@@ -578,11 +578,7 @@ impl Nemesis {
         let k = self.rng.random_range(0..2);
         let (a, b) = (others[k], others[1 - k]);
         self.faults += 1;
-        let bound = SAFE_DRIFT_PPM;
-        for &id in &ids {
-            let ppm = if id == l { -bound } else { bound };
-            cluster.clock(id).set_drift_ppm(ppm);
-        }
+        clocks_at_the_bound_against(cluster, l);
         cluster.partition(l, b);
         self.aim_probe(Some(l));
         self.log(format!(
@@ -917,14 +913,8 @@ impl Nemesis {
                 let Some((leader, p)) = self.leader_of_a_partition(cluster, &ids) else {
                     return;
                 };
-                // Every clock at the bound, against the leader: its lease
-                // runs as long as the bound allows while the others' election
-                // timers run out as early as it allows.
+                clocks_at_the_bound_against(cluster, leader);
                 let bound = SAFE_DRIFT_PPM;
-                for &id in &ids {
-                    let ppm = if id == leader { -bound } else { bound };
-                    cluster.clock(id).set_drift_ppm(ppm);
-                }
                 cluster.isolate(leader);
                 self.aim_probe(Some(leader));
                 self.network = Some(now + self.duration());
@@ -1004,6 +994,20 @@ impl Nemesis {
             }
         }
         self.log("heal-all".to_owned());
+    }
+}
+
+/// Every clock at the drift bound against `leader`: its own slow, the
+/// others fast, so its lease runs as long as the bound allows while the
+/// others' election timers run out as early as it allows.
+fn clocks_at_the_bound_against(cluster: &SimCluster, leader: NodeId) {
+    for id in cluster.node_ids() {
+        let ppm = if id == leader {
+            -SAFE_DRIFT_PPM
+        } else {
+            SAFE_DRIFT_PPM
+        };
+        cluster.clock(id).set_drift_ppm(ppm);
     }
 }
 

@@ -965,9 +965,6 @@ impl Raft {
         self.reset(term);
         self.role = Role::Follower;
         self.leader = leader;
-        if leader.is_some() {
-            self.honours_unknown_lease = false;
-        }
         if changed {
             self.events.push(RaftEvent::RoleChanged {
                 role: Role::Follower,
@@ -1148,6 +1145,14 @@ impl Raft {
 
     // -------------------------------------------------------------- follower
 
+    /// A message of our term's leader arrived: it is alive, and whatever
+    /// lease we honour is now its.
+    fn heard_from_leader(&mut self, leader: NodeId) {
+        self.election_elapsed = 0;
+        self.leader = Some(leader);
+        self.honours_unknown_lease = false;
+    }
+
     fn step_follower(&mut self, m: Message) {
         match m.body {
             MessageBody::Append {
@@ -1156,8 +1161,7 @@ impl Raft {
                 entries,
                 commit,
             } => {
-                self.election_elapsed = 0;
-                self.leader = Some(m.from);
+                self.heard_from_leader(m.from);
                 self.leader_commit = self.leader_commit.max(commit);
                 self.handle_append(m.from, prev_index, prev_term, entries, commit);
             }
@@ -1166,8 +1170,7 @@ impl Raft {
                 round,
                 quiesce,
             } => {
-                self.election_elapsed = 0;
-                self.leader = Some(m.from);
+                self.heard_from_leader(m.from);
                 self.leader_commit = self.leader_commit.max(commit);
                 // The leader sends min(commit, our match), so this is safe.
                 self.log.commit_to(commit.min(self.log.last_index()));
@@ -1183,8 +1186,7 @@ impl Raft {
                 offset,
                 data,
             } => {
-                self.election_elapsed = 0;
-                self.leader = Some(m.from);
+                self.heard_from_leader(m.from);
                 self.leader_commit = self.leader_commit.max(meta.index);
                 self.handle_snapshot_chunk(m.from, meta, total_len, offset, data);
             }

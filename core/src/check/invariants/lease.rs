@@ -77,11 +77,13 @@ impl LeaseSafety {
                 None
             }
             Observed::LeaseRead { term, round } => {
-                let later = self
+                let mut later = self
                     .elected
                     .range((o.partition, term + 1)..=(o.partition, u64::MAX))
-                    .find(|&(_, &(when, _))| self.exclusive && when < at);
-                if let Some((&(_, later_term), &(when, leader))) = later {
+                    .filter(|_| self.exclusive);
+                if let Some((&(_, later_term), &(when, leader))) =
+                    later.find(|&(_, &(when, _))| when < at)
+                {
                     return Some(format!(
                         "served a lease read in term {term}, but {leader} was elected \
                          leader of term {later_term} {:?} before",
