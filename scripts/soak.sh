@@ -10,9 +10,9 @@
 #
 #   MADSIM_TEST_SEED   first seed (default 1)
 #   MADSIM_TEST_JOBS   seeds run at once (default: the number of CPUs)
-#   SOAK_CHUNK         seeds per test process (default 100: a test process
-#                      grows by about 20 MB per seed, so 500 in one process
-#                      took 16 GB)
+#   SOAK_CHUNK         seeds per test process (default 100; a process
+#                      stays near 100 MB since SimCluster kills its hosts
+#                      when dropped, see docs/testing.md)
 #
 # Prints "soak: N of M seeds passed in S s" and exits non-zero if any failed.
 set -euo pipefail
