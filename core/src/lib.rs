@@ -9,6 +9,8 @@
 //!
 //! Modules:
 //! - [`ring`]: consistent-hash ring, `partition_of(key)`, replica placement.
+//! - [`routing`]: how far a request may be forwarded, and what a client is
+//!   told when a forward fails.
 //! - [`kv`]: the replicated key-value state machine of one partition.
 //! - [`detector`]: phi-accrual failure detection over node heartbeats.
 //! - [`identity`]: who a peer is (cluster, settings, data-directory
@@ -24,6 +26,7 @@ pub mod kv;
 pub mod node;
 pub mod raft;
 pub mod ring;
+pub mod routing;
 pub mod types;
 pub mod wire;
 

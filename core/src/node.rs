@@ -57,6 +57,7 @@ use crate::raft::{
     RaftStorage, Role,
 };
 use crate::ring::{Ring, RingConfig, RingError};
+use crate::routing::Hops;
 use crate::types::{NodeId, PartitionId, Time};
 use crate::wire;
 
@@ -308,9 +309,16 @@ pub enum ClientError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Done(Result<ClientResponse, ClientError>),
-    /// Send the request to this node instead (the partition's leader, or a
-    /// replica of it when this node does not host the partition).
-    Forward(NodeId),
+    /// Send the request to node `to` instead (the partition's leader, or a
+    /// replica of it when this node does not host the partition), carrying
+    /// `hops`. If the forward fails,
+    /// [`ForwardFailure::outcome`](crate::routing::ForwardFailure::outcome) says what
+    /// the client is told.
+    Forward {
+        to: NodeId,
+        partition: PartitionId,
+        hops: Hops,
+    },
 }
 
 /// Something an observer may want to know (metrics, dashboard, traces).
@@ -467,6 +475,7 @@ struct PendingWrite {
 
 struct PendingRead {
     id: RequestId,
+    hops: Hops,
     partition: PartitionId,
     key: Bytes,
     deadline: Time,
@@ -700,8 +709,9 @@ impl Node {
         self.process();
     }
 
-    /// A client request arrived (from a client or forwarded by a peer).
-    pub fn handle_request(&mut self, now: Time, id: RequestId, req: ClientRequest) {
+    /// A client request arrived: from a client (`Hops(0)`) or forwarded by a
+    /// peer (the hops it carried).
+    pub fn handle_request(&mut self, now: Time, id: RequestId, req: ClientRequest, hops: Hops) {
         // A lease is judged on ticks, so count the ones due by now first.
         // After a stall (a paused process, a stopped VM, a stalled event
         // loop) a driver may hand over a queued request before the overdue
@@ -736,10 +746,7 @@ impl Node {
                 .copied()
                 .find(|&r| self.detector.is_available(r, self.now))
                 .or_else(|| replicas.first().copied());
-            match to {
-                Some(to) => self.reply(id, Reply::Forward(to)),
-                None => self.reply(id, Reply::Done(Err(ClientError::NoLeader { partition: p }))),
-            }
+            self.reply(id, forward_or_give_up(to, p, hops));
             return;
         };
         self.dirty.insert(p);
@@ -771,6 +778,7 @@ impl Node {
                             ctx,
                             PendingRead {
                                 id,
+                                hops,
                                 partition: p,
                                 key,
                                 deadline,
@@ -778,7 +786,7 @@ impl Node {
                         );
                     }
                     Err(e) => {
-                        let r = Self::refusal(&mut g.raft, p, e);
+                        let r = Self::refusal(&mut g.raft, p, e, hops);
                         self.reply(id, r);
                     }
                 }
@@ -793,11 +801,11 @@ impl Node {
                     value,
                     precondition,
                 };
-                self.propose(id, p, cmd, deadline);
+                self.propose(id, p, cmd, deadline, hops);
             }
             ClientRequest::Delete { key, precondition } => {
                 let cmd = Command::Delete { key, precondition };
-                self.propose(id, p, cmd, deadline);
+                self.propose(id, p, cmd, deadline, hops);
             }
         }
         self.process();
@@ -825,9 +833,9 @@ impl Node {
         Ok(())
     }
 
-    fn refusal(raft: &mut Raft, p: PartitionId, e: ProposeError) -> Reply {
+    fn refusal(raft: &mut Raft, p: PartitionId, e: ProposeError, hops: Hops) -> Reply {
         match e {
-            ProposeError::NotLeader { leader: Some(l) } => Reply::Forward(l),
+            ProposeError::NotLeader { leader: Some(l) } => forward_or_give_up(Some(l), p, hops),
             ProposeError::NotLeader { leader: None } | ProposeError::TransferInProgress => {
                 // Make sure an idle group notices it needs a leader.
                 raft.wake();
@@ -837,7 +845,7 @@ impl Node {
         }
     }
 
-    fn propose(&mut self, id: RequestId, p: PartitionId, cmd: Command, deadline: Time) {
+    fn propose(&mut self, id: RequestId, p: PartitionId, cmd: Command, deadline: Time, hops: Hops) {
         let Some(g) = self.groups.get_mut(&p) else {
             return;
         };
@@ -865,7 +873,7 @@ impl Node {
                 );
             }
             Err(e) => {
-                let r = Self::refusal(&mut g.raft, p, e);
+                let r = Self::refusal(&mut g.raft, p, e, hops);
                 self.reply(id, r);
             }
         }
@@ -1335,12 +1343,8 @@ impl Node {
         }
         for ctx in ready.failed_reads {
             if let Some(r) = self.reads.remove(&ctx) {
-                let reply = match g.raft.leader() {
-                    Some(l) if l != self.id => Reply::Forward(l),
-                    _ => Reply::Done(Err(ClientError::NoLeader {
-                        partition: r.partition,
-                    })),
-                };
+                let leader = g.raft.leader().filter(|&l| l != self.id);
+                let reply = forward_or_give_up(leader, r.partition, r.hops);
                 self.replies.push_back((r.id, reply));
             }
         }
@@ -1470,6 +1474,20 @@ fn pack(messages: Vec<GroupMessage>, max_bytes: usize) -> Vec<(Vec<GroupMessage>
         out.push((current, bytes));
     }
     out
+}
+
+/// Forward to `to` if there is somewhere to go and the request has hops
+/// left ([`MAX_FORWARD_HOPS`](crate::routing::MAX_FORWARD_HOPS)); otherwise
+/// the client hears `no_leader` and retries.
+fn forward_or_give_up(to: Option<NodeId>, partition: PartitionId, hops: Hops) -> Reply {
+    match (to, hops.next()) {
+        (Some(to), Some(hops)) => Reply::Forward {
+            to,
+            partition,
+            hops,
+        },
+        _ => Reply::Done(Err(ClientError::NoLeader { partition })),
+    }
 }
 
 fn write_result(outcome: ApplyOutcome, index: u64) -> Result<ClientResponse, ClientError> {

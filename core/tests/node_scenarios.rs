@@ -14,6 +14,7 @@ use ringkv_core::node::{
 };
 use ringkv_core::raft::{PersistRecord, RaftEvent, Role};
 use ringkv_core::ring::RingConfig;
+use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId, Time};
 
 struct Cluster {
@@ -182,7 +183,7 @@ impl Cluster {
 
     fn request(&mut self, i: usize, id: u64, req: ClientRequest) {
         let now = self.now;
-        self.nodes[i].handle_request(now, RequestId(id), req);
+        self.nodes[i].handle_request(now, RequestId(id), req, Hops(0));
         self.drain(i);
     }
 
@@ -249,9 +250,9 @@ fn many_partitions_one_batch_per_peer_per_flush() {
     let mut forwards = 0;
     for k in 0..64 {
         let now = c.now;
-        c.nodes[0].handle_request(now, RequestId(k), put(&format!("key{k}"), "v"));
+        c.nodes[0].handle_request(now, RequestId(k), put(&format!("key{k}"), "v"), Hops(0));
         while let Some((_, r)) = c.nodes[0].poll_reply() {
-            if matches!(r, Reply::Forward(_)) {
+            if matches!(r, Reply::Forward { .. }) {
                 forwards += 1;
             }
         }
@@ -597,4 +598,50 @@ fn a_changed_term_or_vote_is_synced_before_the_answer_leaves() {
         }
         c.drain(0);
     }
+}
+
+/// A node that does not lead a partition forwards a request to its leader
+/// with one more hop, until the request has travelled `MAX_FORWARD_HOPS`:
+/// then the client hears `no_leader` (and retries), so two nodes that
+/// disagree about a leader cannot bounce a request between them forever.
+#[test]
+fn a_request_is_forwarded_until_its_hops_run_out() {
+    use ringkv_core::node::ClientError;
+    use ringkv_core::routing::MAX_FORWARD_HOPS;
+
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let (&p, &leader) = c.leaders().iter().next().expect("a leader");
+    let i = (leader.0 % 3) as usize; // a follower
+    assert_ne!(c.nodes[i].id(), leader);
+    let mut reply_to = |hops: u32| {
+        let now = c.now;
+        c.nodes[i].handle_request(
+            now,
+            RequestId(u64::from(hops) + 1),
+            put("k", "v"),
+            Hops(hops),
+        );
+        let mut replies = Vec::new();
+        while let Some((_, r)) = c.nodes[i].poll_reply() {
+            replies.push(r);
+        }
+        assert_eq!(replies.len(), 1, "one answer per request: {replies:?}");
+        replies.pop().expect("one reply")
+    };
+    for hops in 0..MAX_FORWARD_HOPS {
+        assert_eq!(
+            reply_to(hops),
+            Reply::Forward {
+                to: leader,
+                partition: p,
+                hops: Hops(hops + 1),
+            }
+        );
+    }
+    assert_eq!(
+        reply_to(MAX_FORWARD_HOPS),
+        Reply::Done(Err(ClientError::NoLeader { partition: p }))
+    );
 }

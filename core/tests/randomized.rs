@@ -54,6 +54,7 @@ use ringkv_core::node::{
 };
 use ringkv_core::raft::{EntryKind, PersistRecord, Role};
 use ringkv_core::ring::RingConfig;
+use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId, Time};
 
 const PARTITIONS: u32 = 4;
@@ -439,15 +440,16 @@ impl Sim {
         };
         let key = request.key().clone();
         let (kind, outcome) = match reply {
-            Reply::Forward(to) => {
-                // Forward it like the driver would (one hop). A forward
+            Reply::Forward { to, hops, .. } => {
+                // Forward it like the driver would, with the hops the core
+                // counted (it gives up after `MAX_FORWARD_HOPS`). A forward
                 // that cannot go is a request never proposed.
                 let j = (to.0 - 1) as usize;
                 if j != i
                     && self.nodes[j].node.is_some()
                     && !self.cut.contains(&((i + 1) as u64, to.0))
                 {
-                    self.send(j, op, request);
+                    self.send(j, op, request, hops);
                     *self.outcomes.entry("forward").or_default() += 1;
                     return;
                 }
@@ -538,11 +540,11 @@ impl Sim {
         let op = self
             .history
             .invoke(client, self.now.as_millis(), request.clone());
-        self.send(i, op, request);
+        self.send(i, op, request, Hops(0));
     }
 
     /// Hands operation `op` to node `i` (first try or forward).
-    fn send(&mut self, i: usize, op: OpId, request: ClientRequest) {
+    fn send(&mut self, i: usize, op: OpId, request: ClientRequest, hops: Hops) {
         let id = self.next_req;
         self.next_req += 1;
         self.requests.insert(
@@ -555,7 +557,7 @@ impl Sim {
         );
         let now = self.now;
         if let Some(node) = self.nodes[i].node.as_mut() {
-            node.handle_request(now, RequestId(id), request);
+            node.handle_request(now, RequestId(id), request, hops);
         }
         self.drain(i);
     }

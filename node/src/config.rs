@@ -44,7 +44,7 @@ pub struct ServerConfig {
     /// happens (and the core told to make them). Madsim-only, like
     /// `peer_faults`.
     #[cfg(madsim)]
-    pub observer: Option<crate::driver::Observer>,
+    pub observer: Option<crate::handle::Observer>,
     /// Simulation only: Raft tunables in place of the defaults (the
     /// simulation's swarm shrinks messages and election timeouts per seed).
     #[cfg(madsim)]

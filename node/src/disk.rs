@@ -3,7 +3,7 @@
 //! keeps or tears unsynced writes when a node loses power.
 //!
 //! The calls are synchronous; the driver runs them off the event loop
-//! (`spawn_blocking`). Two implementations live here: [`FsDisk`] (the real
+//! ([`run_blocking`]). Two implementations live here: [`FsDisk`] (the real
 //! file system) and [`MemDisk`] (in memory, with a power-loss model, for
 //! tests). What storage writes, and why, is `crate::storage`'s business.
 
@@ -56,6 +56,26 @@ pub trait Disk: Send + Sync + 'static {
 /// Append handles kept open at most; beyond this the cache forgets one.
 /// Storage appends to one WAL segment at a time, so a handful is plenty.
 const MAX_CACHED_APPEND_FILES: usize = 8;
+
+/// Runs disk work off the event loop: on a blocking thread in production;
+/// inline under madsim, whose disks are in memory and where threads would
+/// break determinism.
+pub async fn run_blocking<F, R>(f: F) -> Result<R, String>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    #[cfg(not(madsim))]
+    {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(madsim)]
+    {
+        Ok(f())
+    }
+}
 
 /// The real file system, through `std::fs`. Append handles are cached (behind
 /// a mutex) so a WAL append does not reopen its file every time.

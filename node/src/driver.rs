@@ -15,26 +15,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ringkv_core::io::{IoId, IoRequest, PeerBatch};
-use ringkv_core::node::{
-    ClientError, ClientRequest, ClientResponse, Event, Node, NodeStats, Reply, RequestId,
-};
-use ringkv_core::ring::Ring;
+use ringkv_core::io::{IoId, IoRequest};
+use ringkv_core::node::{ClientRequest, Event, Node, NodeStats, Reply, RequestId};
+use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId, Time};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
+use crate::disk::run_blocking;
+#[cfg(madsim)]
+use crate::handle::Observer;
+use crate::handle::{ClientResult, Input, NodeHandle, PartitionDigest};
 use crate::storage::{Storage, StorageStats};
 use crate::transport::{Forwarder, PeerSenders};
-use crate::view::build_view;
-pub use crate::view::{ClusterView, MemberView, PartitionView};
+use crate::view::{ClusterView, build_view};
 
-/// What a client call gets back.
-pub type ClientResult = Result<ClientResponse, ClientError>;
-
-/// Forwards a request may take before a node gives up with `no_leader`
-/// (a non-replica forwards to a replica, which forwards to the leader).
-pub const MAX_FORWARD_HOPS: u32 = 3;
 /// Inputs drained per loop turn before outputs are flushed: large enough to
 /// coalesce a burst into one WAL batch and one message per peer, small enough
 /// to keep timers and replies moving.
@@ -44,112 +39,6 @@ pub const INPUT_QUEUE: usize = 16 * 1024;
 /// How often the published cluster view is refreshed.
 const VIEW_INTERVAL: Duration = Duration::from_millis(200);
 
-/// An input for the core.
-pub enum Input {
-    Peer(PeerBatch),
-    Request {
-        req: ClientRequest,
-        hops: u32,
-        reply: oneshot::Sender<ClientResult>,
-    },
-    /// Every IO up to this one is durable.
-    Persisted(IoId),
-    /// Storage wants these partitions snapshotted so old WAL segments can go.
-    Compact(Vec<PartitionId>),
-    /// Storage failed; the node must stop (it can no longer make promises).
-    StorageFailed(String),
-    /// Wants a digest of every partition this node replicates.
-    Digests(oneshot::Sender<Vec<PartitionDigest>>),
-}
-
-/// A replica's state machine in one number, to compare replicas: equal
-/// states give equal digests (`KvStore::digest`, xxh3 of the snapshot bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionDigest {
-    pub partition: PartitionId,
-    pub applied_index: u64,
-    pub digest: u64,
-}
-
-/// The handle the APIs use to reach the core.
-#[derive(Clone)]
-pub struct NodeHandle {
-    tx: mpsc::Sender<Input>,
-    view: watch::Receiver<Arc<ClusterView>>,
-    storage_stats: watch::Receiver<StorageStats>,
-    ring: Arc<Ring>,
-    /// Set when the event loop starts: after formation gave the node a
-    /// cluster (see `Server::start`).
-    started: Arc<AtomicBool>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl NodeHandle {
-    /// Runs a client request to completion (forwarding inside the cluster as
-    /// needed). Never fails silently: a write whose fate is unknown says so.
-    pub async fn request(&self, req: ClientRequest) -> ClientResult {
-        self.request_with_hops(req, 0).await
-    }
-
-    /// A request another node forwarded to us, `hops` forwards so far.
-    pub async fn request_with_hops(&self, req: ClientRequest, hops: u32) -> ClientResult {
-        if !self.started.load(Ordering::Relaxed) {
-            // Nothing would answer before formation ends; say so at once.
-            return Err(ClientError::NotInCluster);
-        }
-        let is_write = req.is_write();
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Input::Request { req, hops, reply })
-            .await
-            .is_err()
-        {
-            return Err(ClientError::Internal("this node is shutting down".into()));
-        }
-        match rx.await {
-            Ok(r) => r,
-            // The event loop stopped (or was dropped) with the request inside
-            // it: a write may have been proposed already.
-            Err(_) if is_write => Err(ClientError::OutcomeUnknown),
-            Err(_) => Err(ClientError::Internal("this node is shutting down".into())),
-        }
-    }
-
-    /// A digest of every partition this node replicates, computed now by the
-    /// event loop (it hashes every key, so it is for checks, not for every
-    /// request). `None` if the node is stopping.
-    pub async fn partition_digests(&self) -> Option<Vec<PartitionDigest>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Input::Digests(reply)).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// The latest published view of the cluster.
-    pub fn view(&self) -> Arc<ClusterView> {
-        self.view.borrow().clone()
-    }
-
-    pub fn ring(&self) -> &Ring {
-        &self.ring
-    }
-
-    /// Storage counters as of the latest WAL write.
-    pub fn storage_stats(&self) -> StorageStats {
-        *self.storage_stats.borrow()
-    }
-
-    /// Whether the event loop has started (the node is in a cluster).
-    pub fn is_started(&self) -> bool {
-        self.started.load(Ordering::Relaxed)
-    }
-
-    /// Whether the event loop has stopped (storage failure or shutdown).
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed)
-    }
-}
-
 /// Where the driver sends its outputs.
 pub struct DriverIo {
     pub peers: PeerSenders,
@@ -158,19 +47,6 @@ pub struct DriverIo {
     /// `ServerConfig::observer`).
     #[cfg(madsim)]
     pub observer: Option<Observer>,
-}
-
-/// Simulation only: a receiver of the core's observations, called on the
-/// driver's task in the order the core made them.
-#[cfg(madsim)]
-#[derive(Clone)]
-pub struct Observer(pub Arc<dyn Fn(&ringkv_core::node::Observation) + Send + Sync>);
-
-#[cfg(madsim)]
-impl std::fmt::Debug for Observer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Observer")
-    }
 }
 
 /// The event loop. Built by [`Driver::new`], run by [`Driver::run`].
@@ -191,7 +67,6 @@ pub struct Driver {
 
 struct Pending {
     req: ClientRequest,
-    hops: u32,
     reply: oneshot::Sender<ClientResult>,
 }
 
@@ -303,15 +178,12 @@ impl Driver {
             Input::Request { req, hops, reply } => {
                 let id = RequestId(self.next_request);
                 self.next_request += 1;
-                self.pending.insert(
-                    id,
-                    Pending {
-                        req: req.clone(),
-                        hops,
-                        reply,
-                    },
-                );
-                self.node.handle_request(now, id, req);
+                let pending = Pending {
+                    req: req.clone(),
+                    reply,
+                };
+                self.pending.insert(id, pending);
+                self.node.handle_request(now, id, req, hops);
             }
             Input::Persisted(io) => self.node.handle_persisted(now, io),
             Input::Compact(partitions) => self.node.handle_compaction_request(now, &partitions),
@@ -370,7 +242,11 @@ impl Driver {
                 Reply::Done(result) => {
                     let _ = p.reply.send(result);
                 }
-                Reply::Forward(to) => self.forward(p, to),
+                Reply::Forward {
+                    to,
+                    partition,
+                    hops,
+                } => self.forward(p, to, partition, hops),
             }
         }
         while let Some(event) = self.node.poll_event() {
@@ -388,18 +264,14 @@ impl Driver {
         }
     }
 
-    fn forward(&mut self, p: Pending, to: NodeId) {
-        let partition = self.node.ring().partition_of(p.req.key());
-        if p.hops >= MAX_FORWARD_HOPS {
-            let _ = p.reply.send(Err(ClientError::NoLeader { partition }));
-            return;
-        }
+    fn forward(&mut self, p: Pending, to: NodeId, partition: PartitionId, hops: Hops) {
         let forwarder = self.io.forwarder.clone();
         let from = self.node.id();
         tokio::spawn(async move {
             let result = forwarder
-                .forward(from, to, &p.req, partition, p.hops + 1)
-                .await;
+                .forward(from, to, &p.req, hops)
+                .await
+                .unwrap_or_else(|failure| Err(failure.outcome(p.req.is_write(), partition)));
             let _ = p.reply.send(result);
         });
     }
@@ -474,25 +346,5 @@ async fn storage_task(
             let _ = tx.send(Input::Compact(pinned.clone())).await;
         }
         last_pinned = pinned;
-    }
-}
-
-/// Runs disk work off the event loop: on a blocking thread in production;
-/// inline under madsim, whose disks are in memory and where threads would
-/// break determinism.
-pub async fn run_blocking<F, R>(f: F) -> Result<R, String>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    #[cfg(not(madsim))]
-    {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    #[cfg(madsim)]
-    {
-        Ok(f())
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! - [`server`]: starts a node (storage, core, transport, APIs).
 //! - [`driver`]: the event loop around the core.
+//! - [`handle`]: how the APIs and the peer service reach that loop.
 //! - [`view`]: the cluster as this node sees it (status, metrics, readiness).
 //! - [`transport`]: peer streams and request forwarding over gRPC.
 //! - [`storage`]: WAL segments, snapshots, recovery.
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod driver;
+pub mod handle;
 pub mod server;
 pub mod storage;
 pub mod transport;

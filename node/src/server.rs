@@ -18,7 +18,8 @@ use crate::api::grpc::{ClusterService, KvService};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::disk::Disk;
-use crate::driver::{Driver, DriverIo, NodeHandle};
+use crate::driver::{Driver, DriverIo};
+use crate::handle::NodeHandle;
 use crate::storage::{FORMAT_VERSION, NodeMeta, Storage, StorageOptions};
 use crate::transport::{
     Forwarder, Handshake, PeerSenders, PeerService, TransportLimits, TransportStats,
@@ -61,7 +62,7 @@ impl Server {
         };
         let dir = config.data_dir.clone();
         let formation_disk = disk.clone();
-        let (storage, recovered) = crate::driver::run_blocking(move || {
+        let (storage, recovered) = crate::disk::run_blocking(move || {
             Storage::open(disk, dir, meta, StorageOptions::default())
         })
         .await

@@ -37,7 +37,7 @@ use ringkv_core::node::Observation;
 use ringkv_node::clock::Clock;
 use ringkv_node::config::ServerConfig;
 use ringkv_node::disk::Disk;
-use ringkv_node::driver::{NodeHandle, Observer};
+use ringkv_node::handle::{NodeHandle, Observer};
 use ringkv_node::server::Server;
 use ringkv_node::transport::{Handshake, TransportStats};
 use ringkv_proto::v1::kv_client::KvClient;

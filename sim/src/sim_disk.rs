@@ -10,7 +10,7 @@
 //! no garbage). Any other unsynced change to a file (rewrite, truncate) is
 //! lost whole; directory operations are durable at once (`MemDisk`'s model).
 //!
-//! Under madsim a disk call runs inline (see `ringkv_node::driver::run_blocking`),
+//! Under madsim a disk call runs inline (see `ringkv_node::disk::run_blocking`),
 //! so storage's append-then-sync can never be split by a kill: unsynced
 //! appends exist at a crash only where storage leaves them unsynced.
 //!

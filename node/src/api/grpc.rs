@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::errors::to_status;
-use crate::driver::{ClusterView, NodeHandle};
+use crate::handle::NodeHandle;
 use crate::transport::Handshake;
+use crate::view::ClusterView;
 
 pub struct KvService {
     node: NodeHandle,

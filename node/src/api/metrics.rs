@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use crate::driver::NodeHandle;
+use crate::handle::NodeHandle;
 use crate::transport::{Handshake, TransportStats};
 
 struct Out(String);

@@ -32,7 +32,7 @@ use serde_json::json;
 
 use super::errors::{RETRY_AFTER_SECS, kind};
 use super::grpc::{locate_response, status_response};
-use crate::driver::NodeHandle;
+use crate::handle::NodeHandle;
 use crate::transport::{Handshake, TransportStats};
 
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! `Peer.Forward`: a client request this node cannot answer, sent to the
-//! node the core named, and the rule that turns a failed forward into an
-//! outcome the client can act on.
+//! node the core named. How a failed call failed is classified here (a
+//! [`ForwardFailure`]); what the client is then told is the core's rule
+//! (`ringkv_core::routing`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,13 +10,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ringkv_core::NodeId;
-use ringkv_core::node::{ClientError, ClientRequest};
+use ringkv_core::node::ClientRequest;
+use ringkv_core::routing::{ForwardFailure, Hops};
 use ringkv_proto::v1::peer_client::PeerClient;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::{Handshake, TransportLimits, TransportStats, endpoint};
 use crate::api::convert;
+use crate::handle::ClientResult;
 
 /// Sends client requests on to other nodes.
 #[derive(Clone)]
@@ -56,55 +59,40 @@ impl Forwarder {
         }
     }
 
+    /// Sends `req` to `to`, carrying `hops`. `Ok` holds the target's own
+    /// answer; `Err` says how the call failed, for the core's rule
+    /// ([`ForwardFailure::outcome`]) to turn into the client's answer.
     pub async fn forward(
         &self,
         from: NodeId,
         to: NodeId,
         req: &ClientRequest,
-        partition: ringkv_core::PartitionId,
-        hops: u32,
-    ) -> Result<ringkv_core::node::ClientResponse, ClientError> {
-        let is_write = req.is_write();
+        hops: Hops,
+    ) -> Result<ClientResult, ForwardFailure> {
         let Some(client) = self.clients.get(&to) else {
-            return Err(ClientError::Internal(format!(
-                "asked to forward to {to}, which is not a member"
-            )));
+            tracing::error!(to = %to, "asked to forward to a node that is not a peer");
+            return Err(ForwardFailure::UnknownTarget);
         };
         self.stats.forwards.fetch_add(1, Ordering::Relaxed);
         let mut client = client.clone();
-        let mut request = Request::new(convert::forward_request(req, from.0, hops));
+        let mut request = Request::new(convert::forward_request(req, from.0, hops.0));
         request.set_timeout(self.timeout);
         self.handshake.attach(&mut request, to);
         match tokio::time::timeout(self.timeout, client.forward(request)).await {
-            Ok(Ok(resp)) => convert::forwarded_response(resp.into_inner()),
-            // Refused by the handshake: the request never reached its core,
-            // and this node's idea of the leader is stale (a refused node
-            // leads nothing); retrying finds the real one.
+            Ok(Ok(resp)) => Ok(convert::forwarded_response(resp.into_inner())),
             Ok(Err(status)) if self.handshake.note_refused_by(to, &status).is_some() => {
                 tracing::warn!(to = %to, "forward refused: {}", status.message());
-                Err(ClientError::NoLeader { partition })
+                Err(ForwardFailure::Refused)
             }
-            // The connection was refused: the request never left this node.
             Ok(Err(status)) if connection_refused(&status) => {
                 tracing::debug!(to = %to, %status, "forward target refused the connection");
-                Err(if is_write {
-                    ClientError::Dropped
-                } else {
-                    ClientError::NoLeader { partition }
-                })
-            }
-            // The request may have reached the leader before the call failed.
-            Ok(Err(status)) if is_write => {
-                tracing::debug!(to = %to, %status, "forwarded write failed in transit");
-                Err(ClientError::OutcomeUnknown)
+                Err(ForwardFailure::NotSent)
             }
             Ok(Err(status)) => {
-                tracing::debug!(to = %to, %status, "forwarded read failed in transit");
-                // Nothing was changed by a read: the client may retry.
-                Err(ClientError::NoLeader { partition })
+                tracing::debug!(to = %to, %status, "forward failed in transit");
+                Err(ForwardFailure::Lost)
             }
-            Err(_) if is_write => Err(ClientError::OutcomeUnknown),
-            Err(_) => Err(ClientError::Timeout),
+            Err(_) => Err(ForwardFailure::TimedOut),
         }
     }
 }

@@ -476,7 +476,7 @@ impl Handshake {
         dir: &std::path::Path,
     ) -> anyhow::Result<()> {
         let (record, disk, dir) = (record.clone(), disk.clone(), dir.to_path_buf());
-        crate::driver::run_blocking(move || {
+        crate::disk::run_blocking(move || {
             crate::storage::save_cluster_record(disk.as_ref(), &dir, &record)
         })
         .await

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ringkv_core::routing::Hops;
 use ringkv_core::wire;
 use ringkv_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -14,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::{Handshake, TransportStats, human_bytes};
 use crate::api::convert;
 use crate::clock::Clock;
-use crate::driver::{Input, NodeHandle};
+use crate::handle::{Input, NodeHandle};
 
 /// The server side of `ringkv.v1.Peer`.
 pub struct PeerService {
@@ -197,7 +198,7 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<pb::ForwardResponse>, Status> {
         self.handshake.admit_call(&request)?;
         let r = request.into_inner();
-        let hops = r.hops;
+        let hops = Hops(r.hops);
         let req = convert::forwarded_request(r).map_err(Status::invalid_argument)?;
         let result = self.node.request_with_hops(req, hops).await;
         Ok(Response::new(convert::forward_response(&result)))

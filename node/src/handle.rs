@@ -1,0 +1,143 @@
+//! How the rest of the node reaches the core's event loop: the [`Input`]s the
+//! loop takes, the [`NodeHandle`] the APIs and the peer service hold, and
+//! (simulation only) the [`Observer`] that hears the core's observations.
+//!
+//! This module owns no task and makes no decision; the driver
+//! (`crate::driver`) runs the loop these feed, and the core decides what
+//! every input means. Both the driver and the transport depend on this
+//! module, never on each other's internals.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ringkv_core::PartitionId;
+use ringkv_core::io::{IoId, PeerBatch};
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse};
+use ringkv_core::ring::Ring;
+use ringkv_core::routing::Hops;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::storage::StorageStats;
+use crate::view::ClusterView;
+
+/// What a client call gets back.
+pub type ClientResult = Result<ClientResponse, ClientError>;
+
+/// An input for the core.
+pub enum Input {
+    Peer(PeerBatch),
+    Request {
+        req: ClientRequest,
+        hops: Hops,
+        reply: oneshot::Sender<ClientResult>,
+    },
+    /// Every IO up to this one is durable.
+    Persisted(IoId),
+    /// Storage wants these partitions snapshotted so old WAL segments can go.
+    Compact(Vec<PartitionId>),
+    /// Storage failed; the node must stop (it can no longer make promises).
+    StorageFailed(String),
+    /// Wants a digest of every partition this node replicates.
+    Digests(oneshot::Sender<Vec<PartitionDigest>>),
+}
+
+/// A replica's state machine in one number, to compare replicas: equal
+/// states give equal digests (`KvStore::digest`, xxh3 of the snapshot bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionDigest {
+    pub partition: PartitionId,
+    pub applied_index: u64,
+    pub digest: u64,
+}
+
+/// The handle the APIs use to reach the core.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) tx: mpsc::Sender<Input>,
+    pub(crate) view: watch::Receiver<Arc<ClusterView>>,
+    pub(crate) storage_stats: watch::Receiver<StorageStats>,
+    pub(crate) ring: Arc<Ring>,
+    /// Set when the event loop starts: after formation gave the node a
+    /// cluster (see `Server::start`).
+    pub(crate) started: Arc<AtomicBool>,
+    pub(crate) stopped: Arc<AtomicBool>,
+}
+
+impl NodeHandle {
+    /// Runs a client request to completion (forwarding inside the cluster as
+    /// needed). Never fails silently: a write whose fate is unknown says so.
+    pub async fn request(&self, req: ClientRequest) -> ClientResult {
+        self.request_with_hops(req, Hops(0)).await
+    }
+
+    /// A request another node forwarded to us, `hops` forwards so far.
+    pub async fn request_with_hops(&self, req: ClientRequest, hops: Hops) -> ClientResult {
+        if !self.started.load(Ordering::Relaxed) {
+            // Nothing would answer before formation ends; say so at once.
+            return Err(ClientError::NotInCluster);
+        }
+        let is_write = req.is_write();
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Input::Request { req, hops, reply })
+            .await
+            .is_err()
+        {
+            return Err(ClientError::Internal("this node is shutting down".into()));
+        }
+        match rx.await {
+            Ok(r) => r,
+            // The event loop stopped (or was dropped) with the request inside
+            // it: a write may have been proposed already.
+            Err(_) if is_write => Err(ClientError::OutcomeUnknown),
+            Err(_) => Err(ClientError::Internal("this node is shutting down".into())),
+        }
+    }
+
+    /// A digest of every partition this node replicates, computed now by the
+    /// event loop (it hashes every key, so it is for checks, not for every
+    /// request). `None` if the node is stopping.
+    pub async fn partition_digests(&self) -> Option<Vec<PartitionDigest>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Digests(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The latest published view of the cluster.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Storage counters as of the latest WAL write.
+    pub fn storage_stats(&self) -> StorageStats {
+        *self.storage_stats.borrow()
+    }
+
+    /// Whether the event loop has started (the node is in a cluster).
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Whether the event loop has stopped (storage failure or shutdown).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// Simulation only: a receiver of the core's observations, called on the
+/// driver's task in the order the core made them.
+#[cfg(madsim)]
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn Fn(&ringkv_core::node::Observation) + Send + Sync>);
+
+#[cfg(madsim)]
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
