@@ -194,6 +194,26 @@ pub enum StartError {
     },
 }
 
+/// Why a node stopped itself: it met a state it cannot go on from without
+/// diverging from its group. A halted node takes no more input and emits
+/// no more IO or messages; the driver stops the process (fail-stop, as
+/// etcd-raft and TigerBeetle do) rather than let a replica serve state its
+/// group never had.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    #[error(
+        "partition {partition}: the snapshot at index {index} (term {term}) its leader sent \
+         does not decode ({reason}); this replica cannot apply it, so the node stops rather \
+         than serve stale state (nothing of the snapshot was written)"
+    )]
+    UndecodableSnapshot {
+        partition: PartitionId,
+        index: u64,
+        term: u64,
+        reason: String,
+    },
+}
+
 /// Each group's durable state, rebuilt by replaying the WAL in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovered {
@@ -518,6 +538,8 @@ pub struct Node {
     last_sent: BTreeMap<NodeId, Time>,
     /// Groups due for a snapshot, in the order they became due (each once).
     compaction_queue: VecDeque<PartitionId>,
+    /// Set once the node stopped itself (see [`Halt`]).
+    halted: Option<Halt>,
     compaction_queued: BTreeSet<PartitionId>,
     /// Ticks each queued compaction has waited for a follower.
     compaction_waits: BTreeMap<PartitionId, u32>,
@@ -612,6 +634,7 @@ impl Node {
             outbox: BTreeMap::new(),
             last_sent: BTreeMap::new(),
             compaction_queue: VecDeque::new(),
+            halted: None,
             compaction_queued: BTreeSet::new(),
             compaction_waits: BTreeMap::new(),
             snapshot_allowance: 0,
@@ -624,6 +647,13 @@ impl Node {
     }
 
     // ---------------------------------------------------------------- getters
+
+    /// Why this node stopped itself, if it did: the driver must then stop
+    /// the process (the node takes no more input and emits no more IO or
+    /// messages; replies already made are still delivered).
+    pub fn halted(&self) -> Option<&Halt> {
+        self.halted.as_ref()
+    }
 
     pub fn id(&self) -> NodeId {
         self.id
@@ -673,6 +703,9 @@ impl Node {
 
     /// A batch from a peer arrived.
     pub fn handle_message(&mut self, now: Time, batch: PeerBatch) {
+        if self.halted.is_some() {
+            return;
+        }
         self.start(now);
         let from = batch.from;
         if batch.to != self.id {
@@ -712,6 +745,11 @@ impl Node {
     /// A client request arrived: from a client (`Hops(0)`) or forwarded by a
     /// peer (the hops it carried).
     pub fn handle_request(&mut self, now: Time, id: RequestId, req: ClientRequest, hops: Hops) {
+        if let Some(halt) = &self.halted {
+            let e = ClientError::Internal(format!("this node has stopped: {halt}"));
+            self.reply(id, Reply::Done(Err(e)));
+            return;
+        }
         // A lease is judged on ticks, so count the ones due by now first.
         // After a stall (a paused process, a stopped VM, a stalled event
         // loop) a driver may hand over a queued request before the overdue
@@ -881,6 +919,9 @@ impl Node {
 
     /// Time passed: run due ticks, heartbeats, failure detection, deadlines.
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.halted.is_some() {
+            return;
+        }
         self.start(now);
         let mut ticked = false;
         while self.now >= self.next_tick {
@@ -915,6 +956,9 @@ impl Node {
     /// group sends `peer` entries or snapshot chunks; on clearing, leaders
     /// resume at once. The driver reports changes only.
     pub fn handle_peer_congestion(&mut self, now: Time, peer: NodeId, congested: bool) {
+        if self.halted.is_some() {
+            return;
+        }
         self.start(now);
         if congested {
             self.stats.congestion_reports += 1;
@@ -931,6 +975,9 @@ impl Node {
     /// probe until it answers, instead of learning of the loss only when the
     /// peer rejects a later append.
     pub fn handle_unreachable(&mut self, now: Time, peer: NodeId) {
+        if self.halted.is_some() {
+            return;
+        }
         self.start(now);
         self.stats.unreachable_reports += 1;
         for (&p, g) in self.groups.iter_mut() {
@@ -944,6 +991,9 @@ impl Node {
 
     /// The driver made every IO up to and including `io` durable.
     pub fn handle_persisted(&mut self, now: Time, io: IoId) {
+        if self.halted.is_some() {
+            return;
+        }
         self.start(now);
         if io.0 <= self.persisted_io {
             return;
@@ -973,6 +1023,9 @@ impl Node {
     /// `max_snapshot_bytes_per_tick` allows; partitions this node does not
     /// host are ignored.
     pub fn handle_compaction_request(&mut self, now: Time, partitions: &[PartitionId]) {
+        if self.halted.is_some() {
+            return;
+        }
         self.start(now);
         for &p in partitions {
             if self.groups.contains_key(&p) {
@@ -1054,6 +1107,9 @@ impl Node {
     /// call goes into one batch: that is the group commit.
     #[must_use]
     pub fn poll_io(&mut self) -> Option<IoRequest> {
+        if self.halted.is_some() {
+            return None;
+        }
         if self.io_out.is_empty() && !self.pending_records.is_empty() {
             let id = IoId(self.next_io);
             self.next_io += 1;
@@ -1073,6 +1129,9 @@ impl Node {
     /// round of calls goes into one batch.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.halted.is_some() {
+            return None;
+        }
         if self.transmits.is_empty() {
             self.flush();
         }
@@ -1162,6 +1221,9 @@ impl Node {
             let dirty = std::mem::take(&mut self.dirty);
             for p in dirty {
                 self.process_group(p);
+                if self.halted.is_some() {
+                    return;
+                }
             }
         }
     }
@@ -1175,6 +1237,28 @@ impl Node {
             return;
         }
         let ready = g.raft.take_ready();
+        // Decode a snapshot from the leader before anything of it is
+        // persisted or acknowledged. One that does not decode cannot be
+        // applied, and Raft has already replaced this replica's log with
+        // it: going on would serve the old state as if it were the new.
+        // Stop instead, with nothing of it written (fail-stop).
+        let restored = match &ready.snapshot_to_apply {
+            None => None,
+            Some(snap) => match KvStore::restore(&snap.data) {
+                Ok(kv) => Some(kv),
+                Err(e) => {
+                    let halt = Halt::UndecodableSnapshot {
+                        partition: p,
+                        index: snap.meta.index,
+                        term: snap.meta.term,
+                        reason: e.to_string(),
+                    };
+                    tracing::error!("{halt}");
+                    self.halted = Some(halt);
+                    return;
+                }
+            },
+        };
         let observe = |events: &mut VecDeque<Event>, what| {
             events.push_back(Event::Observed(Observation {
                 node: self.id,
@@ -1277,20 +1361,11 @@ impl Node {
             let (commit, term) = (g.observed_commit, g.raft.term());
             observe(&mut self.events, Observed::Committed { commit, term });
         }
-        if let Some(snap) = ready.snapshot_to_apply {
-            match KvStore::restore(&snap.data) {
-                Ok(kv) => {
-                    g.kv = kv;
-                    if self.cfg.observe {
-                        let (index, term) = (snap.meta.index, snap.meta.term);
-                        observe(&mut self.events, Observed::SnapshotRestored { index, term });
-                    }
-                }
-                Err(e) => {
-                    // Cannot happen for a snapshot a correct leader made; keep
-                    // the old state and say so loudly rather than panic.
-                    tracing::error!(partition = %p, error = %e, "snapshot from leader does not decode");
-                }
+        if let (Some(snap), Some(kv)) = (ready.snapshot_to_apply, restored) {
+            g.kv = kv;
+            if self.cfg.observe {
+                let (index, term) = (snap.meta.index, snap.meta.term);
+                observe(&mut self.events, Observed::SnapshotRestored { index, term });
             }
         }
         for entry in ready.committed {
@@ -1322,6 +1397,14 @@ impl Node {
                 self.replies.push_back((w.id, Reply::Done(result)));
             }
         }
+        // The state machine holds exactly what Raft handed it: never an
+        // entry the group has not committed.
+        assert!(
+            g.kv.applied_index() <= g.raft.log().committed(),
+            "partition {p}: applied {} beyond commit {}",
+            g.kv.applied_index(),
+            g.raft.log().committed()
+        );
         // Reads.
         for r in ready.reads {
             g.reads_waiting_apply.push((r.index, r.ctx));

@@ -645,3 +645,75 @@ fn a_request_is_forwarded_until_its_hops_run_out() {
         Reply::Done(Err(ClientError::NoLeader { partition: p }))
     );
 }
+
+/// Fail-stop: a follower sent a snapshot that does not decode cannot apply
+/// it, and Raft has already replaced its log with it. It stops (the driver
+/// ends the process) with the reason, writes nothing of the snapshot,
+/// acknowledges nothing, and answers any further request with the reason,
+/// rather than serve its old state as if it were the snapshot's.
+#[test]
+fn a_follower_that_cannot_decode_a_snapshot_stops() {
+    use ringkv_core::io::GroupMessage;
+    use ringkv_core::node::{ClientError, Halt};
+    use ringkv_core::raft::{Message, MessageBody, SnapshotMeta};
+
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let (&p, &leader) = c.leaders().iter().next().expect("a leader");
+    let f = (leader.0 % 3) as usize; // a follower
+    let raft = c.nodes[f].raft(p).expect("hosted");
+    let (term, index) = (raft.term(), raft.log().committed() + 100);
+    let membership = raft.membership().clone();
+    let junk = Bytes::from_static(b"not a snapshot image");
+    let wal_before = c.disks[f].len();
+    let (now, me) = (c.now, c.nodes[f].id());
+    c.nodes[f].handle_message(
+        now,
+        PeerBatch {
+            from: leader,
+            to: me,
+            messages: vec![GroupMessage {
+                partition: p,
+                message: Message {
+                    from: leader,
+                    to: me,
+                    term,
+                    body: MessageBody::SnapshotChunk {
+                        meta: SnapshotMeta {
+                            index,
+                            term,
+                            membership,
+                        },
+                        total_len: junk.len() as u64,
+                        offset: 0,
+                        data: junk,
+                    },
+                },
+            }],
+        },
+    );
+    let halt = c.nodes[f].halted().cloned();
+    assert!(
+        matches!(halt, Some(Halt::UndecodableSnapshot { partition, index: i, .. }) if partition == p && i == index),
+        "the follower should have stopped on the snapshot: {halt:?}"
+    );
+    assert!(
+        c.nodes[f].poll_io().is_none(),
+        "nothing is written after a halt"
+    );
+    assert!(
+        c.nodes[f].poll_transmit().is_none(),
+        "nothing is sent after a halt"
+    );
+    assert_eq!(c.disks[f].len(), wal_before);
+    let now = c.now;
+    c.nodes[f].handle_request(now, RequestId(1), put("k", "v"), Hops(0));
+    match c.nodes[f].poll_reply() {
+        Some((RequestId(1), Reply::Done(Err(ClientError::Internal(reason))))) => assert!(
+            reason.contains("does not decode"),
+            "the reason reaches the client: {reason}"
+        ),
+        other => panic!("a halted node answered {other:?}"),
+    }
+}

@@ -487,3 +487,124 @@ scenario!(
     lease_after_restart,
     lease_after_transfer,
 );
+
+// Impossible states stop the replica (asserted in production code, as
+// etcd-raft and TigerBeetle do): a replica that saw two leaders in one term,
+// or a leader told of an acknowledgement beyond its own log, has proof that
+// the protocol is broken somewhere, and going on would spread the damage.
+
+/// n1 of a new group of three, with nothing on disk.
+fn n1_of_three() -> Raft {
+    let membership = Membership::new([1, 2, 3].map(NodeId));
+    Raft::new(
+        NodeId(1),
+        RaftConfig::default(),
+        membership,
+        RaftStorage::default(),
+        1,
+    )
+}
+
+/// n1, a follower that hears n2 lead term 5, then a message of term 5 from
+/// `other` that only a leader sends.
+fn follower_hearing(other: u64, body: ringkv_core::raft::MessageBody) -> Raft {
+    use ringkv_core::raft::MessageBody;
+    let mut raft = n1_of_three();
+    let heartbeat = MessageBody::Heartbeat {
+        commit: 0,
+        round: 1,
+        quiesce: false,
+    };
+    for (from, body) in [(2, heartbeat), (other, body)] {
+        raft.step(Message {
+            from: NodeId(from),
+            to: NodeId(1),
+            term: 5,
+            body,
+        });
+    }
+    raft
+}
+
+#[test]
+fn the_same_leader_twice_in_a_term_is_fine() {
+    use ringkv_core::raft::MessageBody;
+    let body = MessageBody::Heartbeat {
+        commit: 0,
+        round: 2,
+        quiesce: false,
+    };
+    assert_eq!(follower_hearing(2, body).leader(), Some(NodeId(2)));
+}
+
+#[test]
+#[should_panic(expected = "two leaders in term 5 (n2 and n3)")]
+fn a_follower_that_hears_two_leaders_in_a_term_stops() {
+    use ringkv_core::raft::MessageBody;
+    follower_hearing(
+        3,
+        MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: Vec::new(),
+            commit: 0,
+        },
+    );
+}
+
+/// n1 wins term 1 on its own vote and n2's, then is told of an append it
+/// never sent, or of another leader of its term.
+fn leader_of_term_1() -> Raft {
+    use ringkv_core::raft::MessageBody;
+    let mut raft = n1_of_three();
+    raft.start_election();
+    let granted = MessageBody::PreVoteResponse { granted: true };
+    raft.step(Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: 1,
+        body: granted,
+    });
+    raft.step(Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: 1,
+        body: MessageBody::VoteResponse { granted: true },
+    });
+    assert!(raft.is_leader(), "n1 should lead term 1");
+    raft
+}
+
+#[test]
+#[should_panic(expected = "acknowledged index 99 in term 1, beyond this leader's last index 1")]
+fn a_leader_told_of_an_entry_it_never_had_stops() {
+    use ringkv_core::raft::MessageBody;
+    let mut raft = leader_of_term_1();
+    raft.step(Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: 1,
+        body: MessageBody::AppendResponse {
+            success: true,
+            index: 99,
+            hint: 0,
+        },
+    });
+}
+
+#[test]
+#[should_panic(expected = "two leaders in term 1 (n1 and n3)")]
+fn a_leader_that_hears_another_leader_of_its_term_stops() {
+    use ringkv_core::raft::MessageBody;
+    let mut raft = leader_of_term_1();
+    raft.step(Message {
+        from: NodeId(3),
+        to: NodeId(1),
+        term: 1,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            round: 1,
+            quiesce: false,
+        },
+    });
+}

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The file operations storage needs. Paths are absolute or relative to the
 /// process's working directory; a `Disk` never interprets them further.
@@ -37,6 +37,11 @@ pub trait Disk: Send + Sync + 'static {
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Takes the exclusive lock on `path` (a lock file, created if absent)
+    /// for this process until the returned [`DiskLock`] drops or the
+    /// process dies. `WouldBlock` if another holder has it, with what is
+    /// known of the holder in the message.
+    fn lock_exclusive(&self, path: &Path) -> io::Result<DiskLock>;
 
     /// Simulation only: how long a write of `bytes` bytes (and a sync, if
     /// `sync`) is to take. The storage task waits it out *before* it writes
@@ -48,6 +53,18 @@ pub trait Disk: Send + Sync + 'static {
     fn io_latency(&self, bytes: u64, sync: bool) -> std::time::Duration {
         let _ = (bytes, sync);
         std::time::Duration::ZERO
+    }
+}
+
+/// An exclusive lock taken by [`Disk::lock_exclusive`], released when this
+/// drops (or when the process that holds it dies).
+pub struct DiskLock {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for DiskLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiskLock")
     }
 }
 
@@ -166,6 +183,41 @@ impl Disk for FsDisk {
         self.forget(path);
         fs::remove_file(path)
     }
+
+    /// `flock(LOCK_EX | LOCK_NB)` through `File::try_lock`: advisory, held
+    /// by the open file, released by the kernel when the process dies
+    /// however it dies. The holder writes its pid into the file, for the
+    /// next one's error message.
+    fn lock_exclusive(&self, path: &Path) -> io::Result<DiskLock> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(path).unwrap_or_default();
+                let holder = holder.trim();
+                let by = if holder.is_empty() {
+                    "another process".to_owned()
+                } else {
+                    format!("process {holder}")
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("locked by {by}"),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        file.set_len(0)?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(DiskLock {
+            _held: Box::new(file),
+        })
+    }
 }
 
 // ----------------------------------------------------------------- MemDisk
@@ -217,6 +269,29 @@ struct MemState {
     files: BTreeMap<PathBuf, MemFile>,
     file_syncs: u64,
     dir_syncs: u64,
+    /// Held locks: lock file -> the holder's token (see [`MemLock`]).
+    locks: BTreeMap<PathBuf, u64>,
+    next_lock: u64,
+}
+
+/// A [`MemDisk`] lock: released on drop, unless the process that held it
+/// died meanwhile ([`MemDisk::release_locks`]) and another took it since.
+struct MemLock {
+    state: Arc<Mutex<MemState>>,
+    path: PathBuf,
+    token: u64,
+}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.locks.get(&self.path) == Some(&self.token) {
+            state.locks.remove(&self.path);
+        }
+    }
 }
 
 /// An in-memory [`Disk`] for tests that models what a power loss keeps.
@@ -229,7 +304,7 @@ struct MemState {
 /// only counts. Deterministic: ordered maps, no clock, no randomness.
 #[derive(Debug, Default)]
 pub struct MemDisk {
-    state: Mutex<MemState>,
+    state: Arc<Mutex<MemState>>,
 }
 
 impl MemDisk {
@@ -243,6 +318,12 @@ impl MemDisk {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The process using this disk died: the kernel releases its locks
+    /// (a power loss does too, see [`MemDisk::crash_keeping`]).
+    pub fn release_locks(&self) {
+        self.state().locks.clear();
+    }
+
     /// Power loss: every file goes back to its contents at its last sync.
     pub fn crash(&self) {
         self.crash_keeping(|_, _| 0);
@@ -254,6 +335,7 @@ impl MemDisk {
     /// (a truncate, a rewrite) is lost entirely.
     pub fn crash_keeping(&self, mut keep: impl FnMut(&Path, usize) -> usize) {
         let mut state = self.state();
+        state.locks.clear();
         for (path, file) in state.files.iter_mut() {
             let durable = file.durable_bytes();
             let (synced, appended_only) = (
@@ -449,5 +531,32 @@ impl Disk for MemDisk {
             .remove(path)
             .map(|_| ())
             .ok_or_else(|| not_found("file", path))
+    }
+
+    /// Held until the [`DiskLock`] drops, [`MemDisk::release_locks`] or a
+    /// crash; the lock file itself is created like `FsDisk`'s.
+    fn lock_exclusive(&self, path: &Path) -> io::Result<DiskLock> {
+        let mut state = self.state();
+        if state.locks.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "locked by another process",
+            ));
+        }
+        if !state.files.contains_key(path) {
+            drop(state);
+            self.append(path, &[])?;
+            state = self.state();
+        }
+        state.next_lock += 1;
+        let token = state.next_lock;
+        state.locks.insert(path.to_path_buf(), token);
+        Ok(DiskLock {
+            _held: Box::new(MemLock {
+                state: self.state.clone(),
+                path: path.to_path_buf(),
+                token,
+            }),
+        })
     }
 }

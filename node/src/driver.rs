@@ -20,6 +20,7 @@ use ringkv_core::node::{ClientRequest, Event, Node, NodeStats, Reply, RequestId}
 use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId, Time};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::disk::run_blocking;
@@ -72,13 +73,14 @@ struct Pending {
 
 impl Driver {
     /// Wires a driver around a started core and its storage. Returns the
-    /// driver, the handle for the APIs, and the sender peers' batches go to.
+    /// driver, the handle for the APIs, and the storage task, which ends
+    /// (and lets go of the data directory) once the driver is gone.
     pub fn new(
         node: Node,
         storage: Storage,
         clock: Arc<dyn Clock>,
         io: DriverIo,
-    ) -> (Driver, NodeHandle) {
+    ) -> (Driver, NodeHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let (io_tx, io_rx) = mpsc::unbounded_channel();
         let ring = Arc::new(node.ring().clone());
@@ -94,7 +96,7 @@ impl Driver {
         let stopped = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
         let (storage_stats_tx, storage_stats) = watch::channel(storage.stats());
-        tokio::spawn(storage_task(storage, io_rx, tx.clone(), storage_stats_tx));
+        let storage_task = tokio::spawn(storage_task(storage, io_rx, tx.clone(), storage_stats_tx));
         let handle = NodeHandle {
             tx: tx.clone(),
             view: view_rx,
@@ -117,7 +119,7 @@ impl Driver {
             started,
             stopped,
         };
-        (driver, handle)
+        (driver, handle, storage_task)
     }
 
     /// The sender for inputs (the peer service feeds batches through it).
@@ -125,8 +127,8 @@ impl Driver {
         self.tx.clone()
     }
 
-    /// Runs until storage fails or every input sender is gone. Returns the
-    /// storage error, if that is why it stopped.
+    /// Runs until storage fails, the core halts, or every input sender is
+    /// gone. Returns the error, if that is why it stopped.
     pub async fn run(mut self) -> Result<(), String> {
         self.started.store(true, Ordering::Relaxed);
         let result = self.event_loop().await;
@@ -138,7 +140,7 @@ impl Driver {
 
     async fn event_loop(&mut self) -> Result<(), String> {
         self.node.handle_timeout(self.clock.now());
-        self.drain_outputs();
+        self.drain_outputs()?;
         loop {
             let deadline = self.node.poll_timeout();
             let sleep = deadline.map(|d| self.clock.sleep_until(d));
@@ -167,7 +169,7 @@ impl Driver {
             if deadline.is_some_and(|d| now >= d) {
                 self.node.handle_timeout(now);
             }
-            self.drain_outputs();
+            self.drain_outputs()?;
         }
     }
 
@@ -211,7 +213,9 @@ impl Driver {
         Ok(())
     }
 
-    fn drain_outputs(&mut self) {
+    /// Hands every output of the core to its destination. `Err` once the
+    /// core has halted (`Node::halted`): the node must stop.
+    fn drain_outputs(&mut self) -> Result<(), String> {
         // Batches the transport had to drop since the last turn (a full
         // queue, a broken stream): the core stops streaming to those peers
         // until they answer again.
@@ -256,12 +260,16 @@ impl Driver {
             }
             log_event(&event);
         }
+        if let Some(halt) = self.node.halted() {
+            return Err(format!("the core stopped this node: {halt}"));
+        }
         let now = self.clock.now();
         if now >= self.next_view {
             self.next_view = now + VIEW_INTERVAL;
             let view = build_view(&self.node, now);
             self.view_tx.send_replace(Arc::new(view));
         }
+        Ok(())
     }
 
     fn forward(&mut self, p: Pending, to: NodeId, partition: PartitionId, hops: Hops) {

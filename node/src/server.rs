@@ -34,6 +34,8 @@ pub struct Server {
     pub rest_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<Result<(), String>>,
+    /// Holds the data directory's lock until it ends (after the driver).
+    storage: JoinHandle<()>,
     grpc: JoinHandle<Result<(), String>>,
     #[cfg(not(madsim))]
     rest: Option<JoinHandle<Result<(), String>>>,
@@ -136,7 +138,7 @@ impl Server {
             #[cfg(madsim)]
             observer: config.observer.clone(),
         };
-        let (driver, handle) = Driver::new(node, storage, clock.clone(), io);
+        let (driver, handle, storage) = Driver::new(node, storage, clock.clone(), io);
         let input = driver.input();
         let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -240,6 +242,7 @@ impl Server {
             rest_addr,
             shutdown,
             driver,
+            storage,
             grpc,
             #[cfg(not(madsim))]
             rest,
@@ -275,6 +278,9 @@ impl Server {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.driver.await;
+        // The driver is gone, so the storage task ends; once it has, the
+        // data directory is free for the next process (or a restart).
+        let _ = self.storage.await;
         let _ = self.grpc.await;
         #[cfg(not(madsim))]
         if let Some(rest) = self.rest {

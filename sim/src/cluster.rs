@@ -380,6 +380,7 @@ impl SimCluster {
         let handle = self.handle.clone();
         let node = self.node_mut(id);
         handle.kill(node.sim_id);
+        node.disk.release_locks();
         *lock(&node.shared.running) = None;
         node.state = NodeState::Down;
         tracing::info!(node = %id, "sim: kill");

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ringkv_node::disk::{Disk, MemDisk};
+use ringkv_node::disk::{Disk, DiskLock, MemDisk};
 
 /// Sector size: a torn write keeps whole sectors only.
 pub const SECTOR_BYTES: u64 = 512;
@@ -147,6 +147,12 @@ impl SimDisk {
             .sum()
     }
 
+    /// The node using this disk died: its locks are released, as a
+    /// kernel releases a dead process's.
+    pub fn release_locks(&self) {
+        self.mem.release_locks();
+    }
+
     /// Power loss: settles every unsynced change as described in the module
     /// docs, choosing each append's fate with `rng`. Call it before killing
     /// the node (or while it is down); the node then recovers from what is left.
@@ -258,6 +264,13 @@ fn settle_appends(
 impl Disk for SimDisk {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.mem.create_dir_all(dir)
+    }
+
+    /// Released when the node is killed ([`SimDisk::release_locks`]): madsim
+    /// never drops a killed node's tasks, so its storage, which holds the
+    /// lock, never drops either; a kernel releases a dead process's locks.
+    fn lock_exclusive(&self, path: &Path) -> io::Result<DiskLock> {
+        self.mem.lock_exclusive(path)
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {

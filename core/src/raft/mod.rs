@@ -1148,6 +1148,13 @@ impl Raft {
     /// A message of our term's leader arrived: it is alive, and whatever
     /// lease we honour is now its.
     fn heard_from_leader(&mut self, leader: NodeId) {
+        if let Some(known) = self.leader {
+            assert_eq!(
+                known, leader,
+                "two leaders in term {} ({known} and {leader}): Raft's election safety (§5.2) is broken",
+                self.term
+            );
+        }
         self.election_elapsed = 0;
         self.leader = Some(leader);
         self.honours_unknown_lease = false;
@@ -1562,6 +1569,14 @@ impl Raft {
                     }
                     return;
                 }
+                // A follower holds only what this term's leader sent it (or
+                // what was committed before, which this leader holds too).
+                assert!(
+                    index <= self.log.last_index(),
+                    "{from} acknowledged index {index} in term {}, beyond this leader's last index {}",
+                    self.term,
+                    self.log.last_index()
+                );
                 let was_paused = pr.is_paused();
                 if !pr.maybe_update(index) {
                     return;
@@ -1620,6 +1635,12 @@ impl Raft {
                 }
                 self.send_snapshot_chunks(from);
             }
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::SnapshotChunk { .. } => panic!(
+                "two leaders in term {} ({} and {from}): Raft's election safety (§5.2) is broken",
+                self.term, self.id
+            ),
             _ => {}
         }
     }

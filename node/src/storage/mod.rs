@@ -122,7 +122,7 @@ use ringkv_core::node::Recovered;
 use ringkv_core::raft::{Entry, PersistRecord, RaftStorage, Snapshot, SnapshotMeta};
 use ringkv_core::wire::{self, WalPayload};
 
-use crate::disk::Disk;
+use crate::disk::{Disk, DiskLock};
 use log_shape::{PartitionShape, Pin};
 pub use meta::FORMAT_VERSION;
 
@@ -191,6 +191,12 @@ pub enum StorageError {
         partition: PartitionId,
         reason: String,
     },
+    /// Another process holds the data directory's lock.
+    #[error(
+        "the data directory {dir} is in use ({reason}): is another ringkv node running on it? \
+         nothing was written", dir = .dir.display()
+    )]
+    Locked { dir: PathBuf, reason: String },
     /// `node.toml` is unreadable, or absent where it must exist.
     #[error("{file}: {reason}", file = .file.display())]
     BadMeta { file: PathBuf, reason: String },
@@ -247,6 +253,8 @@ pub struct StorageStats {
 #[derive(Clone, Debug)]
 struct Dirs {
     root: PathBuf,
+    /// Held by the process using the directory (`Disk::lock_exclusive`).
+    lock: PathBuf,
     node_toml: PathBuf,
     wal: PathBuf,
     snap: PathBuf,
@@ -255,6 +263,7 @@ struct Dirs {
 impl Dirs {
     fn new(root: PathBuf) -> Self {
         Dirs {
+            lock: root.join("LOCK"),
             node_toml: root.join("node.toml"),
             wal: root.join("wal"),
             snap: root.join("snap"),
@@ -284,6 +293,8 @@ enum SnapshotSource {
 
 /// The node's WAL and snapshot files. See the module documentation.
 pub struct Storage {
+    /// The data directory's lock, held as long as this storage lives.
+    _lock: DiskLock,
     disk: Arc<dyn Disk>,
     dirs: Dirs,
     opts: StorageOptions,
@@ -340,6 +351,19 @@ impl Storage {
         let dirs = Dirs::new(dir);
         disk.create_dir_all(&dirs.root)
             .map_err(io_err(&dirs.root))?;
+        // First, before reading or writing anything: one process per data
+        // directory. A second node on a live node's directory would cut
+        // its WAL's tail or start a segment of its own in it.
+        let lock = match disk.lock_exclusive(&dirs.lock) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(StorageError::Locked {
+                    dir: dirs.root.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(io_err(&dirs.lock)(e)),
+        };
         let wal_present = match disk.list_dir(&dirs.wal) {
             Ok(names) => names.iter().any(|n| wal::parse_segment_name(n).is_some()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
@@ -352,6 +376,7 @@ impl Storage {
         disk.sync_dir(&dirs.root).map_err(io_err(&dirs.root))?;
 
         let mut storage = Storage {
+            _lock: lock,
             disk,
             dirs,
             opts,

@@ -48,6 +48,16 @@ fn open_with(
     )
 }
 
+/// Opens `dir` on the real file system with the test node's meta.
+fn open_on_fs(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
+    Storage::open(
+        Arc::new(FsDisk::new()),
+        dir.to_path_buf(),
+        node_meta(),
+        StorageOptions::default(),
+    )
+}
+
 fn open(disk: &Arc<MemDisk>) -> (Storage, Recovered) {
     open_with(disk, StorageOptions::default()).expect("open")
 }
@@ -175,15 +185,7 @@ fn round_trip_on_the_real_file_system() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("node-1");
     let history = mixed_history();
-    let open_fs = || {
-        Storage::open(
-            Arc::new(FsDisk::new()),
-            dir.clone(),
-            node_meta(),
-            StorageOptions::default(),
-        )
-        .expect("open")
-    };
+    let open_fs = || open_on_fs(&dir).expect("open");
     let (mut storage, _) = open_fs();
     storage.write(&history[..3]).expect("write");
     storage.write(&history[3..]).expect("write");
@@ -193,6 +195,84 @@ fn round_trip_on_the_real_file_system() {
     let toml = std::fs::read_to_string(dir.join("node.toml")).expect("node.toml");
     assert!(toml.contains("format_version = 1"), "{toml}");
     assert!(toml.contains("cluster_id = \"test-cluster\""), "{toml}");
+}
+
+/// One process per data directory: a second open of a directory in use
+/// (a second `ringkv server` on the same `--data-dir`) fails with a clear
+/// error before it reads or writes anything; once the first lets go, the
+/// directory opens again. On the real file system the error names the
+/// holder's pid.
+#[test]
+fn a_directory_in_use_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("node-1");
+    let open_fs = || open_on_fs(&dir);
+    let (mut storage, _) = open_fs().expect("first open");
+    storage
+        .write(&[request(1, vec![entries(P0, 1, 3, 1)])])
+        .expect("write");
+    let listing = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<_> = walk(d)
+            .into_iter()
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                (p.display().to_string(), bytes)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing(&dir);
+
+    let err = open_fs().expect_err("the directory is in use");
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+    let msg = err.to_string();
+    let pid = format!("process {}", std::process::id());
+    assert!(
+        msg.contains("is in use") && msg.contains(&pid) && msg.contains("nothing was written"),
+        "{msg}"
+    );
+    assert_eq!(
+        listing(&dir),
+        before,
+        "the refused open changed the directory"
+    );
+
+    drop(storage);
+    let (_, recovered) = open_fs().expect("free again once the first node is gone");
+    assert_eq!(recovered.groups[&P0].entries.len(), 3);
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The in-memory disks lock like the real one; a process's death (and a
+/// power loss) releases its locks, as a kernel does.
+#[test]
+fn a_memdisk_lock_is_released_by_drop_or_by_the_holders_death() {
+    let disk = Arc::new(MemDisk::new());
+    let (first, _) = open(&disk);
+    let err = open_with(&disk, StorageOptions::default()).expect_err("in use");
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+    drop(first);
+    let (second, _) = open(&disk);
+    disk.release_locks();
+    let (_third, _) = open(&disk);
+    // The dead holder's late drop must not free the new holder's lock.
+    drop(second);
+    let err = open_with(&disk, StorageOptions::default()).expect_err("still in use");
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
 }
 
 #[test]
@@ -288,14 +368,7 @@ fn garbage_after_the_last_record_is_cut() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
     let history = mixed_history();
-    let open_fs = || {
-        Storage::open(
-            Arc::new(FsDisk::new()),
-            dir.clone(),
-            node_meta(),
-            StorageOptions::default(),
-        )
-    };
+    let open_fs = || open_on_fs(&dir);
     let (mut storage, _) = open_fs().expect("open");
     storage.write(&history).expect("write");
     drop(storage);
@@ -370,7 +443,7 @@ fn node_toml_guards_the_directory() {
     drop(storage);
     assert_eq!(
         disk.list_dir(&dir).expect("created"),
-        ["node.toml", "snap", "wal"]
+        ["LOCK", "node.toml", "snap", "wal"]
     );
 
     let other = NodeMeta {
@@ -679,6 +752,9 @@ impl Disk for FlakyDisk {
     }
     fn remove_file(&self, path: &Path) -> std::io::Result<()> {
         self.inner.remove_file(path)
+    }
+    fn lock_exclusive(&self, path: &Path) -> std::io::Result<crate::disk::DiskLock> {
+        self.inner.lock_exclusive(path)
     }
 }
 
