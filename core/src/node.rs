@@ -161,7 +161,9 @@ impl NodeConfig {
             + self.raft.max_bytes_per_msg
             + self.raft.max_entries_per_msg * wire::ENTRY_OVERHEAD_BYTES;
         let chunk = wire::MESSAGE_OVERHEAD_BYTES
-            + wire::snapshot_meta_len_bound(self.ring.replication_factor)
+            // A joint configuration lists up to twice the voters, plus
+            // the learners being caught up.
+            + wire::snapshot_meta_len_bound(3 * self.ring.replication_factor)
             + self.raft.snapshot_chunk_bytes;
         let need = append.max(chunk) + wire::PEER_BATCH_OVERHEAD_BYTES;
         if self.max_batch_bytes < need {
@@ -415,6 +417,7 @@ pub fn command_fingerprint(kind: EntryKind, data: &[u8]) -> u64 {
     let seed = match kind {
         EntryKind::Noop => 0,
         EntryKind::Normal => 1,
+        EntryKind::ConfChange => 2,
     };
     xxhash_rust::xxh3::xxh3_64_with_seed(data, seed)
 }
@@ -880,6 +883,11 @@ impl Node {
                 Reply::Done(Err(ClientError::NoLeader { partition: p }))
             }
             ProposeError::Busy => Reply::Done(Err(ClientError::Busy)),
+            ProposeError::ConfChangeInProgress { .. }
+            | ProposeError::InvalidConfChange(_)
+            | ProposeError::LearnerBehind { .. } => {
+                unreachable!("a client request refused as a configuration change: {e}")
+            }
         }
     }
 
@@ -1383,7 +1391,9 @@ impl Node {
                 );
             }
             let outcome = match entry.kind {
-                EntryKind::Noop => g.kv.apply(entry.index, &[]),
+                // Raft acted on a configuration change when it reached the
+                // log; the state machine only counts its index.
+                EntryKind::Noop | EntryKind::ConfChange => g.kv.apply(entry.index, &[]),
                 EntryKind::Normal => g.kv.apply(entry.index, &entry.data),
             };
             if let Some(w) = self.writes.remove(&(p, entry.index)) {

@@ -42,8 +42,8 @@ use ringkv_proto::v1::wal_record::Record as PbRecord;
 
 use crate::io::{GroupMessage, PeerBatch, WalRecord};
 use crate::raft::{
-    Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord, Snapshot,
-    SnapshotMeta,
+    ConfChange, Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
+    Snapshot, SnapshotMeta,
 };
 use crate::types::{NodeId, PartitionId};
 
@@ -83,10 +83,16 @@ pub const MESSAGE_OVERHEAD_BYTES: usize = 96;
 /// and the data's tag and length.
 pub const ENTRY_OVERHEAD_BYTES: usize = 40;
 
-/// A `SnapshotMeta` with `voters` voters: tag, length, index, term, the
-/// membership's tag and length, and a packed run of voters.
-pub fn snapshot_meta_len_bound(voters: usize) -> usize {
-    40 + 11 * voters
+/// A `SnapshotMeta` whose membership lists `members` node ids in all:
+/// tag, length, index, term, the membership's tag and length, and up to
+/// three packed runs of ids (a tag and length each).
+pub fn snapshot_meta_len_bound(members: usize) -> usize {
+    52 + 11 * members
+}
+
+/// How many node ids `membership` lists (a node may be in two lists).
+pub fn membership_ids(membership: &Membership) -> usize {
+    membership.voters.len() + membership.outgoing.len() + membership.learners.len()
 }
 
 /// An upper bound on the bytes `gm` adds to an encoded [`PeerBatch`].
@@ -98,7 +104,7 @@ pub fn group_message_len_bound(gm: &GroupMessage) -> usize {
                 .map(|e| ENTRY_OVERHEAD_BYTES + e.data.len())
                 .sum(),
             MessageBody::SnapshotChunk { meta, data, .. } => {
-                snapshot_meta_len_bound(meta.membership.voters.len()) + 32 + data.len()
+                snapshot_meta_len_bound(membership_ids(&meta.membership)) + 32 + data.len()
             }
             _ => 0,
         }
@@ -161,6 +167,47 @@ pub fn decode_wal_payload(buf: &[u8]) -> Result<WalPayload> {
         });
     }
     wal_record_from_proto(p).map(WalPayload::Record)
+}
+
+/// Encodes a configuration change for the data of an entry of kind
+/// [`EntryKind::ConfChange`].
+pub fn encode_conf_change(change: &ConfChange) -> Bytes {
+    use pb::conf_change::Change;
+    let ids = |list: &[NodeId]| list.iter().map(|id| id.0).collect();
+    let change = match change {
+        ConfChange::AddLearner(id) => Change::AddLearner(id.0),
+        ConfChange::RemoveLearner(id) => Change::RemoveLearner(id.0),
+        ConfChange::EnterJoint { promote, remove } => Change::EnterJoint(pb::EnterJoint {
+            promote: ids(promote),
+            remove: ids(remove),
+        }),
+        ConfChange::LeaveJoint => Change::LeaveJoint(pb::LeaveJoint {}),
+    };
+    Bytes::from(
+        pb::ConfChange {
+            change: Some(change),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// Decodes and validates the data of a configuration change entry.
+pub fn decode_conf_change(buf: &[u8]) -> Result<ConfChange> {
+    use pb::conf_change::Change;
+    let change = pb::ConfChange::decode(buf)?
+        .change
+        .ok_or(WireError::Missing("ConfChange.change"))?;
+    Ok(match change {
+        Change::AddLearner(id) => ConfChange::AddLearner(node_id(id, "ConfChange.add_learner")?),
+        Change::RemoveLearner(id) => {
+            ConfChange::RemoveLearner(node_id(id, "ConfChange.remove_learner")?)
+        }
+        Change::EnterJoint(j) => ConfChange::EnterJoint {
+            promote: sorted_ids(j.promote, "EnterJoint.promote")?,
+            remove: sorted_ids(j.remove, "EnterJoint.remove")?,
+        },
+        Change::LeaveJoint(pb::LeaveJoint {}) => ConfChange::LeaveJoint,
+    })
 }
 
 /// Encodes a snapshot for a snapshot file.
@@ -325,6 +372,7 @@ fn entry_to_proto(e: &Entry) -> pb::Entry {
         kind: match e.kind {
             EntryKind::Normal => pb::EntryKind::Normal,
             EntryKind::Noop => pb::EntryKind::Noop,
+            EntryKind::ConfChange => pb::EntryKind::ConfChange,
         } as i32,
         data: e.data.clone(),
     }
@@ -341,9 +389,16 @@ fn snapshot_meta_to_proto(meta: &SnapshotMeta) -> pb::SnapshotMeta {
     pb::SnapshotMeta {
         index: meta.index,
         term: meta.term,
-        membership: Some(pb::Membership {
-            voters: meta.membership.voters.iter().map(|v| v.0).collect(),
-        }),
+        membership: Some(membership_to_proto(&meta.membership)),
+    }
+}
+
+fn membership_to_proto(m: &Membership) -> pb::Membership {
+    let ids = |list: &[NodeId]| list.iter().map(|id| id.0).collect();
+    pb::Membership {
+        voters: ids(&m.voters),
+        outgoing: ids(&m.outgoing),
+        learners: ids(&m.learners),
     }
 }
 
@@ -368,6 +423,17 @@ fn node_id(raw: u64, field: &str) -> Result<NodeId> {
     } else {
         Ok(NodeId(raw))
     }
+}
+
+/// Node ids, each != 0, sorted and deduplicated.
+fn sorted_ids(list: Vec<u64>, field: &str) -> Result<Vec<NodeId>> {
+    let mut ids = list
+        .into_iter()
+        .map(|v| node_id(v, field))
+        .collect::<Result<Vec<_>>>()?;
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// A message's `from`/`to`: absent means the batch's; present must equal it.
@@ -567,6 +633,7 @@ fn entry_from_proto(e: pb::Entry, field: &str, i: usize) -> Result<Entry> {
     let kind = match pb::EntryKind::try_from(e.kind) {
         Ok(pb::EntryKind::Normal) => EntryKind::Normal,
         Ok(pb::EntryKind::Noop) => EntryKind::Noop,
+        Ok(pb::EntryKind::ConfChange) => EntryKind::ConfChange,
         Ok(pb::EntryKind::Unspecified) | Err(_) => {
             return Err(invalid(format!(
                 "{field}[{i}]: unknown entry kind {}",
@@ -578,6 +645,13 @@ fn entry_from_proto(e: pb::Entry, field: &str, i: usize) -> Result<Entry> {
         return Err(invalid(format!(
             "{field}[{i}]: noop entry carries {} bytes of data",
             e.data.len()
+        )));
+    }
+    if kind == EntryKind::ConfChange
+        && let Err(err) = decode_conf_change(&e.data)
+    {
+        return Err(invalid(format!(
+            "{field}[{i}]: configuration change does not decode: {err}"
         )));
     }
     Ok(Entry {
@@ -600,24 +674,38 @@ fn snapshot_meta_from_proto(meta: pb::SnapshotMeta) -> Result<SnapshotMeta> {
             meta.term
         )));
     }
-    let membership = meta
-        .membership
-        .ok_or(WireError::Missing("SnapshotMeta.membership"))?;
-    if membership.voters.is_empty() {
+    let membership = membership_from_proto(
+        meta.membership
+            .ok_or(WireError::Missing("SnapshotMeta.membership"))?,
+    )?;
+    Ok(SnapshotMeta {
+        index: meta.index,
+        term: meta.term,
+        membership,
+    })
+}
+
+fn membership_from_proto(m: pb::Membership) -> Result<Membership> {
+    if m.voters.is_empty() {
         return Err(invalid(
             "SnapshotMeta.membership: no voters (a group always has one)".to_owned(),
         ));
     }
-    let voters = membership
-        .voters
-        .into_iter()
-        .map(|v| node_id(v, "Membership.voters"))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(SnapshotMeta {
-        index: meta.index,
-        term: meta.term,
-        membership: Membership::new(voters),
-    })
+    let membership = Membership {
+        voters: sorted_ids(m.voters, "Membership.voters")?,
+        outgoing: sorted_ids(m.outgoing, "Membership.outgoing")?,
+        learners: sorted_ids(m.learners, "Membership.learners")?,
+    };
+    if let Some(id) = membership
+        .learners
+        .iter()
+        .find(|&&id| membership.is_voter(id))
+    {
+        return Err(invalid(format!(
+            "SnapshotMeta.membership: {id} is both a learner and a voter"
+        )));
+    }
+    Ok(membership)
 }
 
 fn hard_state_from_proto(hs: pb::HardState) -> HardState {
@@ -678,18 +766,52 @@ mod tests {
         })
     }
 
+    /// Sorted, distinct node ids.
+    fn arb_ids(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<NodeId>> {
+        prop::collection::vec(arb_node_id(), len).prop_map(|mut ids| {
+            ids.sort();
+            ids.dedup();
+            ids
+        })
+    }
+
+    /// A configuration as the core makes them: voters, C_old while joint,
+    /// and learners that vote in neither.
+    fn arb_membership() -> impl Strategy<Value = Membership> {
+        (arb_ids(1..6), arb_ids(0..6), arb_ids(0..4)).prop_map(|(voters, outgoing, learners)| {
+            let mut m = Membership {
+                voters,
+                outgoing,
+                learners,
+            };
+            let voting: Vec<NodeId> = m.voters.iter().chain(&m.outgoing).copied().collect();
+            m.learners.retain(|id| !voting.contains(id));
+            m
+        })
+    }
+
+    fn arb_conf_change() -> impl Strategy<Value = ConfChange> {
+        prop_oneof![
+            arb_node_id().prop_map(ConfChange::AddLearner),
+            arb_node_id().prop_map(ConfChange::RemoveLearner),
+            (arb_ids(0..3), arb_ids(0..3))
+                .prop_map(|(promote, remove)| ConfChange::EnterJoint { promote, remove }),
+            Just(ConfChange::LeaveJoint),
+        ]
+    }
+
     fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
         (
             prop_oneof![1 => Just(0u64), 4 => 1..10_000u64],
             1..1_000u64,
-            prop::collection::vec(arb_node_id(), 1..6),
+            arb_membership(),
             arb_data(),
         )
-            .prop_map(|(index, term, voters, data)| Snapshot {
+            .prop_map(|(index, term, membership, data)| Snapshot {
                 meta: SnapshotMeta {
                     index,
                     term: if index == 0 { 0 } else { term },
-                    membership: Membership::new(voters),
+                    membership,
                 },
                 data,
             })
@@ -1147,20 +1269,73 @@ mod tests {
         );
     }
 
+    proptest! {
+        #[test]
+        fn conf_changes_round_trip(change in arb_conf_change(), index in 1..1000u64) {
+            let bytes = encode_conf_change(&change);
+            prop_assert_eq!(decode_conf_change(&bytes), Ok(change));
+            // And as an entry of a WAL record.
+            let record = WalRecord {
+                partition: PartitionId(1),
+                record: PersistRecord::Entries(vec![Entry {
+                    index,
+                    term: 1,
+                    kind: EntryKind::ConfChange,
+                    data: bytes,
+                }]),
+            };
+            prop_assert_eq!(decode_wal_record(&encode_wal_record(&record)), Ok(record));
+        }
+    }
+
+    /// A WAL record of partition 3 holding one entry 1/1 of raw `kind`.
+    fn one_entry_record(kind: i32, data: Bytes) -> pb::WalRecord {
+        pb::WalRecord {
+            partition: 3,
+            record: Some(PbRecord::Entries(pb::wal_record::Entries {
+                entries: vec![pb::Entry {
+                    index: 1,
+                    term: 1,
+                    kind,
+                    data,
+                }],
+            })),
+        }
+    }
+
+    #[test]
+    fn rejects_a_conf_change_entry_that_does_not_decode() {
+        for (data, why) in [
+            (Bytes::new(), "missing required field ConfChange.change"),
+            (
+                Bytes::from_static(&[0x08, 0x00]),
+                "invalid ConfChange.add_learner: node id 0 is reserved",
+            ),
+        ] {
+            let p = one_entry_record(pb::EntryKind::ConfChange as i32, data);
+            let got = invalid_reason(decode_wal_record(&p.encode_to_vec()));
+            assert_eq!(
+                got,
+                format!("WalRecord.entries[0]: configuration change does not decode: {why}")
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_learner_that_also_votes() {
+        let mut s = snapshot(4, 2, &[1, 2, 3]);
+        s.meta.membership.learners = vec![NodeId(2)];
+        let why = invalid_reason(decode_snapshot(&encode_snapshot(&s)));
+        assert_eq!(
+            why,
+            "SnapshotMeta.membership: n2 is both a learner and a voter"
+        );
+    }
+
     #[test]
     fn rejects_unknown_entry_kind() {
-        for kind in [pb::EntryKind::Unspecified as i32, 3, -1] {
-            let p = pb::WalRecord {
-                partition: 3,
-                record: Some(PbRecord::Entries(pb::wal_record::Entries {
-                    entries: vec![pb::Entry {
-                        index: 1,
-                        term: 1,
-                        kind,
-                        data: Bytes::new(),
-                    }],
-                })),
-            };
+        for kind in [pb::EntryKind::Unspecified as i32, 4, -1] {
+            let p = one_entry_record(kind, Bytes::new());
             let why = invalid_reason(decode_wal_record(&p.encode_to_vec()));
             assert_eq!(
                 why,

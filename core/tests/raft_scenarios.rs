@@ -6,7 +6,7 @@
 //!
 //! Commands (one per line; `#` lines are narration, copied to the output):
 //! - `add-nodes N [election=E] [heartbeat=H] [drift_ppm=P] [quiesce=Q] [max_entries=M]
-//!   [snapshot_chunk=BYTES] [snapshot_window=CHUNKS]`
+//!   [snapshot_chunk=BYTES] [snapshot_window=CHUNKS] [promotion_lag=ENTRIES]`
 //! - `campaign I` — node I starts an election now
 //! - `tick I[,J..] [COUNT]` — COUNT logical ticks on each node listed (no processing)
 //! - `tick-election I` — tick node I until it has output, i.e. campaigns (at most 3 timeouts)
@@ -19,18 +19,25 @@
 //! - `partition A,B C` — only nodes in the same group can talk; `heal`
 //! - `propose I DATA`, `read I CTX [lease]`, `transfer I J`, `compact I INDEX`
 //! - `restart I` — rebuild node I from what it persisted
-//! - `status I`, `log I`
+//! - `add-joiner J` — a new node J that knows no configuration yet (a replica
+//!   being added to the group; it learns the group from the leader's snapshot)
+//! - `conf I CHANGE` — node I proposes a configuration change: `add-learner J`,
+//!   `remove-learner J`, `promote J`, `remove J`, `replace ADD REMOVE`
+//! - `status I`, `log I`, `config I`
 
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use ringkv_core::NodeId;
 use ringkv_core::raft::{
-    EntryKind, Membership, Message, PersistRecord, Raft, RaftConfig, RaftStorage, Ready,
+    ConfChange, EntryKind, Membership, Message, PersistRecord, Raft, RaftConfig, RaftEvent,
+    RaftStorage, Ready,
 };
 
 struct Peer {
     raft: Raft,
+    /// The configuration it was created with (empty for a joiner).
+    initial: Membership,
     disk: RaftStorage,
     /// (index, payload) of every normal entry applied, in order: the "state machine".
     applied: Vec<(u64, String)>,
@@ -57,6 +64,7 @@ fn entry_str(e: &ringkv_core::raft::Entry) -> String {
             e.index,
             String::from_utf8_lossy(&e.data)
         ),
+        EntryKind::ConfChange => format!("{e:?}"),
     }
 }
 
@@ -121,6 +129,7 @@ impl Harness {
                         "max_entries" => self.cfg.max_entries_per_msg = v as usize,
                         "snapshot_chunk" => self.cfg.snapshot_chunk_bytes = v as usize,
                         "snapshot_window" => self.cfg.max_snapshot_chunks_inflight = v as usize,
+                        "promotion_lag" => self.cfg.max_promotion_lag_entries = v,
                         _ => panic!("unknown option {k}"),
                     }
                 }
@@ -137,6 +146,7 @@ impl Harness {
                         id,
                         Peer {
                             raft,
+                            initial: self.membership.clone(),
                             disk: RaftStorage::default(),
                             applied: Vec::new(),
                         },
@@ -147,6 +157,55 @@ impl Harness {
                     "  {n} nodes, election={} heartbeat={} lease={lease} ticks",
                     self.cfg.election_ticks, self.cfg.heartbeat_ticks
                 ));
+            }
+            "add-joiner" => {
+                let id = Self::num(args[1]);
+                let raft = Raft::new(
+                    NodeId(id),
+                    self.cfg.clone(),
+                    Membership::default(),
+                    RaftStorage::default(),
+                    id,
+                );
+                let peer = Peer {
+                    raft,
+                    initial: Membership::default(),
+                    disk: RaftStorage::default(),
+                    applied: Vec::new(),
+                };
+                self.peers.insert(id, peer);
+                self.line(format!("  n{id} joins, knowing no configuration"));
+            }
+            "conf" => {
+                let id = Self::num(args[1]);
+                let node = |i: usize| NodeId(Self::num(args[i]));
+                let change = match args[2] {
+                    "add-learner" => ConfChange::AddLearner(node(3)),
+                    "remove-learner" => ConfChange::RemoveLearner(node(3)),
+                    "promote" => ConfChange::EnterJoint {
+                        promote: vec![node(3)],
+                        remove: vec![],
+                    },
+                    "remove" => ConfChange::EnterJoint {
+                        promote: vec![],
+                        remove: vec![node(3)],
+                    },
+                    "replace" => ConfChange::EnterJoint {
+                        promote: vec![node(3)],
+                        remove: vec![node(4)],
+                    },
+                    other => panic!("unknown configuration change {other}"),
+                };
+                let r = self.peer(id).raft.propose_conf_change(change);
+                match r {
+                    Ok(index) => self.line(format!("  Ok({index})")),
+                    Err(e) => self.line(format!("  refused: {e}")),
+                }
+            }
+            "config" => {
+                let id = Self::num(args[1]);
+                let m = self.peer(id).raft.membership().clone();
+                self.line(format!("  n{id}: {m}"));
             }
             "campaign" => self.peer(Self::num(args[1])).raft.start_election(),
             "tick" => {
@@ -252,8 +311,9 @@ impl Harness {
             }
             "restart" => {
                 let id = Self::num(args[1]);
-                let (cfg, membership) = (self.cfg.clone(), self.membership.clone());
+                let cfg = self.cfg.clone();
                 let p = self.peer(id);
+                let membership = p.initial.clone();
                 p.raft = Raft::new(NodeId(id), cfg, membership, p.disk.clone(), id + 100);
                 p.applied = match &p.disk.snapshot {
                     Some(s) => split_snapshot(&s.data),
@@ -308,13 +368,16 @@ impl Harness {
         if r.is_quiesced() {
             s.push_str(" quiesced");
         }
+        if r.wants_snapshot() {
+            s.push_str(" wants a snapshot");
+        }
         if let Some((index, held, total)) = r.incoming_snapshot_progress() {
             s.push_str(&format!(
                 " receiving snapshot {index} ({held} of {total} bytes)"
             ));
         }
         if r.is_leader() {
-            for &v in r.membership().voters.iter().filter(|&&v| v != r.id()) {
+            for &v in r.membership().replicas().iter().filter(|&&v| v != r.id()) {
                 if let Some(pr) = r.progress(v) {
                     s.push_str(&format!(
                         "\n    {v}: match={} next={} {:?}",
@@ -337,7 +400,11 @@ impl Harness {
         }
         let mut lines = Vec::new();
         for e in &ready.events {
-            lines.push(format!("  n{id}: {e}"));
+            if let RaftEvent::ConfigChanged { .. } = e {
+                lines.push(format!("  n{id}: {e}: {}", p.raft.membership()));
+            } else {
+                lines.push(format!("  n{id}: {e}"));
+            }
         }
         // Persist synchronously, then report it durable.
         let mut persisted = Vec::new();
@@ -486,6 +553,15 @@ scenario!(
     read_before_first_commit,
     lease_after_restart,
     lease_after_transfer,
+    learner_joins_by_snapshot,
+    promotion_refused_while_lagging,
+    replace_voter,
+    remove_leader,
+    joint_partition,
+    conf_change_restart,
+    conf_change_truncated,
+    one_change_at_a_time,
+    removed_node_cannot_disrupt,
 );
 
 // Impossible states stop the replica (asserted in production code, as

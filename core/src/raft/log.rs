@@ -38,6 +38,9 @@ pub struct RaftLog {
     snapshot_to_apply: Option<Snapshot>,
     /// Highest index known durable on this node's disk.
     persisted: u64,
+    /// The lowest index from which entries were cut (a conflict with the
+    /// leader's log) since [`RaftLog::take_truncated_from`] last asked.
+    truncated_from: Option<u64>,
 }
 
 impl RaftLog {
@@ -68,6 +71,7 @@ impl RaftLog {
             unsaved_snapshot: None,
             snapshot_to_apply: None,
             persisted: last,
+            truncated_from: None,
             snapshot_data: data,
             snapshot: meta,
             entries,
@@ -124,6 +128,14 @@ impl RaftLog {
             return None;
         }
         Some(self.entries[(index - self.first_index()) as usize].term)
+    }
+
+    /// The entry at `index`, if the log holds it (not compacted, not beyond the end).
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        if index < self.first_index() || index > self.last_index() {
+            return None;
+        }
+        self.entries.get((index - self.first_index()) as usize)
     }
 
     pub fn match_term(&self, index: u64, term: u64) -> bool {
@@ -203,6 +215,7 @@ impl RaftLog {
                 self.entries_bytes -= payload_bytes(&self.entries[keep..]);
                 self.entries.truncate(keep);
                 self.persisted = self.persisted.min(at - 1);
+                self.truncated_from = Some(self.truncated_from.map_or(at, |t| t.min(at)));
             }
             self.unsaved_from = self.unsaved_from.min(at);
             self.entries_bytes += payload_bytes(&new);
@@ -247,6 +260,12 @@ impl RaftLog {
         if self.match_term(index, term) && index < self.unsaved_from {
             self.persisted = self.persisted.max(index);
         }
+    }
+
+    /// The lowest index from which entries were cut since the last call
+    /// (what was derived from the cut entries must be derived again).
+    pub fn take_truncated_from(&mut self) -> Option<u64> {
+        self.truncated_from.take()
     }
 
     /// A snapshot received from the leader, to be persisted and applied.

@@ -8,6 +8,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use super::membership::Membership;
 use crate::types::NodeId;
 
 /// What a log entry carries.
@@ -17,6 +18,10 @@ pub enum EntryKind {
     Normal,
     /// The empty entry a new leader appends to commit its term (Raft §8).
     Noop,
+    /// A change of the group's configuration: `data` is a
+    /// [`ConfChange`](super::ConfChange), encoded by [`crate::wire`]. Raft
+    /// reads it; the state machine only counts its index as applied.
+    ConfChange,
 }
 
 /// One entry of the replicated log.
@@ -33,33 +38,11 @@ impl fmt::Debug for Entry {
         match self.kind {
             EntryKind::Noop => write!(f, "{}/{} noop", self.term, self.index),
             EntryKind::Normal => write!(f, "{}/{} {}B", self.term, self.index, self.data.len()),
+            EntryKind::ConfChange => match crate::wire::decode_conf_change(&self.data) {
+                Ok(change) => write!(f, "{}/{} conf {change}", self.term, self.index),
+                Err(_) => write!(f, "{}/{} conf <undecodable>", self.term, self.index),
+            },
         }
-    }
-}
-
-/// The voter set of a group. A value, so that membership change (a later
-/// issue) can replace it through the log; for now it is fixed at creation.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Membership {
-    /// Sorted, distinct.
-    pub voters: Vec<NodeId>,
-}
-
-impl Membership {
-    pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        let mut voters: Vec<NodeId> = voters.into_iter().collect();
-        voters.sort();
-        voters.dedup();
-        Membership { voters }
-    }
-
-    pub fn contains(&self, id: NodeId) -> bool {
-        self.voters.binary_search(&id).is_ok()
-    }
-
-    /// Votes needed for a majority.
-    pub fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
     }
 }
 

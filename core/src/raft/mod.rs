@@ -24,8 +24,34 @@
 //! - quiescence: an idle leader tells followers to stop their election timers;
 //!   a quiesced group sends nothing until a proposal, read or message wakes it.
 //!
-//! What is not (yet): membership change (the voter set is a value in the
-//! snapshot metadata so that it can change later), learners, follower reads.
+//! - **membership change** ([`membership`]): learners, and voter changes by
+//!   joint consensus (C_old -> C_old,new -> C_new), one change at a time
+//!   ([`Raft::propose_conf_change`]); a learner is promoted only when caught
+//!   up; a leader that removes itself steps down once its removal commits;
+//!   a new replica starts knowing no configuration and learns the group from
+//!   the leader's snapshot.
+//!
+//! **When a configuration takes effect: on append.** Every replica uses the
+//! latest configuration in its log, committed or not (the dissertation's
+//! rule, §4.1), and goes back to the previous one if the entry is cut. The
+//! configuration is therefore a function of the log: recovered from the
+//! snapshot's metadata plus the change entries after it, never from outside.
+//! Why not on apply, as etcd-raft does: a replica's commit index may trail
+//! what its log holds, so a candidate that has the entries of two changes
+//! but applied neither could be elected by a majority of a configuration
+//! two steps old (etcd-io/etcd#7625 lists the three extra invariants that
+//! make apply-time safe, one of which needs a commit index durably known
+//! before each change is appended). On append, one rule is enough: a leader
+//! proposes a change only once the previous one is committed, so any two
+//! configurations a replica may use are one joint step apart, and every
+//! quorum of one overlaps every quorum of the next (Raft §4.3). The edge
+//! cases this brings are tested in `raft_scripts`: a change entry cut by a
+//! new leader (`conf_change_truncated`), a partition while joint
+//! (`joint_partition`), a restart mid-change (`conf_change_restart`), the
+//! leader removing itself (`remove_leader`).
+//!
+//! What is not (yet): follower reads; telling a replica removed while cut
+//! off that it was removed (its campaigns are dropped, but it keeps trying).
 //!
 //! **Persist before you speak.** Records that must be durable come out in
 //! [`Ready::persist`]. Messages that claim something durable (votes, append
@@ -35,6 +61,7 @@
 //! [`Raft::on_persisted`] reports them durable.
 
 mod log;
+mod membership;
 mod message;
 mod progress;
 pub mod snapshot_transfer;
@@ -46,9 +73,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use log::RaftLog;
+pub use membership::{ConfChange, ConfChangeError, Membership, VoteResult};
 pub use message::{
-    Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord, Snapshot,
-    SnapshotMeta,
+    Entry, EntryKind, HardState, Message, MessageBody, PersistRecord, Snapshot, SnapshotMeta,
 };
 pub use progress::{Progress, ProgressState};
 use snapshot_transfer::{ChunkOutcome, IncomingSnapshot, OutgoingSnapshot};
@@ -95,6 +122,10 @@ pub struct RaftConfig {
     pub quiesce_after_ticks: u32,
     /// Committed entries handed out per `take_ready`.
     pub max_apply_batch: usize,
+    /// A learner is promoted to voter only when it holds all but at most
+    /// this many of the leader's entries: a voter far behind would make the
+    /// group wait for it (or, with a second one, stall) the moment it counts.
+    pub max_promotion_lag_entries: u64,
 }
 
 impl Default for RaftConfig {
@@ -113,6 +144,7 @@ impl Default for RaftConfig {
             max_clock_drift_ppm: 50_000,
             quiesce_after_ticks: 6,
             max_apply_batch: 1024,
+            max_promotion_lag_entries: 1000,
         }
     }
 }
@@ -145,7 +177,7 @@ pub enum Role {
     Leader,
 }
 
-/// Why a proposal or read was refused.
+/// Why a proposal, read or configuration change was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     #[error("not the leader (leader: {leader:?})")]
@@ -154,6 +186,22 @@ pub enum ProposeError {
     TransferInProgress,
     #[error("too many uncommitted entries")]
     Busy,
+    #[error(
+        "the configuration change at index {index} is not committed yet (one change at a time)"
+    )]
+    ConfChangeInProgress { index: u64 },
+    #[error("invalid configuration change: {0}")]
+    InvalidConfChange(ConfChangeError),
+    #[error(
+        "learner {learner} is not caught up: it holds {matched} of {last_index} entries, and \
+         promotion needs it within {max_lag}"
+    )]
+    LearnerBehind {
+        learner: NodeId,
+        matched: u64,
+        last_index: u64,
+        max_lag: u64,
+    },
 }
 
 /// A read that may now be served from the state machine once it has applied
@@ -177,6 +225,12 @@ pub enum RaftEvent {
     TransferAborted {
         to: NodeId,
     },
+    /// The group's configuration changed: a change entry at `index` was
+    /// appended (or cut, or a snapshot at `index` installed). See
+    /// [`Raft::membership`].
+    ConfigChanged {
+        index: u64,
+    },
 }
 
 impl std::fmt::Display for RaftEvent {
@@ -195,6 +249,7 @@ impl std::fmt::Display for RaftEvent {
             RaftEvent::Quiesced => write!(f, "quiesced"),
             RaftEvent::Woke => write!(f, "woke"),
             RaftEvent::TransferAborted { to } => write!(f, "transfer to {to} aborted"),
+            RaftEvent::ConfigChanged { index } => write!(f, "configuration changed at {index}"),
         }
     }
 }
@@ -280,12 +335,28 @@ struct PendingRead {
     round: u64,
 }
 
+/// A configuration change entry in the log and the configuration it made.
+#[derive(Debug, Clone)]
+struct ConfEntry {
+    index: u64,
+    membership: Membership,
+}
+
 /// One Raft group. See the module documentation.
 #[derive(Debug)]
 pub struct Raft {
     id: NodeId,
     cfg: RaftConfig,
+    /// The configuration in force: the latest one in the log (see
+    /// [`Raft::refresh_conf`]).
     membership: Membership,
+    /// The configuration as of the log's snapshot.
+    conf_base: Membership,
+    /// Every configuration change entry in the log after the snapshot, with
+    /// the configuration it produced, in log order.
+    conf_changes: Vec<ConfEntry>,
+    /// Log entries up to here have been read for configuration changes.
+    conf_scanned: u64,
     term: u64,
     vote: Option<NodeId>,
     role: Role,
@@ -314,6 +385,9 @@ pub struct Raft {
     /// snapshot chunks go to them until it clears (kept across terms and
     /// roles; it is a fact about the link, not the group).
     congested_peers: BTreeSet<NodeId>,
+    /// New replicas (they refused entries for want of a configuration) that
+    /// need a snapshot before anything else.
+    snapshot_wanted_by: BTreeSet<NodeId>,
     transferee: Option<NodeId>,
     /// Heartbeat round counter, and when each recent round was sent (ticks).
     round: u64,
@@ -360,6 +434,9 @@ impl Raft {
         seed: u64,
     ) -> Self {
         assert!(cfg.election_ticks > cfg.heartbeat_ticks && cfg.heartbeat_ticks > 0);
+        // The configuration is the snapshot's (or, for a group with no
+        // snapshot yet, the one it was created with), then every change
+        // entry in the recovered log (`refresh_conf` below).
         let membership = storage
             .snapshot
             .as_ref()
@@ -368,6 +445,9 @@ impl Raft {
         let log = RaftLog::restore(storage.snapshot, storage.entries, hs.commit);
         let mut raft = Raft {
             id,
+            conf_base: membership.clone(),
+            conf_changes: Vec::new(),
+            conf_scanned: log.snapshot_meta().index,
             membership,
             term: hs.term,
             vote: hs.vote,
@@ -385,6 +465,7 @@ impl Raft {
             progress: BTreeMap::new(),
             outgoing_snapshots: BTreeMap::new(),
             congested_peers: BTreeSet::new(),
+            snapshot_wanted_by: BTreeSet::new(),
             transferee: None,
             round: 0,
             round_sent_at: VecDeque::new(),
@@ -405,6 +486,9 @@ impl Raft {
         };
         raft.saved_hard_state.commit = raft.log.committed();
         raft.reset_randomized_election_timeout();
+        raft.refresh_conf();
+        // Recovery is not news.
+        raft.events.clear();
         raft
     }
 
@@ -495,6 +579,23 @@ impl Raft {
     pub fn lease_round(&self) -> u64 {
         self.quorum_acked_round()
     }
+    /// Leader: a new replica waits for a snapshot and this group has never
+    /// compacted, so there is none to send: the driver should compact it
+    /// ([`Raft::compact`]) soon.
+    pub fn wants_snapshot(&self) -> bool {
+        self.role == Role::Leader
+            && !self.snapshot_wanted_by.is_empty()
+            && self.log.snapshot_meta().index == 0
+    }
+
+    /// Whether this replica knows the group's configuration. A replica
+    /// created for a group it is joining knows none until the leader's
+    /// snapshot arrives; meanwhile it takes a leader's messages from any
+    /// member, refuses entries, and never votes or campaigns.
+    pub fn knows_configuration(&self) -> bool {
+        !self.membership.voters.is_empty()
+    }
+
     /// Whether a lease read would be served locally right now.
     pub fn lease_valid(&self) -> bool {
         self.role == Role::Leader
@@ -504,17 +605,35 @@ impl Raft {
             && self.lease_expires_at().is_some_and(|t| self.ticks < t)
     }
 
-    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let me = self.id;
-        self.membership
-            .voters
-            .iter()
-            .copied()
-            .filter(move |&p| p != me)
+    /// Every other replica, learners included: whom a leader replicates to.
+    fn peers(&self) -> Vec<NodeId> {
+        let mut peers = self.membership.replicas();
+        peers.retain(|&p| p != self.id);
+        peers
     }
 
+    /// Leader: every replica it tracks but itself (see
+    /// [`Raft::track_progress`]): whom it sends entries and heartbeats.
+    fn replication_targets(&self) -> Vec<NodeId> {
+        self.progress
+            .keys()
+            .copied()
+            .filter(|&p| p != self.id)
+            .collect()
+    }
+
+    /// Every other voter, of both halves of a joint configuration: whom a
+    /// candidate asks for votes.
+    fn voting_peers(&self) -> Vec<NodeId> {
+        let mut voters = self.peers();
+        voters.retain(|&p| self.membership.is_voter(p));
+        voters
+    }
+
+    /// Whether this replica may campaign: it votes (a learner, or a replica
+    /// removed from the group, never does).
     fn promotable(&self) -> bool {
-        self.membership.contains(self.id)
+        self.membership.is_voter(self.id)
     }
 
     // ----------------------------------------------------------------- inputs
@@ -600,14 +719,14 @@ impl Raft {
 
     fn quorum_recently_active(&mut self) -> bool {
         let me = self.id;
-        let mut active = 1; // ourselves
-        for (&peer, pr) in self.progress.iter_mut() {
-            if peer != me && pr.recent_active {
-                active += 1;
-            }
+        let progress = &self.progress;
+        let active = self
+            .membership
+            .has_quorum(|id| id == me || progress.get(&id).is_some_and(|pr| pr.recent_active));
+        for pr in self.progress.values_mut() {
             pr.recent_active = false;
         }
-        active >= self.membership.quorum()
+        active
     }
 
     /// Wakes a quiesced group (a proposal, read or peer event needs it).
@@ -629,7 +748,7 @@ impl Raft {
     /// runs again and it steps down if it has lost its quorum.
     pub fn on_node_down(&mut self, node: NodeId) {
         let follower_of_it = self.role != Role::Leader && self.leader == Some(node);
-        let leader_of_it = self.role == Role::Leader && self.membership.contains(node);
+        let leader_of_it = self.role == Role::Leader && self.membership.is_voter(node);
         if self.quiesced && (follower_of_it || leader_of_it) {
             self.wake();
         }
@@ -672,8 +791,9 @@ impl Raft {
         }
     }
 
-    /// Proposes `data`; returns the index the entry will have if committed.
-    pub fn propose(&mut self, data: Bytes) -> Result<u64, ProposeError> {
+    /// Whether this node may append a proposal now: it leads, is not
+    /// handing leadership over, and has room for more uncommitted entries.
+    fn check_can_propose(&self) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -685,16 +805,13 @@ impl Raft {
         if self.log.last_index() - self.log.committed() >= self.cfg.max_uncommitted_entries {
             return Err(ProposeError::Busy);
         }
-        self.wake();
-        self.idle_ticks = 0;
-        let index = self.log.last_index() + 1;
-        self.append_entries(vec![Entry {
-            index,
-            term: self.term,
-            kind: EntryKind::Normal,
-            data,
-        }]);
-        Ok(index)
+        Ok(())
+    }
+
+    /// Proposes `data`; returns the index the entry will have if committed.
+    pub fn propose(&mut self, data: Bytes) -> Result<u64, ProposeError> {
+        self.check_can_propose()?;
+        Ok(self.append_proposal(EntryKind::Normal, data))
     }
 
     /// Asks to serve a read identified by `ctx` (nonzero). When it is safe, a
@@ -715,7 +832,7 @@ impl Raft {
             return Ok(());
         }
         let index = self.log.committed();
-        if self.membership.voters.len() == 1 || (lease && self.lease_valid()) {
+        if self.membership.is_sole_voter(self.id) || (lease && self.lease_valid()) {
             self.ready_reads.push(ReadState { ctx, index });
             return Ok(());
         }
@@ -742,7 +859,7 @@ impl Raft {
                 leader: self.leader,
             });
         }
-        if to == self.id || !self.membership.contains(to) || self.transferee == Some(to) {
+        if to == self.id || !self.membership.is_voter(to) || self.transferee == Some(to) {
             return Ok(());
         }
         self.wake();
@@ -799,18 +916,249 @@ impl Raft {
         let Some(term) = self.log.term(index) else {
             return false;
         };
+        // The configuration as of `index`, not the latest: change entries
+        // after it stay in the log, and a follower that installs this
+        // snapshot re-derives the latest from them.
+        let membership = self.conf_at(index).clone();
+        self.conf_changes.retain(|c| c.index > index);
+        self.conf_base = membership.clone();
         let meta = SnapshotMeta {
             index,
             term,
-            membership: self.membership.clone(),
+            membership,
         };
         self.log.compact(meta, data);
+        // A new replica may have been waiting for this snapshot.
+        if self.role == Role::Leader {
+            for peer in std::mem::take(&mut self.snapshot_wanted_by) {
+                self.snapshot_wanted_by.insert(peer);
+                if let Some(pr) = self.progress.get_mut(&peer) {
+                    pr.become_probe();
+                }
+                self.maybe_send_append(peer, true);
+            }
+        }
         true
+    }
+
+    /// Proposes a change of this group's configuration; returns the index its
+    /// entry will have. It takes effect at once, on every replica as the
+    /// entry reaches its log (see the module doc). Refused unless this node
+    /// leads, the previous change is committed, the change is valid for the
+    /// configuration in force, and a learner to promote is caught up. A
+    /// joint configuration is left automatically once its entry commits.
+    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<u64, ProposeError> {
+        self.check_can_propose()?;
+        let pending = self.latest_conf_index();
+        if pending > self.log.committed() {
+            return Err(ProposeError::ConfChangeInProgress { index: pending });
+        }
+        self.membership
+            .apply(&change)
+            .map_err(ProposeError::InvalidConfChange)?;
+        if let ConfChange::EnterJoint { promote, .. } = &change {
+            let last_index = self.log.last_index();
+            let max_lag = self.cfg.max_promotion_lag_entries;
+            for &learner in promote {
+                // It has acknowledged something (a learner that never
+                // answered may not exist at all), and close enough to the
+                // end of the log.
+                let matched = self.progress.get(&learner).map_or(0, |pr| pr.matched);
+                if matched == 0 || matched + max_lag < last_index {
+                    return Err(ProposeError::LearnerBehind {
+                        learner,
+                        matched,
+                        last_index,
+                        max_lag,
+                    });
+                }
+            }
+        }
+        Ok(self.append_conf_change(&change))
+    }
+
+    fn append_conf_change(&mut self, change: &ConfChange) -> u64 {
+        let data = crate::wire::encode_conf_change(change);
+        self.append_proposal(EntryKind::ConfChange, data)
+    }
+
+    /// Leader: appends one entry of its term; returns its index.
+    fn append_proposal(&mut self, kind: EntryKind, data: Bytes) -> u64 {
+        self.wake();
+        self.idle_ticks = 0;
+        let index = self.log.last_index() + 1;
+        self.append_entries(vec![Entry {
+            index,
+            term: self.term,
+            kind,
+            data,
+        }]);
+        index
+    }
+
+    // ---------------------------------------------------------- configuration
+
+    /// Whether `id` is in any configuration this replica's log still holds
+    /// (the snapshot's, or one made by a change entry after it).
+    fn remembers(&self, id: NodeId) -> bool {
+        self.conf_base.contains(id) || self.conf_changes.iter().any(|c| c.membership.contains(id))
+    }
+
+    /// The index of the latest configuration change entry in the log (0 if
+    /// the configuration in force is the snapshot's, which is committed).
+    fn latest_conf_index(&self) -> u64 {
+        self.conf_changes.last().map_or(0, |c| c.index)
+    }
+
+    /// The configuration in force after the log's entry `index`.
+    fn conf_at(&self, index: u64) -> &Membership {
+        self.conf_changes
+            .iter()
+            .rev()
+            .find(|c| c.index <= index)
+            .map_or(&self.conf_base, |c| &c.membership)
+    }
+
+    /// Re-derives the configuration from the log: forgets what came from
+    /// entries cut since the last call, then applies every change entry
+    /// appended since. Called after every change to the log.
+    fn refresh_conf(&mut self) {
+        if let Some(at) = self.log.take_truncated_from() {
+            self.conf_changes.retain(|c| c.index < at);
+            self.conf_scanned = self.conf_scanned.min(at - 1);
+        }
+        let first = self.log.first_index();
+        let last = self.log.last_index();
+        let from = (self.conf_scanned + 1).max(first);
+        let mut current = self.conf_at(u64::MAX).clone();
+        for index in from..=last {
+            let Some(e) = self.log.entry(index) else {
+                break;
+            };
+            if e.kind != EntryKind::ConfChange {
+                continue;
+            }
+            // Checked when the entry was decoded (`wire`), and by the leader
+            // that proposed it against the configuration before it, which
+            // every replica derives from the same log.
+            let change = crate::wire::decode_conf_change(&e.data).unwrap_or_else(|err| {
+                panic!("entry {index}: configuration change does not decode: {err}")
+            });
+            current = current.apply(&change).unwrap_or_else(|err| {
+                panic!("entry {index}: {change} cannot apply to {current}: {err}")
+            });
+            self.conf_changes.push(ConfEntry {
+                index,
+                membership: current.clone(),
+            });
+        }
+        self.conf_scanned = self.conf_scanned.max(last);
+        if current != self.membership {
+            self.membership = current;
+            let index = self.latest_conf_index().max(self.log.snapshot_meta().index);
+            self.events.push(RaftEvent::ConfigChanged { index });
+            if self.role == Role::Leader {
+                self.track_progress();
+            } else if !self.promotable() && self.role != Role::Follower {
+                self.become_follower(self.term, None);
+            }
+        }
+    }
+
+    /// Leader: a progress tracker for every replica of the configuration in
+    /// force and of the last committed one, and none for anyone else. A
+    /// replica being removed keeps receiving the log until its removal
+    /// commits, so that it learns of it (and never campaigns again).
+    fn track_progress(&mut self) {
+        let mut replicas = self.membership.replicas();
+        for id in self.conf_at(self.log.committed()).replicas() {
+            if let Err(at) = replicas.binary_search(&id) {
+                replicas.insert(at, id);
+            }
+        }
+        self.progress.retain(|id, _| replicas.contains(id));
+        self.outgoing_snapshots
+            .retain(|id, _| replicas.contains(id));
+        let next = self.log.last_index() + 1;
+        for id in replicas {
+            if self.progress.contains_key(&id) {
+                continue;
+            }
+            let mut pr = Progress::new(
+                next,
+                self.cfg.max_inflight_msgs,
+                self.cfg.max_inflight_bytes,
+            );
+            if id == self.id {
+                pr.matched = self.log.persisted();
+                pr.become_replicate();
+            }
+            self.progress.insert(id, pr);
+        }
+    }
+
+    /// Leader, once the latest change is committed: leave a joint
+    /// configuration (C_old,new committed, so C_new may act alone from the
+    /// moment the leave entry is appended); or, if the configuration no
+    /// longer counts this leader as a voter, hand over and step down (the
+    /// dissertation's §4.2.2: a leader removed by C_new manages the group
+    /// until C_new commits, without counting itself).
+    fn conf_duties(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if self
+            .progress
+            .keys()
+            .any(|&id| !self.membership.contains(id))
+        {
+            self.track_progress(); // a removal committed: stop replicating there
+        }
+        if self.latest_conf_index() > self.log.committed() {
+            return;
+        }
+        if self.membership.is_joint() {
+            self.append_conf_change(&ConfChange::LeaveJoint);
+            return;
+        }
+        if self.promotable() {
+            return;
+        }
+        // Tell everyone the commit index, and hand leadership to a voter
+        // that has everything, so that the group need not wait out an
+        // election timeout.
+        self.broadcast_heartbeat(false);
+        let last = self.log.last_index();
+        let successor = self
+            .membership
+            .voters
+            .iter()
+            .copied()
+            .find(|v| self.progress.get(v).is_some_and(|pr| pr.matched == last));
+        if let Some(to) = successor {
+            self.send_timeout_now(to);
+        }
+        self.become_follower(self.term, None);
     }
 
     /// Handles one message from a peer of this group.
     pub fn step(&mut self, m: Message) {
-        if m.to != self.id || !self.membership.contains(m.from) {
+        // A leader's messages are taken from a replica this group's log
+        // still remembers (a leader that removed itself manages the group
+        // until its removal commits, Raft dissertation §4.2.2), and, by a
+        // replica that knows no configuration yet, from anyone: that is how
+        // it learns the group. Anything else from a non-member is dropped,
+        // so a removed replica cannot disrupt the group.
+        let from_leader = matches!(
+            m.body,
+            MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::SnapshotChunk { .. }
+                | MessageBody::TimeoutNow
+        );
+        let known = self.membership.contains(m.from)
+            || (from_leader && (!self.knows_configuration() || self.remembers(m.from)));
+        if m.to != self.id || !known {
             return; // not for us, or from a stranger: drop
         }
         if !matches!(m.body, MessageBody::HeartbeatResponse { .. }) {
@@ -882,6 +1230,7 @@ impl Raft {
 
     /// Drains everything this group wants done. Call after every input.
     pub fn take_ready(&mut self) -> Ready {
+        self.conf_duties();
         if self.want_round {
             self.want_round = false;
             self.broadcast_heartbeat(false);
@@ -937,6 +1286,7 @@ impl Raft {
         self.votes.clear();
         self.progress.clear();
         self.outgoing_snapshots.clear();
+        self.snapshot_wanted_by.clear();
         self.incoming_snapshot = None;
         if let Some(to) = self.transferee.take() {
             self.events.push(RaftEvent::TransferAborted { to });
@@ -998,7 +1348,7 @@ impl Raft {
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let term = self.term + 1;
-        for peer in self.peers().collect::<Vec<_>>() {
+        for peer in self.voting_peers() {
             self.send_with_term(
                 peer,
                 term,
@@ -1025,7 +1375,7 @@ impl Raft {
             return;
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers().collect::<Vec<_>>() {
+        for peer in self.voting_peers() {
             self.send(
                 peer,
                 MessageBody::Vote {
@@ -1043,19 +1393,7 @@ impl Raft {
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.sent_timeout_now = false;
-        let next = self.log.last_index() + 1;
-        for &v in &self.membership.voters {
-            let mut pr = Progress::new(
-                next,
-                self.cfg.max_inflight_msgs,
-                self.cfg.max_inflight_bytes,
-            );
-            if v == self.id {
-                pr.matched = self.log.persisted();
-                pr.become_replicate();
-            }
-            self.progress.insert(v, pr);
-        }
+        self.track_progress();
         self.events.push(RaftEvent::RoleChanged {
             role: Role::Leader,
             term: self.term,
@@ -1099,16 +1437,8 @@ impl Raft {
     }
 
     fn tally(&self) -> VoteResult {
-        let granted = self.votes.values().filter(|&&g| g).count();
-        let rejected = self.votes.values().filter(|&&g| !g).count();
-        let q = self.membership.quorum();
-        if granted >= q {
-            VoteResult::Won
-        } else if rejected >= q {
-            VoteResult::Lost
-        } else {
-            VoteResult::Pending
-        }
+        self.membership
+            .vote_result(|id| self.votes.get(&id).copied())
     }
 
     fn step_candidate(&mut self, m: Message) {
@@ -1210,6 +1540,19 @@ impl Raft {
         entries: Vec<Entry>,
         commit: u64,
     ) {
+        if !self.knows_configuration() {
+            // A new replica: entries mean nothing without the configuration
+            // they change. Refusing at index 0 asks for a snapshot.
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    success: false,
+                    index: 0,
+                    hint: 0,
+                },
+            );
+            return;
+        }
         if prev_index < self.log.committed() {
             let index = self.log.committed();
             self.send(
@@ -1222,7 +1565,9 @@ impl Raft {
             );
             return;
         }
-        match self.log.maybe_append(prev_index, prev_term, entries) {
+        let appended = self.log.maybe_append(prev_index, prev_term, entries);
+        self.refresh_conf();
+        match appended {
             Some(last_new) => {
                 self.log.commit_to(commit.min(last_new));
                 self.send(
@@ -1308,8 +1653,11 @@ impl Raft {
             // We already have the snapshot's entries: just learn the commit.
             self.log.commit_to(index);
         } else {
-            self.membership = snapshot.meta.membership.clone();
+            self.conf_base = snapshot.meta.membership.clone();
+            self.conf_changes.clear();
+            self.conf_scanned = index;
             self.log.install_snapshot(snapshot);
+            self.refresh_conf();
         }
         self.send(
             from,
@@ -1325,13 +1673,14 @@ impl Raft {
 
     fn append_entries(&mut self, entries: Vec<Entry>) {
         self.log.append(entries);
+        self.refresh_conf();
         // Our own entries count toward commit only once durable (on_persisted).
         self.broadcast_append(false);
         self.maybe_commit();
     }
 
     fn broadcast_append(&mut self, send_if_empty: bool) {
-        for peer in self.peers().collect::<Vec<_>>() {
+        for peer in self.replication_targets() {
             self.maybe_send_append(peer, send_if_empty);
         }
     }
@@ -1360,8 +1709,9 @@ impl Raft {
                 self.cfg.max_bytes_per_msg,
             )
         };
+        let wants_snapshot = self.snapshot_wanted_by.contains(&peer);
         match (self.log.term(prev_index), entries) {
-            (Some(prev_term), Ok(entries)) => {
+            (Some(prev_term), Ok(entries)) if !wants_snapshot => {
                 if entries.is_empty() && !send_if_empty {
                     return false;
                 }
@@ -1384,11 +1734,14 @@ impl Raft {
                 true
             }
             _ => {
-                // The entries were compacted away: send the snapshot (§7),
-                // in chunks.
-                let Some(snapshot) = self.log.snapshot() else {
+                // The entries were compacted away, or the follower is new:
+                // send the snapshot (§7), in chunks. A group that never
+                // compacted has none to send; ask for one (`wants_snapshot`)
+                // and send it once `compact` made it.
+                let Some(snapshot) = self.log.snapshot().filter(|s| s.meta.index > 0) else {
                     return false;
                 };
+                self.snapshot_wanted_by.remove(&peer);
                 let index = snapshot.meta.index;
                 if let Some(pr) = self.progress.get_mut(&peer) {
                     pr.become_snapshot(index);
@@ -1438,11 +1791,10 @@ impl Raft {
         if let Some(pr) = self.progress.get_mut(&self.id) {
             pr.matched = self.log.persisted();
         }
-        let mut matched: Vec<u64> = self.progress.values().map(|p| p.matched).collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&quorum_index) = matched.get(self.membership.quorum() - 1) else {
-            return false;
-        };
+        let progress = &self.progress;
+        let quorum_index = self
+            .membership
+            .quorum_value(|id| progress.get(&id).map_or(0, |pr| pr.matched));
         if quorum_index <= self.log.committed() || self.log.term(quorum_index) != Some(self.term) {
             return false;
         }
@@ -1453,7 +1805,7 @@ impl Raft {
             let index = self.log.committed();
             let round = self.round + 1;
             for ctx in std::mem::take(&mut self.reads_before_commit) {
-                if self.membership.voters.len() == 1 {
+                if self.membership.is_sole_voter(self.id) {
                     self.ready_reads.push(ReadState { ctx, index });
                 } else {
                     self.pending_reads
@@ -1474,7 +1826,7 @@ impl Raft {
         if let Some(pr) = self.progress.get_mut(&self.id) {
             pr.acked_round = self.round;
         }
-        for peer in self.peers().collect::<Vec<_>>() {
+        for peer in self.replication_targets() {
             let matched = self.progress.get(&peer).map_or(0, |p| p.matched);
             let commit = self.log.committed().min(matched);
             self.send(
@@ -1491,12 +1843,9 @@ impl Raft {
 
     /// The highest heartbeat round acknowledged by a quorum (us included).
     fn quorum_acked_round(&self) -> u64 {
-        let mut acked: Vec<u64> = self.progress.values().map(|p| p.acked_round).collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        acked
-            .get(self.membership.quorum() - 1)
-            .copied()
-            .unwrap_or(0)
+        let progress = &self.progress;
+        self.membership
+            .quorum_value(|id| progress.get(&id).map_or(0, |pr| pr.acked_round))
     }
 
     fn lease_expires_at(&self) -> Option<u64> {
@@ -1560,6 +1909,15 @@ impl Raft {
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return;
                 };
+                if !success && index == 0 {
+                    // Only a replica that knows no configuration refuses
+                    // entries at index 0 (every log holds the empty prefix):
+                    // a new one. It must start from a snapshot.
+                    self.snapshot_wanted_by.insert(from);
+                    pr.become_probe();
+                    self.maybe_send_append(from, true);
+                    return;
+                }
                 if !success {
                     if pr.maybe_decr_to(index, hint) {
                         if pr.state == ProgressState::Replicate {
@@ -1682,11 +2040,4 @@ impl Raft {
             self.msgs.push(m);
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum VoteResult {
-    Won,
-    Lost,
-    Pending,
 }

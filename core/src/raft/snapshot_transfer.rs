@@ -202,7 +202,7 @@ impl IncomingSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::message::Membership;
+    use crate::raft::Membership;
 
     fn snapshot(len: usize) -> Snapshot {
         Snapshot {
