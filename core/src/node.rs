@@ -53,8 +53,8 @@ use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector};
 use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRecord};
 use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition};
 use crate::raft::{
-    EntryKind, HardState, Membership, PersistRecord, ProposeError, Raft, RaftConfig, RaftEvent,
-    RaftStorage, Role,
+    ConfChange, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
+    ProposeError, Raft, RaftConfig, RaftEvent, RaftStorage, Role,
 };
 use crate::ring::{Ring, RingConfig, RingError};
 use crate::routing::Hops;
@@ -214,6 +214,17 @@ pub enum Halt {
         term: u64,
         reason: String,
     },
+}
+
+/// Why [`Node::handle_conf_change`] proposed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfChangeRefused {
+    #[error("this node does not host partition {0}")]
+    NotHosted(PartitionId),
+    #[error("{0}")]
+    Refused(ProposeError),
+    #[error("this node has stopped: {0}")]
+    Halted(String),
 }
 
 /// Each group's durable state, rebuilt by replaying the WAL in order.
@@ -513,6 +524,8 @@ const MAX_COMPACTION_WAIT_TICKS: u32 = 20;
 
 pub struct Node {
     cfg: NodeConfig,
+    /// Seeds each group's election jitter (see [`group_seed`]).
+    rng_seed: u64,
     id: NodeId,
     ring: Ring,
     peers: Vec<NodeId>,
@@ -568,7 +581,12 @@ impl Node {
         let mut recovered = recovered;
         let mut groups = BTreeMap::new();
         let mut events = VecDeque::new();
-        for p in ring.partitions_of(id) {
+        // The groups the ring gives this node, and every group its WAL holds
+        // (a replica it was added to later is not the ring's).
+        let ring_groups: BTreeSet<PartitionId> = ring.partitions_of(id).into_iter().collect();
+        let mut hosted = ring_groups.clone();
+        hosted.extend(recovered.groups.keys().copied());
+        for p in hosted {
             let storage = recovered.groups.remove(&p).unwrap_or_default();
             let kv = match &storage.snapshot {
                 Some(s) => KvStore::restore(&s.data).map_err(|e| StartError::CorruptSnapshot {
@@ -577,9 +595,15 @@ impl Node {
                 })?,
                 None => KvStore::new(),
             };
-            let membership = Membership::new(ring.replicas(p).iter().copied());
-            let seed = rng_seed ^ (u64::from(p.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            // The configuration a group starts from when it has no snapshot
+            // yet; a replica created by a leader's snapshot always has one.
+            let membership = if ring_groups.contains(&p) {
+                Membership::new(ring.replicas(p).iter().copied())
+            } else {
+                Membership::default()
+            };
             let saved_hard_state = storage.hard_state;
+            let seed = group_seed(rng_seed, p);
             let raft = Raft::new(id, cfg.raft.clone(), membership, storage, seed);
             let observed_commit = raft.log().committed();
             if cfg.observe {
@@ -613,6 +637,7 @@ impl Node {
             .collect();
         let dirty = groups.keys().copied().collect();
         Ok(Node {
+            rng_seed,
             detector: FailureDetector::new(cfg.detector.clone()),
             id,
             ring,
@@ -739,10 +764,91 @@ impl Node {
                     g.raft.step(gm.message);
                     self.dirty.insert(gm.partition);
                 }
-                None => self.stats.messages_for_unknown_partitions += 1,
+                None => self.message_for_unhosted_group(gm),
             }
         }
         self.process();
+    }
+
+    /// A message for a group this node does not host. A leader's snapshot
+    /// whose configuration lists this node proves it was added to the
+    /// group: the node creates an empty replica, which learns the group
+    /// from it. To an append it answers on the missing replica's behalf
+    /// that it holds nothing (a refusal at index 0), which makes the leader
+    /// send its snapshot. Anything else is counted and dropped: no other
+    /// message proves this node belongs to the group.
+    fn message_for_unhosted_group(&mut self, gm: GroupMessage) {
+        let p = gm.partition;
+        let m = gm.message;
+        match &m.body {
+            MessageBody::SnapshotChunk { meta, .. } if meta.membership.contains(self.id) => {
+                tracing::info!(partition = %p, leader = %m.from, "added to the group: creating its replica");
+                let raft = Raft::new(
+                    self.id,
+                    self.cfg.raft.clone(),
+                    Membership::default(),
+                    RaftStorage::default(),
+                    group_seed(self.rng_seed, p),
+                );
+                let mut group = Group {
+                    raft,
+                    kv: KvStore::new(),
+                    last_io: None,
+                    saved_hard_state: HardState::default(),
+                    observed_commit: 0,
+                    observed_round: 0,
+                    reads_waiting_apply: Vec::new(),
+                };
+                group.raft.step(m);
+                self.groups.insert(p, group);
+                self.dirty.insert(p);
+            }
+            MessageBody::Append { .. } => {
+                let answer = Message {
+                    from: self.id,
+                    to: m.from,
+                    term: m.term,
+                    body: MessageBody::AppendResponse {
+                        success: false,
+                        index: 0,
+                        hint: 0,
+                    },
+                };
+                self.outbox.entry(m.from).or_default().push(GroupMessage {
+                    partition: p,
+                    message: answer,
+                });
+            }
+            _ => self.stats.messages_for_unknown_partitions += 1,
+        }
+    }
+
+    /// An operator (or the placement controller) asks to change the
+    /// configuration of `partition`'s group, which this node must lead.
+    /// Returns the index of the change's entry; the change is in force on
+    /// each replica once that entry reaches its log, and done once it
+    /// commits (see [`Raft::propose_conf_change`]).
+    pub fn handle_conf_change(
+        &mut self,
+        now: Time,
+        partition: PartitionId,
+        change: ConfChange,
+    ) -> Result<u64, ConfChangeRefused> {
+        if let Some(halt) = &self.halted {
+            return Err(ConfChangeRefused::Halted(halt.to_string()));
+        }
+        self.start(now);
+        let g = self
+            .groups
+            .get_mut(&partition)
+            .ok_or(ConfChangeRefused::NotHosted(partition))?;
+        let index = g
+            .raft
+            .propose_conf_change(change)
+            .map_err(ConfChangeRefused::Refused)?;
+        self.dirty.insert(partition);
+        self.process();
+        Ok(index)
     }
 
     /// A client request arrived: from a client (`Hops(0)`) or forwarded by a
@@ -1449,8 +1555,10 @@ impl Node {
             log.applied().saturating_sub(log.snapshot_meta().index) >= self.cfg.snapshot_threshold;
         let log_bytes = log.entries_bytes() as u64;
         let by_bytes = log_bytes >= self.cfg.snapshot_threshold_bytes.max(g.kv.data_bytes());
+        // A new replica waits for a snapshot this leader never took.
+        let wanted = g.raft.wants_snapshot();
         let has_ready = g.raft.has_ready();
-        if by_count || by_bytes {
+        if by_count || by_bytes || wanted {
             self.queue_compaction(p);
         }
         if has_ready {
@@ -1567,6 +1675,12 @@ fn pack(messages: Vec<GroupMessage>, max_bytes: usize) -> Vec<(Vec<GroupMessage>
         out.push((current, bytes));
     }
     out
+}
+
+/// The seed of one group's election jitter on this node: distinct per
+/// partition, so groups do not time out in step.
+fn group_seed(rng_seed: u64, p: PartitionId) -> u64 {
+    rng_seed ^ (u64::from(p.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Forward to `to` if there is somewhere to go and the request has hops
