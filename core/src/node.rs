@@ -491,6 +491,9 @@ struct Group {
     /// The latest IO holding records of this group.
     last_io: Option<IoId>,
     saved_hard_state: HardState,
+    /// The IO holding this group's latest change of term or vote: until it
+    /// is durable, none of the group's messages leave.
+    term_io: Option<IoId>,
     /// The commit index last reported as [`Observed::Committed`].
     observed_commit: u64,
     /// The heartbeat round last reported as [`Observed::RoundSent`].
@@ -623,6 +626,7 @@ impl Node {
                     kv,
                     last_io: None,
                     saved_hard_state,
+                    term_io: None,
                     observed_commit,
                     observed_round: 0,
                     reads_waiting_apply: Vec::new(),
@@ -773,9 +777,10 @@ impl Node {
     /// A message for a group this node does not host. A leader's snapshot
     /// whose configuration lists this node proves it was added to the
     /// group: the node creates an empty replica, which learns the group
-    /// from it. To an append it answers on the missing replica's behalf
-    /// that it holds nothing (a refusal at index 0), which makes the leader
-    /// send its snapshot. Anything else is counted and dropped: no other
+    /// from it. To an append or a heartbeat it answers on the missing
+    /// replica's behalf that it holds nothing (a refusal at index 0), which
+    /// makes the leader send its snapshot (a heartbeat counts: a leader
+    /// whose one probe was lost sends nothing else until it hears back). Anything else is counted and dropped: no other
     /// message proves this node belongs to the group.
     fn message_for_unhosted_group(&mut self, gm: GroupMessage) {
         let p = gm.partition;
@@ -795,6 +800,7 @@ impl Node {
                     kv: KvStore::new(),
                     last_io: None,
                     saved_hard_state: HardState::default(),
+                    term_io: None,
                     observed_commit: 0,
                     observed_round: 0,
                     reads_waiting_apply: Vec::new(),
@@ -803,7 +809,7 @@ impl Node {
                 self.groups.insert(p, group);
                 self.dirty.insert(p);
             }
-            MessageBody::Append { .. } => {
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
                 let answer = Message {
                     from: self.id,
                     to: m.from,
@@ -885,17 +891,33 @@ impl Node {
         }
         let p = self.ring.partition_of(req.key());
         let deadline = self.now + self.cfg.request_timeout;
-        let Some(g) = self.groups.get_mut(&p) else {
+        // A replica removed from its group (it stays, passive, until a
+        // tombstone retires it) serves nothing: like a node that never held
+        // the partition, it hands the request on, to the leader it knows or
+        // to a member of the group as it last saw it.
+        let removed = self.groups.get(&p).and_then(|g| {
+            let m = g.raft.membership();
+            (g.raft.knows_configuration() && !m.contains(self.id)).then(|| {
+                g.raft
+                    .leader()
+                    .into_iter()
+                    .chain(m.voters.iter().copied())
+                    .collect()
+            })
+        });
+        if removed.is_some() || !self.groups.contains_key(&p) {
             // Not a replica: hand it to a replica that looks alive.
-            let replicas = self.ring.replicas(p);
+            let replicas: Vec<NodeId> = removed.unwrap_or_else(|| self.ring.replicas(p).to_vec());
             let to = replicas
                 .iter()
                 .copied()
+                .filter(|&r| r != self.id)
                 .find(|&r| self.detector.is_available(r, self.now))
-                .or_else(|| replicas.first().copied());
+                .or_else(|| replicas.iter().copied().find(|&r| r != self.id));
             self.reply(id, forward_or_give_up(to, p, hops));
             return;
-        };
+        }
+        let g = self.groups.get_mut(&p).expect("checked above");
         self.dirty.insert(p);
         match req {
             ClientRequest::Get {
@@ -1420,6 +1442,7 @@ impl Node {
                         if hs.term != g.saved_hard_state.term || hs.vote != g.saved_hard_state.vote
                         {
                             self.pending_must_sync = true;
+                            g.term_io = Some(io);
                         }
                         g.saved_hard_state = *hs;
                     }
@@ -1445,12 +1468,22 @@ impl Node {
             g.last_io = Some(io);
         }
         // Messages: the leader's traffic now; acknowledgements after persist.
+        // Nothing leaves in a term, or after a vote, before that term and
+        // vote are durable: a group whose only voter is this node wins its
+        // election without asking anyone, and its first appends would
+        // otherwise speak for a term a crash can forget and win again
+        // (core simulation, seed 56: the same node led term 4 twice).
+        let term_gate = g.term_io.filter(|io| io.0 > self.persisted_io);
         for m in ready.messages {
             let to = m.to;
-            self.outbox.entry(to).or_default().push(GroupMessage {
+            let gm = GroupMessage {
                 partition: p,
                 message: m,
-            });
+            };
+            match term_gate {
+                Some(io) => self.held.entry(io).or_default().push((to, gm)),
+                None => self.outbox.entry(to).or_default().push(gm),
+            }
         }
         let gate = g.last_io.filter(|io| io.0 > self.persisted_io);
         for m in ready.messages_after_persist {

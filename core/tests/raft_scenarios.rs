@@ -562,6 +562,9 @@ scenario!(
     conf_change_truncated,
     one_change_at_a_time,
     removed_node_cannot_disrupt,
+    lagging_voter_follows_a_new_leader,
+    joiner_waits_for_a_snapshot_naming_it,
+    removed_voter_learns_after_a_lost_message,
 );
 
 // Impossible states stop the replica (asserted in production code, as

@@ -33,7 +33,8 @@
 //! seed: `same_seed_same_trace` checks that byte for byte.
 //!
 //! `RINGKV_SIM_SEEDS=10000 cargo test --release -p ringkv-core --test randomized -- --nocapture`
-//! runs a soak; `RINGKV_SIM_SEED=N` replays one seed.
+//! runs a soak; `RINGKV_SIM_SEED=N` replays one seed, and with
+//! `RINGKV_SIM_TRACE=200` a failure prints the last 200 lines of its trace.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -52,7 +53,7 @@ use ringkv_core::node::{
     ClientError, ClientRequest, ClientResponse, Consistency, Event, Node, NodeConfig, Observed,
     Recovered, Reply, RequestId,
 };
-use ringkv_core::raft::{EntryKind, PersistRecord, Role};
+use ringkv_core::raft::{ConfChange, EntryKind, PersistRecord, Role};
 use ringkv_core::ring::RingConfig;
 use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId, Time};
@@ -106,6 +107,10 @@ struct Options {
     /// Do receivers apply `identity::admit` to every batch? Off only to show
     /// what the rule prevents.
     incarnation_rule: bool,
+    /// The chance per step that a partition's leader is asked to change its
+    /// group's configuration (add, promote or remove a learner; remove or
+    /// replace a voter), within groups of 1 to 5 replicas.
+    membership_chance: f64,
 }
 
 impl Default for Options {
@@ -113,6 +118,7 @@ impl Default for Options {
         Options {
             wipe_chance: 0.3,
             incarnation_rule: true,
+            membership_chance: 0.01,
         }
     }
 }
@@ -165,6 +171,9 @@ struct Sim {
     workload_rng: ChaCha8Rng,
     /// Decides which unsynced records survive a crash.
     disk_rng: ChaCha8Rng,
+    /// Decides when and how configurations change (its own stream, so the
+    /// fault schedules of the other draws stay as they were).
+    membership_rng: ChaCha8Rng,
     /// The mod_revision last seen per key, for compare-and-set.
     seen_revisions: BTreeMap<Bytes, u64>,
     next_req: u64,
@@ -289,6 +298,7 @@ impl Sim {
             workload_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x776f_726b_6c6f_6164),
             seen_revisions: BTreeMap::new(),
             disk_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6469_736b),
+            membership_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6d65_6d62_6572),
             next_req: 1,
             next_value: 1,
             steps: 0,
@@ -304,6 +314,29 @@ impl Sim {
     }
 
     fn fail(&self, what: String) -> ! {
+        // `RINGKV_SIM_TRACE=N` prints the run's last N trace lines first.
+        if let Some(n) = std::env::var("RINGKV_SIM_TRACE")
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
+            let lines: Vec<&str> = self.trace.lines().collect();
+            eprintln!("{}", lines[lines.len().saturating_sub(n)..].join("\n"));
+            for node in self.nodes.iter().filter_map(|sn| sn.node.as_ref()) {
+                for p in node.partitions() {
+                    let r = node.raft(p).expect("hosted");
+                    eprintln!(
+                        "{} {p}: {:?} term {} leader {:?} commit {} last {} {}",
+                        node.id(),
+                        r.role(),
+                        r.term(),
+                        r.leader(),
+                        r.log().committed(),
+                        r.log().last_index(),
+                        r.membership()
+                    );
+                }
+            }
+        }
         panic!(
             "seed {} step {}: {what}\nreplay: RINGKV_SIM_SEED={} cargo test -p ringkv-core --test randomized replay -- --nocapture",
             self.seed, self.steps, self.seed
@@ -782,8 +815,102 @@ impl Sim {
         self.nodes[i].node = Some(node);
     }
 
+    /// Asks a partition's leader, if it has one, for a random configuration
+    /// change that fits its group (1 to 5 replicas). The leader may refuse
+    /// it (one change at a time, a learner behind); that is counted too.
+    fn membership_change(&mut self) {
+        let p = PartitionId(self.membership_rng.random_range(0..PARTITIONS));
+        let Some(i) = (0..self.n()).find(|&i| {
+            let raft = self.nodes[i].node.as_ref().and_then(|n| n.raft(p));
+            raft.is_some_and(|r| r.is_leader())
+        }) else {
+            return;
+        };
+        let m = self.nodes[i]
+            .node
+            .as_ref()
+            .and_then(|n| n.raft(p))
+            .expect("found above")
+            .membership()
+            .clone();
+        let pick = |rng: &mut ChaCha8Rng, ids: &[NodeId]| ids[rng.random_range(0..ids.len())];
+        let replicas = m.replicas();
+        let outsiders: Vec<NodeId> = (1..=self.n() as u64)
+            .map(NodeId)
+            .filter(|id| !replicas.contains(id) && self.wiped != Some((id.0 - 1) as usize))
+            .collect();
+        let mut choices = Vec::new();
+        if !outsiders.is_empty() {
+            choices.push(ConfChange::AddLearner(pick(
+                &mut self.membership_rng,
+                &outsiders,
+            )));
+        }
+        // The voters that may go: any, unless a wiped voter (refused by
+        // everyone, for good) is among them; then only it, or the group
+        // could be left without a working majority, as an operator who
+        // removed a healthy replica before the dead one would leave it.
+        let wiped = self.wiped.map(|i| NodeId(i as u64 + 1));
+        let removable: Vec<NodeId> = match wiped {
+            Some(w) if m.voters.contains(&w) => vec![w],
+            _ => m.voters.clone(),
+        };
+        if !m.learners.is_empty() {
+            let learner = pick(&mut self.membership_rng, &m.learners);
+            choices.push(ConfChange::RemoveLearner(learner));
+            choices.push(ConfChange::EnterJoint {
+                promote: vec![learner],
+                remove: vec![],
+            });
+            let voter = pick(&mut self.membership_rng, &removable);
+            choices.push(ConfChange::EnterJoint {
+                promote: vec![learner],
+                remove: vec![voter],
+            });
+        }
+        // Groups shrink below three voters only once this run's one disk
+        // loss has happened: two voters do not survive losing one for good.
+        let min_voters = if self.wiped.is_none() && self.opts.wipe_chance > 0.0 {
+            3
+        } else {
+            1
+        };
+        if m.voters.len() > min_voters {
+            let voter = pick(&mut self.membership_rng, &removable);
+            choices.push(ConfChange::EnterJoint {
+                promote: vec![],
+                remove: vec![voter],
+            });
+        }
+        if choices.is_empty() {
+            return;
+        }
+        let change = choices.swap_remove(self.membership_rng.random_range(0..choices.len()));
+        let now = self.now;
+        let node = self.nodes[i].node.as_mut().expect("found above");
+        let result = node.handle_conf_change(now, p, change.clone());
+        let _ = writeln!(
+            self.trace,
+            "{} n{} {p} conf {change}: {result:?}",
+            self.now,
+            i + 1
+        );
+        let kind = if result.is_ok() {
+            "conf-ok"
+        } else {
+            "conf-refused"
+        };
+        *self.outcomes.entry(kind).or_default() += 1;
+        self.drain(i);
+    }
+
     fn step(&mut self) {
         self.steps += 1;
+        if self.opts.membership_chance > 0.0
+            && self.membership_rng.random_bool(self.opts.membership_chance)
+        {
+            self.membership_change();
+        }
         match self.rng.random_range(0..100) {
             0..=39 => {
                 let dt = self.rng.random_range(1..=10);
@@ -1025,24 +1152,29 @@ impl Sim {
         self.run_quietly(200);
         self.check_history(final_from);
         for p in (0..PARTITIONS).map(PartitionId) {
-            let mut leader = None;
+            // The replicas of the leader's configuration (a replica that was
+            // removed stays behind, passive, and is not judged).
+            let leader = self.nodes.iter().find_map(|sn| {
+                let raft = sn.node.as_ref()?.raft(p)?;
+                (raft.role() == Role::Leader).then(|| (raft.id(), raft.membership().replicas()))
+            });
+            let Some((_, replicas)) = leader else {
+                self.fail(format!("{p}: no leader after healing"));
+            };
             let mut states = BTreeMap::new();
             for (i, sn) in self.nodes.iter().enumerate() {
-                // A wiped node stays refused (until membership changes can
-                // re-add it): it has nothing to converge to.
+                // A wiped node stays refused: it has nothing to converge to.
                 if self.opts.incarnation_rule && self.wiped == Some(i) {
                     continue;
                 }
                 let node = sn.node.as_ref().expect("all up");
-                let Some(raft) = node.raft(p) else { continue };
-                if raft.role() == Role::Leader {
-                    leader = Some(node.id());
+                if !replicas.contains(&node.id()) {
+                    continue;
                 }
-                let kv = node.kv(p).expect("hosted");
+                let Some(kv) = node.kv(p) else {
+                    self.fail(format!("{p}: {} is a replica but hosts nothing", node.id()));
+                };
                 states.insert(node.id(), (kv.applied_index(), kv.digest()));
-            }
-            if leader.is_none() {
-                self.fail(format!("{p}: no leader after healing"));
             }
             let distinct: BTreeSet<_> = states.values().collect();
             if distinct.len() != 1 {
@@ -1179,6 +1311,8 @@ fn seed_54_lost_snapshot_is_retried() {
         Options {
             wipe_chance: 0.0,
             incarnation_rule: true,
+            // The seed's schedule as it was when the bug was found.
+            membership_chance: 0.0,
         },
     );
 }
@@ -1191,9 +1325,14 @@ fn seed_54_lost_snapshot_is_retried() {
 /// on the same seeds.
 #[test]
 fn wiping_a_disk_breaks_safety_without_the_incarnation_rule() {
+    // Fixed membership: this test is about a wiped voter coming back.
+    let with = Options {
+        membership_chance: 0.0,
+        ..Options::default()
+    };
     let without = Options {
         incarnation_rule: false,
-        ..Options::default()
+        ..with
     };
     let mut wiped_runs = 0;
     for seed in 0..200 {
@@ -1227,7 +1366,7 @@ fn wiping_a_disk_breaks_safety_without_the_incarnation_rule() {
                     msg.lines().next().unwrap_or_default()
                 );
                 // The same schedule, with the rule, keeps every property.
-                let sim = run_with(seed, 3000, Options::default());
+                let sim = run_with(seed, 3000, with);
                 assert!(
                     sim.wiped.is_some(),
                     "seed {seed} wiped no disk with the rule on"

@@ -50,8 +50,11 @@
 //! (`joint_partition`), a restart mid-change (`conf_change_restart`), the
 //! leader removing itself (`remove_leader`).
 //!
-//! What is not (yet): follower reads; telling a replica removed while cut
-//! off that it was removed (its campaigns are dropped, but it keeps trying).
+//! What is not (yet): follower reads. A removed replica is told of its
+//! removal only while the leader's log still remembers it (until a
+//! snapshot past the removal); after that its campaigns are refused (its
+//! log lacks the entries that removed it) but it keeps trying, until the
+//! node's tombstone (planned) retires it.
 //!
 //! **Persist before you speak.** Records that must be durable come out in
 //! [`Ready::persist`]. Messages that claim something durable (votes, append
@@ -579,13 +582,16 @@ impl Raft {
     pub fn lease_round(&self) -> u64 {
         self.quorum_acked_round()
     }
-    /// Leader: a new replica waits for a snapshot and this group has never
-    /// compacted, so there is none to send: the driver should compact it
-    /// ([`Raft::compact`]) soon.
+    /// Leader: a new replica waits for a snapshot and this group has none
+    /// that names it (it never compacted, or not since the replica was
+    /// added): the driver should compact it ([`Raft::compact`]) soon.
     pub fn wants_snapshot(&self) -> bool {
+        let snapshot = self.log.snapshot_meta();
         self.role == Role::Leader
-            && !self.snapshot_wanted_by.is_empty()
-            && self.log.snapshot_meta().index == 0
+            && self
+                .snapshot_wanted_by
+                .iter()
+                .any(|&p| snapshot.index == 0 || !snapshot.membership.contains(p))
     }
 
     /// Whether this replica knows the group's configuration. A replica
@@ -630,10 +636,19 @@ impl Raft {
         voters
     }
 
-    /// Whether this replica may campaign: it votes (a learner, or a replica
-    /// removed from the group, never does).
+    /// Whether this replica may campaign: it votes in the configuration in
+    /// force, or its removal is not committed yet (as far as it knows). A
+    /// learner never campaigns, nor does a replica whose removal committed.
+    ///
+    /// The second half matters when a leader that removed itself fails
+    /// after appending C_new but before committing it: it may hold the only
+    /// log with C_new, and the other voters of C_old,new need its vote to
+    /// elect anyone, which they cannot get without giving it the lead
+    /// (soak of the core simulation, seed 41: a group stuck forever). As a
+    /// candidate it counts C_new's votes, not its own, and as leader it
+    /// commits C_new and steps down (`conf_duties`).
     fn promotable(&self) -> bool {
-        self.membership.is_voter(self.id)
+        self.membership.is_voter(self.id) || self.conf_at(self.log.committed()).is_voter(self.id)
     }
 
     // ----------------------------------------------------------------- inputs
@@ -1004,6 +1019,18 @@ impl Raft {
         self.conf_base.contains(id) || self.conf_changes.iter().any(|c| c.membership.contains(id))
     }
 
+    /// Every replica any configuration in the log names, sorted.
+    fn remembered(&self) -> Vec<NodeId> {
+        let mut ids = self.membership.replicas();
+        ids.extend(self.conf_base.replicas());
+        for c in &self.conf_changes {
+            ids.extend(c.membership.replicas());
+        }
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// The index of the latest configuration change entry in the log (0 if
     /// the configuration in force is the snapshot's, which is committed).
     fn latest_conf_index(&self) -> u64 {
@@ -1065,17 +1092,13 @@ impl Raft {
         }
     }
 
-    /// Leader: a progress tracker for every replica of the configuration in
-    /// force and of the last committed one, and none for anyone else. A
-    /// replica being removed keeps receiving the log until its removal
-    /// commits, so that it learns of it (and never campaigns again).
+    /// Leader: a progress tracker for every replica any configuration in
+    /// the log names, and none for anyone else. A removed replica keeps
+    /// receiving the log (counting for nothing) until compaction forgets
+    /// it, so that it learns of its removal however long it was cut off,
+    /// never campaigns again, and knows the leader to send requests to.
     fn track_progress(&mut self) {
-        let mut replicas = self.membership.replicas();
-        for id in self.conf_at(self.log.committed()).replicas() {
-            if let Err(at) = replicas.binary_search(&id) {
-                replicas.insert(at, id);
-            }
-        }
+        let replicas = self.remembered();
         self.progress.retain(|id, _| replicas.contains(id));
         self.outgoing_snapshots
             .retain(|id, _| replicas.contains(id));
@@ -1107,12 +1130,8 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        if self
-            .progress
-            .keys()
-            .any(|&id| !self.membership.contains(id))
-        {
-            self.track_progress(); // a removal committed: stop replicating there
+        if self.progress.keys().any(|&id| !self.remembers(id)) {
+            self.track_progress(); // compaction forgot a removed replica
         }
         if self.latest_conf_index() > self.log.committed() {
             return;
@@ -1143,22 +1162,33 @@ impl Raft {
 
     /// Handles one message from a peer of this group.
     pub fn step(&mut self, m: Message) {
-        // A leader's messages are taken from a replica this group's log
-        // still remembers (a leader that removed itself manages the group
-        // until its removal commits, Raft dissertation §4.2.2), and, by a
-        // replica that knows no configuration yet, from anyone: that is how
-        // it learns the group. Anything else from a non-member is dropped,
-        // so a removed replica cannot disrupt the group.
-        let from_leader = matches!(
+        // Drop a campaign by a replica this log knows was removed (a vote
+        // request from a replica that remembers a configuration we no
+        // longer have): that is what must not disrupt the group. Take
+        // everything else, from anyone in the cluster: a leader or voter
+        // this log has not heard of yet belongs to a configuration ahead of
+        // ours (as in Raft, a replica does not consult its configuration to
+        // answer), and a removed replica's answers let the leader bring it
+        // the entries that tell it it was removed. A replica that knows no
+        // configuration yet does not vote at all.
+        let campaign = matches!(
             m.body,
-            MessageBody::Append { .. }
-                | MessageBody::Heartbeat { .. }
-                | MessageBody::SnapshotChunk { .. }
-                | MessageBody::TimeoutNow
+            MessageBody::PreVote { .. } | MessageBody::Vote { .. }
         );
-        let known = self.membership.contains(m.from)
-            || (from_leader && (!self.knows_configuration() || self.remembers(m.from)));
+        let removed_campaigner =
+            campaign && !self.membership.contains(m.from) && self.remembers(m.from);
+        let known = !(removed_campaigner || (campaign && !self.knows_configuration()));
         if m.to != self.id || !known {
+            if campaign && m.to == self.id && self.role == Role::Leader && self.remembers(m.from) {
+                // A replica removed while it could not hear of it campaigns
+                // in the group it remembers. Bring it the log that says it
+                // is out (this leader may have quiesced, or stopped probing).
+                self.wake();
+                if let Some(pr) = self.progress.get_mut(&m.from) {
+                    pr.become_probe();
+                }
+                self.maybe_send_append(m.from, true);
+            }
             return; // not for us, or from a stranger: drop
         }
         if !matches!(m.body, MessageBody::HeartbeatResponse { .. }) {
@@ -1738,7 +1768,11 @@ impl Raft {
                 // send the snapshot (§7), in chunks. A group that never
                 // compacted has none to send; ask for one (`wants_snapshot`)
                 // and send it once `compact` made it.
-                let Some(snapshot) = self.log.snapshot().filter(|s| s.meta.index > 0) else {
+                // A new replica needs one that names it: that is its proof it
+                // was added, and how it learns the group.
+                let Some(snapshot) = self.log.snapshot().filter(|s| {
+                    s.meta.index > 0 && (!wants_snapshot || s.meta.membership.contains(peer))
+                }) else {
                     return false;
                 };
                 self.snapshot_wanted_by.remove(&peer);
@@ -1883,10 +1917,13 @@ impl Raft {
             && self.reads_before_commit.is_empty()
             && self.log.committed() == last
             && self.log.applied() == last
+            // Replicas still in the group (a removed one, perhaps gone
+            // for good, must not keep the group awake).
             && self
                 .progress
-                .values()
-                .all(|p| p.matched == last && p.acked_round == self.round)
+                .iter()
+                .filter(|(id, _)| self.membership.contains(**id))
+                .all(|(_, p)| p.matched == last && p.acked_round == self.round)
     }
 
     fn quiesce(&mut self) {
@@ -1912,7 +1949,11 @@ impl Raft {
                 if !success && index == 0 {
                     // Only a replica that knows no configuration refuses
                     // entries at index 0 (every log holds the empty prefix):
-                    // a new one. It must start from a snapshot.
+                    // a new one. It must start from a snapshot, if it is
+                    // still in the group (a removed one gets nothing more).
+                    if !self.membership.contains(from) {
+                        return;
+                    }
                     self.snapshot_wanted_by.insert(from);
                     pr.become_probe();
                     self.maybe_send_append(from, true);
