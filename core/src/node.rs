@@ -553,6 +553,8 @@ pub struct Node {
     /// Per IO: the (partition, index, term) of durable log positions it holds.
     io_positions: BTreeMap<IoId, Vec<(PartitionId, u64, u64)>>,
     held: BTreeMap<IoId, Vec<(NodeId, GroupMessage)>>,
+    /// Observations that wait, like `held` messages, for an IO to be durable.
+    held_observations: BTreeMap<IoId, Vec<Observation>>,
     outbox: BTreeMap<NodeId, Vec<GroupMessage>>,
     last_sent: BTreeMap<NodeId, Time>,
     /// Groups due for a snapshot, in the order they became due (each once).
@@ -663,6 +665,7 @@ impl Node {
             io_out: VecDeque::new(),
             io_positions: BTreeMap::new(),
             held: BTreeMap::new(),
+            held_observations: BTreeMap::new(),
             outbox: BTreeMap::new(),
             last_sent: BTreeMap::new(),
             compaction_queue: VecDeque::new(),
@@ -1005,6 +1008,13 @@ impl Node {
     fn refusal(raft: &mut Raft, p: PartitionId, e: ProposeError, hops: Hops) -> Reply {
         match e {
             ProposeError::NotLeader { leader: Some(l) } => forward_or_give_up(Some(l), p, hops),
+            ProposeError::NotLeader { leader: None } if !raft.membership().is_voter(raft.id()) => {
+                // A learner (or a replica removed while it could not hear
+                // of it) that knows no leader: no election here will find
+                // one, so hand the request to a voter, which may know.
+                let voter = raft.membership().voters.first().copied();
+                forward_or_give_up(voter, p, hops)
+            }
             ProposeError::NotLeader { leader: None } | ProposeError::TransferInProgress => {
                 // Make sure an idle group notices it needs a leader.
                 raft.wake();
@@ -1148,6 +1158,16 @@ impl Node {
         for k in released {
             for (to, gm) in self.held.remove(&k).unwrap_or_default() {
                 self.outbox.entry(to).or_default().push(gm);
+            }
+        }
+        let released: Vec<IoId> = self
+            .held_observations
+            .range(..=io)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in released {
+            for o in self.held_observations.remove(&k).unwrap_or_default() {
+                self.events.push_back(Event::Observed(o));
             }
         }
         self.process();
@@ -1419,14 +1439,32 @@ impl Node {
                     last_index -= 1;
                 }
                 let last_term = log.term(last_index).unwrap_or(0);
-                observe(
-                    &mut self.events,
-                    Observed::BecameLeader {
+                let won = Observation {
+                    node: self.id,
+                    partition: p,
+                    what: Observed::BecameLeader {
                         term,
                         last_index,
                         last_term,
                     },
-                );
+                };
+                // Reported once the term is durable, as anything the leader
+                // says is: a win a crash forgets was never observable (a
+                // sole voter wins without asking anyone, and may win the
+                // same term again after such a crash).
+                let term_changes = ready.persist.iter().any(|r| {
+                    matches!(r, PersistRecord::HardState(hs)
+                        if hs.term != g.saved_hard_state.term || hs.vote != g.saved_hard_state.vote)
+                });
+                let gate = if term_changes {
+                    Some(io)
+                } else {
+                    g.term_io.filter(|io| io.0 > self.persisted_io)
+                };
+                match gate {
+                    Some(io) => self.held_observations.entry(io).or_default().push(won),
+                    None => self.events.push_back(Event::Observed(won)),
+                }
             }
             self.events.push_back(Event::Raft {
                 partition: p,

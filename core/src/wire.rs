@@ -172,6 +172,16 @@ pub fn decode_wal_payload(buf: &[u8]) -> Result<WalPayload> {
 /// Encodes a configuration change for the data of an entry of kind
 /// [`EntryKind::ConfChange`].
 pub fn encode_conf_change(change: &ConfChange) -> Bytes {
+    Bytes::from(conf_change_to_proto(change).encode_to_vec())
+}
+
+/// Decodes and validates the data of a configuration change entry.
+pub fn decode_conf_change(buf: &[u8]) -> Result<ConfChange> {
+    conf_change_from_proto(pb::ConfChange::decode(buf)?)
+}
+
+/// The protobuf value of a configuration change (also the admin API's).
+pub fn conf_change_to_proto(change: &ConfChange) -> pb::ConfChange {
     use pb::conf_change::Change;
     let ids = |list: &[NodeId]| list.iter().map(|id| id.0).collect();
     let change = match change {
@@ -183,18 +193,15 @@ pub fn encode_conf_change(change: &ConfChange) -> Bytes {
         }),
         ConfChange::LeaveJoint => Change::LeaveJoint(pb::LeaveJoint {}),
     };
-    Bytes::from(
-        pb::ConfChange {
-            change: Some(change),
-        }
-        .encode_to_vec(),
-    )
+    pb::ConfChange {
+        change: Some(change),
+    }
 }
 
-/// Decodes and validates the data of a configuration change entry.
-pub fn decode_conf_change(buf: &[u8]) -> Result<ConfChange> {
+/// Validates a configuration change from its protobuf value.
+pub fn conf_change_from_proto(change: pb::ConfChange) -> Result<ConfChange> {
     use pb::conf_change::Change;
-    let change = pb::ConfChange::decode(buf)?
+    let change = change
         .change
         .ok_or(WireError::Missing("ConfChange.change"))?;
     Ok(match change {

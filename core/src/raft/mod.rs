@@ -391,6 +391,10 @@ pub struct Raft {
     /// New replicas (they refused entries for want of a configuration) that
     /// need a snapshot before anything else.
     snapshot_wanted_by: BTreeSet<NodeId>,
+    /// Replicas outside the configuration that campaigned: sent the log
+    /// until they hold the latest configuration, which tells them they are
+    /// out.
+    strays: BTreeSet<NodeId>,
     transferee: Option<NodeId>,
     /// Heartbeat round counter, and when each recent round was sent (ticks).
     round: u64,
@@ -469,6 +473,7 @@ impl Raft {
             outgoing_snapshots: BTreeMap::new(),
             congested_peers: BTreeSet::new(),
             snapshot_wanted_by: BTreeSet::new(),
+            strays: BTreeSet::new(),
             transferee: None,
             round: 0,
             round_sent_at: VecDeque::new(),
@@ -1031,6 +1036,21 @@ impl Raft {
         ids
     }
 
+    /// Leader: starts (again) sending the log to `stray`, a replica outside
+    /// the configuration that campaigned, until it holds what tells it it
+    /// is out (see `step_leader`).
+    fn bring_stray_up_to_date(&mut self, stray: NodeId) {
+        self.wake();
+        self.strays.insert(stray);
+        let next = self.log.last_index() + 1;
+        let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
+        self.progress
+            .entry(stray)
+            .or_insert_with(|| Progress::new(next, max_msgs, max_bytes))
+            .become_probe();
+        self.maybe_send_append(stray, true);
+    }
+
     /// The index of the latest configuration change entry in the log (0 if
     /// the configuration in force is the snapshot's, which is committed).
     fn latest_conf_index(&self) -> u64 {
@@ -1098,7 +1118,10 @@ impl Raft {
     /// it, so that it learns of its removal however long it was cut off,
     /// never campaigns again, and knows the leader to send requests to.
     fn track_progress(&mut self) {
-        let replicas = self.remembered();
+        let mut replicas = self.remembered();
+        replicas.extend(self.strays.iter().copied());
+        replicas.sort();
+        replicas.dedup();
         self.progress.retain(|id, _| replicas.contains(id));
         self.outgoing_snapshots
             .retain(|id, _| replicas.contains(id));
@@ -1130,7 +1153,11 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        if self.progress.keys().any(|&id| !self.remembers(id)) {
+        if self
+            .progress
+            .keys()
+            .any(|&id| !self.remembers(id) && !self.strays.contains(&id))
+        {
             self.track_progress(); // compaction forgot a removed replica
         }
         if self.latest_conf_index() > self.log.committed() {
@@ -1178,18 +1205,20 @@ impl Raft {
         let removed_campaigner =
             campaign && !self.membership.contains(m.from) && self.remembers(m.from);
         let known = !(removed_campaigner || (campaign && !self.knows_configuration()));
-        if m.to != self.id || !known {
-            if campaign && m.to == self.id && self.role == Role::Leader && self.remembers(m.from) {
-                // A replica removed while it could not hear of it campaigns
-                // in the group it remembers. Bring it the log that says it
-                // is out (this leader may have quiesced, or stopped probing).
-                self.wake();
-                if let Some(pr) = self.progress.get_mut(&m.from) {
-                    pr.become_probe();
-                }
-                self.maybe_send_append(m.from, true);
-            }
-            return; // not for us, or from a stranger: drop
+        if m.to != self.id {
+            return; // not for us
+        }
+        if campaign && self.role == Role::Leader && !self.membership.contains(m.from) {
+            // A replica outside this leader's configuration campaigns: it
+            // was removed while it could not hear of it (perhaps so long
+            // ago that this log no longer names it). Bring it the log, or
+            // the snapshot, that says it is out; its campaign counts for
+            // nothing here.
+            self.bring_stray_up_to_date(m.from);
+            return;
+        }
+        if !known {
+            return; // a removed replica's campaign: drop
         }
         if !matches!(m.body, MessageBody::HeartbeatResponse { .. }) {
             // Anything but the answer to our own quiesce heartbeat needs us awake.
@@ -1266,17 +1295,24 @@ impl Raft {
             self.broadcast_heartbeat(false);
         }
         let mut ready = Ready::default();
+        // The hard state first: a torn write may keep a prefix of these
+        // records, and entries of a term whose record was lost would come
+        // back in a log whose term is lower (core simulation, seed 153: a
+        // sole voter won the same term twice across a crash, and could have
+        // written two different entries at one index of that term). A
+        // commit index ahead of the entries that survive is clamped to them
+        // on recovery.
+        let hs = self.hard_state();
+        if hs != self.saved_hard_state {
+            ready.persist.push(PersistRecord::HardState(hs));
+            self.saved_hard_state = hs;
+        }
         let (snapshot, entries) = self.log.take_unsaved();
         if let Some(snap) = snapshot {
             ready.persist.push(PersistRecord::Snapshot(snap));
         }
         if !entries.is_empty() {
             ready.persist.push(PersistRecord::Entries(entries));
-        }
-        let hs = self.hard_state();
-        if hs != self.saved_hard_state {
-            ready.persist.push(PersistRecord::HardState(hs));
-            self.saved_hard_state = hs;
         }
         ready.snapshot_to_apply = self.log.take_snapshot_to_apply();
         ready.committed = self.log.take_committed(self.cfg.max_apply_batch);
@@ -1317,6 +1353,7 @@ impl Raft {
         self.progress.clear();
         self.outgoing_snapshots.clear();
         self.snapshot_wanted_by.clear();
+        self.strays.clear();
         self.incoming_snapshot = None;
         if let Some(to) = self.transferee.take() {
             self.events.push(RaftEvent::TransferAborted { to });
@@ -1976,6 +2013,15 @@ impl Raft {
                     self.term,
                     self.log.last_index()
                 );
+                if self.strays.contains(&from)
+                    && index >= self.latest_conf_index().max(self.log.snapshot_meta().index)
+                {
+                    // It holds the configuration that leaves it out.
+                    self.strays.remove(&from);
+                }
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
                 let was_paused = pr.is_paused();
                 if !pr.maybe_update(index) {
                     return;
