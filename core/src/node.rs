@@ -811,6 +811,19 @@ impl Node {
                 group.raft.step(m);
                 self.groups.insert(p, group);
                 self.dirty.insert(p);
+                if self.cfg.observe {
+                    // A new life of this replica on this node (an earlier one
+                    // may have died before anything of it was durable).
+                    let what = Observed::Started {
+                        applied: 0,
+                        commit: 0,
+                    };
+                    self.events.push_back(Event::Observed(Observation {
+                        node: self.id,
+                        partition: p,
+                        what,
+                    }));
+                }
             }
             MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
                 let answer = Message {
