@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ringkv_core::NodeId;
-use ringkv_node::cli::{bench, client};
+use ringkv_node::cli::{admin, bench, client};
 use ringkv_node::clock::MonotonicClock;
 use ringkv_node::config::{ServerConfig, defaults, parse_peers};
 use ringkv_node::disk::FsDisk;
@@ -46,6 +46,8 @@ enum Command {
     Locate(client::LocateArgs),
     /// Closed-loop load against a running cluster.
     Bench(bench::BenchArgs),
+    /// Operator commands (move a replica of a partition between nodes).
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Args, Debug)]
@@ -144,6 +146,7 @@ pub fn main() -> ExitCode {
         Command::Del(a) => run_client(client::del(a)),
         Command::Status(a) => run_client(client::status(a)),
         Command::Locate(a) => run_client(client::locate(a)),
+        Command::Admin(a) => run_client(admin::run(a)),
         Command::Bench(a) => run_client(async move {
             bench::run(a).await.unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");

@@ -193,6 +193,14 @@ impl Driver {
                 tracing::error!(error = %e, "storage failed; stopping this node");
                 return Err(e);
             }
+            Input::ConfChange {
+                partition,
+                change,
+                reply,
+            } => {
+                let result = self.node.handle_conf_change(now, partition, change);
+                let _ = reply.send(result);
+            }
             Input::Digests(reply) => {
                 let digests = self
                     .node

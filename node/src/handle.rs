@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ringkv_core::PartitionId;
 use ringkv_core::io::{IoId, PeerBatch};
-use ringkv_core::node::{ClientError, ClientRequest, ClientResponse};
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, ConfChangeRefused};
+use ringkv_core::raft::ConfChange;
 use ringkv_core::ring::Ring;
 use ringkv_core::routing::Hops;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,6 +40,12 @@ pub enum Input {
     StorageFailed(String),
     /// Wants a digest of every partition this node replicates.
     Digests(oneshot::Sender<Vec<PartitionDigest>>),
+    /// An operator's configuration change of one partition's group.
+    ConfChange {
+        partition: PartitionId,
+        change: ConfChange,
+        reply: oneshot::Sender<Result<u64, ConfChangeRefused>>,
+    },
 }
 
 /// A replica's state machine in one number, to compare replicas: equal
@@ -102,6 +109,25 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Input::Digests(reply)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Proposes one step of a configuration change of `partition`'s group,
+    /// which this node must lead; the index of its entry (done once that
+    /// commits), or why nothing was proposed.
+    pub async fn change_config(
+        &self,
+        partition: PartitionId,
+        change: ConfChange,
+    ) -> Result<u64, ConfChangeRefused> {
+        let stopping = || ConfChangeRefused::Halted("this node is shutting down".into());
+        let (reply, rx) = oneshot::channel();
+        let input = Input::ConfChange {
+            partition,
+            change,
+            reply,
+        };
+        self.tx.send(input).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
     }
 
     /// The latest published view of the cluster.

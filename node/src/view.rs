@@ -22,6 +22,18 @@ use ringkv_core::raft::ProgressState;
 use ringkv_core::{NodeId, PartitionId, Time};
 use serde::Serialize;
 
+/// The group's voters, in the ring's order where they are the ring's
+/// replicas (the usual case), else as the configuration lists them.
+fn voters_in_ring_order(voters: &[NodeId], ring: Vec<NodeId>) -> Vec<NodeId> {
+    let mut sorted = ring.clone();
+    sorted.sort();
+    if sorted == voters {
+        ring
+    } else {
+        voters.to_vec()
+    }
+}
+
 /// Entries a replica may trail its leader by before it counts as lagging:
 /// a healthy follower trails by what is in flight (a few RTTs of writes).
 pub const LAGGING_ENTRIES: u64 = 1_000;
@@ -88,7 +100,13 @@ pub struct FollowerView {
 #[derive(Debug, Clone)]
 pub struct PartitionView {
     pub partition: PartitionId,
+    /// Where this node replicates: the voters of the group's configuration
+    /// as its log has it (C_new while joint); elsewhere the ring's replicas.
     pub replicas: Vec<NodeId>,
+    /// Where this node replicates: the group's learners.
+    pub learners: Vec<NodeId>,
+    /// Where this node replicates and a joint change is under way: C_old.
+    pub outgoing: Vec<NodeId>,
     /// Known only where this node replicates the partition.
     pub leader: Option<NodeId>,
     pub term: u64,
@@ -170,6 +188,8 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
                 return PartitionView {
                     partition: p,
                     replicas,
+                    learners: Vec::new(),
+                    outgoing: Vec::new(),
                     leader: None,
                     term: 0,
                     commit_index: 0,
@@ -186,8 +206,12 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
                 ready = false;
             }
             let last = raft.log().last_index();
+            let membership = raft.membership();
+            // Replicas of the configuration only: a removed one the leader
+            // still sends the log to is no follower.
             let followers: Vec<FollowerView> = raft
                 .followers()
+                .filter(|(id, _)| membership.contains(*id))
                 .map(|(id, pr)| {
                     let snapshot_progress = raft.outgoing_snapshot_progress(id);
                     let lag = last.saturating_sub(pr.matched);
@@ -214,7 +238,9 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
                 .map(|(_, held, total)| (held, total));
             PartitionView {
                 partition: p,
-                replicas,
+                replicas: voters_in_ring_order(&membership.voters, replicas),
+                learners: membership.learners.clone(),
+                outgoing: membership.outgoing.clone(),
                 leader: raft.leader(),
                 term: raft.term(),
                 commit_index: raft.log().committed(),

@@ -526,3 +526,120 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     assert_eq!(get(addr, "/healthz").unwrap().status, 200);
     c.assert_alive();
 }
+
+/// `ringkv admin move-replica` moves one replica of a partition to a node
+/// that did not hold it, on four real processes, while a client keeps
+/// writing to that partition: every acknowledged write is then readable
+/// from the new replica (stale reads there are served by it) and through
+/// the cluster.
+#[test]
+fn a_replica_moves_to_another_node_under_write_load() {
+    let _timer = Timer::start("a_replica_moves_to_another_node_under_write_load");
+    let mut c = Cluster::start(4);
+    c.wait_ready(READY);
+    // A partition node 4 does not hold, and a replica of it to move there.
+    let status = c.status(1);
+    let (partition, from) = status["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .find_map(|p| {
+            let replicas: Vec<u64> = serde_json::from_value(p["replicas"].clone()).ok()?;
+            (!replicas.contains(&4)).then(|| (p["partition"].as_u64().expect("id"), replicas[0]))
+        })
+        .expect("with 4 nodes and 3 replicas, some partition is not on node 4");
+    let keys: Vec<String> = (0..2000)
+        .map(|i| format!("move/{i}"))
+        .filter(|k| {
+            let r = get(c.node(1).rest(), &format!("/v1/cluster/locate/{k}")).expect("locate");
+            r.json()["partition"].as_u64() == Some(partition)
+        })
+        .take(20)
+        .collect();
+    assert!(
+        !keys.is_empty(),
+        "no key of partition {partition} among 2000"
+    );
+
+    // Writes to the partition until the move is done.
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop, keys) = (acked.clone(), stop.clone(), keys.clone());
+        let addr = c.node(2).rest();
+        thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = &keys[n % keys.len()];
+                let value = format!("v{n}");
+                let r = retry_write(RETRY, || {
+                    request(addr, "PUT", &kv_path(key, None), &[], value.as_bytes())
+                });
+                if r.is_success() {
+                    acked.lock().unwrap().insert(key.clone(), value);
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let endpoints = c
+        .ids()
+        .map(|id| c.node(id).grpc.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args([
+            "admin",
+            "move-replica",
+            &partition.to_string(),
+            &from.to_string(),
+            "4",
+        ])
+        .args(["--endpoints", &endpoints, "--wait", "60s"])
+        .output()
+        .expect("run ringkv admin");
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().expect("writer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "move failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("done: partition {partition} is on")) && stdout.contains("n4"),
+        "{stdout}"
+    );
+    assert!(writes > 0, "the writer wrote nothing");
+
+    // Node 4 now holds the partition, as a voter, and `from` does not.
+    let voters = poll(READY, "node 4 to report the partition's new voters", || {
+        let s = c.status(4);
+        let p = s["partitions"]
+            .as_array()?
+            .iter()
+            .find(|p| p["partition"] == partition)?
+            .clone();
+        let voters: Vec<u64> = serde_json::from_value(p["replicas"].clone()).ok()?;
+        (voters.contains(&4) && !voters.contains(&from)).then_some(voters)
+    });
+    assert_eq!(voters.len(), 3, "{voters:?}");
+    // Every acknowledged write is on the new replica, and in the cluster.
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    for (key, value) in &acked {
+        poll(READY, &format!("{key} on node 4"), || {
+            let r = get(c.node(4).rest(), &kv_path(key, Some("stale"))).ok()?;
+            (r.status == 200 && r.text() == *value).then_some(())
+        });
+        let r = read(&c, 1, key, None);
+        assert_eq!(
+            (r.status, r.text()),
+            (200, value.clone()),
+            "{key} through node 1"
+        );
+    }
+}

@@ -171,6 +171,8 @@ pub fn status_response(
                 lag: p.lag,
                 under_replicated: p.under_replicated,
                 catching_up: p.catching_up,
+                learners: p.learners.iter().map(|r| r.0).collect(),
+                outgoing: p.outgoing.iter().map(|r| r.0).collect(),
             })
             .collect(),
     }
@@ -179,10 +181,16 @@ pub fn status_response(
 /// Where a key lives (shared with REST).
 pub fn locate_response(node: &NodeHandle, key: &[u8]) -> pb::LocateResponse {
     let p = node.ring().partition_of(key);
+    let view = node.view();
+    // The group's voters where this node replicates it, else the ring's.
+    let replicas = match view.partitions.get(p.0 as usize) {
+        Some(v) => v.replicas.iter().map(|r| r.0).collect(),
+        None => node.ring().replicas(p).iter().map(|r| r.0).collect(),
+    };
     pb::LocateResponse {
         partition: p.0,
-        leader: node.view().leader_of(p).map_or(0, |l| l.0),
-        replicas: node.ring().replicas(p).iter().map(|r| r.0).collect(),
+        leader: view.leader_of(p).map_or(0, |l| l.0),
+        replicas,
     }
 }
 
@@ -210,5 +218,31 @@ impl pb::cluster_server::Cluster for ClusterService {
             return Err(to_status(&ClientError::EmptyKey));
         }
         Ok(Response::new(locate_response(&self.node, &key)))
+    }
+
+    async fn change_config(
+        &self,
+        request: Request<pb::ChangeConfigRequest>,
+    ) -> Result<Response<pb::ChangeConfigResponse>, Status> {
+        let r = request.into_inner();
+        let partitions = self.node.ring().config().partition_count;
+        if r.partition >= partitions {
+            return Err(Status::invalid_argument(format!(
+                "partition {} does not exist (the cluster has {partitions})",
+                r.partition
+            )));
+        }
+        let change = r
+            .change
+            .ok_or_else(|| Status::invalid_argument("change is required"))
+            .and_then(|c| {
+                ringkv_core::wire::conf_change_from_proto(c)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))
+            })?;
+        let partition = ringkv_core::PartitionId(r.partition);
+        match self.node.change_config(partition, change).await {
+            Ok(index) => Ok(Response::new(pb::ChangeConfigResponse { index })),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
     }
 }

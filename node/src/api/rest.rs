@@ -390,7 +390,8 @@ async fn cluster_status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "partitions": st.partitions.iter().map(|p| json!({
             "partition": p.partition,
             "leader": if p.leader == 0 { serde_json::Value::Null } else { json!(p.leader) },
-            "replicas": p.replicas, "term": p.term, "commit_index": p.commit_index,
+            "replicas": p.replicas, "learners": p.learners, "outgoing": p.outgoing,
+            "term": p.term, "commit_index": p.commit_index,
             "applied_index": p.applied_index, "keys": p.keys,
         })).collect::<Vec<_>>(),
     }))

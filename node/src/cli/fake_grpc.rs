@@ -13,9 +13,9 @@ use bytes::Bytes;
 use ringkv_proto::v1::cluster_server::{Cluster, ClusterServer};
 use ringkv_proto::v1::kv_server::{Kv, KvServer};
 use ringkv_proto::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, LocateRequest,
-    LocateResponse, NodeStatus, PartitionStatus, PutRequest, PutResponse, ReplicaProgress,
-    StatusRequest, StatusResponse, precondition,
+    ChangeConfigRequest, ChangeConfigResponse, DeleteRequest, DeleteResponse, GetRequest,
+    GetResponse, KeyValue, LocateRequest, LocateResponse, NodeStatus, PartitionStatus, PutRequest,
+    PutResponse, ReplicaProgress, StatusRequest, StatusResponse, precondition,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -228,6 +228,18 @@ impl Cluster for FakeNode {
             leader: 2,
             replicas: vec![1, 2, 3],
         }))
+    }
+
+    /// The client and bench tests change no configuration: a call is a
+    /// test's mistake, and says so.
+    async fn change_config(
+        &self,
+        _request: Request<ChangeConfigRequest>,
+    ) -> Result<Response<ChangeConfigResponse>, Status> {
+        self.step().await?;
+        Err(Status::unimplemented(
+            "the fake node changes no configuration",
+        ))
     }
 }
 

@@ -28,6 +28,7 @@
 
 use std::time::Duration;
 
+pub mod admin;
 pub mod bench;
 pub mod client;
 pub mod failure;

@@ -1,0 +1,305 @@
+//! Operator commands over the low-level admin call `Cluster.ChangeConfig`.
+//!
+//! `ringkv admin move-replica PARTITION FROM TO` moves one replica of one
+//! partition between live nodes, make-before-break: it adds TO as a learner,
+//! waits until TO has caught up (its leader refuses the promotion until then),
+//! replaces FROM by TO in one joint change, and waits until the group has left
+//! the joint configuration. Each step is sent to the node that leads the
+//! partition now (found from the nodes' status, again after every refusal),
+//! and is skipped when the group is already past it, so an interrupted move is
+//! finished by running the command again. It prints one line per step and
+//! exits 0 once the partition's voters include TO and not FROM.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ringkv_proto::v1::cluster_client::ClusterClient;
+use ringkv_proto::v1::{
+    ChangeConfigRequest, ConfChange, EnterJoint, PartitionStatus, StatusRequest, conf_change,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use super::client::ClientOpts;
+use super::failure::{ErrorCode, Failure, Op};
+use super::parse_duration;
+use crate::error_chain;
+
+/// How often the command looks at the group again while it waits.
+const POLL: Duration = Duration::from_millis(200);
+
+/// `ringkv admin`: operator commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum AdminCommand {
+    /// Move one replica of a partition from one node to another (add the new
+    /// one as a learner, wait until it caught up, replace the old one).
+    MoveReplica(MoveReplicaArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MoveReplicaArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    /// The partition (see `ringkv locate KEY`).
+    pub partition: u32,
+    /// The node whose replica moves away.
+    pub from: u64,
+    /// The node that receives it.
+    pub to: u64,
+    /// Give up after this long (e.g. 2m); the steps already taken stay.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
+/// Runs `ringkv admin ...`.
+pub async fn run(a: AdminArgs) -> ExitCode {
+    match a.command {
+        AdminCommand::MoveReplica(m) => match move_replica(&m).await {
+            Ok(voters) => {
+                println!("done: partition {} is on {}", m.partition, join(&voters));
+                ExitCode::SUCCESS
+            }
+            Err(failure) => {
+                eprintln!("{}", failure.line());
+                ExitCode::from(failure.exit)
+            }
+        },
+    }
+}
+
+/// What the move does next, given the group as its leader reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    AddLearner,
+    Replace,
+    /// A joint change is under way; its leader leaves it by itself.
+    WaitJoint,
+    Done,
+}
+
+fn next_step(p: &PartitionStatus, from: u64, to: u64) -> Result<Step, String> {
+    if !p.outgoing.is_empty() {
+        return Ok(Step::WaitJoint);
+    }
+    let (voters, learners) = (&p.replicas, &p.learners);
+    if voters.contains(&to) && !voters.contains(&from) {
+        return Ok(Step::Done);
+    }
+    if voters.contains(&to) {
+        return Err(format!(
+            "n{to} is already a voter of partition {}",
+            p.partition
+        ));
+    }
+    if !voters.contains(&from) {
+        return Err(format!(
+            "n{from} is not a voter of partition {} (voters: {})",
+            p.partition,
+            join(voters)
+        ));
+    }
+    Ok(if learners.contains(&to) {
+        Step::Replace
+    } else {
+        Step::AddLearner
+    })
+}
+
+async fn move_replica(a: &MoveReplicaArgs) -> Result<Vec<u64>, Failure> {
+    let fail = |message: String| Failure::new(ErrorCode::Internal, Op::Write, message);
+    if a.from == a.to {
+        return Err(fail("FROM and TO are the same node".into()));
+    }
+    let deadline = Instant::now() + a.wait;
+    let mut said = None;
+    loop {
+        // No leader right now (an election, e.g. after the leader moved its
+        // own replica away): wait for one, up to the deadline.
+        let (leader, channel, p) = match find_leader(a).await {
+            Ok(found) => found,
+            Err(f) if f.code == ErrorCode::NoLeader && Instant::now() < deadline => {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(f) => return Err(f),
+        };
+        let step = next_step(&p, a.from, a.to).map_err(fail)?;
+        if said.as_ref() != Some(&step) {
+            match step {
+                Step::AddLearner => println!(
+                    "adding n{} to partition {} as a learner (leader n{leader})",
+                    a.to, a.partition
+                ),
+                Step::Replace => println!(
+                    "n{} is a learner; replacing n{} by it once it has caught up (leader n{leader})",
+                    a.to, a.from
+                ),
+                Step::WaitJoint => println!(
+                    "partition {} is changing its voters ({} && {}); waiting",
+                    a.partition,
+                    join(&p.replicas),
+                    join(&p.outgoing)
+                ),
+                Step::Done => {}
+            }
+            said = Some(step.clone());
+        }
+        let change = match step {
+            Step::Done => return Ok(p.replicas),
+            Step::WaitJoint => None,
+            Step::AddLearner => Some(conf_change::Change::AddLearner(a.to)),
+            Step::Replace => Some(conf_change::Change::EnterJoint(EnterJoint {
+                promote: vec![a.to],
+                remove: vec![a.from],
+            })),
+        };
+        if let Some(change) = change {
+            let request = ChangeConfigRequest {
+                partition: a.partition,
+                change: Some(ConfChange {
+                    change: Some(change),
+                }),
+            };
+            let mut client = ClusterClient::new(channel);
+            match tokio::time::timeout(a.opts.timeout, client.change_config(request)).await {
+                Ok(Ok(_)) => {}
+                // Not the leader any more, the previous change not yet
+                // committed, the learner not caught up: look again.
+                Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {}
+                Ok(Err(status)) => return Err(Failure::from_status(&status, Op::Write)),
+                Err(_) => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::new(
+                ErrorCode::ClientTimeout,
+                Op::Write,
+                format!(
+                    "the move of partition {} did not finish within {:?} (last seen: voters {}, learners {}); \
+                     the steps taken stay, and running the command again goes on from there",
+                    a.partition,
+                    a.wait,
+                    join(&p.replicas),
+                    join(&p.learners)
+                ),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The node that leads the partition, a channel to it, and the partition as
+/// it reports it. Any endpoint lists the members; the one whose own status
+/// says it leads the partition is the one asked.
+async fn find_leader(a: &MoveReplicaArgs) -> Result<(u64, Channel, PartitionStatus), Failure> {
+    let unreachable = |message: String| Failure::new(ErrorCode::Unreachable, Op::Read, message);
+    let mut errors = Vec::new();
+    let mut members = Vec::new();
+    for uri in &a.opts.endpoints {
+        match status_of(uri, a.opts.timeout).await {
+            Ok((_, s)) => {
+                members = s.nodes.iter().map(|m| m.grpc_addr.clone()).collect();
+                break;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if members.is_empty() {
+        return Err(unreachable(format!(
+            "no endpoint answered ({})",
+            errors.join("; ")
+        )));
+    }
+    for addr in members {
+        let uri = format!("http://{addr}");
+        let Ok((channel, s)) = status_of(&uri, a.opts.timeout).await else {
+            continue;
+        };
+        let Some(p) = s.partitions.iter().find(|p| p.partition == a.partition) else {
+            return Err(Failure::new(
+                ErrorCode::Internal,
+                Op::Read,
+                format!("partition {} does not exist", a.partition),
+            ));
+        };
+        if p.leader == s.node_id {
+            return Ok((s.node_id, channel, p.clone()));
+        }
+    }
+    Err(Failure::new(
+        ErrorCode::NoLeader,
+        Op::Read,
+        format!(
+            "no node reports leading partition {} right now; retry shortly",
+            a.partition
+        ),
+    ))
+}
+
+async fn status_of(
+    uri: &str,
+    timeout: Duration,
+) -> Result<(Channel, ringkv_proto::v1::StatusResponse), String> {
+    let endpoint = Endpoint::from_shared(uri.to_owned())
+        .map_err(|e| format!("{uri}: {e}"))?
+        .connect_timeout(Duration::from_secs(1));
+    let channel = tokio::time::timeout(2 * Duration::from_secs(1), endpoint.connect())
+        .await
+        .map_err(|_| format!("{uri}: connect timed out"))?
+        .map_err(|e| format!("{uri}: {}", error_chain(&e)))?;
+    let mut client = ClusterClient::new(channel.clone());
+    let status = tokio::time::timeout(timeout, client.status(StatusRequest {}))
+        .await
+        .map_err(|_| format!("{uri}: no answer within {timeout:?}"))?
+        .map_err(|e| format!("{uri}: {}", e.message()))?;
+    Ok((channel, status.into_inner()))
+}
+
+fn join(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        return "none".to_owned();
+    }
+    ids.iter()
+        .map(|id| format!("n{id}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(voters: &[u64], learners: &[u64], outgoing: &[u64]) -> PartitionStatus {
+        PartitionStatus {
+            partition: 3,
+            replicas: voters.to_vec(),
+            learners: learners.to_vec(),
+            outgoing: outgoing.to_vec(),
+            ..PartitionStatus::default()
+        }
+    }
+
+    #[test]
+    fn each_step_follows_from_the_group_as_its_leader_reports_it() {
+        let step = |v: &[u64], l: &[u64], o: &[u64]| next_step(&partition(v, l, o), 3, 4);
+        assert_eq!(step(&[1, 2, 3], &[], &[]), Ok(Step::AddLearner));
+        assert_eq!(step(&[1, 2, 3], &[4], &[]), Ok(Step::Replace));
+        assert_eq!(step(&[1, 2, 4], &[], &[1, 2, 3]), Ok(Step::WaitJoint));
+        assert_eq!(step(&[1, 2, 4], &[], &[]), Ok(Step::Done));
+        assert!(
+            step(&[1, 2, 5], &[], &[])
+                .unwrap_err()
+                .contains("n3 is not a voter")
+        );
+        assert!(
+            step(&[1, 3, 4], &[], &[])
+                .unwrap_err()
+                .contains("already a voter")
+        );
+    }
+}
