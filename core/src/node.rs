@@ -971,7 +971,9 @@ impl Node {
                         );
                     }
                     Err(e) => {
-                        let r = Self::refusal(&mut g.raft, p, e, hops);
+                        let (detector, now) = (&self.detector, self.now);
+                        let alive = |v| detector.is_available(v, now);
+                        let r = Self::refusal(&mut g.raft, p, e, hops, alive);
                         self.reply(id, r);
                     }
                 }
@@ -1018,14 +1020,26 @@ impl Node {
         Ok(())
     }
 
-    fn refusal(raft: &mut Raft, p: PartitionId, e: ProposeError, hops: Hops) -> Reply {
+    fn refusal(
+        raft: &mut Raft,
+        p: PartitionId,
+        e: ProposeError,
+        hops: Hops,
+        alive: impl Fn(NodeId) -> bool,
+    ) -> Reply {
         match e {
             ProposeError::NotLeader { leader: Some(l) } => forward_or_give_up(Some(l), p, hops),
             ProposeError::NotLeader { leader: None } if !raft.membership().is_voter(raft.id()) => {
                 // A learner (or a replica removed while it could not hear
                 // of it) that knows no leader: no election here will find
-                // one, so hand the request to a voter, which may know.
-                let voter = raft.membership().voters.first().copied();
+                // one, so hand the request to a voter that looks alive,
+                // which may know.
+                let voters = &raft.membership().voters;
+                let voter = voters
+                    .iter()
+                    .copied()
+                    .find(|&v| alive(v))
+                    .or_else(|| voters.first().copied());
                 forward_or_give_up(voter, p, hops)
             }
             ProposeError::NotLeader { leader: None } | ProposeError::TransferInProgress => {
@@ -1070,7 +1084,9 @@ impl Node {
                 );
             }
             Err(e) => {
-                let r = Self::refusal(&mut g.raft, p, e, hops);
+                let (detector, now) = (&self.detector, self.now);
+                let alive = |v| detector.is_available(v, now);
+                let r = Self::refusal(&mut g.raft, p, e, hops, alive);
                 self.reply(id, r);
             }
         }
