@@ -597,7 +597,7 @@ fn a_replica_moves_to_another_node_under_write_load() {
             &from.to_string(),
             "4",
         ])
-        .args(["--endpoints", &endpoints, "--wait", "60s"])
+        .args(["--endpoints", &endpoints, "--wait", "60s", "-o", "json"])
         .output()
         .expect("run ringkv admin");
     stop.store(true, Ordering::Relaxed);
@@ -609,9 +609,14 @@ fn a_replica_moves_to_another_node_under_write_load() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    let done: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(done["partition"], partition, "{stdout}");
+    let moved: Vec<u64> = serde_json::from_value(done["voters"].clone()).expect("voters");
+    assert!(moved.contains(&4) && !moved.contains(&from), "{stdout}");
+    let steps = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stdout.contains(&format!("done: partition {partition} is on")) && stdout.contains("n4"),
-        "{stdout}"
+        steps.contains("adding n4 to partition"),
+        "progress on stderr: {steps}"
     );
     assert!(writes > 0, "the writer wrote nothing");
 

@@ -8,7 +8,8 @@
 //! partition now (found from the nodes' status, again after every refusal),
 //! and is skipped when the group is already past it, so an interrupted move is
 //! finished by running the command again. It prints one line per step and
-//! exits 0 once the partition's voters include TO and not FROM.
+//! exits 0 once the partition's voters include TO and not FROM; with
+//! `-o json` the steps go to stderr and stdout gets `{"partition","voters"}`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::client::ClientOpts;
 use super::failure::{ErrorCode, Failure, Op};
-use super::parse_duration;
+use super::{OutputFormat, parse_duration};
 use crate::error_chain;
 
 /// How often the command looks at the group again while it waits.
@@ -61,7 +62,15 @@ pub async fn run(a: AdminArgs) -> ExitCode {
     match a.command {
         AdminCommand::MoveReplica(m) => match move_replica(&m).await {
             Ok(voters) => {
-                println!("done: partition {} is on {}", m.partition, join(&voters));
+                match m.opts.output {
+                    OutputFormat::Table => {
+                        println!("done: partition {} is on {}", m.partition, join(&voters));
+                    }
+                    OutputFormat::Json => println!(
+                        "{}",
+                        serde_json::json!({ "partition": m.partition, "voters": voters })
+                    ),
+                }
                 ExitCode::SUCCESS
             }
             Err(failure) => {
@@ -130,21 +139,26 @@ async fn move_replica(a: &MoveReplicaArgs) -> Result<Vec<u64>, Failure> {
         };
         let step = next_step(&p, a.from, a.to).map_err(fail)?;
         if said.as_ref() != Some(&step) {
+            // Progress: stdout for people, stderr when stdout is JSON.
+            let say = |line: String| match a.opts.output {
+                OutputFormat::Table => println!("{line}"),
+                OutputFormat::Json => eprintln!("{line}"),
+            };
             match step {
-                Step::AddLearner => println!(
+                Step::AddLearner => say(format!(
                     "adding n{} to partition {} as a learner (leader n{leader})",
                     a.to, a.partition
-                ),
-                Step::Replace => println!(
+                )),
+                Step::Replace => say(format!(
                     "n{} is a learner; replacing n{} by it once it has caught up (leader n{leader})",
                     a.to, a.from
-                ),
-                Step::WaitJoint => println!(
+                )),
+                Step::WaitJoint => say(format!(
                     "partition {} is changing its voters ({} && {}); waiting",
                     a.partition,
                     join(&p.replicas),
                     join(&p.outgoing)
-                ),
+                )),
                 Step::Done => {}
             }
             said = Some(step.clone());
