@@ -924,12 +924,8 @@ impl Node {
         if removed.is_some() || !self.groups.contains_key(&p) {
             // Not a replica: hand it to a replica that looks alive.
             let replicas: Vec<NodeId> = removed.unwrap_or_else(|| self.ring.replicas(p).to_vec());
-            let to = replicas
-                .iter()
-                .copied()
-                .filter(|&r| r != self.id)
-                .find(|&r| self.detector.is_available(r, self.now))
-                .or_else(|| replicas.iter().copied().find(|&r| r != self.id));
+            let (detector, now) = (&self.detector, self.now);
+            let to = forward_target(&replicas, self.id, |r| detector.is_available(r, now));
             self.reply(id, forward_or_give_up(to, p, hops));
             return;
         }
@@ -1034,12 +1030,7 @@ impl Node {
                 // of it) that knows no leader: no election here will find
                 // one, so hand the request to a voter that looks alive,
                 // which may know.
-                let voters = &raft.membership().voters;
-                let voter = voters
-                    .iter()
-                    .copied()
-                    .find(|&v| alive(v))
-                    .or_else(|| voters.first().copied());
+                let voter = forward_target(&raft.membership().voters, raft.id(), alive);
                 forward_or_give_up(voter, p, hops)
             }
             ProposeError::NotLeader { leader: None } | ProposeError::TransferInProgress => {
@@ -1781,6 +1772,17 @@ fn pack(messages: Vec<GroupMessage>, max_bytes: usize) -> Vec<(Vec<GroupMessage>
 /// partition, so groups do not time out in step.
 fn group_seed(rng_seed: u64, p: PartitionId) -> u64 {
     rng_seed ^ (u64::from(p.0) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Where to hand a request on among `candidates`: the first that looks
+/// alive, else the first at all; never this node itself.
+fn forward_target(
+    candidates: &[NodeId],
+    me: NodeId,
+    alive: impl Fn(NodeId) -> bool,
+) -> Option<NodeId> {
+    let others = || candidates.iter().copied().filter(move |&c| c != me);
+    others().find(|&c| alive(c)).or_else(|| others().next())
 }
 
 /// Forward to `to` if there is somewhere to go and the request has hops

@@ -616,13 +616,6 @@ impl Raft {
             && self.lease_expires_at().is_some_and(|t| self.ticks < t)
     }
 
-    /// Every other replica, learners included: whom a leader replicates to.
-    fn peers(&self) -> Vec<NodeId> {
-        let mut peers = self.membership.replicas();
-        peers.retain(|&p| p != self.id);
-        peers
-    }
-
     /// Leader: every replica it tracks but itself (see
     /// [`Raft::track_progress`]): whom it sends entries and heartbeats.
     fn replication_targets(&self) -> Vec<NodeId> {
@@ -636,8 +629,8 @@ impl Raft {
     /// Every other voter, of both halves of a joint configuration: whom a
     /// candidate asks for votes.
     fn voting_peers(&self) -> Vec<NodeId> {
-        let mut voters = self.peers();
-        voters.retain(|&p| self.membership.is_voter(p));
+        let mut voters = self.membership.replicas();
+        voters.retain(|&p| p != self.id && self.membership.is_voter(p));
         voters
     }
 
