@@ -357,6 +357,20 @@ mod tests {
         assert_eq!(m.vote_result(votes(&[1, 4, 5], &[])), VoteResult::Pending);
     }
 
+    /// An election is lost only once a majority can no longer say yes: with
+    /// one yes, one no and one voter yet to answer, it is still open (found
+    /// by mutation testing: `yes + missing` as `yes * missing` gave up early).
+    #[test]
+    fn an_election_stays_open_while_a_majority_can_still_answer() {
+        let m = Membership::new(ids(&[1, 2, 3]));
+        let vote = |id: NodeId| match id.0 {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        };
+        assert_eq!(m.vote_result(vote), VoteResult::Pending);
+    }
+
     #[test]
     fn replacing_a_voter_goes_through_a_joint_configuration() {
         let m = Membership::new(ids(&[1, 2, 3]));
