@@ -54,7 +54,7 @@ use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRec
 use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition};
 use crate::raft::{
     ConfChange, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
-    ProposeError, Raft, RaftConfig, RaftEvent, RaftStorage, Role,
+    ProposeError, Raft, RaftConfig, RaftEvent, RaftStorage, Role, Tombstone,
 };
 use crate::ring::{Ring, RingConfig, RingError};
 use crate::routing::Hops;
@@ -241,6 +241,19 @@ impl Recovered {
         }
         r
     }
+
+    /// Whether the node has never acted: nothing durable but the genesis
+    /// configurations of its first boot (perhaps not all of them: a crash
+    /// may cut that first write short). Only such a node creates the groups
+    /// the ring gives it; every later boot hosts exactly what its WAL holds.
+    pub fn is_fresh(&self) -> bool {
+        self.groups.values().all(|g| {
+            g.hard_state == HardState::default()
+                && g.snapshot.is_none()
+                && g.entries.is_empty()
+                && g.tombstone.is_none()
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -420,6 +433,10 @@ pub enum Observed {
     /// As leader of `term` it served a read from its lease, resting on the
     /// acknowledgements of round `round`.
     LeaseRead { term: u64, round: u64 },
+    /// Its removal from the group settled and it destroyed the replica: it
+    /// holds nothing of the group any more (a later [`Observed::Started`]
+    /// is a new replica, added again).
+    Destroyed,
 }
 
 /// The fingerprint [`Observed::Applied`] carries: xxh3-64 of the entry's
@@ -458,6 +475,7 @@ impl std::fmt::Display for Observation {
                 write!(f, "restored a snapshot at {term}/{index}")
             }
             Observed::RoundSent { term, round } => write!(f, "sent round {round} of term {term}"),
+            Observed::Destroyed => write!(f, "destroyed its replica (removed from the group)"),
             Observed::LeaseRead { term, round } => {
                 write!(f, "served a lease read on round {round} of term {term}")
             }
@@ -502,6 +520,14 @@ struct Group {
     reads_waiting_apply: Vec<(u64, u64)>, // (index, ctx)
 }
 
+/// A replica this node destroyed after its removal from the group.
+struct Retired {
+    tombstone: Tombstone,
+    /// Its last term and vote: a replica added again starts from them, so
+    /// that this node never votes twice in one term of the group.
+    hard_state: HardState,
+}
+
 struct PendingWrite {
     id: RequestId,
     term: u64,
@@ -533,6 +559,8 @@ pub struct Node {
     ring: Ring,
     peers: Vec<NodeId>,
     groups: BTreeMap<PartitionId, Group>,
+    /// Groups this node was removed from, with their tombstones.
+    tombstones: BTreeMap<PartitionId, Retired>,
     detector: FailureDetector,
     started: bool,
     now: Time,
@@ -586,26 +614,54 @@ impl Node {
         let mut recovered = recovered;
         let mut groups = BTreeMap::new();
         let mut events = VecDeque::new();
-        // The groups the ring gives this node, and every group its WAL holds
-        // (a replica it was added to later is not the ring's).
+        let mut tombstones = BTreeMap::new();
+        let mut genesis_records = Vec::new();
+        // A node's first boot creates the groups the ring gives it; from
+        // then on it hosts the groups its WAL holds, and only those (a group
+        // it was added to later is not the ring's; one it was removed from
+        // has a tombstone).
         let ring_groups: BTreeSet<PartitionId> = ring.partitions_of(id).into_iter().collect();
-        let mut hosted = ring_groups.clone();
+        let mut hosted = BTreeSet::new();
+        if recovered.is_fresh() {
+            hosted.extend(ring_groups.iter().copied());
+        }
         hosted.extend(recovered.groups.keys().copied());
         for p in hosted {
-            let storage = recovered.groups.remove(&p).unwrap_or_default();
+            let mut storage = recovered.groups.remove(&p).unwrap_or_default();
+            if let Some(t) = storage.tombstone.take() {
+                tombstones.insert(
+                    p,
+                    Retired {
+                        tombstone: t,
+                        hard_state: storage.hard_state,
+                    },
+                );
+                continue;
+            }
+            // The configuration a group with no snapshot starts from: the
+            // one recorded at its first boot. A group without one is new
+            // (first boot: the ring's, recorded now), or was written before
+            // genesis records existed (the ring's then too, as it was at
+            // every boot), or is a replica added later that has not
+            // received its snapshot yet (none: it learns the group from it).
+            let membership = match storage.genesis.take() {
+                Some(m) => m,
+                None if storage.snapshot.is_none() && ring_groups.contains(&p) => {
+                    let m = Membership::new(ring.replicas(p).iter().copied());
+                    genesis_records.push(WalRecord {
+                        partition: p,
+                        record: PersistRecord::Genesis(m.clone()),
+                    });
+                    m
+                }
+                None => Membership::default(),
+            };
             let kv = match &storage.snapshot {
                 Some(s) => KvStore::restore(&s.data).map_err(|e| StartError::CorruptSnapshot {
                     partition: p,
                     reason: e.to_string(),
                 })?,
                 None => KvStore::new(),
-            };
-            // The configuration a group starts from when it has no snapshot
-            // yet; a replica created by a leader's snapshot always has one.
-            let membership = if ring_groups.contains(&p) {
-                Membership::new(ring.replicas(p).iter().copied())
-            } else {
-                Membership::default()
             };
             let saved_hard_state = storage.hard_state;
             let seed = group_seed(rng_seed, p);
@@ -649,6 +705,7 @@ impl Node {
             ring,
             peers,
             groups,
+            tombstones,
             started: false,
             now: Time::ZERO,
             next_tick: Time::ZERO,
@@ -660,8 +717,8 @@ impl Node {
             next_read_ctx: 1,
             next_io: 1,
             persisted_io: 0,
-            pending_records: Vec::new(),
-            pending_must_sync: false,
+            pending_must_sync: !genesis_records.is_empty(),
+            pending_records: genesis_records,
             io_out: VecDeque::new(),
             io_positions: BTreeMap::new(),
             held: BTreeMap::new(),
@@ -788,21 +845,37 @@ impl Node {
     fn message_for_unhosted_group(&mut self, gm: GroupMessage) {
         let p = gm.partition;
         let m = gm.message;
+        // A destroyed replica comes back only through a snapshot of a
+        // configuration later than its removal: a late message from before
+        // the removal names it too.
+        let retired = self.tombstones.get(&p);
+        let removed_at = retired.map_or(0, |r| r.tombstone.removed_at);
         match &m.body {
-            MessageBody::SnapshotChunk { meta, .. } if meta.membership.contains(self.id) => {
+            MessageBody::SnapshotChunk { meta, .. }
+                if meta.membership.contains(self.id) && meta.index > removed_at =>
+            {
                 tracing::info!(partition = %p, leader = %m.from, "added to the group: creating its replica");
+                let hard_state = retired.map_or_else(HardState::default, |r| HardState {
+                    commit: 0,
+                    ..r.hard_state
+                });
+                self.tombstones.remove(&p);
+                let storage = RaftStorage {
+                    hard_state,
+                    ..RaftStorage::default()
+                };
                 let raft = Raft::new(
                     self.id,
                     self.cfg.raft.clone(),
                     Membership::default(),
-                    RaftStorage::default(),
+                    storage,
                     group_seed(self.rng_seed, p),
                 );
                 let mut group = Group {
                     raft,
                     kv: KvStore::new(),
                     last_io: None,
-                    saved_hard_state: HardState::default(),
+                    saved_hard_state: hard_state,
                     term_io: None,
                     observed_commit: 0,
                     observed_round: 0,
@@ -922,8 +995,12 @@ impl Node {
             })
         });
         if removed.is_some() || !self.groups.contains_key(&p) {
-            // Not a replica: hand it to a replica that looks alive.
-            let replicas: Vec<NodeId> = removed.unwrap_or_else(|| self.ring.replicas(p).to_vec());
+            // Not a replica: hand it to a replica that looks alive (of the
+            // group as this node last saw it, if it was in it).
+            let replicas: Vec<NodeId> = removed.unwrap_or_else(|| match self.tombstones.get(&p) {
+                Some(r) => r.tombstone.voters.clone(),
+                None => self.ring.replicas(p).to_vec(),
+            });
             let (detector, now) = (&self.detector, self.now);
             let to = forward_target(&replicas, self.id, |r| detector.is_available(r, now));
             self.reply(id, forward_or_give_up(to, p, hops));
@@ -1514,6 +1591,9 @@ impl Node {
                         self.pending_must_sync = true;
                         positions.push((p, s.meta.index, s.meta.term));
                     }
+                    PersistRecord::Genesis(_) | PersistRecord::Tombstone(_) => {
+                        unreachable!("partition {p}: Raft wrote a record only the node writes")
+                    }
                 }
                 self.pending_records.push(WalRecord {
                     partition: p,
@@ -1638,6 +1718,10 @@ impl Node {
                 self.replies.push_back((r.id, reply));
             }
         }
+        if g.raft.removal_settled() {
+            self.destroy_group(p);
+            return;
+        }
         // Compaction: fold applied entries into a snapshot now and then (by
         // entry count, or by bytes once the log outweighs the state), at the
         // pace the tick budget allows.
@@ -1654,6 +1738,73 @@ impl Node {
         }
         if has_ready {
             self.dirty.insert(p);
+        }
+    }
+
+    /// Destroys the replica of `p` once its removal is settled
+    /// ([`Raft::removal_settled`]): a tombstone goes into the open IO (the
+    /// storage deletes the group's data once it is durable), and from then
+    /// on the node treats the partition as one it never held, except that
+    /// it forwards to the group's last known voters and takes back a
+    /// replica only from a snapshot of a later configuration. Messages the
+    /// replica queued still leave (a leader that removed itself hands over
+    /// with them). Its pending reads go to a voter; writes it proposed as
+    /// leader may still commit, so they end as `outcome unknown` at their
+    /// deadline.
+    fn destroy_group(&mut self, p: PartitionId) {
+        let g = self
+            .groups
+            .remove(&p)
+            .expect("destroy_group: a hosted group");
+        let voters = g.raft.membership().voters.clone();
+        let tombstone = Tombstone {
+            removed_at: g.raft.log().committed(),
+            voters,
+        };
+        tracing::info!(
+            partition = %p,
+            removed_at = tombstone.removed_at,
+            "removed from the group: destroying its replica"
+        );
+        self.pending_records.push(WalRecord {
+            partition: p,
+            record: PersistRecord::Tombstone(tombstone.clone()),
+        });
+        self.pending_must_sync = true;
+        let hard_state = g.raft.hard_state();
+        let leader = g.raft.leader().filter(|&l| l != self.id);
+        let candidates: Vec<NodeId> = leader
+            .into_iter()
+            .chain(tombstone.voters.iter().copied())
+            .collect();
+        self.tombstones.insert(
+            p,
+            Retired {
+                tombstone,
+                hard_state,
+            },
+        );
+        self.dirty.remove(&p);
+        let waiting: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.partition == p)
+            .map(|(&ctx, _)| ctx)
+            .collect();
+        for ctx in waiting {
+            if let Some(r) = self.reads.remove(&ctx) {
+                let (detector, now) = (&self.detector, self.now);
+                let to = forward_target(&candidates, self.id, |c| detector.is_available(c, now));
+                let reply = forward_or_give_up(to, p, r.hops);
+                self.replies.push_back((r.id, reply));
+            }
+        }
+        if self.cfg.observe {
+            self.events.push_back(Event::Observed(Observation {
+                node: self.id,
+                partition: p,
+                what: Observed::Destroyed,
+            }));
         }
     }
 

@@ -43,7 +43,7 @@ use ringkv_proto::v1::wal_record::Record as PbRecord;
 use crate::io::{GroupMessage, PeerBatch, WalRecord};
 use crate::raft::{
     ConfChange, Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
-    Snapshot, SnapshotMeta,
+    Snapshot, SnapshotMeta, Tombstone,
 };
 use crate::types::{NodeId, PartitionId};
 
@@ -282,6 +282,11 @@ fn wal_record_to_proto(r: &WalRecord) -> pb::WalRecord {
             entries: entries.iter().map(entry_to_proto).collect(),
         }),
         PersistRecord::Snapshot(s) => PbRecord::Snapshot(snapshot_to_proto(s)),
+        PersistRecord::Genesis(m) => PbRecord::Genesis(membership_to_proto(m)),
+        PersistRecord::Tombstone(t) => PbRecord::Tombstone(pb::wal_record::Tombstone {
+            removed_at: t.removed_at,
+            voters: t.voters.iter().map(|v| v.0).collect(),
+        }),
     };
     pb::WalRecord {
         partition: r.partition.0,
@@ -466,6 +471,11 @@ fn wal_record_from_proto(p: pb::WalRecord) -> Result<WalRecord> {
             PersistRecord::Entries(entries_from_proto(list.entries, "WalRecord.entries")?)
         }
         PbRecord::Snapshot(s) => PersistRecord::Snapshot(snapshot_from_proto(s)?),
+        PbRecord::Genesis(m) => PersistRecord::Genesis(membership_from_proto(m)?),
+        PbRecord::Tombstone(t) => PersistRecord::Tombstone(Tombstone {
+            removed_at: t.removed_at,
+            voters: sorted_ids(t.voters, "WalRecord.tombstone.voters")?,
+        }),
         PbRecord::SnapshotRef(_) => {
             return Err(invalid(
                 "WalRecord.snapshot_ref: a storage-layer record, not a Raft record".to_owned(),
@@ -927,6 +937,10 @@ mod tests {
                 .prop_flat_map(|(first, min_term)| arb_entries(first, min_term, 100, 1..6))
                 .prop_map(PersistRecord::Entries),
             arb_snapshot().prop_map(PersistRecord::Snapshot),
+            arb_membership().prop_map(PersistRecord::Genesis),
+            (any::<u64>(), arb_ids(0..6)).prop_map(|(removed_at, voters)| {
+                PersistRecord::Tombstone(Tombstone { removed_at, voters })
+            }),
         ];
         (any::<u32>(), record).prop_map(|(partition, record)| WalRecord {
             partition: PartitionId(partition),

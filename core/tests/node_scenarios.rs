@@ -812,9 +812,21 @@ fn a_replica_moves_to_a_node_that_did_not_host_it() {
         Some(Bytes::from_static(b"w"))
     );
 
+    // The old replica learned its removal committed and destroyed itself:
+    // a tombstone in its WAL, and nothing of the group left.
+    assert!(c.nodes[old].raft(p).is_none(), "the old replica is gone");
+    let tombstone = c.disks[old].iter().rev().find_map(|r| match &r.record {
+        PersistRecord::Tombstone(t) if r.partition == p => Some(t.clone()),
+        _ => None,
+    });
+    let tombstone = tombstone.expect("a tombstone in the old replica's WAL");
+    assert_eq!(tombstone.voters, expected.voters);
+
     // Restarted, the new replica is still one (its WAL holds the group,
     // though the ring does not give it this partition), with the same
-    // configuration and state; the old one knows it is out.
+    // configuration and state; the old one stays destroyed although the
+    // ring still gives it the partition, and hands the partition's
+    // requests to a voter of the group as it last saw it.
     c.restart(newcomer);
     c.restart(old);
     c.run_for(200); // they apply their committed entries again
@@ -826,8 +838,26 @@ fn a_replica_moves_to_a_node_that_did_not_host_it() {
         value_at(&c, newcomer, "after"),
         Some(Bytes::from_static(b"w"))
     );
-    let r = c.nodes[old].raft(p).expect("its WAL holds the group");
-    assert!(!r.membership().contains(old_id), "{}", r.membership());
+    assert!(
+        c.nodes[old].raft(p).is_none(),
+        "no replica comes back from the ring or the WAL after a tombstone"
+    );
+    let key = (0..)
+        .map(|k| format!("k{k}"))
+        .find(|k| c.nodes[old].ring().partition_of(k.as_bytes()) == p)
+        .expect("a key of the partition");
+    let now = c.now;
+    c.nodes[old].handle_request(now, RequestId(102), put(&key, "y"), Hops(0));
+    match c.nodes[old].poll_reply() {
+        Some((RequestId(102), Reply::Forward { to, partition, .. })) => {
+            assert_eq!(partition, p);
+            assert!(
+                expected.voters.contains(&to),
+                "forwarded to {to}, not a voter"
+            );
+        }
+        other => panic!("the old node answered {other:?}"),
+    }
     c.request(l, 101, put("later", "x"));
     c.run_for(1_000);
     assert!(

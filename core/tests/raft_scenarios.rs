@@ -427,6 +427,9 @@ impl Harness {
                     lines.push(format!("  n{id}: persist {snap:?}"));
                     persisted.push((snap.meta.index, snap.meta.term));
                 }
+                PersistRecord::Genesis(_) | PersistRecord::Tombstone(_) => {
+                    panic!("n{id}: Raft itself wrote a record only a node writes: {rec:?}")
+                }
             }
             p.disk.apply(rec.clone());
         }

@@ -53,7 +53,7 @@ use ringkv_core::node::{
     ClientError, ClientRequest, ClientResponse, Consistency, Event, Node, NodeConfig, Observed,
     Recovered, Reply, RequestId,
 };
-use ringkv_core::raft::{ConfChange, EntryKind, PersistRecord, Role};
+use ringkv_core::raft::{ConfChange, EntryKind, Membership, PersistRecord, Role};
 use ringkv_core::ring::RingConfig;
 use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId, Time};
@@ -83,6 +83,10 @@ struct SimNode {
     identity: Identity,
     /// The cluster record on its disk (a wipe loses it).
     record: Option<ClusterRecord>,
+    /// Each group's configuration when the node crashed, if the crash lost
+    /// nothing it had written (no group, for one it had destroyed): what
+    /// its restart must recover.
+    conf_at_crash: Option<BTreeMap<PartitionId, Membership>>,
 }
 
 impl SimNode {
@@ -271,6 +275,7 @@ impl Sim {
                 cursors: BTreeMap::new(),
                 identity: identity(i as u64 + 1, i as u128 + 1),
                 record: Some(record.clone()),
+                conf_at_crash: None,
             })
             .collect();
         // Swarm testing: each seed picks its own fault mix.
@@ -325,15 +330,19 @@ impl Sim {
                 for p in node.partitions() {
                     let r = node.raft(p).expect("hosted");
                     eprintln!(
-                        "{} {p}: {:?} term {} leader {:?} commit {} last {} {}",
+                        "{} {p}: {:?} term {} leader {:?} commit {} last {} snapshot {} {}",
                         node.id(),
                         r.role(),
                         r.term(),
                         r.leader(),
                         r.log().committed(),
                         r.log().last_index(),
+                        r.log().snapshot_meta().index,
                         r.membership()
                     );
+                    for (f, pr) in r.followers() {
+                        eprintln!("    {f}: {pr:?}");
+                    }
                 }
             }
         }
@@ -398,6 +407,9 @@ impl Sim {
             self.fail(e);
         }
         for o in observations {
+            if o.what == Observed::Destroyed {
+                *self.outcomes.entry("replica-destroyed").or_default() += 1;
+            }
             let at = self.now.saturating_since(Time::ZERO);
             if let Some(v) = self.invariants.observe_at(&o, at).into_iter().next() {
                 self.fail(v.to_string());
@@ -753,6 +765,20 @@ impl Sim {
         // A restarted node's transport starts with every link clear.
         let id = (i + 1) as u64;
         self.congested.retain(|&(from, _)| from != id);
+        let confs: Option<BTreeMap<PartitionId, Membership>> = self.nodes[i]
+            .node
+            .as_mut()
+            .map(|n| {
+                // Anything the node produced but the sim had not taken yet
+                // is lost with it: no exact expectation then.
+                let idle = n.poll_io().is_none();
+                let confs = n
+                    .partitions()
+                    .map(|p| (p, n.raft(p).expect("hosted").membership().clone()))
+                    .collect();
+                (idle, confs)
+            })
+            .and_then(|(idle, confs)| idle.then_some(confs));
         self.nodes[i].node = None;
         // Its clients' requests die with it: a write may still have been
         // proposed (outcome unknown), a read has no effect either way.
@@ -773,6 +799,7 @@ impl Sim {
         // Writes not yet durable are lost; a prefix of them may have made it.
         let pending = std::mem::take(&mut self.nodes[i].pending_io);
         let kept = self.rng.random_range(0..=pending.len());
+        let pending_len = pending.len();
         for io in pending.into_iter().take(kept) {
             self.nodes[i].pending_io.push_back(io);
             self.complete_io_durable_only(i);
@@ -781,6 +808,8 @@ impl Sim {
         // a stream of its own, so the scheduler's draws stay as they were).
         let unsynced = std::mem::take(&mut self.nodes[i].unsynced);
         let survive = self.disk_rng.random_range(0..=unsynced.len());
+        let lost_nothing = kept == pending_len && survive == unsynced.len();
+        self.nodes[i].conf_at_crash = confs.filter(|_| lost_nothing);
         self.nodes[i]
             .disk
             .extend(unsynced.into_iter().take(survive));
@@ -799,6 +828,7 @@ impl Sim {
         sn.pending_io.clear();
         sn.durable_term.clear();
         sn.record = None;
+        sn.conf_at_crash = None;
         sn.identity.incarnation = Incarnation(1000 + i as u128);
         self.wiped = Some(i);
     }
@@ -812,6 +842,21 @@ impl Sim {
             .wrapping_add(1000 * self.nodes[i].restarts + i as u64);
         let node = Node::new(self.cfgs[i].clone(), seed, rec)
             .unwrap_or_else(|e| self.fail(format!("restart: {e}")));
+        // Configuration is data: a crash that lost nothing changes neither
+        // which groups the node hosts nor any group's configuration.
+        if let Some(before) = self.nodes[i].conf_at_crash.take() {
+            let after: BTreeMap<PartitionId, Membership> = node
+                .partitions()
+                .map(|p| (p, node.raft(p).expect("hosted").membership().clone()))
+                .collect();
+            if after != before {
+                self.fail(format!(
+                    "n{}: configurations recovered {after:?}, held before the crash {before:?}",
+                    i + 1
+                ));
+            }
+            *self.outcomes.entry("conf-recovered").or_default() += 1;
+        }
         self.nodes[i].node = Some(node);
     }
 
@@ -1279,6 +1324,14 @@ fn randomized_cluster_keeps_raft_invariants() {
         "no precondition ever failed"
     );
     assert!(ops > 0 && observed > 0, "nothing was judged");
+    assert!(
+        outcomes.get("replica-destroyed").copied().unwrap_or(0) > 0,
+        "no removed replica was ever destroyed"
+    );
+    assert!(
+        outcomes.get("conf-recovered").copied().unwrap_or(0) > 0,
+        "no restart's configurations were ever compared"
+    );
 }
 
 #[test]

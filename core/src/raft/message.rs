@@ -93,6 +93,25 @@ pub enum PersistRecord {
     Entries(Vec<Entry>),
     /// A snapshot that replaces every entry up to and including its index.
     Snapshot(Snapshot),
+    /// The configuration a group was created with on this node (written by
+    /// the node once, at the group's first boot; a group with no snapshot
+    /// starts from it ever after).
+    Genesis(Membership),
+    /// This node's replica was removed from the group and destroyed (written
+    /// by the node): everything of the group before it is void.
+    Tombstone(Tombstone),
+}
+
+/// What a node remembers of a replica it destroyed after its removal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The replica's commit index when it was destroyed (its removal was
+    /// committed at or before it). Only a snapshot at a higher index that
+    /// names the node proves it was added again.
+    pub removed_at: u64,
+    /// The group's voters as the replica last saw them: where the node hands
+    /// the partition's requests from then on.
+    pub voters: Vec<NodeId>,
 }
 
 impl PersistRecord {

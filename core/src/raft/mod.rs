@@ -50,11 +50,12 @@
 //! (`joint_partition`), a restart mid-change (`conf_change_restart`), the
 //! leader removing itself (`remove_leader`).
 //!
-//! What is not (yet): follower reads. A removed replica is told of its
-//! removal only while the leader's log still remembers it (until a
-//! snapshot past the removal); after that its campaigns are refused (its
-//! log lacks the entries that removed it) but it keeps trying, until the
-//! node's tombstone (planned) retires it.
+//! What is not (yet): follower reads.
+//!
+//! A removed replica learns of its removal from the leader, which keeps
+//! sending it the log while its log still names it, and afterwards answers
+//! its campaign with the log or snapshot that leaves it out; once the
+//! removal is committed ([`Raft::removal_settled`]) the node destroys it.
 //!
 //! **Persist before you speak.** Records that must be durable come out in
 //! [`Ready::persist`]. Messages that claim something durable (votes, append
@@ -79,6 +80,7 @@ pub use log::RaftLog;
 pub use membership::{ConfChange, ConfChangeError, Membership, VoteResult};
 pub use message::{
     Entry, EntryKind, HardState, Message, MessageBody, PersistRecord, Snapshot, SnapshotMeta,
+    Tombstone,
 };
 pub use progress::{Progress, ProgressState};
 use snapshot_transfer::{ChunkOutcome, IncomingSnapshot, OutgoingSnapshot};
@@ -296,6 +298,11 @@ pub struct RaftStorage {
     pub hard_state: HardState,
     pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
+    /// The configuration the group was created with on this node.
+    pub genesis: Option<Membership>,
+    /// Set while the replica is destroyed (removed from the group, and not
+    /// added again since: a later snapshot clears it).
+    pub tombstone: Option<Tombstone>,
 }
 
 impl RaftStorage {
@@ -309,7 +316,17 @@ impl RaftStorage {
                 self.entries.retain(|e| e.index < at);
                 self.entries.extend(entries);
             }
+            PersistRecord::Genesis(membership) => self.genesis = Some(membership),
+            PersistRecord::Tombstone(t) => {
+                // The hard state stays: a replica added again must not vote
+                // twice in a term its earlier life voted in.
+                self.snapshot = None;
+                self.entries.clear();
+                self.genesis = None;
+                self.tombstone = Some(t);
+            }
             PersistRecord::Snapshot(snap) => {
+                self.tombstone = None;
                 let idx = snap.meta.index;
                 let term = snap.meta.term;
                 // Keep later entries only if they continue the snapshot's log.
@@ -596,7 +613,18 @@ impl Raft {
             && self
                 .snapshot_wanted_by
                 .iter()
-                .any(|&p| snapshot.index == 0 || !snapshot.membership.contains(p))
+                .any(|&p| !self.snapshot_adds(snapshot, p))
+    }
+
+    /// Whether a snapshot proves to a new replica `peer` that it belongs to
+    /// the group: it names the peer, and is no older than the configuration
+    /// in force. An older one may name a replica that was removed since and
+    /// is now added again (the node destroyed the earlier replica, and
+    /// takes back only a snapshot past its removal).
+    fn snapshot_adds(&self, snapshot: &SnapshotMeta, peer: NodeId) -> bool {
+        snapshot.index > 0
+            && snapshot.index >= self.latest_conf_index()
+            && snapshot.membership.contains(peer)
     }
 
     /// Whether this replica knows the group's configuration. A replica
@@ -605,6 +633,19 @@ impl Raft {
     /// member, refuses entries, and never votes or campaigns.
     pub fn knows_configuration(&self) -> bool {
         !self.membership.voters.is_empty()
+    }
+
+    /// Whether this replica's removal from the group is settled: it knows
+    /// the configuration, the one in force leaves it out, and that one is
+    /// committed, so no cut of this log can bring it back (only a new
+    /// change by a later leader could add it again, and that replica would
+    /// start from a snapshot). A leader that removed itself steps down
+    /// first (`conf_duties`). The node then destroys the replica.
+    pub fn removal_settled(&self) -> bool {
+        self.knows_configuration()
+            && !self.membership.contains(self.id)
+            && self.latest_conf_index() <= self.log.committed()
+            && self.role != Role::Leader
     }
 
     /// Whether a lease read would be served locally right now.
@@ -1801,7 +1842,7 @@ impl Raft {
                 // A new replica needs one that names it: that is its proof it
                 // was added, and how it learns the group.
                 let Some(snapshot) = self.log.snapshot().filter(|s| {
-                    s.meta.index > 0 && (!wants_snapshot || s.meta.membership.contains(peer))
+                    s.meta.index > 0 && (!wants_snapshot || self.snapshot_adds(&s.meta, peer))
                 }) else {
                     return false;
                 };

@@ -16,7 +16,9 @@
 //! prevented by [`PartitionShape::record_snapshot`] reporting a pin: the
 //! segment holding that entry is kept until a snapshot covers the tail.
 
-use ringkv_core::raft::{Entry, HardState, RaftStorage, Snapshot, SnapshotMeta};
+use ringkv_core::raft::{
+    Entry, HardState, Membership, RaftStorage, Snapshot, SnapshotMeta, Tombstone,
+};
 
 /// Replays a snapshot over a recovered log (see the module doc for the rule).
 pub(super) fn apply_snapshot(storage: &mut RaftStorage, snapshot: Snapshot) {
@@ -53,6 +55,10 @@ pub(super) struct PartitionShape {
     pub hard_state: Option<HardState>,
     /// The latest snapshot written (its reference is repeated likewise).
     pub snapshot: Option<SnapshotMeta>,
+    /// The configuration the group was created with (repeated likewise).
+    pub genesis: Option<Membership>,
+    /// Set while the replica is destroyed (repeated likewise).
+    pub tombstone: Option<Tombstone>,
     /// Entries after the snapshot, as runs in index order.
     runs: Vec<Run>,
 }
@@ -84,9 +90,21 @@ impl PartitionShape {
         }
     }
 
+    /// The replica was destroyed: nothing of it but its hard state is
+    /// needed any more, and no segment is needed for it.
+    pub fn record_tombstone(&mut self, tombstone: Tombstone) {
+        *self = PartitionShape {
+            hard_state: self.hard_state,
+            tombstone: Some(tombstone),
+            ..PartitionShape::default()
+        };
+    }
+
     /// A snapshot made durable; the same rule as [`apply_snapshot`]. Returns
     /// a pin when it drops a conflicting tail (see the module doc).
     pub fn record_snapshot(&mut self, meta: SnapshotMeta) -> Option<Pin> {
+        // A snapshot after a tombstone is the replica added again.
+        self.tombstone = None;
         let at = self
             .runs
             .iter()

@@ -21,12 +21,17 @@
 //! - A WAL segment is a sequence of records `[len: u32 LE][crc: u32 LE][payload]`:
 //!   `len` is the payload's length (1..=64 MiB, `wal::MAX_RECORD_BYTES`), `crc`
 //!   its CRC-32C (Castagnoli), the payload a `ringkv_core::wire` WAL payload:
-//!   a hard state, an entries record, or a snapshot reference
-//!   (`wire::encode_snapshot_ref`). Entry batches too big for one record are
-//!   split into several entries records (replaying them in order is the same).
+//!   a hard state, an entries record, a group's genesis configuration, a
+//!   tombstone, or a snapshot reference (`wire::encode_snapshot_ref`). Entry
+//!   batches too big for one record are split into several entries records
+//!   (replaying them in order is the same).
 //! - Every segment opens with a **checkpoint**: for every partition known, its
-//!   latest hard state and its latest snapshot reference, so no older segment
-//!   is needed for those.
+//!   tombstone or genesis record, latest hard state and latest snapshot
+//!   reference, so no older segment is needed for those.
+//! - A **tombstone** (the node destroyed its replica of a group) voids what
+//!   came before it: once it is synced the group's snapshot files are
+//!   deleted, and its entries no longer keep segments alive. A later
+//!   snapshot of the group (the replica added again) clears it.
 //! - A snapshot file is one record in the same framing whose payload is
 //!   `wire::encode_snapshot`; written as `<index>.snap.tmp`, synced, renamed,
 //!   and its directory synced. `node.toml` is written the same way (tmp, sync,
@@ -119,7 +124,7 @@ use ringkv_core::PartitionId;
 use ringkv_core::identity::{ClusterRecord, Incarnation};
 use ringkv_core::io::{IoRequest, WalRecord};
 use ringkv_core::node::Recovered;
-use ringkv_core::raft::{Entry, PersistRecord, RaftStorage, Snapshot, SnapshotMeta};
+use ringkv_core::raft::{Entry, PersistRecord, RaftStorage, Snapshot, SnapshotMeta, Tombstone};
 use ringkv_core::wire::{self, WalPayload};
 
 use crate::disk::{Disk, DiskLock};
@@ -426,7 +431,9 @@ impl Storage {
             .map(|rec| match &rec.record {
                 PersistRecord::Entries(es) => es.iter().map(|e| e.data.len() as u64 + 32).sum(),
                 PersistRecord::Snapshot(s) => s.data.len() as u64,
-                PersistRecord::HardState(_) => 32,
+                PersistRecord::HardState(_)
+                | PersistRecord::Genesis(_)
+                | PersistRecord::Tombstone(_) => 32,
             })
             .sum();
         let sync = requests.iter().any(|r| r.must_sync);
@@ -527,6 +534,20 @@ impl Storage {
                     snapshotted.insert(p);
                     must_sync = true;
                 }
+                PersistRecord::Genesis(membership) => {
+                    wal::frame(&wire::encode_wal_record(rec), &mut buf);
+                    records += 1;
+                    self.shapes.entry(p).or_default().genesis = Some(membership.clone());
+                    must_sync = true;
+                }
+                PersistRecord::Tombstone(tombstone) => {
+                    wal::frame(&wire::encode_wal_record(rec), &mut buf);
+                    records += 1;
+                    self.note_tombstone(p, tombstone.clone());
+                    // Its snapshot files go once the tombstone is durable.
+                    snapshotted.insert(p);
+                    must_sync = true;
+                }
             }
         }
 
@@ -585,6 +606,17 @@ impl Storage {
     fn encode_checkpoint(&self, buf: &mut Vec<u8>) -> u64 {
         let mut records = 0;
         for (&partition, shape) in &self.shapes {
+            let node_records = shape
+                .tombstone
+                .clone()
+                .map(PersistRecord::Tombstone)
+                .into_iter()
+                .chain(shape.genesis.clone().map(PersistRecord::Genesis));
+            for record in node_records {
+                let rec = WalRecord { partition, record };
+                wal::frame(&wire::encode_wal_record(&rec), buf);
+                records += 1;
+            }
             if let Some(hs) = shape.hard_state {
                 let rec = WalRecord {
                     partition,
@@ -716,6 +748,19 @@ impl Storage {
         *max = (*max).max(last.index);
     }
 
+    /// The replica of `p` was destroyed: its entries pin no segment any
+    /// more (a replay voids them at the tombstone).
+    fn note_tombstone(&mut self, p: PartitionId, tombstone: Tombstone) {
+        self.shapes
+            .entry(p)
+            .or_default()
+            .record_tombstone(tombstone);
+        for seg in &mut self.segments {
+            seg.max_index.remove(&p);
+        }
+        self.snapshot_bytes.remove(&p);
+    }
+
     /// A snapshot of `p` referenced from the active segment.
     fn note_snapshot(&mut self, p: PartitionId, meta: SnapshotMeta) {
         if let Some(Pin { segment, up_to }) =
@@ -818,7 +863,18 @@ impl Storage {
                     PersistRecord::Snapshot(snapshot) => {
                         self.note_snapshot(partition, snapshot.meta.clone());
                         log_shape::apply_snapshot(storage, snapshot.clone());
+                        storage.tombstone = None;
                         latest.insert(partition, SnapshotSource::Inline(snapshot));
+                    }
+                    PersistRecord::Genesis(membership) => {
+                        self.shapes.entry(partition).or_default().genesis =
+                            Some(membership.clone());
+                        storage.apply(PersistRecord::Genesis(membership));
+                    }
+                    PersistRecord::Tombstone(tombstone) => {
+                        self.note_tombstone(partition, tombstone.clone());
+                        storage.apply(PersistRecord::Tombstone(tombstone));
+                        latest.remove(&partition);
                     }
                 }
             }
@@ -829,7 +885,9 @@ impl Storage {
                     meta: meta.clone(),
                     data: Bytes::new(),
                 };
-                log_shape::apply_snapshot(groups.entry(partition).or_default(), placeholder);
+                let storage = groups.entry(partition).or_default();
+                log_shape::apply_snapshot(storage, placeholder);
+                storage.tombstone = None;
                 latest.insert(partition, SnapshotSource::Reference(meta));
             }
         }

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use ringkv_core::io::{IoId, IoRequest, WalRecord};
 use ringkv_core::node::Recovered;
 use ringkv_core::raft::{
-    Entry, EntryKind, HardState, Membership, PersistRecord, Snapshot, SnapshotMeta,
+    Entry, EntryKind, HardState, Membership, PersistRecord, Snapshot, SnapshotMeta, Tombstone,
 };
 use ringkv_core::{NodeId, PartitionId};
 
@@ -613,6 +613,92 @@ fn snapshots_let_old_segments_go_and_recovery_still_finds_everything() {
     );
 }
 
+/// A destroyed replica: once its tombstone is durable its snapshot files
+/// are deleted and its entries stop pinning old segments; the tombstone (and
+/// the hard state) outlive the segments that held them, through the
+/// checkpoints, so no restart brings the group back; a later snapshot (the
+/// replica added again) starts it afresh.
+#[test]
+fn a_tombstone_deletes_the_group_and_outlives_old_segments() {
+    let disk = Arc::new(MemDisk::new());
+    let (mut storage, _) = open_with(&disk, tiny_segments()).expect("open");
+    let genesis = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
+    let mut history = vec![request(
+        0,
+        vec![
+            WalRecord {
+                partition: P0,
+                record: PersistRecord::Genesis(genesis.clone()),
+            },
+            WalRecord {
+                partition: P1,
+                record: PersistRecord::Genesis(genesis.clone()),
+            },
+            hard_state(P0, 1, 0),
+            hard_state(P1, 1, 0),
+        ],
+    )];
+    for i in 1..=20 {
+        history.push(request(i, vec![entries(P0, i, i, 1), entries(P1, i, i, 1)]));
+    }
+    history.push(request(21, vec![snapshot(P0, 10, 1)]));
+    for r in &history {
+        storage.write(std::slice::from_ref(r)).expect("write");
+    }
+    assert_eq!(storage.partitions_pinning_old_segments(), [P0, P1]);
+    let p0_dir = data_dir().join("snap").join("0");
+    assert_eq!(disk.list_dir(&p0_dir).expect("p0 dir").len(), 1);
+
+    let tombstone = Tombstone {
+        removed_at: 20,
+        voters: vec![NodeId(2), NodeId(3), NodeId(4)],
+    };
+    let r = request(
+        22,
+        vec![WalRecord {
+            partition: P0,
+            record: PersistRecord::Tombstone(tombstone.clone()),
+        }],
+    );
+    storage.write(std::slice::from_ref(&r)).expect("write");
+    history.push(r);
+    assert!(
+        disk.list_dir(&p0_dir).expect("p0 dir").is_empty(),
+        "the destroyed replica's snapshot is deleted"
+    );
+    assert_eq!(
+        storage.partitions_pinning_old_segments(),
+        [P1],
+        "a destroyed replica pins nothing"
+    );
+
+    // P1 compacts: every old segment goes, the tombstone's too.
+    let r = request(23, vec![snapshot(P1, 20, 1)]);
+    storage.write(std::slice::from_ref(&r)).expect("write");
+    history.push(r);
+    assert!(storage.stats().segments_deleted > 0);
+    drop(storage);
+    let (_, recovered) = open_with(&disk, tiny_segments()).expect("reopen");
+    assert_eq!(recovered, Recovered::replay(all_records(&history)));
+    let p0 = &recovered.groups[&P0];
+    assert_eq!(p0.tombstone.as_ref(), Some(&tombstone));
+    assert!(p0.snapshot.is_none() && p0.entries.is_empty() && p0.genesis.is_none());
+    assert_eq!(p0.hard_state.term, 1, "the hard state stays");
+    assert_eq!(recovered.groups[&P1].genesis.as_ref(), Some(&genesis));
+
+    // Added again: a snapshot past the removal starts a new replica.
+    let (mut storage, _) = open_with(&disk, tiny_segments()).expect("reopen");
+    let r = request(24, vec![snapshot(P0, 25, 2)]);
+    storage.write(std::slice::from_ref(&r)).expect("write");
+    history.push(r);
+    drop(storage);
+    let (_, recovered) = open_with(&disk, tiny_segments()).expect("reopen");
+    assert_eq!(recovered, Recovered::replay(all_records(&history)));
+    let p0 = &recovered.groups[&P0];
+    assert!(p0.tombstone.is_none());
+    assert_eq!(p0.snapshot.as_ref().map(|s| s.meta.index), Some(25));
+}
+
 #[test]
 fn an_install_over_a_conflicting_tail_keeps_that_tail_dead_after_truncation() {
     let disk = Arc::new(MemDisk::new());
@@ -827,7 +913,34 @@ impl Model {
         let snap = state.snapshot.as_ref().map_or(0, |s| s.meta.index);
         let last = state.entries.last().map_or(snap, |e| e.index);
         self.term = self.term.max(state.hard_state.term).max(1);
-        let record = match kind % 5 {
+        if let Some(t) = &state.tombstone {
+            // A destroyed replica: only its hard state moves, until it is
+            // added again by a leader's snapshot past its removal.
+            let record = if kind % 2 == 0 {
+                self.term += 1;
+                PersistRecord::Snapshot(Snapshot {
+                    meta: SnapshotMeta {
+                        index: t.removed_at + 1 + a % 7,
+                        term: self.term,
+                        membership: Membership::new([NodeId(1), NodeId(3)]),
+                    },
+                    data: Bytes::from(format!("{p} again")),
+                })
+            } else {
+                PersistRecord::HardState(HardState {
+                    term: self.term,
+                    vote: None,
+                    commit: 0,
+                })
+            };
+            return WalRecord { partition, record };
+        }
+        let record = match kind % 7 {
+            5 if a % 2 == 0 => PersistRecord::Genesis(Membership::new([NodeId(1), NodeId(2)])),
+            6 if a % 4 == 0 => PersistRecord::Tombstone(Tombstone {
+                removed_at: state.hard_state.commit.max(snap),
+                voters: vec![NodeId(2), NodeId(3)],
+            }),
             1 | 2 => {
                 if a % 5 == 0 {
                     self.term += 1;

@@ -41,6 +41,9 @@ impl Monotonic {
                 };
                 None
             }
+            // Nothing of the replica is left; a replica added again starts
+            // with `Started`.
+            Observed::Destroyed => None,
             Observed::Committed { commit, .. } => {
                 let was = std::mem::replace(&mut r.commit, commit);
                 (commit < was).then(|| format!("commit went back from {was}"))
