@@ -13,6 +13,7 @@
 //!   told when a forward fails.
 //! - [`kv`]: the replicated key-value state machine of one partition.
 //! - [`detector`]: phi-accrual failure detection over node heartbeats.
+//! - [`placement`]: the steps of moving one replica, make before break.
 //! - [`identity`]: who a peer is (cluster, settings, data-directory
 //!   incarnation), whether to admit it, and how a cluster is formed.
 //! - [`check`]: what the simulators judge (client histories, Raft
@@ -24,6 +25,7 @@ pub mod identity;
 pub mod io;
 pub mod kv;
 pub mod node;
+pub mod placement;
 pub mod raft;
 pub mod ring;
 pub mod routing;

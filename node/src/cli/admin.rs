@@ -7,17 +7,20 @@
 //! the joint configuration. Each step is sent to the node that leads the
 //! partition now (found from the nodes' status, again after every refusal),
 //! and is skipped when the group is already past it, so an interrupted move is
-//! finished by running the command again. It prints one line per step and
+//! finished by running the command again (the step is the core's
+//! [`ReplicaMove::next_step`] of the group's configuration). It prints one line per step and
 //! exits 0 once the partition's voters include TO and not FROM; with
 //! `-o json` the steps go to stderr and stdout gets `{"partition","voters"}`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use ringkv_core::NodeId;
+use ringkv_core::placement::{MoveStep, ReplicaMove};
+use ringkv_core::raft::{ConfChange as CoreChange, Membership};
+use ringkv_core::wire;
 use ringkv_proto::v1::cluster_client::ClusterClient;
-use ringkv_proto::v1::{
-    ChangeConfigRequest, ConfChange, EnterJoint, PartitionStatus, StatusRequest, conf_change,
-};
+use ringkv_proto::v1::{ChangeConfigRequest, PartitionStatus, StatusRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use super::client::ClientOpts;
@@ -81,49 +84,22 @@ pub async fn run(a: AdminArgs) -> ExitCode {
     }
 }
 
-/// What the move does next, given the group as its leader reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    AddLearner,
-    Replace,
-    /// A joint change is under way; its leader leaves it by itself.
-    WaitJoint,
-    Done,
-}
-
-fn next_step(p: &PartitionStatus, from: u64, to: u64) -> Result<Step, String> {
-    if !p.outgoing.is_empty() {
-        return Ok(Step::WaitJoint);
+/// The group's configuration as its leader reports it.
+fn membership_of(p: &PartitionStatus) -> Membership {
+    let ids = |v: &[u64]| v.iter().copied().map(NodeId).collect();
+    Membership {
+        voters: ids(&p.replicas),
+        outgoing: ids(&p.outgoing),
+        learners: ids(&p.learners),
     }
-    let (voters, learners) = (&p.replicas, &p.learners);
-    if voters.contains(&to) && !voters.contains(&from) {
-        return Ok(Step::Done);
-    }
-    if voters.contains(&to) {
-        return Err(format!(
-            "n{to} is already a voter of partition {}",
-            p.partition
-        ));
-    }
-    if !voters.contains(&from) {
-        return Err(format!(
-            "n{from} is not a voter of partition {} (voters: {})",
-            p.partition,
-            join(voters)
-        ));
-    }
-    Ok(if learners.contains(&to) {
-        Step::Replace
-    } else {
-        Step::AddLearner
-    })
 }
 
 async fn move_replica(a: &MoveReplicaArgs) -> Result<Vec<u64>, Failure> {
     let fail = |message: String| Failure::new(ErrorCode::Internal, Op::Write, message);
-    if a.from == a.to {
-        return Err(fail("FROM and TO are the same node".into()));
-    }
+    let mv = ReplicaMove::Replace {
+        from: NodeId(a.from),
+        to: NodeId(a.to),
+    };
     let deadline = Instant::now() + a.wait;
     let mut said = None;
     loop {
@@ -137,56 +113,51 @@ async fn move_replica(a: &MoveReplicaArgs) -> Result<Vec<u64>, Failure> {
             }
             Err(f) => return Err(f),
         };
-        let step = next_step(&p, a.from, a.to).map_err(fail)?;
+        let step = mv
+            .next_step(&membership_of(&p))
+            .map_err(|e| fail(format!("partition {}: {e}", a.partition)))?;
         if said.as_ref() != Some(&step) {
             // Progress: stdout for people, stderr when stdout is JSON.
             let say = |line: String| match a.opts.output {
                 OutputFormat::Table => println!("{line}"),
                 OutputFormat::Json => eprintln!("{line}"),
             };
-            match step {
-                Step::AddLearner => say(format!(
+            match &step {
+                MoveStep::Propose(CoreChange::AddLearner(_)) => say(format!(
                     "adding n{} to partition {} as a learner (leader n{leader})",
                     a.to, a.partition
                 )),
-                Step::Replace => say(format!(
+                MoveStep::Propose(_) => say(format!(
                     "n{} is a learner; replacing n{} by it once it has caught up (leader n{leader})",
                     a.to, a.from
                 )),
-                Step::WaitJoint => say(format!(
+                MoveStep::WaitJoint => say(format!(
                     "partition {} is changing its voters ({} && {}); waiting",
                     a.partition,
                     join(&p.replicas),
                     join(&p.outgoing)
                 )),
-                Step::Done => {}
+                MoveStep::Done => {}
             }
             said = Some(step.clone());
         }
-        let change = match step {
-            Step::Done => return Ok(p.replicas),
-            Step::WaitJoint => None,
-            Step::AddLearner => Some(conf_change::Change::AddLearner(a.to)),
-            Step::Replace => Some(conf_change::Change::EnterJoint(EnterJoint {
-                promote: vec![a.to],
-                remove: vec![a.from],
-            })),
-        };
-        if let Some(change) = change {
-            let request = ChangeConfigRequest {
-                partition: a.partition,
-                change: Some(ConfChange {
-                    change: Some(change),
-                }),
-            };
-            let mut client = ClusterClient::new(channel);
-            match tokio::time::timeout(a.opts.timeout, client.change_config(request)).await {
-                Ok(Ok(_)) => {}
-                // Not the leader any more, the previous change not yet
-                // committed, the learner not caught up: look again.
-                Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {}
-                Ok(Err(status)) => return Err(Failure::from_status(&status, Op::Write)),
-                Err(_) => {}
+        match step {
+            MoveStep::Done => return Ok(p.replicas),
+            MoveStep::WaitJoint => {}
+            MoveStep::Propose(change) => {
+                let request = ChangeConfigRequest {
+                    partition: a.partition,
+                    change: Some(wire::conf_change_to_proto(&change)),
+                };
+                let mut client = ClusterClient::new(channel);
+                match tokio::time::timeout(a.opts.timeout, client.change_config(request)).await {
+                    Ok(Ok(_)) => {}
+                    // Not the leader any more, the previous change not yet
+                    // committed, the learner not caught up: look again.
+                    Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {}
+                    Ok(Err(status)) => return Err(Failure::from_status(&status, Op::Write)),
+                    Err(_) => {}
+                }
             }
         }
         if Instant::now() >= deadline {
@@ -288,32 +259,21 @@ fn join(ids: &[u64]) -> String {
 mod tests {
     use super::*;
 
-    fn partition(voters: &[u64], learners: &[u64], outgoing: &[u64]) -> PartitionStatus {
-        PartitionStatus {
-            partition: 3,
-            replicas: voters.to_vec(),
-            learners: learners.to_vec(),
-            outgoing: outgoing.to_vec(),
-            ..PartitionStatus::default()
-        }
-    }
-
     #[test]
-    fn each_step_follows_from_the_group_as_its_leader_reports_it() {
-        let step = |v: &[u64], l: &[u64], o: &[u64]| next_step(&partition(v, l, o), 3, 4);
-        assert_eq!(step(&[1, 2, 3], &[], &[]), Ok(Step::AddLearner));
-        assert_eq!(step(&[1, 2, 3], &[4], &[]), Ok(Step::Replace));
-        assert_eq!(step(&[1, 2, 4], &[], &[1, 2, 3]), Ok(Step::WaitJoint));
-        assert_eq!(step(&[1, 2, 4], &[], &[]), Ok(Step::Done));
-        assert!(
-            step(&[1, 2, 5], &[], &[])
-                .unwrap_err()
-                .contains("n3 is not a voter")
-        );
-        assert!(
-            step(&[1, 3, 4], &[], &[])
-                .unwrap_err()
-                .contains("already a voter")
-        );
+    fn the_leaders_report_becomes_the_groups_configuration() {
+        let p = PartitionStatus {
+            partition: 3,
+            replicas: vec![1, 2, 4],
+            learners: vec![5],
+            outgoing: vec![1, 2, 3],
+            ..PartitionStatus::default()
+        };
+        let m = membership_of(&p);
+        assert_eq!(m.to_string(), "voters=(n1,n2,n4)&&(n1,n2,n3) learners=(n5)");
+        let mv = ReplicaMove::Replace {
+            from: NodeId(3),
+            to: NodeId(4),
+        };
+        assert_eq!(mv.next_step(&m), Ok(MoveStep::WaitJoint));
     }
 }
