@@ -1118,7 +1118,8 @@ impl Node {
             ProposeError::Busy => Reply::Done(Err(ClientError::Busy)),
             ProposeError::ConfChangeInProgress { .. }
             | ProposeError::InvalidConfChange(_)
-            | ProposeError::LearnerBehind { .. } => {
+            | ProposeError::LearnerBehind { .. }
+            | ProposeError::LearnerUnconfirmed { .. } => {
                 unreachable!("a client request refused as a configuration change: {e}")
             }
         }

@@ -368,6 +368,9 @@ fn message_to_proto(m: &Message, batch_from: NodeId, batch_to: NodeId) -> pb::Ra
             received: *received,
         }),
         MessageBody::TimeoutNow => PbBody::TimeoutNow(rm::TimeoutNow {}),
+        MessageBody::NotAMember { leader } => {
+            PbBody::NotAMember(rm::NotAMember { leader: leader.0 })
+        }
     };
     pb::RaftMessage {
         from: if m.from == batch_from { 0 } else { m.from.0 },
@@ -529,6 +532,9 @@ fn message_from_proto(m: pb::RaftMessage, batch_from: NodeId, batch_to: NodeId) 
             received: b.received,
         },
         PbBody::TimeoutNow(pb::raft_message::TimeoutNow {}) => B::TimeoutNow,
+        PbBody::NotAMember(b) => B::NotAMember {
+            leader: node_id(b.leader, "NotAMember.leader")?,
+        },
     };
     Ok(Message {
         from,
@@ -900,6 +906,7 @@ mod tests {
             (any::<u64>(), any::<u64>())
                 .prop_map(|(index, received)| MessageBody::SnapshotAck { index, received }),
             Just(MessageBody::TimeoutNow),
+            arb_node_id().prop_map(|leader| MessageBody::NotAMember { leader }),
         ]
     }
 

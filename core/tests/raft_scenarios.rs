@@ -568,6 +568,8 @@ scenario!(
     lagging_voter_follows_a_new_leader,
     joiner_waits_for_a_snapshot_naming_it,
     removed_voter_learns_after_a_lost_message,
+    removed_replica_finds_a_leader_it_never_knew,
+    promotion_waits_for_the_learners_own_addition,
 );
 
 // Impossible states stop the replica (asserted in production code, as

@@ -201,6 +201,12 @@ pub enum MessageBody {
     },
     /// "Campaign now": the last step of a leadership transfer.
     TimeoutNow,
+    /// A follower's answer to a campaign from a replica outside its
+    /// configuration: "I follow `leader`". A hint of whom to ask, no proof
+    /// of anything (see `Raft::step`).
+    NotAMember {
+        leader: NodeId,
+    },
 }
 
 impl MessageBody {
@@ -306,6 +312,7 @@ impl fmt::Debug for Message {
                 meta.index,
                 offset + data.len() as u64
             ),
+            MessageBody::NotAMember { leader } => write!(f, "NotAMember leader={leader}"),
             MessageBody::SnapshotAck { index, received } => {
                 write!(f, "SnapshotAck index={index} received={received}")
             }

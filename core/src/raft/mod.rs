@@ -54,8 +54,11 @@
 //!
 //! A removed replica learns of its removal from the leader, which keeps
 //! sending it the log while its log still names it, and afterwards answers
-//! its campaign with the log or snapshot that leaves it out; once the
-//! removal is committed ([`Raft::removal_settled`]) the node destroys it.
+//! its campaign with the log or snapshot that leaves it out (a follower
+//! that does not count a campaigner in its configuration names its leader
+//! in a `NotAMember` hint, so the campaign reaches a leader the removed
+//! replica never knew); once the removal is committed
+//! ([`Raft::removal_settled`]) the node destroys it.
 //!
 //! **Persist before you speak.** Records that must be durable come out in
 //! [`Ready::persist`]. Messages that claim something durable (votes, append
@@ -206,6 +209,15 @@ pub enum ProposeError {
         matched: u64,
         last_index: u64,
         max_lag: u64,
+    },
+    #[error(
+        "learner {learner} does not hold the configuration that names it yet (it acknowledged \
+         {matched}; the configuration is entry {conf_index})"
+    )]
+    LearnerUnconfirmed {
+        learner: NodeId,
+        matched: u64,
+        conf_index: u64,
     },
 }
 
@@ -412,6 +424,10 @@ pub struct Raft {
     /// until they hold the latest configuration, which tells them they are
     /// out.
     strays: BTreeSet<NodeId>,
+    /// Leaders that followers named when they did not count this replica
+    /// in their configuration (`NotAMember`): asked too at the next
+    /// campaign, until a leader is heard.
+    campaign_hints: BTreeSet<NodeId>,
     transferee: Option<NodeId>,
     /// Heartbeat round counter, and when each recent round was sent (ticks).
     round: u64,
@@ -443,6 +459,9 @@ pub struct Raft {
     failed_reads: Vec<u64>,
     events: Vec<RaftEvent>,
 }
+
+/// Leaders named by `NotAMember` hints remembered for the next campaign.
+const MAX_CAMPAIGN_HINTS: usize = 8;
 
 /// Rounds remembered for lease bookkeeping (bounded).
 const MAX_ROUNDS_REMEMBERED: usize = 64;
@@ -491,6 +510,7 @@ impl Raft {
             congested_peers: BTreeSet::new(),
             snapshot_wanted_by: BTreeSet::new(),
             strays: BTreeSet::new(),
+            campaign_hints: BTreeSet::new(),
             transferee: None,
             round: 0,
             round_sent_at: VecDeque::new(),
@@ -1026,6 +1046,23 @@ impl Raft {
                         max_lag,
                     });
                 }
+                // And it holds the configuration in force, which names it:
+                // then no prefix of its log says it is out, and its node
+                // will not destroy it. An acknowledgement from before may
+                // come from an earlier life of the replica, removed and
+                // destroyed since (madsim seed 65: a removed replica still
+                // catching up acknowledged entries, was added back, then
+                // reached its removal and destroyed itself; promoted on
+                // those old acknowledgements it left a joint configuration
+                // that no election could win).
+                let conf_index = self.latest_conf_index().max(self.log.snapshot_meta().index);
+                if matched < conf_index {
+                    return Err(ProposeError::LearnerUnconfirmed {
+                        learner,
+                        matched,
+                        conf_index,
+                    });
+                }
             }
         }
         Ok(self.append_conf_change(&change))
@@ -1242,6 +1279,34 @@ impl Raft {
         if m.to != self.id {
             return; // not for us
         }
+        if let MessageBody::NotAMember { leader } = m.body {
+            // A follower we asked for a vote does not count us in its
+            // configuration and follows `leader`: ask it too next time. A
+            // hint, whatever its term: the leader's answer, not this, tells
+            // a removed replica it is out.
+            if leader != self.id
+                && self.role != Role::Leader
+                && self.campaign_hints.len() < MAX_CAMPAIGN_HINTS
+            {
+                self.campaign_hints.insert(leader);
+            }
+            return;
+        }
+        if campaign
+            && self.role != Role::Leader
+            && !self.membership.contains(m.from)
+            && let Some(leader) = self.leader.filter(|&l| l != m.from)
+        {
+            // A campaign from outside our configuration: perhaps a replica
+            // removed so long ago that neither our log nor the leader's
+            // still names it, campaigning to voters of its old
+            // configuration, which may no longer include the leader. Tell it
+            // whom we follow (seed 31 of the madsim linearizability test: a
+            // replica removed while paused campaigned forever to two
+            // followers that dropped its campaigns, since they held a
+            // lease, while the leader was a node it had never heard of).
+            self.send(m.from, MessageBody::NotAMember { leader });
+        }
         if campaign && self.role == Role::Leader && !self.membership.contains(m.from) {
             // A replica outside this leader's configuration campaigns: it
             // was removed while it could not hear of it (perhaps so long
@@ -1449,7 +1514,14 @@ impl Raft {
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let term = self.term + 1;
-        for peer in self.voting_peers() {
+        // And the leaders others named when this replica campaigned
+        // outside their configuration (`NotAMember`): their answer is what
+        // a removed replica needs.
+        let mut targets = self.voting_peers();
+        targets.extend(self.campaign_hints.iter().copied());
+        targets.sort();
+        targets.dedup();
+        for peer in targets {
             self.send_with_term(
                 peer,
                 term,
@@ -1589,6 +1661,7 @@ impl Raft {
         self.election_elapsed = 0;
         self.leader = Some(leader);
         self.honours_unknown_lease = false;
+        self.campaign_hints.clear();
     }
 
     fn step_follower(&mut self, m: Message) {
