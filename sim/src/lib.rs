@@ -21,6 +21,8 @@
 //!   puts, conditional puts and deletes to random nodes and record them;
 //! - `nemesis` (madsim only): a seeded, swarm-style fault schedule
 //!   (partitions, lossy links, crashes and power losses, pauses, clock drift);
+//! - `mover` (madsim only): replica moves, and moves back, while the
+//!   nemesis runs;
 //! - `observer` (madsim only): elections and commit progress as the nodes'
 //!   views show them, as timeline lines for traces.
 
@@ -28,6 +30,8 @@
 pub mod cluster;
 #[cfg(madsim)]
 pub mod message_faults;
+#[cfg(madsim)]
+pub mod mover;
 /// Seeded swarm-style fault schedule applied to a [`cluster::SimCluster`].
 #[cfg(madsim)]
 pub mod nemesis;

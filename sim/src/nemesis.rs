@@ -34,6 +34,7 @@ use ringkv_core::raft::RaftConfig;
 use tokio::sync::Notify;
 
 use crate::message_faults::{MessageFaults, TrapSpec};
+use crate::mover::run_mover;
 use crate::sim_disk::DiskLatency;
 use crate::workload::{ProbeTarget, elapsed_ms};
 
@@ -108,6 +109,10 @@ pub struct NemesisConfig {
     /// ignores the drift bound outlasts a follower's vote refusal (with 10
     /// ticks per timeout the rounding tick happens to cover it).
     pub fine_ticks: bool,
+    /// Replica moves while the other faults run ([`crate::mover`]): a
+    /// random replica of a random partition moves to another node (or is
+    /// removed, where every node holds one), and later back.
+    pub moves: bool,
 }
 
 /// Bounds for lossy links that keep a run mostly live: Raft retransmits
@@ -115,6 +120,9 @@ pub struct NemesisConfig {
 pub const LOSSY_MAX_DROP_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DUPLICATE_PERCENT: u32 = 20;
 pub const LOSSY_MAX_DELAY: Duration = Duration::from_millis(40);
+
+/// The RNG stream [`NemesisConfig::swarm`] and the mover draw from.
+const MOVES_STREAM: u64 = 0x6d6f_7665;
 
 /// The tick of [`NemesisConfig::fine_ticks`].
 const FINE_TICK: Duration = Duration::from_millis(10);
@@ -214,6 +222,7 @@ impl NemesisConfig {
             tiny_appends: false,
             fast_elections: false,
             fine_ticks: false,
+            moves: false,
         }
     }
 
@@ -249,8 +258,15 @@ impl NemesisConfig {
     /// least one on; clock jumps 1/4, of up to 3 s), a rate and a duration
     /// bound.
     pub fn swarm(rng: &mut ChaCha8Rng) -> Self {
+        // Replica moves are drawn from a stream of their own, so that every
+        // other draw (and the schedules of seeds from before moves existed)
+        // stays as it was.
+        let mut own = rng.clone();
+        own.set_stream(MOVES_STREAM);
+        let moves = own.random_bool(0.5);
         loop {
             let c = NemesisConfig {
+                moves,
                 partitions: rng.random_bool(0.5),
                 one_way: rng.random_bool(0.5),
                 isolate: rng.random_bool(0.5),
@@ -352,6 +368,9 @@ impl NemesisConfig {
         } else if self.fine_ticks {
             kinds.push("fine-ticks".to_owned());
         }
+        if self.moves {
+            kinds.push("moves".to_owned());
+        }
         if let Some(disk) = &self.disk {
             kinds.push(format!(
                 "disk({:?}..{:?},{}%<={:?})",
@@ -394,6 +413,10 @@ pub struct Nemesis {
     /// The lease-restart script was picked; it runs once `inject` returns.
     lease_restart_due: bool,
     node: Option<(NodeFault, Instant)>,
+    /// The seed the nemesis was made with (the mover's RNG derives from it).
+    seed: u64,
+    /// Replica moves done and abandoned (with [`NemesisConfig::moves`]).
+    moves: (usize, usize),
 }
 
 impl Nemesis {
@@ -412,7 +435,14 @@ impl Nemesis {
             figure8_due: false,
             lease_restart_due: false,
             node: None,
+            seed,
+            moves: (0, 0),
         }
+    }
+
+    /// Replica moves done and abandoned so far.
+    pub fn moves(&self) -> (usize, usize) {
+        self.moves
     }
 
     pub fn config(&self) -> &NemesisConfig {
@@ -497,6 +527,20 @@ impl Nemesis {
             }
         }
         let end = Instant::now() + duration;
+        let mover = self.config.moves.then(|| {
+            let seed = self.seed ^ MOVES_STREAM;
+            tokio::spawn(run_mover(cluster.handles(), seed, self.start, end))
+        });
+        self.inject_until(cluster, end).await;
+        if let Some(mover) = mover {
+            let report = mover.await.expect("the mover task is never killed");
+            self.moves.0 += report.done;
+            self.moves.1 += report.abandoned;
+            self.trace = crate::observer::merge(&[&self.trace, &report.trace]);
+        }
+    }
+
+    async fn inject_until(&mut self, cluster: &mut SimCluster, end: Instant) {
         let mut next = Instant::now() + self.gap();
         loop {
             let mut wake = next;

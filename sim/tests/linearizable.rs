@@ -103,9 +103,11 @@ async fn until_ok(
     None
 }
 
-/// Per partition: how many replicas it should have, and the
-/// `(applied_index, digest)` of each running replica.
-type ReplicaStates = BTreeMap<u32, (usize, BTreeMap<NodeId, (u64, u64)>)>;
+/// Per partition: the replicas it should have (every voter and learner of
+/// its leader's configuration; empty while no node says it leads), and the
+/// `(applied_index, digest)` of each running replica. Replica moves change
+/// the set; a removed replica that still runs is not judged.
+type ReplicaStates = BTreeMap<u32, (Vec<NodeId>, BTreeMap<NodeId, (u64, u64)>)>;
 
 async fn replica_states(cluster: &SimCluster) -> ReplicaStates {
     let mut states = ReplicaStates::new();
@@ -120,28 +122,60 @@ async fn replica_states(cluster: &SimCluster) -> ReplicaStates {
             continue;
         };
         for d in digests {
-            let replicas = view.partitions[d.partition.0 as usize].replicas.len();
-            states
-                .entry(d.partition.0)
-                .or_insert_with(|| (replicas, BTreeMap::new()))
-                .1
-                .insert(id, (d.applied_index, d.digest));
+            let entry = states.entry(d.partition.0).or_default();
+            entry.1.insert(id, (d.applied_index, d.digest));
+            let p = &view.partitions[d.partition.0 as usize];
+            if p.leader == Some(id) {
+                let mut group: Vec<NodeId> =
+                    p.replicas.iter().chain(&p.learners).copied().collect();
+                group.extend(p.outgoing.iter().copied());
+                group.sort();
+                group.dedup();
+                entry.0 = group;
+            }
         }
     }
     states
 }
 
-/// Whether all `expected` replicas of a partition run and have one state.
-fn partition_converged(expected: usize, replicas: &BTreeMap<NodeId, (u64, u64)>) -> bool {
-    let mut states = replicas.values();
-    let first = states.next();
-    replicas.len() == expected && states.all(|s| Some(s) == first)
+/// Whether every `expected` replica of a partition runs, all with one state.
+fn partition_converged(expected: &[NodeId], replicas: &BTreeMap<NodeId, (u64, u64)>) -> bool {
+    let mut states = expected.iter().map(|id| replicas.get(id));
+    let first = states.next().flatten();
+    first.is_some() && states.all(|s| s == first)
 }
 
 fn converged(states: &ReplicaStates) -> bool {
     states
         .values()
-        .all(|(expected, replicas)| partition_converged(*expected, replicas))
+        .all(|(expected, replicas)| partition_converged(expected, replicas))
+}
+
+/// Every running node's view of each partition some replica of which knows
+/// no leader (what keeps a node from being ready).
+fn leaderless_views(cluster: &SimCluster) -> String {
+    let views: Vec<_> = cluster
+        .node_ids()
+        .into_iter()
+        .filter_map(|id| Some((id, cluster.node_handle(id)?.view())))
+        .collect();
+    let leaderless: std::collections::BTreeSet<_> = views
+        .iter()
+        .flat_map(|(_, v)| v.partitions.iter())
+        .filter(|p| p.leader.is_none() && p.term > 0)
+        .map(|p| p.partition)
+        .collect();
+    let mut out = String::new();
+    for (id, view) in &views {
+        for p in view
+            .partitions
+            .iter()
+            .filter(|p| leaderless.contains(&p.partition))
+        {
+            out.push_str(&format!("  {id}: {p:?}\n"));
+        }
+    }
+    out
 }
 
 /// Every node's view of the partitions whose replicas differ.
@@ -155,7 +189,7 @@ fn diverging_views(cluster: &SimCluster, states: &ReplicaStates) -> String {
         for p in &handle.view().partitions {
             let differs = states
                 .get(&p.partition.0)
-                .is_some_and(|(expected, replicas)| !partition_converged(*expected, replicas));
+                .is_some_and(|(expected, replicas)| !partition_converged(expected, replicas));
             if differs && p.replicas.contains(&id) {
                 out.push_str(&format!("  {id}: {p:?}\n"));
             }
@@ -268,7 +302,8 @@ async fn histories_under_faults_are_linearizable() {
     assert!(
         ready && all_written,
         "seed {seed}: not every partition accepts writes within {RECOVERY:?} after the heal \
-         (ready={ready})\nnemesis:\n{}\nreplay: {}",
+         (ready={ready})\nreplicas that know no leader:\n{}nemesis:\n{}\nreplay: {}",
+        leaderless_views(&cluster),
         nemesis.trace(),
         replay(seed)
     );
@@ -351,7 +386,7 @@ async fn histories_under_faults_are_linearizable() {
         .max()
         .unwrap_or(0);
     println!(
-        "seed {seed}: {nodes} nodes, {} ops ({} ok / {} fail / {} unknown by clients), {} clients{}, {} faults [{}], max {max_steps} steps/key, {} observations, converged in {}ms, {}",
+        "seed {seed}: {nodes} nodes, {} ops ({} ok / {} fail / {} unknown by clients), {} clients{}, {} faults [{}]{}, max {max_steps} steps/key, {} observations, converged in {}ms, {}",
         history.len(),
         stats.ok,
         stats.fail,
@@ -364,6 +399,10 @@ async fn histories_under_faults_are_linearizable() {
         },
         nemesis.faults(),
         nemesis.config().describe(),
+        match nemesis.moves() {
+            (0, 0) => String::new(),
+            (done, abandoned) => format!(", {done} moves done, {abandoned} abandoned"),
+        },
         cluster.observations_judged(),
         converge_time.as_millis(),
         if summary.passed() { "passed" } else { "FAILED" }

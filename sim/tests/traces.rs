@@ -1,4 +1,4 @@
-//! Snapshot-tested traces of three fixed seeds: a timeline of the faults the
+//! Snapshot-tested traces of four fixed seeds (one with replica moves forced on): a timeline of the faults the
 //! nemesis injected, the elections and commit progress the nodes' views
 //! showed (see `ringkv_sim::observer`), every client operation with its
 //! result and sim time, and the leaders and terms each node sees at the end. A changed snapshot means
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 const RUN: Duration = Duration::from_secs(5);
 
-async fn scenario(seed: u64) -> String {
+async fn scenario(seed: u64, moves: bool) -> String {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7ACE);
     let options = ClusterOptions::default();
     let keys = workload::spread_keys(3, options.partition_count);
@@ -41,7 +41,11 @@ async fn scenario(seed: u64) -> String {
         ..ClientConfig::new(keys.clone(), start, stop)
     };
     let tasks = workload::spawn_clients(&mut cluster, 2, &mut rng, &template, &recorder);
-    let mut nemesis = Nemesis::new(NemesisConfig::swarm(&mut rng), rng.random(), start);
+    let config = NemesisConfig {
+        moves: moves || NemesisConfig::swarm(&mut rng.clone()).moves,
+        ..NemesisConfig::swarm(&mut rng)
+    };
+    let mut nemesis = Nemesis::new(config, rng.random(), start);
     let _ = writeln!(trace, "nemesis: {}", nemesis.config().describe());
     // Watch until the heal has had time to show.
     let watcher = tokio::spawn(observer::watch(
@@ -86,9 +90,10 @@ async fn scenario(seed: u64) -> String {
     trace
 }
 
-fn run(seed: u64) -> String {
+fn run(seed: u64, moves: bool) -> String {
     std::thread::spawn(move || {
-        Runtime::with_seed_and_config(seed, madsim::Config::default()).block_on(scenario(seed))
+        Runtime::with_seed_and_config(seed, madsim::Config::default())
+            .block_on(scenario(seed, moves))
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
@@ -96,15 +101,22 @@ fn run(seed: u64) -> String {
 
 #[test]
 fn trace_of_seed_7() {
-    insta::assert_snapshot!(run(7));
+    insta::assert_snapshot!(run(7, false));
 }
 
 #[test]
 fn trace_of_seed_21() {
-    insta::assert_snapshot!(run(21));
+    insta::assert_snapshot!(run(21, false));
 }
 
 #[test]
 fn trace_of_seed_1234() {
-    insta::assert_snapshot!(run(1234));
+    insta::assert_snapshot!(run(1234, false));
+}
+
+/// With replica moves (and back) among the faults: the move lines and the
+/// leaders of the moved partitions' new groups.
+#[test]
+fn trace_of_seed_5_with_moves() {
+    insta::assert_snapshot!(run(5, true));
 }

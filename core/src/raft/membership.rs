@@ -91,6 +91,20 @@ impl Membership {
     }
 
     /// Whether `id` votes: in C_new or, while joint, in C_old.
+    /// A configuration from lists in any order (a report's, e.g. a node's
+    /// view lists voters in ring order); the lookups need them sorted.
+    pub fn from_parts(
+        voters: impl IntoIterator<Item = NodeId>,
+        outgoing: impl IntoIterator<Item = NodeId>,
+        learners: impl IntoIterator<Item = NodeId>,
+    ) -> Self {
+        Membership {
+            voters: sorted(voters),
+            outgoing: sorted(outgoing),
+            learners: sorted(learners),
+        }
+    }
+
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.binary_search(&id).is_ok() || self.outgoing.binary_search(&id).is_ok()
     }

@@ -86,12 +86,8 @@ pub async fn run(a: AdminArgs) -> ExitCode {
 
 /// The group's configuration as its leader reports it.
 fn membership_of(p: &PartitionStatus) -> Membership {
-    let ids = |v: &[u64]| v.iter().copied().map(NodeId).collect();
-    Membership {
-        voters: ids(&p.replicas),
-        outgoing: ids(&p.outgoing),
-        learners: ids(&p.learners),
-    }
+    let ids = |v: &[u64]| v.iter().copied().map(NodeId).collect::<Vec<_>>();
+    Membership::from_parts(ids(&p.replicas), ids(&p.outgoing), ids(&p.learners))
 }
 
 async fn move_replica(a: &MoveReplicaArgs) -> Result<Vec<u64>, Failure> {
@@ -263,7 +259,7 @@ mod tests {
     fn the_leaders_report_becomes_the_groups_configuration() {
         let p = PartitionStatus {
             partition: 3,
-            replicas: vec![1, 2, 4],
+            replicas: vec![4, 1, 2],
             learners: vec![5],
             outgoing: vec![1, 2, 3],
             ..PartitionStatus::default()
