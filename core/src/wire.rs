@@ -368,9 +368,10 @@ fn message_to_proto(m: &Message, batch_from: NodeId, batch_to: NodeId) -> pb::Ra
             received: *received,
         }),
         MessageBody::TimeoutNow => PbBody::TimeoutNow(rm::TimeoutNow {}),
-        MessageBody::NotAMember { leader } => {
-            PbBody::NotAMember(rm::NotAMember { leader: leader.0 })
+        MessageBody::LeaderHint { leader } => {
+            PbBody::LeaderHint(rm::LeaderHint { leader: leader.0 })
         }
+        MessageBody::LeaderQuery => PbBody::LeaderQuery(rm::LeaderQuery {}),
     };
     pb::RaftMessage {
         from: if m.from == batch_from { 0 } else { m.from.0 },
@@ -532,9 +533,10 @@ fn message_from_proto(m: pb::RaftMessage, batch_from: NodeId, batch_to: NodeId) 
             received: b.received,
         },
         PbBody::TimeoutNow(pb::raft_message::TimeoutNow {}) => B::TimeoutNow,
-        PbBody::NotAMember(b) => B::NotAMember {
-            leader: node_id(b.leader, "NotAMember.leader")?,
+        PbBody::LeaderHint(b) => B::LeaderHint {
+            leader: node_id(b.leader, "LeaderHint.leader")?,
         },
+        PbBody::LeaderQuery(pb::raft_message::LeaderQuery {}) => B::LeaderQuery,
     };
     Ok(Message {
         from,
@@ -906,7 +908,8 @@ mod tests {
             (any::<u64>(), any::<u64>())
                 .prop_map(|(index, received)| MessageBody::SnapshotAck { index, received }),
             Just(MessageBody::TimeoutNow),
-            arb_node_id().prop_map(|leader| MessageBody::NotAMember { leader }),
+            arb_node_id().prop_map(|leader| MessageBody::LeaderHint { leader }),
+            Just(MessageBody::LeaderQuery),
         ]
     }
 

@@ -570,6 +570,7 @@ scenario!(
     removed_voter_learns_after_a_lost_message,
     removed_replica_finds_a_leader_it_never_knew,
     promotion_waits_for_the_learners_own_addition,
+    learner_restarted_in_a_quiet_group_asks_who_leads,
 );
 
 // Impossible states stop the replica (asserted in production code, as

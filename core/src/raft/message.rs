@@ -201,12 +201,15 @@ pub enum MessageBody {
     },
     /// "Campaign now": the last step of a leadership transfer.
     TimeoutNow,
-    /// A follower's answer to a campaign from a replica outside its
-    /// configuration: "I follow `leader`". A hint of whom to ask, no proof
-    /// of anything (see `Raft::step`).
-    NotAMember {
+    /// "I follow `leader`": a follower's answer to a campaign from a
+    /// replica outside its configuration, or to a `LeaderQuery`. A hint of
+    /// whom to ask, no proof of anything (see `Raft::step`).
+    LeaderHint {
         leader: NodeId,
     },
+    /// "Who leads?", from a replica that cannot campaign and has known no
+    /// leader for an election timeout (see `Raft::tick_election`).
+    LeaderQuery,
 }
 
 impl MessageBody {
@@ -312,7 +315,8 @@ impl fmt::Debug for Message {
                 meta.index,
                 offset + data.len() as u64
             ),
-            MessageBody::NotAMember { leader } => write!(f, "NotAMember leader={leader}"),
+            MessageBody::LeaderHint { leader } => write!(f, "LeaderHint leader={leader}"),
+            MessageBody::LeaderQuery => write!(f, "LeaderQuery"),
             MessageBody::SnapshotAck { index, received } => {
                 write!(f, "SnapshotAck index={index} received={received}")
             }

@@ -56,7 +56,7 @@
 //! sending it the log while its log still names it, and afterwards answers
 //! its campaign with the log or snapshot that leaves it out (a follower
 //! that does not count a campaigner in its configuration names its leader
-//! in a `NotAMember` hint, so the campaign reaches a leader the removed
+//! in a `LeaderHint` hint, so the campaign reaches a leader the removed
 //! replica never knew); once the removal is committed
 //! ([`Raft::removal_settled`]) the node destroys it.
 //!
@@ -425,7 +425,7 @@ pub struct Raft {
     /// out.
     strays: BTreeSet<NodeId>,
     /// Leaders that followers named when they did not count this replica
-    /// in their configuration (`NotAMember`): asked too at the next
+    /// in their configuration (`LeaderHint`): asked too at the next
     /// campaign, until a leader is heard.
     campaign_hints: BTreeSet<NodeId>,
     transferee: Option<NodeId>,
@@ -460,7 +460,7 @@ pub struct Raft {
     events: Vec<RaftEvent>,
 }
 
-/// Leaders named by `NotAMember` hints remembered for the next campaign.
+/// Leaders named by `LeaderHint` hints remembered for the next campaign.
 const MAX_CAMPAIGN_HINTS: usize = 8;
 
 /// Rounds remembered for lease bookkeeping (bounded).
@@ -637,14 +637,23 @@ impl Raft {
     }
 
     /// Whether a snapshot proves to a new replica `peer` that it belongs to
-    /// the group: it names the peer, and is no older than the configuration
-    /// in force. An older one may name a replica that was removed since and
-    /// is now added again (the node destroyed the earlier replica, and
-    /// takes back only a snapshot past its removal).
+    /// the group: it names the peer, and is no older than the latest
+    /// committed configuration. An older one may name a replica that was
+    /// removed since and is now added again (the node destroyed the earlier
+    /// replica, and takes back only a snapshot past its removal). Not the
+    /// configuration in force: one not yet committed may need this very
+    /// replica's acknowledgement to commit (madsim seed 793: a leader
+    /// leaving a joint configuration waited for a snapshot at or past the
+    /// leave entry, which could not commit without the replica waiting for
+    /// the snapshot).
     fn snapshot_adds(&self, snapshot: &SnapshotMeta, peer: NodeId) -> bool {
-        snapshot.index > 0
-            && snapshot.index >= self.latest_conf_index()
-            && snapshot.membership.contains(peer)
+        let committed_conf = self
+            .conf_changes
+            .iter()
+            .rev()
+            .find(|c| c.index <= self.log.committed())
+            .map_or(0, |c| c.index);
+        snapshot.index > 0 && snapshot.index >= committed_conf && snapshot.membership.contains(peer)
     }
 
     /// Whether this replica knows the group's configuration. A replica
@@ -729,9 +738,26 @@ impl Raft {
         if self.election_elapsed >= self.cfg.election_ticks {
             self.honours_unknown_lease = false;
         }
-        if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
+        if self.election_elapsed < self.randomized_election_timeout {
+            return;
+        }
+        if self.promotable() {
             self.election_elapsed = 0;
             self.campaign_pre_vote();
+        } else if self.knows_configuration() && self.leader.is_none() {
+            // A learner (or a replica whose removal it has not seen
+            // committed) that knows no leader cannot campaign, and a
+            // quiesced group sends it nothing: ask (madsim seed 221: a
+            // learner restarted while its group was quiesced never learned
+            // its leader).
+            self.election_elapsed = 0;
+            let mut targets = self.voting_peers();
+            targets.extend(self.campaign_hints.iter().copied());
+            targets.sort();
+            targets.dedup();
+            for peer in targets {
+                self.send(peer, MessageBody::LeaderQuery);
+            }
         }
     }
 
@@ -1279,7 +1305,23 @@ impl Raft {
         if m.to != self.id {
             return; // not for us
         }
-        if let MessageBody::NotAMember { leader } = m.body {
+        if let MessageBody::LeaderQuery = m.body {
+            // Whatever the asker's term: the answer is what it needs.
+            match self.role {
+                Role::Leader if self.membership.contains(m.from) => {
+                    self.wake();
+                    self.broadcast_heartbeat(false);
+                }
+                Role::Leader => self.bring_stray_up_to_date(m.from),
+                _ => {
+                    if let Some(leader) = self.leader.filter(|&l| l != m.from) {
+                        self.send(m.from, MessageBody::LeaderHint { leader });
+                    }
+                }
+            }
+            return;
+        }
+        if let MessageBody::LeaderHint { leader } = m.body {
             // A follower we asked for a vote does not count us in its
             // configuration and follows `leader`: ask it too next time. A
             // hint, whatever its term: the leader's answer, not this, tells
@@ -1305,7 +1347,7 @@ impl Raft {
             // replica removed while paused campaigned forever to two
             // followers that dropped its campaigns, since they held a
             // lease, while the leader was a node it had never heard of).
-            self.send(m.from, MessageBody::NotAMember { leader });
+            self.send(m.from, MessageBody::LeaderHint { leader });
         }
         if campaign && self.role == Role::Leader && !self.membership.contains(m.from) {
             // A replica outside this leader's configuration campaigns: it
@@ -1515,7 +1557,7 @@ impl Raft {
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let term = self.term + 1;
         // And the leaders others named when this replica campaigned
-        // outside their configuration (`NotAMember`): their answer is what
+        // outside their configuration (`LeaderHint`): their answer is what
         // a removed replica needs.
         let mut targets = self.voting_peers();
         targets.extend(self.campaign_hints.iter().copied());
