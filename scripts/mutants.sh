@@ -38,12 +38,21 @@ cd "$(dirname "$0")/.."
 #                  the unknown lease a restarted member honours (tick_election,
 #                  start_election, become_follower), send_timeout_now
 #   CAS precondition: KvStore::apply_command, check_revisions, Precondition::holds
+#   membership:    quorums (Membership::quorum_value, vote_result, has_quorum,
+#                  apply), the configuration in force (Raft::refresh_conf,
+#                  conf_at, promotable, propose_conf_change, conf_duties,
+#                  removal_settled, snapshot_adds), and a group's lifecycle
+#                  (Node::destroy_group, message_for_unhosted_group,
+#                  Recovered::is_fresh)
 functions='Raft::(maybe_commit|committed_in_term|handle_vote_request|tally|step|step_candidate|handle_append|on_persisted|take_ready|lease_valid|in_lease|lease_expires_at|quorum_acked_round|read|release_reads|tick_election|start_election|become_follower|send_timeout_now)'
 functions="${functions}|RaftConfig::lease_ticks"
 functions="${functions}|RaftLog::(commit_to|take_committed|is_up_to_date|maybe_append|match_term|term|on_persisted|take_unsaved)"
 functions="${functions}|Progress::maybe_update"
 functions="${functions}|Node::(process_group|handle_persisted)"
 functions="${functions}|KvStore::apply_command|check_revisions|Precondition::holds"
+functions="${functions}|Membership::(quorum_value|vote_result|has_quorum|apply)"
+functions="${functions}|Raft::(refresh_conf|conf_at|promotable|propose_conf_change|conf_duties|removal_settled|snapshot_adds)"
+functions="${functions}|Node::(destroy_group|message_for_unhosted_group)|Recovered::is_fresh"
 
 functions="${MUTANTS_FUNCTIONS:-$functions}"
 
@@ -52,7 +61,7 @@ exec cargo mutants \
   --package ringkv-core --test-package ringkv-core \
   --profile mutants \
   --file core/src/raft/mod.rs --file core/src/raft/log.rs --file core/src/raft/progress.rs \
-  --file core/src/node.rs --file core/src/kv.rs \
+  --file core/src/node.rs --file core/src/kv.rs --file core/src/raft/membership.rs \
   --re "in (${functions})\$" \
   --timeout 240 --build-timeout 600 \
   --output target/mutants-out \
