@@ -766,6 +766,14 @@ impl Node {
     pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
         self.groups.keys().copied()
     }
+    /// The voters of a group this node was removed from, as its replica
+    /// last saw them (kept in its tombstone): where the node sends the
+    /// partition's requests.
+    pub fn retired_voters(&self, p: PartitionId) -> Option<&[NodeId]> {
+        self.tombstones
+            .get(&p)
+            .map(|r| r.tombstone.voters.as_slice())
+    }
     pub fn raft(&self, p: PartitionId) -> Option<&Raft> {
         self.groups.get(&p).map(|g| &g.raft)
     }

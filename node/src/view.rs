@@ -101,7 +101,8 @@ pub struct FollowerView {
 pub struct PartitionView {
     pub partition: PartitionId,
     /// Where this node replicates: the voters of the group's configuration
-    /// as its log has it (C_new while joint); elsewhere the ring's replicas.
+    /// as its log has it (C_new while joint); where it was removed from the
+    /// group, the voters its replica last saw; elsewhere the ring's replicas.
     pub replicas: Vec<NodeId>,
     /// Where this node replicates: the group's learners.
     pub learners: Vec<NodeId>,
@@ -183,7 +184,11 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
         .ring()
         .partitions()
         .map(|p| {
-            let replicas = node.ring().replicas(p).to_vec();
+            // Where it does not replicate: the voters it last saw if it was
+            // removed from the group, else the ring's replicas.
+            let replicas = node
+                .retired_voters(p)
+                .map_or_else(|| node.ring().replicas(p).to_vec(), <[NodeId]>::to_vec);
             let (Some(raft), Some(kv)) = (node.raft(p), node.kv(p)) else {
                 return PartitionView {
                     partition: p,

@@ -535,7 +535,9 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
 #[test]
 fn a_replica_moves_to_another_node_under_write_load() {
     let _timer = Timer::start("a_replica_moves_to_another_node_under_write_load");
-    let mut c = Cluster::start(4);
+    // Snapshots every 50 entries, so that `from` holds a snapshot file of
+    // the partition to delete.
+    let mut c = Cluster::start_with(4, &["--snapshot-entries", "50"]);
     c.wait_ready(READY);
     // A partition node 4 does not hold, and a replica of it to move there.
     let status = c.status(1);
@@ -584,6 +586,17 @@ fn a_replica_moves_to_another_node_under_write_load() {
         })
     };
     thread::sleep(Duration::from_millis(300));
+    let snap_dir = c
+        .node(from)
+        .data_dir
+        .join("snap")
+        .join(partition.to_string());
+    let snapshot_files = || std::fs::read_dir(&snap_dir).map_or(0, |d| d.count());
+    poll(
+        READY,
+        &format!("node {from} to snapshot the partition"),
+        || (snapshot_files() > 0).then_some(()),
+    );
     let endpoints = c
         .ids()
         .map(|id| c.node(id).grpc.to_string())
@@ -632,6 +645,31 @@ fn a_replica_moves_to_another_node_under_write_load() {
         (voters.contains(&4) && !voters.contains(&from)).then_some(voters)
     });
     assert_eq!(voters.len(), 3, "{voters:?}");
+    // `from` destroyed its replica: the partition's snapshot files are
+    // gone from its data directory, and its status names the new voters.
+    poll(
+        READY,
+        &format!("node {from} to delete the partition's snapshots"),
+        || (snapshot_files() == 0).then_some(()),
+    );
+    poll(
+        READY,
+        &format!("node {from} to name the new voters"),
+        || {
+            let s = c.status(from);
+            let p = s["partitions"]
+                .as_array()?
+                .iter()
+                .find(|p| p["partition"] == partition)?
+                .clone();
+            let seen: Vec<u64> = serde_json::from_value(p["replicas"].clone()).ok()?;
+            let mut seen_sorted = seen.clone();
+            seen_sorted.sort();
+            let mut want = voters.clone();
+            want.sort();
+            (seen_sorted == want && p["term"] == 0).then_some(())
+        },
+    );
     // Every acknowledged write is on the new replica, and in the cluster.
     let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty());
