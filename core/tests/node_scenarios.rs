@@ -870,3 +870,118 @@ fn a_replica_moves_to_a_node_that_did_not_host_it() {
         Some(Bytes::from_static(b"x"))
     );
 }
+
+/// A tombstone keeps a destroyed replica dead: a late snapshot from before
+/// the removal (it names the node, at an index up to the removal) creates
+/// nothing, across a restart too; a snapshot of a later configuration does,
+/// and the new replica starts from the old one's term and vote, so the node
+/// never votes twice in one term of the group.
+#[test]
+fn a_tombstone_takes_back_only_a_snapshot_past_the_removal() {
+    use ringkv_core::io::GroupMessage;
+    use ringkv_core::kv::KvStore;
+    use ringkv_core::raft::{HardState, Membership, Message, MessageBody, SnapshotMeta};
+    use ringkv_core::raft::{PersistRecord, Tombstone};
+
+    let p = PartitionId(1);
+    let me = NodeId(3);
+    let mut cfg = ringkv_core::node::NodeConfig::new(me, (1..=4).map(NodeId).collect());
+    cfg.ring = RingConfig {
+        partition_count: 4,
+        replication_factor: 3,
+        tokens_per_node: 64,
+    };
+    // The WAL of a node whose replica of p was removed at 20 and destroyed,
+    // after voting for n1 in term 5.
+    let wal = vec![
+        WalRecord {
+            partition: p,
+            record: PersistRecord::Genesis(Membership::new((1..=3).map(NodeId))),
+        },
+        WalRecord {
+            partition: p,
+            record: PersistRecord::HardState(HardState {
+                term: 5,
+                vote: Some(NodeId(1)),
+                commit: 20,
+            }),
+        },
+        WalRecord {
+            partition: p,
+            record: PersistRecord::Tombstone(Tombstone {
+                removed_at: 20,
+                voters: vec![NodeId(1), NodeId(2), NodeId(4)],
+            }),
+        },
+    ];
+    let start = |wal: &[WalRecord]| {
+        Node::new(cfg.clone(), 7, Recovered::replay(wal.iter().cloned())).expect("start")
+    };
+    let mut node = start(&wal);
+    assert!(node.raft(p).is_none(), "the tombstone outlives the restart");
+    assert_eq!(
+        node.retired_voters(p),
+        Some([NodeId(1), NodeId(2), NodeId(4)].as_slice())
+    );
+
+    let data = KvStore::new().snapshot();
+    let chunk = |index: u64, term: u64, membership: Membership| PeerBatch {
+        from: NodeId(1),
+        to: me,
+        messages: vec![GroupMessage {
+            partition: p,
+            message: Message {
+                from: NodeId(1),
+                to: me,
+                term,
+                body: MessageBody::SnapshotChunk {
+                    meta: SnapshotMeta {
+                        index,
+                        term,
+                        membership,
+                    },
+                    total_len: data.len() as u64,
+                    offset: 0,
+                    data: data.clone(),
+                },
+            },
+        }],
+    };
+    // A late snapshot from before the removal names n3 as a voter.
+    let old = Membership::new((1..=3).map(NodeId));
+    node.handle_message(Time::ZERO, chunk(20, 5, old));
+    assert!(
+        node.raft(p).is_none(),
+        "a snapshot up to the removal creates nothing"
+    );
+
+    // A later configuration adds n3 back as a learner.
+    let mut again = Membership::new([1, 2, 4].map(NodeId));
+    again.learners = vec![me];
+    node.handle_message(Time::ZERO, chunk(31, 6, again.clone()));
+    let raft = node
+        .raft(p)
+        .expect("added again by a snapshot past the removal");
+    assert_eq!(raft.membership(), &again);
+    assert_eq!(raft.term(), 6);
+    assert!(node.retired_voters(p).is_none());
+    let mut persisted = Vec::new();
+    while let Some(io) = node.poll_io() {
+        persisted.extend(io.records);
+    }
+    assert!(
+        persisted
+            .iter()
+            .any(|r| matches!(&r.record, PersistRecord::Snapshot(s) if s.meta.index == 31)),
+        "the new replica's snapshot is persisted: {persisted:?}"
+    );
+
+    // Had the same late snapshot come in term 5, the new replica would
+    // still hold n3's vote for n1 in that term.
+    let mut node = start(&wal);
+    let mut again5 = Membership::new([1, 2, 4].map(NodeId));
+    again5.learners = vec![me];
+    node.handle_message(Time::ZERO, chunk(31, 5, again5));
+    let raft = node.raft(p).expect("added again");
+    assert_eq!((raft.term(), raft.vote()), (5, Some(NodeId(1))));
+}
