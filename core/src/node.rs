@@ -518,6 +518,10 @@ struct Group {
     observed_round: u64,
     /// Reads confirmed at an index this replica has not applied yet.
     reads_waiting_apply: Vec<(u64, u64)>, // (index, ctx)
+    /// For a replica created again after a tombstone, until it knows its
+    /// configuration: the removal index its snapshot must be past (a late
+    /// chunk of an older snapshot naming this node must not install).
+    removed_at: u64,
 }
 
 /// A replica this node destroyed after its removal from the group.
@@ -688,6 +692,7 @@ impl Node {
                     observed_commit,
                     observed_round: 0,
                     reads_waiting_apply: Vec::new(),
+                    removed_at: 0,
                 },
             );
         }
@@ -833,6 +838,13 @@ impl Node {
             }
             match self.groups.get_mut(&gm.partition) {
                 Some(g) => {
+                    let stale_snapshot = matches!(&gm.message.body,
+                        MessageBody::SnapshotChunk { meta, .. } if meta.index <= g.removed_at)
+                        && !g.raft.knows_configuration();
+                    if stale_snapshot {
+                        self.stats.messages_for_unknown_partitions += 1;
+                        continue;
+                    }
                     g.raft.step(gm.message);
                     self.dirty.insert(gm.partition);
                 }
@@ -888,6 +900,7 @@ impl Node {
                     observed_commit: 0,
                     observed_round: 0,
                     reads_waiting_apply: Vec::new(),
+                    removed_at,
                 };
                 group.raft.step(m);
                 self.groups.insert(p, group);

@@ -955,7 +955,30 @@ fn a_tombstone_takes_back_only_a_snapshot_past_the_removal() {
         "a snapshot up to the removal creates nothing"
     );
 
-    // A later configuration adds n3 back as a learner.
+    // The first chunk of a later configuration's snapshot creates the
+    // replica; while the rest is on its way, a late chunk of the old
+    // snapshot must not install in it either.
+    let mut partial = chunk(31, 6, Membership::new([1, 2, 4].map(NodeId)));
+    if let MessageBody::SnapshotChunk {
+        meta, total_len, ..
+    } = &mut partial.messages[0].message.body
+    {
+        meta.membership.learners = vec![me];
+        *total_len += 100;
+    }
+    node.handle_message(Time::ZERO, partial);
+    assert!(node.raft(p).is_some(), "created by the first chunk");
+    node.handle_message(
+        Time::ZERO,
+        chunk(20, 6, Membership::new((1..=3).map(NodeId))),
+    );
+    assert!(
+        !node.raft(p).expect("still there").knows_configuration(),
+        "an old snapshot does not install in the new replica"
+    );
+
+    // A later configuration adds n3 back as a learner (whole, again).
+    let mut node = start(&wal);
     let mut again = Membership::new([1, 2, 4].map(NodeId));
     again.learners = vec![me];
     node.handle_message(Time::ZERO, chunk(31, 6, again.clone()));

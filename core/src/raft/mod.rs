@@ -56,8 +56,8 @@
 //! sending it the log while its log still names it, and afterwards answers
 //! its campaign with the log or snapshot that leaves it out (a follower
 //! that does not count a campaigner in its configuration names its leader
-//! in a `LeaderHint` hint, so the campaign reaches a leader the removed
-//! replica never knew); once the removal is committed
+//! in a `LeaderHint`, so the campaign reaches a leader the removed replica
+//! never knew); once the removal is committed
 //! ([`Raft::removal_settled`]) the node destroys it.
 //!
 //! **Persist before you speak.** Records that must be durable come out in
@@ -424,9 +424,9 @@ pub struct Raft {
     /// until they hold the latest configuration, which tells them they are
     /// out.
     strays: BTreeSet<NodeId>,
-    /// Leaders that followers named when they did not count this replica
-    /// in their configuration (`LeaderHint`): asked too at the next
-    /// campaign, until a leader is heard.
+    /// Leaders that followers named (`LeaderHint`) when this replica
+    /// campaigned outside their configuration or asked who leads: asked
+    /// too at the next campaign or query, until a leader is heard.
     campaign_hints: BTreeSet<NodeId>,
     transferee: Option<NodeId>,
     /// Heartbeat round counter, and when each recent round was sent (ticks).
@@ -1322,10 +1322,10 @@ impl Raft {
             return;
         }
         if let MessageBody::LeaderHint { leader } = m.body {
-            // A follower we asked for a vote does not count us in its
-            // configuration and follows `leader`: ask it too next time. A
-            // hint, whatever its term: the leader's answer, not this, tells
-            // a removed replica it is out.
+            // A follower we asked (for a vote from outside its
+            // configuration, or who leads) follows `leader`: ask it too
+            // next time. A hint, whatever its term: the leader's answer,
+            // not this, tells a removed replica it is out.
             if leader != self.id
                 && self.role != Role::Leader
                 && self.campaign_hints.len() < MAX_CAMPAIGN_HINTS
