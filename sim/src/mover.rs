@@ -16,7 +16,7 @@
 //! It talks to the nodes in-process through their [`NodeHandle`]s (as the
 //! gRPC admin service does), with its own seeded RNG, so a run stays a pure
 //! function of its seed. Every move leaves trace lines
-//! (`t=1234ms move p3 n2->n4: done (voters n1,n3,n4)`).
+//! (`t=1234ms move p3 n2->n4: done (voters=(n1,n3,n4))`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
