@@ -30,6 +30,50 @@ fn read(c: &Cluster, via: u64, key: &str, consistency: Option<&str>) -> Response
     retry_read(RETRY, || get(addr, &kv_path(key, consistency)))
 }
 
+/// A partition node 4 does not hold, and a node holding a replica of it.
+fn a_partition_not_on_node_4(c: &Cluster) -> (u64, u64) {
+    c.status(1)["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .find_map(|p| {
+            let replicas: Vec<u64> = serde_json::from_value(p["replicas"].clone()).ok()?;
+            (!replicas.contains(&4)).then(|| (p["partition"].as_u64().expect("id"), replicas[0]))
+        })
+        .expect("with 4 nodes and 3 replicas, some partition is not on node 4")
+}
+
+/// Partition `partition` as node `id`'s status reports it.
+fn partition_status(c: &Cluster, id: u64, partition: u64) -> Option<serde_json::Value> {
+    c.status(id)["partitions"]
+        .as_array()?
+        .iter()
+        .find(|p| p["partition"] == partition)
+        .cloned()
+}
+
+/// `ringkv admin move-replica PARTITION FROM TO` against every node, with
+/// JSON output and the given `--wait`.
+fn move_replica_command(
+    c: &Cluster,
+    partition: u64,
+    from: u64,
+    to: u64,
+    wait: &str,
+) -> std::process::Command {
+    let endpoints = c
+        .ids()
+        .map(|id| c.node(id).grpc.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"));
+    command
+        .args(["admin", "move-replica"])
+        .args([partition.to_string(), from.to_string(), to.to_string()])
+        .args(["--endpoints", &endpoints, "--wait", wait, "-o", "json"]);
+    command
+}
+
 /// Prints how long a test took when dropped (also when it fails).
 struct Timer(&'static str, Instant);
 
@@ -539,17 +583,7 @@ fn a_replica_moves_to_another_node_under_write_load() {
     // the partition to delete.
     let mut c = Cluster::start_with(4, &["--snapshot-entries", "50"]);
     c.wait_ready(READY);
-    // A partition node 4 does not hold, and a replica of it to move there.
-    let status = c.status(1);
-    let (partition, from) = status["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .find_map(|p| {
-            let replicas: Vec<u64> = serde_json::from_value(p["replicas"].clone()).ok()?;
-            (!replicas.contains(&4)).then(|| (p["partition"].as_u64().expect("id"), replicas[0]))
-        })
-        .expect("with 4 nodes and 3 replicas, some partition is not on node 4");
+    let (partition, from) = a_partition_not_on_node_4(&c);
     let keys: Vec<String> = (0..2000)
         .map(|i| format!("move/{i}"))
         .filter(|k| {
@@ -597,20 +631,7 @@ fn a_replica_moves_to_another_node_under_write_load() {
         &format!("node {from} to snapshot the partition"),
         || (snapshot_files() > 0).then_some(()),
     );
-    let endpoints = c
-        .ids()
-        .map(|id| c.node(id).grpc.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
-        .args([
-            "admin",
-            "move-replica",
-            &partition.to_string(),
-            &from.to_string(),
-            "4",
-        ])
-        .args(["--endpoints", &endpoints, "--wait", "60s", "-o", "json"])
+    let out = move_replica_command(&c, partition, from, 4, "60s")
         .output()
         .expect("run ringkv admin");
     stop.store(true, Ordering::Relaxed);
@@ -635,12 +656,7 @@ fn a_replica_moves_to_another_node_under_write_load() {
 
     // Node 4 now holds the partition, as a voter, and `from` does not.
     let voters = poll(READY, "node 4 to report the partition's new voters", || {
-        let s = c.status(4);
-        let p = s["partitions"]
-            .as_array()?
-            .iter()
-            .find(|p| p["partition"] == partition)?
-            .clone();
+        let p = partition_status(&c, 4, partition)?;
         let voters: Vec<u64> = serde_json::from_value(p["replicas"].clone()).ok()?;
         (voters.contains(&4) && !voters.contains(&from)).then_some(voters)
     });
@@ -656,12 +672,7 @@ fn a_replica_moves_to_another_node_under_write_load() {
         READY,
         &format!("node {from} to name the new voters"),
         || {
-            let s = c.status(from);
-            let p = s["partitions"]
-                .as_array()?
-                .iter()
-                .find(|p| p["partition"] == partition)?
-                .clone();
+            let p = partition_status(&c, from, partition)?;
             let seen: Vec<u64> = serde_json::from_value(p["replicas"].clone()).ok()?;
             let mut seen_sorted = seen.clone();
             seen_sorted.sort();
@@ -705,16 +716,7 @@ fn a_large_partition_reaches_a_new_replica_by_a_chunked_snapshot() {
     // Four partitions, so that many keys share one.
     let mut c = Cluster::start_with(4, &["--partitions", "4"]);
     c.wait_ready(READY);
-    let status = c.status(1);
-    let (partition, from) = status["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .find_map(|p| {
-            let replicas: Vec<u64> = serde_json::from_value(p["replicas"].clone()).ok()?;
-            (!replicas.contains(&4)).then(|| (p["partition"].as_u64().expect("id"), replicas[0]))
-        })
-        .expect("with 4 nodes and 3 replicas, some partition is not on node 4");
+    let (partition, from) = a_partition_not_on_node_4(&c);
     let keys: Vec<String> = (0..)
         .map(|i| format!("big/{i}"))
         .filter(|k| ringkv_core::ring::partition_of(k.as_bytes(), 4).0 == partition as u32)
@@ -735,27 +737,10 @@ fn a_large_partition_reaches_a_new_replica_by_a_chunked_snapshot() {
     }
     let fill = filled.elapsed();
 
-    let endpoints = c
-        .ids()
-        .map(|id| c.node(id).grpc.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
     let moved = Instant::now();
     let admin = {
-        let args = [
-            "admin".to_owned(),
-            "move-replica".to_owned(),
-            partition.to_string(),
-            from.to_string(),
-            "4".to_owned(),
-        ];
-        thread::spawn(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
-                .args(args)
-                .args(["--endpoints", &endpoints, "--wait", "5m", "-o", "json"])
-                .output()
-                .expect("run ringkv admin")
-        })
+        let mut command = move_replica_command(&c, partition, from, 4, "5m");
+        thread::spawn(move || command.output().expect("run ringkv admin"))
     };
     // Kill the receiver as soon as it shows the replica (created by the
     // snapshot's first chunk; the view it reports refreshes every 200 ms,
@@ -764,12 +749,7 @@ fn a_large_partition_reaches_a_new_replica_by_a_chunked_snapshot() {
         Duration::from_secs(60),
         "node 4 to create the replica",
         || {
-            let s = c.status(4);
-            let p = s["partitions"]
-                .as_array()?
-                .iter()
-                .find(|p| p["partition"] == partition)?
-                .clone();
+            let p = partition_status(&c, 4, partition)?;
             (p["term"].as_u64()? > 0).then(|| p["applied_index"].as_u64().unwrap_or(0))
         },
     );
@@ -804,12 +784,6 @@ fn a_large_partition_reaches_a_new_replica_by_a_chunked_snapshot() {
             (r.status == 200 && r.body == want).then_some(())
         });
     }
-    let p4 = c.status(4)["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .find(|p| p["partition"] == partition)
-        .cloned()
-        .expect("the partition");
+    let p4 = partition_status(&c, 4, partition).expect("the partition");
     assert_eq!(p4["keys"], keys.len(), "{p4}");
 }
