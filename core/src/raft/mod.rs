@@ -704,6 +704,17 @@ impl Raft {
         voters
     }
 
+    /// Whom a campaign or a `LeaderQuery` goes to: every other voter, and
+    /// the leaders followers named in `LeaderHint`s (their answer is what a
+    /// removed replica, or a learner in a quiet group, needs).
+    fn peers_to_ask(&self) -> Vec<NodeId> {
+        let mut peers = self.voting_peers();
+        peers.extend(self.campaign_hints.iter().copied());
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
     /// Whether this replica may campaign: it votes in the configuration in
     /// force, or its removal is not committed yet (as far as it knows). A
     /// learner never campaigns, nor does a replica whose removal committed.
@@ -751,11 +762,7 @@ impl Raft {
             // learner restarted while its group was quiesced never learned
             // its leader).
             self.election_elapsed = 0;
-            let mut targets = self.voting_peers();
-            targets.extend(self.campaign_hints.iter().copied());
-            targets.sort();
-            targets.dedup();
-            for peer in targets {
+            for peer in self.peers_to_ask() {
                 self.send(peer, MessageBody::LeaderQuery);
             }
         }
@@ -1556,14 +1563,7 @@ impl Raft {
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let term = self.term + 1;
-        // And the leaders others named when this replica campaigned
-        // outside their configuration (`LeaderHint`): their answer is what
-        // a removed replica needs.
-        let mut targets = self.voting_peers();
-        targets.extend(self.campaign_hints.iter().copied());
-        targets.sort();
-        targets.dedup();
-        for peer in targets {
+        for peer in self.peers_to_ask() {
             self.send_with_term(
                 peer,
                 term,
