@@ -1008,3 +1008,30 @@ fn a_tombstone_takes_back_only_a_snapshot_past_the_removal() {
     let raft = node.raft(p).expect("added again");
     assert_eq!((raft.term(), raft.vote()), (5, Some(NodeId(1))));
 }
+
+/// Only a WAL holding nothing but genesis records (the first boot's write,
+/// perhaps cut short) is a fresh start; anything else of a group, a
+/// tombstone included, means the node has acted and keeps its groups.
+#[test]
+fn only_genesis_records_count_as_a_fresh_start() {
+    use ringkv_core::raft::{HardState, Membership, PersistRecord, Tombstone};
+    let p = PartitionId(0);
+    let record = |record| WalRecord {
+        partition: p,
+        record,
+    };
+    let genesis = record(PersistRecord::Genesis(Membership::new([NodeId(1)])));
+    assert!(Recovered::replay([]).is_fresh());
+    assert!(Recovered::replay([genesis.clone()]).is_fresh());
+    let voted = record(PersistRecord::HardState(HardState {
+        term: 1,
+        vote: Some(NodeId(1)),
+        commit: 0,
+    }));
+    assert!(!Recovered::replay([genesis.clone(), voted]).is_fresh());
+    let tombstone = record(PersistRecord::Tombstone(Tombstone {
+        removed_at: 0,
+        voters: vec![NodeId(2)],
+    }));
+    assert!(!Recovered::replay([genesis, tombstone]).is_fresh());
+}
