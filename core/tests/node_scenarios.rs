@@ -1033,5 +1033,14 @@ fn only_genesis_records_count_as_a_fresh_start() {
         removed_at: 0,
         voters: vec![NodeId(2)],
     }));
-    assert!(!Recovered::replay([genesis, tombstone]).is_fresh());
+    assert!(!Recovered::replay([genesis.clone(), tombstone]).is_fresh());
+    let snapshot = record(PersistRecord::Snapshot(ringkv_core::raft::Snapshot {
+        meta: ringkv_core::raft::SnapshotMeta {
+            index: 3,
+            term: 1,
+            membership: Membership::new([NodeId(1)]),
+        },
+        data: ringkv_core::kv::KvStore::new().snapshot(),
+    }));
+    assert!(!Recovered::replay([genesis, snapshot]).is_fresh());
 }
