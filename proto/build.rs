@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ringkv/v1/peer.proto",
         "ringkv/v1/api.proto",
         "ringkv/v1/transport.proto",
+        "ringkv/v1/meta.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

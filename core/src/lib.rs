@@ -13,7 +13,11 @@
 //!   told when a forward fails.
 //! - [`kv`]: the replicated key-value state machine of one partition.
 //! - [`detector`]: phi-accrual failure detection over node heartbeats.
-//! - [`placement`]: the steps of moving one replica, make before break.
+//! - [`placement`]: where replicas and leaders should be, and the steps to
+//!   get them there (one replica move, make before break; the controller's
+//!   plan for the whole cluster).
+//! - [`metadata`]: the cluster's member list and ring settings, as the
+//!   metadata group holds them.
 //! - [`identity`]: who a peer is (cluster, settings, data-directory
 //!   incarnation), whether to admit it, and how a cluster is formed.
 //! - [`check`]: what the simulators judge (client histories, Raft
@@ -24,6 +28,7 @@ pub mod detector;
 pub mod identity;
 pub mod io;
 pub mod kv;
+pub mod metadata;
 pub mod node;
 pub mod placement;
 pub mod raft;

@@ -1,9 +1,8 @@
-//! Placement: where a partition's replicas live, and how they get there.
+//! The steps of **one replica move**, make before break, as a pure function
+//! of the group's configuration ([`ReplicaMove::next_step`]).
 //!
-//! What is here: the steps of **one replica move**, make before break, as a
-//! pure function of the group's configuration ([`ReplicaMove::next_step`]).
 //! Whoever drives a move (the operator's `ringkv admin move-replica`, the
-//! simulation's nemesis, and later the placement controller) asks its
+//! simulation's nemesis, the [planner](super::planner)'s driver) asks its
 //! leader for the group's configuration, proposes the step this returns, and
 //! asks again, until it says [`MoveStep::Done`]. Because the step follows
 //! from the configuration alone, a driver that stops half-way (a crash, a
@@ -17,9 +16,6 @@
 //! - Add `to`: as a learner, then promoted alone.
 //! - Remove `from`: one joint change that drops it (a learner is simply
 //!   removed).
-//!
-//! What is not here yet: deciding which moves to make (the controller of
-//! issue 13: re-replication, balance, leader spread, throttling).
 
 use crate::raft::{ConfChange, Membership};
 use crate::types::NodeId;

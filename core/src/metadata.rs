@@ -1,0 +1,579 @@
+//! The cluster's metadata: its member list (each member's id, address,
+//! data-directory incarnation and state) and its ring settings, as one
+//! versioned document ([`ClusterMetadata`]) with the changes it admits
+//! ([`MetaChange`]).
+//!
+//! **Where it lives.** The document is the value of the one key
+//! [`DOCUMENT_KEY`] of the metadata Raft group ([`METADATA_GROUP`]), whose
+//! state machine is the same ordered map every partition has; its version
+//! is that key's `mod_revision` (a log index of the metadata group: never
+//! reused, so a higher version is a later committed document). A change is
+//! a compare-and-set of the whole document against the version it was made
+//! from, so two changes made from one version cannot both land. The group
+//! starts on the lowest-id founding members ([`metadata_voters`]: 1, 3 or
+//! 5 of them, an odd number so that every voter adds fault tolerance).
+//!
+//! **Rules of a change** (checked by [`ClusterMetadata::apply`], so every
+//! writer obeys them): an id is registered once, with one incarnation (a
+//! wiped data directory is a new node, under a new id); a member's state
+//! only moves forward (joining -> up -> draining -> dead -> removed, some
+//! steps skipped, see [`MemberState::may_become`]), and never from `up`
+//! straight to `removed`: its replicas must move first (drain, or death).
+//!
+//! Not here: who proposes changes and when (the node, and the placement
+//! controller), nor how the document reaches nodes outside the group.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use bytes::Bytes;
+use prost::Message as _;
+use ringkv_proto::v1 as pb;
+
+use crate::identity::Incarnation;
+use crate::ring::{RingConfig, RingError};
+use crate::types::{NodeId, PartitionId};
+
+/// The metadata group's id: beyond every partition id (a partition count
+/// is at most [`crate::ring::MAX_PARTITION_COUNT`]), so no key maps to it.
+pub const METADATA_GROUP: PartitionId = PartitionId(u32::MAX);
+
+/// The metadata group's one key.
+pub const DOCUMENT_KEY: &[u8] = b"cluster";
+
+/// The metadata group never has more voters than this.
+pub const MAX_METADATA_VOTERS: usize = 5;
+
+/// Largest encoded document accepted (about 20,000 members).
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// Where a member is in its life in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemberState {
+    /// Registered, not heard from yet: holds nothing.
+    Joining,
+    /// Holds its share of the ring.
+    Up,
+    /// Its replicas are moving away (an operator's request); then removed.
+    Draining,
+    /// Held down past the grace period: its replicas are re-created
+    /// elsewhere; it is removed once none is left.
+    Dead,
+    /// Gone for good; its id is never placed again.
+    Removed,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Up => "up",
+            MemberState::Draining => "draining",
+            MemberState::Dead => "dead",
+            MemberState::Removed => "removed",
+        }
+    }
+
+    /// Whether the desired ring places replicas on a member in this state.
+    pub fn is_placed(self) -> bool {
+        self == MemberState::Up
+    }
+
+    /// Whether a member in this state may still do work.
+    pub fn is_live(self) -> bool {
+        !matches!(self, MemberState::Dead | MemberState::Removed)
+    }
+
+    /// Whether a member may go from `self` to `to`: only forward, and
+    /// never from `up` to `removed` (its replicas must move first).
+    pub fn may_become(self, to: MemberState) -> bool {
+        to > self && !(self == MemberState::Up && to == MemberState::Removed)
+    }
+
+    fn to_proto(self) -> pb::MemberState {
+        match self {
+            MemberState::Joining => pb::MemberState::Joining,
+            MemberState::Up => pb::MemberState::Up,
+            MemberState::Draining => pb::MemberState::Draining,
+            MemberState::Dead => pb::MemberState::Dead,
+            MemberState::Removed => pb::MemberState::Removed,
+        }
+    }
+
+    fn from_proto(v: i32) -> Option<MemberState> {
+        Some(match pb::MemberState::try_from(v).ok()? {
+            pb::MemberState::Unspecified => return None,
+            pb::MemberState::Joining => MemberState::Joining,
+            pb::MemberState::Up => MemberState::Up,
+            pb::MemberState::Draining => MemberState::Draining,
+            pb::MemberState::Dead => MemberState::Dead,
+            pb::MemberState::Removed => MemberState::Removed,
+        })
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub state: MemberState,
+    /// Its gRPC address (client API and peer traffic), `host:port`.
+    pub address: String,
+    /// Its data directory's incarnation, once known.
+    pub incarnation: Option<Incarnation>,
+}
+
+/// The metadata document at one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMetadata {
+    /// The `mod_revision` of the document in the metadata group; 0 for a
+    /// document not written yet.
+    pub version: u64,
+    pub ring: RingConfig,
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+/// A change of the document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaChange {
+    /// A node asks to be a member (`joining`), or tells its new address.
+    Register {
+        node: NodeId,
+        address: String,
+        incarnation: Incarnation,
+    },
+    /// A member moves from state `from` to `to`.
+    SetState {
+        node: NodeId,
+        from: MemberState,
+        to: MemberState,
+    },
+}
+
+impl fmt::Display for MetaChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetaChange::Register { node, address, .. } => write!(f, "register {node} at {address}"),
+            MetaChange::SetState { node, from, to } => write!(f, "{node}: {from} -> {to}"),
+        }
+    }
+}
+
+/// Why a change is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    #[error("{0} is not a member of the cluster")]
+    NotAMember(NodeId),
+    #[error("{node} is {actual}, not {expected} (the member list changed meanwhile)")]
+    StateChanged {
+        node: NodeId,
+        expected: MemberState,
+        actual: MemberState,
+    },
+    #[error("{node} cannot go from {from} to {to}")]
+    Backward {
+        node: NodeId,
+        from: MemberState,
+        to: MemberState,
+    },
+    #[error(
+        "{node} was a member with another data directory (incarnation {known}, this one is \
+         {offered}); a wiped or replaced node joins under a new id"
+    )]
+    OtherIncarnation {
+        node: NodeId,
+        known: Incarnation,
+        offered: Incarnation,
+    },
+    #[error("{node} is {state}; its id cannot be used again (join under a new id)")]
+    Gone { node: NodeId, state: MemberState },
+    #[error("node id 0 is not a valid id")]
+    ZeroId,
+    #[error("an address must not be empty")]
+    NoAddress,
+}
+
+/// Why bytes are not a document.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the document is {0} bytes; the limit is {MAX_DOCUMENT_BYTES}")]
+    TooLarge(usize),
+    #[error("not a metadata document: {0}")]
+    Proto(String),
+    #[error("the document has no ring settings")]
+    NoRing,
+    #[error("{0}")]
+    Ring(#[from] RingError),
+    #[error("member {0} is listed twice")]
+    Duplicate(u64),
+    #[error("a member has id 0")]
+    ZeroId,
+    #[error("member {0} has no valid state")]
+    NoState(u64),
+    #[error("member {0} has an incarnation of {1} bytes, not 16")]
+    Incarnation(u64, usize),
+}
+
+impl ClusterMetadata {
+    /// The document a formed cluster starts from: its founders, all `up`.
+    pub fn genesis(ring: RingConfig, founders: impl IntoIterator<Item = (NodeId, String)>) -> Self {
+        ClusterMetadata {
+            version: 0,
+            ring,
+            members: founders
+                .into_iter()
+                .map(|(id, address)| {
+                    (
+                        id,
+                        Member {
+                            state: MemberState::Up,
+                            address,
+                            incarnation: None,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Members in `state`.
+    pub fn in_state(&self, state: MemberState) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(move |(_, m)| m.state == state)
+            .map(|(&id, _)| id)
+    }
+
+    /// The document after `change` (same version: the store gives the new
+    /// one), or why the change is refused.
+    pub fn apply(&self, change: &MetaChange) -> Result<ClusterMetadata, MetaError> {
+        let mut next = self.clone();
+        match change {
+            MetaChange::Register {
+                node,
+                address,
+                incarnation,
+            } => {
+                if node.0 == 0 {
+                    return Err(MetaError::ZeroId);
+                }
+                if address.is_empty() {
+                    return Err(MetaError::NoAddress);
+                }
+                match next.members.get_mut(node) {
+                    None => {
+                        next.members.insert(
+                            *node,
+                            Member {
+                                state: MemberState::Joining,
+                                address: address.clone(),
+                                incarnation: Some(*incarnation),
+                            },
+                        );
+                    }
+                    Some(m) if !m.state.is_live() => {
+                        return Err(MetaError::Gone {
+                            node: *node,
+                            state: m.state,
+                        });
+                    }
+                    Some(m) => match m.incarnation {
+                        Some(known) if known != *incarnation => {
+                            return Err(MetaError::OtherIncarnation {
+                                node: *node,
+                                known,
+                                offered: *incarnation,
+                            });
+                        }
+                        _ => {
+                            m.address = address.clone();
+                            m.incarnation = Some(*incarnation);
+                        }
+                    },
+                }
+            }
+            MetaChange::SetState { node, from, to } => {
+                let m = next
+                    .members
+                    .get_mut(node)
+                    .ok_or(MetaError::NotAMember(*node))?;
+                if m.state != *from {
+                    return Err(MetaError::StateChanged {
+                        node: *node,
+                        expected: *from,
+                        actual: m.state,
+                    });
+                }
+                if !from.may_become(*to) {
+                    return Err(MetaError::Backward {
+                        node: *node,
+                        from: *from,
+                        to: *to,
+                    });
+                }
+                m.state = *to;
+            }
+        }
+        Ok(next)
+    }
+
+    /// The document's bytes (the version is not in them: it is where the
+    /// bytes are stored).
+    pub fn encode(&self) -> Bytes {
+        let doc = pb::ClusterMetadata {
+            ring: Some(pb::RingSettings {
+                partition_count: self.ring.partition_count,
+                replication_factor: u32::try_from(self.ring.replication_factor).unwrap_or(u32::MAX),
+                tokens_per_node: self.ring.tokens_per_node,
+            }),
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| pb::Member {
+                    node: id.0,
+                    state: m.state.to_proto() as i32,
+                    address: m.address.clone(),
+                    incarnation: m
+                        .incarnation
+                        .map_or_else(Bytes::new, |i| Bytes::copy_from_slice(&i.to_bytes())),
+                })
+                .collect(),
+        };
+        Bytes::from(doc.encode_to_vec())
+    }
+
+    /// The document stored as `bytes` at `version`; anything malformed is
+    /// an error, never a panic.
+    pub fn decode(bytes: &[u8], version: u64) -> Result<ClusterMetadata, DecodeError> {
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        let doc =
+            pb::ClusterMetadata::decode(bytes).map_err(|e| DecodeError::Proto(e.to_string()))?;
+        let r = doc.ring.ok_or(DecodeError::NoRing)?;
+        let ring = RingConfig {
+            partition_count: r.partition_count,
+            replication_factor: r.replication_factor as usize,
+            tokens_per_node: r.tokens_per_node,
+        };
+        ring.validate()?;
+        let mut members = BTreeMap::new();
+        for m in doc.members {
+            if m.node == 0 {
+                return Err(DecodeError::ZeroId);
+            }
+            let state = MemberState::from_proto(m.state).ok_or(DecodeError::NoState(m.node))?;
+            let incarnation = match m.incarnation.len() {
+                0 => None,
+                16 => {
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(&m.incarnation);
+                    Some(Incarnation(u128::from_be_bytes(b)))
+                }
+                n => return Err(DecodeError::Incarnation(m.node, n)),
+            };
+            let member = Member {
+                state,
+                address: m.address,
+                incarnation,
+            };
+            if members.insert(NodeId(m.node), member).is_some() {
+                return Err(DecodeError::Duplicate(m.node));
+            }
+        }
+        Ok(ClusterMetadata {
+            version,
+            ring,
+            members,
+        })
+    }
+}
+
+/// The metadata group's first voters among a cluster's founders: the
+/// lowest ids, as many as the largest odd number not above
+/// [`MAX_METADATA_VOTERS`] and the founder count (an even count would add a
+/// voter to every quorum and no fault tolerance).
+pub fn metadata_voters(founders: &BTreeSet<NodeId>) -> Vec<NodeId> {
+    let n = founders.len().min(MAX_METADATA_VOTERS);
+    let odd = if n.is_multiple_of(2) { n.saturating_sub(1) } else { n };
+    founders.iter().copied().take(odd).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(id: u64) -> NodeId {
+        NodeId(id)
+    }
+
+    fn doc() -> ClusterMetadata {
+        ClusterMetadata::genesis(
+            RingConfig::default(),
+            [(n(1), "a:1".to_owned()), (n(2), "b:2".to_owned())],
+        )
+    }
+
+    #[test]
+    fn a_document_survives_its_encoding() {
+        let mut d = doc()
+            .apply(&MetaChange::Register {
+                node: n(7),
+                address: "c:3".into(),
+                incarnation: Incarnation(0xabc),
+            })
+            .unwrap();
+        d.version = 42;
+        assert_eq!(ClusterMetadata::decode(&d.encode(), 42), Ok(d));
+    }
+
+    #[test]
+    fn malformed_documents_are_errors() {
+        assert!(matches!(
+            ClusterMetadata::decode(&[0xff, 0xff], 1),
+            Err(DecodeError::Proto(_))
+        ));
+        assert_eq!(ClusterMetadata::decode(&[], 1), Err(DecodeError::NoRing));
+        let bad = |members: Vec<pb::Member>| {
+            let d = pb::ClusterMetadata {
+                ring: Some(pb::RingSettings {
+                    partition_count: 8,
+                    replication_factor: 3,
+                    tokens_per_node: 4,
+                }),
+                members,
+            };
+            ClusterMetadata::decode(&d.encode_to_vec(), 1)
+        };
+        let member = |node, state: i32, inc: &[u8]| pb::Member {
+            node,
+            state,
+            address: "x:1".into(),
+            incarnation: Bytes::copy_from_slice(inc),
+        };
+        assert_eq!(bad(vec![member(0, 2, &[])]), Err(DecodeError::ZeroId));
+        assert_eq!(bad(vec![member(3, 0, &[])]), Err(DecodeError::NoState(3)));
+        assert_eq!(bad(vec![member(3, 9, &[])]), Err(DecodeError::NoState(3)));
+        assert_eq!(
+            bad(vec![member(3, 2, &[1, 2])]),
+            Err(DecodeError::Incarnation(3, 2))
+        );
+        assert_eq!(
+            bad(vec![member(3, 2, &[]), member(3, 1, &[])]),
+            Err(DecodeError::Duplicate(3))
+        );
+        assert!(bad(vec![member(3, 2, &[7; 16])]).is_ok());
+        assert_eq!(
+            ClusterMetadata::decode(&vec![0; MAX_DOCUMENT_BYTES + 1], 1),
+            Err(DecodeError::TooLarge(MAX_DOCUMENT_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn states_only_move_forward_and_replicas_go_before_removal() {
+        use MemberState::*;
+        let all = [Joining, Up, Draining, Dead, Removed];
+        let allowed: Vec<(MemberState, MemberState)> = all
+            .iter()
+            .flat_map(|&a| all.iter().map(move |&b| (a, b)))
+            .filter(|&(a, b)| a.may_become(b))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                (Joining, Up),
+                (Joining, Draining),
+                (Joining, Dead),
+                (Joining, Removed),
+                (Up, Draining),
+                (Up, Dead),
+                (Draining, Dead),
+                (Draining, Removed),
+                (Dead, Removed),
+            ]
+        );
+        let d = doc();
+        assert_eq!(
+            d.apply(&MetaChange::SetState {
+                node: n(1),
+                from: Joining,
+                to: Up
+            }),
+            Err(MetaError::StateChanged {
+                node: n(1),
+                expected: Joining,
+                actual: Up
+            })
+        );
+        let err = d
+            .apply(&MetaChange::SetState {
+                node: n(1),
+                from: Up,
+                to: Removed,
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "n1 cannot go from up to removed");
+        assert_eq!(
+            d.apply(&MetaChange::SetState {
+                node: n(9),
+                from: Up,
+                to: Dead
+            }),
+            Err(MetaError::NotAMember(n(9)))
+        );
+    }
+
+    #[test]
+    fn an_id_is_registered_once_with_one_incarnation() {
+        let reg = |node, inc| MetaChange::Register {
+            node: n(node),
+            address: "z:9".into(),
+            incarnation: Incarnation(inc),
+        };
+        let d = doc().apply(&reg(5, 1)).unwrap();
+        assert_eq!(d.members[&n(5)].state, MemberState::Joining);
+        // Again, same directory: idempotent (a retried join).
+        assert_eq!(d.apply(&reg(5, 1)), Ok(d.clone()));
+        // A founder tells its incarnation once.
+        let d = d.apply(&reg(1, 11)).unwrap();
+        assert_eq!(d.members[&n(1)].state, MemberState::Up);
+        assert!(matches!(
+            d.apply(&reg(1, 12)),
+            Err(MetaError::OtherIncarnation { .. })
+        ));
+        let gone = d
+            .apply(&MetaChange::SetState {
+                node: n(5),
+                from: MemberState::Joining,
+                to: MemberState::Removed,
+            })
+            .unwrap();
+        assert_eq!(
+            gone.apply(&reg(5, 1)),
+            Err(MetaError::Gone {
+                node: n(5),
+                state: MemberState::Removed
+            })
+        );
+        assert_eq!(doc().apply(&reg(0, 1)), Err(MetaError::ZeroId));
+    }
+
+    #[test]
+    fn the_metadata_group_starts_on_an_odd_number_of_the_lowest_ids() {
+        let set = |ids: &[u64]| ids.iter().copied().map(NodeId).collect::<BTreeSet<_>>();
+        let ids = |v: Vec<NodeId>| v.into_iter().map(|x| x.0).collect::<Vec<_>>();
+        assert_eq!(ids(metadata_voters(&set(&[1]))), [1]);
+        assert_eq!(ids(metadata_voters(&set(&[4, 2]))), [2]);
+        assert_eq!(ids(metadata_voters(&set(&[3, 1, 2]))), [1, 2, 3]);
+        assert_eq!(ids(metadata_voters(&set(&[1, 2, 3, 4]))), [1, 2, 3]);
+        assert_eq!(
+            ids(metadata_voters(&set(&[9, 1, 2, 3, 4, 5, 6]))),
+            [1, 2, 3, 4, 5]
+        );
+    }
+}
