@@ -310,6 +310,19 @@ impl FailureDetector {
             .is_some_and(|state| phi_at(&self.config, state, now) < self.config.phi_threshold)
     }
 
+    /// How long `peer` has been silent, if it does not look alive at `now`
+    /// ([`FailureDetector::is_available`]): since its last heartbeat, or,
+    /// never heard from, since it was watched (what this detector cannot
+    /// vouch for, it counts from when it started looking). `None` while it
+    /// looks alive, and for a peer not watched.
+    pub fn down_for(&self, peer: NodeId, now: Time) -> Option<Duration> {
+        let state = self.peers.get(&peer)?;
+        if phi_at(&self.config, state, now) < self.config.phi_threshold {
+            return None;
+        }
+        Some(now.saturating_since(state.last_heard.unwrap_or(state.watched_at)))
+    }
+
     /// The verdict on `peer` as of the last `heartbeat`/`evaluate`;
     /// `Unknown` for a peer not watched.
     pub fn status(&self, peer: NodeId) -> PeerStatus {

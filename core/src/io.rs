@@ -4,7 +4,9 @@
 //! These are validated Rust values; [`crate::wire`] turns them into bytes and
 //! back. Owns no logic beyond small constructors.
 
-use crate::raft::{Message, PersistRecord};
+use bytes::Bytes;
+
+use crate::raft::{ConfChange, Membership, Message, PersistRecord};
 use crate::types::{NodeId, PartitionId};
 
 /// One Raft message of one partition's group.
@@ -26,6 +28,44 @@ pub struct PeerBatch {
     pub from: NodeId,
     pub to: NodeId,
     pub messages: Vec<GroupMessage>,
+    /// What the sender knows of the cluster metadata.
+    pub gossip: Gossip,
+    /// Reports to the placement controller, or its orders.
+    pub placement: Vec<PlacementMessage>,
+}
+
+/// What the placement controller (on the metadata group's leader) and the
+/// groups' leaders tell each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlacementMessage {
+    /// To the controller: the sender leads `partition`'s group in `term`,
+    /// with this configuration.
+    Report {
+        partition: PartitionId,
+        term: u64,
+        membership: Membership,
+    },
+    /// To a group's leader: propose this configuration change.
+    ConfChange {
+        partition: PartitionId,
+        change: ConfChange,
+    },
+    /// To a group's leader: hand leadership to `to`.
+    TransferLeader { partition: PartitionId, to: NodeId },
+}
+
+/// The cluster metadata a batch carries: the version the sender has and
+/// the metadata group's leader it knows of, on every batch; the document
+/// itself when the sender saw that the receiver's is older (see
+/// [`crate::metadata`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gossip {
+    /// The version of the sender's document (0: it has none).
+    pub metadata_version: u64,
+    /// `(term, leader)` of the metadata group as the sender knows it.
+    pub metadata_leader: Option<(u64, NodeId)>,
+    /// The sender's document, at `metadata_version`.
+    pub metadata: Option<Bytes>,
 }
 
 /// Which of a peer connection's two queues a batch belongs in. A transport

@@ -400,7 +400,11 @@ impl ClusterMetadata {
 /// voter to every quorum and no fault tolerance).
 pub fn metadata_voters(founders: &BTreeSet<NodeId>) -> Vec<NodeId> {
     let n = founders.len().min(MAX_METADATA_VOTERS);
-    let odd = if n.is_multiple_of(2) { n.saturating_sub(1) } else { n };
+    let odd = if n.is_multiple_of(2) {
+        n.saturating_sub(1)
+    } else {
+        n
+    };
     founders.iter().copied().take(odd).collect()
 }
 

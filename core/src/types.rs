@@ -21,12 +21,18 @@ impl fmt::Display for NodeId {
     }
 }
 
-/// A partition of the key space: `0..partition_count`, fixed at cluster creation.
+/// A partition of the key space: `0..partition_count`, fixed at cluster
+/// creation. One more group id exists beyond every partition's: the
+/// cluster metadata group's (`u32::MAX`, shown as `meta`; see
+/// [`crate::metadata::METADATA_GROUP`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PartitionId(pub u32);
 
 impl fmt::Display for PartitionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == u32::MAX {
+            return f.write_str("meta");
+        }
         write!(f, "p{}", self.0)
     }
 }

@@ -40,7 +40,8 @@ use ringkv_proto::v1 as pb;
 use ringkv_proto::v1::raft_message::Body as PbBody;
 use ringkv_proto::v1::wal_record::Record as PbRecord;
 
-use crate::io::{GroupMessage, PeerBatch, WalRecord};
+use crate::io::{Gossip, GroupMessage, PeerBatch, PlacementMessage, WalRecord};
+use crate::metadata::MAX_DOCUMENT_BYTES;
 use crate::raft::{
     ConfChange, Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
     Snapshot, SnapshotMeta, Tombstone,
@@ -73,8 +74,10 @@ type Result<T, E = WireError> = std::result::Result<T, E>;
 // to 10 bytes for a u64, and for a length-delimited field a length varint
 // (up to 5 bytes below 4 GiB) before its bytes.
 
-/// A batch's own fields and framing: `from`, `to`, and slack.
-pub const PEER_BATCH_OVERHEAD_BYTES: usize = 32;
+/// A batch's own fields and framing: `from`, `to`, the metadata gossip
+/// (version, leader and its term; a pushed document is counted apart, by
+/// [`metadata_push_len_bound`]), and slack.
+pub const PEER_BATCH_OVERHEAD_BYTES: usize = 64;
 /// A `GroupMessage` around a `RaftMessage` with a body of fixed-size fields:
 /// the group message (tag, length, partition), the Raft message (tag, length,
 /// from, to, term), the body (tag, length, up to three u64 fields and a bool).
@@ -93,6 +96,12 @@ pub fn snapshot_meta_len_bound(members: usize) -> usize {
 /// How many node ids `membership` lists (a node may be in two lists).
 pub fn membership_ids(membership: &Membership) -> usize {
     membership.voters.len() + membership.outgoing.len() + membership.learners.len()
+}
+
+/// An upper bound on the bytes a pushed metadata document adds to an
+/// encoded [`PeerBatch`] (its tag and length, and its bytes).
+pub fn metadata_push_len_bound(gossip: &Gossip) -> usize {
+    gossip.metadata.as_ref().map_or(0, |m| 8 + m.len())
 }
 
 /// An upper bound on the bytes `gm` adds to an encoded [`PeerBatch`].
@@ -242,6 +251,78 @@ pub fn peer_batch_to_proto(b: &PeerBatch) -> pb::PeerBatch {
                 message: Some(message_to_proto(&gm.message, b.from, b.to)),
             })
             .collect(),
+        metadata_version: b.gossip.metadata_version,
+        metadata_leader: b.gossip.metadata_leader.map_or(0, |(_, l)| l.0),
+        metadata_leader_term: b.gossip.metadata_leader.map_or(0, |(t, _)| t),
+        metadata: b.gossip.metadata.clone().unwrap_or_default(),
+        placement: b.placement.iter().map(placement_to_proto).collect(),
+    }
+}
+
+fn placement_to_proto(m: &PlacementMessage) -> pb::PlacementMessage {
+    use pb::placement_message::Kind;
+    let (partition, kind) = match m {
+        PlacementMessage::Report {
+            partition,
+            term,
+            membership,
+        } => (
+            partition,
+            Kind::Report(pb::GroupReport {
+                term: *term,
+                membership: Some(membership_to_proto(membership)),
+            }),
+        ),
+        PlacementMessage::ConfChange { partition, change } => {
+            (partition, Kind::ConfChange(conf_change_to_proto(change)))
+        }
+        PlacementMessage::TransferLeader { partition, to } => {
+            (partition, Kind::TransferLeader(to.0))
+        }
+    };
+    pb::PlacementMessage {
+        partition: partition.0,
+        kind: Some(kind),
+    }
+}
+
+fn placement_from_proto(m: pb::PlacementMessage) -> Result<PlacementMessage> {
+    use pb::placement_message::Kind;
+    let partition = PartitionId(m.partition);
+    Ok(
+        match m.kind.ok_or(WireError::Missing("PlacementMessage.kind"))? {
+            Kind::Report(r) => PlacementMessage::Report {
+                partition,
+                term: r.term,
+                membership: membership_from_proto(
+                    r.membership
+                        .ok_or(WireError::Missing("GroupReport.membership"))?,
+                )?,
+            },
+            Kind::ConfChange(c) => PlacementMessage::ConfChange {
+                partition,
+                change: conf_change_from_proto(c)?,
+            },
+            Kind::TransferLeader(to) => PlacementMessage::TransferLeader {
+                partition,
+                to: node_id(to, "PlacementMessage.transfer_leader")?,
+            },
+        },
+    )
+}
+
+/// An upper bound on the bytes one placement message adds to an encoded
+/// [`PeerBatch`].
+pub fn placement_len_bound(m: &PlacementMessage) -> usize {
+    32 + match m {
+        PlacementMessage::Report { membership, .. } => {
+            snapshot_meta_len_bound(membership_ids(membership))
+        }
+        PlacementMessage::ConfChange { change, .. } => match change {
+            ConfChange::EnterJoint { promote, remove } => 16 + 11 * (promote.len() + remove.len()),
+            _ => 16,
+        },
+        PlacementMessage::TransferLeader { .. } => 11,
     }
 }
 
@@ -270,7 +351,33 @@ pub fn peer_batch_from_proto(p: pb::PeerBatch) -> Result<PeerBatch> {
             Ok(GroupMessage { partition, message })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(PeerBatch { from, to, messages })
+    if p.metadata.len() > MAX_DOCUMENT_BYTES {
+        return Err(invalid(format!(
+            "PeerBatch.metadata: {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+            p.metadata.len()
+        )));
+    }
+    if !p.metadata.is_empty() && p.metadata_version == 0 {
+        return Err(invalid("PeerBatch.metadata without a version".to_owned()));
+    }
+    let gossip = Gossip {
+        metadata_version: p.metadata_version,
+        metadata_leader: (p.metadata_leader != 0)
+            .then_some((p.metadata_leader_term, NodeId(p.metadata_leader))),
+        metadata: (!p.metadata.is_empty()).then_some(p.metadata),
+    };
+    let placement = p
+        .placement
+        .into_iter()
+        .map(placement_from_proto)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PeerBatch {
+        from,
+        to,
+        messages,
+        gossip,
+        placement,
+    })
 }
 
 // ------------------------------------------------------------- to proto
@@ -933,9 +1040,53 @@ mod tests {
         (arb_node_id(), arb_node_id())
             .prop_filter("a node never sends to itself", |(from, to)| from != to)
             .prop_flat_map(|(from, to)| {
-                prop::collection::vec(arb_group_message(from, to), 0..6)
-                    .prop_map(move |messages| PeerBatch { from, to, messages })
+                (
+                    prop::collection::vec(arb_group_message(from, to), 0..6),
+                    arb_gossip(),
+                    prop::collection::vec(arb_placement(), 0..4),
+                )
+                    .prop_map(move |(messages, gossip, placement)| PeerBatch {
+                        from,
+                        to,
+                        messages,
+                        gossip,
+                        placement,
+                    })
             })
+    }
+
+    fn arb_placement() -> impl Strategy<Value = PlacementMessage> {
+        let partition = any::<u32>().prop_map(PartitionId);
+        prop_oneof![
+            (partition.clone(), any::<u64>(), arb_membership()).prop_map(
+                |(partition, term, membership)| PlacementMessage::Report {
+                    partition,
+                    term,
+                    membership,
+                }
+            ),
+            (partition.clone(), arb_conf_change())
+                .prop_map(|(partition, change)| PlacementMessage::ConfChange { partition, change }),
+            (partition, arb_node_id())
+                .prop_map(|(partition, to)| PlacementMessage::TransferLeader { partition, to }),
+        ]
+    }
+
+    fn arb_gossip() -> impl Strategy<Value = Gossip> {
+        let leader = prop::option::of((any::<u64>(), arb_node_id()));
+        prop_oneof![
+            Just(Gossip::default()),
+            (
+                1..u64::MAX,
+                leader,
+                prop::option::of(prop::collection::vec(any::<u8>(), 1..64))
+            )
+                .prop_map(|(metadata_version, metadata_leader, doc)| Gossip {
+                    metadata_version,
+                    metadata_leader,
+                    metadata: doc.map(Bytes::from),
+                }),
+        ]
     }
 
     fn arb_wal_record() -> impl Strategy<Value = WalRecord> {
@@ -971,8 +1122,11 @@ mod tests {
         /// transport's limit.
         #[test]
         fn size_bounds_are_upper_bounds(batch in arb_peer_batch()) {
-            let empty = PeerBatch { from: batch.from, to: batch.to, messages: Vec::new() };
+            let header = Gossip { metadata: None, ..batch.gossip.clone() };
+            let empty = PeerBatch { from: batch.from, to: batch.to, messages: Vec::new(), gossip: header, placement: Vec::new() };
             let bound = PEER_BATCH_OVERHEAD_BYTES
+                + metadata_push_len_bound(&batch.gossip)
+                + batch.placement.iter().map(placement_len_bound).sum::<usize>()
                 + batch.messages.iter().map(group_message_len_bound).sum::<usize>();
             let real = encode_peer_batch(&batch).len();
             prop_assert!(real <= bound, "encoded {} bytes, bound {}", real, bound);
@@ -1100,6 +1254,8 @@ mod tests {
                     body,
                 },
             }],
+            gossip: Default::default(),
+            placement: Vec::new(),
         }
     }
 
@@ -1162,6 +1318,8 @@ mod tests {
             from: N2,
             to: N2,
             messages: vec![],
+            gossip: Default::default(),
+            placement: Vec::new(),
         };
         let why = invalid_reason(reencode(&b));
         assert_eq!(why, "PeerBatch: from and to are the same node n2");
@@ -1426,6 +1584,7 @@ mod tests {
                         body: Some(body),
                     }),
                 }],
+                ..Default::default()
             })
         };
         let chunk = |meta| {
@@ -1651,6 +1810,8 @@ mod tests {
                     },
                 },
             ],
+            gossip: Default::default(),
+            placement: Vec::new(),
         };
         let bytes = encode_peer_batch(&b);
         assert_eq!(

@@ -34,6 +34,10 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: u64, partitions: u32) -> Self {
+        Self::with_config(n, partitions, |_| {})
+    }
+
+    fn with_config(n: u64, partitions: u32, tweak: impl Fn(&mut NodeConfig)) -> Self {
         let nodes = (1..=n)
             .map(|id| {
                 let mut cfg = NodeConfig::new(NodeId(id), (1..=n).map(NodeId).collect());
@@ -42,6 +46,7 @@ impl Cluster {
                     replication_factor: 3,
                     tokens_per_node: 64,
                 };
+                tweak(&mut cfg);
                 Node::new(cfg, id, Recovered::default()).expect("start")
             })
             .collect();
@@ -284,11 +289,12 @@ fn many_partitions_one_batch_per_peer_per_flush() {
 #[test]
 fn idle_groups_quiesce_and_wake() {
     let mut c = Cluster::new(3, 8);
-    c.say("# 3 nodes, 8 partitions. After elections and a little idle time, every");
-    c.say("# group quiesces: the only traffic left is one empty node-level heartbeat");
-    c.say("# batch per peer per heartbeat interval (100 ms).");
+    c.say("# 3 nodes, 8 partitions. After elections, the controller's leader");
+    c.say("# balancing and a little idle time, every group quiesces: the only traffic");
+    c.say("# left is one empty node-level heartbeat batch per peer per heartbeat");
+    c.say("# interval (100 ms), and each node's report to the controller (n1).");
     c.quiet_events = true;
-    c.run_for(1000);
+    c.run_for(3000);
     c.quiet_events = false;
     let quiesced = c.nodes.iter().all(|n| {
         n.partitions()
@@ -512,6 +518,8 @@ fn misaddressed_and_stranger_messages_do_not_reach_the_group() {
                 from: NodeId(2),
                 to: NodeId(1),
                 messages: vec![gm],
+                gossip: Default::default(),
+                placement: Vec::new(),
             },
         );
         c.drain(0);
@@ -558,6 +566,8 @@ fn a_changed_term_or_vote_is_synced_before_the_answer_leaves() {
                 },
             },
         }],
+        gossip: Default::default(),
+        placement: Vec::new(),
     };
     for (what, from, term, last_index, vote) in [
         ("a new term, vote refused", 2, now_term + 1, 0, None),
@@ -699,6 +709,8 @@ fn a_follower_that_cannot_decode_a_snapshot_stops() {
                     },
                 },
             }],
+            gossip: Default::default(),
+            placement: Vec::new(),
         },
     );
     let halt = c.nodes[f].halted().cloned();
@@ -946,6 +958,8 @@ fn a_tombstone_takes_back_only_a_snapshot_past_the_removal() {
                 },
             },
         }],
+        gossip: Default::default(),
+        placement: Vec::new(),
     };
     // A late snapshot from before the removal names n3 as a voter.
     let old = Membership::new((1..=3).map(NodeId));
@@ -1043,4 +1057,166 @@ fn only_genesis_records_count_as_a_fresh_start() {
         data: ringkv_core::kv::KvStore::new().snapshot(),
     }));
     assert!(!Recovered::replay([genesis, snapshot]).is_fresh());
+}
+
+/// The metadata group starts on the three lowest ids of four founders; its
+/// leader writes the genesis document, and the fourth node, which hosts no
+/// replica of it, gets the document and the group's leader by gossip.
+#[test]
+fn the_metadata_document_reaches_every_node() {
+    use ringkv_core::metadata::{METADATA_GROUP, MemberState};
+    let mut c = Cluster::new(4, 8);
+    c.quiet_events = true;
+    c.run_for(2000);
+    assert!(
+        c.nodes[3].raft(METADATA_GROUP).is_none(),
+        "n4 is not a replica"
+    );
+    let leader = (0..3)
+        .find(|&i| {
+            c.nodes[i]
+                .raft(METADATA_GROUP)
+                .is_some_and(|r| r.is_leader())
+        })
+        .map(|i| c.nodes[i].id())
+        .expect("the metadata group has a leader");
+    let version = c.nodes[0].metadata().expect("a document").version;
+    assert!(version > 0);
+    for n in &c.nodes {
+        let doc = n
+            .metadata()
+            .unwrap_or_else(|| panic!("{} has no document", n.id()));
+        assert_eq!(doc.version, version, "{}", n.id());
+        let up: Vec<NodeId> = doc.in_state(MemberState::Up).collect();
+        assert_eq!(up, (1..=4).map(NodeId).collect::<Vec<_>>());
+        assert_eq!(n.metadata_leader(), Some(leader), "{}", n.id());
+        assert!(!n.partitions().any(|p| p == METADATA_GROUP));
+    }
+    // A node restarted without it (n4 keeps no copy) gets it again.
+    c.restart(3);
+    assert!(c.nodes[3].metadata().is_none());
+    c.run_for(500);
+    assert_eq!(c.nodes[3].metadata().map(|d| d.version), Some(version));
+}
+
+/// Every partition's group, as its leader has it, has exactly `voters`
+/// and no change under way.
+fn assert_every_group_on(c: &Cluster, partitions: u32, voters: &[u64]) {
+    let voters: Vec<NodeId> = voters.iter().copied().map(NodeId).collect();
+    for p in (0..partitions).map(PartitionId) {
+        let leader = c.leaders()[&p];
+        let raft = c.nodes[(leader.0 - 1) as usize].raft(p).unwrap();
+        let m = raft.membership();
+        assert_eq!(m.voters, voters, "{p}: {m:?}");
+        assert!(m.learners.is_empty() && !m.is_joint(), "{p}: {m:?}");
+    }
+}
+
+fn leaders_per_node(c: &Cluster) -> BTreeMap<NodeId, usize> {
+    let mut count = BTreeMap::new();
+    for l in c.leaders().values() {
+        *count.entry(*l).or_default() += 1;
+    }
+    count
+}
+
+/// Elections leave leadership uneven (the first ticks favour some nodes);
+/// the controller on the metadata group's leader hands leadership over
+/// until every node leads within one of the mean.
+#[test]
+fn the_controller_spreads_leaders_evenly() {
+    let mut c = Cluster::new(3, 64);
+    c.quiet_events = true;
+    c.run_for(300);
+    let before = leaders_per_node(&c);
+    assert!(
+        before.values().max().unwrap() - before.values().min().unwrap() > 1,
+        "the test needs uneven leadership to start from: {before:?}"
+    );
+    c.run_for(15_000);
+    let after = leaders_per_node(&c);
+    assert_eq!(after.values().sum::<usize>(), 64, "{after:?}");
+    for (n, k) in &after {
+        assert!((21..=22).contains(k), "{n} leads {k}: {after:?}");
+    }
+    // And it stays so: no transfer back and forth.
+    c.run_for(5_000);
+    assert_eq!(leaders_per_node(&c), after);
+}
+
+/// A node held down past `dead_after` is marked dead in the metadata; its
+/// replicas are re-created on the others (make before break), and once
+/// none is left it is removed. Writes work throughout.
+#[test]
+fn a_dead_nodes_replicas_are_re_created_on_the_others() {
+    use ringkv_core::metadata::MemberState;
+    let mut c = Cluster::with_config(4, 8, |cfg| {
+        cfg.placement.dead_after = Duration::from_secs(3);
+    });
+    c.quiet_events = true;
+    c.run_for(2000);
+    let held: Vec<PartitionId> = c.nodes[3].partitions().collect();
+    assert!(!held.is_empty());
+    c.down.insert(3);
+    c.run_for(2000);
+    let doc = |c: &Cluster| c.nodes[0].metadata().cloned().expect("a document");
+    assert_eq!(
+        doc(&c).members[&NodeId(4)].state,
+        MemberState::Up,
+        "not yet: grace"
+    );
+    c.run_for(20_000);
+    let d = doc(&c);
+    assert_eq!(d.members[&NodeId(4)].state, MemberState::Removed, "{d:?}");
+    assert_every_group_on(&c, 8, &[1, 2, 3]);
+    let p = c.nodes[0].ring().partition_of(b"after");
+    let leader = c.leaders()[&p];
+    c.request((leader.0 - 1) as usize, 1, put("after", "death"));
+    c.run_for(100);
+    assert!(
+        c.out.contains("reply to request 1: Done(Ok(Put"),
+        "{}",
+        c.out
+    );
+}
+
+/// An operator drains n4 through the controller: refused elsewhere (naming
+/// the controller) and for a replica of the metadata group; accepted, n4's
+/// replicas move to the others, and it is removed.
+#[test]
+fn a_drained_node_is_removed_once_its_replicas_moved() {
+    use ringkv_core::metadata::{METADATA_GROUP, MemberState};
+    use ringkv_core::node::DrainError;
+    let mut c = Cluster::new(4, 8);
+    c.quiet_events = true;
+    c.run_for(2000);
+    let controller = (0..4)
+        .find(|&i| {
+            c.nodes[i]
+                .raft(METADATA_GROUP)
+                .is_some_and(|r| r.is_leader())
+        })
+        .expect("a controller");
+    let other = (controller + 1) % 3;
+    let now = c.now;
+    assert_eq!(
+        c.nodes[other].handle_drain(now, NodeId(4)),
+        Err(DrainError::NotController {
+            this: c.nodes[other].id(),
+            controller: Some(c.nodes[controller].id()),
+        })
+    );
+    assert_eq!(
+        c.nodes[controller].handle_drain(now, NodeId(2)),
+        Err(DrainError::MetadataReplica(NodeId(2)))
+    );
+    assert_eq!(c.nodes[controller].handle_drain(now, NodeId(4)), Ok(()));
+    c.drain(controller);
+    c.run_for(300);
+    let state = |c: &Cluster| c.nodes[0].metadata().unwrap().members[&NodeId(4)].state;
+    assert_eq!(state(&c), MemberState::Draining);
+    c.run_for(30_000);
+    assert_eq!(state(&c), MemberState::Removed);
+    assert_every_group_on(&c, 8, &[1, 2, 3]);
+    assert!(c.nodes[3].partitions().next().is_none(), "n4 holds nothing");
 }

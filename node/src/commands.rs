@@ -48,6 +48,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Operator commands (move a replica of a partition between nodes).
     Admin(admin::AdminArgs),
+    /// A node's life in the cluster (drain and remove a node).
+    Node(admin::NodeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +103,10 @@ struct ClusterArgs {
     /// Snapshot a partition (and drop its log) once this many applied entries follow its last snapshot.
     #[arg(long, env = "RINGKV_SNAPSHOT_ENTRIES", default_value_t = defaults::SNAPSHOT_ENTRIES, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_entries: u64,
+    /// Seconds a node must be unreachable (to the metadata group's leader)
+    /// before it is marked dead and its replicas are re-created elsewhere.
+    #[arg(long, env = "RINGKV_DEAD_AFTER", default_value_t = defaults::DEAD_AFTER_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    dead_after: u64,
 }
 
 impl ClusterArgs {
@@ -112,6 +118,7 @@ impl ClusterArgs {
         c.max_value_bytes = self.max_value_bytes;
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
         c.snapshot_entries = self.snapshot_entries;
+        c.dead_after = Duration::from_secs(self.dead_after);
     }
 }
 
@@ -147,6 +154,7 @@ pub fn main() -> ExitCode {
         Command::Status(a) => run_client(client::status(a)),
         Command::Locate(a) => run_client(client::locate(a)),
         Command::Admin(a) => run_client(admin::run(a)),
+        Command::Node(a) => run_client(admin::run_node(a)),
         Command::Bench(a) => run_client(async move {
             bench::run(a).await.unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub tick_interval: Duration,
     /// Applied entries after which a partition's log is compacted.
     pub snapshot_entries: u64,
+    /// How long a node must be unreachable before it is marked dead.
+    pub dead_after: Duration,
     /// Simulation only: the harness's hook that drops, duplicates or delays
     /// outgoing peer batches (see [`crate::transport::faults`]). The field
     /// does not exist outside `cfg(madsim)`.
@@ -59,6 +61,7 @@ pub mod defaults {
     pub const MAX_KEY_BYTES: usize = 4 << 10;
     pub const MAX_VALUE_BYTES: usize = 1 << 20;
     pub const SNAPSHOT_ENTRIES: u64 = 10_000;
+    pub const DEAD_AFTER_SECS: u64 = 30;
     pub const CLUSTER_ID: &str = "ringkv";
 }
 
@@ -86,6 +89,7 @@ impl ServerConfig {
             request_timeout: core.request_timeout,
             tick_interval: core.tick_interval,
             snapshot_entries: defaults::SNAPSHOT_ENTRIES,
+            dead_after: core.placement.dead_after,
             #[cfg(madsim)]
             peer_faults: None,
             #[cfg(madsim)]
@@ -98,6 +102,11 @@ impl ServerConfig {
     /// The core's configuration for this server.
     pub fn node_config(&self) -> NodeConfig {
         let mut c = NodeConfig::new(self.node_id, self.peers.keys().copied().collect());
+        c.addresses = self
+            .peers
+            .iter()
+            .map(|(&id, addr)| (id, addr.to_string()))
+            .collect();
         c.ring = RingConfig {
             partition_count: self.partition_count,
             replication_factor: self.replication_factor as usize,
@@ -108,6 +117,7 @@ impl ServerConfig {
         c.request_timeout = self.request_timeout;
         c.tick_interval = self.tick_interval;
         c.snapshot_threshold = self.snapshot_entries;
+        c.placement.dead_after = self.dead_after;
         #[cfg(madsim)]
         {
             c.observe = self.observer.is_some();

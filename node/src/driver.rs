@@ -92,6 +92,10 @@ impl Driver {
             stats: NodeStats::default(),
             pending_requests: 0,
             compactions_queued: 0,
+            metadata_version: 0,
+            metadata_leader: None,
+            controller: false,
+            plan: None,
         }));
         let stopped = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
@@ -201,6 +205,15 @@ impl Driver {
                 let result = self.node.handle_conf_change(now, partition, change);
                 let _ = reply.send(result);
             }
+            Input::Drain { node, reply } => {
+                let result = self.node.handle_drain(now, node);
+                if let Err(e) = &result {
+                    tracing::warn!(%node, "drain refused: {e}");
+                } else {
+                    tracing::info!(%node, "draining");
+                }
+                let _ = reply.send(result);
+            }
             Input::Digests(reply) => {
                 let digests = self
                     .node
@@ -303,6 +316,8 @@ fn log_event(event: &Event) {
         Event::DroppedBatch { from, reason } => {
             tracing::warn!(from = %from, reason, "dropped a peer batch");
         }
+        // Logged by the core, with the member count.
+        Event::MetadataChanged { .. } => {}
         // For a simulator's checker (see `ServerConfig::observer`).
         Event::Observed(_) => {}
     }

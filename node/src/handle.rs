@@ -10,12 +10,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ringkv_core::PartitionId;
 use ringkv_core::io::{IoId, PeerBatch};
-use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, ConfChangeRefused};
+use ringkv_core::node::{
+    ClientError, ClientRequest, ClientResponse, ConfChangeRefused, DrainError,
+};
 use ringkv_core::raft::ConfChange;
 use ringkv_core::ring::Ring;
 use ringkv_core::routing::Hops;
+use ringkv_core::{NodeId, PartitionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::storage::StorageStats;
@@ -45,6 +47,11 @@ pub enum Input {
         partition: PartitionId,
         change: ConfChange,
         reply: oneshot::Sender<Result<u64, ConfChangeRefused>>,
+    },
+    /// An operator's request to drain a node.
+    Drain {
+        node: NodeId,
+        reply: oneshot::Sender<Result<(), DrainError>>,
     },
 }
 
@@ -127,6 +134,22 @@ impl NodeHandle {
             reply,
         };
         self.tx.send(input).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
+    }
+
+    /// Asks this node, which must run the placement controller, to drain
+    /// `node` (see [`ringkv_core::node::Node::handle_drain`]).
+    pub async fn drain(&self, node: NodeId) -> Result<(), DrainError> {
+        let this = self.view.borrow().node_id;
+        let stopping = || DrainError::NotController {
+            this,
+            controller: None,
+        };
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Drain { node, reply })
+            .await
+            .map_err(|_| stopping())?;
         rx.await.map_err(|_| stopping())?
     }
 

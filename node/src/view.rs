@@ -14,10 +14,13 @@
 //! followers' progress only of the partitions it leads, and its own
 //! replica's lag only as well as its leader's last message tells it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use ringkv_core::detector::PeerStatus;
+use ringkv_core::metadata::MemberState;
 use ringkv_core::node::{Node, NodeStats};
+use ringkv_core::placement::planner::Plan;
 use ringkv_core::raft::ProgressState;
 use ringkv_core::{NodeId, PartitionId, Time};
 use serde::Serialize;
@@ -52,6 +55,16 @@ pub struct ClusterView {
     pub pending_requests: usize,
     /// Partitions waiting for a compaction snapshot.
     pub compactions_queued: usize,
+    /// The version of this node's cluster metadata document (0: none).
+    pub metadata_version: u64,
+    /// The metadata group's leader as this node knows it: the controller.
+    pub metadata_leader: Option<NodeId>,
+    /// Whether this node runs the placement controller (it leads the
+    /// metadata group).
+    pub controller: bool,
+    /// Where this node is the controller: its latest plan (none before its
+    /// first).
+    pub plan: Option<Plan>,
 }
 
 /// A member's health as this node's failure detector sees it.
@@ -80,6 +93,10 @@ pub struct MemberView {
     pub id: NodeId,
     pub health: Health,
     pub phi: f64,
+    /// Its state in the metadata document, once this node has one.
+    pub state: Option<MemberState>,
+    /// Since this node last heard from it (`None`: self, or never heard).
+    pub last_heard: Option<Duration>,
 }
 
 /// One replica of a partition this node leads, as the leader sees it.
@@ -155,26 +172,41 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
     let me = node.id();
     let detector = node.detector();
     let mut status: BTreeMap<NodeId, PeerStatus> = BTreeMap::new();
-    for (peer, s, _) in detector.peers() {
+    let mut heard: BTreeMap<NodeId, Time> = BTreeMap::new();
+    for (peer, s, last) in detector.peers() {
         status.insert(peer, s);
+        if let Some(t) = last {
+            heard.insert(peer, t);
+        }
     }
     let is_up = |id: NodeId| id == me || matches!(status.get(&id), Some(PeerStatus::Up));
-    let members = node
+    let doc = node.metadata();
+    let ids: BTreeSet<NodeId> = node
         .ring()
         .members()
         .iter()
-        .map(|&id| {
+        .copied()
+        .chain(doc.iter().flat_map(|d| d.members.keys().copied()))
+        .collect();
+    let members = ids
+        .into_iter()
+        .map(|id| {
+            let state = doc.and_then(|d| d.members.get(&id)).map(|m| m.state);
             if id == me {
                 MemberView {
                     id,
                     health: Health::Local,
                     phi: 0.0,
+                    state,
+                    last_heard: None,
                 }
             } else {
                 MemberView {
                     id,
                     health: if is_up(id) { Health::Up } else { Health::Down },
                     phi: detector.phi(id, now),
+                    state,
+                    last_heard: heard.get(&id).map(|&t| now.saturating_since(t)),
                 }
             }
         })
@@ -267,5 +299,11 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
         stats: node.stats().clone(),
         pending_requests: node.pending_requests(),
         compactions_queued: node.compactions_queued(),
+        metadata_version: node.metadata().map_or(0, |d| d.version),
+        metadata_leader: node.metadata_leader(),
+        controller: node.metadata_leader() == Some(me),
+        plan: (node.metadata_leader() == Some(me))
+            .then(|| node.last_plan().cloned())
+            .flatten(),
     }
 }

@@ -787,3 +787,205 @@ fn a_large_partition_reaches_a_new_replica_by_a_chunked_snapshot() {
     let p4 = partition_status(&c, 4, partition).expect("the partition");
     assert_eq!(p4["keys"], keys.len(), "{p4}");
 }
+
+/// A client writing `PREFIX/0..200` in turn through one node until
+/// stopped, remembering the value of every acknowledged write.
+struct Writer {
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<u64>,
+}
+
+impl Writer {
+    fn start(addr: std::net::SocketAddr, prefix: &'static str) -> Writer {
+        let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("{prefix}/{}", n % 200);
+                    let value = format!("v{n}");
+                    let r = retry_write(RETRY, || {
+                        request(addr, "PUT", &kv_path(&key, None), &[], value.as_bytes())
+                    });
+                    if r.is_success() {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                    n += 1;
+                }
+                n
+            })
+        };
+        Writer {
+            acked,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stops writing; every acknowledged write must read back through `addr`.
+    fn stop_and_check(self, addr: std::net::SocketAddr) {
+        self.stop.store(true, Ordering::Relaxed);
+        let writes = self.thread.join().expect("writer");
+        assert!(writes > 0, "the writer wrote nothing");
+        for (key, value) in self.acked.lock().unwrap().iter() {
+            let r = retry_read(RETRY, || get(addr, &kv_path(key, None)));
+            assert_eq!(r.text(), *value, "{key}");
+        }
+    }
+}
+
+/// Whether every partition is led by one of `nodes` with exactly `nodes`
+/// as its voters and no change under way; then the leaders per node.
+fn settled_on(c: &Cluster, nodes: &[u64], partitions: u64) -> Option<BTreeMap<u64, usize>> {
+    let mut leaders = BTreeMap::new();
+    let statuses: Vec<serde_json::Value> = nodes.iter().map(|&id| c.status(id)).collect();
+    for partition in 0..partitions {
+        let (leader, view) = nodes.iter().zip(&statuses).find_map(|(&id, s)| {
+            let p = s["partitions"]
+                .as_array()?
+                .iter()
+                .find(|p| p["partition"] == partition)?;
+            (p["leader"] == id).then(|| (id, p.clone()))
+        })?;
+        let mut voters: Vec<u64> = serde_json::from_value(view["replicas"].clone()).ok()?;
+        voters.sort_unstable();
+        let quiet = view["learners"].as_array().is_none_or(Vec::is_empty)
+            && view["outgoing"].as_array().is_none_or(Vec::is_empty);
+        if voters != nodes || !quiet {
+            return None;
+        }
+        *leaders.entry(leader).or_default() += 1;
+    }
+    Some(leaders)
+}
+
+/// `kill -9` of one of four nodes, for good, under write load: after
+/// `--dead-after` it is marked dead and every partition it held gets a
+/// replica on the other three again (make before break); every
+/// acknowledged write is readable, and leadership ends up even.
+#[test]
+fn a_dead_nodes_replicas_are_re_created_under_write_load() {
+    let _timer = Timer::start("a_dead_nodes_replicas_are_re_created_under_write_load");
+    let mut c = Cluster::start_with(4, &["--dead-after", "3"]);
+    c.wait_ready(READY);
+    let held = c.status(4)["partitions"].as_array().map_or(0, |ps| {
+        ps.iter()
+            .filter(|p| {
+                p["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&4.into()))
+            })
+            .count()
+    });
+    assert!(held > 0, "node 4 holds no partition");
+
+    let writer = Writer::start(c.node(1).rest(), "death");
+    thread::sleep(Duration::from_millis(500));
+    c.kill(4);
+    let killed = Instant::now();
+    let leaders = poll(
+        Duration::from_secs(120),
+        "every partition back on nodes 1-3 with even leadership",
+        || {
+            let leaders = settled_on(&c, &[1, 2, 3], 64)?;
+            leaders
+                .values()
+                .all(|&k| (21..=22).contains(&k))
+                .then_some(leaders)
+        },
+    );
+    println!(
+        "{held} partitions of node 4 re-created on nodes 1-3 and leaders spread \
+         ({leaders:?}) {:.1} s after kill -9 (--dead-after 3)",
+        killed.elapsed().as_secs_f64()
+    );
+    writer.stop_and_check(c.node(2).rest());
+
+    // Operators see it: every node's status says node 4 was removed, and
+    // the controller (the metadata group's leader) exports its plan.
+    let controller = poll(READY, "node 4 to be removed from the member list", || {
+        let s = c.status(1);
+        let node4 = s["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == 4)?
+            .clone();
+        (node4["state"] == "removed").then(|| s["metadata_leader"].as_u64())?
+    });
+    let s = c.status(controller);
+    assert_eq!(s["controller"]["moves"], serde_json::json!([]), "{s}");
+    let metrics = get(c.node(controller).rest(), "/metrics")
+        .expect("metrics")
+        .text();
+    for line in [
+        "ringkv_member_state{node=\"4\",state=\"removed\"} 1",
+        "ringkv_placement_controller 1",
+        "ringkv_placement_under_replicated_partitions 0",
+        "ringkv_placement_moves{phase=\"under_way\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}
+
+/// `ringkv node drain` under write load: refused, with the reason, for a
+/// node that holds a replica of the metadata group; for node 4 of four, its
+/// replicas move to the other three, make before break, and it is removed;
+/// every acknowledged write is readable.
+#[test]
+fn a_drained_node_leaves_after_its_replicas_moved() {
+    let _timer = Timer::start("a_drained_node_leaves_after_its_replicas_moved");
+    let mut c = Cluster::start(4);
+    c.wait_ready(READY);
+    let endpoints = c
+        .ids()
+        .map(|id| c.node(id).grpc.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let drain = |node: u64| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args(["node", "drain", &node.to_string()])
+            .args(["--endpoints", &endpoints, "--wait", "120s"])
+            .output()
+            .expect("run ringkv node drain")
+    };
+
+    let out = drain(1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("n1 holds a replica of the metadata group"),
+        "{stderr}"
+    );
+
+    let writer = Writer::start(c.node(2).rest(), "drain");
+    let started = Instant::now();
+    let out = drain(4);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("drain accepted by the controller"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("n4: removed"), "{stdout}");
+    println!(
+        "node 4 drained and removed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let leaders = poll(READY, "every partition on nodes 1-3", || {
+        settled_on(&c, &[1, 2, 3], 64)
+    });
+    assert_eq!(leaders.values().sum::<usize>(), 64);
+    writer.stop_and_check(c.node(3).rest());
+}

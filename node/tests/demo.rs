@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port_run, get, kv_path, request};
+use common::{free_port_run, get, kv_path, request, retry_read};
 
 fn start(dir: &std::path::Path, rest: u16, grpc: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ringkv"))
@@ -97,7 +97,12 @@ fn the_demo_serves_stops_on_ctrl_c_and_keeps_its_data() {
 
     let mut demo = start(&data, rest, grpc);
     wait_ready(&mut demo, rest, &log);
-    let r = get(node(1), &kv_path("greeting", None)).expect("get");
+    // Retried like any client does on 503 + Retry-After: right after a
+    // start the controller hands some leaderships over (balance), and a
+    // partition refuses requests for the moment of a transfer.
+    let r = retry_read(Duration::from_secs(10), || {
+        get(node(1), &kv_path("greeting", None))
+    });
     assert_eq!((r.status, r.text()), (200, "hello".to_owned()), "{r:?}");
     interrupt(demo);
 }

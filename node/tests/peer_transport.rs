@@ -87,6 +87,8 @@ async fn undecodable_peer_frames_are_dropped_and_counted() {
         from: NodeId(9),
         to: NodeId(1),
         messages: vec![],
+        gossip: Default::default(),
+        placement: Vec::new(),
     };
     let frames = vec![
         pb::PeerFrame {
@@ -151,6 +153,8 @@ async fn a_silent_peer_stream_is_closed_so_its_sender_redials() {
             from: NodeId(9),
             to: NodeId(1),
             messages: vec![],
+            gossip: Default::default(),
+            placement: Vec::new(),
         }),
     };
     let frames =

@@ -350,6 +350,12 @@ mod tests {
         from: NodeId(0),
         to: NodeId(0),
         messages: Vec::new(),
+        gossip: ringkv_core::io::Gossip {
+            metadata_version: 0,
+            metadata_leader: None,
+            metadata: None,
+        },
+        placement: Vec::new(),
     };
 
     /// A batch from `from` to `to` carrying entries 2/5..2/6 of p3.
@@ -379,6 +385,8 @@ mod tests {
                     },
                 },
             }],
+            gossip: Default::default(),
+            placement: Vec::new(),
         }
     }
 

@@ -55,7 +55,6 @@
 //! still count toward the throttle when their configuration is known).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::time::Duration;
 
 use super::moves::{MoveStep, ReplicaMove};
@@ -73,6 +72,11 @@ pub struct PlannerConfig {
     pub dead_after: Duration,
     /// Leader transfers one plan asks for.
     pub max_leader_transfers: usize,
+    /// Whether to move replicas of healthy groups toward the desired ring
+    /// ([`Reason::Rebalance`]), and to remove learners on `up` members the
+    /// ring does not want (without it, those are taken for an operator's
+    /// moves under way). Re-replication and drains happen either way.
+    pub rebalance: bool,
 }
 
 impl Default for PlannerConfig {
@@ -81,6 +85,7 @@ impl Default for PlannerConfig {
             max_moves_per_node: 2,
             dead_after: Duration::from_secs(30),
             max_leader_transfers: 8,
+            rebalance: true,
         }
     }
 }
@@ -147,17 +152,6 @@ pub enum Reason {
     /// A learner the desired ring does not want (a move abandoned when its
     /// target left): removed at once, whatever the throttle.
     Cleanup,
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Reason::UnderReplicated => "under-replicated",
-            Reason::Drain => "drain",
-            Reason::Rebalance => "rebalance",
-            Reason::Cleanup => "cleanup",
-        })
-    }
 }
 
 /// Where a move is.
@@ -267,14 +261,17 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
         if report.leader.is_none() {
             out.unreported.push(p);
         }
-        let Some((mv, phase)) = wanted_move(cluster, m, desired) else {
+        let Some((mv, phase)) = wanted_move(cluster, m, desired, cfg.rebalance) else {
             continue;
         };
-        busy.insert(p);
         let reason = match mv {
             ReplicaMove::Remove { from } if m.is_learner(from) => Reason::Cleanup,
             _ => reason_of(cluster, mv, healthy < desired.len()),
         };
+        if reason == Reason::Rebalance && !cfg.rebalance && phase == Phase::Waiting {
+            continue;
+        }
+        busy.insert(p);
         if phase != Phase::Waiting {
             for n in touched(cluster, mv) {
                 *load.entry(n).or_default() += 1;
@@ -390,6 +387,7 @@ fn wanted_move(
     cluster: &Cluster,
     m: &Membership,
     desired: &[NodeId],
+    rebalance: bool,
 ) -> Option<(ReplicaMove, Phase)> {
     let wants = |n: &NodeId| desired.contains(n);
     if m.is_joint() {
@@ -406,7 +404,10 @@ fn wanted_move(
     let extra = removal_order(cluster, m.voters.iter().copied().filter(|v| !wants(v)));
     if let Some(&learner) = m.learners.first() {
         if !wants(&learner) {
-            return Some((ReplicaMove::Remove { from: learner }, Phase::Waiting));
+            // Without rebalancing, a learner on an `up` member the ring does
+            // not want is someone else's move (an operator's): left alone.
+            let ours = rebalance || cluster.state(learner) != Some(MemberState::Up);
+            return ours.then_some((ReplicaMove::Remove { from: learner }, Phase::Waiting));
         }
         let mv = match extra.first() {
             Some(&from) => ReplicaMove::Replace { from, to: learner },

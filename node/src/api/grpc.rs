@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use ringkv_core::NodeId;
 use ringkv_core::node::{ClientError, ClientResponse};
+use ringkv_core::placement::ReplicaMove;
+use ringkv_core::placement::planner::{MoveProgress, Phase, Reason};
 use ringkv_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -101,6 +103,34 @@ impl ClusterService {
     }
 }
 
+fn move_status(m: &MoveProgress) -> pb::MoveStatus {
+    let (kind, from, to) = match m.mv {
+        ReplicaMove::Replace { from, to } => ("replace", from.0, to.0),
+        ReplicaMove::Add { to } => ("add", 0, to.0),
+        ReplicaMove::Remove { from } => ("remove", from.0, 0),
+    };
+    pb::MoveStatus {
+        partition: m.partition.0,
+        kind: kind.to_owned(),
+        from,
+        to,
+        reason: match m.reason {
+            Reason::UnderReplicated => "under-replicated",
+            Reason::Drain => "drain",
+            Reason::Rebalance => "rebalance",
+            Reason::Cleanup => "cleanup",
+        }
+        .to_owned(),
+        phase: match m.phase {
+            Phase::Waiting => "waiting",
+            Phase::Starting => "starting",
+            Phase::CatchingUp => "catching-up",
+            Phase::Joint => "joint",
+        }
+        .to_owned(),
+    }
+}
+
 /// The status message for a view (shared with REST).
 pub fn status_response(
     view: &ClusterView,
@@ -139,7 +169,24 @@ pub fn status_response(
                 grpc_addr: addrs.get(&m.id).map(|a| a.to_string()).unwrap_or_default(),
                 health: m.health.as_str().to_owned(),
                 phi: if m.phi.is_finite() { m.phi } else { f64::MAX },
+                state: m.state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                last_heard_seconds_ago: m.last_heard.map(|d| d.as_secs_f64()),
             })
+            .collect(),
+        metadata_version: view.metadata_version,
+        metadata_leader: view.metadata_leader.map_or(0, |l| l.0),
+        controller: view.controller,
+        moves: view
+            .plan
+            .iter()
+            .flat_map(|plan| &plan.moves)
+            .map(move_status)
+            .collect(),
+        under_replicated: view
+            .plan
+            .iter()
+            .flat_map(|plan| &plan.under_replicated)
+            .map(|p| p.0)
             .collect(),
         partitions: view
             .partitions
@@ -242,6 +289,22 @@ impl pb::cluster_server::Cluster for ClusterService {
         let partition = ringkv_core::PartitionId(r.partition);
         match self.node.change_config(partition, change).await {
             Ok(index) => Ok(Response::new(pb::ChangeConfigResponse { index })),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let node = request.into_inner().node;
+        if node == 0 {
+            return Err(Status::invalid_argument(
+                "node is required (ids start at 1)",
+            ));
+        }
+        match self.node.drain(NodeId(node)).await {
+            Ok(()) => Ok(Response::new(pb::DrainNodeResponse {})),
             Err(e) => Err(Status::failed_precondition(e.to_string())),
         }
     }

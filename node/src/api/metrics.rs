@@ -315,5 +315,53 @@ pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handsha
         "Snapshot files written.",
         storage.snapshots_written,
     );
+    placement(&mut o, &view);
     o.0
+}
+
+/// The member states of the metadata document, and on the controller its
+/// latest plan.
+fn placement(o: &mut Out, view: &crate::view::ClusterView) {
+    o.gauge(
+        "ringkv_metadata_version",
+        "Version of the cluster metadata document this node has (0: none yet).",
+        view.metadata_version as f64,
+    );
+    let states: Vec<(String, f64)> = view
+        .members
+        .iter()
+        .filter_map(|m| Some((format!("node=\"{}\",state=\"{}\"", m.id.0, m.state?), 1.0)))
+        .collect();
+    let states: Vec<(&str, f64)> = states.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    o.metric(
+        "ringkv_member_state",
+        "gauge",
+        "1 for each member's state in the cluster metadata (joining, up, draining, dead, removed).",
+        &states,
+    );
+    let controller = view.controller;
+    o.gauge(
+        "ringkv_placement_controller",
+        "1 while this node runs the placement controller (leads the metadata group).",
+        if controller { 1.0 } else { 0.0 },
+    );
+    let Some(plan) = &view.plan else {
+        return;
+    };
+    o.gauge(
+        "ringkv_placement_under_replicated_partitions",
+        "Partitions with fewer healthy voters than the desired ring gives them (controller only).",
+        plan.under_replicated.len() as f64,
+    );
+    let waiting = plan.waiting();
+    let samples = [
+        ("phase=\"under_way\"", (plan.moves.len() - waiting) as f64),
+        ("phase=\"waiting\"", waiting as f64),
+    ];
+    o.metric(
+        "ringkv_placement_moves",
+        "gauge",
+        "Replica moves the controller wants, under way or waiting for the throttle (controller only).",
+        &samples,
+    );
 }

@@ -386,7 +386,19 @@ async fn cluster_status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "nodes": st.nodes.iter().map(|n| json!({
             "id": n.id, "grpc_addr": n.grpc_addr, "health": n.health.as_str(),
             "phi": if n.phi == f64::MAX { serde_json::Value::Null } else { json!(n.phi) },
+            "state": if n.state.is_empty() { serde_json::Value::Null } else { json!(n.state) },
+            "last_heard_seconds_ago": n.last_heard_seconds_ago,
         })).collect::<Vec<_>>(),
+        "metadata_version": st.metadata_version,
+        "metadata_leader": if st.metadata_leader == 0 { serde_json::Value::Null } else { json!(st.metadata_leader) },
+        "controller": st.controller.then(|| json!({
+            "moves": st.moves.iter().map(|m| json!({
+                "partition": m.partition, "kind": m.kind,
+                "from": (m.from != 0).then_some(m.from), "to": (m.to != 0).then_some(m.to),
+                "reason": m.reason, "phase": m.phase,
+            })).collect::<Vec<_>>(),
+            "under_replicated": st.under_replicated,
+        })),
         "partitions": st.partitions.iter().map(|p| json!({
             "partition": p.partition,
             "leader": if p.leader == 0 { serde_json::Value::Null } else { json!(p.leader) },

@@ -11,6 +11,15 @@
 //! [`ReplicaMove::next_step`] of the group's configuration). It prints one line per step and
 //! exits 0 once the partition's voters include TO and not FROM; with
 //! `-o json` the steps go to stderr and stdout gets `{"partition","voters"}`.
+//!
+//! `ringkv node drain ID` (or `remove`: the same) asks the placement
+//! controller (the metadata group's leader, found from any node's status)
+//! to drain a node over `Cluster.DrainNode`: its replicas move to the other
+//! nodes, make before break, and then it is removed from the member list.
+//! The command prints progress until the node is removed (or `--no-wait`).
+//! A refusal (a partition would be left without a quorum of possible
+//! replicas, the node holds a replica of the metadata group, ...) is
+//! printed with its reason and exits 5.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,7 +29,7 @@ use ringkv_core::placement::{MoveStep, ReplicaMove};
 use ringkv_core::raft::{ConfChange as CoreChange, Membership};
 use ringkv_core::wire;
 use ringkv_proto::v1::cluster_client::ClusterClient;
-use ringkv_proto::v1::{ChangeConfigRequest, PartitionStatus, StatusRequest};
+use ringkv_proto::v1::{ChangeConfigRequest, DrainNodeRequest, PartitionStatus, StatusRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use super::client::ClientOpts;
@@ -58,6 +67,202 @@ pub struct MoveReplicaArgs {
     /// Give up after this long (e.g. 2m); the steps already taken stay.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub wait: Duration,
+}
+
+/// `ringkv node`: a node's life in the cluster.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum NodeCommand {
+    /// Move every replica off a node, then remove it from the cluster.
+    Drain(DrainArgs),
+    /// The same as drain: a node leaves only once its replicas have moved.
+    Remove(DrainArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    /// The node to drain.
+    pub node: u64,
+    /// Return once the drain is accepted, without waiting for the removal.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this long (e.g. 30m); the drain goes on.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
+/// Runs `ringkv node ...`.
+pub async fn run_node(a: NodeArgs) -> ExitCode {
+    let (NodeCommand::Drain(d) | NodeCommand::Remove(d)) = a.command;
+    match drain(&d).await {
+        Ok(state) => {
+            match d.opts.output {
+                OutputFormat::Table => println!("n{}: {state}", d.node),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::json!({ "node": d.node, "state": state }))
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("{}", failure.line());
+            ExitCode::from(failure.exit)
+        }
+    }
+}
+
+/// The controller's id and status, and a channel to it.
+async fn find_controller(
+    opts: &ClientOpts,
+) -> Result<(Channel, ringkv_proto::v1::StatusResponse), Failure> {
+    let unreachable = |message: String| Failure::new(ErrorCode::Unreachable, Op::Read, message);
+    let mut errors = Vec::new();
+    for uri in &opts.endpoints {
+        let s = match status_of(uri, opts.timeout).await {
+            Ok((_, s)) => s,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if s.metadata_leader == 0 {
+            errors.push(format!(
+                "{uri}: knows no controller (the metadata group has no leader)"
+            ));
+            continue;
+        }
+        let Some(addr) = s.nodes.iter().find(|n| n.id == s.metadata_leader) else {
+            errors.push(format!(
+                "{uri}: does not know node {}'s address",
+                s.metadata_leader
+            ));
+            continue;
+        };
+        match status_of(&format!("http://{}", addr.grpc_addr), opts.timeout).await {
+            Ok((channel, cs)) if cs.controller => return Ok((channel, cs)),
+            Ok(_) => errors.push(format!(
+                "node {} is no longer the controller",
+                s.metadata_leader
+            )),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(unreachable(format!(
+        "no controller found ({}); retry shortly",
+        errors.join("; ")
+    )))
+}
+
+async fn drain(a: &DrainArgs) -> Result<String, Failure> {
+    let say = |line: String| match a.opts.output {
+        OutputFormat::Table => println!("{line}"),
+        OutputFormat::Json => eprintln!("{line}"),
+    };
+    let deadline = Instant::now() + a.wait;
+    // Ask the controller, again if it changed before taking it.
+    loop {
+        let (channel, s) = match find_controller(&a.opts).await {
+            Ok(found) => found,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(f) => return Err(f),
+        };
+        let mut client = ClusterClient::new(channel);
+        let request = DrainNodeRequest { node: a.node };
+        match tokio::time::timeout(a.opts.timeout, client.drain_node(request)).await {
+            Ok(Ok(_)) => {
+                say(format!(
+                    "n{}: drain accepted by the controller, n{}",
+                    a.node, s.node_id
+                ));
+                break;
+            }
+            Ok(Err(status))
+                if status.code() == tonic::Code::FailedPrecondition
+                    && (status
+                        .message()
+                        .contains("does not run the placement controller")
+                        || status.message().contains("retry shortly"))
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(POLL).await;
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                return Err(Failure::new(
+                    ErrorCode::PreconditionFailed,
+                    Op::Write,
+                    format!("n{} was not drained: {}", a.node, status.message()),
+                ));
+            }
+            Ok(Err(status)) => return Err(Failure::from_status(&status, Op::Write)),
+            Err(_) => {
+                return Err(Failure::new(
+                    ErrorCode::ClientTimeout,
+                    Op::Write,
+                    format!("the controller did not answer within {:?}", a.opts.timeout),
+                ));
+            }
+        }
+    }
+    if a.no_wait {
+        return Ok("draining".to_owned());
+    }
+    // Progress until the member list says removed.
+    let mut said = String::new();
+    loop {
+        if let Ok((_, s)) = find_controller(&a.opts).await {
+            let state = s
+                .nodes
+                .iter()
+                .find(|n| n.id == a.node)
+                .map(|n| n.state.clone())
+                .unwrap_or_default();
+            if state == "removed" {
+                return Ok(state);
+            }
+            let off = |m: &&ringkv_proto::v1::MoveStatus| m.from == a.node;
+            let under_way = s
+                .moves
+                .iter()
+                .filter(off)
+                .filter(|m| m.phase != "waiting")
+                .count();
+            let waiting = s
+                .moves
+                .iter()
+                .filter(off)
+                .filter(|m| m.phase == "waiting")
+                .count();
+            let line = format!(
+                "n{}: {state}; {under_way} replica move(s) off it under way, {waiting} waiting",
+                a.node
+            );
+            if line != said {
+                say(line.clone());
+                said = line;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::new(
+                ErrorCode::ClientTimeout,
+                Op::Write,
+                format!(
+                    "n{} was not removed within {:?} (last: {said}); the drain goes on",
+                    a.node, a.wait
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Runs `ringkv admin ...`.

@@ -507,6 +507,36 @@ fn render_locate(format: OutputFormat, key: &str, r: &LocateResponse) -> String 
     }
 }
 
+/// The controller's part of a status: the moves it wants, or where to ask.
+fn placement_summary(s: &StatusResponse) -> String {
+    if !s.controller {
+        return match s.metadata_leader {
+            0 => "\nplacement: no controller known (the metadata group has no leader)\n".to_owned(),
+            l => format!("\nplacement: run by node {l} (ask it for moves)\n"),
+        };
+    }
+    let waiting = s.moves.iter().filter(|m| m.phase == "waiting").count();
+    let mut out = format!(
+        "\nplacement (node {} is the controller): {} under-replicated partition(s), \
+         {} move(s) under way, {waiting} waiting\n",
+        s.node_id,
+        s.under_replicated.len(),
+        s.moves.len() - waiting,
+    );
+    for m in s.moves.iter().filter(|m| m.phase != "waiting") {
+        let what = match m.kind.as_str() {
+            "replace" => format!("n{} -> n{}", m.from, m.to),
+            "add" => format!("+n{}", m.to),
+            _ => format!("-n{}", m.from),
+        };
+        out.push_str(&format!(
+            "  partition {}: {what} ({}, {})\n",
+            m.partition, m.reason, m.phase
+        ));
+    }
+    out
+}
+
 /// Table: a summary line, the nodes (with how many partitions each leads,
 /// as far as the answering node knows), a count of partitions without a
 /// known leader, and with `partitions` one row per partition.
@@ -538,20 +568,31 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
             let mut nodes = Table::new(&[
                 ("NODE", Align::Right),
                 ("ADDRESS", Align::Left),
+                ("STATE", Align::Left),
                 ("HEALTH", Align::Left),
-                ("PHI", Align::Right),
+                ("LAST SEEN", Align::Right),
                 ("LEADS", Align::Right),
             ]);
             for n in &s.nodes {
                 nodes.row(vec![
                     n.id.to_string(),
                     n.grpc_addr.clone(),
+                    if n.state.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        n.state.clone()
+                    },
                     n.health.clone(),
-                    format!("{:.2}", n.phi),
+                    match (n.health.as_str(), n.last_heard_seconds_ago) {
+                        ("self", _) => "-".to_owned(),
+                        (_, Some(s)) => format!("{s:.1} s ago"),
+                        (_, None) => "never".to_owned(),
+                    },
                     leads(n.id).to_string(),
                 ]);
             }
             out.push_str(&nodes.render());
+            out.push_str(&placement_summary(s));
             if !s.refusals.is_empty() {
                 out.push_str("\nrefused peers (last minute):\n");
                 for r in &s.refusals {
@@ -641,9 +682,25 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
             struct Node<'a> {
                 id: u64,
                 grpc_addr: &'a str,
+                state: Option<&'a str>,
                 health: &'a str,
                 phi: f64,
+                last_heard_seconds_ago: Option<f64>,
                 leaders: usize,
+            }
+            #[derive(Serialize)]
+            struct Move<'a> {
+                partition: u32,
+                kind: &'a str,
+                from: Option<u64>,
+                to: Option<u64>,
+                reason: &'a str,
+                phase: &'a str,
+            }
+            #[derive(Serialize)]
+            struct Controller<'a> {
+                moves: Vec<Move<'a>>,
+                under_replicated: &'a [u32],
             }
             #[derive(Serialize)]
             struct Follower<'a> {
@@ -691,6 +748,9 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                 refusals: Vec<Refusal<'a>>,
                 nodes: Vec<Node<'a>>,
                 partitions: Vec<Partition<'a>>,
+                metadata_version: u64,
+                metadata_leader: Option<u64>,
+                controller: Option<Controller<'a>>,
             }
             fn some(t: &str) -> Option<&str> {
                 (!t.is_empty()).then_some(t)
@@ -720,12 +780,31 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                     .map(|n| Node {
                         id: n.id,
                         grpc_addr: &n.grpc_addr,
+                        state: some(&n.state),
+                        last_heard_seconds_ago: n.last_heard_seconds_ago,
                         health: &n.health,
                         // JSON has no NaN or infinity.
                         phi: if n.phi.is_finite() { n.phi } else { f64::MAX },
                         leaders: leads(n.id),
                     })
                     .collect(),
+                metadata_version: s.metadata_version,
+                metadata_leader: (s.metadata_leader != 0).then_some(s.metadata_leader),
+                controller: s.controller.then(|| Controller {
+                    moves: s
+                        .moves
+                        .iter()
+                        .map(|m| Move {
+                            partition: m.partition,
+                            kind: &m.kind,
+                            from: (m.from != 0).then_some(m.from),
+                            to: (m.to != 0).then_some(m.to),
+                            reason: &m.reason,
+                            phase: &m.phase,
+                        })
+                        .collect(),
+                    under_replicated: &s.under_replicated,
+                }),
                 partitions: s
                     .partitions
                     .iter()

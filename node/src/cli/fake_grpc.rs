@@ -23,11 +23,13 @@ use tonic::{Request, Response, Status};
 use super::failure::{CODE_METADATA, CURRENT_MOD_REVISION_METADATA};
 
 pub(crate) fn sample_status() -> StatusResponse {
-    let node = |id: u64, health: &str, phi: f64| NodeStatus {
+    let node = |id: u64, health: &str, phi: f64, heard: Option<f64>| NodeStatus {
         id,
         grpc_addr: format!("127.0.0.1:909{id}"),
         health: health.into(),
         phi,
+        state: "up".into(),
+        last_heard_seconds_ago: heard,
     };
     let part = |partition: u32, leader: u64| PartitionStatus {
         partition,
@@ -69,9 +71,9 @@ pub(crate) fn sample_status() -> StatusResponse {
         partition_count: 4,
         replication_factor: 3,
         nodes: vec![
-            node(1, "self", 0.0),
-            node(2, "up", 0.41),
-            node(3, "down", 12.5),
+            node(1, "self", 0.0, None),
+            node(2, "up", 0.41, Some(0.05)),
+            node(3, "down", 12.5, Some(7.25)),
         ],
         partitions: vec![p0, p1, part(2, 1), part(3, 0)],
         incarnation: "0000000000000000000000000000a11c".to_owned(),
@@ -85,6 +87,31 @@ pub(crate) fn sample_status() -> StatusResponse {
             count: 7,
             seconds_ago: 2.0,
         }],
+        metadata_version: 9,
+        metadata_leader: 1,
+        // Node 1 is the controller: node 3's replica of partition 0 is
+        // being replaced (node 3 has not been declared dead; an operator's
+        // drain, say), and one more move waits for the throttle.
+        controller: true,
+        moves: vec![
+            ringkv_proto::v1::MoveStatus {
+                partition: 0,
+                kind: "replace".into(),
+                from: 3,
+                to: 4,
+                reason: "drain".into(),
+                phase: "catching-up".into(),
+            },
+            ringkv_proto::v1::MoveStatus {
+                partition: 2,
+                kind: "replace".into(),
+                from: 3,
+                to: 4,
+                reason: "drain".into(),
+                phase: "waiting".into(),
+            },
+        ],
+        under_replicated: vec![],
     }
 }
 
@@ -240,6 +267,14 @@ impl Cluster for FakeNode {
         Err(Status::unimplemented(
             "the fake node changes no configuration",
         ))
+    }
+
+    async fn drain_node(
+        &self,
+        _request: Request<ringkv_proto::v1::DrainNodeRequest>,
+    ) -> Result<Response<ringkv_proto::v1::DrainNodeResponse>, Status> {
+        self.step().await?;
+        Err(Status::unimplemented("the fake node drains nothing"))
     }
 }
 

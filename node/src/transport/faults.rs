@@ -162,6 +162,8 @@ mod tests {
             from: NodeId(1),
             to: NodeId(2),
             messages: Vec::new(),
+            gossip: Default::default(),
+            placement: Vec::new(),
         }
     }
 

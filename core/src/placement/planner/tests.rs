@@ -372,6 +372,10 @@ impl Model {
             for l in &g.membership.learners {
                 if self.down_since.contains_key(l) {
                     self.caught_up_at.remove(&(p, *l));
+                } else if !self.caught_up_at.contains_key(&(p, *l)) {
+                    // Back up: it catches up again.
+                    let at = self.now + self.rng.random_range(0..4);
+                    self.caught_up_at.insert((p, *l), at);
                 }
             }
             let leader_ok = g
@@ -414,11 +418,16 @@ impl Model {
         }
     }
 
-    /// Rounds until a plan wants nothing; panics after `limit`.
+    /// Rounds until a plan wants nothing and no node held down waits out
+    /// its grace period; panics after `limit`.
     fn settle(&mut self, limit: usize) {
         for _ in 0..limit {
             let p = self.round();
-            if p.actions.is_empty() && p.moves.is_empty() {
+            let grace = self
+                .down_since
+                .keys()
+                .any(|n| self.c.members.get(n) == Some(&MemberState::Up));
+            if p.actions.is_empty() && p.moves.is_empty() && !grace {
                 return;
             }
         }
@@ -584,4 +593,49 @@ proptest! {
         m.settle(2000);
         m.assert_converged();
     }
+}
+
+#[test]
+fn without_rebalance_only_re_replication_and_drains_move() {
+    let mut m = Model::new(16, &[1, 2, 3, 4], 11);
+    m.cfg.rebalance = false;
+    m.c.members.insert(n(9), MemberState::Up);
+    m.settle(50);
+    assert_eq!(m.learners_added, 0, "a new member gets nothing");
+    m.c.members.insert(n(9), MemberState::Draining);
+    m.settle(50);
+    m.down_since.insert(n(4), m.now);
+    for _ in 0..m.cfg.dead_after.as_secs() {
+        m.round();
+    }
+    m.settle(500);
+    m.assert_converged();
+    assert_eq!(m.c.members[&n(4)], MemberState::Removed);
+    assert!(m.learners_added > 0);
+}
+
+#[test]
+fn without_rebalance_an_operators_move_is_left_alone() {
+    let mut c = settled(1, &[1, 2, 3, 4]);
+    let g = c.groups.get_mut(&PartitionId(0)).unwrap();
+    let outsider = (1..=4).map(n).find(|&x| !g.membership.contains(x)).unwrap();
+    g.membership = g
+        .membership
+        .apply(&ConfChange::AddLearner(outsider))
+        .unwrap();
+    let cfg = PlannerConfig {
+        rebalance: false,
+        ..PlannerConfig::default()
+    };
+    let p = plan(&c, &cfg).unwrap();
+    assert!(p.actions.is_empty() && p.moves.is_empty(), "{p:?}");
+    // With rebalancing on, the stray learner goes at once.
+    let p = plan_of(&c);
+    assert!(
+        matches!(
+            p.actions.as_slice(),
+            [Action::Propose { change: ConfChange::RemoveLearner(l), reason: Reason::Cleanup, .. }] if *l == outsider
+        ),
+        "{p:?}"
+    );
 }

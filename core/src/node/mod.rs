@@ -39,10 +39,21 @@
 //!   accrual detector, which wakes quiesced groups whose leader went down;
 //! - **request lifetimes**: every request gets exactly one reply: a result, a
 //!   forward, an error, or after `request_timeout` "outcome unknown" (writes)
-//!   or "timeout" (reads).
+//!   or "timeout" (reads);
+//! - **cluster metadata** (`node/cluster.rs`): the metadata group on the nodes
+//!   that host it, the genesis document, and gossip that brings every node
+//!   the latest document and the metadata group's leader;
+//! - **placement** (`node/controller.rs`): every node reports the groups it leads
+//!   to the metadata group's leader, which plans and sends each step to the
+//!   group's leader.
 //!
-//! Not here (yet): membership change and re-replication, leader hints for
-//! non-replicas (they forward to a replica, which forwards again), TTLs.
+//! Not here (yet): leader hints for non-replicas (they forward to a
+//! replica, which forwards again), joining nodes, TTLs.
+
+mod cluster;
+mod controller;
+
+pub use controller::DrainError;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -52,6 +63,8 @@ use bytes::Bytes;
 use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector};
 use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRecord};
 use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition};
+use crate::metadata::METADATA_GROUP;
+use crate::placement::planner::PlannerConfig;
 use crate::raft::{
     ConfChange, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
     ProposeError, Raft, RaftConfig, RaftEvent, RaftStorage, Role, Tombstone,
@@ -67,6 +80,9 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// Every member of the cluster, this node included.
     pub members: Vec<NodeId>,
+    /// The members' gRPC addresses as this node was told them (`--peers`):
+    /// what the genesis metadata document records. May be empty.
+    pub addresses: BTreeMap<NodeId, String>,
     pub ring: RingConfig,
     pub raft: RaftConfig,
     pub detector: DetectorConfig,
@@ -104,6 +120,13 @@ pub struct NodeConfig {
     /// [`NodeConfig::max_peer_frame_bytes`]). A single write is always
     /// admitted when none is pending.
     pub max_pending_write_bytes: usize,
+    /// The placement controller's rules (used while this node leads the
+    /// metadata group).
+    pub placement: PlannerConfig,
+    /// How often the metadata group's leader plans.
+    pub placement_interval: Duration,
+    /// How often a node reports the groups it leads to the controller.
+    pub report_interval: Duration,
     /// Emit [`Event::Observed`]: what every group did, as Raft's safety
     /// properties speak of it, for the simulators' invariant checker
     /// ([`crate::check::invariants`]). Off in production: it costs an event
@@ -116,6 +139,7 @@ impl NodeConfig {
         NodeConfig {
             id,
             members,
+            addresses: BTreeMap::new(),
             ring: RingConfig::default(),
             raft: RaftConfig::default(),
             detector: DetectorConfig::default(),
@@ -130,6 +154,15 @@ impl NodeConfig {
             max_batch_bytes: 4 << 20,
             max_pending_requests: 100_000,
             max_pending_write_bytes: 64 << 20,
+            placement: PlannerConfig {
+                // Moving healthy groups toward the ring only matters once
+                // members can join; until then it would only undo an
+                // operator's `move-replica`.
+                rebalance: false,
+                ..PlannerConfig::default()
+            },
+            placement_interval: Duration::from_secs(1),
+            report_interval: Duration::from_millis(500),
             observe: false,
         }
     }
@@ -214,6 +247,11 @@ pub enum Halt {
         term: u64,
         reason: String,
     },
+    #[error(
+        "the cluster metadata document at version {version}, committed by its group, does not \
+         decode ({reason}); this replica's state is not its group's, so the node stops"
+    )]
+    UndecodableMetadata { version: u64, reason: String },
 }
 
 /// Why [`Node::handle_conf_change`] proposed nothing.
@@ -384,6 +422,11 @@ pub enum Event {
     DroppedBatch {
         from: NodeId,
         reason: &'static str,
+    },
+    /// This node adopted a newer cluster metadata document
+    /// ([`Node::metadata`]).
+    MetadataChanged {
+        version: u64,
     },
     /// Only with [`NodeConfig::observe`].
     Observed(Observation),
@@ -603,6 +646,8 @@ pub struct Node {
     replies: VecDeque<(RequestId, Reply)>,
     events: VecDeque<Event>,
     stats: NodeStats,
+    meta: cluster::MetadataView,
+    controller: controller::ControllerState,
 }
 
 impl Node {
@@ -624,10 +669,18 @@ impl Node {
         // then on it hosts the groups its WAL holds, and only those (a group
         // it was added to later is not the ring's; one it was removed from
         // has a tombstone).
-        let ring_groups: BTreeSet<PartitionId> = ring.partitions_of(id).into_iter().collect();
+        let mut ring_groups: BTreeSet<PartitionId> = ring.partitions_of(id).into_iter().collect();
+        // The metadata group starts on some founders; a directory from
+        // before it existed gets it too, at its first boot since.
+        let metadata_voters = Self::hosts_metadata_at_genesis(id, &cfg.members);
+        if metadata_voters.is_some() {
+            ring_groups.insert(METADATA_GROUP);
+        }
         let mut hosted = BTreeSet::new();
         if recovered.is_fresh() {
             hosted.extend(ring_groups.iter().copied());
+        } else if metadata_voters.is_some() {
+            hosted.insert(METADATA_GROUP);
         }
         hosted.extend(recovered.groups.keys().copied());
         for p in hosted {
@@ -651,7 +704,10 @@ impl Node {
             let membership = match storage.genesis.take() {
                 Some(m) => m,
                 None if storage.snapshot.is_none() && ring_groups.contains(&p) => {
-                    let m = Membership::new(ring.replicas(p).iter().copied());
+                    let m = match (&metadata_voters, p == METADATA_GROUP) {
+                        (Some(voters), true) => Membership::new(voters.iter().copied()),
+                        _ => Membership::new(ring.replicas(p).iter().copied()),
+                    };
                     genesis_records.push(WalRecord {
                         partition: p,
                         record: PersistRecord::Genesis(m.clone()),
@@ -739,6 +795,8 @@ impl Node {
             replies: VecDeque::new(),
             events,
             stats: NodeStats::default(),
+            meta: cluster::MetadataView::default(),
+            controller: controller::ControllerState::default(),
             cfg,
         })
     }
@@ -768,8 +826,10 @@ impl Node {
         &self.detector
     }
     /// Partitions this node replicates.
+    /// The partitions this node hosts a replica of (the metadata group is
+    /// not one: see [`Node::metadata`]).
     pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
-        self.groups.keys().copied()
+        self.groups.keys().copied().filter(|&p| p != METADATA_GROUP)
     }
     /// The voters of a group this node was removed from, as its replica
     /// last saw them (kept in its tombstone): where the node sends the
@@ -831,6 +891,10 @@ impl Node {
         }
         self.stats.batches_received += 1;
         self.detector.heartbeat(from, self.now);
+        self.observe_gossip(from, batch.gossip);
+        for m in batch.placement {
+            self.handle_placement(from, m);
+        }
         for gm in batch.messages {
             if gm.message.from != from || gm.message.to != self.id {
                 self.stats.messages_for_unknown_partitions += 1;
@@ -1197,10 +1261,11 @@ impl Node {
             for (&p, g) in self.groups.iter_mut() {
                 // The ring's first replica campaigns at once on a fresh start,
                 // which spreads initial leadership evenly over the nodes.
-                if first
-                    && g.raft.leader().is_none()
-                    && self.ring.replicas(p).first() == Some(&self.id)
-                {
+                let preferred = match p {
+                    METADATA_GROUP => g.raft.membership().voters.first(),
+                    _ => self.ring.replicas(p).first(),
+                };
+                if first && g.raft.leader().is_none() && preferred == Some(&self.id) {
                     g.raft.start_election();
                 }
                 g.raft.tick();
@@ -1210,6 +1275,7 @@ impl Node {
         if ticked {
             self.heartbeat_idle_peers();
             self.detect_failures();
+            self.run_placement();
             self.expire_requests();
             self.run_compactions();
         }
@@ -1496,6 +1562,9 @@ impl Node {
             let dirty = std::mem::take(&mut self.dirty);
             for p in dirty {
                 self.process_group(p);
+                if p == METADATA_GROUP {
+                    self.after_metadata_group();
+                }
                 if self.halted.is_some() {
                     return;
                 }
@@ -1834,6 +1903,9 @@ impl Node {
     /// batches. A peer with nothing queued gets an empty control batch (the
     /// node heartbeat).
     fn flush(&mut self) {
+        self.push_metadata();
+        self.flush_placement();
+        let gossip = self.gossip();
         let budget = self
             .cfg
             .max_batch_bytes
@@ -1885,6 +1957,8 @@ impl Node {
                         from: self.id,
                         to,
                         messages,
+                        gossip: gossip.clone(),
+                        placement: Vec::new(),
                     },
                 });
             }
