@@ -917,6 +917,26 @@ fn a_dead_nodes_replicas_are_re_created_under_write_load() {
     });
     let s = c.status(controller);
     assert_eq!(s["controller"]["moves"], serde_json::json!([]), "{s}");
+    let other = if controller == 1 { 2 } else { 1 };
+    let members = get(c.node(other).rest(), "/v1/cluster/members")
+        .expect("members")
+        .json();
+    let node4 = &members["members"].as_array().expect("members")[3];
+    assert_eq!(
+        (&node4["id"], &node4["state"]),
+        (&4.into(), &"removed".into()),
+        "{members}"
+    );
+    assert_eq!(members["controller"], controller, "{members}");
+    let moves = |id| {
+        get(c.node(id).rest(), "/v1/cluster/moves")
+            .expect("moves")
+            .json()
+    };
+    assert_eq!(moves(controller)["moves"], serde_json::json!([]));
+    let elsewhere = moves(other);
+    assert!(elsewhere["moves"].is_null(), "{elsewhere}");
+    assert_eq!(elsewhere["controller"], controller, "{elsewhere}");
     let metrics = get(c.node(controller).rest(), "/metrics")
         .expect("metrics")
         .text();

@@ -125,6 +125,18 @@ impl Node {
     fn adopt_metadata(&mut self, doc: ClusterMetadata, encoded: Bytes) {
         let version = doc.version;
         tracing::info!(version, members = doc.members.len(), "cluster metadata");
+        if let Some(me) = doc.members.get(&self.id)
+            && !me.state.is_live()
+        {
+            // Its replicas were (or are being) re-created elsewhere; the
+            // groups ignore it. Say so where an operator looks.
+            tracing::error!(
+                version,
+                "this node is {} in the cluster's member list: the cluster no longer counts its \
+                 replicas; stop it (its data directory cannot rejoin)",
+                me.state
+            );
+        }
         self.meta.doc = Some(doc);
         self.meta.encoded = encoded;
         self.meta.behind.clear();

@@ -5,6 +5,10 @@
 //!   `If-Match: "<rev>"` (or `*`) and `If-None-Match: *` make writes
 //!   conditional. `?consistency=linearizable|lease|stale` on reads.
 //! - `GET /v1/cluster/status`, `GET /v1/cluster/locate/{key}`.
+//! - `GET /v1/cluster/members`: every member with its state in the cluster
+//!   metadata, health and when it was last heard from; `GET
+//!   /v1/cluster/moves`: on the placement controller, the replica moves it
+//!   wants (elsewhere `moves` is null and `controller` says whom to ask).
 //! - `GET /healthz` (the node runs), `GET /readyz` (every partition it
 //!   replicates has a leader), `GET /metrics` (Prometheus text).
 //!
@@ -67,6 +71,8 @@ pub fn router(
         .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/locate/{*key}", get(locate))
+        .route("/v1/cluster/members", get(cluster_members))
+        .route("/v1/cluster/moves", get(cluster_moves))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -409,6 +415,52 @@ async fn cluster_status(State(s): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+fn null_if_zero(id: u64) -> serde_json::Value {
+    if id == 0 {
+        serde_json::Value::Null
+    } else {
+        json!(id)
+    }
+}
+
+async fn cluster_members(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let view = s.node.view();
+    let st = status_response(&view, &s.node, &s.handshake, &s.addrs);
+    Json(json!({
+        "answered_by": st.node_id,
+        "metadata_version": st.metadata_version,
+        "controller": null_if_zero(st.metadata_leader),
+        "members": st.nodes.iter().map(|n| json!({
+            "id": n.id, "grpc_addr": n.grpc_addr,
+            "state": if n.state.is_empty() { serde_json::Value::Null } else { json!(n.state) },
+            "health": n.health, "last_heard_seconds_ago": n.last_heard_seconds_ago,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn cluster_moves(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let view = s.node.view();
+    let st = status_response(&view, &s.node, &s.handshake, &s.addrs);
+    let moves = st.controller.then(|| {
+        st.moves
+            .iter()
+            .map(|m| {
+                json!({
+                    "partition": m.partition, "kind": m.kind,
+                    "from": (m.from != 0).then_some(m.from), "to": (m.to != 0).then_some(m.to),
+                    "reason": m.reason, "phase": m.phase,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    Json(json!({
+        "answered_by": st.node_id,
+        "controller": null_if_zero(st.metadata_leader),
+        "moves": moves,
+        "under_replicated": st.controller.then_some(&st.under_replicated),
+    }))
+}
+
 async fn locate(State(s): State<AppState>, Path(key): Path<String>) -> Json<serde_json::Value> {
     let l = locate_response(&s.node, key.as_bytes());
     Json(json!({
@@ -526,7 +578,7 @@ async fn not_a_route() -> Response {
     problem(
         404,
         "no_such_route",
-        "no such endpoint; see /v1/kv/{key}, /v1/cluster/status",
+        "no such endpoint; see /v1/kv/{key}, /v1/cluster/status, /v1/cluster/members, /v1/cluster/moves",
         json!({}),
     )
 }
