@@ -476,6 +476,11 @@ mod tests {
             ClusterMetadata::decode(&vec![0; MAX_DOCUMENT_BYTES + 1], 1),
             Err(DecodeError::TooLarge(MAX_DOCUMENT_BYTES + 1))
         );
+        // At the limit: judged on its contents (zeros are no document).
+        assert!(matches!(
+            ClusterMetadata::decode(&vec![0; MAX_DOCUMENT_BYTES], 1),
+            Err(DecodeError::Proto(_))
+        ));
     }
 
     #[test]
@@ -514,13 +519,13 @@ mod tests {
                 actual: Up
             })
         );
-        let err = d
-            .apply(&MetaChange::SetState {
-                node: n(1),
-                from: Up,
-                to: Removed,
-            })
-            .unwrap_err();
+        let up_to_removed = MetaChange::SetState {
+            node: n(1),
+            from: Up,
+            to: Removed,
+        };
+        assert_eq!(up_to_removed.to_string(), "n1: up -> removed");
+        let err = d.apply(&up_to_removed).unwrap_err();
         assert_eq!(err.to_string(), "n1 cannot go from up to removed");
         assert_eq!(
             d.apply(&MetaChange::SetState {
@@ -539,6 +544,7 @@ mod tests {
             address: "z:9".into(),
             incarnation: Incarnation(inc),
         };
+        assert_eq!(reg(5, 1).to_string(), "register n5 at z:9");
         let d = doc().apply(&reg(5, 1)).unwrap();
         assert_eq!(d.members[&n(5)].state, MemberState::Joining);
         // Again, same directory: idempotent (a retried join).

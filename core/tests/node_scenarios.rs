@@ -30,6 +30,8 @@ struct Cluster {
     /// one peer.
     max_batches_per_peer_per_flush: usize,
     quiet_events: bool,
+    /// Batches that carried a metadata document, since the last reset.
+    documents_pushed: u64,
 }
 
 impl Cluster {
@@ -60,6 +62,7 @@ impl Cluster {
             batches: BTreeMap::new(),
             max_batches_per_peer_per_flush: 0,
             quiet_events: false,
+            documents_pushed: 0,
         }
     }
 
@@ -97,6 +100,7 @@ impl Cluster {
                     "batch of {encoded} bytes exceeds its bound {bytes}"
                 );
                 let bulk = b.messages.iter().any(|gm| gm.message.body.is_bulk());
+                self.documents_pushed += u64::from(b.gossip.metadata.is_some());
                 assert_eq!(lane == Lane::Bulk, bulk, "lane {lane:?} of {b:?}");
                 *sent_to.entry((to, lane)).or_insert(0usize) += 1;
                 let e = self.batches.entry((b.from.0, to.0)).or_default();
@@ -1092,11 +1096,40 @@ fn the_metadata_document_reaches_every_node() {
         assert_eq!(n.metadata_leader(), Some(leader), "{}", n.id());
         assert!(!n.partitions().any(|p| p == METADATA_GROUP));
     }
-    // A node restarted without it (n4 keeps no copy) gets it again.
+    // Nodes that have the document are not sent it again.
+    c.documents_pushed = 0;
+    c.run_for(1000);
+    assert_eq!(
+        c.documents_pushed, 0,
+        "a document pushed to a node that has it"
+    );
+    // A node restarted without it (n4 keeps no copy) gets it again: each
+    // peer that sees it behind pushes it, again at most once per heartbeat
+    // interval until n4's own batches announce the version.
     c.restart(3);
     assert!(c.nodes[3].metadata().is_none());
     c.run_for(500);
     assert_eq!(c.nodes[3].metadata().map(|d| d.version), Some(version));
+    assert!(
+        (1..=6).contains(&c.documents_pushed),
+        "{}",
+        c.documents_pushed
+    );
+    // The metadata group's leader stops: n4, which hosts no replica of it,
+    // learns the new leader (a later term) from the others' batches.
+    let old = (leader.0 - 1) as usize;
+    c.down.insert(old);
+    c.run_for(5000);
+    let new = (0..3)
+        .filter(|&i| i != old)
+        .find(|&i| {
+            c.nodes[i]
+                .raft(METADATA_GROUP)
+                .is_some_and(|r| r.is_leader())
+        })
+        .map(|i| c.nodes[i].id())
+        .expect("a new leader of the metadata group");
+    assert_eq!(c.nodes[3].metadata_leader(), Some(new));
 }
 
 /// Every partition's group, as its leader has it, has exactly `voters`
