@@ -44,6 +44,13 @@ cd "$(dirname "$0")/.."
 #                  removal_settled, snapshot_adds), and a group's lifecycle
 #                  (Node::destroy_group, message_for_unhosted_group,
 #                  Recovered::is_fresh)
+#   cluster metadata and placement: the document's change rules
+#                  (ClusterMetadata::apply, MemberState::may_become), gossip
+#                  (Node::observe_gossip, after_metadata_group), the
+#                  controller's orders and its writes to the member list
+#                  (Node::handle_placement, propose_metadata_changes,
+#                  handle_drain), and the planner's make-before-break and
+#                  throttle (planner::plan, wanted_move, check_drain)
 functions='Raft::(maybe_commit|committed_in_term|handle_vote_request|tally|step|step_candidate|handle_append|on_persisted|take_ready|lease_valid|in_lease|lease_expires_at|quorum_acked_round|read|release_reads|tick_election|start_election|become_follower|send_timeout_now)'
 functions="${functions}|RaftConfig::lease_ticks"
 functions="${functions}|RaftLog::(commit_to|take_committed|is_up_to_date|maybe_append|match_term|term|on_persisted|take_unsaved)"
@@ -53,6 +60,9 @@ functions="${functions}|KvStore::apply_command|check_revisions|Precondition::hol
 functions="${functions}|Membership::(quorum_value|vote_result|has_quorum|apply)"
 functions="${functions}|Raft::(refresh_conf|conf_at|promotable|propose_conf_change|conf_duties|removal_settled|snapshot_adds)"
 functions="${functions}|Node::(destroy_group|message_for_unhosted_group)|Recovered::is_fresh"
+functions="${functions}|ClusterMetadata::apply|MemberState::may_become"
+functions="${functions}|Node::(observe_gossip|after_metadata_group|handle_placement|propose_metadata_changes|handle_drain)"
+functions="${functions}|plan|wanted_move|check_drain"
 
 functions="${MUTANTS_FUNCTIONS:-$functions}"
 
@@ -61,7 +71,9 @@ exec cargo mutants \
   --package ringkv-core --test-package ringkv-core \
   --profile mutants \
   --file core/src/raft/mod.rs --file core/src/raft/log.rs --file core/src/raft/progress.rs \
-  --file core/src/node.rs --file core/src/kv.rs --file core/src/raft/membership.rs \
+  --file core/src/node/mod.rs --file core/src/node/cluster.rs --file core/src/node/controller.rs \
+  --file core/src/kv.rs --file core/src/raft/membership.rs \
+  --file core/src/metadata.rs --file core/src/placement/planner.rs \
   --re "in (${functions})\$" \
   --timeout 240 --build-timeout 600 \
   --output target/mutants-out \
