@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 
 use super::{Event, Group, Halt, Node};
-use crate::io::{Gossip, Lane, PeerBatch, Transmit};
+use crate::io::{Gossip, Lane, PeerBatch, PlacementMessage, Transmit};
 use crate::kv::{Command, Precondition};
 use crate::metadata::{ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, metadata_voters};
 use crate::types::{NodeId, Time};
@@ -215,6 +215,10 @@ impl Node {
 
     /// Batches of their own that carry our document to peers behind it.
     pub(super) fn push_metadata(&mut self) {
+        // Every flush passes here; most find no peer behind.
+        if self.meta.behind.is_empty() {
+            return;
+        }
         let Some(doc) = &self.meta.doc else {
             return;
         };
@@ -240,26 +244,40 @@ impl Node {
                         .is_none_or(|&t| now.saturating_since(t) >= interval)
             })
             .collect();
+        let version = doc.version;
         for to in due {
             self.meta.pushed_at.insert(to, now);
-            self.stats.batches_sent += 1;
             let gossip = Gossip {
                 metadata: Some(self.meta.encoded.clone()),
-                metadata_version: doc.version,
+                metadata_version: version,
                 ..self.gossip()
             };
-            self.transmits.push_back(Transmit {
-                to,
-                lane: Lane::Control,
-                bytes: wire::PEER_BATCH_OVERHEAD_BYTES + wire::metadata_push_len_bound(&gossip),
-                batch: PeerBatch {
-                    from: self.id,
-                    to,
-                    messages: Vec::new(),
-                    gossip,
-                    placement: Vec::new(),
-                },
-            });
+            let bytes = wire::metadata_push_len_bound(&gossip);
+            self.send_node_batch(to, gossip, Vec::new(), bytes);
         }
+    }
+
+    /// A control batch of node-level content only (a pushed document,
+    /// placement messages): `bytes` bounds what it adds to an empty batch.
+    pub(super) fn send_node_batch(
+        &mut self,
+        to: NodeId,
+        gossip: Gossip,
+        placement: Vec<PlacementMessage>,
+        bytes: usize,
+    ) {
+        self.stats.batches_sent += 1;
+        self.transmits.push_back(Transmit {
+            to,
+            lane: Lane::Control,
+            bytes: wire::PEER_BATCH_OVERHEAD_BYTES + bytes,
+            batch: PeerBatch {
+                from: self.id,
+                to,
+                messages: Vec::new(),
+                gossip,
+                placement,
+            },
+        });
     }
 }

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::Node;
-use crate::io::{Lane, PeerBatch, PlacementMessage, Transmit};
+use crate::io::PlacementMessage;
 use crate::kv::{Command, Precondition};
 use crate::metadata::MemberState;
 use crate::metadata::{DOCUMENT_KEY, METADATA_GROUP, MetaChange};
@@ -296,16 +296,15 @@ impl Node {
     /// Returns once the change is proposed; the member list says when it
     /// is committed.
     pub fn handle_drain(&mut self, now: Time, node: NodeId) -> Result<(), DrainError> {
-        if self.halted.is_none() {
-            self.start(now);
+        let not_controller = DrainError::NotController {
+            this: self.id,
+            controller: self.metadata_leader().filter(|&l| l != self.id),
+        };
+        if self.halted.is_some() {
+            return Err(not_controller);
         }
-        let cluster = self
-            .observed_cluster()
-            .filter(|_| self.halted.is_none())
-            .ok_or(DrainError::NotController {
-                this: self.id,
-                controller: self.metadata_leader().filter(|&l| l != self.id),
-            })?;
+        self.start(now);
+        let cluster = self.observed_cluster().ok_or(not_controller)?;
         check_drain(&cluster, node)?;
         let metadata_voter = self
             .groups
@@ -386,31 +385,17 @@ impl Node {
             for m in messages {
                 let len = wire::placement_len_bound(&m);
                 if !batch.is_empty() && bytes + len > budget {
-                    self.send_placement_batch(to, std::mem::take(&mut batch), bytes);
+                    let gossip = self.gossip();
+                    self.send_node_batch(to, gossip, std::mem::take(&mut batch), bytes);
                     bytes = 0;
                 }
                 bytes += len;
                 batch.push(m);
             }
             if !batch.is_empty() {
-                self.send_placement_batch(to, batch, bytes);
+                let gossip = self.gossip();
+                self.send_node_batch(to, gossip, batch, bytes);
             }
         }
-    }
-
-    fn send_placement_batch(&mut self, to: NodeId, placement: Vec<PlacementMessage>, bytes: usize) {
-        self.stats.batches_sent += 1;
-        self.transmits.push_back(Transmit {
-            to,
-            lane: Lane::Control,
-            bytes: wire::PEER_BATCH_OVERHEAD_BYTES + bytes,
-            batch: PeerBatch {
-                from: self.id,
-                to,
-                messages: Vec::new(),
-                gossip: self.gossip(),
-                placement,
-            },
-        });
     }
 }

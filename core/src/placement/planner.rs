@@ -245,7 +245,7 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
 
     // Moves under way, and moves wanted (to start if the throttle allows).
     let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
-    let mut wanted: Vec<(MoveProgress, Option<&GroupReport>)> = Vec::new();
+    let mut wanted: Vec<(MoveProgress, Option<(&GroupReport, NodeId)>)> = Vec::new();
     let mut busy: BTreeSet<PartitionId> = BTreeSet::new();
     for p in ring.partitions() {
         let Some(report) = cluster.groups.get(&p) else {
@@ -283,7 +283,7 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
             reason,
             phase,
         };
-        wanted.push((progress, report.leader.map(|_| report)));
+        wanted.push((progress, report.leader.map(|leader| (report, leader))));
     }
 
     // Moves under way continue; new ones start by priority while every
@@ -297,7 +297,9 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
         .collect();
     for (progress, report) in &mut wanted {
         // A group without a leader can take no step (and holds no room).
-        let Some(report) = report else { continue };
+        let Some((report, leader)) = *report else {
+            continue;
+        };
         if progress.phase == Phase::Waiting {
             let nodes = touched(cluster, progress.mv);
             let room = progress.reason == Reason::Cleanup
@@ -314,7 +316,6 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
             }
             progress.phase = Phase::Starting;
         }
-        let leader = report.leader.expect("only reports with a leader are kept");
         match progress.mv.next_step(&report.membership) {
             Ok(MoveStep::Propose(change)) => {
                 let removes_leader = matches!(&change, ConfChange::EnterJoint { remove, .. } if remove.contains(&leader));
