@@ -32,6 +32,8 @@ struct Cluster {
     quiet_events: bool,
     /// Batches that carried a metadata document, since the last reset.
     documents_pushed: u64,
+    /// `Event::MetadataChanged` per node index, and the versions seen.
+    metadata_events: BTreeMap<usize, Vec<u64>>,
 }
 
 impl Cluster {
@@ -63,6 +65,7 @@ impl Cluster {
             max_batches_per_peer_per_flush: 0,
             quiet_events: false,
             documents_pushed: 0,
+            metadata_events: BTreeMap::new(),
         }
     }
 
@@ -147,6 +150,10 @@ impl Cluster {
                         self.now,
                         i + 1
                     )),
+                    Event::MetadataChanged { version } => {
+                        self.metadata_events.entry(i).or_default().push(version);
+                        None
+                    }
                     _ => None,
                 };
                 if let Some(l) = line
@@ -1096,6 +1103,14 @@ fn the_metadata_document_reaches_every_node() {
         assert_eq!(n.metadata_leader(), Some(leader), "{}", n.id());
         assert!(!n.partitions().any(|p| p == METADATA_GROUP));
     }
+    // Each node adopted each version once, in increasing order.
+    for (i, versions) in &c.metadata_events {
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "n{}: {versions:?}",
+            i + 1
+        );
+    }
     // Nodes that have the document are not sent it again.
     c.documents_pushed = 0;
     c.run_for(1000);
@@ -1252,4 +1267,72 @@ fn a_drained_node_is_removed_once_its_replicas_moved() {
     assert_eq!(state(&c), MemberState::Removed);
     assert_every_group_on(&c, 8, &[1, 2, 3]);
     assert!(c.nodes[3].partitions().next().is_none(), "n4 holds nothing");
+}
+
+/// Bad input from a peer: a pushed document that does not decode is
+/// dropped and counted, the node keeps its document; a placement order
+/// from a node that does not lead the metadata group is ignored.
+#[test]
+fn a_bad_document_and_an_order_from_a_non_controller_change_nothing() {
+    use ringkv_core::io::{Gossip, PlacementMessage};
+    use ringkv_core::metadata::METADATA_GROUP;
+    let mut c = Cluster::new(4, 4);
+    c.quiet_events = true;
+    c.run_for(3000);
+    let doc = c.nodes[3].metadata().cloned().expect("n4 has the document");
+    let dropped = c.nodes[3].stats().batches_dropped;
+    let now = c.now;
+    let garbage = PeerBatch {
+        from: NodeId(1),
+        to: NodeId(4),
+        messages: Vec::new(),
+        gossip: Gossip {
+            metadata_version: doc.version + 10,
+            metadata_leader: None,
+            metadata: Some(Bytes::from_static(&[0xff, 0xff, 0xff])),
+        },
+        placement: Vec::new(),
+    };
+    c.nodes[3].handle_message(now, garbage);
+    c.drain(3);
+    assert_eq!(c.nodes[3].stats().batches_dropped, dropped + 1);
+    assert_eq!(c.nodes[3].metadata(), Some(&doc));
+
+    // An order to hand over a partition's leadership, from a node that is
+    // not the controller: the leader keeps it.
+    let controller = c.nodes[0].metadata_leader().expect("a controller");
+    let (&p, &leader) = c.leaders().iter().next().expect("a leader");
+    let li = (leader.0 - 1) as usize;
+    let sender = (1..=4)
+        .map(NodeId)
+        .find(|&n| n != controller && n != leader)
+        .expect("a third node");
+    let to = c.nodes[li]
+        .raft(p)
+        .unwrap()
+        .membership()
+        .voters
+        .iter()
+        .copied()
+        .find(|&v| v != leader)
+        .expect("another voter");
+    let order = PeerBatch {
+        from: sender,
+        to: leader,
+        messages: Vec::new(),
+        gossip: Gossip::default(),
+        placement: vec![PlacementMessage::TransferLeader { partition: p, to }],
+    };
+    let now = c.now;
+    c.nodes[li].handle_message(now, order);
+    let raft = c.nodes[li].raft(p).unwrap();
+    assert_eq!(
+        (raft.is_leader(), raft.transferee()),
+        (true, None),
+        "an order from {sender} was obeyed"
+    );
+    c.drain(li);
+    c.run_for(200);
+    assert_eq!(c.leaders()[&p], leader);
+    assert_ne!(p, METADATA_GROUP);
 }

@@ -215,13 +215,11 @@ impl Node {
 
     /// Batches of their own that carry our document to peers behind it.
     pub(super) fn push_metadata(&mut self) {
-        // Every flush passes here; most find no peer behind.
+        // Every flush passes here; most find no peer behind. (A peer is
+        // behind only a node that has a document.)
         if self.meta.behind.is_empty() {
             return;
         }
-        let Some(doc) = &self.meta.doc else {
-            return;
-        };
         let interval = self.cfg.peer_heartbeat_interval();
         let now = self.now;
         // The group's replicas get each document from the group itself.
@@ -244,12 +242,10 @@ impl Node {
                         .is_none_or(|&t| now.saturating_since(t) >= interval)
             })
             .collect();
-        let version = doc.version;
         for to in due {
             self.meta.pushed_at.insert(to, now);
             let gossip = Gossip {
                 metadata: Some(self.meta.encoded.clone()),
-                metadata_version: version,
                 ..self.gossip()
             };
             let bytes = wire::metadata_push_len_bound(&gossip);
