@@ -1259,6 +1259,12 @@ fn a_drained_node_is_removed_once_its_replicas_moved() {
         Err(DrainError::MetadataReplica(NodeId(2)))
     );
     assert_eq!(c.nodes[controller].handle_drain(now, NodeId(4)), Ok(()));
+    // Asked again before that change committed: one change of the member
+    // list at a time.
+    assert_eq!(
+        c.nodes[controller].handle_drain(now, NodeId(4)),
+        Err(DrainError::Busy)
+    );
     c.drain(controller);
     c.run_for(300);
     let state = |c: &Cluster| c.nodes[0].metadata().unwrap().members[&NodeId(4)].state;
