@@ -33,7 +33,7 @@
 //!
 //! **Priority and throttle.** Moves start in order of [`Reason`]: groups
 //! with fewer healthy voters than the desired ring gives them, then groups
-//! that hold a draining member, then balance moves; by partition within a
+//! whose voter leaves (draining, dead or gone), then balance moves; by partition within a
 //! reason. At most [`PlannerConfig::max_moves_per_node`] moves under way
 //! touch any one live node (as the node receiving the new replica or the
 //! one losing it); moves under way always continue, new ones wait their
@@ -145,8 +145,11 @@ impl Cluster {
 pub enum Reason {
     /// The group has fewer healthy voters than the desired ring gives it.
     UnderReplicated,
-    /// A voter of the group is draining.
-    Drain,
+    /// A voter of the group is leaving the cluster: its member is
+    /// draining, dead or gone. (Without it, a group larger than the ring
+    /// wants because a member died would keep the dead voter whenever
+    /// rebalancing is off.)
+    Leaving,
     /// The ring places the group elsewhere (a join, mostly).
     Rebalance,
     /// A learner the desired ring does not want (a move abandoned when its
@@ -451,9 +454,9 @@ fn reason_of(cluster: &Cluster, mv: ReplicaMove, under_replicated: bool) -> Reas
     match mv {
         _ if under_replicated => Reason::UnderReplicated,
         ReplicaMove::Replace { from, .. } | ReplicaMove::Remove { from }
-            if cluster.state(from) == Some(MemberState::Draining) =>
+            if !cluster.state(from).is_some_and(MemberState::is_placed) =>
         {
-            Reason::Drain
+            Reason::Leaving
         }
         _ => Reason::Rebalance,
     }

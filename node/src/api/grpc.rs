@@ -116,7 +116,7 @@ fn move_status(m: &MoveProgress) -> pb::MoveStatus {
         to,
         reason: match m.reason {
             Reason::UnderReplicated => "under-replicated",
-            Reason::Drain => "drain",
+            Reason::Leaving => "leaving",
             Reason::Rebalance => "rebalance",
             Reason::Cleanup => "cleanup",
         }

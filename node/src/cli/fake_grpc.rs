@@ -99,7 +99,7 @@ pub(crate) fn sample_status() -> StatusResponse {
                 kind: "replace".into(),
                 from: 3,
                 to: 4,
-                reason: "drain".into(),
+                reason: "leaving".into(),
                 phase: "catching-up".into(),
             },
             ringkv_proto::v1::MoveStatus {
@@ -107,7 +107,7 @@ pub(crate) fn sample_status() -> StatusResponse {
                 kind: "replace".into(),
                 from: 3,
                 to: 4,
-                reason: "drain".into(),
+                reason: "leaving".into(),
                 phase: "waiting".into(),
             },
         ],

@@ -639,3 +639,31 @@ fn without_rebalance_an_operators_move_is_left_alone() {
         "{p:?}"
     );
 }
+
+#[test]
+fn without_rebalance_a_dead_member_still_leaves_a_group_larger_than_wanted() {
+    // 3 nodes, rf 3: once n3 is dead the ring over the 2 others gives each
+    // group 2 voters, and the dead one must go (else n3 is never removed).
+    let mut c = settled(4, &[1, 2, 3]);
+    c.members.insert(n(3), MemberState::Dead);
+    c.down_for.insert(n(3), Duration::from_secs(60));
+    let cfg = PlannerConfig {
+        rebalance: false,
+        ..PlannerConfig::default()
+    };
+    let p = plan(&c, &cfg).unwrap();
+    assert_eq!(p.moves.len(), 4, "{p:?}");
+    for m in &p.moves {
+        assert_eq!(m.mv, ReplicaMove::Remove { from: n(3) });
+        assert_eq!(m.reason, Reason::Leaving);
+    }
+    let mut m = Model::new(8, &[1, 2, 3], 5);
+    m.cfg.rebalance = false;
+    m.down_since.insert(n(3), 0);
+    for _ in 0..m.cfg.dead_after.as_secs() {
+        m.round();
+    }
+    m.settle(200);
+    m.assert_converged();
+    assert_eq!(m.c.members[&n(3)], MemberState::Removed);
+}
