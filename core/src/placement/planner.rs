@@ -289,9 +289,9 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
         wanted.push((progress, report.leader.map(|leader| (report, leader))));
     }
 
-    // Moves under way continue; new ones start by priority while every
-    // node they touch has room.
-    wanted.sort_by_key(|(m, _)| (m.phase == Phase::Waiting, m.reason, m.partition));
+    // Moves under way continue (their room was counted above); new ones
+    // start by priority while every node they touch has room.
+    wanted.sort_by_key(|(m, _)| (m.reason, m.partition));
     let mut transfers_left = cfg.max_leader_transfers;
     let mut leaders: BTreeMap<PartitionId, NodeId> = cluster
         .groups

@@ -667,3 +667,36 @@ fn without_rebalance_a_dead_member_still_leaves_a_group_larger_than_wanted() {
     m.assert_converged();
     assert_eq!(m.c.members[&n(3)], MemberState::Removed);
 }
+
+#[test]
+fn leader_transfers_per_plan_are_capped() {
+    // Two groups whose next step removes their leader n3 (draining; n4's
+    // learner is ready): with room for one transfer, one is asked.
+    let mut c = settled(2, &[1, 2, 3]);
+    for g in c.groups.values_mut() {
+        g.leader = Some(n(3));
+        g.membership = g.membership.apply(&ConfChange::AddLearner(n(4))).unwrap();
+    }
+    c.members.insert(n(4), MemberState::Up);
+    c.members.insert(n(3), MemberState::Draining);
+    let cfg = PlannerConfig {
+        max_leader_transfers: 1,
+        ..PlannerConfig::default()
+    };
+    let p = plan(&c, &cfg).unwrap();
+    let transfers = p
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::TransferLeader {
+                    reason: TransferReason::LeaderRemoved,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(transfers, 1, "{:?}", p.actions);
+    assert_eq!(plan_of(&c).actions.len(), 2, "room for both by default");
+}
