@@ -700,3 +700,30 @@ fn leader_transfers_per_plan_are_capped() {
     assert_eq!(transfers, 1, "{:?}", p.actions);
     assert_eq!(plan_of(&c).actions.len(), 2, "room for both by default");
 }
+
+#[test]
+fn a_joint_change_under_way_is_reported_as_the_move_it_is() {
+    let mut c = settled(1, &[1, 2, 3]);
+    c.members.insert(n(4), MemberState::Up);
+    c.members.insert(n(3), MemberState::Draining);
+    let g = c.groups.get_mut(&PartitionId(0)).unwrap();
+    g.leader = Some(n(1));
+    g.membership = Membership::from_parts([n(1), n(2), n(4)], [n(1), n(2), n(3)], []);
+    let p = plan_of(&c);
+    assert_eq!(
+        p.moves,
+        [MoveProgress {
+            partition: PartitionId(0),
+            mv: ReplicaMove::Replace {
+                from: n(3),
+                to: n(4)
+            },
+            reason: Reason::Leaving,
+            phase: Phase::Joint,
+        }]
+    );
+    assert!(
+        p.actions.is_empty(),
+        "the leader leaves the joint change by itself"
+    );
+}
