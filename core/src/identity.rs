@@ -301,8 +301,9 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-/// The checks that need no cluster record: the settings that must agree.
-fn check_settings(me: &Identity, peer: &Identity) -> Result<(), Refusal> {
+/// The checks that need no cluster record: the settings that must agree
+/// (also what a member checks of a node that asks to join).
+pub fn check_settings(me: &Identity, peer: &Identity) -> Result<(), Refusal> {
     let id = peer.node;
     if peer.format_version != me.format_version {
         return Err(Refusal::FormatVersion {

@@ -211,6 +211,17 @@ impl Cluster {
         self.drain(i);
     }
 
+    /// The index of the node that leads the metadata group (the
+    /// placement controller), if one does.
+    fn controller(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| {
+            !self.down.contains(&i)
+                && self.nodes[i]
+                    .raft(ringkv_core::metadata::METADATA_GROUP)
+                    .is_some_and(|r| r.is_leader())
+        })
+    }
+
     fn leaders(&self) -> BTreeMap<PartitionId, NodeId> {
         let mut m = BTreeMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -1083,12 +1094,8 @@ fn the_metadata_document_reaches_every_node() {
         c.nodes[3].raft(METADATA_GROUP).is_none(),
         "n4 is not a replica"
     );
-    let leader = (0..3)
-        .find(|&i| {
-            c.nodes[i]
-                .raft(METADATA_GROUP)
-                .is_some_and(|r| r.is_leader())
-        })
+    let leader = c
+        .controller()
         .map(|i| c.nodes[i].id())
         .expect("the metadata group has a leader");
     let version = c.nodes[0].metadata().expect("a document").version;
@@ -1233,18 +1240,12 @@ fn a_dead_nodes_replicas_are_re_created_on_the_others() {
 /// replicas move to the others, and it is removed.
 #[test]
 fn a_drained_node_is_removed_once_its_replicas_moved() {
-    use ringkv_core::metadata::{METADATA_GROUP, MemberState};
+    use ringkv_core::metadata::MemberState;
     use ringkv_core::node::DrainError;
     let mut c = Cluster::new(4, 8);
     c.quiet_events = true;
     c.run_for(2000);
-    let controller = (0..4)
-        .find(|&i| {
-            c.nodes[i]
-                .raft(METADATA_GROUP)
-                .is_some_and(|r| r.is_leader())
-        })
-        .expect("a controller");
+    let controller = c.controller().expect("a controller");
     let other = (controller + 1) % 3;
     let now = c.now;
     assert_eq!(
@@ -1341,4 +1342,120 @@ fn a_bad_document_and_an_order_from_a_non_controller_change_nothing() {
     c.run_for(200);
     assert_eq!(c.leaders()[&p], leader);
     assert_ne!(p, METADATA_GROUP);
+}
+
+/// A node joins a formed cluster the way `ringkv server --join` makes it:
+/// it starts with no group (it founded nothing) and registers with the
+/// controller. The member list gets it (`joining`, then `up` once heard
+/// from), every node takes it as a peer, and with rebalancing on it is
+/// given the replicas the ring over four members places on it (make before
+/// break: no group ever has fewer than three voters) and its share of
+/// leaders. A second data directory under its id is refused.
+#[test]
+fn a_node_that_registers_joins_and_takes_its_share() {
+    use ringkv_core::identity::Incarnation;
+    use ringkv_core::metadata::{METADATA_GROUP, MemberState, MetaError};
+    use ringkv_core::node::{RegisterError, Registration};
+    use ringkv_core::ring::Ring;
+    const PARTITIONS: u32 = 16;
+    let ring = RingConfig {
+        partition_count: PARTITIONS,
+        replication_factor: 3,
+        tokens_per_node: 64,
+    };
+    let mut c = Cluster::with_config(3, PARTITIONS, |cfg| cfg.placement.rebalance = true);
+    c.quiet_events = true;
+    c.run_for(3000);
+    let controller = c.controller().expect("a controller");
+
+    let mut cfg = NodeConfig::new(NodeId(4), (1..=4).map(NodeId).collect());
+    cfg.founding = false;
+    cfg.ring = ring;
+    cfg.placement.rebalance = true;
+    c.nodes
+        .push(Node::new(cfg, 4, Recovered::default()).expect("start"));
+    c.disks.push(Vec::new());
+    assert_eq!(
+        c.nodes[3].partitions().count(),
+        0,
+        "a joining node founds no group"
+    );
+    assert!(c.nodes[3].raft(METADATA_GROUP).is_none());
+
+    let (now, inc) = (c.now, Incarnation(0x44));
+    let other = (controller + 1) % 3;
+    assert_eq!(
+        c.nodes[other].handle_register(now, NodeId(4), "n4:9094".into(), inc),
+        Err(RegisterError::NotController {
+            this: c.nodes[other].id(),
+            controller: Some(c.nodes[controller].id()),
+        })
+    );
+    assert_eq!(
+        c.nodes[controller].handle_register(now, NodeId(4), "n4:9094".into(), inc),
+        Ok(Registration::Proposed)
+    );
+    c.drain(controller);
+    c.run_for(300);
+    let now = c.now;
+    let Ok(Registration::Member(doc)) =
+        c.nodes[controller].handle_register(now, NodeId(4), "n4:9094".into(), inc)
+    else {
+        panic!("n4 is registered once its change committed");
+    };
+    let n4 = &doc.members[&NodeId(4)];
+    assert_eq!(
+        (n4.incarnation, n4.address.as_str()),
+        (Some(inc), "n4:9094")
+    );
+    assert_eq!(
+        c.nodes[controller].handle_register(now, NodeId(4), "n4:9094".into(), Incarnation(0x45)),
+        Err(RegisterError::Refused(MetaError::OtherIncarnation {
+            node: NodeId(4),
+            known: inc,
+            offered: Incarnation(0x45),
+        }))
+    );
+
+    // Every 100 ms: no group below three voters while replicas move.
+    for _ in 0..300 {
+        c.run_for(100);
+        for (p, l) in c.leaders() {
+            let m = c.nodes[(l.0 - 1) as usize]
+                .raft(p)
+                .unwrap()
+                .membership()
+                .clone();
+            let outgoing_ok = m.voters.len() >= 3;
+            assert!(outgoing_ok, "{p} has {m:?}");
+        }
+    }
+    let state = |c: &Cluster, i: usize| c.nodes[i].metadata().unwrap().members[&NodeId(4)].state;
+    for i in 0..4 {
+        assert_eq!(state(&c, i), MemberState::Up, "as n{} sees it", i + 1);
+    }
+    let desired = Ring::new(ring, (1..=4).map(NodeId)).expect("ring");
+    let before = Ring::new(ring, (1..=3).map(NodeId)).expect("ring");
+    let mut moved = 0;
+    for p in (0..PARTITIONS).map(PartitionId) {
+        let leader = c.leaders()[&p];
+        let m = c.nodes[(leader.0 - 1) as usize]
+            .raft(p)
+            .unwrap()
+            .membership()
+            .clone();
+        let mut want = desired.replicas(p).to_vec();
+        want.sort_unstable();
+        assert_eq!(m.voters, want, "{p}");
+        assert!(m.learners.is_empty() && !m.is_joint(), "{p}: {m:?}");
+        moved += usize::from(!before.replicas(p).contains(&NodeId(4)) && want.contains(&NodeId(4)));
+    }
+    let held = c.nodes[3].partitions().count();
+    assert_eq!(held, moved, "n4 holds what the ring gives it");
+    assert!(held > 0);
+    let led = leaders_per_node(&c);
+    assert!(
+        led.get(&NodeId(4)).copied().unwrap_or(0) >= 2,
+        "n4 leads its share: {led:?}"
+    );
 }

@@ -54,13 +54,27 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServerArgs {
-    /// This node's id (a positive integer, one of --peers).
+    /// This node's id (a positive integer: one of --peers, or, with --join, an id no member has had).
     #[arg(long, env = "RINGKV_NODE_ID")]
     id: u64,
-    /// Every member with its gRPC address: 1=127.0.0.1:9091,2=127.0.0.1:9092,...
-    #[arg(long, env = "RINGKV_PEERS")]
-    peers: String,
-    /// Where gRPC (client API and peer traffic) listens. Defaults to this node's address in --peers.
+    /// The founding members with their gRPC addresses: 1=127.0.0.1:9091,2=127.0.0.1:9092,...
+    #[arg(
+        long,
+        env = "RINGKV_PEERS",
+        required_unless_present = "join",
+        conflicts_with = "join"
+    )]
+    peers: Option<String>,
+    /// Join a running cluster through any of its members (gRPC HOST:PORT, comma-separated).
+    /// Used when the data directory is in no cluster yet; later starts ignore it.
+    #[arg(long, env = "RINGKV_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// The gRPC HOST:PORT other members dial to reach this node, registered when it joins.
+    /// Defaults to --grpc-listen.
+    #[arg(long, env = "RINGKV_ADVERTISE")]
+    advertise: Option<String>,
+    /// Where gRPC (client API and peer traffic) listens. Defaults to this node's address in
+    /// --peers; required with --join.
     #[arg(long, env = "RINGKV_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
     /// Where the REST API listens.
@@ -107,6 +121,11 @@ struct ClusterArgs {
     /// before it is marked dead and its replicas are re-created elsewhere.
     #[arg(long, env = "RINGKV_DEAD_AFTER", default_value_t = defaults::DEAD_AFTER_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     dead_after: u64,
+    /// Move healthy partitions toward the ring over the up members (a joined node gets its
+    /// share; a manual move-replica is undone). false: only dead and draining members'
+    /// replicas move.
+    #[arg(long, env = "RINGKV_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    rebalance: bool,
 }
 
 impl ClusterArgs {
@@ -119,6 +138,7 @@ impl ClusterArgs {
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
         c.snapshot_entries = self.snapshot_entries;
         c.dead_after = Duration::from_secs(self.dead_after);
+        c.rebalance = self.rebalance;
     }
 }
 
@@ -218,16 +238,29 @@ fn process_seed(id: u64) -> u64 {
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(&args.log);
-    let peers = parse_peers(&args.peers).context("--peers")?;
     let id = NodeId(args.id);
-    let Some(&own_addr) = peers.get(&id) else {
-        anyhow::bail!("--id {} is not in --peers ({})", args.id, args.peers);
+    let (peers, grpc_listen) = match &args.peers {
+        Some(list) => {
+            let peers = parse_peers(list).context("--peers")?;
+            let Some(&own_addr) = peers.get(&id) else {
+                anyhow::bail!("--id {} is not in --peers ({list})", args.id);
+            };
+            (peers, args.grpc_listen.unwrap_or(own_addr))
+        }
+        None => {
+            let Some(listen) = args.grpc_listen else {
+                anyhow::bail!("--join needs --grpc-listen (where this node's gRPC listens)");
+            };
+            ([(id, listen)].into_iter().collect(), listen)
+        }
     };
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| PathBuf::from(format!("ringkv-data/node-{}", args.id)));
-    let mut config = ServerConfig::new(id, peers, args.grpc_listen.unwrap_or(own_addr), data_dir);
+    let mut config = ServerConfig::new(id, peers, grpc_listen, data_dir);
     args.cluster.apply(&mut config);
+    config.join = args.join;
+    config.advertise = args.advertise;
     config.rest_listen = (!args.no_rest).then_some(args.rest_listen);
     let mut server = Server::start(
         config,

@@ -14,8 +14,9 @@ use ringkv_core::ring::RingConfig;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub node_id: NodeId,
-    /// Every member (this node included) and its gRPC address, which peers
-    /// and clients dial.
+    /// Every founding member (this node included) and its gRPC address,
+    /// which peers and clients dial. A node that joins (`join`) lists only
+    /// itself: it learns the members when it joins.
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// Where this node's gRPC server listens (client API and peer transport).
     pub grpc_listen: SocketAddr,
@@ -36,6 +37,18 @@ pub struct ServerConfig {
     pub snapshot_entries: u64,
     /// How long a node must be unreachable before it is marked dead.
     pub dead_after: Duration,
+    /// Members (`host:port` of their gRPC) to join through, for a node
+    /// whose data directory is in no cluster yet (`--join`). Empty: form
+    /// the cluster with `peers` instead.
+    pub join: Vec<String>,
+    /// The gRPC address other members dial, as this node registers it when
+    /// it joins (`--advertise`); by default `grpc_listen`.
+    pub advertise: Option<String>,
+    /// Whether the placement controller, where this node runs it, moves
+    /// healthy groups toward the ring over the `up` members (a joined node
+    /// gets its share; an operator's `move-replica` is undone). Dead and
+    /// draining members' replicas move either way.
+    pub rebalance: bool,
     /// Simulation only: the harness's hook that drops, duplicates or delays
     /// outgoing peer batches (see [`crate::transport::faults`]). The field
     /// does not exist outside `cfg(madsim)`.
@@ -90,6 +103,9 @@ impl ServerConfig {
             tick_interval: core.tick_interval,
             snapshot_entries: defaults::SNAPSHOT_ENTRIES,
             dead_after: core.placement.dead_after,
+            join: Vec::new(),
+            advertise: None,
+            rebalance: true,
             #[cfg(madsim)]
             peer_faults: None,
             #[cfg(madsim)]
@@ -118,6 +134,7 @@ impl ServerConfig {
         c.tick_interval = self.tick_interval;
         c.snapshot_threshold = self.snapshot_entries;
         c.placement.dead_after = self.dead_after;
+        c.placement.rebalance = self.rebalance;
         #[cfg(madsim)]
         {
             c.observe = self.observer.is_some();

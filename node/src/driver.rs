@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ringkv_core::io::{IoId, IoRequest};
-use ringkv_core::node::{ClientRequest, Event, Node, NodeStats, Reply, RequestId};
+use ringkv_core::node::{
+    ClientRequest, Event, Node, NodeStats, RegisterError, Registration, Reply, RequestId,
+};
 use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId, Time};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,7 +28,8 @@ use crate::clock::Clock;
 use crate::disk::run_blocking;
 #[cfg(madsim)]
 use crate::handle::Observer;
-use crate::handle::{ClientResult, Input, NodeHandle, PartitionDigest};
+use crate::handle::{ClientResult, Input, JoinAnswer, NodeHandle, PartitionDigest};
+use crate::members::MemberSync;
 use crate::storage::{Storage, StorageStats};
 use crate::transport::{Forwarder, PeerSenders};
 use crate::view::{ClusterView, build_view};
@@ -44,6 +47,8 @@ const VIEW_INTERVAL: Duration = Duration::from_millis(200);
 pub struct DriverIo {
     pub peers: PeerSenders,
     pub forwarder: Forwarder,
+    /// Carries the member list into the transport and `cluster.toml`.
+    pub members: MemberSync,
     /// Simulation only: where the core's observations go (see
     /// `ServerConfig::observer`).
     #[cfg(madsim)]
@@ -214,6 +219,34 @@ impl Driver {
                 }
                 let _ = reply.send(result);
             }
+            Input::Register {
+                node,
+                address,
+                incarnation,
+                reply,
+            } => {
+                let result = self.node.handle_register(now, node, address, incarnation);
+                match &result {
+                    Err(e) => tracing::info!(%node, "join not taken: {e}"),
+                    Ok(Registration::Proposed) => tracing::info!(%node, "registering a new member"),
+                    Ok(Registration::Member(_)) => {}
+                }
+                let controller_address = match &result {
+                    Err(RegisterError::NotController {
+                        controller: Some(c),
+                        ..
+                    }) => self
+                        .node
+                        .metadata()
+                        .and_then(|d| d.members.get(c))
+                        .map(|m| m.address.clone()),
+                    _ => None,
+                };
+                let _ = reply.send(JoinAnswer {
+                    result,
+                    controller_address,
+                });
+            }
             Input::Digests(reply) => {
                 let digests = self
                     .node
@@ -280,6 +313,9 @@ impl Driver {
                 (observer.0)(o);
             }
             log_event(&event);
+            if let Event::MetadataChanged { .. } = event {
+                self.follow_members();
+            }
         }
         if let Some(halt) = self.node.halted() {
             return Err(format!("the core stopped this node: {halt}"));
@@ -291,6 +327,20 @@ impl Driver {
             self.view_tx.send_replace(Arc::new(view));
         }
         Ok(())
+    }
+
+    /// New members in the adopted document: admitted, connected, recorded.
+    fn follow_members(&mut self) {
+        let Some(doc) = self.node.metadata() else {
+            return;
+        };
+        let peers = &self.io.peers;
+        let new = self.io.members.follow(doc, |id| peers.has_peer(id));
+        for (id, addr) in new {
+            tracing::info!(peer = %id, %addr, "connecting to a new member");
+            self.io.peers.add_peer(id, addr);
+            self.io.forwarder.add_peer(id, addr);
+        }
     }
 
     fn forward(&mut self, p: Pending, to: NodeId, partition: PartitionId, hops: Hops) {

@@ -10,9 +10,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ringkv_core::identity::Incarnation;
 use ringkv_core::io::{IoId, PeerBatch};
 use ringkv_core::node::{
-    ClientError, ClientRequest, ClientResponse, ConfChangeRefused, DrainError,
+    ClientError, ClientRequest, ClientResponse, ConfChangeRefused, DrainError, RegisterError,
+    Registration,
 };
 use ringkv_core::raft::ConfChange;
 use ringkv_core::ring::Ring;
@@ -53,6 +55,21 @@ pub enum Input {
         node: NodeId,
         reply: oneshot::Sender<Result<(), DrainError>>,
     },
+    /// A node asks to join the cluster (`Peer.Join`).
+    Register {
+        node: NodeId,
+        address: String,
+        incarnation: Incarnation,
+        reply: oneshot::Sender<JoinAnswer>,
+    },
+}
+
+/// The core's answer to [`Input::Register`], with the controller's address
+/// when the answer is "ask the controller".
+#[derive(Debug)]
+pub struct JoinAnswer {
+    pub result: Result<Registration, RegisterError>,
+    pub controller_address: Option<String>,
 }
 
 /// A replica's state machine in one number, to compare replicas: equal
@@ -151,6 +168,39 @@ impl NodeHandle {
             .await
             .map_err(|_| stopping())?;
         rx.await.map_err(|_| stopping())?
+    }
+
+    /// Asks the core to register `node` as a member (see
+    /// `Node::handle_register`).
+    pub async fn register(
+        &self,
+        node: NodeId,
+        address: String,
+        incarnation: Incarnation,
+    ) -> JoinAnswer {
+        let this = self.view.borrow().node_id;
+        let stopping = || JoinAnswer {
+            result: Err(RegisterError::NotController {
+                this,
+                controller: None,
+            }),
+            controller_address: None,
+        };
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Input::Register {
+                node,
+                address,
+                incarnation,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return stopping();
+        }
+        rx.await.unwrap_or_else(|_| stopping())
     }
 
     /// The latest published view of the cluster.

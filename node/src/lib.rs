@@ -23,6 +23,7 @@ pub mod config;
 pub mod disk;
 pub mod driver;
 pub mod handle;
+pub mod members;
 pub mod server;
 pub mod storage;
 pub mod transport;

@@ -20,7 +20,8 @@ use crate::config::ServerConfig;
 use crate::disk::Disk;
 use crate::driver::{Driver, DriverIo};
 use crate::handle::NodeHandle;
-use crate::storage::{FORMAT_VERSION, NodeMeta, Storage, StorageOptions};
+use crate::members::MemberSync;
+use crate::storage::{ClusterFile, FORMAT_VERSION, NodeMeta, Storage, StorageOptions};
 use crate::transport::{
     Forwarder, Handshake, PeerSenders, PeerService, TransportLimits, TransportStats,
 };
@@ -75,11 +76,6 @@ impl Server {
                 config.data_dir.display()
             )
         })?;
-        let node = Node::new(config.node_config(), seed, recovered)
-            .context("cannot start the node's core")?;
-        // Frame limits follow from the core's batch and value limits; the
-        // idle timeout from its heartbeat interval (see `transport`).
-        let limits = TransportLimits::for_node(node.config());
         let identity = Identity {
             node: config.node_id,
             incarnation: storage.incarnation(),
@@ -88,27 +84,104 @@ impl Server {
             replication_factor: config.replication_factor,
             format_version: FORMAT_VERSION,
         };
+        let mut cluster_file = storage.cluster_file().cloned();
+        if cluster_file.is_none() && !config.join.is_empty() {
+            anyhow::ensure!(
+                recovered.is_fresh(),
+                "{} holds data but no cluster record: --join needs an empty data directory",
+                config.data_dir.display()
+            );
+            let address = config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| config.grpc_listen.to_string());
+            crate::transport::join::check_address(&address)
+                .map_err(|why| anyhow::anyhow!("cannot join: {why}"))?;
+            tracing::info!(node = %config.node_id, %address, through = ?config.join, "joining the cluster");
+            let joined = crate::transport::join::join_cluster(
+                &identity,
+                &address,
+                &config.join,
+                clock.clone(),
+            )
+            .await?;
+            let file = ClusterFile {
+                record: joined.record,
+                joined: true,
+                addresses: joined.addresses,
+            };
+            let (disk, dir, saved) = (
+                formation_disk.clone(),
+                config.data_dir.clone(),
+                file.clone(),
+            );
+            crate::disk::run_blocking(move || {
+                crate::storage::save_cluster_record(disk.as_ref(), &dir, &saved)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster record task failed: {e}"))?
+            .context("cannot record the cluster joined")?;
+            cluster_file = Some(file);
+        }
+        // The members this node knows beyond its `--peers`: the ones the
+        // cluster record names (they joined), at the addresses it keeps.
+        let mut peers = config.peers.clone();
+        let mut node_config = config.node_config();
+        if let Some(file) = &cluster_file {
+            for (&id, address) in &file.addresses {
+                if id == config.node_id || peers.contains_key(&id) {
+                    continue;
+                }
+                match crate::transport::join::resolve(address) {
+                    Ok(addr) => {
+                        peers.insert(id, addr);
+                    }
+                    Err(why) => tracing::warn!(peer = %id, "member {id}'s address: {why}"),
+                }
+            }
+            let recorded: Vec<_> = file.record.members.keys().copied().collect();
+            if file.joined {
+                node_config.founding = false;
+                node_config.members = recorded;
+            } else {
+                node_config.known_members = recorded
+                    .into_iter()
+                    .filter(|m| !config.peers.contains_key(m))
+                    .collect();
+            }
+        }
+        let node =
+            Node::new(node_config, seed, recovered).context("cannot start the node's core")?;
+        // Frame limits follow from the core's batch and value limits; the
+        // idle timeout from its heartbeat interval (see `transport`).
+        let limits = TransportLimits::for_node(node.config());
         let handshake = Arc::new(Handshake::new(
             identity,
             config.peers.keys().copied().collect(),
-            storage.cluster_record().cloned(),
+            cluster_file.as_ref().map(|f| f.record.clone()),
             clock.clone(),
         ));
+        let members = MemberSync::start(
+            handshake.clone(),
+            cluster_file.as_ref(),
+            formation_disk.clone(),
+            config.data_dir.clone(),
+        );
 
         let stats = Arc::new(TransportStats::default());
         #[cfg(not(madsim))]
-        let peers = PeerSenders::start(
+        let senders = PeerSenders::start(
             handshake.clone(),
-            &config.peers,
+            &peers,
             clock.clone(),
             stats.clone(),
             limits,
         );
         #[cfg(madsim)]
-        let peers = match &config.peer_faults {
+        let senders = match &config.peer_faults {
             Some(hook) => PeerSenders::start_with_faults(
                 handshake.clone(),
-                &config.peers,
+                &peers,
                 clock.clone(),
                 stats.clone(),
                 limits,
@@ -116,7 +189,7 @@ impl Server {
             ),
             None => PeerSenders::start(
                 handshake.clone(),
-                &config.peers,
+                &peers,
                 clock.clone(),
                 stats.clone(),
                 limits,
@@ -127,14 +200,15 @@ impl Server {
         let forward_timeout = config.request_timeout + config.request_timeout / 5;
         let forwarder = Forwarder::new(
             handshake.clone(),
-            &config.peers,
+            &peers,
             forward_timeout,
             stats.clone(),
             limits,
         );
         let io = DriverIo {
-            peers,
+            peers: senders,
             forwarder,
+            members,
             #[cfg(madsim)]
             observer: config.observer.clone(),
         };
@@ -142,7 +216,7 @@ impl Server {
         let input = driver.input();
         let (shutdown, shutdown_rx) = watch::channel(false);
 
-        let addrs = Arc::new(config.peers.clone());
+        let addrs = Arc::new(peers.clone());
         let grpc_addr = config.grpc_listen;
         // A client message holds at most one key and one value.
         let client_limit = config.max_key_bytes + config.max_value_bytes + (64 << 10);

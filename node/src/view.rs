@@ -97,6 +97,8 @@ pub struct MemberView {
     pub state: Option<MemberState>,
     /// Since this node last heard from it (`None`: self, or never heard).
     pub last_heard: Option<Duration>,
+    /// Its gRPC address in the metadata document, once this node has one.
+    pub address: Option<String>,
 }
 
 /// One replica of a partition this node leads, as the leader sees it.
@@ -191,7 +193,9 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
     let members = ids
         .into_iter()
         .map(|id| {
-            let state = doc.and_then(|d| d.members.get(&id)).map(|m| m.state);
+            let member = doc.and_then(|d| d.members.get(&id));
+            let state = member.map(|m| m.state);
+            let address = member.map(|m| m.address.clone()).filter(|a| !a.is_empty());
             if id == me {
                 MemberView {
                     id,
@@ -199,6 +203,7 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
                     phi: 0.0,
                     state,
                     last_heard: None,
+                    address,
                 }
             } else {
                 MemberView {
@@ -207,6 +212,7 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
                     phi: detector.phi(id, now),
                     state,
                     last_heard: heard.get(&id).map(|&t| now.saturating_since(t)),
+                    address,
                 }
             }
         })

@@ -581,7 +581,9 @@ fn a_replica_moves_to_another_node_under_write_load() {
     let _timer = Timer::start("a_replica_moves_to_another_node_under_write_load");
     // Snapshots every 50 entries, so that `from` holds a snapshot file of
     // the partition to delete.
-    let mut c = Cluster::start_with(4, &["--snapshot-entries", "50"]);
+    // Rebalancing off: the controller would move the replica back to where
+    // the ring over the four members places it.
+    let mut c = Cluster::start_with(4, &["--snapshot-entries", "50", "--rebalance", "false"]);
     c.wait_ready(READY);
     let (partition, from) = a_partition_not_on_node_4(&c);
     let keys: Vec<String> = (0..2000)
@@ -714,7 +716,7 @@ fn a_large_partition_reaches_a_new_replica_by_a_chunked_snapshot() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     // Four partitions, so that many keys share one.
-    let mut c = Cluster::start_with(4, &["--partitions", "4"]);
+    let mut c = Cluster::start_with(4, &["--partitions", "4", "--rebalance", "false"]);
     c.wait_ready(READY);
     let (partition, from) = a_partition_not_on_node_4(&c);
     let keys: Vec<String> = (0..)
@@ -837,29 +839,23 @@ impl Writer {
     }
 }
 
+/// How many partitions node `id` is a voter of, as it says.
+fn voter_of(c: &Cluster, id: u64) -> usize {
+    c.status(id)["partitions"].as_array().map_or(0, |ps| {
+        ps.iter()
+            .filter(|p| {
+                p["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&id.into()))
+            })
+            .count()
+    })
+}
+
 /// Whether every partition is led by one of `nodes` with exactly `nodes`
 /// as its voters and no change under way; then the leaders per node.
 fn settled_on(c: &Cluster, nodes: &[u64], partitions: u64) -> Option<BTreeMap<u64, usize>> {
-    let mut leaders = BTreeMap::new();
-    let statuses: Vec<serde_json::Value> = nodes.iter().map(|&id| c.status(id)).collect();
-    for partition in 0..partitions {
-        let (leader, view) = nodes.iter().zip(&statuses).find_map(|(&id, s)| {
-            let p = s["partitions"]
-                .as_array()?
-                .iter()
-                .find(|p| p["partition"] == partition)?;
-            (p["leader"] == id).then(|| (id, p.clone()))
-        })?;
-        let mut voters: Vec<u64> = serde_json::from_value(view["replicas"].clone()).ok()?;
-        voters.sort_unstable();
-        let quiet = view["learners"].as_array().is_none_or(Vec::is_empty)
-            && view["outgoing"].as_array().is_none_or(Vec::is_empty);
-        if voters != nodes || !quiet {
-            return None;
-        }
-        *leaders.entry(leader).or_default() += 1;
-    }
-    Some(leaders)
+    settled_as(c, nodes, |_| nodes.to_vec(), partitions)
 }
 
 /// `kill -9` of one of four nodes, for good, under write load: after
@@ -871,15 +867,7 @@ fn a_dead_nodes_replicas_are_re_created_under_write_load() {
     let _timer = Timer::start("a_dead_nodes_replicas_are_re_created_under_write_load");
     let mut c = Cluster::start_with(4, &["--dead-after", "3"]);
     c.wait_ready(READY);
-    let held = c.status(4)["partitions"].as_array().map_or(0, |ps| {
-        ps.iter()
-            .filter(|p| {
-                p["replicas"]
-                    .as_array()
-                    .is_some_and(|r| r.contains(&4.into()))
-            })
-            .count()
-    });
+    let held = voter_of(&c, 4);
     assert!(held > 0, "node 4 holds no partition");
 
     let writer = Writer::start(c.node(1).rest(), "death");
@@ -1008,4 +996,152 @@ fn a_drained_node_leaves_after_its_replicas_moved() {
     });
     assert_eq!(leaders.values().sum::<usize>(), 64);
     writer.stop_and_check(c.node(3).rest());
+}
+
+/// Whether every partition is led by one of `nodes` with voters exactly
+/// those `desired` gives it and no change under way; then the leaders per
+/// node.
+fn settled_as(
+    c: &Cluster,
+    nodes: &[u64],
+    desired: impl Fn(u64) -> Vec<u64>,
+    partitions: u64,
+) -> Option<BTreeMap<u64, usize>> {
+    let mut leaders = BTreeMap::new();
+    let statuses: Vec<serde_json::Value> = nodes.iter().map(|&id| c.status(id)).collect();
+    for partition in 0..partitions {
+        let (leader, view) = nodes.iter().zip(&statuses).find_map(|(&id, s)| {
+            let p = s["partitions"]
+                .as_array()?
+                .iter()
+                .find(|p| p["partition"] == partition)?;
+            (p["leader"] == id).then(|| (id, p.clone()))
+        })?;
+        let mut voters: Vec<u64> = serde_json::from_value(view["replicas"].clone()).ok()?;
+        voters.sort_unstable();
+        let quiet = view["learners"].as_array().is_none_or(Vec::is_empty)
+            && view["outgoing"].as_array().is_none_or(Vec::is_empty);
+        if voters != desired(partition) || !quiet {
+            return None;
+        }
+        *leaders.entry(leader).or_default() += 1;
+    }
+    Some(leaders)
+}
+
+/// `ringkv server --join` under write load: a fourth node joins a running
+/// three-node cluster through one member, is registered (`joining`, then
+/// `up`), and receives exactly the replicas the ring over four members
+/// places on it (make before break), with its share of leaders. Prints the
+/// replica slots moved against the theoretical minimum rf/(n+1). Every
+/// acknowledged write reads back, through the new node too; the node
+/// restarts with the same command line and serves again; another data
+/// directory under its id is refused with the reason.
+#[test]
+fn a_node_joins_a_running_cluster_and_takes_its_share() {
+    use ringkv_core::NodeId;
+    use ringkv_core::ring::{Ring, RingConfig};
+    let _timer = Timer::start("a_node_joins_a_running_cluster_and_takes_its_share");
+    let mut c = Cluster::start(3);
+    c.wait_ready(READY);
+    let ring = |n: u64| {
+        let config = RingConfig {
+            partition_count: 64,
+            replication_factor: 3,
+            tokens_per_node: 64,
+        };
+        Ring::new(config, (1..=n).map(NodeId)).expect("ring")
+    };
+    let (before, after) = (ring(3), ring(4));
+    let desired = |p: u64| {
+        let mut r: Vec<u64> = after
+            .replicas(ringkv_core::PartitionId(p as u32))
+            .iter()
+            .map(|n| n.0)
+            .collect();
+        r.sort_unstable();
+        r
+    };
+
+    let writer = Writer::start(c.node(1).rest(), "join");
+    thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let id = c.join(2);
+    assert_eq!(id, 4);
+    let leaders = poll(
+        Duration::from_secs(180),
+        "every partition on the ring over four nodes, leaders spread",
+        || {
+            let leaders = settled_as(&c, &[1, 2, 3, 4], desired, 64)?;
+            leaders
+                .values()
+                .all(|&k| (15..=17).contains(&k))
+                .then_some(leaders)
+        },
+    );
+    let moved = (0..64u32)
+        .map(ringkv_core::PartitionId)
+        .filter(|&p| after.replicas(p) != before.replicas(p))
+        .count();
+    let minimum = 3.0 * 64.0 / 4.0;
+    println!(
+        "node 4 joined and took its share in {:.1} s: {moved} replica slots moved \
+         (minimum rf/(n+1) x partitions = {minimum}, ratio {:.2}); leaders {leaders:?}",
+        started.elapsed().as_secs_f64(),
+        moved as f64 / minimum
+    );
+    let held = voter_of(&c, 4);
+    assert_eq!(
+        held, moved,
+        "node 4 holds a replica of each partition moved to it"
+    );
+    writer.stop_and_check(c.node(4).rest());
+
+    let members = get(c.node(3).rest(), "/v1/cluster/members")
+        .expect("members")
+        .json();
+    let node4 = &members["members"].as_array().expect("members")[3];
+    assert_eq!(
+        (&node4["id"], &node4["state"]),
+        (&4.into(), &"up".into()),
+        "{members}"
+    );
+    let record = std::fs::read_to_string(c.node(4).data_dir.join("cluster.toml")).expect("record");
+    assert!(record.contains("joined = true"), "{record}");
+
+    // The same command line again: the directory is in the cluster, so it
+    // starts as a member (no second registration) and serves.
+    c.restart(4);
+    c.wait_node_ready(4, READY);
+    let r = retry_write(RETRY, || {
+        request(
+            c.node(4).rest(),
+            "PUT",
+            &kv_path("join/after", None),
+            &[],
+            b"x",
+        )
+    });
+    assert!(r.is_success(), "{r:?}");
+    let r = retry_read(RETRY, || {
+        get(c.node(1).rest(), &kv_path("join/after", None))
+    });
+    assert_eq!(r.text(), "x");
+
+    // Another data directory under id 4 is a different node: refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["server", "--id", "4", "--no-rest", "--log", "warn"])
+        .args(["--join", &c.node(1).grpc.to_string()])
+        .args(["--grpc-listen", "127.0.0.1:0"])
+        .args(["--advertise", "127.0.0.1:1"])
+        .arg("--data-dir")
+        .arg(c.dir().join("impostor"))
+        .output()
+        .expect("run ringkv server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("was a member with another data directory"),
+        "{stderr}"
+    );
 }

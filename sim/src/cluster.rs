@@ -584,6 +584,10 @@ fn server_config(
     c.tick_interval = options.tick_interval;
     c.request_timeout = options.request_timeout;
     c.raft = options.raft.clone();
+    // The mover nemesis moves replicas off the ring and back; the
+    // controller would move them back at once. No node joins here, so
+    // rebalancing has nothing else to do.
+    c.rebalance = false;
     c
 }
 

@@ -22,8 +22,12 @@
 //! with a node that has the latest document gets it within about a
 //! heartbeat interval.
 //!
+//! **Peers follow the document.** Every member it lists (but a removed
+//! one) becomes a peer of every node that adopts it: that is how nodes
+//! learn of a member that joined (see [`Node::handle_register`]).
+//!
 //! Not here: the changes made to the document after genesis (the
-//! controller's and the operator's), and the node's peer set following it.
+//! controller's and the operator's).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,7 +36,9 @@ use bytes::Bytes;
 use super::{Event, Group, Halt, Node};
 use crate::io::{Gossip, Lane, PeerBatch, PlacementMessage, Transmit};
 use crate::kv::{Command, Precondition};
-use crate::metadata::{ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, metadata_voters};
+use crate::metadata::{
+    ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, MemberState, metadata_voters,
+};
 use crate::types::{NodeId, Time};
 use crate::wire;
 
@@ -140,7 +146,34 @@ impl Node {
         self.meta.doc = Some(doc);
         self.meta.encoded = encoded;
         self.meta.behind.clear();
+        self.follow_members();
         self.events.push_back(Event::MetadataChanged { version });
+    }
+
+    /// Every member the document lists, but removed ones, becomes a peer:
+    /// heartbeats go to it, the failure detector watches it, its batches
+    /// are taken. A removed member stays a peer if it was one (its replicas
+    /// may still need to hear that they were removed). The driver, told by
+    /// [`Event::MetadataChanged`], connects to the new ones.
+    fn follow_members(&mut self) {
+        let Some(doc) = &self.meta.doc else {
+            return;
+        };
+        let mut added = false;
+        for (&id, m) in &doc.members {
+            if id == self.id || m.state == MemberState::Removed || self.peers.contains(&id) {
+                continue;
+            }
+            tracing::info!(peer = %id, address = %m.address, state = %m.state, "a new member: now a peer");
+            self.peers.push(id);
+            if self.started {
+                self.detector.watch(id, self.now);
+            }
+            added = true;
+        }
+        if added {
+            self.peers.sort_unstable();
+        }
     }
 
     /// After the metadata group ran: adopt a newer document it applied;

@@ -30,10 +30,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::Node;
+use crate::identity::Incarnation;
 use crate::io::PlacementMessage;
 use crate::kv::{Command, Precondition};
 use crate::metadata::MemberState;
-use crate::metadata::{DOCUMENT_KEY, METADATA_GROUP, MetaChange};
+use crate::metadata::{ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, MetaChange, MetaError};
 use crate::placement::planner::{
     self, Action, Cluster, DrainRefused, GroupReport, Plan, check_drain,
 };
@@ -61,6 +62,36 @@ pub enum DrainError {
          it cannot be drained"
     )]
     MetadataReplica(NodeId),
+}
+
+/// What [`Node::handle_register`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// The node is a member, as the committed document says: here it is.
+    Member(ClusterMetadata),
+    /// Its registration was proposed (or one is being committed): ask again
+    /// shortly.
+    Proposed,
+}
+
+/// Why [`Node::handle_register`] did not register a node.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// Only the controller registers; the caller asks the node named.
+    #[error("node {this} does not run the placement controller; {}", match controller {
+        Some(c) => format!("node {c} does: ask it"),
+        None => "no node is known to (the metadata group has no leader yet): retry shortly".to_owned(),
+    })]
+    NotController {
+        this: NodeId,
+        controller: Option<NodeId>,
+    },
+    /// The member list does not admit it (an id in use by another data
+    /// directory, or one that was removed).
+    #[error("{0}")]
+    Refused(#[from] MetaError),
+    #[error("another change of the member list is being committed; retry shortly")]
+    Busy,
 }
 
 /// Reports older than this many report intervals are ignored.
@@ -328,6 +359,57 @@ impl Node {
             Ok(())
         } else {
             Err(DrainError::Busy)
+        }
+    }
+
+    /// A node asks to become a member (`ringkv server --join`): the
+    /// controller registers it as `joining` (the planner marks it `up`
+    /// once it is heard from, and gives it its share of the ring). Asking
+    /// again is how the caller learns the outcome: once the committed
+    /// document lists it with this incarnation, the answer is the
+    /// document. A registration whose address changed is written again.
+    pub fn handle_register(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        address: String,
+        incarnation: Incarnation,
+    ) -> Result<Registration, RegisterError> {
+        let not_controller = RegisterError::NotController {
+            this: self.id,
+            controller: self.metadata_leader().filter(|&l| l != self.id),
+        };
+        if self.halted.is_some() {
+            return Err(not_controller);
+        }
+        self.start(now);
+        if self.observed_cluster().is_none() {
+            return Err(not_controller);
+        }
+        let doc = self
+            .meta
+            .document()
+            .expect("observed_cluster needs a document");
+        let change = MetaChange::Register {
+            node,
+            address: address.clone(),
+            incarnation,
+        };
+        // Refusals first: they hold whatever is in flight.
+        doc.apply(&change)?;
+        let member = doc.members.get(&node);
+        if let Some(m) = member
+            && m.incarnation == Some(incarnation)
+            && m.address == address
+        {
+            return Ok(Registration::Member(doc.clone()));
+        }
+        let proposed = self.propose_metadata_changes(&[change]);
+        self.process();
+        if proposed {
+            Ok(Registration::Proposed)
+        } else {
+            Err(RegisterError::Busy)
         }
     }
 

@@ -53,7 +53,7 @@
 mod cluster;
 mod controller;
 
-pub use controller::DrainError;
+pub use controller::{DrainError, RegisterError, Registration};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -78,8 +78,20 @@ use crate::wire;
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// Every member of the cluster, this node included.
+    /// The members this node started the cluster with, this node included
+    /// (`--peers`), or, for a node that joined a formed cluster, the
+    /// members it was told of when it joined. Before any document arrives
+    /// they are the node's peers and the ring it routes by.
     pub members: Vec<NodeId>,
+    /// Whether this node founded the cluster: its first boot creates the
+    /// groups the ring over `members` gives it (and the metadata group's,
+    /// on the lowest ids). A node that joined a formed cluster starts with
+    /// no group and is given replicas by the controller.
+    pub founding: bool,
+    /// Other members this node already knows of at boot (its cluster
+    /// record lists them: they joined later): peers from the start, before
+    /// the metadata document reaches this node.
+    pub known_members: Vec<NodeId>,
     /// The members' gRPC addresses as this node was told them (`--peers`):
     /// what the genesis metadata document records. May be empty.
     pub addresses: BTreeMap<NodeId, String>,
@@ -139,6 +151,8 @@ impl NodeConfig {
         NodeConfig {
             id,
             members,
+            founding: true,
+            known_members: Vec::new(),
             addresses: BTreeMap::new(),
             ring: RingConfig::default(),
             raft: RaftConfig::default(),
@@ -155,9 +169,11 @@ impl NodeConfig {
             max_pending_requests: 100_000,
             max_pending_write_bytes: 64 << 20,
             placement: PlannerConfig {
-                // Moving healthy groups toward the ring only matters once
-                // members can join; until then it would only undo an
-                // operator's `move-replica`.
+                // Off unless the driver turns it on (the server does, by
+                // default): with it, the controller moves healthy groups
+                // toward the ring over the `up` members, which gives a
+                // joined node its share and also undoes an operator's
+                // `move-replica`.
                 rebalance: false,
                 ..PlannerConfig::default()
             },
@@ -672,7 +688,11 @@ impl Node {
         let mut ring_groups: BTreeSet<PartitionId> = ring.partitions_of(id).into_iter().collect();
         // The metadata group starts on some founders; a directory from
         // before it existed gets it too, at its first boot since.
-        let metadata_voters = Self::hosts_metadata_at_genesis(id, &cfg.members);
+        let metadata_voters =
+            Self::hosts_metadata_at_genesis(id, &cfg.members).filter(|_| cfg.founding);
+        if !cfg.founding {
+            ring_groups.clear();
+        }
         if metadata_voters.is_some() {
             ring_groups.insert(METADATA_GROUP);
         }
@@ -755,8 +775,11 @@ impl Node {
         let peers: Vec<NodeId> = ring
             .members()
             .iter()
+            .chain(&cfg.known_members)
             .copied()
             .filter(|&m| m != id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
         let dirty = groups.keys().copied().collect();
         Ok(Node {

@@ -228,6 +228,11 @@ pub struct Plan {
     pub under_replicated: Vec<PartitionId>,
     /// Partitions with no report, or a report without a leader.
     pub unreported: Vec<PartitionId>,
+    /// Replica slots still to fill: over every reported group, the
+    /// desired ring's replicas that are not voters yet. After a join it
+    /// starts at the ring's movement (about rf/(n+1) of all slots) and
+    /// falls to 0 as moves complete.
+    pub misplaced: usize,
 }
 
 impl Plan {
@@ -257,6 +262,7 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
         };
         let desired = ring.replicas(p);
         let m = &report.membership;
+        out.misplaced += desired.iter().filter(|d| !m.voters.contains(d)).count();
         let healthy = m.voters.iter().filter(|&&v| cluster.is_healthy(v)).count();
         if healthy < desired.len() {
             out.under_replicated.push(p);

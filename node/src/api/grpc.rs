@@ -166,7 +166,11 @@ pub fn status_response(
             .iter()
             .map(|m| pb::NodeStatus {
                 id: m.id.0,
-                grpc_addr: addrs.get(&m.id).map(|a| a.to_string()).unwrap_or_default(),
+                grpc_addr: m
+                    .address
+                    .clone()
+                    .or_else(|| addrs.get(&m.id).map(ToString::to_string))
+                    .unwrap_or_default(),
                 health: m.health.as_str().to_owned(),
                 phi: if m.phi.is_finite() { m.phi } else { f64::MAX },
                 state: m.state.map(|s| s.as_str().to_owned()).unwrap_or_default(),

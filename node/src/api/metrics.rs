@@ -353,6 +353,12 @@ fn placement(o: &mut Out, view: &crate::view::ClusterView) {
         "Partitions with fewer healthy voters than the desired ring gives them (controller only).",
         plan.under_replicated.len() as f64,
     );
+    o.gauge(
+        "ringkv_placement_misplaced_replicas",
+        "Replica slots the desired ring wants that are not voters yet: the movement still to do \
+         (after a join, about rf/(n+1) of all slots; controller only).",
+        plan.misplaced as f64,
+    );
     let waiting = plan.waiting();
     let samples = [
         ("phase=\"under_way\"", (plan.moves.len() - waiting) as f64),

@@ -3,8 +3,10 @@
 //! first start; on every later start compared with the configuration so a
 //! node never runs on another node's, or another cluster's, data.
 //! `cluster.toml`: the record of the cluster this directory joined (its uid
-//! and every member's incarnation), written once when the node forms or
-//! joins the cluster. Owns those two files only.
+//! and every member's incarnation), written when the node forms or joins
+//! the cluster and again when members join, with whether the node joined
+//! (rather than founded) and the members' addresses. Owns those two files
+//! only.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -38,12 +40,41 @@ struct ClusterToml {
     uid: String,
     /// Member id (decimal) -> incarnation.
     members: BTreeMap<String, String>,
+    /// Absent (false) for a founder.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    joined: bool,
+    /// Member id (decimal) -> gRPC address, as the member list last said.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    addresses: BTreeMap<String, String>,
+}
+
+/// What `cluster.toml` holds: the cluster record, whether this directory
+/// joined a formed cluster (`--join`) rather than founding it, and the
+/// members' addresses as the member list last gave them (so that a node
+/// restarted knows where every member is before any document reaches it;
+/// a founder's `--peers` are not repeated here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFile {
+    pub record: ClusterRecord,
+    pub joined: bool,
+    pub addresses: BTreeMap<NodeId, String>,
+}
+
+impl ClusterFile {
+    /// A founder's file, as formation writes it.
+    pub fn founded(record: ClusterRecord) -> Self {
+        ClusterFile {
+            record,
+            joined: false,
+            addresses: BTreeMap::new(),
+        }
+    }
 }
 
 /// What the identity files say.
 pub(super) struct Loaded {
     pub incarnation: Incarnation,
-    pub record: Option<ClusterRecord>,
+    pub record: Option<ClusterFile>,
 }
 
 /// Writes `node.toml` if absent, or checks it against `meta` if present;
@@ -97,7 +128,7 @@ pub(super) fn ensure(
 
 const CLUSTER_TOML: &str = "cluster.toml";
 
-fn parse_cluster(file: &Path, bytes: &[u8]) -> Result<ClusterRecord, StorageError> {
+fn parse_cluster(file: &Path, bytes: &[u8]) -> Result<ClusterFile, StorageError> {
     let bad = |reason: String| StorageError::BadMeta {
         file: file.to_path_buf(),
         reason,
@@ -116,21 +147,39 @@ fn parse_cluster(file: &Path, bytes: &[u8]) -> Result<ClusterRecord, StorageErro
     if members.is_empty() {
         return Err(bad("no members".to_owned()));
     }
-    Ok(ClusterRecord { uid, members })
+    let mut addresses = BTreeMap::new();
+    for (id, address) in on_disk.addresses {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| bad(format!("address of {id:?}: not a node id")))?;
+        addresses.insert(NodeId(id), address);
+    }
+    Ok(ClusterFile {
+        record: ClusterRecord { uid, members },
+        joined: on_disk.joined,
+        addresses,
+    })
 }
 
 /// Writes `cluster.toml` durably (tmp, sync, rename, sync the directory).
 pub(super) fn write_cluster(
     disk: &dyn Disk,
     root: &Path,
-    record: &ClusterRecord,
+    cluster: &ClusterFile,
 ) -> Result<(), StorageError> {
+    let record = &cluster.record;
     let body = ClusterToml {
         uid: record.uid.to_string(),
         members: record
             .members
             .iter()
             .map(|(id, inc)| (id.0.to_string(), inc.to_string()))
+            .collect(),
+        joined: cluster.joined,
+        addresses: cluster
+            .addresses
+            .iter()
+            .map(|(id, a)| (id.0.to_string(), a.clone()))
             .collect(),
     };
     let file = root.join(CLUSTER_TOML);

@@ -129,7 +129,7 @@ use ringkv_core::wire::{self, WalPayload};
 
 use crate::disk::{Disk, DiskLock};
 use log_shape::{PartitionShape, Pin};
-pub use meta::FORMAT_VERSION;
+pub use meta::{ClusterFile, FORMAT_VERSION};
 
 /// Who a data directory belongs to; recorded in `node.toml` on first start
 /// and checked on every later one.
@@ -319,7 +319,7 @@ pub struct Storage {
     /// The directory's incarnation (from `node.toml`).
     incarnation: Incarnation,
     /// The cluster it joined (from `cluster.toml`), if it has.
-    cluster: Option<ClusterRecord>,
+    cluster: Option<ClusterFile>,
 }
 
 impl fmt::Debug for Storage {
@@ -332,14 +332,14 @@ impl fmt::Debug for Storage {
 }
 
 /// Records, durably, the cluster the data directory at `dir` has formed or
-/// joined (`cluster.toml`). Called once, before the node takes any peer
-/// traffic.
+/// joined (`cluster.toml`): before the node takes any peer traffic, and
+/// again when the member list grows.
 pub fn save_cluster_record(
     disk: &dyn Disk,
     dir: &Path,
-    record: &ClusterRecord,
+    cluster: &ClusterFile,
 ) -> Result<(), StorageError> {
-    meta::write_cluster(disk, dir, record)
+    meta::write_cluster(disk, dir, cluster)
 }
 
 impl Storage {
@@ -478,6 +478,11 @@ impl Storage {
     /// The record of the cluster this directory joined, as read at open
     /// (see [`save_cluster_record`]).
     pub fn cluster_record(&self) -> Option<&ClusterRecord> {
+        self.cluster.as_ref().map(|c| &c.record)
+    }
+
+    /// All of `cluster.toml`, as read at open.
+    pub fn cluster_file(&self) -> Option<&ClusterFile> {
         self.cluster.as_ref()
     }
 

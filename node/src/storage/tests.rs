@@ -1139,9 +1139,27 @@ fn the_cluster_record_survives_a_restart_and_corruption_is_named() {
         .into_iter()
         .collect(),
     };
-    save_cluster_record(disk.as_ref(), &data_dir(), &record).expect("saved");
+    save_cluster_record(
+        disk.as_ref(),
+        &data_dir(),
+        &ClusterFile::founded(record.clone()),
+    )
+    .expect("saved");
     let (storage, _) = open(&disk);
     assert_eq!(storage.cluster_record(), Some(&record));
+    assert_eq!(storage.cluster_file().map(|c| c.joined), Some(false));
+    drop(storage);
+    // A node that joined keeps that, and the members' addresses.
+    let joined = ClusterFile {
+        record: record.clone(),
+        joined: true,
+        addresses: [(NodeId(2), "10.0.0.2:9091".to_owned())]
+            .into_iter()
+            .collect(),
+    };
+    save_cluster_record(disk.as_ref(), &data_dir(), &joined).expect("saved");
+    let (storage, _) = open(&disk);
+    assert_eq!(storage.cluster_file(), Some(&joined));
     drop(storage);
     disk.set_durable(
         &data_dir().join("cluster.toml"),

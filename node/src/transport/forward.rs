@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ringkv_core::NodeId;
@@ -23,8 +23,9 @@ use crate::handle::ClientResult;
 /// Sends client requests on to other nodes.
 #[derive(Clone)]
 pub struct Forwarder {
-    clients: Arc<BTreeMap<NodeId, PeerClient<Channel>>>,
+    clients: Arc<Mutex<BTreeMap<NodeId, PeerClient<Channel>>>>,
     handshake: Arc<Handshake>,
+    limits: TransportLimits,
     timeout: Duration,
     stats: Arc<TransportStats>,
 }
@@ -39,24 +40,32 @@ impl Forwarder {
         stats: Arc<TransportStats>,
         limits: TransportLimits,
     ) -> Self {
-        let me = handshake.identity().node;
-        let limit = limits.grpc_message_limit();
-        let clients = peers
-            .iter()
-            .filter(|(id, _)| **id != me)
-            .map(|(&id, &addr)| {
-                let client = PeerClient::new(endpoint(addr).connect_lazy())
-                    .max_encoding_message_size(limit)
-                    .max_decoding_message_size(limit);
-                (id, client)
-            })
-            .collect();
-        Forwarder {
-            clients: Arc::new(clients),
+        let forwarder = Forwarder {
+            clients: Arc::new(Mutex::new(BTreeMap::new())),
             handshake,
+            limits,
             timeout,
             stats,
+        };
+        for (&id, &addr) in peers {
+            forwarder.add_peer(id, addr);
         }
+        forwarder
+    }
+
+    /// A client for `peer` at `addr` (a member that joined), unless it has
+    /// one or is this node.
+    pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
+        if peer == self.handshake.identity().node {
+            return;
+        }
+        let limit = self.limits.grpc_message_limit();
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.entry(peer).or_insert_with(|| {
+            PeerClient::new(endpoint(addr).connect_lazy())
+                .max_encoding_message_size(limit)
+                .max_decoding_message_size(limit)
+        });
     }
 
     /// Sends `req` to `to`, carrying `hops`. `Ok` holds the target's own
@@ -69,12 +78,17 @@ impl Forwarder {
         req: &ClientRequest,
         hops: Hops,
     ) -> Result<ClientResult, ForwardFailure> {
-        let Some(client) = self.clients.get(&to) else {
+        let client = self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&to)
+            .cloned();
+        let Some(mut client) = client else {
             tracing::error!(to = %to, "asked to forward to a node that is not a peer");
             return Err(ForwardFailure::UnknownTarget);
         };
         self.stats.forwards.fetch_add(1, Ordering::Relaxed);
-        let mut client = client.clone();
         let mut request = Request::new(convert::forward_request(req, from.0, hops.0));
         request.set_timeout(self.timeout);
         self.handshake.attach(&mut request, to);

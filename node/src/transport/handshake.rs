@@ -236,7 +236,8 @@ impl Handshake {
             Ok(()) => {
                 // Admitted means formed, so the bytes will be again.
                 let mut admitted = lock(&self.admitted);
-                if admitted.len() < 2 * self.members.len()
+                let members = self.record().map_or(0, |r| r.members.len());
+                if admitted.len() < 2 * members.max(self.members.len())
                     && let Some(v) = value
                 {
                     admitted.push((v.as_encoded_bytes().to_vec(), peer));
@@ -463,6 +464,16 @@ impl Handshake {
         }
     }
 
+    /// The record grew (members joined, `crate::members`), or this node
+    /// joined a formed cluster (`Peer.Join`): admit by the new one.
+    pub fn set_record(&self, record: ClusterRecord) {
+        if self.record().is_none() {
+            self.join(record);
+        } else {
+            *lock(&self.record) = Some(Arc::new(record));
+        }
+    }
+
     fn join(&self, record: ClusterRecord) {
         lock(&self.formation).clear();
         *lock(&self.record) = Some(Arc::new(record));
@@ -477,7 +488,11 @@ impl Handshake {
     ) -> anyhow::Result<()> {
         let (record, disk, dir) = (record.clone(), disk.clone(), dir.to_path_buf());
         crate::disk::run_blocking(move || {
-            crate::storage::save_cluster_record(disk.as_ref(), &dir, &record)
+            crate::storage::save_cluster_record(
+                disk.as_ref(),
+                &dir,
+                &crate::storage::ClusterFile::founded(record),
+            )
         })
         .await
         .map_err(|e| anyhow::anyhow!("cluster record task failed: {e}"))?

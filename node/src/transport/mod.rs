@@ -62,6 +62,7 @@
 pub mod faults;
 mod forward;
 pub mod handshake;
+pub mod join;
 mod senders;
 mod service;
 

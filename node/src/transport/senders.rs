@@ -60,6 +60,10 @@ pub struct PeerSenders {
     limits: TransportLimits,
     /// Woken when a congested link clears (the driver waits on it).
     wake: Arc<Notify>,
+    /// What a stream task to a peer added later needs.
+    handshake: Arc<Handshake>,
+    clock: Arc<dyn Clock>,
+    hook: StreamHook,
 }
 
 impl PeerSenders {
@@ -109,59 +113,72 @@ impl PeerSenders {
         limits: TransportLimits,
         hook: StreamHook,
     ) -> Self {
-        let me = handshake.identity().node;
-        let mut lanes = BTreeMap::new();
-        let wake = Arc::new(Notify::new());
-        for (&peer, &addr) in peers {
-            if peer == me {
-                continue;
-            }
-            let lost = Arc::new(AtomicBool::new(false));
-            let congested = Arc::new(AtomicBool::new(false));
-            let lane_queue = |lane: Lane| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let queued_bytes = Arc::new(AtomicUsize::new(0));
-                let task = StreamTask {
-                    peer,
-                    lane,
-                    addr,
-                    rx,
-                    queued_bytes: queued_bytes.clone(),
-                    lost: lost.clone(),
-                    congested: (lane == Lane::Bulk).then(|| (congested.clone(), wake.clone())),
-                    clock: clock.clone(),
-                    stats: stats.clone(),
-                    handshake: handshake.clone(),
-                    limits,
-                    hook: hook.clone(),
-                    failure_log: None,
-                };
-                tokio::spawn(task.run());
-                LaneQueue {
-                    tx,
-                    queued_bytes,
-                    limit: limits.queue_bytes(lane),
-                }
-            };
-            let control = lane_queue(Lane::Control);
-            let bulk = lane_queue(Lane::Bulk);
-            lanes.insert(
-                peer,
-                PeerLanes {
-                    control,
-                    bulk,
-                    lost,
-                    congested,
-                    reported_congested: false,
-                },
-            );
-        }
-        PeerSenders {
-            peers: lanes,
+        let mut senders = PeerSenders {
+            peers: BTreeMap::new(),
             stats,
             limits,
-            wake,
+            wake: Arc::new(Notify::new()),
+            handshake,
+            clock,
+            hook,
+        };
+        for (&peer, &addr) in peers {
+            senders.add_peer(peer, addr);
         }
+        senders
+    }
+
+    /// Whether `peer` has stream tasks.
+    pub fn has_peer(&self, peer: NodeId) -> bool {
+        self.peers.contains_key(&peer)
+    }
+
+    /// Starts the two stream tasks to `peer` at `addr` (a member that
+    /// joined, or one this node learned of). Nothing if it has them, or if
+    /// it is this node.
+    pub fn add_peer(&mut self, peer: NodeId, addr: SocketAddr) {
+        if peer == self.handshake.identity().node || self.peers.contains_key(&peer) {
+            return;
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let congested = Arc::new(AtomicBool::new(false));
+        let lane_queue = |lane: Lane| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
+            let task = StreamTask {
+                peer,
+                lane,
+                addr,
+                rx,
+                queued_bytes: queued_bytes.clone(),
+                lost: lost.clone(),
+                congested: (lane == Lane::Bulk).then(|| (congested.clone(), self.wake.clone())),
+                clock: self.clock.clone(),
+                stats: self.stats.clone(),
+                handshake: self.handshake.clone(),
+                limits: self.limits,
+                hook: self.hook.clone(),
+                failure_log: None,
+            };
+            tokio::spawn(task.run());
+            LaneQueue {
+                tx,
+                queued_bytes,
+                limit: self.limits.queue_bytes(lane),
+            }
+        };
+        let control = lane_queue(Lane::Control);
+        let bulk = lane_queue(Lane::Bulk);
+        self.peers.insert(
+            peer,
+            PeerLanes {
+                control,
+                bulk,
+                lost,
+                congested,
+                reported_congested: false,
+            },
+        );
     }
 
     /// Queues a batch on its peer's lane; drops it (and remembers the peer

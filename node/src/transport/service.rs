@@ -174,6 +174,15 @@ impl pb::peer_server::Peer for PeerService {
             .map(Response::new)
     }
 
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
+        super::join::answer_join(&self.handshake, &self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn batches(
         &self,
         request: Request<tonic::Streaming<pb::PeerFrame>>,

@@ -269,6 +269,9 @@ pub struct NodeProc {
     log: PathBuf,
     /// Flags for this node only, after the cluster's (see [`Cluster::set_node_args`]).
     args: Vec<String>,
+    /// The member it joins through (`--join`), for a node added later;
+    /// `None` for a founder (`--peers`).
+    join: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -321,6 +324,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 args: Vec::new(),
+                join: None,
                 child: None,
             })
             .collect();
@@ -340,6 +344,25 @@ impl Cluster {
             c.spawn(id);
         }
         c
+    }
+
+    /// Starts one more node, on an empty data directory, that joins the
+    /// cluster through node `through` (`--join`); returns its id.
+    pub fn join(&mut self, through: u64) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let join = Some(self.node(through).grpc);
+        self.nodes.push(NodeProc {
+            id,
+            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            rest: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log: self.dir.path().join(format!("node-{id}.log")),
+            args: Vec::new(),
+            join,
+            child: None,
+        });
+        self.spawn(id);
+        id
     }
 
     /// Flags node `id` gets from its next (re)start on, after the cluster's.
@@ -405,10 +428,15 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("open node log");
-        let child = Command::new(bin)
-            .arg("server")
-            .args(["--id", &id.to_string()])
-            .args(["--peers", &peers])
+        let mut command = Command::new(bin);
+        command.arg("server").args(["--id", &id.to_string()]);
+        match node.join {
+            Some(through) => command
+                .args(["--join", &through.to_string()])
+                .args(["--grpc-listen", &node.grpc.to_string()]),
+            None => command.args(["--peers", &peers]),
+        };
+        let child = command
             .args(["--rest-listen", &node.rest.to_string()])
             .arg("--data-dir")
             .arg(&node.data_dir)

@@ -72,6 +72,20 @@ fn a_settled_cluster_needs_nothing() {
     assert!(p.unreported.is_empty());
 }
 
+/// The movement still to do after a join is what the ring moves: the
+/// slots of the ring over the new member set that are not voters yet.
+#[test]
+fn misplaced_replicas_count_the_rings_movement() {
+    let mut c = settled(64, &[1, 2, 3]);
+    assert_eq!(plan_of(&c).misplaced, 0);
+    c.members.insert(n(4), MemberState::Up);
+    let before = Ring::new(c.ring, (1..=3).map(n)).unwrap();
+    let after = Ring::new(c.ring, (1..=4).map(n)).unwrap();
+    let p = plan_of(&c);
+    assert_eq!(p.misplaced, before.diff(&after).slots_added);
+    assert!(p.misplaced > 0);
+}
+
 #[test]
 fn a_node_is_dead_only_after_the_grace_period() {
     let mut c = settled(8, &[1, 2, 3, 4]);
