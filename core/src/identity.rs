@@ -163,6 +163,9 @@ pub enum Refusal {
         known: Incarnation,
         presented: Incarnation,
     },
+    /// The peer was removed from the cluster's member list: its replicas
+    /// live elsewhere, and its id is never used again.
+    Removed { peer: NodeId },
     /// The peer's cluster knows this node by another data directory: this
     /// node's was wiped or replaced.
     SelfReplaced {
@@ -189,6 +192,7 @@ impl Refusal {
             Refusal::OtherCluster { .. } => "other_cluster",
             Refusal::PeerReplaced { .. } => "peer_replaced",
             Refusal::SelfReplaced { .. } => "self_replaced",
+            Refusal::Removed { .. } => "removed",
         }
     }
 
@@ -212,6 +216,7 @@ impl Refusal {
             | Refusal::PartitionCount { peer, .. }
             | Refusal::ReplicationFactor { peer, .. }
             | Refusal::NotAMember { peer }
+            | Refusal::Removed { peer }
             | Refusal::PeerNotFormed { peer }
             | Refusal::OtherCluster { peer, .. }
             | Refusal::PeerReplaced { peer, .. }
@@ -258,6 +263,12 @@ impl fmt::Display for Refusal {
             Refusal::NotAMember { peer } => {
                 write!(f, "{peer} is not a member of this node's cluster")
             }
+            Refusal::Removed { peer } => write!(
+                f,
+                "{peer} was removed from the cluster (its replicas were re-created elsewhere); \
+                 stop it, wipe its data directory, and join the machine again under a new id \
+                 (--join)"
+            ),
             Refusal::NotFormed { me } => write!(
                 f,
                 "{me} is not in a cluster yet (it is still forming); it takes no peer traffic"

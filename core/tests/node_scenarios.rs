@@ -1274,6 +1274,21 @@ fn a_drained_node_is_removed_once_its_replicas_moved() {
     assert_eq!(state(&c), MemberState::Removed);
     assert_every_group_on(&c, 8, &[1, 2, 3]);
     assert!(c.nodes[3].partitions().next().is_none(), "n4 holds nothing");
+    // Removed, it is no peer any more: nobody sends it anything, nobody
+    // watches it.
+    c.batches.clear();
+    c.run_for(3000);
+    let to_n4: Vec<_> = c.batches.keys().filter(|(_, to)| *to == 4).collect();
+    assert!(
+        to_n4.is_empty(),
+        "batches sent to the removed n4: {to_n4:?}"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            c.nodes[i].detector().status(NodeId(4)),
+            ringkv_core::detector::PeerStatus::Unknown
+        );
+    }
 }
 
 /// Bad input from a peer: a pushed document that does not decode is

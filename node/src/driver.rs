@@ -329,17 +329,24 @@ impl Driver {
         Ok(())
     }
 
-    /// New members in the adopted document: admitted, connected, recorded.
+    /// New members in the adopted document: admitted, connected, recorded;
+    /// removed ones: disconnected, refused.
     fn follow_members(&mut self) {
         let Some(doc) = self.node.metadata() else {
             return;
         };
         let peers = &self.io.peers;
-        let new = self.io.members.follow(doc, |id| peers.has_peer(id));
-        for (id, addr) in new {
+        let followed = self.io.members.follow(doc, |id| peers.has_peer(id));
+        for (id, addr) in followed.added {
             tracing::info!(peer = %id, %addr, "connecting to a new member");
             self.io.peers.add_peer(id, addr);
             self.io.forwarder.add_peer(id, addr);
+        }
+        for id in followed.removed {
+            if self.io.peers.remove_peer(id) {
+                tracing::info!(peer = %id, "disconnecting from a removed member");
+            }
+            self.io.forwarder.remove_peer(id);
         }
     }
 

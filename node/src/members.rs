@@ -10,7 +10,7 @@
 //! written by one task, latest content first: a write never holds up the
 //! event loop, and a slow disk only skips intermediate versions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,16 +71,13 @@ impl MemberSync {
     }
 
     /// Takes in `doc`: returns the members (not removed, not this node)
-    /// for which `known` is false, and their addresses, for the transport
-    /// to connect to.
-    pub fn follow(
-        &mut self,
-        doc: &ClusterMetadata,
-        known: impl Fn(NodeId) -> bool,
-    ) -> Vec<(NodeId, SocketAddr)> {
+    /// for which `known` is false, with their addresses, for the transport
+    /// to connect to, and the removed members, for it to let go of (their
+    /// calls are refused from now on).
+    pub fn follow(&mut self, doc: &ClusterMetadata, known: impl Fn(NodeId) -> bool) -> Followed {
         let Some(record) = self.handshake.record() else {
             // Not formed: the driver does not run yet.
-            return Vec::new();
+            return Followed::default();
         };
         let mut record = (*record).clone();
         let mut changed = false;
@@ -103,7 +100,10 @@ impl MemberSync {
                 addresses: self.addresses.clone(),
             }));
         }
-        doc.members
+        let removed: BTreeSet<NodeId> = doc.in_state(MemberState::Removed).collect();
+        self.handshake.set_removed(removed.clone());
+        let added = doc
+            .members
             .iter()
             .filter(|&(&id, m)| id != self.me && m.state != MemberState::Removed && !known(id))
             .filter_map(|(&id, m)| match resolve(&m.address) {
@@ -113,6 +113,16 @@ impl MemberSync {
                     None
                 }
             })
-            .collect()
+            .collect();
+        Followed { added, removed }
     }
+}
+
+/// What [`MemberSync::follow`] found.
+#[derive(Default)]
+pub struct Followed {
+    /// Members to connect to, at these addresses.
+    pub added: Vec<(NodeId, SocketAddr)>,
+    /// Every removed member.
+    pub removed: BTreeSet<NodeId>,
 }

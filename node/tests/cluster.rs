@@ -996,6 +996,19 @@ fn a_drained_node_leaves_after_its_replicas_moved() {
     });
     assert_eq!(leaders.values().sum::<usize>(), 64);
     writer.stop_and_check(c.node(3).rest());
+
+    // Removed, node 4 is no peer of the others any more: restarted, its
+    // calls are refused, and it is told why.
+    c.restart(4);
+    poll(READY, "node 4 to be told it was removed", || {
+        let refused = c.status(4)["refusals"]
+            .as_array()?
+            .iter()
+            .any(|r| r["direction"] == "outgoing" && r["reason"] == "removed");
+        refused.then_some(())
+    });
+    let log = c.log(4);
+    assert!(log.contains("n4 was removed from the cluster"), "{log}");
 }
 
 /// Whether every partition is led by one of `nodes` with voters exactly

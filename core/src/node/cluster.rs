@@ -24,7 +24,8 @@
 //!
 //! **Peers follow the document.** Every member it lists (but a removed
 //! one) becomes a peer of every node that adopts it: that is how nodes
-//! learn of a member that joined (see [`Node::handle_register`]).
+//! learn of a member that joined (see [`Node::handle_register`]); a
+//! member that is removed stops being one.
 //!
 //! Not here: the changes made to the document after genesis (the
 //! controller's and the operator's).
@@ -152,24 +153,41 @@ impl Node {
 
     /// Every member the document lists, but removed ones, becomes a peer:
     /// heartbeats go to it, the failure detector watches it, its batches
-    /// are taken. A removed member stays a peer if it was one (its replicas
-    /// may still need to hear that they were removed). The driver, told by
-    /// [`Event::MetadataChanged`], connects to the new ones.
+    /// are taken. A member that is `removed` stops being one: no group
+    /// lists it any more (that is when the controller removes it), so
+    /// nothing is owed to it, and what it sends is dropped (its peers'
+    /// transports refuse it too, and say why). The driver, told by
+    /// [`Event::MetadataChanged`], connects to the new ones and lets the
+    /// removed ones go.
     fn follow_members(&mut self) {
         let Some(doc) = &self.meta.doc else {
             return;
         };
         let mut added = false;
         for (&id, m) in &doc.members {
-            if id == self.id || m.state == MemberState::Removed || self.peers.contains(&id) {
+            if id == self.id {
                 continue;
             }
-            tracing::info!(peer = %id, address = %m.address, state = %m.state, "a new member: now a peer");
-            self.peers.push(id);
-            if self.started {
-                self.detector.watch(id, self.now);
+            let known = self.peers.contains(&id);
+            match (m.state == MemberState::Removed, known) {
+                (false, false) => {
+                    tracing::info!(peer = %id, address = %m.address, state = %m.state, "a new member: now a peer");
+                    self.peers.push(id);
+                    if self.started {
+                        self.detector.watch(id, self.now);
+                    }
+                    added = true;
+                }
+                (true, true) => {
+                    tracing::info!(peer = %id, "a member was removed: no longer a peer");
+                    self.peers.retain(|&p| p != id);
+                    self.detector.unwatch(id);
+                    self.last_sent.remove(&id);
+                    self.meta.behind.remove(&id);
+                    self.meta.pushed_at.remove(&id);
+                }
+                _ => {}
             }
-            added = true;
         }
         if added {
             self.peers.sort_unstable();

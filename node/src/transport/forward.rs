@@ -68,6 +68,14 @@ impl Forwarder {
         });
     }
 
+    /// Drops the client for `peer` (a removed member).
+    pub fn remove_peer(&self, peer: NodeId) {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&peer);
+    }
+
     /// Sends `req` to `to`, carrying `hops`. `Ok` holds the target's own
     /// answer; `Err` says how the call failed, for the core's rule
     /// ([`ForwardFailure::outcome`]) to turn into the client's answer.

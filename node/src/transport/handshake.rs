@@ -110,6 +110,9 @@ pub struct Handshake {
     /// (with and without the target's incarnation).
     admitted: Mutex<Vec<(Vec<u8>, NodeId)>>,
     refusals: Mutex<BTreeMap<(NodeId, Direction), RefusalRecord>>,
+    /// Members the member list says were removed: refused whatever their
+    /// hello says (checked before the admitted-hello cache).
+    removed: Mutex<BTreeSet<NodeId>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -141,6 +144,7 @@ impl Handshake {
             hellos: Mutex::new(BTreeMap::new()),
             admitted: Mutex::new(Vec::new()),
             refusals: Mutex::new(BTreeMap::new()),
+            removed: Mutex::new(BTreeSet::new()),
             clock,
         }
     }
@@ -207,6 +211,27 @@ impl Handshake {
     /// returns the admitted peer, or the status that refuses the call.
     pub fn admit_call<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
         let value = request.metadata().get_bin(HELLO_METADATA);
+        let result = self.admit_hello(value);
+        if let Ok(peer) = result
+            && lock(&self.removed).contains(&peer)
+        {
+            let refusal = Refusal::Removed { peer };
+            self.note(peer, Direction::Incoming, &refusal);
+            return Err(Status::failed_precondition(format!(
+                "refused by {} [{}]: {refusal}",
+                self.me.node,
+                refusal.kind()
+            )));
+        }
+        result
+    }
+
+    /// Members the member list removed: their calls are refused from now on.
+    pub fn set_removed(&self, removed: BTreeSet<NodeId>) {
+        *lock(&self.removed) = removed;
+    }
+
+    fn admit_hello(&self, value: Option<&MetadataValue<Binary>>) -> Result<NodeId, Status> {
         if let Some(v) = value {
             let encoded = v.as_encoded_bytes();
             let known = lock(&self.admitted)

@@ -181,6 +181,12 @@ impl PeerSenders {
         );
     }
 
+    /// Stops the stream tasks to `peer` (a removed member): they end once
+    /// they see their queues' senders gone. Whether it had them.
+    pub fn remove_peer(&mut self, peer: NodeId) -> bool {
+        self.peers.remove(&peer).is_some()
+    }
+
     /// Queues a batch on its peer's lane; drops it (and remembers the peer
     /// as unreachable) if that queue is full. A batch is always accepted
     /// into an empty queue. The queue accounts the batch at the core's size
