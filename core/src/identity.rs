@@ -265,7 +265,7 @@ impl fmt::Display for Refusal {
             }
             Refusal::Removed { peer } => write!(
                 f,
-                "{peer} was removed from the cluster (its replicas were re-created elsewhere); \
+                "{peer} was removed from the cluster (its replicas now live on other nodes); \
                  stop it, wipe its data directory, and join the machine again under a new id \
                  (--join)"
             ),

@@ -1242,6 +1242,7 @@ fn a_dead_nodes_replicas_are_re_created_on_the_others() {
 fn a_drained_node_is_removed_once_its_replicas_moved() {
     use ringkv_core::metadata::MemberState;
     use ringkv_core::node::DrainError;
+    use ringkv_core::placement::planner::DrainRefused;
     let mut c = Cluster::new(4, 8);
     c.quiet_events = true;
     c.run_for(2000);
@@ -1256,8 +1257,8 @@ fn a_drained_node_is_removed_once_its_replicas_moved() {
         })
     );
     assert_eq!(
-        c.nodes[controller].handle_drain(now, NodeId(2)),
-        Err(DrainError::MetadataReplica(NodeId(2)))
+        c.nodes[controller].handle_drain(now, NodeId(9)),
+        Err(DrainError::Refused(DrainRefused::NotAMember(NodeId(9))))
     );
     assert_eq!(c.nodes[controller].handle_drain(now, NodeId(4)), Ok(()));
     // Asked again before that change committed: one change of the member
@@ -1473,4 +1474,81 @@ fn a_node_that_registers_joins_and_takes_its_share() {
         led.get(&NodeId(4)).copied().unwrap_or(0) >= 2,
         "n4 leads its share: {led:?}"
     );
+}
+
+/// The metadata group moves like any group: draining the node that runs
+/// the controller (a metadata replica, and its leader) hands the group's
+/// leadership to another replica, adds the fourth node as its replacement
+/// (learner, then a joint change) and removes the drained node; the new
+/// controller finishes the drain. Then two nodes join and the group grows
+/// to five voters.
+#[test]
+fn the_metadata_group_moves_off_a_drained_controller_and_grows_with_joins() {
+    use ringkv_core::identity::Incarnation;
+    use ringkv_core::metadata::{METADATA_GROUP, MemberState};
+    use ringkv_core::node::Registration;
+    let mut c = Cluster::with_config(4, 8, |cfg| cfg.placement.rebalance = true);
+    c.quiet_events = true;
+    c.run_for(3000);
+    let first = c.controller().expect("a controller");
+    let drained = c.nodes[first].id();
+    let now = c.now;
+    assert_eq!(c.nodes[first].handle_drain(now, drained), Ok(()));
+    c.drain(first);
+    c.run_for(40_000);
+    // (As a node that stays sees it: the removed one is told no more.)
+    let state = |c: &Cluster, n: u64| {
+        let i = c.controller().expect("a controller");
+        c.nodes[i].metadata().unwrap().members[&NodeId(n)].state
+    };
+    assert_eq!(state(&c, drained.0), MemberState::Removed);
+    let controller = c.controller().expect("a new controller");
+    assert_ne!(controller, first);
+    let meta = |c: &Cluster| {
+        let i = c.controller().expect("a controller");
+        c.nodes[i]
+            .raft(METADATA_GROUP)
+            .unwrap()
+            .membership()
+            .clone()
+    };
+    let m = meta(&c);
+    let others: Vec<NodeId> = (1..=4).map(NodeId).filter(|&n| n != drained).collect();
+    assert_eq!(m.voters, others, "{m:?}");
+    assert!(
+        c.nodes[first].raft(METADATA_GROUP).is_none(),
+        "the drained node's replica is gone"
+    );
+
+    // Two nodes join: five up members, five metadata voters.
+    for id in [5u64, 6] {
+        let mut cfg = NodeConfig::new(NodeId(id), (1..=id).map(NodeId).collect());
+        cfg.founding = false;
+        cfg.ring = c.nodes[0].config().ring;
+        cfg.placement.rebalance = true;
+        c.nodes
+            .push(Node::new(cfg, id, Recovered::default()).expect("start"));
+        c.disks.push(Vec::new());
+        loop {
+            let i = c.controller().expect("a controller");
+            let now = c.now;
+            let addr = format!("n{id}:9090");
+            match c.nodes[i].handle_register(now, NodeId(id), addr, Incarnation(id.into())) {
+                Ok(Registration::Member(_)) => break,
+                _ => {
+                    c.drain(i);
+                    c.run_for(200);
+                }
+            }
+        }
+    }
+    c.run_for(60_000);
+    let m = meta(&c);
+    let mut want = others.clone();
+    want.extend([NodeId(5), NodeId(6)]);
+    assert_eq!(m.voters, want, "{m:?}");
+    assert!(m.learners.is_empty() && !m.is_joint(), "{m:?}");
+    for n in [5u64, 6] {
+        assert_eq!(state(&c, n), MemberState::Up);
+    }
 }

@@ -829,24 +829,37 @@ impl Writer {
 
     /// Stops writing; every acknowledged write must read back through `addr`.
     fn stop_and_check(self, addr: std::net::SocketAddr) {
+        check_acked(&self.stop(), addr);
+    }
+
+    /// Stops writing; returns every acknowledged write (key -> value).
+    fn stop(self) -> BTreeMap<String, String> {
         self.stop.store(true, Ordering::Relaxed);
         let writes = self.thread.join().expect("writer");
         assert!(writes > 0, "the writer wrote nothing");
-        for (key, value) in self.acked.lock().unwrap().iter() {
-            let r = retry_read(RETRY, || get(addr, &kv_path(key, None)));
-            assert_eq!(r.text(), *value, "{key}");
-        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
     }
 }
 
-/// How many partitions node `id` is a voter of, as it says.
+/// Every acknowledged write reads back through `addr`.
+fn check_acked(acked: &BTreeMap<String, String>, addr: std::net::SocketAddr) {
+    for (key, value) in acked {
+        let r = retry_read(RETRY, || get(addr, &kv_path(key, None)));
+        assert_eq!(r.text(), *value, "{key}");
+    }
+}
+
+/// How many partitions node `id` holds a voting replica of, as it says
+/// (a partition it does not replicate has no known leader in its status;
+/// its `replicas` there are only the ring's guess).
 fn voter_of(c: &Cluster, id: u64) -> usize {
     c.status(id)["partitions"].as_array().map_or(0, |ps| {
         ps.iter()
             .filter(|p| {
-                p["replicas"]
-                    .as_array()
-                    .is_some_and(|r| r.contains(&id.into()))
+                p["leader"].is_u64()
+                    && p["replicas"]
+                        .as_array()
+                        .is_some_and(|r| r.contains(&id.into()))
             })
             .count()
     })
@@ -939,9 +952,11 @@ fn a_dead_nodes_replicas_are_re_created_under_write_load() {
 }
 
 /// `ringkv node drain` under write load: refused, with the reason, for a
-/// node that holds a replica of the metadata group; for node 4 of four, its
-/// replicas move to the other three, make before break, and it is removed;
-/// every acknowledged write is readable.
+/// node that is not a member; for the node that runs the controller (a
+/// replica and the leader of the metadata group), its replicas (the
+/// metadata group's too) move to the other three, make before break, a new
+/// controller finishes the drain, and it is removed; every acknowledged
+/// write is readable; restarted, it is refused and told why.
 #[test]
 fn a_drained_node_leaves_after_its_replicas_moved() {
     let _timer = Timer::start("a_drained_node_leaves_after_its_replicas_moved");
@@ -960,7 +975,7 @@ fn a_drained_node_leaves_after_its_replicas_moved() {
             .expect("run ringkv node drain")
     };
 
-    let out = drain(1);
+    let out = drain(9);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -968,14 +983,17 @@ fn a_drained_node_leaves_after_its_replicas_moved() {
         "{}{stderr}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(
-        stderr.contains("n1 holds a replica of the metadata group"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("n9 is not a member"), "{stderr}");
 
-    let writer = Writer::start(c.node(2).rest(), "drain");
+    // The node to drain runs the controller: it leads the metadata group,
+    // whose replica moves off it like any partition's.
+    let gone = c.status(1)["metadata_leader"]
+        .as_u64()
+        .expect("a controller");
+    let rest: Vec<u64> = (1..=4).filter(|&n| n != gone).collect();
+    let writer = Writer::start(c.node(rest[0]).rest(), "drain");
     let started = Instant::now();
-    let out = drain(4);
+    let out = drain(gone);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -986,29 +1004,61 @@ fn a_drained_node_leaves_after_its_replicas_moved() {
         stdout.contains("drain accepted by the controller"),
         "{stdout}"
     );
-    assert!(stdout.trim_end().ends_with("n4: removed"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with(&format!("n{gone}: removed")),
+        "{stdout}"
+    );
     println!(
-        "node 4 drained and removed in {:.1} s",
+        "node {gone} (the controller) drained and removed in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let leaders = poll(READY, "every partition on nodes 1-3", || {
-        settled_on(&c, &[1, 2, 3], 64)
+    let leaders = poll(READY, "every partition on the other three", || {
+        settled_on(&c, &rest, 64)
     });
     assert_eq!(leaders.values().sum::<usize>(), 64);
-    writer.stop_and_check(c.node(3).rest());
+    writer.stop_and_check(c.node(rest[1]).rest());
+    let s = c.status(rest[0]);
+    let controller = s["metadata_leader"].as_u64().expect("a new controller");
+    assert!(rest.contains(&controller), "{s}");
 
-    // Removed, node 4 is no peer of the others any more: restarted, its
-    // calls are refused, and it is told why.
-    c.restart(4);
-    poll(READY, "node 4 to be told it was removed", || {
-        let refused = c.status(4)["refusals"]
+    // Removed, it is no peer of the others any more: restarted, its calls
+    // are refused, and it is told why.
+    c.restart(gone);
+    poll(READY, "the removed node to be told it was removed", || {
+        let refused = c.status(gone)["refusals"]
             .as_array()?
             .iter()
             .any(|r| r["direction"] == "outgoing" && r["reason"] == "removed");
         refused.then_some(())
     });
-    let log = c.log(4);
-    assert!(log.contains("n4 was removed from the cluster"), "{log}");
+    let log = c.log(gone);
+    assert!(
+        log.contains(&format!("n{gone} was removed from the cluster")),
+        "{log}"
+    );
+}
+
+/// The ring a cluster of nodes 1..=n started with the default settings
+/// places partitions by.
+fn default_ring(n: u64) -> ringkv_core::ring::Ring {
+    use ringkv_core::ring::{Ring, RingConfig};
+    let config = RingConfig {
+        partition_count: 64,
+        replication_factor: 3,
+        tokens_per_node: 64,
+    };
+    Ring::new(config, (1..=n).map(ringkv_core::NodeId)).expect("ring")
+}
+
+/// Partition `p`'s replicas on `ring`, by id.
+fn sorted_replicas(ring: &ringkv_core::ring::Ring, p: u64) -> Vec<u64> {
+    let mut r: Vec<u64> = ring
+        .replicas(ringkv_core::PartitionId(p as u32))
+        .iter()
+        .map(|n| n.0)
+        .collect();
+    r.sort_unstable();
+    r
 }
 
 /// Whether every partition is led by one of `nodes` with voters exactly
@@ -1052,29 +1102,11 @@ fn settled_as(
 /// directory under its id is refused with the reason.
 #[test]
 fn a_node_joins_a_running_cluster_and_takes_its_share() {
-    use ringkv_core::NodeId;
-    use ringkv_core::ring::{Ring, RingConfig};
     let _timer = Timer::start("a_node_joins_a_running_cluster_and_takes_its_share");
     let mut c = Cluster::start(3);
     c.wait_ready(READY);
-    let ring = |n: u64| {
-        let config = RingConfig {
-            partition_count: 64,
-            replication_factor: 3,
-            tokens_per_node: 64,
-        };
-        Ring::new(config, (1..=n).map(NodeId)).expect("ring")
-    };
-    let (before, after) = (ring(3), ring(4));
-    let desired = |p: u64| {
-        let mut r: Vec<u64> = after
-            .replicas(ringkv_core::PartitionId(p as u32))
-            .iter()
-            .map(|n| n.0)
-            .collect();
-        r.sort_unstable();
-        r
-    };
+    let (before, after) = (default_ring(3), default_ring(4));
+    let desired = |p: u64| sorted_replicas(&after, p);
 
     let writer = Writer::start(c.node(1).rest(), "join");
     thread::sleep(Duration::from_millis(500));
@@ -1103,10 +1135,12 @@ fn a_node_joins_a_running_cluster_and_takes_its_share() {
         started.elapsed().as_secs_f64(),
         moved as f64 / minimum
     );
-    let held = voter_of(&c, 4);
-    assert_eq!(
-        held, moved,
-        "node 4 holds a replica of each partition moved to it"
+    // As node 4 itself sees it (its replicas learn each leader within a
+    // heartbeat, after a transfer too).
+    poll(
+        READY,
+        "node 4 to hold a replica of each partition moved to it",
+        || (voter_of(&c, 4) == moved).then_some(()),
     );
     writer.stop_and_check(c.node(4).rest());
 
@@ -1157,4 +1191,47 @@ fn a_node_joins_a_running_cluster_and_takes_its_share() {
         stderr.contains("was a member with another data directory"),
         "{stderr}"
     );
+}
+
+/// Resumable after a whole-cluster restart: a fourth node joins, and while
+/// its replicas are still moving every node is killed (-9) and restarted.
+/// A move's state is its group's configuration, so the controller elected
+/// after the restart finishes what the last one started: every partition
+/// ends on the ring over four nodes, no change left under way, and every
+/// acknowledged write reads back.
+#[test]
+fn a_rebalance_resumes_after_the_whole_cluster_restarts() {
+    let _timer = Timer::start("a_rebalance_resumes_after_the_whole_cluster_restarts");
+    let mut c = Cluster::start(3);
+    c.wait_ready(READY);
+    let ring = default_ring(4);
+    let desired = |p: u64| sorted_replicas(&ring, p);
+    let writer = Writer::start(c.node(1).rest(), "restart");
+    thread::sleep(Duration::from_millis(300));
+    c.join(1);
+    // Some replicas have moved, most have not.
+    poll(
+        Duration::from_secs(60),
+        "node 4 to hold a few partitions",
+        || (voter_of(&c, 4) >= 4).then_some(()),
+    );
+    let moved_before = voter_of(&c, 4);
+    let acked = writer.stop();
+    c.kill_all();
+    for id in 1..=4 {
+        c.restart(id);
+    }
+    c.wait_ready(READY);
+    let writer = Writer::start(c.node(3).rest(), "restarted");
+    let leaders = poll(
+        Duration::from_secs(180),
+        "every partition on the ring over four nodes after the restart",
+        || settled_as(&c, &[1, 2, 3, 4], desired, 64),
+    );
+    println!(
+        "restarted with {moved_before} partitions on node 4; the rebalance then completed \
+         (leaders {leaders:?})"
+    );
+    writer.stop_and_check(c.node(4).rest());
+    check_acked(&acked, c.node(2).rest());
 }

@@ -57,11 +57,6 @@ pub enum DrainError {
     Refused(#[from] DrainRefused),
     #[error("another change of the member list is being committed; retry shortly")]
     Busy,
-    #[error(
-        "{0} holds a replica of the metadata group, whose replicas are not moved yet; \
-         it cannot be drained"
-    )]
-    MetadataReplica(NodeId),
 }
 
 /// What [`Node::handle_register`] did.
@@ -232,6 +227,10 @@ impl Node {
             .get(&METADATA_GROUP)
             .is_some_and(|g| g.raft.is_leader());
         let doc = self.metadata().filter(|_| leads_metadata)?.clone();
+        let metadata_group = GroupReport {
+            membership: self.groups[&METADATA_GROUP].raft.membership().clone(),
+            leader: Some(self.id),
+        };
         let now = self.now;
         let lifetime = self.cfg.report_interval * REPORT_LIFETIME_INTERVALS;
         self.controller
@@ -251,6 +250,7 @@ impl Node {
                     };
                     (p, report)
                 })
+                .chain([(METADATA_GROUP, metadata_group)])
                 .collect(),
             down_for: doc
                 .members
@@ -337,13 +337,6 @@ impl Node {
         self.start(now);
         let cluster = self.observed_cluster().ok_or(not_controller)?;
         check_drain(&cluster, node)?;
-        let metadata_voter = self
-            .groups
-            .get(&METADATA_GROUP)
-            .is_some_and(|g| g.raft.membership().contains(node));
-        if metadata_voter {
-            return Err(DrainError::MetadataReplica(node));
-        }
         let from = cluster.members[&node];
         if from == MemberState::Draining {
             return Ok(());
@@ -462,6 +455,9 @@ impl Node {
             .max_batch_bytes
             .saturating_sub(wire::PEER_BATCH_OVERHEAD_BYTES);
         for (to, messages) in std::mem::take(&mut self.controller.outbox) {
+            if !self.peers.contains(&to) {
+                continue;
+            }
             let mut batch: Vec<PlacementMessage> = Vec::new();
             let mut bytes = 0;
             for m in messages {

@@ -1934,6 +1934,13 @@ impl Node {
             .max_batch_bytes
             .saturating_sub(wire::PEER_BATCH_OVERHEAD_BYTES);
         for (to, messages) in std::mem::take(&mut self.outbox) {
+            if !self.peers.contains(&to) {
+                // A member removed meanwhile (or one this node has not
+                // heard of yet: the member list reaches it shortly, and
+                // Raft resends): the transport has no link to it.
+                tracing::debug!(peer = %to, dropped = messages.len(), "messages for a node that is not a peer");
+                continue;
+            }
             self.last_sent.insert(to, self.now);
             // One pass for sizes; most flushes fit one batch per lane and
             // keep their order and their vector.

@@ -13,6 +13,13 @@
 //! slots, a leave exactly the leaver's). The planner adds nothing to that:
 //! every replica it creates is one the desired ring has and the group lacks.
 //!
+//! **The metadata group** ([`METADATA_GROUP`], reported by the controller
+//! itself) is planned like a partition, toward
+//! [`Cluster::desired_metadata`]: 1, 3 or 5 `up` members
+//! ([`metadata_group_size`]), its current voters kept while they are up.
+//! Its leadership (the controller) moves off a member that is not up, and
+//! never for balance.
+//!
 //! **Member states** change only through the plan ([`Action::SetState`]),
 //! committed by the driver to the member list, and never go back:
 //! - `joining` -> `up` once the node is not held down (it has been heard from);
@@ -58,6 +65,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::moves::{MoveStep, ReplicaMove};
+use crate::metadata::METADATA_GROUP;
 pub use crate::metadata::MemberState;
 use crate::raft::{ConfChange, Membership};
 use crate::ring::{Ring, RingConfig, RingError};
@@ -126,6 +134,40 @@ impl Cluster {
     /// removed, not held down.
     fn is_healthy(&self, node: NodeId) -> bool {
         self.state(node).is_some_and(MemberState::is_live) && !self.down_for.contains_key(&node)
+    }
+
+    /// The metadata group's desired voters: as many `up` members as
+    /// [`metadata_group_size`] allows, keeping its current `up` voters
+    /// (lowest ids first if there are too many), then adding available
+    /// `up` members by lowest id. Moving the group is costly (it holds the
+    /// controller), so a voter stays while it is `up`.
+    pub fn desired_metadata(&self, current: &Membership) -> Vec<NodeId> {
+        let up: Vec<NodeId> = self.in_state(MemberState::Up).collect();
+        let size = metadata_group_size(up.len());
+        let mut desired: Vec<NodeId> = current
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| up.contains(v))
+            .collect();
+        desired.sort_unstable();
+        desired.truncate(size);
+        for n in up {
+            if desired.len() >= size {
+                break;
+            }
+            if !desired.contains(&n) && self.is_available(n) {
+                desired.push(n);
+            }
+        }
+        desired
+    }
+
+    fn in_state(&self, state: MemberState) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(move |(_, s)| **s == state)
+            .map(|(&n, _)| n)
     }
 
     /// The desired ring: the consistent-hash ring over the `up` members.
@@ -255,13 +297,24 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
     let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
     let mut wanted: Vec<(MoveProgress, Option<(&GroupReport, NodeId)>)> = Vec::new();
     let mut busy: BTreeSet<PartitionId> = BTreeSet::new();
-    for p in ring.partitions() {
+    let desired_metadata = cluster
+        .groups
+        .get(&METADATA_GROUP)
+        .map(|r| cluster.desired_metadata(&r.membership))
+        .unwrap_or_default();
+    for p in ring.partitions().chain([METADATA_GROUP]) {
         let Some(report) = cluster.groups.get(&p) else {
-            out.unreported.push(p);
+            if p != METADATA_GROUP {
+                out.unreported.push(p);
+            }
             continue;
         };
-        let desired = ring.replicas(p);
         let m = &report.membership;
+        let desired = if p == METADATA_GROUP {
+            &desired_metadata[..]
+        } else {
+            ring.replicas(p)
+        };
         out.misplaced += desired.iter().filter(|d| !m.voters.contains(d)).count();
         let healthy = m.voters.iter().filter(|&&v| cluster.is_healthy(v)).count();
         if healthy < desired.len() {
@@ -527,7 +580,9 @@ fn balance_leaders(
         .filter(|&n| cluster.is_available(n))
         .map(|n| (n, 0))
         .collect();
-    for l in leaders.values() {
+    // Partitions' leaderships are what is balanced (the metadata group's
+    // is the controller, and stays put while its member is up).
+    for (_, l) in leaders.iter().filter(|(p, _)| **p != METADATA_GROUP) {
         if let Some(c) = count.get_mut(l) {
             *c += 1;
         }
@@ -579,7 +634,9 @@ fn balance_leaders(
             let Some(&have) = count.get(&from) else {
                 continue;
             };
-            if busy.contains(&p) {
+            // The metadata group's leader is the controller: it moves
+            // only off a member that is not up (above), never for balance.
+            if busy.contains(&p) || p == METADATA_GROUP {
                 continue;
             }
             for to in candidates(p, from) {
@@ -594,6 +651,17 @@ fn balance_leaders(
         };
         transfers_left -= 1;
         transfer(p, from, to, TransferReason::Balance, &mut count, leaders);
+    }
+}
+
+/// How many voters the metadata group wants among `members` members: 5,
+/// 3 or 1, an odd number (an even one adds no fault tolerance), at most 5
+/// (more would slow every member-list change for nothing).
+pub fn metadata_group_size(members: usize) -> usize {
+    match members {
+        0..=2 => 1,
+        3..=4 => 3,
+        _ => 5,
     }
 }
 
@@ -633,8 +701,11 @@ pub fn check_drain(cluster: &Cluster, node: NodeId) -> Result<(), DrainRefused> 
         .keys()
         .filter(|&&n| n != node && cluster.is_available(n))
         .count();
-    let possible = remaining.min(cluster.ring.replication_factor);
     for (&partition, g) in &cluster.groups {
+        let possible = match partition {
+            METADATA_GROUP => metadata_group_size(remaining).min(remaining),
+            _ => remaining.min(cluster.ring.replication_factor),
+        };
         let voters = g.membership.voters.len();
         let quorum = voters / 2 + 1;
         if g.membership.contains(node) && possible < quorum {

@@ -211,19 +211,23 @@ impl Handshake {
     /// returns the admitted peer, or the status that refuses the call.
     pub fn admit_call<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
         let value = request.metadata().get_bin(HELLO_METADATA);
-        let result = self.admit_hello(value);
-        if let Ok(peer) = result
-            && lock(&self.removed).contains(&peer)
-        {
-            let refusal = Refusal::Removed { peer };
-            self.note(peer, Direction::Incoming, &refusal);
-            return Err(Status::failed_precondition(format!(
-                "refused by {} [{}]: {refusal}",
-                self.me.node,
-                refusal.kind()
-            )));
+        let peer = self.admit_hello(value)?;
+        self.refuse_removed(peer)?;
+        Ok(peer)
+    }
+
+    /// The refusal of `peer`'s calls if the member list removed it.
+    pub fn refuse_removed(&self, peer: NodeId) -> Result<(), Status> {
+        if !lock(&self.removed).contains(&peer) {
+            return Ok(());
         }
-        result
+        let refusal = Refusal::Removed { peer };
+        self.note(peer, Direction::Incoming, &refusal);
+        Err(Status::failed_precondition(format!(
+            "refused by {} [{}]: {refusal}",
+            self.me.node,
+            refusal.kind()
+        )))
     }
 
     /// Members the member list removed: their calls are refused from now on.

@@ -69,18 +69,17 @@ impl PeerService {
 /// sender's next write fail, and it re-dials a fresh connection, which
 /// carries traffic as soon as the network does.
 async fn receive_frames<S>(
+    service: &PeerService,
     peer: ringkv_core::NodeId,
     stream: S,
-    input: &mpsc::Sender<Input>,
-    stats: &TransportStats,
-    clock: &dyn Clock,
-    idle_timeout: Duration,
-    max_frame_bytes: usize,
 ) -> Result<(), Status>
 where
     S: tokio_stream::Stream<Item = Result<pb::PeerFrame, Status>>,
 {
     use tokio_stream::StreamExt as _;
+    let (handshake, input, stats) = (&*service.handshake, &service.input, &*service.stats);
+    let (clock, idle_timeout) = (&*service.clock, service.idle_timeout);
+    let max_frame_bytes = service.max_frame_bytes;
     tokio::pin!(stream);
     // One timer per idle interval, not one per frame: when it fires, the
     // stream is idle only if no frame came since; otherwise it is re-armed
@@ -117,6 +116,9 @@ where
             }
         };
         stats.batches_received.fetch_add(1, Ordering::Relaxed);
+        // A stream admitted before the member list removed its sender ends
+        // here, with the reason, and its re-dial is refused.
+        handshake.refuse_removed(peer)?;
         if frame.batch.is_empty() {
             stats.keepalives_received.fetch_add(1, Ordering::Relaxed);
             // A stream of keepalives alone would hold a stopping node's
@@ -188,16 +190,7 @@ impl pb::peer_server::Peer for PeerService {
         request: Request<tonic::Streaming<pb::PeerFrame>>,
     ) -> Result<Response<pb::PeerStreamClosed>, Status> {
         let peer = self.handshake.admit_call(&request)?;
-        receive_frames(
-            peer,
-            request.into_inner(),
-            &self.input,
-            &self.stats,
-            &*self.clock,
-            self.idle_timeout,
-            self.max_frame_bytes,
-        )
-        .await?;
+        receive_frames(self, peer, request.into_inner()).await?;
         Ok(Response::new(pb::PeerStreamClosed {}))
     }
 
