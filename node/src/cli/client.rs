@@ -156,10 +156,62 @@ pub async fn del(a: DelArgs) -> ExitCode {
     finish(result.map(|r| render_del(a.opts.output, &a.key, &r).into_bytes()))
 }
 
-/// Runs `ringkv status`.
+/// Runs `ringkv status`: exit code 0 when the answer shows a healthy
+/// cluster, [`exit::DEGRADED`] when it shows it degraded (see
+/// [`degraded`]; the report is printed either way).
 pub async fn status(a: StatusArgs) -> ExitCode {
     let result = execute_status(&a).await;
-    finish(result.map(|s| render_status(a.opts.output, a.partitions, &s).into_bytes()))
+    let verdict = result.as_ref().map(degraded).unwrap_or_default();
+    let code = finish(result.map(|s| render_status(a.opts.output, a.partitions, &s).into_bytes()));
+    if code == ExitCode::SUCCESS && !verdict.is_empty() {
+        return ExitCode::from(super::exit::DEGRADED);
+    }
+    code
+}
+
+/// Why the cluster is degraded, as far as one node's answer shows (empty:
+/// healthy): the node is not in a cluster; a member is joining, draining,
+/// dead or down; partitions this node replicates have no leader, or, led
+/// by it, lag; and, answered by the controller, under-replicated
+/// partitions or replica moves under way.
+pub fn degraded(s: &StatusResponse) -> Vec<String> {
+    let mut why = Vec::new();
+    if s.cluster_uid.is_empty() {
+        why.push(format!("node {} is not in a cluster yet", s.node_id));
+    }
+    for n in &s.nodes {
+        match n.state.as_str() {
+            "joining" | "draining" | "dead" => why.push(format!("node {} is {}", n.id, n.state)),
+            "removed" => continue,
+            _ => {}
+        }
+        if n.health == "down" && n.state != "dead" {
+            why.push(format!("node {} is down", n.id));
+        }
+    }
+    let leaderless = s.partitions.iter().filter(|p| p.leader == 0).count();
+    if leaderless > 0 {
+        why.push(format!("{leaderless} partition(s) without a known leader"));
+    }
+    let lagging = s.partitions.iter().filter(|p| p.under_replicated).count();
+    if lagging > 0 {
+        why.push(format!(
+            "{lagging} partition(s) led by node {} have lagging replicas",
+            s.node_id
+        ));
+    }
+    if s.controller {
+        if !s.under_replicated.is_empty() {
+            why.push(format!(
+                "{} under-replicated partition(s)",
+                s.under_replicated.len()
+            ));
+        }
+        if !s.moves.is_empty() {
+            why.push(format!("{} replica move(s) to make", s.moves.len()));
+        }
+    }
+    why
 }
 
 /// Runs `ringkv locate`.
@@ -593,6 +645,10 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
             }
             out.push_str(&nodes.render());
             out.push_str(&placement_summary(s));
+            match degraded(s).as_slice() {
+                [] => out.push_str("\ncluster: healthy\n"),
+                why => out.push_str(&format!("\ncluster: DEGRADED: {}\n", why.join("; "))),
+            }
             if !s.refusals.is_empty() {
                 out.push_str("\nrefused peers (last minute):\n");
                 for r in &s.refusals {
@@ -751,6 +807,8 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                 metadata_version: u64,
                 metadata_leader: Option<u64>,
                 controller: Option<Controller<'a>>,
+                /// Why the cluster is degraded (empty: healthy).
+                degraded: Vec<String>,
             }
             fn some(t: &str) -> Option<&str> {
                 (!t.is_empty()).then_some(t)
@@ -805,6 +863,7 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                         .collect(),
                     under_replicated: &s.under_replicated,
                 }),
+                degraded: degraded(s),
                 partitions: s
                     .partitions
                     .iter()

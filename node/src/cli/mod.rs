@@ -54,6 +54,9 @@ pub mod exit {
     pub const OUTCOME_UNKNOWN: u8 = 6;
     /// The server rejected the key or value itself; retrying cannot help.
     pub const INVALID_INPUT: u8 = 7;
+    /// `status`: the cluster is degraded (a member down, dead, joining or
+    /// draining; partitions without a leader, under-replicated, or moving).
+    pub const DEGRADED: u8 = 8;
 }
 
 /// How a command prints its result on stdout.

@@ -316,3 +316,48 @@ async fn a_write_without_answer_times_out_as_outcome_unknown() {
     assert_eq!(failure.exit, exit::OUTCOME_UNKNOWN);
     assert_eq!(node.requests.load(Ordering::SeqCst), 1);
 }
+
+/// `ringkv status` exits 8 exactly when the answer shows the cluster
+/// degraded; each reason alone is enough.
+#[test]
+fn the_status_verdict_names_each_degradation() {
+    let mut s = sample_status();
+    // Healthy: every member up and heard, every partition led, no moves.
+    for n in &mut s.nodes {
+        if n.health == "down" {
+            n.health = "up".to_owned();
+        }
+    }
+    for p in &mut s.partitions {
+        p.leader = p.leader.max(1);
+        p.under_replicated = false;
+    }
+    s.moves.clear();
+    s.under_replicated.clear();
+    assert_eq!(degraded(&s), Vec::<String>::new());
+
+    let mut down = s.clone();
+    down.nodes[2].health = "down".to_owned();
+    assert_eq!(degraded(&down), ["node 3 is down"]);
+    let mut dead = down.clone();
+    dead.nodes[2].state = "dead".to_owned();
+    assert_eq!(degraded(&dead), ["node 3 is dead"]);
+    let mut removed = down.clone();
+    removed.nodes[2].state = "removed".to_owned();
+    assert_eq!(degraded(&removed), Vec::<String>::new());
+    let mut joining = s.clone();
+    joining.nodes[1].state = "joining".to_owned();
+    assert_eq!(degraded(&joining), ["node 2 is joining"]);
+    let mut moving = s.clone();
+    moving.under_replicated = vec![3];
+    assert_eq!(degraded(&moving), ["1 under-replicated partition(s)"]);
+    moving.controller = false;
+    assert_eq!(
+        degraded(&moving),
+        Vec::<String>::new(),
+        "only the controller knows"
+    );
+    let mut unformed = s.clone();
+    unformed.cluster_uid.clear();
+    assert_eq!(degraded(&unformed), ["node 1 is not in a cluster yet"]);
+}
