@@ -39,11 +39,12 @@ pub struct PeerBatch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlacementMessage {
     /// To the controller: the sender leads `partition`'s group in `term`,
-    /// with this configuration.
+    /// with this configuration, and its learners are this far.
     Report {
         partition: PartitionId,
         term: u64,
         membership: Membership,
+        learners: Vec<CatchUp>,
     },
     /// To a group's leader: propose this configuration change.
     ConfChange {
@@ -52,6 +53,19 @@ pub enum PlacementMessage {
     },
     /// To a group's leader: hand leadership to `to`.
     TransferLeader { partition: PartitionId, to: NodeId },
+}
+
+/// How far a learner has caught up, as its group's leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatchUp {
+    pub node: NodeId,
+    /// The highest index the leader knows it holds.
+    pub matched: u64,
+    /// The leader's last index.
+    pub last_index: u64,
+    /// While the leader streams it a snapshot: bytes acknowledged, and the
+    /// snapshot's size.
+    pub snapshot: Option<(u64, u64)>,
 }
 
 /// The cluster metadata a batch carries: the version the sender has and

@@ -40,7 +40,7 @@ use ringkv_proto::v1 as pb;
 use ringkv_proto::v1::raft_message::Body as PbBody;
 use ringkv_proto::v1::wal_record::Record as PbRecord;
 
-use crate::io::{Gossip, GroupMessage, PeerBatch, PlacementMessage, WalRecord};
+use crate::io::{CatchUp, Gossip, GroupMessage, PeerBatch, PlacementMessage, WalRecord};
 use crate::metadata::MAX_DOCUMENT_BYTES;
 use crate::raft::{
     ConfChange, Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
@@ -266,11 +266,22 @@ fn placement_to_proto(m: &PlacementMessage) -> pb::PlacementMessage {
             partition,
             term,
             membership,
+            learners,
         } => (
             partition,
             Kind::Report(pb::GroupReport {
                 term: *term,
                 membership: Some(membership_to_proto(membership)),
+                learners: learners
+                    .iter()
+                    .map(|l| pb::LearnerProgress {
+                        node: l.node.0,
+                        matched: l.matched,
+                        last_index: l.last_index,
+                        snapshot_bytes_acked: l.snapshot.map_or(0, |(a, _)| a),
+                        snapshot_bytes_total: l.snapshot.map_or(0, |(_, t)| t),
+                    })
+                    .collect(),
             }),
         ),
         PlacementMessage::ConfChange { partition, change } => {
@@ -298,6 +309,19 @@ fn placement_from_proto(m: pb::PlacementMessage) -> Result<PlacementMessage> {
                     r.membership
                         .ok_or(WireError::Missing("GroupReport.membership"))?,
                 )?,
+                learners: r
+                    .learners
+                    .into_iter()
+                    .map(|l| {
+                        Ok(CatchUp {
+                            node: node_id(l.node, "LearnerProgress.node")?,
+                            matched: l.matched,
+                            last_index: l.last_index,
+                            snapshot: (l.snapshot_bytes_total > 0)
+                                .then_some((l.snapshot_bytes_acked, l.snapshot_bytes_total)),
+                        })
+                    })
+                    .collect::<Result<_>>()?,
             },
             Kind::ConfChange(c) => PlacementMessage::ConfChange {
                 partition,
@@ -315,9 +339,11 @@ fn placement_from_proto(m: pb::PlacementMessage) -> Result<PlacementMessage> {
 /// [`PeerBatch`].
 pub fn placement_len_bound(m: &PlacementMessage) -> usize {
     32 + match m {
-        PlacementMessage::Report { membership, .. } => {
-            snapshot_meta_len_bound(membership_ids(membership))
-        }
+        PlacementMessage::Report {
+            membership,
+            learners,
+            ..
+        } => snapshot_meta_len_bound(membership_ids(membership)) + 60 * learners.len(),
         PlacementMessage::ConfChange { change, .. } => match change {
             ConfChange::EnterJoint { promote, remove } => 16 + 11 * (promote.len() + remove.len()),
             _ => 16,
@@ -1055,16 +1081,38 @@ mod tests {
             })
     }
 
+    fn arb_catch_up() -> impl Strategy<Value = CatchUp> {
+        (
+            arb_node_id(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::option::of((any::<u64>(), 1..u64::MAX)),
+        )
+            .prop_map(|(node, matched, last_index, snapshot)| CatchUp {
+                node,
+                matched,
+                last_index,
+                snapshot,
+            })
+    }
+
     fn arb_placement() -> impl Strategy<Value = PlacementMessage> {
         let partition = any::<u32>().prop_map(PartitionId);
         prop_oneof![
-            (partition.clone(), any::<u64>(), arb_membership()).prop_map(
-                |(partition, term, membership)| PlacementMessage::Report {
-                    partition,
-                    term,
-                    membership,
-                }
-            ),
+            (
+                partition.clone(),
+                any::<u64>(),
+                arb_membership(),
+                prop::collection::vec(arb_catch_up(), 0..3)
+            )
+                .prop_map(|(partition, term, membership, learners)| {
+                    PlacementMessage::Report {
+                        partition,
+                        term,
+                        membership,
+                        learners,
+                    }
+                }),
             (partition.clone(), arb_conf_change())
                 .prop_map(|(partition, change)| PlacementMessage::ConfChange { partition, change }),
             (partition, arb_node_id())

@@ -1433,9 +1433,17 @@ fn a_node_that_registers_joins_and_takes_its_share() {
         }))
     );
 
-    // Every 100 ms: no group below three voters while replicas move.
+    // Every 100 ms: no group below three voters while replicas move; the
+    // controller sees how far the new replicas are.
+    let mut saw_catch_up = false;
     for _ in 0..300 {
         c.run_for(100);
+        let plan = c.controller().and_then(|i| c.nodes[i].last_plan());
+        saw_catch_up |= plan.is_some_and(|p| {
+            p.moves
+                .iter()
+                .any(|m| m.catch_up.as_ref().is_some_and(|u| u.node == NodeId(4)))
+        });
         for (p, l) in c.leaders() {
             let m = c.nodes[(l.0 - 1) as usize]
                 .raft(p)
@@ -1446,6 +1454,7 @@ fn a_node_that_registers_joins_and_takes_its_share() {
             assert!(outgoing_ok, "{p} has {m:?}");
         }
     }
+    assert!(saw_catch_up, "a plan showed n4's catch-up progress");
     let state = |c: &Cluster, i: usize| c.nodes[i].metadata().unwrap().members[&NodeId(4)].state;
     for i in 0..4 {
         assert_eq!(state(&c, i), MemberState::Up, "as n{} sees it", i + 1);

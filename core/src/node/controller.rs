@@ -26,19 +26,20 @@
 //! move more than the throttle allows on a node until the reports catch up.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::Node;
 use crate::identity::Incarnation;
-use crate::io::PlacementMessage;
+use crate::io::{CatchUp, PlacementMessage};
 use crate::kv::{Command, Precondition};
 use crate::metadata::MemberState;
 use crate::metadata::{ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, MetaChange, MetaError};
 use crate::placement::planner::{
     self, Action, Cluster, DrainRefused, GroupReport, Plan, check_drain,
 };
-use crate::raft::Membership;
+use crate::raft::{Membership, Raft};
 use crate::types::{NodeId, PartitionId, Time};
 use crate::wire;
 
@@ -89,6 +90,24 @@ pub enum RegisterError {
     Busy,
 }
 
+/// How far each learner of the group `raft` leads has caught up.
+fn learners_progress(raft: &Raft) -> Vec<CatchUp> {
+    let last_index = raft.log().last_index();
+    raft.membership()
+        .learners
+        .iter()
+        .filter_map(|&node| {
+            let matched = raft.progress(node)?.matched;
+            Some(CatchUp {
+                node,
+                matched,
+                last_index,
+                snapshot: raft.outgoing_snapshot_progress(node),
+            })
+        })
+        .collect()
+}
+
 /// Reports older than this many report intervals are ignored.
 const REPORT_LIFETIME_INTERVALS: u32 = 3;
 
@@ -96,6 +115,7 @@ struct Report {
     term: u64,
     leader: NodeId,
     membership: Membership,
+    learners: Vec<CatchUp>,
     at: Time,
 }
 
@@ -112,6 +132,40 @@ pub(super) struct ControllerState {
     outbox: BTreeMap<NodeId, Vec<PlacementMessage>>,
     /// The latest plan this node made (for operators).
     last_plan: Option<Plan>,
+    /// Per move catching up (partition, new replica): when it was first
+    /// seen, and what it had left then, to estimate when it is done.
+    pace: BTreeMap<(PartitionId, NodeId), Pace>,
+}
+
+/// An estimate beyond this (about three years) is no estimate.
+const MAX_ETA_SECS: f64 = 1e8;
+
+/// What a catching-up replica had left when the controller first saw it.
+struct Pace {
+    since: Time,
+    /// Bytes of snapshot, or log entries, left then.
+    left: u64,
+    snapshot: bool,
+}
+
+/// When a replica that had `pace.left` to do then and has `left` now is
+/// done, at the same pace (none before any progress). The numbers come
+/// from peers' reports: nothing here may overflow or panic.
+fn eta(pace: &Pace, now: Time, left: u64) -> Option<Duration> {
+    let done = pace.left.checked_sub(left).filter(|&d| d > 0)?;
+    let elapsed = now.saturating_since(pace.since);
+    let secs = elapsed.as_secs_f64() * left as f64 / done as f64;
+    (secs.is_finite() && secs < MAX_ETA_SECS && !elapsed.is_zero())
+        .then(|| Duration::from_secs_f64(secs))
+}
+
+/// What a catching-up replica has left: snapshot bytes while a snapshot
+/// streams to it, else log entries.
+fn left_to_do(c: &CatchUp) -> (u64, bool) {
+    match c.snapshot {
+        Some((acked, total)) => (total.saturating_sub(acked), true),
+        None => (c.last_index.saturating_sub(c.matched), false),
+    }
 }
 
 impl Node {
@@ -145,6 +199,7 @@ impl Node {
                 partition,
                 term: g.raft.term(),
                 membership: g.raft.membership().clone(),
+                learners: learners_progress(&g.raft),
             })
             .collect();
         if controller == self.id {
@@ -174,6 +229,7 @@ impl Node {
                 partition,
                 term,
                 membership,
+                learners,
             } => {
                 let newer = self
                     .controller
@@ -188,6 +244,7 @@ impl Node {
                             term,
                             leader: from,
                             membership,
+                            learners,
                             at,
                         },
                     );
@@ -227,9 +284,11 @@ impl Node {
             .get(&METADATA_GROUP)
             .is_some_and(|g| g.raft.is_leader());
         let doc = self.metadata().filter(|_| leads_metadata)?.clone();
+        let metadata_raft = &self.groups[&METADATA_GROUP].raft;
         let metadata_group = GroupReport {
-            membership: self.groups[&METADATA_GROUP].raft.membership().clone(),
+            membership: metadata_raft.membership().clone(),
             leader: Some(self.id),
+            learners: learners_progress(metadata_raft),
         };
         let now = self.now;
         let lifetime = self.cfg.report_interval * REPORT_LIFETIME_INTERVALS;
@@ -247,6 +306,7 @@ impl Node {
                     let report = GroupReport {
                         membership: r.membership.clone(),
                         leader: Some(r.leader),
+                        learners: r.learners.clone(),
                     };
                     (p, report)
                 })
@@ -310,7 +370,35 @@ impl Node {
         if !changes.is_empty() {
             self.propose_metadata_changes(&changes);
         }
+        let mut plan = plan;
+        self.estimate_catch_up(&mut plan);
         self.controller.last_plan = Some(plan);
+    }
+
+    /// Fills in each catching-up move's `eta`: what it has left at the
+    /// pace it went since the controller first saw it (none before it has
+    /// made progress).
+    fn estimate_catch_up(&mut self, plan: &mut Plan) {
+        let now = self.now;
+        let mut seen = BTreeMap::new();
+        for m in &mut plan.moves {
+            let Some(c) = &m.catch_up else {
+                continue;
+            };
+            let key = (m.partition, c.node);
+            let (left, snapshot) = left_to_do(c);
+            let pace = match self.controller.pace.remove(&key) {
+                Some(p) if p.snapshot == snapshot && p.left >= left => p,
+                _ => Pace {
+                    since: now,
+                    left,
+                    snapshot,
+                },
+            };
+            m.eta = eta(&pace, now, left);
+            seen.insert(key, pace);
+        }
+        self.controller.pace = seen;
     }
 
     fn send_order(&mut self, to: NodeId, m: PlacementMessage) {
@@ -475,5 +563,54 @@ impl Node {
                 self.send_node_batch(to, gossip, batch, bytes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_estimate_follows_the_pace_so_far_and_never_overflows() {
+        let pace = Pace {
+            since: Time::from_millis(1000),
+            left: 100,
+            snapshot: true,
+        };
+        // 25 done in 2 s: 75 left take 6 s.
+        assert_eq!(
+            eta(&pace, Time::from_millis(3000), 75),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(
+            eta(&pace, Time::from_millis(3000), 100),
+            None,
+            "no progress yet"
+        );
+        assert_eq!(eta(&pace, Time::from_millis(1000), 50), None, "no time yet");
+        assert_eq!(eta(&pace, Time::from_millis(3000), 0), Some(Duration::ZERO));
+        assert_eq!(eta(&pace, Time::from_millis(3000), 200), None, "went back");
+        let huge = Pace {
+            since: Time::from_millis(0),
+            left: u64::MAX,
+            snapshot: false,
+        };
+        assert_eq!(
+            eta(&huge, Time::from_millis(u64::MAX / 2), u64::MAX - 1),
+            None
+        );
+    }
+
+    #[test]
+    fn what_is_left_is_snapshot_bytes_while_one_streams_else_entries() {
+        let c = |snapshot| CatchUp {
+            node: NodeId(4),
+            matched: 10,
+            last_index: 50,
+            snapshot,
+        };
+        assert_eq!(left_to_do(&c(Some((3, 12)))), (9, true));
+        assert_eq!(left_to_do(&c(None)), (40, false));
+        assert_eq!(left_to_do(&c(Some((13, 12)))), (0, true));
     }
 }

@@ -65,6 +65,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::moves::{MoveStep, ReplicaMove};
+use crate::io::CatchUp;
 use crate::metadata::METADATA_GROUP;
 pub use crate::metadata::MemberState;
 use crate::raft::{ConfChange, Membership};
@@ -105,6 +106,8 @@ pub struct GroupReport {
     /// `None`: the configuration is known (e.g. from a follower) but no
     /// leader is: nothing can be proposed to the group.
     pub leader: Option<NodeId>,
+    /// How far each learner has caught up, as the leader sees it.
+    pub learners: Vec<CatchUp>,
 }
 
 /// What the planner sees.
@@ -220,6 +223,12 @@ pub struct MoveProgress {
     pub mv: ReplicaMove,
     pub reason: Reason,
     pub phase: Phase,
+    /// While catching up: how far the new replica is, as the group's
+    /// leader reported it.
+    pub catch_up: Option<CatchUp>,
+    /// While catching up: when it should be done at the pace seen so far
+    /// (the controller fills it in; the planner has no clock).
+    pub eta: Option<Duration>,
 }
 
 /// Why leadership moves.
@@ -339,11 +348,19 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
                 *load.entry(n).or_default() += 1;
             }
         }
+        let catch_up = match (phase, mv) {
+            (Phase::CatchingUp, ReplicaMove::Add { to } | ReplicaMove::Replace { to, .. }) => {
+                report.learners.iter().find(|l| l.node == to).cloned()
+            }
+            _ => None,
+        };
         let progress = MoveProgress {
             partition: p,
             mv,
             reason,
             phase,
+            catch_up,
+            eta: None,
         };
         wanted.push((progress, report.leader.map(|leader| (report, leader))));
     }

@@ -109,6 +109,7 @@ fn move_status(m: &MoveProgress) -> pb::MoveStatus {
         ReplicaMove::Add { to } => ("add", 0, to.0),
         ReplicaMove::Remove { from } => ("remove", from.0, 0),
     };
+    let catch_up = m.catch_up.as_ref();
     pb::MoveStatus {
         partition: m.partition.0,
         kind: kind.to_owned(),
@@ -128,6 +129,10 @@ fn move_status(m: &MoveProgress) -> pb::MoveStatus {
             Phase::Joint => "joint",
         }
         .to_owned(),
+        snapshot_bytes_acked: catch_up.and_then(|c| c.snapshot).map_or(0, |(a, _)| a),
+        snapshot_bytes_total: catch_up.and_then(|c| c.snapshot).map_or(0, |(_, t)| t),
+        entries_behind: catch_up.map_or(0, |c| c.last_index.saturating_sub(c.matched)),
+        eta_seconds: m.eta.map(|d| d.as_secs_f64()),
     }
 }
 

@@ -359,6 +359,30 @@ fn placement(o: &mut Out, view: &crate::view::ClusterView) {
          (after a join, about rf/(n+1) of all slots; controller only).",
         plan.misplaced as f64,
     );
+    let catching_up = plan.moves.iter().filter_map(|m| m.catch_up.as_ref());
+    let (mut acked, mut total, mut behind) = (0u64, 0u64, 0u64);
+    for c in catching_up {
+        if let Some((a, t)) = c.snapshot {
+            acked = acked.saturating_add(a);
+            total = total.saturating_add(t);
+        }
+        behind = behind.saturating_add(c.last_index.saturating_sub(c.matched));
+    }
+    o.metric(
+        "ringkv_placement_catch_up_snapshot_bytes",
+        "gauge",
+        "Snapshot bytes of the moves catching up: acknowledged by the new replicas, and in all \
+         (controller only).",
+        &[
+            ("kind=\"acked\"", acked as f64),
+            ("kind=\"total\"", total as f64),
+        ],
+    );
+    o.gauge(
+        "ringkv_placement_catch_up_entries_behind",
+        "Log entries the new replicas of the moves catching up still lack (controller only).",
+        behind as f64,
+    );
     let waiting = plan.waiting();
     let samples = [
         ("phase=\"under_way\"", (plan.moves.len() - waiting) as f64),

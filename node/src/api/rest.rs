@@ -398,11 +398,7 @@ async fn cluster_status(State(s): State<AppState>) -> Json<serde_json::Value> {
         "metadata_version": st.metadata_version,
         "metadata_leader": if st.metadata_leader == 0 { serde_json::Value::Null } else { json!(st.metadata_leader) },
         "controller": st.controller.then(|| json!({
-            "moves": st.moves.iter().map(|m| json!({
-                "partition": m.partition, "kind": m.kind,
-                "from": (m.from != 0).then_some(m.from), "to": (m.to != 0).then_some(m.to),
-                "reason": m.reason, "phase": m.phase,
-            })).collect::<Vec<_>>(),
+            "moves": st.moves.iter().map(move_json).collect::<Vec<_>>(),
             "under_replicated": st.under_replicated,
         })),
         "partitions": st.partitions.iter().map(|p| json!({
@@ -413,6 +409,21 @@ async fn cluster_status(State(s): State<AppState>) -> Json<serde_json::Value> {
             "applied_index": p.applied_index, "keys": p.keys,
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// One replica move as the REST API shows it (with its catch-up progress
+/// while the new replica is a learner).
+fn move_json(m: &ringkv_proto::v1::MoveStatus) -> serde_json::Value {
+    let catching_up = m.phase == "catching-up";
+    json!({
+        "partition": m.partition, "kind": m.kind,
+        "from": (m.from != 0).then_some(m.from), "to": (m.to != 0).then_some(m.to),
+        "reason": m.reason, "phase": m.phase,
+        "snapshot_bytes_acked": catching_up.then_some(m.snapshot_bytes_acked),
+        "snapshot_bytes_total": catching_up.then_some(m.snapshot_bytes_total),
+        "entries_behind": catching_up.then_some(m.entries_behind),
+        "eta_seconds": m.eta_seconds,
+    })
 }
 
 fn null_if_zero(id: u64) -> serde_json::Value {
@@ -441,18 +452,9 @@ async fn cluster_members(State(s): State<AppState>) -> Json<serde_json::Value> {
 async fn cluster_moves(State(s): State<AppState>) -> Json<serde_json::Value> {
     let view = s.node.view();
     let st = status_response(&view, &s.node, &s.handshake, &s.addrs);
-    let moves = st.controller.then(|| {
-        st.moves
-            .iter()
-            .map(|m| {
-                json!({
-                    "partition": m.partition, "kind": m.kind,
-                    "from": (m.from != 0).then_some(m.from), "to": (m.to != 0).then_some(m.to),
-                    "reason": m.reason, "phase": m.phase,
-                })
-            })
-            .collect::<Vec<_>>()
-    });
+    let moves = st
+        .controller
+        .then(|| st.moves.iter().map(move_json).collect::<Vec<_>>());
     Json(json!({
         "answered_by": st.node_id,
         "controller": null_if_zero(st.metadata_leader),

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use ringkv_proto::v1::cluster_client::ClusterClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, KeyValue, LocateRequest, LocateResponse,
+    DeleteRequest, DeleteResponse, GetRequest, KeyValue, LocateRequest, LocateResponse, MoveStatus,
     Precondition, PutRequest, PutResponse, StatusRequest, StatusResponse, precondition,
 };
 use serde::Serialize;
@@ -582,9 +582,38 @@ fn placement_summary(s: &StatusResponse) -> String {
             _ => format!("-n{}", m.from),
         };
         out.push_str(&format!(
-            "  partition {}: {what} ({}, {})\n",
-            m.partition, m.reason, m.phase
+            "  partition {}: {what} ({}, {}){}\n",
+            m.partition,
+            m.reason,
+            m.phase,
+            move_progress(m)
         ));
+    }
+    out
+}
+
+/// A catching-up move's progress: a bar over the snapshot bytes while one
+/// streams, else the entries it lacks; and the estimate, once there is one.
+fn move_progress(m: &MoveStatus) -> String {
+    if m.phase != "catching-up" {
+        return String::new();
+    }
+    const WIDTH: u64 = 20;
+    let mut out = if m.snapshot_bytes_total > 0 {
+        let acked = m.snapshot_bytes_acked.min(m.snapshot_bytes_total);
+        let filled = (acked * WIDTH / m.snapshot_bytes_total) as usize;
+        format!(
+            " [{}{}] {:.1} of {:.1} MiB",
+            "#".repeat(filled),
+            ".".repeat(WIDTH as usize - filled),
+            acked as f64 / (1024.0 * 1024.0),
+            m.snapshot_bytes_total as f64 / (1024.0 * 1024.0)
+        )
+    } else {
+        format!(" {} entries behind", m.entries_behind)
+    };
+    if let Some(eta) = m.eta_seconds {
+        out.push_str(&format!(", ETA {eta:.0} s"));
     }
     out
 }
@@ -752,6 +781,10 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                 to: Option<u64>,
                 reason: &'a str,
                 phase: &'a str,
+                snapshot_bytes_acked: u64,
+                snapshot_bytes_total: u64,
+                entries_behind: u64,
+                eta_seconds: Option<f64>,
             }
             #[derive(Serialize)]
             struct Controller<'a> {
@@ -859,6 +892,10 @@ fn render_status(format: OutputFormat, partitions: bool, s: &StatusResponse) -> 
                             to: (m.to != 0).then_some(m.to),
                             reason: &m.reason,
                             phase: &m.phase,
+                            snapshot_bytes_acked: m.snapshot_bytes_acked,
+                            snapshot_bytes_total: m.snapshot_bytes_total,
+                            entries_behind: m.entries_behind,
+                            eta_seconds: m.eta_seconds,
                         })
                         .collect(),
                     under_replicated: &s.under_replicated,

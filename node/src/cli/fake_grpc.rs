@@ -101,6 +101,10 @@ pub(crate) fn sample_status() -> StatusResponse {
                 to: 4,
                 reason: "leaving".into(),
                 phase: "catching-up".into(),
+                snapshot_bytes_acked: 3 << 20,
+                snapshot_bytes_total: 12 << 20,
+                entries_behind: 100_020,
+                eta_seconds: Some(9.0),
             },
             ringkv_proto::v1::MoveStatus {
                 partition: 2,
@@ -109,6 +113,7 @@ pub(crate) fn sample_status() -> StatusResponse {
                 to: 4,
                 reason: "leaving".into(),
                 phase: "waiting".into(),
+                ..Default::default()
             },
         ],
         under_replicated: vec![],

@@ -37,6 +37,7 @@ fn settled(partitions: u32, ids: &[u64]) -> Cluster {
                 GroupReport {
                     membership: Membership::new(replicas.iter().copied()),
                     leader: Some(replicas[0]),
+                    learners: Vec::new(),
                 },
             )
         })
@@ -734,6 +735,8 @@ fn a_joint_change_under_way_is_reported_as_the_move_it_is() {
             },
             reason: Reason::Leaving,
             phase: Phase::Joint,
+            catch_up: None,
+            eta: None,
         }]
     );
     assert!(
