@@ -1092,14 +1092,16 @@ fn settled_as(
     Some(leaders)
 }
 
-/// `ringkv server --join` under write load: a fourth node joins a running
-/// three-node cluster through one member, is registered (`joining`, then
-/// `up`), and receives exactly the replicas the ring over four members
-/// places on it (make before break), with its share of leaders. Prints the
+/// `ringkv server --join` under write load, 3 -> 4 -> 5 nodes: a fourth
+/// node joins a running three-node cluster through one member, is
+/// registered (`joining`, then `up`), and receives exactly the replicas the
+/// ring over four members places on it (make before break), with its share
+/// of leaders. Prints the
 /// replica slots moved against the theoretical minimum rf/(n+1). Every
 /// acknowledged write reads back, through the new node too; the node
 /// restarts with the same command line and serves again; another data
-/// directory under its id is refused with the reason.
+/// directory under its id is refused with the reason. Then a fifth joins
+/// through the fourth, with the same checks of placement and writes.
 #[test]
 fn a_node_joins_a_running_cluster_and_takes_its_share() {
     let _timer = Timer::start("a_node_joins_a_running_cluster_and_takes_its_share");
@@ -1191,6 +1193,36 @@ fn a_node_joins_a_running_cluster_and_takes_its_share() {
         stderr.contains("was a member with another data directory"),
         "{stderr}"
     );
+
+    // And a fifth, through the node that joined: 4 -> 5.
+    let (before, after) = (default_ring(4), default_ring(5));
+    let desired = |p: u64| sorted_replicas(&after, p);
+    let writer = Writer::start(c.node(2).rest(), "join5");
+    let started = Instant::now();
+    assert_eq!(c.join(4), 5);
+    let leaders = poll(
+        Duration::from_secs(180),
+        "every partition on the ring over five nodes, leaders spread",
+        || {
+            let leaders = settled_as(&c, &[1, 2, 3, 4, 5], desired, 64)?;
+            leaders
+                .values()
+                .all(|&k| (12..=14).contains(&k))
+                .then_some(leaders)
+        },
+    );
+    let moved = (0..64u32)
+        .map(ringkv_core::PartitionId)
+        .filter(|&p| after.replicas(p) != before.replicas(p))
+        .count();
+    let minimum = 3.0 * 64.0 / 5.0;
+    println!(
+        "node 5 joined and took its share in {:.1} s: {moved} replica slots moved \
+         (minimum {minimum}, ratio {:.2}); leaders {leaders:?}",
+        started.elapsed().as_secs_f64(),
+        moved as f64 / minimum
+    );
+    writer.stop_and_check(c.node(5).rest());
 }
 
 /// Resumable after a whole-cluster restart: a fourth node joins, and while
