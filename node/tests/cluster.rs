@@ -1137,6 +1137,22 @@ fn a_node_joins_a_running_cluster_and_takes_its_share() {
         started.elapsed().as_secs_f64(),
         moved as f64 / minimum
     );
+    // `ringkv status`, asked of the controller, says healthy (exit 0) once
+    // the moves are done.
+    let controller = c.status(1)["metadata_leader"]
+        .as_u64()
+        .expect("a controller");
+    poll(READY, "`ringkv status` to exit 0 on the controller", || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args([
+                "status",
+                "--endpoints",
+                &c.node(controller).grpc.to_string(),
+            ])
+            .output()
+            .expect("run ringkv status");
+        out.status.success().then_some(())
+    });
     // As node 4 itself sees it (its replicas learn each leader within a
     // heartbeat, after a transfer too).
     poll(

@@ -189,9 +189,18 @@ pub fn degraded(s: &StatusResponse) -> Vec<String> {
             why.push(format!("node {} is down", n.id));
         }
     }
-    let leaderless = s.partitions.iter().filter(|p| p.leader == 0).count();
+    // Partitions this node replicates have a term; the others' rows are
+    // its routing guess, without a leader or a term.
+    let leaderless = s
+        .partitions
+        .iter()
+        .filter(|p| p.leader == 0 && p.term > 0)
+        .count();
     if leaderless > 0 {
-        why.push(format!("{leaderless} partition(s) without a known leader"));
+        why.push(format!(
+            "{leaderless} partition(s) node {} replicates have no leader",
+            s.node_id
+        ));
     }
     let lagging = s.partitions.iter().filter(|p| p.under_replicated).count();
     if lagging > 0 {

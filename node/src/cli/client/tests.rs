@@ -357,6 +357,17 @@ fn the_status_verdict_names_each_degradation() {
         Vec::<String>::new(),
         "only the controller knows"
     );
+    // A partition the node does not replicate (no term) has no known
+    // leader there, and that is no degradation; one it replicates is.
+    let mut elsewhere = s.clone();
+    elsewhere.partitions[3].leader = 0;
+    elsewhere.partitions[3].term = 0;
+    assert_eq!(degraded(&elsewhere), Vec::<String>::new());
+    elsewhere.partitions[3].term = 4;
+    assert_eq!(
+        degraded(&elsewhere),
+        ["1 partition(s) node 1 replicates have no leader"]
+    );
     let mut unformed = s.clone();
     unformed.cluster_uid.clear();
     assert_eq!(degraded(&unformed), ["node 1 is not in a cluster yet"]);
