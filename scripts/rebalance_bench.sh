@@ -86,9 +86,12 @@ throughput() {
 for id in 1 2 3; do start_founder "$id"; done
 wait_ready 1 2 3
 keys=$((mib * 16))
-echo "loading $mib MiB ($keys values of 64 KiB)..."
-"$bin" bench --endpoints "$endpoints" --protocol grpc --clients 16 --keys "$keys" \
-  --value-size 65536 --prefill --ops 1 -o json >/dev/null
+echo "loading $mib MiB ($keys values of 64 KiB, keys load-N; the load below writes bench-N)..."
+head -c 65536 /dev/urandom >"$dir/value"
+# (A write refused while leaders settle, 503 no_leader, is retried.)
+seq 0 $((keys - 1)) | xargs -P 16 -I{} \
+  curl -sf -o /dev/null --retry 10 --retry-all-errors --retry-delay 1 \
+  -X PUT --data-binary @"$dir/value" "127.0.0.1:18181/v1/kv/load-{}"
 wait_healthy
 base=$(throughput)
 echo "baseline: $base writes/s (1 KiB values, 16 clients)"
@@ -114,5 +117,7 @@ kill -9 "${pids[4]}"
 wait "${pids[4]}" 2>/dev/null || true
 pids[4]=""
 killed=$SECONDS
+# First the controller notices (node 4 down), then it recovers.
+for _ in $(seq 1 60); do cluster_healthy || break; sleep 0.5; done
 wait_healthy
-echo "loss: node 4 killed for good; every partition on 3 healthy replicas again $((SECONDS - killed)) s later (--dead-after 5 included)"
+echo "loss: node 4 (holding $((held / 1048576)) MiB) killed for good; every partition on 3 healthy replicas again $((SECONDS - killed)) s later (--dead-after 5 included)"
