@@ -91,7 +91,8 @@ pub async fn join_cluster(
     };
     let mut backoff = UNREACHABLE_RETRY_MIN;
     let mut last_logged = String::new();
-    let mut next = 0;
+    // The given members in turn, the first one first.
+    let mut next = targets.len() - 1;
     let mut redirect: Option<(String, usize)> = None;
     loop {
         let (target, hops) = match redirect.take() {
