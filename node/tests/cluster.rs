@@ -919,14 +919,18 @@ fn a_dead_nodes_replicas_are_re_created_under_write_load() {
     let s = c.status(controller);
     assert_eq!(s["controller"]["moves"], serde_json::json!([]), "{s}");
     let other = if controller == 1 { 2 } else { 1 };
-    let members = get(c.node(other).rest(), "/v1/cluster/members")
-        .expect("members")
-        .json();
-    let node4 = &members["members"].as_array().expect("members")[3];
-    assert_eq!(
-        (&node4["id"], &node4["state"]),
-        (&4.into(), &"removed".into()),
-        "{members}"
+    // Another node has the same member list once the change reaches it.
+    let asked = Instant::now();
+    let members = poll(READY, "another node to list node 4 as removed", || {
+        let members = get(c.node(other).rest(), "/v1/cluster/members")
+            .ok()?
+            .json();
+        let node4 = &members["members"].as_array()?[3];
+        (node4["id"] == 4 && node4["state"] == "removed").then_some(members)
+    });
+    println!(
+        "node {other} listed node 4 as removed {:.2} s after node {controller} did",
+        asked.elapsed().as_secs_f64()
     );
     assert_eq!(members["controller"], controller, "{members}");
     let moves = |id| {
