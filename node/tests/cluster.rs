@@ -1066,6 +1066,40 @@ fn sorted_replicas(ring: &ringkv_core::ring::Ring, p: u64) -> Vec<u64> {
     r
 }
 
+/// Waits until every partition is on the ring over nodes 1..=n (the one
+/// the n-th node joined) with each node leading `leaders` partitions; prints
+/// how long it took since `started` and the replica slots the join moved
+/// against the minimum rf/n x partitions; returns the slots moved.
+fn wait_join_settled(
+    c: &Cluster,
+    n: u64,
+    leaders: std::ops::RangeInclusive<usize>,
+    started: Instant,
+) -> usize {
+    let (before, after) = (default_ring(n - 1), default_ring(n));
+    let nodes: Vec<u64> = (1..=n).collect();
+    let split = poll(
+        Duration::from_secs(180),
+        &format!("every partition on the ring over {n} nodes, leaders spread"),
+        || {
+            let split = settled_as(c, &nodes, |p| sorted_replicas(&after, p), 64)?;
+            split.values().all(|k| leaders.contains(k)).then_some(split)
+        },
+    );
+    let moved = (0..64u32)
+        .map(ringkv_core::PartitionId)
+        .filter(|&p| after.replicas(p) != before.replicas(p))
+        .count();
+    let minimum = 3.0 * 64.0 / n as f64;
+    println!(
+        "node {n} joined and took its share in {:.1} s: {moved} replica slots moved \
+         (minimum rf/n x partitions = {minimum}, ratio {:.2}); leaders {split:?}",
+        started.elapsed().as_secs_f64(),
+        moved as f64 / minimum
+    );
+    moved
+}
+
 /// Whether every partition is led by one of `nodes` with voters exactly
 /// those `desired` gives it and no change under way; then the leaders per
 /// node.
@@ -1112,36 +1146,12 @@ fn a_node_joins_a_running_cluster_and_takes_its_share() {
     let _timer = Timer::start("a_node_joins_a_running_cluster_and_takes_its_share");
     let mut c = Cluster::start(3);
     c.wait_ready(READY);
-    let (before, after) = (default_ring(3), default_ring(4));
-    let desired = |p: u64| sorted_replicas(&after, p);
-
     let writer = Writer::start(c.node(1).rest(), "join");
     thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let id = c.join(2);
     assert_eq!(id, 4);
-    let leaders = poll(
-        Duration::from_secs(180),
-        "every partition on the ring over four nodes, leaders spread",
-        || {
-            let leaders = settled_as(&c, &[1, 2, 3, 4], desired, 64)?;
-            leaders
-                .values()
-                .all(|&k| (14..=18).contains(&k))
-                .then_some(leaders)
-        },
-    );
-    let moved = (0..64u32)
-        .map(ringkv_core::PartitionId)
-        .filter(|&p| after.replicas(p) != before.replicas(p))
-        .count();
-    let minimum = 3.0 * 64.0 / 4.0;
-    println!(
-        "node 4 joined and took its share in {:.1} s: {moved} replica slots moved \
-         (minimum rf/(n+1) x partitions = {minimum}, ratio {:.2}); leaders {leaders:?}",
-        started.elapsed().as_secs_f64(),
-        moved as f64 / minimum
-    );
+    let moved = wait_join_settled(&c, 4, 14..=18, started);
     // `ringkv status`, asked of the controller, says healthy (exit 0) once
     // the moves are done.
     let controller = c.status(1)["metadata_leader"]
@@ -1216,33 +1226,10 @@ fn a_node_joins_a_running_cluster_and_takes_its_share() {
     );
 
     // And a fifth, through the node that joined: 4 -> 5.
-    let (before, after) = (default_ring(4), default_ring(5));
-    let desired = |p: u64| sorted_replicas(&after, p);
     let writer = Writer::start(c.node(2).rest(), "join5");
     let started = Instant::now();
     assert_eq!(c.join(4), 5);
-    let leaders = poll(
-        Duration::from_secs(180),
-        "every partition on the ring over five nodes, leaders spread",
-        || {
-            let leaders = settled_as(&c, &[1, 2, 3, 4, 5], desired, 64)?;
-            leaders
-                .values()
-                .all(|&k| (11..=15).contains(&k))
-                .then_some(leaders)
-        },
-    );
-    let moved = (0..64u32)
-        .map(ringkv_core::PartitionId)
-        .filter(|&p| after.replicas(p) != before.replicas(p))
-        .count();
-    let minimum = 3.0 * 64.0 / 5.0;
-    println!(
-        "node 5 joined and took its share in {:.1} s: {moved} replica slots moved \
-         (minimum {minimum}, ratio {:.2}); leaders {leaders:?}",
-        started.elapsed().as_secs_f64(),
-        moved as f64 / minimum
-    );
+    wait_join_settled(&c, 5, 11..=15, started);
     writer.stop_and_check(c.node(5).rest());
 }
 

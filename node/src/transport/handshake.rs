@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -113,6 +114,9 @@ pub struct Handshake {
     /// Members the member list says were removed: refused whatever their
     /// hello says (checked before the admitted-hello cache).
     removed: Mutex<BTreeSet<NodeId>>,
+    /// Whether `removed` is not empty: every incoming frame asks, and
+    /// almost always nobody was removed, so that answer takes no lock.
+    any_removed: AtomicBool,
     clock: Arc<dyn Clock>,
 }
 
@@ -145,6 +149,7 @@ impl Handshake {
             admitted: Mutex::new(Vec::new()),
             refusals: Mutex::new(BTreeMap::new()),
             removed: Mutex::new(BTreeSet::new()),
+            any_removed: AtomicBool::new(false),
             clock,
         }
     }
@@ -218,7 +223,7 @@ impl Handshake {
 
     /// The refusal of `peer`'s calls if the member list removed it.
     pub fn refuse_removed(&self, peer: NodeId) -> Result<(), Status> {
-        if !lock(&self.removed).contains(&peer) {
+        if !self.any_removed.load(Ordering::Relaxed) || !lock(&self.removed).contains(&peer) {
             return Ok(());
         }
         let refusal = Refusal::Removed { peer };
@@ -232,7 +237,9 @@ impl Handshake {
 
     /// Members the member list removed: their calls are refused from now on.
     pub fn set_removed(&self, removed: BTreeSet<NodeId>) {
+        let any = !removed.is_empty();
         *lock(&self.removed) = removed;
+        self.any_removed.store(any, Ordering::Relaxed);
     }
 
     fn admit_hello(&self, value: Option<&MetadataValue<Binary>>) -> Result<NodeId, Status> {
