@@ -436,13 +436,33 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
 }
 
 /// Member state changes due now.
+///
+/// A member is marked dead only while the controller hears from a majority
+/// of the members that are not dead or removed (itself included). Silence
+/// is evidence only from an observer that hears the rest: a controller cut
+/// off with a minority, or one that was itself stopped (a long GC or VM
+/// pause, a clock that jumped) and has heard nothing since it went on,
+/// would otherwise take everyone it cannot hear for dead at once.
 fn member_transitions(cluster: &Cluster, cfg: &PlannerConfig, out: &mut Plan) {
     let all_reported = cluster.groups.len() as u64 >= u64::from(cluster.ring.partition_count);
+    let counted: Vec<NodeId> = cluster
+        .members
+        .iter()
+        .filter(|(_, s)| s.is_live())
+        .map(|(&id, _)| id)
+        .collect();
+    let heard = counted
+        .iter()
+        .filter(|id| !cluster.down_for.contains_key(id))
+        .count();
+    let hears_a_majority = heard * 2 > counted.len();
     for (&node, &state) in &cluster.members {
         let down = cluster.down_for.get(&node);
         let to = match state {
             MemberState::Joining if down.is_none() => MemberState::Up,
-            MemberState::Up if down.is_some_and(|d| *d >= cfg.dead_after) => MemberState::Dead,
+            MemberState::Up if hears_a_majority && down.is_some_and(|d| *d >= cfg.dead_after) => {
+                MemberState::Dead
+            }
             MemberState::Draining | MemberState::Dead
                 if all_reported
                     && cluster

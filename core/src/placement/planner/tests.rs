@@ -102,6 +102,32 @@ fn a_node_is_dead_only_after_the_grace_period() {
 }
 
 #[test]
+fn a_controller_that_hears_only_a_minority_marks_nobody_dead() {
+    // The controller (any member: the planner does not know which) hears
+    // one other of five: after its own long pause, or cut off with it.
+    let mut c = settled(8, &[1, 2, 3, 4, 5]);
+    for id in [3, 4, 5] {
+        c.down_for.insert(n(id), Duration::from_secs(60));
+    }
+    let p = plan_of(&c);
+    assert_eq!(state_changes(&p), []);
+    assert!(p.moves.is_empty());
+
+    // Hearing a majority again, it marks the silent ones dead. A dead
+    // member no longer counts toward the majority, so a second silent one
+    // is judged among the four that remain.
+    c.down_for.remove(&n(3));
+    assert_eq!(
+        state_changes(&plan_of(&c)),
+        [(n(4), MemberState::Dead), (n(5), MemberState::Dead)]
+    );
+    c.down_for.remove(&n(5));
+    c.members.insert(n(4), MemberState::Dead);
+    c.down_for.insert(n(3), Duration::from_secs(60));
+    assert_eq!(state_changes(&plan_of(&c)), [(n(3), MemberState::Dead)]);
+}
+
+#[test]
 fn a_joining_node_comes_up_once_heard_from() {
     let mut c = settled(8, &[1, 2, 3]);
     c.members.insert(n(4), MemberState::Joining);
