@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Long soak of the simulation: the linearizability-under-faults test
-# (sim/tests/linearizable.rs, 30 s of simulated time per seed) for many
+# Long soak of the simulation: a linearizability test of
+# sim/tests/linearizable.rs (30 s of simulated time per seed) for many
 # seeds, in a release build, several seeds at once. A failing seed does not
 # stop the soak: it is listed with its replay command at the end. Every
 # failure is confirmed by running its seed again alone, so seeds failing at
@@ -8,6 +8,8 @@
 #
 #   ./scripts/soak.sh [SEEDS]     SEEDS defaults to 10000
 #
+#   SOAK_TEST          faults (default: histories_under_faults_are_linearizable)
+#                      or churn (histories_under_membership_churn_are_linearizable)
 #   MADSIM_TEST_SEED   first seed (default 1)
 #   MADSIM_TEST_JOBS   seeds run at once (default: the number of CPUs)
 #   SOAK_CHUNK         seeds per test process (default 100; a process
@@ -18,6 +20,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+case "${SOAK_TEST:-faults}" in
+  faults) test=histories_under_faults_are_linearizable label="seed" ;;
+  churn) test=histories_under_membership_churn_are_linearizable label="churn seed" ;;
+  *) echo "soak: SOAK_TEST must be faults or churn, not ${SOAK_TEST}" >&2; exit 64 ;;
+esac
 total="${1:-10000}"
 first="${MADSIM_TEST_SEED:-1}"
 jobs="${MADSIM_TEST_JOBS:-$(nproc)}"
@@ -36,12 +43,12 @@ started=$SECONDS
 # run FIRST COUNT JOBS OUT: one test process over seeds FIRST..FIRST+COUNT-1.
 run() {
   MADSIM_TEST_SEED="$1" MADSIM_TEST_NUM="$2" MADSIM_TEST_JOBS="$3" \
-    cargo test --release -q -p ringkv-sim --test linearizable -- --nocapture >"$4" 2>&1
+    cargo test --release -q -p ringkv-sim --test linearizable -- --nocapture --exact "$test" >"$4" 2>&1
 }
 
 # Seeds that printed their passing summary line, from any output so far.
 passed_in() {
-  grep -aE '^seed [0-9]+: .* passed$' "$1" | cut -d: -f1 | cut -d' ' -f2 || true
+  grep -aE "^${label} [0-9]+: .* passed\$" "$1" | sed -E "s/^${label} ([0-9]+):.*/\1/" || true
 }
 
 next=$first
@@ -80,10 +87,10 @@ while [ "$next" -le "$last" ]; do
 done
 
 passed="$(sort -u "$work/passed" | wc -l)"
-echo "soak: ${passed} of ${total} seeds passed in $((SECONDS - started)) s (seeds ${first}..${last}, ${jobs} at once)"
+echo "soak: ${test}: ${passed} of ${total} seeds passed in $((SECONDS - started)) s (seeds ${first}..${last}, ${jobs} at once)"
 for seed in "${failed[@]}"; do
   echo "soak: seed ${seed} FAILED:"
-  grep -aE "^seed $seed: |panicked|Raft invariants|checks failed|^  \[" "$work/solo-$seed" | head -n 8 | sed 's/^/  /'
-  echo "  replay: MADSIM_TEST_SEED=${seed} RUSTFLAGS=\"--cfg madsim\" RUSTDOCFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test linearizable -- --nocapture"
+  grep -aE "^${label} $seed: |panicked|Raft invariants|checks failed|^  \[" "$work/solo-$seed" | head -n 8 | sed 's/^/  /'
+  echo "  replay: MADSIM_TEST_SEED=${seed} RUSTFLAGS=\"--cfg madsim\" RUSTDOCFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test linearizable -- --nocapture --exact ${test}"
 done
 [ "${#failed[@]}" -eq 0 ]

@@ -93,6 +93,7 @@ impl Driver {
             node_id: node.id(),
             members: Vec::new(),
             partitions: Vec::new(),
+            metadata_group: None,
             ready: false,
             stats: NodeStats::default(),
             pending_requests: 0,

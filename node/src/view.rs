@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ringkv_core::detector::PeerStatus;
-use ringkv_core::metadata::MemberState;
+use ringkv_core::metadata::{METADATA_GROUP, MemberState};
 use ringkv_core::node::{Node, NodeStats};
 use ringkv_core::placement::planner::Plan;
 use ringkv_core::raft::ProgressState;
@@ -47,6 +47,9 @@ pub struct ClusterView {
     pub node_id: NodeId,
     pub members: Vec<MemberView>,
     pub partitions: Vec<PartitionView>,
+    /// The metadata group, where this node replicates it (its
+    /// `partition` is [`METADATA_GROUP`]).
+    pub metadata_group: Option<PartitionView>,
     /// Set once every partition this node replicates knows its leader.
     pub ready: bool,
     /// The core's counters.
@@ -222,85 +225,22 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
         .ring()
         .partitions()
         .map(|p| {
-            // Where it does not replicate: the voters it last saw if it was
-            // removed from the group, else the ring's replicas.
-            let replicas = node
-                .retired_voters(p)
-                .map_or_else(|| node.ring().replicas(p).to_vec(), <[NodeId]>::to_vec);
-            let (Some(raft), Some(kv)) = (node.raft(p), node.kv(p)) else {
-                return PartitionView {
-                    partition: p,
-                    replicas,
-                    learners: Vec::new(),
-                    outgoing: Vec::new(),
-                    leader: None,
-                    term: 0,
-                    commit_index: 0,
-                    applied_index: 0,
-                    keys: 0,
-                    followers: Vec::new(),
-                    lag: 0,
-                    receiving_snapshot: None,
-                    under_replicated: false,
-                    catching_up: false,
-                };
-            };
-            if raft.leader().is_none() {
+            let view = group_view(node, p, &is_up);
+            if node.raft(p).is_some() && view.leader.is_none() {
                 ready = false;
             }
-            let last = raft.log().last_index();
-            let membership = raft.membership();
-            // Replicas of the configuration only: a removed one the leader
-            // still sends the log to is no follower.
-            let followers: Vec<FollowerView> = raft
-                .followers()
-                .filter(|(id, _)| membership.contains(*id))
-                .map(|(id, pr)| {
-                    let snapshot_progress = raft.outgoing_snapshot_progress(id);
-                    let lag = last.saturating_sub(pr.matched);
-                    FollowerView {
-                        node: id,
-                        match_index: pr.matched,
-                        lag,
-                        state: match pr.state {
-                            ProgressState::Replicate => "replicate",
-                            ProgressState::Probe => "probe",
-                            ProgressState::Snapshot { .. } => "snapshot",
-                        },
-                        snapshot_progress,
-                        lagging: lag > LAGGING_ENTRIES
-                            || matches!(pr.state, ProgressState::Snapshot { .. })
-                            || !is_up(id),
-                    }
-                })
-                .collect();
-            let applied = kv.applied_index();
-            let lag = raft.leader_commit().saturating_sub(applied);
-            let receiving_snapshot = raft
-                .incoming_snapshot_progress()
-                .map(|(_, held, total)| (held, total));
-            PartitionView {
-                partition: p,
-                replicas: voters_in_ring_order(&membership.voters, replicas),
-                learners: membership.learners.clone(),
-                outgoing: membership.outgoing.clone(),
-                leader: raft.leader(),
-                term: raft.term(),
-                commit_index: raft.log().committed(),
-                applied_index: applied,
-                keys: kv.len() as u64,
-                under_replicated: followers.iter().any(|f| f.lagging),
-                followers,
-                lag,
-                catching_up: lag > LAGGING_ENTRIES || receiving_snapshot.is_some(),
-                receiving_snapshot,
-            }
+            view
         })
         .collect();
+    let metadata_group = node
+        .raft(METADATA_GROUP)
+        .is_some()
+        .then(|| group_view(node, METADATA_GROUP, &is_up));
     ClusterView {
         node_id: me,
         members,
         partitions,
+        metadata_group,
         ready,
         stats: node.stats().clone(),
         pending_requests: node.pending_requests(),
@@ -311,5 +251,79 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
         plan: (node.metadata_leader() == Some(me))
             .then(|| node.last_plan().cloned())
             .flatten(),
+    }
+}
+
+/// One group as `node` sees it (see [`PartitionView`]).
+fn group_view(node: &Node, p: PartitionId, is_up: &impl Fn(NodeId) -> bool) -> PartitionView {
+    // Where it does not replicate: the voters it last saw if it was
+    // removed from the group, else the ring's replicas.
+    let replicas = node
+        .retired_voters(p)
+        .map_or_else(|| node.ring().replicas(p).to_vec(), <[NodeId]>::to_vec);
+    let (Some(raft), Some(kv)) = (node.raft(p), node.kv(p)) else {
+        return PartitionView {
+            partition: p,
+            replicas,
+            learners: Vec::new(),
+            outgoing: Vec::new(),
+            leader: None,
+            term: 0,
+            commit_index: 0,
+            applied_index: 0,
+            keys: 0,
+            followers: Vec::new(),
+            lag: 0,
+            receiving_snapshot: None,
+            under_replicated: false,
+            catching_up: false,
+        };
+    };
+    let last = raft.log().last_index();
+    let membership = raft.membership();
+    // Replicas of the configuration only: a removed one the leader
+    // still sends the log to is no follower.
+    let followers: Vec<FollowerView> = raft
+        .followers()
+        .filter(|(id, _)| membership.contains(*id))
+        .map(|(id, pr)| {
+            let snapshot_progress = raft.outgoing_snapshot_progress(id);
+            let lag = last.saturating_sub(pr.matched);
+            FollowerView {
+                node: id,
+                match_index: pr.matched,
+                lag,
+                state: match pr.state {
+                    ProgressState::Replicate => "replicate",
+                    ProgressState::Probe => "probe",
+                    ProgressState::Snapshot { .. } => "snapshot",
+                },
+                snapshot_progress,
+                lagging: lag > LAGGING_ENTRIES
+                    || matches!(pr.state, ProgressState::Snapshot { .. })
+                    || !is_up(id),
+            }
+        })
+        .collect();
+    let applied = kv.applied_index();
+    let lag = raft.leader_commit().saturating_sub(applied);
+    let receiving_snapshot = raft
+        .incoming_snapshot_progress()
+        .map(|(_, held, total)| (held, total));
+    PartitionView {
+        partition: p,
+        replicas: voters_in_ring_order(&membership.voters, replicas),
+        learners: membership.learners.clone(),
+        outgoing: membership.outgoing.clone(),
+        leader: raft.leader(),
+        term: raft.term(),
+        commit_index: raft.log().committed(),
+        applied_index: applied,
+        keys: kv.len() as u64,
+        under_replicated: followers.iter().any(|f| f.lagging),
+        followers,
+        lag,
+        catching_up: lag > LAGGING_ENTRIES || receiving_snapshot.is_some(),
+        receiving_snapshot,
     }
 }

@@ -72,6 +72,14 @@ pub struct ClusterOptions {
     /// judges only each leader's own arithmetic, not that no later leader
     /// exists at a lease read (a follower whose clock jumped votes early).
     pub clocks_jump: bool,
+    /// Whether the placement controller moves healthy groups toward the
+    /// ring over the `up` members (off by default: the mover nemesis moves
+    /// replicas off the ring, and the controller would move them back).
+    /// Re-replication of dead members and drains happen either way.
+    pub rebalance: bool,
+    /// How long the failure detector must hold a member down before the
+    /// controller marks it dead (`--dead-after`).
+    pub dead_after: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -85,6 +93,8 @@ impl Default for ClusterOptions {
             raft: None,
             clocks: Vec::new(),
             clocks_jump: false,
+            rebalance: false,
+            dead_after: Duration::from_secs(ringkv_node::config::defaults::DEAD_AFTER_SECS),
         }
     }
 }
@@ -95,6 +105,9 @@ pub enum NodeState {
     Up,
     Paused,
     Down,
+    /// Gone for good ([`SimCluster::lose`]): never restarted, left out of
+    /// [`SimCluster::node_ids`].
+    Lost,
 }
 
 /// What a node's `init` shares with the harness; lives across restarts.
@@ -141,6 +154,11 @@ pub struct SimCluster {
     message_faults: Arc<LinkFaults>,
     /// Raft's safety properties, judged on every node's observations.
     invariants: Arc<Mutex<Invariants>>,
+    /// Feeds `invariants`; every node's incarnations share it.
+    observer: Observer,
+    options: ClusterOptions,
+    /// The disks' latency, for nodes that join later.
+    disk_latency: Option<DiskLatency>,
 }
 
 /// madsim 0.2 never drops a task still waiting when a run ends: a node's
@@ -213,57 +231,106 @@ impl SimCluster {
                 }
             }))
         };
-        let mut nodes = BTreeMap::new();
-        for (index, &id) in peers.keys().enumerate() {
-            let (offset, drift) = options.clocks.get(index).copied().unwrap_or_default();
-            let disk = Arc::new(SimDisk::new());
-            let clock = SkewedClock::new(offset, drift);
-            let shared = Arc::new(NodeShared::default());
-            let mut config = server_config(id, &peers, &options);
-            config.peer_faults = Some(message_faults.clone());
-            config.observer = Some(observer.clone());
-            let init = {
-                let (disk, clock, shared) = (disk.clone(), clock.clone(), shared.clone());
-                move || {
-                    run_node(
-                        seed,
-                        config.clone(),
-                        disk.clone(),
-                        clock.clone(),
-                        shared.clone(),
-                    )
-                }
-            };
-            let sim = handle
-                .create_node()
-                .name(format!("node-{}", id.0))
-                .ip(node_ip(id))
-                .init(init)
-                .build();
-            let node = SimNode {
-                sim_id: sim.id(),
-                disk,
-                clock,
-                shared,
-                state: NodeState::Up,
-            };
-            nodes.insert(id, node);
-        }
-        SimCluster {
+        let mut cluster = SimCluster {
             handle,
             seed,
-            nodes,
+            nodes: BTreeMap::new(),
             clients: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             message_faults,
             invariants,
+            observer,
+            options,
+            disk_latency: None,
+        };
+        for (index, &id) in peers.keys().enumerate() {
+            let (offset, drift) = cluster
+                .options
+                .clocks
+                .get(index)
+                .copied()
+                .unwrap_or_default();
+            let config = server_config(id, &peers, &cluster.options);
+            cluster.spawn_node(config, SkewedClock::new(offset, drift));
         }
+        cluster
+    }
+
+    /// Creates the madsim node that runs `config`'s server, with a fresh
+    /// disk, and starts it.
+    fn spawn_node(&mut self, mut config: ServerConfig, clock: SkewedClock) {
+        let id = config.node_id;
+        config.peer_faults = Some(self.message_faults.clone());
+        config.observer = Some(self.observer.clone());
+        let disk = Arc::new(SimDisk::new());
+        let shared = Arc::new(NodeShared::default());
+        let seed = self.seed;
+        let init = {
+            let (disk, clock, shared) = (disk.clone(), clock.clone(), shared.clone());
+            move || {
+                run_node(
+                    seed,
+                    config.clone(),
+                    disk.clone(),
+                    clock.clone(),
+                    shared.clone(),
+                )
+            }
+        };
+        let sim = self
+            .handle
+            .create_node()
+            .name(format!("node-{}", id.0))
+            .ip(node_ip(id))
+            .init(init)
+            .build();
+        let node = SimNode {
+            sim_id: sim.id(),
+            disk,
+            clock,
+            shared,
+            state: NodeState::Up,
+        };
+        self.nodes.insert(id, node);
+    }
+
+    /// Starts a new, empty node that joins the running cluster through
+    /// every node in play (`--join`), with the next unused id, an exact
+    /// clock and the disk latency of the others. Returns its id.
+    pub fn join_node(&mut self) -> NodeId {
+        let id = NodeId(self.nodes.keys().last().map_or(1, |last| last.0 + 1));
+        let through: Vec<String> = self
+            .node_ids()
+            .into_iter()
+            .map(|m| grpc_addr(m).to_string())
+            .collect();
+        let mut config = server_config(id, &BTreeMap::from([(id, grpc_addr(id))]), &self.options);
+        config.join = through;
+        self.spawn_node(config, SkewedClock::new(Duration::ZERO, 0));
+        if let Some(latency) = self.disk_latency {
+            let disk = &self.node(id).disk;
+            disk.set_latency(Some(latency), node_seed(self.seed ^ 0xd15c, id, 0));
+        }
+        tracing::info!(node = %id, "sim: join");
+        id
+    }
+
+    /// Kills the node for good: its disk is gone with it, and it is never
+    /// restarted (the cluster must mark it dead and re-create its
+    /// replicas elsewhere).
+    pub fn lose(&mut self, id: NodeId) {
+        if self.state(id) != NodeState::Down {
+            self.kill(id);
+        }
+        self.node_mut(id).state = NodeState::Lost;
+        tracing::info!(node = %id, "sim: lost for good");
     }
 
     /// Every node's disk takes time as `latency` says from now on (`None`:
     /// instant), each drawing from its own RNG seeded from the cluster seed
     /// and its id. Disks keep it across restarts.
-    pub fn set_disk_latency(&self, latency: Option<DiskLatency>) {
+    pub fn set_disk_latency(&mut self, latency: Option<DiskLatency>) {
+        self.disk_latency = latency;
         for (&id, node) in &self.nodes {
             node.disk
                 .set_latency(latency, node_seed(self.seed ^ 0xd15c, id, 0));
@@ -292,9 +359,19 @@ impl SimCluster {
         self.seed
     }
 
-    /// The node ids, ascending.
+    /// How the nodes are configured.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    /// The ids of the nodes in play (every node but the ones lost for
+    /// good), ascending.
     pub fn node_ids(&self) -> Vec<NodeId> {
-        self.nodes.keys().copied().collect()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.state != NodeState::Lost)
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     fn node(&self, id: NodeId) -> &SimNode {
@@ -355,6 +432,7 @@ impl SimCluster {
             nodes: self
                 .nodes
                 .iter()
+                .filter(|(_, n)| n.state != NodeState::Lost)
                 .map(|(&id, n)| (id, n.shared.clone()))
                 .collect(),
         }
@@ -377,6 +455,7 @@ impl SimCluster {
     /// Crash: every task of the node stops at once. Unsynced writes stay on
     /// its disk (a process crash, not a power loss; see [`Self::power_loss`]).
     pub fn kill(&mut self, id: NodeId) {
+        assert_ne!(self.state(id), NodeState::Lost, "{id} was lost for good");
         let handle = self.handle.clone();
         let node = self.node_mut(id);
         handle.kill(node.sim_id);
@@ -399,6 +478,7 @@ impl SimCluster {
     /// Starts the node again from its disk (killing it first if it is up or
     /// paused: madsim's restart of a live node fails with "address in use").
     pub fn restart(&mut self, id: NodeId) {
+        assert_ne!(self.state(id), NodeState::Lost, "{id} was lost for good");
         if self.state(id) != NodeState::Down {
             self.kill(id);
         }
@@ -553,13 +633,19 @@ impl SimCluster {
     /// Waits (in simulated time, at most `timeout`) until every running node
     /// knows a leader for every partition it replicates. Returns whether they do.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        self.wait_ready_among(&self.node_ids(), timeout).await
+    }
+
+    /// As [`Self::wait_ready`], for the running nodes among `ids` only (a
+    /// drained node, removed from the cluster, may keep a replica that
+    /// never heard it was removed from its group, and so knows no leader).
+    pub async fn wait_ready_among(&self, ids: &[NodeId], timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let ready = self
-                .nodes
+            let ready = ids
                 .iter()
-                .filter(|(_, n)| n.state == NodeState::Up)
-                .all(|(&id, _)| self.node_handle(id).is_some_and(|h| h.view().ready));
+                .filter(|id| self.state(**id) == NodeState::Up)
+                .all(|&id| self.node_handle(id).is_some_and(|h| h.view().ready));
             if ready {
                 return true;
             }
@@ -584,10 +670,8 @@ fn server_config(
     c.tick_interval = options.tick_interval;
     c.request_timeout = options.request_timeout;
     c.raft = options.raft.clone();
-    // The mover nemesis moves replicas off the ring and back; the
-    // controller would move them back at once. No node joins here, so
-    // rebalancing has nothing else to do.
-    c.rebalance = false;
+    c.rebalance = options.rebalance;
+    c.dead_after = options.dead_after;
     c
 }
 

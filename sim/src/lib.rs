@@ -20,11 +20,14 @@
 //! - `workload` (madsim only): concurrent seeded clients that send gets,
 //!   puts, conditional puts and deletes to random nodes and record them;
 //! - `nemesis` (madsim only): a seeded, swarm-style fault schedule
-//!   (partitions, lossy links, crashes and power losses, pauses, clock drift);
+//!   (partitions, lossy links, crashes and power losses, pauses, clock drift,
+//!   and membership churn: joins, a drain, a node lost for good);
 //! - `mover` (madsim only): replica moves, and moves back, while the
 //!   nemesis runs;
 //! - `observer` (madsim only): elections and commit progress as the nodes'
-//!   views show them, as timeline lines for traces.
+//!   views show them, as timeline lines for traces;
+//! - `settle` (madsim only): whether membership and placement have settled
+//!   after churn, judged from the nodes' views.
 
 #[cfg(madsim)]
 pub mod cluster;
@@ -37,6 +40,8 @@ pub mod mover;
 pub mod nemesis;
 #[cfg(madsim)]
 pub mod observer;
+#[cfg(madsim)]
+pub mod settle;
 pub mod sim_clock;
 pub mod sim_disk;
 /// Concurrent seeded clients that fill a [`history::Recorder`].

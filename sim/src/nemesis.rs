@@ -18,7 +18,7 @@
 //! Every fault appends one trace line (`t=1234ms partition 1|2,3`,
 //! `t=1234ms lossy 1->2 drop=10% dup=5% delay=1..40ms`).
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -113,6 +113,53 @@ pub struct NemesisConfig {
     /// random replica of a random partition moves to another node (or is
     /// removed, where every node holds one), and later back.
     pub moves: bool,
+    /// Membership changes while the other faults run (see [`Churn`]).
+    /// Needs a cluster whose controller rebalances and no `moves` (the
+    /// controller would undo the mover's moves, and the mover the
+    /// controller's).
+    pub churn: Option<Churn>,
+}
+
+/// The membership changes a run makes, each once, at a time the nemesis
+/// draws like any other fault's: nodes join (`--join`, a new empty node
+/// each), a member is drained (`ringkv node drain` through the controller),
+/// a member is lost for good (killed, its disk gone: the cluster must mark
+/// it dead after `--dead-after` and re-create its replicas). A drain or a
+/// loss happens only while it leaves at least `replication_factor` members
+/// in play, so every partition can have its full set of replicas again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Churn {
+    pub joins: u32,
+    pub drain: bool,
+    pub loss: bool,
+}
+
+impl Churn {
+    /// One or two joins; a drain and a loss each with probability 1/2.
+    pub fn draw(rng: &mut ChaCha8Rng) -> Self {
+        Churn {
+            joins: rng.random_range(1..=2),
+            drain: rng.random_bool(0.5),
+            loss: rng.random_bool(0.5),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.joins == 0 && !self.drain && !self.loss
+    }
+}
+
+impl fmt::Display for Churn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "churn(joins={}", self.joins)?;
+        if self.drain {
+            f.write_str(",drain")?;
+        }
+        if self.loss {
+            f.write_str(",loss")?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// Bounds for lossy links that keep a run mostly live: Raft retransmits
@@ -154,6 +201,9 @@ async fn sprung_within(notifies: &[&Arc<Notify>], patience: Duration) -> Option<
         _ => unreachable!("one or two traps at a time"),
     }
 }
+
+/// How long the nemesis waits for the controller to take a drain.
+const DRAIN_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long an append trap waits for its leader to send entries.
 const APPEND_TRAP_PATIENCE: Duration = Duration::from_secs(2);
@@ -223,6 +273,7 @@ impl NemesisConfig {
             fast_elections: false,
             fine_ticks: false,
             moves: false,
+            churn: None,
         }
     }
 
@@ -291,6 +342,7 @@ impl NemesisConfig {
                 tiny_appends: rng.random_ratio(1, 4),
                 fast_elections: rng.random_ratio(1, 4),
                 fine_ticks: rng.random_ratio(1, 4),
+                churn: None,
             };
             if c.partitions
                 || c.one_way
@@ -371,6 +423,9 @@ impl NemesisConfig {
         if self.moves {
             kinds.push("moves".to_owned());
         }
+        if let Some(churn) = &self.churn {
+            kinds.push(churn.to_string());
+        }
         if let Some(disk) = &self.disk {
             kinds.push(format!(
                 "disk({:?}..{:?},{}%<={:?})",
@@ -417,12 +472,52 @@ pub struct Nemesis {
     seed: u64,
     /// Replica moves done and abandoned (with [`NemesisConfig::moves`]).
     moves: (usize, usize),
+    /// The membership changes still to make.
+    churn_left: Option<Churn>,
+    /// The membership changes made.
+    churned: ChurnReport,
+    /// The drain was picked; it runs once `inject` returns.
+    drain_due: bool,
+}
+
+/// The membership changes a [`Nemesis`] made (see [`Churn`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChurnReport {
+    pub joined: Vec<NodeId>,
+    /// Drained through the controller (the controller accepted it).
+    pub drained: Option<NodeId>,
+    pub lost: Option<NodeId>,
+}
+
+impl ChurnReport {
+    /// Whether `id` left the cluster (drained or lost).
+    pub fn left(&self, id: NodeId) -> bool {
+        self.drained == Some(id) || self.lost == Some(id)
+    }
+}
+
+impl fmt::Display for ChurnReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "joined [{}]", join(&self.joined))?;
+        if let Some(id) = self.drained {
+            write!(f, ", drained {id}")?;
+        }
+        if let Some(id) = self.lost {
+            write!(f, ", lost {id}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Nemesis {
     /// `start` is the run's time origin (trace times are ms since then).
     pub fn new(config: NemesisConfig, seed: u64, start: Instant) -> Self {
+        assert!(
+            !(config.moves && config.churn.is_some()),
+            "replica moves and membership churn fight each other"
+        );
         Nemesis {
+            churn_left: config.churn,
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
             start,
@@ -437,7 +532,24 @@ impl Nemesis {
             node: None,
             seed,
             moves: (0, 0),
+            churned: ChurnReport::default(),
+            drain_due: false,
         }
+    }
+
+    /// The membership changes made so far (with [`NemesisConfig::churn`]).
+    pub fn churned(&self) -> &ChurnReport {
+        &self.churned
+    }
+
+    /// The nodes in play that have not left the cluster: the members a
+    /// settled cluster has.
+    pub fn members(&self, cluster: &SimCluster) -> Vec<NodeId> {
+        cluster
+            .node_ids()
+            .into_iter()
+            .filter(|&id| !self.churned.left(id))
+            .collect()
     }
 
     /// Replica moves done and abandoned so far.
@@ -493,10 +605,12 @@ impl Nemesis {
     ) -> Option<(NodeId, u32)> {
         let observer = self.pick(ids);
         let view = cluster.node_handle(observer)?.view();
+        // Only leaders in play: a view may still name a node lost for good.
         let known: Vec<(NodeId, u32)> = view
             .partitions
             .iter()
             .filter_map(|p| Some((p.leader?, p.partition.0)))
+            .filter(|(leader, _)| ids.contains(leader))
             .collect();
         (!known.is_empty()).then(|| known[self.rng.random_range(0..known.len())])
     }
@@ -513,6 +627,9 @@ impl Nemesis {
         let view = cluster.node_handle(leader)?.view();
         let replicas = &view.partitions.get(p as usize)?.replicas;
         let others: Vec<NodeId> = replicas.iter().copied().filter(|&r| r != leader).collect();
+        if !others.iter().all(|o| ids.contains(o)) {
+            return None;
+        }
         Some((leader, p, others.try_into().ok()?))
     }
 
@@ -598,8 +715,50 @@ impl Nemesis {
                 if std::mem::take(&mut self.lease_restart_due) {
                     self.lease_restart(cluster).await;
                 }
+                if std::mem::take(&mut self.drain_due) {
+                    self.drain(cluster).await;
+                }
                 next = Instant::now() + self.gap();
             }
+        }
+    }
+
+    fn spend_churn(&mut self, spend: impl FnOnce(&mut Churn)) {
+        if let Some(churn) = &mut self.churn_left {
+            spend(churn);
+            if churn.is_done() {
+                self.churn_left = None;
+            }
+        }
+    }
+
+    /// A drain of a random member, asked of the controller as a random
+    /// running node knows it. Refused (no controller known, busy, a member
+    /// down), it is tried again at a later turn of the kind.
+    async fn drain(&mut self, cluster: &SimCluster) {
+        let members = self.members(cluster);
+        let target = self.pick(&members);
+        let observer = self.pick(&members);
+        let controller = cluster
+            .node_handle(observer)
+            .and_then(|h| h.view().metadata_leader);
+        let Some((controller, handle)) =
+            controller.and_then(|c| Some((c, cluster.node_handle(c)?)))
+        else {
+            self.log(format!(
+                "drain {target}: {observer} knows no running controller"
+            ));
+            return;
+        };
+        match tokio::time::timeout(DRAIN_CALL_TIMEOUT, handle.drain(target)).await {
+            Ok(Ok(())) => {
+                self.churned.drained = Some(target);
+                self.spend_churn(|c| c.drain = false);
+                self.faults += 1;
+                self.log(format!("drain {target} (through {controller})"));
+            }
+            Ok(Err(why)) => self.log(format!("drain {target} refused by {controller}: {why}")),
+            Err(_) => self.log(format!("drain {target}: {controller} did not answer")),
         }
     }
 
@@ -792,10 +951,21 @@ impl Nemesis {
             StaleMessages,
             LeaseEdge,
             Figure8,
+            Join,
+            Drain,
+            Lose,
         }
         let c = &self.config;
         let net_free = self.network.is_none();
         let node_free = self.node.is_none() && self.trap.is_none();
+        let churn = self.churn_left.unwrap_or(Churn {
+            joins: 0,
+            drain: false,
+            loss: false,
+        });
+        // A drain or a loss must leave a full set of replicas' worth of
+        // members (one drain at a time: the controller takes one).
+        let may_leave = self.members(cluster).len() > cluster.options().replication_factor as usize;
         let kinds: Vec<Kind> = [
             (c.partitions && net_free, Kind::Partition),
             (c.one_way && net_free, Kind::OneWay),
@@ -809,6 +979,9 @@ impl Nemesis {
             (c.stale_messages && net_free, Kind::StaleMessages),
             (c.lease_edge && net_free, Kind::LeaseEdge),
             (c.figure8 && net_free && node_free, Kind::Figure8),
+            (churn.joins > 0, Kind::Join),
+            (churn.drain && may_leave, Kind::Drain),
+            (churn.loss && may_leave, Kind::Lose),
         ]
         .into_iter()
         .filter_map(|(on, k)| on.then_some(k))
@@ -816,7 +989,19 @@ impl Nemesis {
         if kinds.is_empty() {
             return;
         }
-        let kind = kinds[self.rng.random_range(0..kinds.len())];
+        // Membership changes come at one decision in three while any is
+        // left, so that they all happen within a run, early and late.
+        let is_churn = |k: &Kind| matches!(k, Kind::Join | Kind::Drain | Kind::Lose);
+        let churn_kinds: Vec<Kind> = kinds.iter().copied().filter(is_churn).collect();
+        let kind = if !churn_kinds.is_empty() && self.rng.random_ratio(1, 3) {
+            churn_kinds[self.rng.random_range(0..churn_kinds.len())]
+        } else {
+            let others: Vec<Kind> = kinds.iter().copied().filter(|k| !is_churn(k)).collect();
+            if others.is_empty() {
+                return;
+            }
+            others[self.rng.random_range(0..others.len())]
+        };
         let ids = cluster.node_ids();
         let now = Instant::now();
         match kind {
@@ -972,6 +1157,35 @@ impl Nemesis {
                 self.figure8_due = true;
                 return;
             }
+            Kind::Join => {
+                let id = cluster.join_node();
+                self.churned.joined.push(id);
+                self.spend_churn(|c| c.joins -= 1);
+                self.log(format!("join {id}"));
+            }
+            Kind::Drain => {
+                // Counted and traced by the script itself.
+                self.drain_due = true;
+                return;
+            }
+            Kind::Lose => {
+                // Any member running untouched by another fault (the
+                // nemesis repairs its node fault by a restart).
+                let trapped = self.trap.as_ref().map(|(id, _, _)| *id);
+                let candidates: Vec<NodeId> = self
+                    .members(cluster)
+                    .into_iter()
+                    .filter(|&id| cluster.state(id) == NodeState::Up && Some(id) != trapped)
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                let id = self.pick(&candidates);
+                cluster.lose(id);
+                self.churned.lost = Some(id);
+                self.spend_churn(|c| c.loss = false);
+                self.log(format!("lose {id} for good"));
+            }
             Kind::StaleMessages => {
                 let id = self.pick(&ids);
                 let faults = MessageFaults {
@@ -1032,7 +1246,7 @@ impl Nemesis {
         }
         for id in cluster.node_ids() {
             match cluster.state(id) {
-                NodeState::Up => {}
+                NodeState::Up | NodeState::Lost => {}
                 NodeState::Paused => cluster.resume(id),
                 NodeState::Down => cluster.restart(id),
             }

@@ -14,7 +14,9 @@
 //! `MADSIM_TEST_SEED=<seed> RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim"
 //! CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test linearizable -- --nocapture`
 //! (`MADSIM_TEST_NUM=<n>` runs n seeds from there; `RINGKV_SIM_DUMP_HISTORY=<file>`
-//! writes the history in trace form, which `History::from_trace` reads back).
+//! writes the history in trace form, which `History::from_trace` reads back;
+//! `RUST_LOG=info` prints the nodes' logs with simulated times;
+//! `RINGKV_SIM_PRINT_TRACE=1` prints the nemesis trace of a passing seed).
 #![cfg(madsim)]
 
 use std::collections::BTreeMap;
@@ -28,7 +30,8 @@ use ringkv_core::NodeId;
 use ringkv_core::check::history::{Consistency, Outcome, Precondition, Recorder, Request};
 use ringkv_core::check::{self as checker, KeyVerdict, LinearizabilityConfig, no_lost_writes};
 use ringkv_sim::cluster::{ClusterOptions, SimCluster};
-use ringkv_sim::nemesis::{Nemesis, NemesisConfig};
+use ringkv_sim::nemesis::{Churn, Nemesis, NemesisConfig};
+use ringkv_sim::settle::placement_settled;
 use ringkv_sim::workload::{
     self, ClientConfig, ClientStats, LargeValues, SharedRecorder, elapsed_ms,
 };
@@ -45,6 +48,18 @@ const RECOVERY: Duration = Duration::from_secs(20);
 /// Seed 149 once took 10 s here, while peer streams stalled by a partition
 /// stayed open (see `ringkv_node::transport`). 5 s is twice the worst case.
 const CONVERGENCE: Duration = Duration::from_secs(5);
+/// Churn: how long a member must be held down before it is marked dead.
+/// Well beyond any one node or network fault the nemesis injects (at most
+/// 6 s), so that only the node lost for good is declared dead: at 10 s,
+/// seed 31 saw a live node cut off from the controller by a pause and two
+/// partitions in a row for 10.2 s (which a production `--dead-after` of 30 s
+/// leaves a margin for too).
+const CHURN_DEAD_AFTER: Duration = Duration::from_secs(20);
+/// Churn: after the heal, membership and placement must settle within this
+/// long (see `ringkv_sim::settle`): a node lost just before the heal is
+/// marked dead [`CHURN_DEAD_AFTER`] later, then its replicas are re-created
+/// (seeds 1..200 took at most 26.7 s, 20 s of it the grace period).
+const SETTLE: Duration = Duration::from_secs(CHURN_DEAD_AFTER.as_secs() + 25);
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Linearizability search steps per key (override: `RINGKV_SIM_STEP_BUDGET`).
 /// Above the checker's default: writes of unknown outcome, which faults make
@@ -52,7 +67,7 @@ const OP_TIMEOUT: Duration = Duration::from_secs(3);
 const STEP_BUDGET: u64 = 10_000_000;
 
 /// Fails the seed if the nodes' observations broke a Raft safety property.
-fn assert_invariants(cluster: &SimCluster, seed: u64, nemesis: &Nemesis) {
+fn assert_invariants(cluster: &SimCluster, seed: u64, nemesis: &Nemesis, replay: &str) {
     let broken = cluster.invariant_violations();
     assert!(
         broken.is_empty(),
@@ -63,14 +78,15 @@ fn assert_invariants(cluster: &SimCluster, seed: u64, nemesis: &Nemesis) {
             .map(|v| format!("  {v}\n"))
             .collect::<String>(),
         nemesis.trace(),
-        replay(seed)
+        replay
     );
 }
 
-fn replay(seed: u64) -> String {
+fn replay(seed: u64, mode: Mode) -> String {
     format!(
         "MADSIM_TEST_SEED={seed} RUSTFLAGS=\"--cfg madsim\" RUSTDOCFLAGS=\"--cfg madsim\" \
-         CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test linearizable -- --nocapture"
+         CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test linearizable -- --nocapture {}",
+        mode.test_name()
     )
 }
 
@@ -80,13 +96,13 @@ fn replay(seed: u64) -> String {
 async fn until_ok(
     recorder: &SharedRecorder,
     start: Instant,
-    nodes: u64,
+    nodes: &[NodeId],
     request: Request,
     deadline: Instant,
 ) -> Option<Outcome> {
     let mut attempt = 0u64;
     while Instant::now() < deadline {
-        let via = NodeId(1 + attempt % nodes);
+        let via = nodes[(attempt % nodes.len() as u64) as usize];
         attempt += 1;
         // Values stay unique across retries: the checkers tell writes apart
         // by value.
@@ -201,12 +217,53 @@ fn diverging_views(cluster: &SimCluster, states: &ReplicaStates) -> String {
 
 #[madsim::test]
 async fn histories_under_faults_are_linearizable() {
-    let seed = Handle::current().seed();
+    run(Handle::current().seed(), Mode::Faults).await;
+}
+
+/// The same, with membership churn among the faults: one or two nodes join,
+/// and maybe a member is drained and another lost for good, with the
+/// controller rebalancing (and no replica mover). After the heal, the
+/// membership and every group's placement must settle within [`SETTLE`]
+/// (see `ringkv_sim::settle`), before the final reads and the convergence
+/// check.
+#[madsim::test]
+async fn histories_under_membership_churn_are_linearizable() {
+    run(Handle::current().seed(), Mode::Churn).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Faults,
+    Churn,
+}
+
+impl Mode {
+    /// How a seed's summary line starts.
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Faults => "seed",
+            Mode::Churn => "churn seed",
+        }
+    }
+
+    fn test_name(self) -> &'static str {
+        match self {
+            Mode::Faults => "histories_under_faults_are_linearizable",
+            Mode::Churn => "histories_under_membership_churn_are_linearizable",
+        }
+    }
+}
+
+async fn run(seed: u64, mode: Mode) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        madsim::runtime::init_logger();
+    }
+    let replay = |seed| replay(seed, mode);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F11_4EA2);
     // The seed's faults first: some of them are node settings.
-    let nemesis_config = NemesisConfig::swarm(&mut rng);
+    let mut nemesis_config = NemesisConfig::swarm(&mut rng);
     let defaults = ClusterOptions::default();
-    let options = ClusterOptions {
+    let mut options = ClusterOptions {
         raft: nemesis_config.raft_config(),
         tick_interval: nemesis_config
             .tick_interval()
@@ -214,6 +271,15 @@ async fn histories_under_faults_are_linearizable() {
         clocks_jump: !nemesis_config.lease_reads_safe(),
         ..defaults
     };
+    if mode == Mode::Churn {
+        // From an RNG of its own: the rest of the seed's draws stay as in
+        // the run without churn.
+        let mut own = ChaCha8Rng::seed_from_u64(seed ^ 0xC4_0A11_C4A7);
+        nemesis_config.moves = false;
+        nemesis_config.churn = Some(Churn::draw(&mut own));
+        options.rebalance = true;
+        options.dead_after = CHURN_DEAD_AFTER;
+    }
     let keys = workload::spread_keys(KEYS, options.partition_count);
     let nodes: u64 = if rng.random_ratio(1, 3) { 5 } else { 3 };
     let mut cluster = SimCluster::new(nodes, seed, options);
@@ -258,6 +324,9 @@ async fn histories_under_faults_are_linearizable() {
     nemesis.run(&mut cluster, RUN).await;
     nemesis.heal_all(&mut cluster);
     let healed = Instant::now();
+    // Where the final writes and reads go: the members the cluster should
+    // settle on (with churn, not the drained or lost ones).
+    let members = nemesis.members(&cluster);
 
     let mut stats = ClientStats::default();
     for task in tasks {
@@ -269,10 +338,10 @@ async fn histories_under_faults_are_linearizable() {
 
     // Recovery: leaders everywhere, then a write to every key.
     let recovery_deadline = healed + RECOVERY;
-    let ready = cluster.wait_ready(RECOVERY).await;
+    let ready = cluster.wait_ready_among(&members, RECOVERY).await;
     let writer = cluster.client(100);
     let (all_written, final_from) = {
-        let (recorder, keys) = (recorder.clone(), keys.clone());
+        let (recorder, keys, members) = (recorder.clone(), keys.clone(), members.clone());
         writer
             .run(async move {
                 let mut ok = true;
@@ -282,7 +351,7 @@ async fn histories_under_faults_are_linearizable() {
                         value: format!("final-{}", key.escape_ascii()).into(),
                         precondition: Precondition::None,
                     };
-                    ok &= until_ok(&recorder, start, nodes, put, recovery_deadline)
+                    ok &= until_ok(&recorder, start, &members, put, recovery_deadline)
                         .await
                         .is_some();
                 }
@@ -299,7 +368,7 @@ async fn histories_under_faults_are_linearizable() {
     // Raft's safety properties, judged as the nodes went; before liveness,
     // since a broken one often shows first as a partition that cannot
     // elect or converge.
-    assert_invariants(&cluster, seed, &nemesis);
+    assert_invariants(&cluster, seed, &nemesis, &replay(seed));
     assert!(
         ready && all_written,
         "seed {seed}: not every partition accepts writes within {RECOVERY:?} after the heal \
@@ -309,9 +378,32 @@ async fn histories_under_faults_are_linearizable() {
         replay(seed)
     );
 
+    // Churn: membership and placement settle (judged from the nodes' views).
+    let settled_in = match mode {
+        Mode::Faults => None,
+        Mode::Churn => {
+            let deadline = healed + SETTLE;
+            let mut verdict = placement_settled(&cluster, &members);
+            while verdict.is_err() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                verdict = placement_settled(&cluster, &members);
+            }
+            if let Err(why) = verdict {
+                panic!(
+                    "seed {seed}: membership and placement did not settle on members {members:?} \
+                     within {SETTLE:?} of the heal: {why}\nchurn: {}\nnemesis:\n{}\nreplay: {}",
+                    nemesis.churned(),
+                    nemesis.trace(),
+                    replay(seed)
+                );
+            }
+            Some(healed.elapsed())
+        }
+    };
+
     // Final state: a linearizable read of every key.
     let final_ok = {
-        let (recorder, keys) = (recorder.clone(), keys.clone());
+        let (recorder, keys, members) = (recorder.clone(), keys.clone(), members.clone());
         writer
             .run(async move {
                 let deadline = Instant::now() + RECOVERY;
@@ -321,7 +413,7 @@ async fn histories_under_faults_are_linearizable() {
                         key: key.clone(),
                         consistency: Consistency::Linearizable,
                     };
-                    ok &= until_ok(&recorder, start, nodes, get, deadline)
+                    ok &= until_ok(&recorder, start, &members, get, deadline)
                         .await
                         .is_some();
                 }
@@ -353,7 +445,7 @@ async fn histories_under_faults_are_linearizable() {
         replay(seed)
     );
 
-    assert_invariants(&cluster, seed, &nemesis);
+    assert_invariants(&cluster, seed, &nemesis, &replay(seed));
     let history = match workload::finish(recorder) {
         Ok(h) => h,
         Err(e) => panic!("seed {seed}: malformed history (workload bug): {e}"),
@@ -387,7 +479,8 @@ async fn histories_under_faults_are_linearizable() {
         .max()
         .unwrap_or(0);
     println!(
-        "seed {seed}: {nodes} nodes, {} ops ({} ok / {} fail / {} unknown by clients), {} clients{}, {} faults [{}]{}, max {max_steps} steps/key, {} observations, converged in {}ms, {}",
+        "{} {seed}: {nodes} nodes, {} ops ({} ok / {} fail / {} unknown by clients), {} clients{}, {} faults [{}]{}{}, max {max_steps} steps/key, {} observations, converged in {}ms, {}",
+        mode.label(),
         history.len(),
         stats.ok,
         stats.fail,
@@ -404,10 +497,21 @@ async fn histories_under_faults_are_linearizable() {
             (0, 0) => String::new(),
             (done, abandoned) => format!(", {done} moves done, {abandoned} abandoned"),
         },
+        match settled_in {
+            None => String::new(),
+            Some(t) => format!(
+                ", {}, settled {}ms after the heal",
+                nemesis.churned(),
+                t.as_millis()
+            ),
+        },
         cluster.observations_judged(),
         converge_time.as_millis(),
         if summary.passed() { "passed" } else { "FAILED" }
     );
+    if std::env::var_os("RINGKV_SIM_PRINT_TRACE").is_some() {
+        println!("nemesis:\n{}", nemesis.trace());
+    }
     if !summary.passed() {
         panic!(
             "seed {seed}: checks failed:\n{summary}\noperations named:\n{}nemesis:\n{}\nreplay: {}",
