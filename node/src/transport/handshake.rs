@@ -51,7 +51,7 @@ pub const HELLO_METADATA: &str = "ringkv-hello-bin";
 /// Refusals older than this are left out of `status`.
 pub const REFUSAL_SHOWN_FOR: Duration = Duration::from_secs(60);
 
-/// How long one formation `Hello` may take.
+/// How long one `Hello` may take (formation's, and each stream task's).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 const FORMATION_RETRY_MIN: Duration = Duration::from_millis(25);
 const FORMATION_RETRY_MAX: Duration = Duration::from_millis(250);
@@ -313,12 +313,22 @@ impl Handshake {
     /// stream opened now would be refused, and the frames written into it
     /// (the first votes of a new cluster) lost. The stream tasks ask before
     /// every stream they open.
+    ///
+    /// Bounded by [`HELLO_TIMEOUT`], as formation's `Hello` is: a partition
+    /// stalls a call rather than failing it, and its answer can then arrive
+    /// only long after the heal (madsim retries a stalled message with a
+    /// backoff of up to 10 s; TCP's retransmission backoff is longer), while
+    /// the stream task waiting on it sends the peer nothing (madsim seed
+    /// 3211: a node's answers to its leader stayed queued for 26 s, 5.7 s
+    /// past the heal). A timeout is a failure like any other: re-dial.
     pub async fn peer_is_forming(
         &self,
         client: &mut PeerClient<tonic::transport::Channel>,
         peer: NodeId,
     ) -> Result<bool, String> {
-        let reply = self.hello(client, peer).await?;
+        let reply = tokio::time::timeout(HELLO_TIMEOUT, self.hello(client, peer))
+            .await
+            .map_err(|_| format!("hello timed out after {HELLO_TIMEOUT:?}"))??;
         Ok(reply.cluster.is_none())
     }
 
