@@ -142,8 +142,10 @@ impl Cluster {
     /// The metadata group's desired voters: as many `up` members as
     /// [`metadata_group_size`] allows, keeping its current `up` voters
     /// (lowest ids first if there are too many), then adding available
-    /// `up` members by lowest id. Moving the group is costly (it holds the
-    /// controller), so a voter stays while it is `up`.
+    /// `up` members by lowest id, then `up` members held down (so the list
+    /// has the full size while enough members are `up`, and a voter that
+    /// must leave waits for its replacement). Moving the group is costly
+    /// (it holds the controller), so a voter stays while it is `up`.
     pub fn desired_metadata(&self, current: &Membership) -> Vec<NodeId> {
         let up: Vec<NodeId> = self.in_state(MemberState::Up).collect();
         let size = metadata_group_size(up.len());
@@ -155,12 +157,20 @@ impl Cluster {
             .collect();
         desired.sort_unstable();
         desired.truncate(size);
-        for n in up {
-            if desired.len() >= size {
-                break;
-            }
-            if !desired.contains(&n) && self.is_available(n) {
-                desired.push(n);
+        // Available members first; then, to keep the size, members held
+        // down: a replacement that is down is waited for, and the voter it
+        // replaces stays. (Filling with available ones only made a short
+        // list, which let a draining voter go before its replacement came:
+        // madsim churn seed 53 left the group at two voters, then lost one
+        // of them for good, and the member list could never change again.)
+        for available in [true, false] {
+            for &n in &up {
+                if desired.len() >= size {
+                    break;
+                }
+                if !desired.contains(&n) && self.is_available(n) == available {
+                    desired.push(n);
+                }
             }
         }
         desired
@@ -444,7 +454,12 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
 /// pause, a clock that jumped) and has heard nothing since it went on,
 /// would otherwise take everyone it cannot hear for dead at once.
 fn member_transitions(cluster: &Cluster, cfg: &PlannerConfig, out: &mut Plan) {
-    let all_reported = cluster.groups.len() as u64 >= u64::from(cluster.ring.partition_count);
+    // Every partition, by id: the metadata group's report is no
+    // partition's (counting reports let it stand in for a partition whose
+    // leader had not reported, and a draining member was removed while that
+    // partition still counted on it: madsim churn seed 60).
+    let all_reported =
+        (0..cluster.ring.partition_count).all(|p| cluster.groups.contains_key(&PartitionId(p)));
     let counted: Vec<NodeId> = cluster
         .members
         .iter()

@@ -128,6 +128,63 @@ fn a_controller_that_hears_only_a_minority_marks_nobody_dead() {
 }
 
 #[test]
+fn the_metadata_group_keeps_a_draining_voter_until_its_replacement_is_available() {
+    let mut c = settled(8, &[1, 2, 3, 4]);
+    c.groups.insert(
+        METADATA_GROUP,
+        GroupReport {
+            membership: Membership::new([n(1), n(2), n(3)]),
+            leader: Some(n(1)),
+            learners: Vec::new(),
+        },
+    );
+    c.members.insert(n(2), MemberState::Draining);
+    // The only member that could take n2's place is held down.
+    c.down_for.insert(n(4), Duration::from_secs(1));
+    let meta_moves = |p: &Plan| -> Vec<ReplicaMove> {
+        p.moves
+            .iter()
+            .filter(|m| m.partition == METADATA_GROUP)
+            .map(|m| m.mv)
+            .collect()
+    };
+    let p = plan_of(&c);
+    assert!(
+        meta_moves(&p).is_empty(),
+        "no shrinking to two voters: {:?}",
+        meta_moves(&p)
+    );
+    c.down_for.clear();
+    assert_eq!(
+        meta_moves(&plan_of(&c)),
+        [ReplicaMove::Replace {
+            from: n(2),
+            to: n(4)
+        }]
+    );
+}
+
+#[test]
+fn a_leaving_member_is_removed_only_once_every_partition_reported_without_it() {
+    // n4 drained: no report lists it, but p0's leader has not reported
+    // (its report expired), and the metadata group's report is there.
+    let mut c = settled(8, &[1, 2, 3]);
+    c.members.insert(n(4), MemberState::Draining);
+    c.groups.insert(
+        METADATA_GROUP,
+        GroupReport {
+            membership: Membership::new([n(1), n(2), n(3)]),
+            leader: Some(n(1)),
+            learners: Vec::new(),
+        },
+    );
+    let p0 = c.groups.remove(&PartitionId(0)).unwrap();
+    assert_eq!(state_changes(&plan_of(&c)), [], "p0 may still count on n4");
+    c.groups.insert(PartitionId(0), p0);
+    assert_eq!(state_changes(&plan_of(&c)), [(n(4), MemberState::Removed)]);
+}
+
+#[test]
 fn a_joining_node_comes_up_once_heard_from() {
     let mut c = settled(8, &[1, 2, 3]);
     c.members.insert(n(4), MemberState::Joining);
