@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     /// Run one node of a cluster.
     Server(ServerArgs),
-    /// Run a local 3-node cluster in this process (Ctrl-C stops it; data is kept).
+    /// Run a local cluster in this process, with a console to stop, start and add nodes
+    /// (Ctrl-C stops it; data is kept).
     Demo(DemoArgs),
     /// Write a key.
     Put(client::PutArgs),
@@ -281,82 +282,14 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     init_logging(&args.log);
-    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
-    let loopback = std::net::Ipv4Addr::LOCALHOST;
-    let peers = (1..=args.nodes)
-        .map(|n| {
-            (
-                NodeId(u64::from(n)),
-                SocketAddr::from((loopback, args.grpc_port + n - 1)),
-            )
-        })
-        .collect::<std::collections::BTreeMap<_, _>>();
-    let mut servers = Vec::new();
-    for (&id, &grpc) in &peers {
-        let dir = args.data_dir.join(format!("node-{}", id.0));
-        let mut config = ServerConfig::new(id, peers.clone(), grpc, dir);
-        args.cluster.apply(&mut config);
-        config.rest_listen = Some(SocketAddr::from((
-            loopback,
-            args.rest_port + id.0 as u16 - 1,
-        )));
-        let server = Server::start(
-            config,
-            Arc::new(MonotonicClock::new()),
-            Arc::new(FsDisk::new()),
-            process_seed(id.0),
-        )
-        .await
-        .with_context(|| format!("starting node {id}"))?;
-        servers.push(server);
-    }
-    println!(
-        "ringkv demo: {} nodes, data in {}",
-        servers.len(),
-        args.data_dir.display()
-    );
-    for s in &servers {
-        println!(
-            "  node {}  REST http://{}  gRPC {}",
-            s.node.view().node_id.0,
-            s.rest_addr.map(|a| a.to_string()).unwrap_or_default(),
-            s.grpc_addr
-        );
-    }
-    let rest1 = servers[0]
-        .rest_addr
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let rest2 = servers
-        .get(1)
-        .and_then(|s| s.rest_addr)
-        .map(|a| a.to_string())
-        .unwrap_or(rest1.clone());
-    println!();
-    println!("try:");
-    println!("  curl -X PUT {rest1}/v1/kv/hello -d world");
-    println!("  curl {rest2}/v1/kv/hello");
-    println!("  curl {rest1}/v1/cluster/status");
-    println!("  ringkv put greeting hi && ringkv get greeting");
-    println!("  ringkv bench --clients 50 --duration 10s");
-    println!();
-    println!("Ctrl-C stops the cluster; running `ringkv demo` again brings it back with its data.");
-
-    let mut failed = None;
-    {
-        let waits = futures::future::select_all(servers.iter_mut().map(|s| Box::pin(s.wait())));
-        tokio::select! {
-            (r, i, _) = waits => failed = Some((i, r)),
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    println!("stopping...");
-    // All at once: a node's graceful stop waits for its peers' streams to
-    // end, and they end sooner when the peers stop too.
-    futures::future::join_all(servers.into_iter().map(Server::stop)).await;
-    if let Some((i, r)) = failed {
-        r.with_context(|| format!("node {} stopped", i + 1))?;
-    }
-    println!("stopped; data kept in {}", args.data_dir.display());
-    Ok(())
+    let cluster = args.cluster;
+    ringkv_node::cli::demo::run(ringkv_node::cli::demo::DemoOptions {
+        data_dir: args.data_dir,
+        nodes: args.nodes,
+        rest_port: args.rest_port,
+        grpc_port: args.grpc_port,
+        configure: Box::new(move |c| cluster.apply(c)),
+        seed: process_seed,
+    })
+    .await
 }

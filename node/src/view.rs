@@ -172,6 +172,28 @@ impl ClusterView {
     }
 }
 
+/// Among several nodes' views, partition `p` as its leader sees it: the
+/// view of the node that says it leads, in the highest term if two do (a
+/// deposed leader that has not heard yet). `None` if none of them leads.
+/// Each node knows the leaders of its own partitions only, so a
+/// cluster-wide picture takes every node's view.
+pub fn leader_view_of<'a>(
+    views: impl IntoIterator<Item = &'a ClusterView>,
+    p: PartitionId,
+) -> Option<&'a PartitionView> {
+    views
+        .into_iter()
+        .filter_map(|v| {
+            let pv = if p == METADATA_GROUP {
+                v.metadata_group.as_ref()
+            } else {
+                v.partitions.get(p.0 as usize)
+            };
+            pv.filter(|pv| pv.leader == Some(v.node_id))
+        })
+        .max_by_key(|pv| pv.term)
+}
+
 /// The view of `node` at `now`.
 pub fn build_view(node: &Node, now: Time) -> ClusterView {
     let me = node.id();

@@ -1,6 +1,7 @@
 //! `ringkv demo`, the README's first command, as a user runs it: it forms
 //! its cluster and serves; Ctrl-C (SIGINT) stops it promptly with status 0;
-//! running it again brings the data back.
+//! running it again brings the data back; its console adds a node, and a
+//! node stopped there is marked dead and replaced.
 //!
 //! Regression: the demo used to hang after "stopping...": it stopped its
 //! nodes one after another, and the first one's graceful shutdown waited
@@ -15,16 +16,31 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port_run, get, kv_path, request, retry_read};
+use common::{free_port_run, get, kv_path, poll, request, retry_read};
+
+/// The tests of this file pick free ports, then start a demo that binds
+/// them: run side by side, one could pick what the other is about to bind.
+static ONE_DEMO_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_DEMO_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn start(dir: &std::path::Path, rest: u16, grpc: u16) -> Child {
+    start_with(dir, rest, grpc, &[], Stdio::null())
+}
+
+fn start_with(dir: &std::path::Path, rest: u16, grpc: u16, args: &[&str], stdin: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ringkv"))
         .arg("demo")
         .arg("--data-dir")
         .arg(dir)
         .args(["--rest-port", &rest.to_string()])
         .args(["--grpc-port", &grpc.to_string()])
-        .stdin(Stdio::null())
+        .args(args)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.with_extension("log")).expect("log file"))
         .spawn()
@@ -80,6 +96,7 @@ fn interrupt(mut demo: Child) -> String {
 
 #[test]
 fn the_demo_serves_stops_on_ctrl_c_and_keeps_its_data() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
     // One run of six ports: REST on the first three, gRPC on the rest.
     let rest = free_port_run(6);
@@ -105,4 +122,68 @@ fn the_demo_serves_stops_on_ctrl_c_and_keeps_its_data() {
     });
     assert_eq!((r.status, r.text()), (200, "hello".to_owned()), "{r:?}");
     interrupt(demo);
+}
+
+/// Node 1's view of member `id`'s state (`up`, `dead`, ...), if it has one.
+fn member_state(addr: std::net::SocketAddr, id: u64) -> Option<String> {
+    let r = get(addr, "/v1/cluster/members").ok()?;
+    let members = r.json()["members"].as_array()?.clone();
+    members
+        .iter()
+        .find(|m| m["id"] == id)
+        .and_then(|m| m["state"].as_str())
+        .map(str::to_owned)
+}
+
+#[test]
+fn the_demo_console_adds_a_node_and_a_stopped_node_is_replaced() {
+    use std::io::Write as _;
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // REST and gRPC for four nodes: the three founders and the one added.
+    let rest = free_port_run(8);
+    let grpc = rest + 4;
+    let node = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], rest + i));
+    let data = dir.path().join("data");
+    let log = data.with_extension("log");
+    let mut demo = start_with(
+        &data,
+        rest,
+        grpc,
+        &["--partitions", "8", "--dead-after", "3"],
+        Stdio::piped(),
+    );
+    let mut console = demo.stdin.take().expect("piped stdin");
+    wait_ready(&mut demo, rest, &log);
+    let r = request(node(0), "PUT", &kv_path("greeting", None), &[], b"hello").expect("put");
+    assert!(r.is_success(), "{r:?}");
+
+    writeln!(console, "add").expect("type add");
+    poll(Duration::from_secs(60), "node 4 up", || {
+        (member_state(node(0), 4).as_deref() == Some("up")).then_some(())
+    });
+    // Node 2 stopped for good: after --dead-after it is dead, and once no
+    // partition lists it (its replicas re-created on 1, 3 and 4) removed.
+    writeln!(console, "stop 2").expect("type stop");
+    poll(Duration::from_secs(90), "node 2 removed", || {
+        (member_state(node(0), 2).as_deref() == Some("removed")).then_some(())
+    });
+    // The added node answers, from the replicas that moved to it.
+    let r = retry_read(Duration::from_secs(10), || {
+        get(node(3), &kv_path("greeting", None))
+    });
+    assert_eq!((r.status, r.text()), (200, "hello".to_owned()), "{r:?}");
+    writeln!(console, "status").expect("type status");
+    writeln!(console, "bogus").expect("type bogus");
+    // The console answers each line in turn: wait for the last one.
+    thread::sleep(Duration::from_millis(500));
+    let out = interrupt(demo);
+    assert!(out.contains("node n4 joined"), "{out}");
+    assert!(out.contains("node n2 stopped"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("n2 ") && l.contains("removed")),
+        "status lists n2 as removed:\n{out}"
+    );
+    assert!(out.contains("unknown command \"bogus\""), "{out}");
 }

@@ -19,10 +19,10 @@
 
 use std::fmt::Write as _;
 
-use ringkv_core::NodeId;
-use ringkv_core::metadata::MemberState;
+use ringkv_core::metadata::{METADATA_GROUP, MemberState};
 use ringkv_core::placement::planner::metadata_group_size;
-use ringkv_node::view::PartitionView;
+use ringkv_core::{NodeId, PartitionId};
+use ringkv_node::view::{PartitionView, leader_view_of};
 
 use crate::cluster::SimCluster;
 
@@ -68,28 +68,12 @@ pub fn placement_settled(cluster: &SimCluster, members: &[NodeId]) -> Result<(),
     }
     let rf = cluster.options().replication_factor as usize;
     let want = rf.min(members.len());
-    for p in 0..cluster.options().partition_count as usize {
-        // The member that says it leads, in the highest term if two do
-        // (a deposed leader that has not heard yet).
-        let led = views
-            .iter()
-            .filter_map(|v| {
-                v.partitions
-                    .get(p)
-                    .filter(|pv| pv.leader == Some(v.node_id))
-            })
-            .max_by_key(|pv| pv.term)
+    for p in 0..cluster.options().partition_count {
+        let led = leader_view_of(views.iter().map(|v| v.as_ref()), PartitionId(p))
             .ok_or_else(|| format!("p{p} has no leader among the members"))?;
         group_settled(led, members, want)?;
     }
-    let meta = views
-        .iter()
-        .filter_map(|v| {
-            v.metadata_group
-                .as_ref()
-                .filter(|g| g.leader == Some(v.node_id))
-        })
-        .max_by_key(|g| g.term)
+    let meta = leader_view_of(views.iter().map(|v| v.as_ref()), METADATA_GROUP)
         .ok_or("the metadata group has no leader among the members")?;
     group_settled(meta, members, metadata_group_size(members.len()))
 }
@@ -97,7 +81,7 @@ pub fn placement_settled(cluster: &SimCluster, members: &[NodeId]) -> Result<(),
 /// `group` (as its leader sees it) has exactly `want` voters, all of them
 /// `members`, none lagging, no learner, no joint phase.
 fn group_settled(group: &PartitionView, members: &[NodeId], want: usize) -> Result<(), String> {
-    let name = if group.partition == ringkv_core::metadata::METADATA_GROUP {
+    let name = if group.partition == METADATA_GROUP {
         "the metadata group".to_owned()
     } else {
         format!("p{}", group.partition.0)

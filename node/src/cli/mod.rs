@@ -31,6 +31,8 @@ use std::time::Duration;
 pub mod admin;
 pub mod bench;
 pub mod client;
+#[cfg(not(madsim))]
+pub mod demo;
 pub mod failure;
 #[cfg(test)]
 mod fake_grpc;

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ringkv_core::NodeId;
 use ringkv_core::identity::{ClusterRecord, ClusterUid, Incarnation};
@@ -88,7 +88,7 @@ pub(super) fn ensure(
     wal_present: bool,
 ) -> Result<Loaded, StorageError> {
     let file = &dirs.node_toml;
-    let cluster_file = dirs.root.join(CLUSTER_TOML);
+    let cluster_file = cluster_record_path(&dirs.root);
     let record = match disk.read(&cluster_file) {
         Ok(bytes) => Some(parse_cluster(&cluster_file, &bytes)?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -127,6 +127,12 @@ pub(super) fn ensure(
 }
 
 const CLUSTER_TOML: &str = "cluster.toml";
+
+/// Where a data directory keeps its cluster record (present once the
+/// directory founded or joined a cluster).
+pub fn cluster_record_path(dir: &Path) -> PathBuf {
+    dir.join(CLUSTER_TOML)
+}
 
 fn parse_cluster(file: &Path, bytes: &[u8]) -> Result<ClusterFile, StorageError> {
     let bad = |reason: String| StorageError::BadMeta {
@@ -182,7 +188,7 @@ pub(super) fn write_cluster(
             .map(|(id, a)| (id.0.to_string(), a.clone()))
             .collect(),
     };
-    let file = root.join(CLUSTER_TOML);
+    let file = cluster_record_path(root);
     let text = toml::to_string(&body).map_err(|e| StorageError::BadMeta {
         file: file.clone(),
         reason: format!("cannot encode: {e}"),

@@ -129,7 +129,7 @@ use ringkv_core::wire::{self, WalPayload};
 
 use crate::disk::{Disk, DiskLock};
 use log_shape::{PartitionShape, Pin};
-pub use meta::{ClusterFile, FORMAT_VERSION};
+pub use meta::{ClusterFile, FORMAT_VERSION, cluster_record_path};
 
 /// Who a data directory belongs to; recorded in `node.toml` on first start
 /// and checked on every later one.
