@@ -75,6 +75,8 @@ while [ "$next" -le "$last" ]; do
       passed_in "$work/solo-$suspect" >>"$work/passed"
     else
       failed+=("$suspect")
+      # Said at once (a long soak may be stopped before its summary).
+      echo "soak: seed ${suspect} FAILED: $(grep -aE "^${label} $suspect: |^seed $suspect: " "$work/solo-$suspect" | grep -av 'passed$' | head -n 1 | cut -c1-300)"
     fi
     passed_in "$work/chunk" >>"$work/passed"
     next=$((suspect + 1))

@@ -1241,7 +1241,7 @@ fn a_dead_nodes_replicas_are_re_created_on_the_others() {
 #[test]
 fn a_drained_node_is_removed_once_its_replicas_moved() {
     use ringkv_core::metadata::MemberState;
-    use ringkv_core::node::DrainError;
+    use ringkv_core::node::{Drain, DrainError};
     use ringkv_core::placement::planner::DrainRefused;
     let mut c = Cluster::new(4, 8);
     c.quiet_events = true;
@@ -1260,7 +1260,10 @@ fn a_drained_node_is_removed_once_its_replicas_moved() {
         c.nodes[controller].handle_drain(now, NodeId(9)),
         Err(DrainError::Refused(DrainRefused::NotAMember(NodeId(9))))
     );
-    assert_eq!(c.nodes[controller].handle_drain(now, NodeId(4)), Ok(()));
+    assert_eq!(
+        c.nodes[controller].handle_drain(now, NodeId(4)),
+        Ok(Drain::Proposed)
+    );
     // Asked again before that change committed: one change of the member
     // list at a time.
     assert_eq!(
@@ -1271,6 +1274,12 @@ fn a_drained_node_is_removed_once_its_replicas_moved() {
     c.run_for(300);
     let state = |c: &Cluster| c.nodes[0].metadata().unwrap().members[&NodeId(4)].state;
     assert_eq!(state(&c), MemberState::Draining);
+    // Once committed, asking again says so.
+    let now = c.now;
+    assert_eq!(
+        c.nodes[controller].handle_drain(now, NodeId(4)),
+        Ok(Drain::Draining)
+    );
     c.run_for(30_000);
     assert_eq!(state(&c), MemberState::Removed);
     assert_every_group_on(&c, 8, &[1, 2, 3]);
@@ -1502,7 +1511,10 @@ fn the_metadata_group_moves_off_a_drained_controller_and_grows_with_joins() {
     let first = c.controller().expect("a controller");
     let drained = c.nodes[first].id();
     let now = c.now;
-    assert_eq!(c.nodes[first].handle_drain(now, drained), Ok(()));
+    assert_eq!(
+        c.nodes[first].handle_drain(now, drained),
+        Ok(ringkv_core::node::Drain::Proposed)
+    );
     c.drain(first);
     c.run_for(40_000);
     // (As a node that stays sees it: the removed one is told no more.)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ringkv_core::io::{IoId, IoRequest};
 use ringkv_core::node::{
-    ClientRequest, Event, Node, NodeStats, RegisterError, Registration, Reply, RequestId,
+    ClientRequest, Drain, Event, Node, NodeStats, RegisterError, Registration, Reply, RequestId,
 };
 use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId, Time};
@@ -213,10 +213,10 @@ impl Driver {
             }
             Input::Drain { node, reply } => {
                 let result = self.node.handle_drain(now, node);
-                if let Err(e) = &result {
-                    tracing::warn!(%node, "drain refused: {e}");
-                } else {
-                    tracing::info!(%node, "draining");
+                match &result {
+                    Err(e) => tracing::warn!(%node, "drain refused: {e}"),
+                    Ok(Drain::Proposed) => tracing::info!(%node, "drain proposed"),
+                    Ok(Drain::Draining) => tracing::debug!(%node, "draining"),
                 }
                 let _ = reply.send(result);
             }

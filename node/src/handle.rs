@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ringkv_core::identity::Incarnation;
 use ringkv_core::io::{IoId, PeerBatch};
 use ringkv_core::node::{
-    ClientError, ClientRequest, ClientResponse, ConfChangeRefused, DrainError, RegisterError,
-    Registration,
+    ClientError, ClientRequest, ClientResponse, ConfChangeRefused, Drain, DrainError,
+    RegisterError, Registration,
 };
 use ringkv_core::raft::ConfChange;
 use ringkv_core::ring::Ring;
@@ -53,7 +53,7 @@ pub enum Input {
     /// An operator's request to drain a node.
     Drain {
         node: NodeId,
-        reply: oneshot::Sender<Result<(), DrainError>>,
+        reply: oneshot::Sender<Result<Drain, DrainError>>,
     },
     /// A node asks to join the cluster (`Peer.Join`).
     Register {
@@ -155,8 +155,9 @@ impl NodeHandle {
     }
 
     /// Asks this node, which must run the placement controller, to drain
-    /// `node` (see [`ringkv_core::node::Node::handle_drain`]).
-    pub async fn drain(&self, node: NodeId) -> Result<(), DrainError> {
+    /// `node` (see [`ringkv_core::node::Node::handle_drain`]): ask again
+    /// while the answer is [`Drain::Proposed`].
+    pub async fn drain(&self, node: NodeId) -> Result<Drain, DrainError> {
         let this = self.view.borrow().node_id;
         let stopping = || DrainError::NotController {
             this,

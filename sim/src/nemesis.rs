@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use ringkv_core::node::{Drain, DrainError};
 use ringkv_core::{NodeId, PartitionId};
 use tokio::time::Instant;
 
@@ -202,8 +203,11 @@ async fn sprung_within(notifies: &[&Arc<Notify>], patience: Duration) -> Option<
     }
 }
 
-/// How long the nemesis waits for the controller to take a drain.
+/// How long the nemesis waits for the controller to answer a drain.
 const DRAIN_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long it asks again for a proposed drain to be committed.
+const DRAIN_COMMIT_PATIENCE: Duration = Duration::from_secs(3);
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// How long an append trap waits for its leader to send entries.
 const APPEND_TRAP_PATIENCE: Duration = Duration::from_secs(2);
@@ -750,15 +754,28 @@ impl Nemesis {
             ));
             return;
         };
-        match tokio::time::timeout(DRAIN_CALL_TIMEOUT, handle.drain(target)).await {
-            Ok(Ok(())) => {
-                self.churned.drained = Some(target);
-                self.spend_churn(|c| c.drain = false);
-                self.faults += 1;
-                self.log(format!("drain {target} (through {controller})"));
-            }
-            Ok(Err(why)) => self.log(format!("drain {target} refused by {controller}: {why}")),
-            Err(_) => self.log(format!("drain {target}: {controller} did not answer")),
+        // As `ringkv node drain` does: asked again until the committed
+        // member list has it draining (a proposal can be lost).
+        let deadline = Instant::now() + DRAIN_COMMIT_PATIENCE;
+        loop {
+            let why = match tokio::time::timeout(DRAIN_CALL_TIMEOUT, handle.drain(target)).await {
+                Ok(Ok(Drain::Draining)) => {
+                    self.churned.drained = Some(target);
+                    self.spend_churn(|c| c.drain = false);
+                    self.faults += 1;
+                    self.log(format!("drain {target} (through {controller})"));
+                    return;
+                }
+                Ok(Ok(Drain::Proposed) | Err(DrainError::Busy)) if Instant::now() < deadline => {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                    continue;
+                }
+                Ok(Ok(Drain::Proposed)) => "proposed, not committed in time".to_owned(),
+                Ok(Err(why)) => why.to_string(),
+                Err(_) => "no answer".to_owned(),
+            };
+            self.log(format!("drain {target} refused by {controller}: {why}"));
+            return;
         }
     }
 

@@ -195,6 +195,35 @@ fn leaderless_views(cluster: &SimCluster) -> String {
     out
 }
 
+/// Every running node's view of each partition that some node's view
+/// shows lagging (a follower behind its leader, a replica catching up or
+/// receiving a snapshot).
+fn lagging_views(cluster: &SimCluster) -> String {
+    let views: Vec<_> = cluster
+        .node_ids()
+        .into_iter()
+        .filter_map(|id| Some((id, cluster.node_handle(id)?.view())))
+        .collect();
+    let lagging: std::collections::BTreeSet<_> = views
+        .iter()
+        .flat_map(|(_, v)| v.partitions.iter().chain(&v.metadata_group))
+        .filter(|p| p.under_replicated || p.catching_up || p.receiving_snapshot.is_some())
+        .map(|p| p.partition)
+        .collect();
+    let mut out = String::new();
+    for (id, view) in &views {
+        for p in view
+            .partitions
+            .iter()
+            .chain(&view.metadata_group)
+            .filter(|p| lagging.contains(&p.partition) && p.term > 0)
+        {
+            out.push_str(&format!("  {id}: {p:?}\n"));
+        }
+    }
+    out
+}
+
 /// Every node's view of the partitions whose replicas differ.
 fn diverging_views(cluster: &SimCluster, states: &ReplicaStates) -> String {
     let mut out = String::new();
@@ -391,8 +420,10 @@ async fn run(seed: u64, mode: Mode) {
             if let Err(why) = verdict {
                 panic!(
                     "seed {seed}: membership and placement did not settle on members {members:?} \
-                     within {SETTLE:?} of the heal: {why}\nchurn: {}\nnemesis:\n{}\nreplay: {}",
+                     within {SETTLE:?} of the heal: {why}\nchurn: {}\nviews of the partitions \
+                     some replica of which lags or catches up:\n{}nemesis:\n{}\nreplay: {}",
                     nemesis.churned(),
+                    lagging_views(&cluster),
                     nemesis.trace(),
                     replay(seed)
                 );

@@ -60,6 +60,17 @@ pub enum DrainError {
     Busy,
 }
 
+/// What [`Node::handle_drain`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// The committed member list has the node draining: its replicas are
+    /// moving away, and it will be removed.
+    Draining,
+    /// Its drain was proposed: ask again shortly to learn whether it was
+    /// committed (a proposal can be lost when the controller changes).
+    Proposed,
+}
+
 /// What [`Node::handle_register`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Registration {
@@ -411,10 +422,12 @@ impl Node {
 
     /// An operator asks to drain `node`: its replicas move away, then it
     /// is removed. Only the controller takes it, and only if
-    /// [`check_drain`] allows it; draining a draining node is a no-op.
-    /// Returns once the change is proposed; the member list says when it
-    /// is committed.
-    pub fn handle_drain(&mut self, now: Time, node: NodeId) -> Result<(), DrainError> {
+    /// [`check_drain`] allows it. Asking again is how the caller learns the
+    /// outcome, as for a registration: a proposal can be lost with its
+    /// term (madsim churn seeds 284 and 615 once took such a lost drain for
+    /// done), so [`Drain::Proposed`] means "ask again", and only
+    /// [`Drain::Draining`], from the committed member list, means done.
+    pub fn handle_drain(&mut self, now: Time, node: NodeId) -> Result<Drain, DrainError> {
         let not_controller = DrainError::NotController {
             this: self.id,
             controller: self.metadata_leader().filter(|&l| l != self.id),
@@ -427,7 +440,7 @@ impl Node {
         check_drain(&cluster, node)?;
         let from = cluster.members[&node];
         if from == MemberState::Draining {
-            return Ok(());
+            return Ok(Drain::Draining);
         }
         let change = MetaChange::SetState {
             node,
@@ -437,7 +450,7 @@ impl Node {
         let proposed = self.propose_metadata_changes(&[change]);
         self.process();
         if proposed {
-            Ok(())
+            Ok(Drain::Proposed)
         } else {
             Err(DrainError::Busy)
         }

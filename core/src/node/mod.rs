@@ -53,7 +53,7 @@
 mod cluster;
 mod controller;
 
-pub use controller::{DrainError, RegisterError, Registration};
+pub use controller::{Drain, DrainError, RegisterError, Registration};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

@@ -475,7 +475,12 @@ fn member_transitions(cluster: &Cluster, cfg: &PlannerConfig, out: &mut Plan) {
         let down = cluster.down_for.get(&node);
         let to = match state {
             MemberState::Joining if down.is_none() => MemberState::Up,
-            MemberState::Up if hears_a_majority && down.is_some_and(|d| *d >= cfg.dead_after) => {
+            // A member that registered and was never heard from again (or
+            // died before it came up) dies like one that was up: otherwise
+            // it stays `joining` for ever (madsim churn seed 721).
+            MemberState::Joining | MemberState::Up
+                if hears_a_majority && down.is_some_and(|d| *d >= cfg.dead_after) =>
+            {
                 MemberState::Dead
             }
             MemberState::Draining | MemberState::Dead

@@ -2110,6 +2110,8 @@ impl Raft {
                 .iter()
                 .filter(|(id, _)| self.membership.contains(**id))
                 .all(|(_, p)| p.matched == last && p.acked_round == self.round)
+            // A snapshot transfer's resends and give-up run on ticks.
+            && self.outgoing_snapshots.is_empty()
     }
 
     fn quiesce(&mut self) {
@@ -2137,6 +2139,10 @@ impl Raft {
                     // entries at index 0 (every log holds the empty prefix):
                     // a new one. It must start from a snapshot, if it is
                     // still in the group (a removed one gets nothing more).
+                    // (A refusal delayed or duplicated on the way can come
+                    // from one that caught up since: madsim churn seed 971.
+                    // Its snapshot transfer then ends at its first
+                    // acknowledgement, below, or times out.)
                     if !self.membership.contains(from) {
                         return;
                     }
@@ -2173,6 +2179,15 @@ impl Raft {
                 };
                 let was_paused = pr.is_paused();
                 if !pr.maybe_update(index) {
+                    // Nothing new; but a follower that holds what its
+                    // snapshot would give it needs no snapshot.
+                    if let ProgressState::Snapshot { pending_index } = pr.state
+                        && pr.matched >= pending_index
+                    {
+                        pr.become_probe();
+                        self.outgoing_snapshots.remove(&from);
+                        self.maybe_send_append(from, false);
+                    }
                     return;
                 }
                 self.idle_ticks = 0;

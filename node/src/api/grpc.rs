@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ringkv_core::NodeId;
-use ringkv_core::node::{ClientError, ClientResponse};
+use ringkv_core::node::{ClientError, ClientResponse, Drain, DrainError};
 use ringkv_core::placement::ReplicaMove;
 use ringkv_core::placement::planner::{MoveProgress, Phase, Reason};
 use ringkv_proto::v1 as pb;
@@ -82,6 +83,11 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 }
+
+/// How long `DrainNode` waits for the drain to be committed.
+const DRAIN_COMMIT_PATIENCE: Duration = Duration::from_secs(5);
+/// How often it asks the core again meanwhile.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 pub struct ClusterService {
     node: NodeHandle,
@@ -312,9 +318,24 @@ impl pb::cluster_server::Cluster for ClusterService {
                 "node is required (ids start at 1)",
             ));
         }
-        match self.node.drain(NodeId(node)).await {
-            Ok(()) => Ok(Response::new(pb::DrainNodeResponse {})),
-            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        // Answered once the committed member list has it draining: a
+        // proposal can be lost with the controller's term, so it is asked
+        // again (which proposes again if it was) until then.
+        let deadline = tokio::time::Instant::now() + DRAIN_COMMIT_PATIENCE;
+        loop {
+            match self.node.drain(NodeId(node)).await {
+                Ok(Drain::Draining) => return Ok(Response::new(pb::DrainNodeResponse {})),
+                // Ours, or another change of the member list, in flight.
+                Ok(Drain::Proposed) | Err(DrainError::Busy) => {}
+                Err(e) => return Err(Status::failed_precondition(e.to_string())),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::failed_precondition(format!(
+                    "the drain of n{node} is not committed yet (the metadata group may be \
+                     changing leaders); retry shortly"
+                )));
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
         }
     }
 }

@@ -185,11 +185,14 @@ fn a_leaving_member_is_removed_only_once_every_partition_reported_without_it() {
 }
 
 #[test]
-fn a_joining_node_comes_up_once_heard_from() {
+fn a_joining_node_comes_up_once_heard_from_or_dies_if_never() {
     let mut c = settled(8, &[1, 2, 3]);
     c.members.insert(n(4), MemberState::Joining);
     c.down_for.insert(n(4), Duration::from_secs(1));
     assert_eq!(state_changes(&plan_of(&c)), []);
+    let mut never = c.clone();
+    never.down_for.insert(n(4), Duration::from_secs(30));
+    assert_eq!(state_changes(&plan_of(&never)), [(n(4), MemberState::Dead)]);
     c.down_for.clear();
     let p = plan_of(&c);
     assert_eq!(state_changes(&p), [(n(4), MemberState::Up)]);
