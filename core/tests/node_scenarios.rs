@@ -1573,3 +1573,52 @@ fn the_metadata_group_moves_off_a_drained_controller_and_grows_with_joins() {
         assert_eq!(state(&c, n), MemberState::Up);
     }
 }
+
+/// One hop: a node that does not replicate a partition sends its requests
+/// straight to the partition's leader, as the leader's reports (which every
+/// node hears now and then) name it, not to a replica that forwards again.
+/// A replica that is not the leader forwards to the leader it follows.
+#[test]
+fn a_non_replica_forwards_to_the_partitions_leader_in_one_hop() {
+    let mut c = Cluster::new(5, 16);
+    c.quiet_events = true;
+    c.run_for(5_000);
+    let leaders = c.leaders();
+    let mut checked = 0;
+    for (&p, &leader) in &leaders {
+        let Some(outsider) = (0..c.nodes.len()).find(|&i| c.nodes[i].raft(p).is_none()) else {
+            continue;
+        };
+        let key = (0..)
+            .map(|k| format!("k{k}"))
+            .find(|k| c.nodes[outsider].ring().partition_of(k.as_bytes()) == p)
+            .expect("a key of the partition");
+        let now = c.now;
+        c.nodes[outsider].handle_request(
+            now,
+            RequestId(500 + u64::from(p.0)),
+            put(&key, "v"),
+            Hops(0),
+        );
+        match c.nodes[outsider].poll_reply() {
+            Some((
+                _,
+                Reply::Forward {
+                    to,
+                    partition,
+                    hops,
+                },
+            )) => {
+                assert_eq!(partition, p);
+                assert_eq!(to, leader, "p{}: forwarded to {to}, not its leader", p.0);
+                assert_eq!(hops, Hops(1));
+            }
+            other => panic!("p{}: the outsider answered {other:?}", p.0),
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} partitions had a node outside them"
+    );
+}

@@ -21,6 +21,11 @@
 //! in the controller's detector moves nothing; a new controller counts a
 //! peer's silence from when its own detector started watching.
 //!
+//! **Leader hints.** Every fourth round the reports go to every peer as
+//! well: a node keeps the latest per partition like the controller does,
+//! and sends a request for a partition it does not replicate straight to
+//! the reported leader (one hop) while the report is fresh.
+//!
 //! Limits: a plan trusts reports up to an interval old, so right after a
 //! step it may ask for the same step again (refused, harmless) or start one
 //! move more than the throttle allows on a node until the reports catch up.
@@ -136,6 +141,9 @@ struct Report {
 pub(super) struct ControllerState {
     reports: BTreeMap<PartitionId, Report>,
     next_report: Time,
+    /// Report rounds so far: every [`ROUTE_HINT_EVERY`]th also goes to
+    /// every peer.
+    report_rounds: u64,
     next_plan: Time,
     /// `(term, index)` of the metadata change proposed and not yet applied.
     meta_change: Option<(u64, u64)>,
@@ -147,6 +155,11 @@ pub(super) struct ControllerState {
     /// seen, and what it had left then, to estimate when it is done.
     pace: BTreeMap<(PartitionId, NodeId), Pace>,
 }
+
+/// Every this many report rounds a node sends its reports to every peer,
+/// not only the controller: leader hints for routing. A hint is used for
+/// three such rounds; a stale one costs a hop (its node forwards again).
+const ROUTE_HINT_EVERY: u64 = 4;
 
 /// An estimate beyond this (about three years) is no estimate.
 const MAX_ETA_SECS: f64 = 1e8;
@@ -199,9 +212,12 @@ impl Node {
     }
 
     fn send_reports(&mut self) {
-        let Some(controller) = self.metadata_leader() else {
+        let controller = self.metadata_leader();
+        self.controller.report_rounds += 1;
+        let hints = self.controller.report_rounds % ROUTE_HINT_EVERY == 0;
+        if controller.is_none() && !hints {
             return;
-        };
+        }
         let reports: Vec<PlacementMessage> = self
             .groups
             .iter()
@@ -213,17 +229,43 @@ impl Node {
                 learners: learners_progress(&g.raft),
             })
             .collect();
-        if controller == self.id {
-            for r in reports {
-                self.handle_placement(self.id, r);
-            }
-        } else if !reports.is_empty() {
-            self.controller
-                .outbox
-                .entry(controller)
-                .or_default()
-                .extend(reports);
+        if reports.is_empty() {
+            return;
         }
+        // Now and then every peer hears them too: they are the leader hints
+        // a node routes by (see `route_hint`).
+        if hints {
+            for &peer in &self.peers {
+                if Some(peer) != controller {
+                    self.controller
+                        .outbox
+                        .entry(peer)
+                        .or_default()
+                        .extend(reports.iter().cloned());
+                }
+            }
+        }
+        match controller {
+            Some(c) if c == self.id => {
+                for r in reports {
+                    self.handle_placement(self.id, r);
+                }
+            }
+            Some(c) => self.controller.outbox.entry(c).or_default().extend(reports),
+            None => {}
+        }
+    }
+
+    /// The leader of `p` as the latest report this node has of it says,
+    /// if that report is recent and names another node: where a node that
+    /// does not replicate `p` sends its requests, one hop from the leader.
+    pub(super) fn route_hint(&self, p: PartitionId) -> Option<NodeId> {
+        let lifetime = self.cfg.report_interval * (ROUTE_HINT_EVERY * 3) as u32;
+        self.controller
+            .reports
+            .get(&p)
+            .filter(|r| self.now.saturating_since(r.at) <= lifetime && r.leader != self.id)
+            .map(|r| r.leader)
     }
 
     /// A placement message from `from` (or from this node itself). Orders

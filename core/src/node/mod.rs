@@ -47,8 +47,7 @@
 //!   to the metadata group's leader, which plans and sends each step to the
 //!   group's leader.
 //!
-//! Not here (yet): leader hints for non-replicas (they forward to a
-//! replica, which forwards again), joining nodes, TTLs.
+//! Not here (yet): TTLs.
 
 mod cluster;
 mod controller;
@@ -1103,14 +1102,16 @@ impl Node {
             })
         });
         if removed.is_some() || !self.groups.contains_key(&p) {
-            // Not a replica: hand it to a replica that looks alive (of the
-            // group as this node last saw it, if it was in it).
+            // Not a replica: hand it to the leader its latest report names
+            // (one hop), else to a replica that looks alive (of the group
+            // as this node last saw it, if it was in it).
             let replicas: Vec<NodeId> = removed.unwrap_or_else(|| match self.tombstones.get(&p) {
                 Some(r) => r.tombstone.voters.clone(),
                 None => self.ring.replicas(p).to_vec(),
             });
+            let candidates: Vec<NodeId> = self.route_hint(p).into_iter().chain(replicas).collect();
             let (detector, now) = (&self.detector, self.now);
-            let to = forward_target(&replicas, self.id, |r| detector.is_available(r, now));
+            let to = forward_target(&candidates, self.id, |r| detector.is_available(r, now));
             self.reply(id, forward_or_give_up(to, p, hops));
             return;
         }
