@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use ringkv_core::metadata::MemberState;
 use ringkv_core::node::{Drain, DrainError};
 use ringkv_core::{NodeId, PartitionId};
 use tokio::time::Instant;
@@ -490,6 +491,9 @@ pub struct ChurnReport {
     pub joined: Vec<NodeId>,
     /// Drained through the controller (the controller accepted it).
     pub drained: Option<NodeId>,
+    /// A drain proposed whose outcome the nemesis never learned (the
+    /// controller changed meanwhile): the member list tells.
+    pub drain_unknown: Option<NodeId>,
     pub lost: Option<NodeId>,
 }
 
@@ -505,6 +509,9 @@ impl fmt::Display for ChurnReport {
         write!(f, "joined [{}]", join(&self.joined))?;
         if let Some(id) = self.drained {
             write!(f, ", drained {id}")?;
+        }
+        if let Some(id) = self.drain_unknown {
+            write!(f, ", drain of {id} unknown")?;
         }
         if let Some(id) = self.lost {
             write!(f, ", lost {id}")?;
@@ -547,12 +554,31 @@ impl Nemesis {
     }
 
     /// The nodes in play that have not left the cluster: the members a
-    /// settled cluster has.
+    /// settled cluster has. A drain of unknown outcome counts as done if
+    /// the newest member list a running node has says the node is leaving
+    /// or gone.
     pub fn members(&self, cluster: &SimCluster) -> Vec<NodeId> {
+        let unknown_left = self.churned.drain_unknown.is_some_and(|id| {
+            let newest = cluster
+                .node_ids()
+                .into_iter()
+                .filter_map(|n| cluster.node_handle(n))
+                .map(|h| h.view())
+                .max_by_key(|v| v.metadata_version);
+            newest.is_some_and(|v| {
+                v.members.iter().any(|m| {
+                    m.id == id
+                        && matches!(m.state, Some(MemberState::Draining | MemberState::Removed))
+                })
+            })
+        });
+        let left = |id: NodeId| {
+            self.churned.left(id) || (unknown_left && self.churned.drain_unknown == Some(id))
+        };
         cluster
             .node_ids()
             .into_iter()
-            .filter(|&id| !self.churned.left(id))
+            .filter(|&id| !left(id))
             .collect()
     }
 
@@ -743,22 +769,27 @@ impl Nemesis {
         let members = self.members(cluster);
         let target = self.pick(&members);
         let observer = self.pick(&members);
-        let controller = cluster
-            .node_handle(observer)
-            .and_then(|h| h.view().metadata_leader);
-        let Some((controller, handle)) =
-            controller.and_then(|c| Some((c, cluster.node_handle(c)?)))
-        else {
-            self.log(format!(
-                "drain {target}: {observer} knows no running controller"
-            ));
-            return;
-        };
-        // As `ringkv node drain` does: asked again until the committed
-        // member list has it draining (a proposal can be lost).
+        // As `ringkv node drain` does: asked again, of the controller as
+        // some member then knows it, until the committed member list has
+        // it draining. Once proposed, a refusal or silence no longer means
+        // "not drained": the proposal may commit (or may have) all the same.
         let deadline = Instant::now() + DRAIN_COMMIT_PATIENCE;
-        loop {
-            let why = match tokio::time::timeout(DRAIN_CALL_TIMEOUT, handle.drain(target)).await {
+        let mut proposed = false;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let controller = cluster
+                .node_handle(observer)
+                .and_then(|h| h.view().metadata_leader)
+                .and_then(|c| Some((c, cluster.node_handle(c)?)));
+            let Some((controller, handle)) = controller else {
+                last = format!("{observer} knows no running controller");
+                if !proposed {
+                    break;
+                }
+                tokio::time::sleep(DRAIN_POLL).await;
+                continue;
+            };
+            match tokio::time::timeout(DRAIN_CALL_TIMEOUT, handle.drain(target)).await {
                 Ok(Ok(Drain::Draining)) => {
                     self.churned.drained = Some(target);
                     self.spend_churn(|c| c.drain = false);
@@ -766,16 +797,27 @@ impl Nemesis {
                     self.log(format!("drain {target} (through {controller})"));
                     return;
                 }
-                Ok(Ok(Drain::Proposed) | Err(DrainError::Busy)) if Instant::now() < deadline => {
-                    tokio::time::sleep(DRAIN_POLL).await;
-                    continue;
+                Ok(Ok(Drain::Proposed)) => proposed = true,
+                Ok(Err(DrainError::Busy)) => last = format!("{controller} is busy"),
+                Ok(Err(why)) if !proposed => {
+                    last = format!("refused by {controller}: {why}");
+                    break;
                 }
-                Ok(Ok(Drain::Proposed)) => "proposed, not committed in time".to_owned(),
-                Ok(Err(why)) => why.to_string(),
-                Err(_) => "no answer".to_owned(),
-            };
-            self.log(format!("drain {target} refused by {controller}: {why}"));
-            return;
+                Ok(Err(why)) => last = format!("{controller}: {why}"),
+                Err(_) => last = format!("{controller} did not answer"),
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        if proposed {
+            // Its outcome is unknown: the test reads the member list.
+            self.churned.drain_unknown = Some(target);
+            self.spend_churn(|c| c.drain = false);
+            self.faults += 1;
+            self.log(format!(
+                "drain {target}: proposed, outcome unknown ({last})"
+            ));
+        } else {
+            self.log(format!("drain {target} not taken: {last}"));
         }
     }
 

@@ -214,7 +214,10 @@ impl Node {
     fn send_reports(&mut self) {
         let controller = self.metadata_leader();
         self.controller.report_rounds += 1;
-        let hints = self.controller.report_rounds % ROUTE_HINT_EVERY == 0;
+        let hints = self
+            .controller
+            .report_rounds
+            .is_multiple_of(ROUTE_HINT_EVERY);
         if controller.is_none() && !hints {
             return;
         }
