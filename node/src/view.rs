@@ -284,12 +284,19 @@ fn group_view(node: &Node, p: PartitionId, is_up: &impl Fn(NodeId) -> bool) -> P
         .retired_voters(p)
         .map_or_else(|| node.ring().replicas(p).to_vec(), <[NodeId]>::to_vec);
     let (Some(raft), Some(kv)) = (node.raft(p), node.kv(p)) else {
+        // Not a replica: the group as its leader last reported it, while
+        // that report is fresh (see `Node::reported_group`); term 0 says
+        // this node holds nothing of it.
+        let (leader, replicas, learners) = match node.reported_group(p) {
+            Some((leader, _, m)) => (Some(leader), m.voters.clone(), m.learners.clone()),
+            None => (None, replicas, Vec::new()),
+        };
         return PartitionView {
             partition: p,
             replicas,
-            learners: Vec::new(),
+            learners,
             outgoing: Vec::new(),
-            leader: None,
+            leader,
             term: 0,
             commit_index: 0,
             applied_index: 0,

@@ -259,16 +259,26 @@ impl Node {
         }
     }
 
-    /// The leader of `p` as the latest report this node has of it says,
-    /// if that report is recent and names another node: where a node that
-    /// does not replicate `p` sends its requests, one hop from the leader.
-    pub(super) fn route_hint(&self, p: PartitionId) -> Option<NodeId> {
+    /// The latest report this node has of `p`'s group, if recent:
+    /// `(leader, term, configuration)` as the leader reported them (see
+    /// `route_hint`). How a node that does not replicate `p` knows its
+    /// replicas after they moved off the ring it started with.
+    pub fn reported_group(&self, p: PartitionId) -> Option<(NodeId, u64, &Membership)> {
         let lifetime = self.cfg.report_interval * (ROUTE_HINT_EVERY * 3) as u32;
         self.controller
             .reports
             .get(&p)
-            .filter(|r| self.now.saturating_since(r.at) <= lifetime && r.leader != self.id)
-            .map(|r| r.leader)
+            .filter(|r| self.now.saturating_since(r.at) <= lifetime)
+            .map(|r| (r.leader, r.term, &r.membership))
+    }
+
+    /// The leader of `p` as the latest report this node has of it says,
+    /// if that report is recent and names another node: where a node that
+    /// does not replicate `p` sends its requests, one hop from the leader.
+    pub(super) fn route_hint(&self, p: PartitionId) -> Option<NodeId> {
+        self.reported_group(p)
+            .map(|(leader, _, _)| leader)
+            .filter(|&l| l != self.id)
     }
 
     /// A placement message from `from` (or from this node itself). Orders
