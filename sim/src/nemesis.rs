@@ -804,7 +804,12 @@ impl Nemesis {
                     break;
                 }
                 Ok(Err(why)) => last = format!("{controller}: {why}"),
-                Err(_) => last = format!("{controller} did not answer"),
+                // No answer is no refusal: the controller may have proposed
+                // it (churn seed 2450: it did, and it committed).
+                Err(_) => {
+                    proposed = true;
+                    last = format!("{controller} did not answer");
+                }
             }
             tokio::time::sleep(DRAIN_POLL).await;
         }
