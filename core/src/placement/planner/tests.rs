@@ -125,6 +125,12 @@ fn a_controller_that_hears_only_a_minority_marks_nobody_dead() {
     c.members.insert(n(4), MemberState::Dead);
     c.down_for.insert(n(3), Duration::from_secs(60));
     assert_eq!(state_changes(&plan_of(&c)), [(n(3), MemberState::Dead)]);
+
+    // Half is no majority: of four, two silent ones are waited for.
+    let mut four = settled(8, &[1, 2, 3, 4]);
+    four.down_for.insert(n(3), Duration::from_secs(60));
+    four.down_for.insert(n(4), Duration::from_secs(60));
+    assert_eq!(state_changes(&plan_of(&four)), []);
 }
 
 #[test]
@@ -160,6 +166,27 @@ fn the_metadata_group_keeps_a_draining_voter_until_its_replacement_is_available(
         [ReplicaMove::Replace {
             from: n(2),
             to: n(4)
+        }]
+    );
+
+    // With an available member besides the one held down, the available
+    // one replaces the draining voter.
+    let mut c5 = settled(8, &[1, 2, 3, 4, 5]);
+    c5.groups.insert(
+        METADATA_GROUP,
+        GroupReport {
+            membership: Membership::new([n(1), n(2), n(3)]),
+            leader: Some(n(1)),
+            learners: Vec::new(),
+        },
+    );
+    c5.members.insert(n(2), MemberState::Draining);
+    c5.down_for.insert(n(4), Duration::from_secs(1));
+    assert_eq!(
+        meta_moves(&plan_of(&c5)),
+        [ReplicaMove::Replace {
+            from: n(2),
+            to: n(5)
         }]
     );
 }
