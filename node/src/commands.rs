@@ -288,6 +288,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         nodes: args.nodes,
         rest_port: args.rest_port,
         grpc_port: args.grpc_port,
+        dead_after: Duration::from_secs(cluster.dead_after),
         configure: Box::new(move |c| cluster.apply(c)),
         seed: process_seed,
     })

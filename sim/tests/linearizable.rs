@@ -29,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
 use ringkv_core::check::history::{Consistency, Outcome, Precondition, Recorder, Request};
 use ringkv_core::check::{self as checker, KeyVerdict, LinearizabilityConfig, no_lost_writes};
+use ringkv_node::view::{ClusterView, PartitionView};
 use ringkv_sim::cluster::{ClusterOptions, SimCluster};
 use ringkv_sim::nemesis::{Churn, Nemesis, NemesisConfig};
 use ringkv_sim::settle::placement_settled;
@@ -167,27 +168,38 @@ fn converged(states: &ReplicaStates) -> bool {
         .all(|(expected, replicas)| partition_converged(expected, replicas))
 }
 
-/// Every running node's view of each partition some replica of which knows
-/// no leader (what keeps a node from being ready) or is in a joint
-/// configuration (which needs a majority of both halves to commit).
-fn leaderless_views(cluster: &SimCluster) -> String {
+/// Every running node's view of each group (the partitions and the
+/// metadata group) that some node's view shows as `flagged`; with
+/// `unhosted`, also the views of nodes that hold no replica of it (term 0:
+/// their guess of its replicas and leader).
+fn views_where(
+    cluster: &SimCluster,
+    flagged: impl Fn(&PartitionView) -> bool,
+    unhosted: bool,
+) -> String {
     let views: Vec<_> = cluster
         .node_ids()
         .into_iter()
         .filter_map(|id| Some((id, cluster.node_handle(id)?.view())))
         .collect();
-    let leaderless: std::collections::BTreeSet<_> = views
+    let groups = |v: &ClusterView| -> Vec<PartitionView> {
+        v.partitions
+            .iter()
+            .chain(&v.metadata_group)
+            .cloned()
+            .collect()
+    };
+    let chosen: std::collections::BTreeSet<_> = views
         .iter()
-        .flat_map(|(_, v)| v.partitions.iter())
-        .filter(|p| (p.leader.is_none() && p.term > 0) || !p.outgoing.is_empty())
+        .flat_map(|(_, v)| groups(v))
+        .filter(|p| flagged(p))
         .map(|p| p.partition)
         .collect();
     let mut out = String::new();
     for (id, view) in &views {
-        for p in view
-            .partitions
+        for p in groups(view)
             .iter()
-            .filter(|p| leaderless.contains(&p.partition))
+            .filter(|p| chosen.contains(&p.partition) && (unhosted || p.term > 0))
         {
             out.push_str(&format!("  {id}: {p:?}\n"));
         }
@@ -195,33 +207,26 @@ fn leaderless_views(cluster: &SimCluster) -> String {
     out
 }
 
-/// Every running node's view of each partition that some node's view
-/// shows lagging (a follower behind its leader, a replica catching up or
-/// receiving a snapshot).
+/// Every running node's view of each group some replica of which knows no
+/// leader (what keeps a node from being ready) or is in a joint
+/// configuration (which needs a majority of both halves to commit).
+fn leaderless_views(cluster: &SimCluster) -> String {
+    views_where(
+        cluster,
+        |p| (p.leader.is_none() && p.term > 0) || !p.outgoing.is_empty(),
+        true,
+    )
+}
+
+/// Every running node's view of each group that some node's view shows
+/// lagging (a follower behind its leader, a replica catching up or
+/// receiving a snapshot), from the nodes that replicate it.
 fn lagging_views(cluster: &SimCluster) -> String {
-    let views: Vec<_> = cluster
-        .node_ids()
-        .into_iter()
-        .filter_map(|id| Some((id, cluster.node_handle(id)?.view())))
-        .collect();
-    let lagging: std::collections::BTreeSet<_> = views
-        .iter()
-        .flat_map(|(_, v)| v.partitions.iter().chain(&v.metadata_group))
-        .filter(|p| p.under_replicated || p.catching_up || p.receiving_snapshot.is_some())
-        .map(|p| p.partition)
-        .collect();
-    let mut out = String::new();
-    for (id, view) in &views {
-        for p in view
-            .partitions
-            .iter()
-            .chain(&view.metadata_group)
-            .filter(|p| lagging.contains(&p.partition) && p.term > 0)
-        {
-            out.push_str(&format!("  {id}: {p:?}\n"));
-        }
-    }
-    out
+    views_where(
+        cluster,
+        |p| p.under_replicated || p.catching_up || p.receiving_snapshot.is_some(),
+        false,
+    )
 }
 
 /// Every node's view of the partitions whose replicas differ.

@@ -43,6 +43,8 @@ pub struct DemoOptions {
     pub grpc_port: u16,
     /// Applies the cluster-wide flags (partitions, `--dead-after`, ...).
     pub configure: Box<dyn Fn(&mut ServerConfig) + Send>,
+    /// `--dead-after`, as `configure` sets it (the console quotes it).
+    pub dead_after: Duration,
     /// Election jitter per node start.
     pub seed: fn(u64) -> u64,
 }
@@ -271,7 +273,7 @@ impl Demo {
                     .take()
                     .with_context(|| format!("node {id} is already stopped"))?;
                 server.stop().await;
-                let dead_after = self.dead_after();
+                let dead_after = self.options.dead_after.as_secs();
                 println!(
                     "node {id} stopped (its data stays). Its peers see it down within a second; \
                      if it stays down {dead_after} s (--dead-after), it is marked dead and its \
@@ -314,12 +316,6 @@ impl Demo {
             }
             Some(other) => anyhow::bail!("unknown command {other:?}; `help` lists them"),
         }
-    }
-
-    fn dead_after(&self) -> u64 {
-        let mut probe = ServerConfig::new(NodeId(1), BTreeMap::new(), loopback(0), PathBuf::new());
-        (self.options.configure)(&mut probe);
-        probe.dead_after.as_secs()
     }
 
     /// Starts a new empty node under the next unused id, joining through

@@ -50,6 +50,18 @@ fn settled(partitions: u32, ids: &[u64]) -> Cluster {
     }
 }
 
+/// Adds the metadata group's report: `voters`, led by the first.
+fn with_metadata_group(c: &mut Cluster, voters: &[u64]) {
+    c.groups.insert(
+        METADATA_GROUP,
+        GroupReport {
+            membership: Membership::new(voters.iter().copied().map(NodeId)),
+            leader: Some(n(voters[0])),
+            learners: Vec::new(),
+        },
+    );
+}
+
 fn plan_of(c: &Cluster) -> Plan {
     plan(c, &PlannerConfig::default()).expect("a valid ring")
 }
@@ -136,14 +148,7 @@ fn a_controller_that_hears_only_a_minority_marks_nobody_dead() {
 #[test]
 fn the_metadata_group_keeps_a_draining_voter_until_its_replacement_is_available() {
     let mut c = settled(8, &[1, 2, 3, 4]);
-    c.groups.insert(
-        METADATA_GROUP,
-        GroupReport {
-            membership: Membership::new([n(1), n(2), n(3)]),
-            leader: Some(n(1)),
-            learners: Vec::new(),
-        },
-    );
+    with_metadata_group(&mut c, &[1, 2, 3]);
     c.members.insert(n(2), MemberState::Draining);
     // The only member that could take n2's place is held down.
     c.down_for.insert(n(4), Duration::from_secs(1));
@@ -172,14 +177,7 @@ fn the_metadata_group_keeps_a_draining_voter_until_its_replacement_is_available(
     // With an available member besides the one held down, the available
     // one replaces the draining voter.
     let mut c5 = settled(8, &[1, 2, 3, 4, 5]);
-    c5.groups.insert(
-        METADATA_GROUP,
-        GroupReport {
-            membership: Membership::new([n(1), n(2), n(3)]),
-            leader: Some(n(1)),
-            learners: Vec::new(),
-        },
-    );
+    with_metadata_group(&mut c5, &[1, 2, 3]);
     c5.members.insert(n(2), MemberState::Draining);
     c5.down_for.insert(n(4), Duration::from_secs(1));
     assert_eq!(
@@ -197,14 +195,7 @@ fn a_leaving_member_is_removed_only_once_every_partition_reported_without_it() {
     // (its report expired), and the metadata group's report is there.
     let mut c = settled(8, &[1, 2, 3]);
     c.members.insert(n(4), MemberState::Draining);
-    c.groups.insert(
-        METADATA_GROUP,
-        GroupReport {
-            membership: Membership::new([n(1), n(2), n(3)]),
-            leader: Some(n(1)),
-            learners: Vec::new(),
-        },
-    );
+    with_metadata_group(&mut c, &[1, 2, 3]);
     let p0 = c.groups.remove(&PartitionId(0)).unwrap();
     assert_eq!(state_changes(&plan_of(&c)), [], "p0 may still count on n4");
     c.groups.insert(PartitionId(0), p0);
