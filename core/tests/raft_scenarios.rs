@@ -543,6 +543,7 @@ macro_rules! scenario {
 
 scenario!(
     first_election,
+    readded_replica_wins_an_older_configurations_vote,
     prevote_rejoin,
     check_quorum_step_down,
     diverged_log_repair,

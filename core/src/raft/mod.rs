@@ -1128,6 +1128,26 @@ impl Raft {
         self.conf_base.contains(id) || self.conf_changes.iter().any(|c| c.membership.contains(id))
     }
 
+    /// Whether a campaign's log is strictly more up to date than ours
+    /// (§5.4.1): it holds entries, perhaps configurations, we have not seen.
+    fn log_is_behind(&self, campaign: &MessageBody) -> bool {
+        match *campaign {
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            }
+            | MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => {
+                last_term > self.log.last_term()
+                    || (last_term == self.log.last_term() && last_index > self.log.last_index())
+            }
+            _ => false,
+        }
+    }
+
     /// Every replica any configuration in the log names, sorted.
     fn remembered(&self) -> Vec<NodeId> {
         let mut ids = self.membership.replicas();
@@ -1302,12 +1322,22 @@ impl Raft {
         // answer), and a removed replica's answers let the leader bring it
         // the entries that tell it it was removed. A replica that knows no
         // configuration yet does not vote at all.
+        //
+        // A candidate whose log is strictly ahead of ours (§5.4.1) is not
+        // a removed replica but one added back by entries we have not
+        // received: a removed replica never gets entries past its removal,
+        // which we hold. Its campaign counts, or a group whose other
+        // voters are gone deadlocks: the re-added replica waits for our
+        // vote, and we, in the older configuration, cannot win without
+        // the gone voters (seed 4749 of the membership-churn simulation).
         let campaign = matches!(
             m.body,
             MessageBody::PreVote { .. } | MessageBody::Vote { .. }
         );
-        let removed_campaigner =
-            campaign && !self.membership.contains(m.from) && self.remembers(m.from);
+        let removed_campaigner = campaign
+            && !self.membership.contains(m.from)
+            && self.remembers(m.from)
+            && !self.log_is_behind(&m.body);
         let known = !(removed_campaigner || (campaign && !self.knows_configuration()));
         if m.to != self.id {
             return; // not for us
