@@ -53,6 +53,19 @@ pub enum PlacementMessage {
     },
     /// To a group's leader: hand leadership to `to`.
     TransferLeader { partition: PartitionId, to: NodeId },
+    /// To the controller: what the sender's failure detector says of each
+    /// peer it watches. The controller takes a member for dead only when
+    /// no node it hears has heard that member for the grace period.
+    Health { peers: Vec<PeerHealth> },
+}
+
+/// One peer as a node's failure detector sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerHealth {
+    pub node: NodeId,
+    /// How long it has been silent, while the detector holds it down;
+    /// `None` while it looks alive.
+    pub down_for: Option<std::time::Duration>,
 }
 
 /// How far a learner has caught up, as its group's leader sees it.

@@ -40,7 +40,11 @@ use ringkv_proto::v1 as pb;
 use ringkv_proto::v1::raft_message::Body as PbBody;
 use ringkv_proto::v1::wal_record::Record as PbRecord;
 
-use crate::io::{CatchUp, Gossip, GroupMessage, PeerBatch, PlacementMessage, WalRecord};
+use std::time::Duration;
+
+use crate::io::{
+    CatchUp, Gossip, GroupMessage, PeerBatch, PeerHealth, PlacementMessage, WalRecord,
+};
 use crate::metadata::MAX_DOCUMENT_BYTES;
 use crate::raft::{
     ConfChange, Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
@@ -78,6 +82,11 @@ type Result<T, E = WireError> = std::result::Result<T, E>;
 /// (version, leader and its term; a pushed document is counted apart, by
 /// [`metadata_push_len_bound`]), and slack.
 pub const PEER_BATCH_OVERHEAD_BYTES: usize = 64;
+
+/// The most peers one health report may name: more than any cluster has
+/// (a member costs its document tens of bytes, and the document is at most
+/// [`MAX_DOCUMENT_BYTES`]); a bound on what a malformed report allocates.
+const MAX_HEALTH_PEERS: usize = 1 << 16;
 /// A `GroupMessage` around a `RaftMessage` with a body of fixed-size fields:
 /// the group message (tag, length, partition), the Raft message (tag, length,
 /// from, to, term), the body (tag, length, up to three u64 fields and a bool).
@@ -290,6 +299,21 @@ fn placement_to_proto(m: &PlacementMessage) -> pb::PlacementMessage {
         PlacementMessage::TransferLeader { partition, to } => {
             (partition, Kind::TransferLeader(to.0))
         }
+        PlacementMessage::Health { peers } => (
+            &PartitionId(0),
+            Kind::Health(pb::PeerHealthReport {
+                peers: peers
+                    .iter()
+                    .map(|h| pb::PeerHealth {
+                        node: h.node.0,
+                        down: h.down_for.is_some(),
+                        down_for_ms: h
+                            .down_for
+                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    })
+                    .collect(),
+            }),
+        ),
     };
     pb::PlacementMessage {
         partition: partition.0,
@@ -331,6 +355,26 @@ fn placement_from_proto(m: pb::PlacementMessage) -> Result<PlacementMessage> {
                 partition,
                 to: node_id(to, "PlacementMessage.transfer_leader")?,
             },
+            Kind::Health(h) => {
+                if h.peers.len() > MAX_HEALTH_PEERS {
+                    return Err(invalid(format!(
+                        "PeerHealthReport: {} peers, more than the {MAX_HEALTH_PEERS} a cluster has",
+                        h.peers.len()
+                    )));
+                }
+                PlacementMessage::Health {
+                    peers: h
+                        .peers
+                        .into_iter()
+                        .map(|p| {
+                            Ok(PeerHealth {
+                                node: node_id(p.node, "PeerHealth.node")?,
+                                down_for: p.down.then(|| Duration::from_millis(p.down_for_ms)),
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                }
+            }
         },
     )
 }
@@ -349,6 +393,7 @@ pub fn placement_len_bound(m: &PlacementMessage) -> usize {
             _ => 16,
         },
         PlacementMessage::TransferLeader { .. } => 11,
+        PlacementMessage::Health { peers } => 8 + 16 * peers.len(),
     }
 }
 
@@ -1117,6 +1162,16 @@ mod tests {
                 .prop_map(|(partition, change)| PlacementMessage::ConfChange { partition, change }),
             (partition, arb_node_id())
                 .prop_map(|(partition, to)| PlacementMessage::TransferLeader { partition, to }),
+            prop::collection::vec((arb_node_id(), prop::option::of(0..u32::MAX as u64)), 0..6)
+                .prop_map(|peers| PlacementMessage::Health {
+                    peers: peers
+                        .into_iter()
+                        .map(|(node, ms)| PeerHealth {
+                            node,
+                            down_for: ms.map(Duration::from_millis),
+                        })
+                        .collect(),
+                }),
         ]
     }
 

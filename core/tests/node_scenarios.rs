@@ -21,6 +21,8 @@ struct Cluster {
     nodes: Vec<Node>,
     disks: Vec<Vec<WalRecord>>,
     down: BTreeSet<usize>,
+    /// Links cut one way: (from, to) node indexes.
+    cut: BTreeSet<(usize, usize)>,
     now: Time,
     net: Vec<(Time, usize, PeerBatch)>,
     out: String,
@@ -58,6 +60,7 @@ impl Cluster {
             nodes,
             disks: vec![Vec::new(); n as usize],
             down: BTreeSet::new(),
+            cut: BTreeSet::new(),
             now: Time::ZERO,
             net: Vec::new(),
             out: String::new(),
@@ -196,7 +199,11 @@ impl Cluster {
                 .partition(|(at, _, _)| *at <= now);
             self.net = later;
             for (_, j, b) in due {
-                if self.down.contains(&j) || self.down.contains(&((b.from.0 - 1) as usize)) {
+                let from = (b.from.0 - 1) as usize;
+                if self.down.contains(&j)
+                    || self.down.contains(&from)
+                    || self.cut.contains(&(from, j))
+                {
                     continue;
                 }
                 self.nodes[j].handle_message(now, b);
@@ -1232,6 +1239,44 @@ fn a_dead_nodes_replicas_are_re_created_on_the_others() {
         c.out.contains("reply to request 1: Done(Ok(Put"),
         "{}",
         c.out
+    );
+}
+
+/// The controller marks a member dead only if no node it hears has heard
+/// that member for `dead_after`: n5, cut off from the controller alone
+/// (both ways), stays `up` while the others hear it, however long; cut off
+/// from everyone, it dies.
+#[test]
+fn a_member_only_the_controller_cannot_hear_is_not_dead() {
+    use ringkv_core::metadata::MemberState;
+    let mut c = Cluster::with_config(5, 8, |cfg| {
+        cfg.placement.dead_after = Duration::from_secs(3);
+    });
+    c.quiet_events = true;
+    c.run_for(2000);
+    let controller = c.controller().expect("a controller");
+    let lonely = if controller == 4 { 3 } else { 4 };
+    c.cut.insert((controller, lonely));
+    c.cut.insert((lonely, controller));
+    c.run_for(10_000);
+    assert_eq!(c.controller(), Some(controller), "the controller stayed");
+    assert!(
+        c.nodes[controller]
+            .detector()
+            .down_for(c.nodes[lonely].id(), c.now)
+            .is_some_and(|d| d >= Duration::from_secs(3)),
+        "the controller has not heard n{} for the grace period",
+        lonely + 1
+    );
+    let state =
+        |c: &Cluster| c.nodes[controller].metadata().unwrap().members[&c.nodes[lonely].id()].state;
+    assert_eq!(state(&c), MemberState::Up, "the others hear it");
+    c.down.insert(lonely);
+    c.run_for(10_000);
+    assert!(
+        matches!(state(&c), MemberState::Dead | MemberState::Removed),
+        "{:?}",
+        state(&c)
     );
 }
 

@@ -229,6 +229,21 @@ fn lagging_views(cluster: &SimCluster) -> String {
     )
 }
 
+/// Every running node's metadata version and view of the metadata group.
+fn metadata_views(cluster: &SimCluster) -> String {
+    let mut out = String::new();
+    for id in cluster.node_ids() {
+        if let Some(handle) = cluster.node_handle(id) {
+            let view = handle.view();
+            out.push_str(&format!(
+                "  {id}: version {} {:?}\n",
+                view.metadata_version, view.metadata_group
+            ));
+        }
+    }
+    out
+}
+
 /// Every node's view of the partitions whose replicas differ.
 fn diverging_views(cluster: &SimCluster, states: &ReplicaStates) -> String {
     let mut out = String::new();
@@ -426,9 +441,11 @@ async fn run(seed: u64, mode: Mode) {
                 panic!(
                     "seed {seed}: membership and placement did not settle on members {members:?} \
                      within {SETTLE:?} of the heal: {why}\nchurn: {}\nviews of the partitions \
-                     some replica of which lags or catches up:\n{}nemesis:\n{}\nreplay: {}",
+                     some replica of which lags or catches up:\n{}metadata on each node:\n{}\
+                     nemesis:\n{}\nreplay: {}",
                     nemesis.churned(),
                     lagging_views(&cluster),
+                    metadata_views(&cluster),
                     nemesis.trace(),
                     replay(seed)
                 );

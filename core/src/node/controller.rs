@@ -16,10 +16,17 @@
 //! one in flight. Each step goes to the group's leader as reported, which
 //! proposes it if it still leads (a refusal, e.g. a learner not caught up
 //! yet, is only logged: the next plan asks again, from the configuration
-//! it then sees). A node down for less than
+//! it then sees).
+//!
+//! **Health.** Each report round every node also sends the controller what
+//! its failure detector says of each peer (down and for how long, or
+//! alive). A member is silent for the controller's plan only if it is
+//! silent to the controller's own detector *and* no fresh health report of
+//! another live member says it was heard; its silence is then the shortest
+//! any of them saw. A node silent for less than
 //! [`PlannerConfig::dead_after`](crate::placement::planner::PlannerConfig)
-//! in the controller's detector moves nothing; a new controller counts a
-//! peer's silence from when its own detector started watching.
+//! that way moves nothing; a new controller counts a peer's silence from
+//! when its own detector started watching.
 //!
 //! **Leader hints.** Every fourth round the reports go to every peer as
 //! well: a node keeps the latest per partition like the controller does,
@@ -37,7 +44,7 @@ use bytes::Bytes;
 
 use super::Node;
 use crate::identity::Incarnation;
-use crate::io::{CatchUp, PlacementMessage};
+use crate::io::{CatchUp, PeerHealth, PlacementMessage};
 use crate::kv::{Command, Precondition};
 use crate::metadata::MemberState;
 use crate::metadata::{ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, MetaChange, MetaError};
@@ -135,11 +142,19 @@ struct Report {
     at: Time,
 }
 
+/// What one node's failure detector said of its peers, and when it arrived.
+struct HealthReport {
+    peers: Vec<PeerHealth>,
+    at: Time,
+}
+
 /// The controller's state on one node (used only while it leads the
 /// metadata group, but kept by every node: leadership moves).
 #[derive(Default)]
 pub(super) struct ControllerState {
     reports: BTreeMap<PartitionId, Report>,
+    /// The latest health report of each node.
+    health: BTreeMap<NodeId, HealthReport>,
     next_report: Time,
     /// Report rounds so far: every [`ROUTE_HINT_EVERY`]th also goes to
     /// every peer.
@@ -221,6 +236,14 @@ impl Node {
         if controller.is_none() && !hints {
             return;
         }
+        if let Some(c) = controller.filter(|&c| c != self.id) {
+            let peers = self.peer_health();
+            self.controller
+                .outbox
+                .entry(c)
+                .or_default()
+                .push(PlacementMessage::Health { peers });
+        }
         let reports: Vec<PlacementMessage> = self
             .groups
             .iter()
@@ -259,6 +282,52 @@ impl Node {
         }
     }
 
+    /// What this node's failure detector says of every peer it watches.
+    fn peer_health(&self) -> Vec<PeerHealth> {
+        self.detector
+            .peers()
+            .map(|(node, _, _)| PeerHealth {
+                node,
+                down_for: self.detector.down_for(node, self.now),
+            })
+            .collect()
+    }
+
+    /// How long `member` has been silent to every node the controller
+    /// hears, or `None` if any of them (or the controller) hears it: its
+    /// own detector's silence, unless a fresh health report from another
+    /// live member says it heard `member`, and the shortest silence among
+    /// those reports (each aged by the time since it arrived). One
+    /// observer's silence is no proof of death: partitions, stalled
+    /// streams and clock jumps make a member silent to one node while the
+    /// rest hear it (madsim churn seed 4414: a member its controller could
+    /// not hear for 20 s of the controller's jumpy clock, heard by the
+    /// others throughout, was marked dead).
+    fn cluster_down_for(
+        &self,
+        member: NodeId,
+        live: &[NodeId],
+        lifetime: Duration,
+    ) -> Option<Duration> {
+        let mut silent = self.detector.down_for(member, self.now)?;
+        for (reporter, report) in &self.controller.health {
+            if *reporter == member
+                || !live.contains(reporter)
+                || self.now.saturating_since(report.at) > lifetime
+            {
+                continue;
+            }
+            match report.peers.iter().find(|h| h.node == member) {
+                Some(PeerHealth { down_for: None, .. }) => return None,
+                Some(PeerHealth {
+                    down_for: Some(d), ..
+                }) => silent = silent.min(*d + self.now.saturating_since(report.at)),
+                None => {}
+            }
+        }
+        Some(silent)
+    }
+
     /// The latest report this node has of `p`'s group, if recent:
     /// `(leader, term, configuration)` as the leader reported them (see
     /// `route_hint`). How a node that does not replicate `p` knows its
@@ -286,7 +355,12 @@ impl Node {
     /// (and unaware of it) plans from a document that may be stale.
     pub(super) fn handle_placement(&mut self, from: NodeId, m: PlacementMessage) {
         let from_controller = from == self.id || self.metadata_leader() == Some(from);
-        if !from_controller && !matches!(m, PlacementMessage::Report { .. }) {
+        if !from_controller
+            && !matches!(
+                m,
+                PlacementMessage::Report { .. } | PlacementMessage::Health { .. }
+            )
+        {
             tracing::debug!(%from, "placement: an order from a node not known to lead the metadata group");
             return;
         }
@@ -315,6 +389,12 @@ impl Node {
                         },
                     );
                 }
+            }
+            PlacementMessage::Health { peers } => {
+                let at = self.now;
+                self.controller
+                    .health
+                    .insert(from, HealthReport { peers, at });
             }
             PlacementMessage::ConfChange { partition, change } => {
                 let Some(g) = self.groups.get_mut(&partition) else {
@@ -361,6 +441,15 @@ impl Node {
         self.controller
             .reports
             .retain(|_, r| now.saturating_since(r.at) <= lifetime);
+        self.controller
+            .health
+            .retain(|_, r| now.saturating_since(r.at) <= lifetime);
+        let live: Vec<NodeId> = doc
+            .members
+            .iter()
+            .filter(|(_, m)| m.state.is_live())
+            .map(|(&id, _)| id)
+            .collect();
         let cluster = Cluster {
             ring: doc.ring,
             members: doc.members.iter().map(|(&id, m)| (id, m.state)).collect(),
@@ -382,7 +471,7 @@ impl Node {
                 .members
                 .keys()
                 .filter(|&&m| m != self.id)
-                .filter_map(|&m| Some((m, self.detector.down_for(m, now)?)))
+                .filter_map(|&m| Some((m, self.cluster_down_for(m, &live, lifetime)?)))
                 .collect(),
         };
         Some(cluster)

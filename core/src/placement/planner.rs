@@ -118,7 +118,8 @@ pub struct Cluster {
     /// Partitions with a known configuration; a partition missing here is
     /// left alone.
     pub groups: BTreeMap<PartitionId, GroupReport>,
-    /// Nodes the failure detector holds down, and for how long.
+    /// Members silent to every node the controller hears, and for how
+    /// long (see `node::controller`'s health reports).
     pub down_for: BTreeMap<NodeId, Duration>,
 }
 
@@ -448,7 +449,8 @@ pub fn plan(cluster: &Cluster, cfg: &PlannerConfig) -> Result<Plan, RingError> {
 /// Member state changes due now.
 ///
 /// A member is marked dead only while the controller hears from a majority
-/// of the members that are not dead or removed (itself included). Silence
+/// of the members that are not dead or removed (itself included; a member
+/// heard by a node whose report it has counts as heard). Silence
 /// is evidence only from an observer that hears the rest: a controller cut
 /// off with a minority, or one that was itself stopped (a long GC or VM
 /// pause, a clock that jumped) and has heard nothing since it went on,
