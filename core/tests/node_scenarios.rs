@@ -1539,6 +1539,56 @@ fn a_node_that_registers_joins_and_takes_its_share() {
     );
 }
 
+/// A registered joiner that keeps asking to join (it restarted before its
+/// join finished, and cannot reach the controller's answer) is heard by
+/// the member its calls reach: it is not marked dead while it asks, even
+/// when the member is not the controller. Once it stops asking, it dies
+/// after the grace period like any silent member.
+#[test]
+fn a_joiner_that_keeps_asking_is_not_dead() {
+    use ringkv_core::identity::Incarnation;
+    use ringkv_core::metadata::MemberState;
+    use ringkv_core::node::Registration;
+    let mut c = Cluster::with_config(3, 8, |cfg| {
+        cfg.placement.dead_after = Duration::from_secs(3);
+    });
+    c.quiet_events = true;
+    // n4 never runs: what is sent to it is lost.
+    c.down.insert(3);
+    c.run_for(3000);
+    let controller = c.controller().expect("a controller");
+    let inc = Incarnation(0x44);
+    let now = c.now;
+    assert_eq!(
+        c.nodes[controller].handle_register(now, NodeId(4), "n4:9094".into(), inc),
+        Ok(Registration::Proposed)
+    );
+    c.drain(controller);
+    c.run_for(500);
+    let state = |c: &Cluster| c.nodes[controller].metadata().unwrap().members[&NodeId(4)].state;
+    assert!(state(&c).is_live(), "registered: {:?}", state(&c));
+    // n4 never runs; its calls reach a member that is not the controller.
+    let other = (controller + 1) % 3;
+    for _ in 0..10 {
+        let now = c.now;
+        let _ = c.nodes[other].handle_register(now, NodeId(4), "n4:9094".into(), inc);
+        c.drain(other);
+        c.run_for(1000);
+        assert!(
+            state(&c).is_live(),
+            "n4 is asking: {:?} after {:?}",
+            state(&c),
+            c.now
+        );
+    }
+    c.run_for(10_000);
+    assert!(
+        matches!(state(&c), MemberState::Dead | MemberState::Removed),
+        "silent for 10 s: {:?}",
+        state(&c)
+    );
+}
+
 /// The metadata group moves like any group: draining the node that runs
 /// the controller (a metadata replica, and its leader) hands the group's
 /// leadership to another replica, adds the fourth node as its replacement

@@ -621,6 +621,18 @@ impl Node {
             return Err(not_controller);
         }
         self.start(now);
+        // A join call from a registered member is contact: a joiner that
+        // restarted before it finished joining asks again, and until it is
+        // answered (no controller, a partition) the groups do not hear it.
+        // It must not be taken for dead meanwhile (madsim churn seed 4784:
+        // it was, then removed, and its rejoin refused). Whoever the call
+        // reaches vouches for it in its health reports.
+        if let Some(m) = self.meta.document().and_then(|d| d.members.get(&node))
+            && m.incarnation == Some(incarnation)
+            && m.state.is_live()
+        {
+            self.detector.heartbeat(node, now);
+        }
         if self.observed_cluster().is_none() {
             return Err(not_controller);
         }
