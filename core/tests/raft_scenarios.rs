@@ -544,6 +544,7 @@ macro_rules! scenario {
 scenario!(
     first_election,
     readded_replica_wins_an_older_configurations_vote,
+    late_refusal_from_a_caught_up_learner,
     prevote_rejoin,
     check_quorum_step_down,
     diverged_log_repair,
