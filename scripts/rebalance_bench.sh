@@ -14,6 +14,11 @@
 #      partition has three healthy replicas again (status healthy), minus
 #      the grace period.
 #
+#   For the join and the loss, the snapshot bytes the nodes streamed
+#   (ringkv_snapshot_bytes_sent_total) against the minimum: one copy of each
+#   partition node 4 holds, at the data's size over the partition count
+#   (keys hash uniformly).
+#
 #   ./scripts/rebalance_bench.sh [MIB]
 #
 # Data lives in a temporary directory, removed at exit; the nodes use REST
@@ -77,6 +82,16 @@ wait_healthy() {
   done
 }
 
+# Snapshot bytes the nodes given have streamed so far.
+streamed() {
+  local total=0 id n
+  for id in "$@"; do
+    n=$(curl -sf "127.0.0.1:1818$id/metrics" | awk '/^ringkv_snapshot_bytes_sent_total /{print $2}')
+    total=$((total + ${n:-0}))
+  done
+  echo "$total"
+}
+
 throughput() {
   "$bin" bench --endpoints "$endpoints" --protocol grpc --clients 16 --duration 15s \
     --value-size 1024 --keys 10000 -o json |
@@ -99,20 +114,33 @@ echo "baseline: $base writes/s (1 KiB values, 16 clients)"
 "$bin" server --id 4 --join 127.0.0.1:19191 --grpc-listen 127.0.0.1:19194 \
   --rest-listen 127.0.0.1:18184 --data-dir "$dir/node-4" "${common[@]}" >>"$dir/node-4.log" 2>&1 &
 pids[4]=$!
+streamed_before_join=$(streamed 1 2 3)
 joined=$SECONDS
 during=$(throughput)
 wait_healthy
 took=$((SECONDS - joined))
 held=$(du -sb "$dir/node-4" | cut -f1)
 fair=$((3 * mib * 1024 * 1024 / 4))
-python3 - "$base" "$during" "$took" "$held" "$fair" <<'EOF'
+streamed_join=$(($(streamed 1 2 3 4) - streamed_before_join))
+# One copy of each partition node 4 holds: the least a join (or its loss)
+# can stream. The data is the load plus the 10,000 1 KiB values of the bench.
+minimum=$("$bin" status --endpoints 127.0.0.1:19194 -o json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+held = sum(1 for p in s["partitions"] if 4 in p["replicas"])
+data = int(sys.argv[1]) * 2**20 + 10000 * 1024
+print(held * data // s["partition_count"])' "$mib")
+python3 - "$base" "$during" "$took" "$held" "$fair" "$streamed_join" "$minimum" <<'EOF'
 import sys
-base, during, took, held, fair = map(float, sys.argv[1:])
+base, during, took, held, fair, streamed, minimum = map(float, sys.argv[1:])
 print(f"join: {during:.0f} writes/s during the rebalance = {during / base:.2f} of the baseline "
       f"(goal >= 0.7); healthy again {took:.0f} s after the join; node 4 holds "
-      f"{held / 2**20:.0f} MiB on disk, fair share {fair / 2**20:.0f} MiB ({held / fair:.2f})")
+      f"{held / 2**20:.0f} MiB on disk, fair share {fair / 2**20:.0f} MiB ({held / fair:.2f}); "
+      f"snapshots streamed {streamed / 2**20:.0f} MiB, minimum {minimum / 2**20:.0f} MiB "
+      f"({streamed / minimum:.2f})")
 EOF
 
+streamed_before_loss=$(streamed 1 2 3)
 kill -9 "${pids[4]}"
 wait "${pids[4]}" 2>/dev/null || true
 pids[4]=""
@@ -120,4 +148,13 @@ killed=$SECONDS
 # First the controller notices (node 4 down), then it recovers.
 for _ in $(seq 1 60); do cluster_healthy || break; sleep 0.5; done
 wait_healthy
-echo "loss: node 4 (holding $((held / 1048576)) MiB) killed for good; every partition on 3 healthy replicas again $((SECONDS - killed)) s later (--dead-after 5 included)"
+recovered=$((SECONDS - killed))
+streamed_loss=$(($(streamed 1 2 3) - streamed_before_loss))
+python3 - "$held" "$recovered" "$streamed_loss" "$minimum" <<'EOF'
+import sys
+held, recovered, streamed, minimum = map(float, sys.argv[1:])
+print(f"loss: node 4 (holding {held / 2**20:.0f} MiB) killed for good; every partition on 3 "
+      f"healthy replicas again {recovered:.0f} s later (--dead-after 5 included); snapshots "
+      f"streamed {streamed / 2**20:.0f} MiB, minimum {minimum / 2**20:.0f} MiB "
+      f"({streamed / minimum:.2f})")
+EOF

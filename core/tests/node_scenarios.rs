@@ -1437,6 +1437,17 @@ fn a_node_that_registers_joins_and_takes_its_share() {
     c.quiet_events = true;
     c.run_for(3000);
     let controller = c.controller().expect("a controller");
+    // Some data, so that the replicas n4 gets come as snapshots with bytes.
+    for k in 0..32u64 {
+        let key = format!("k{k}");
+        let p = c.nodes[0].ring().partition_of(key.as_bytes());
+        let leader = c.leaders()[&p];
+        c.request((leader.0 - 1) as usize, 100 + k, put(&key, "0123456789"));
+    }
+    c.run_for(500);
+    let streamed =
+        |c: &Cluster| -> u64 { c.nodes.iter().map(|n| n.stats().snapshot_bytes_sent).sum() };
+    let streamed_before = streamed(&c);
 
     let mut cfg = NodeConfig::new(NodeId(4), (1..=4).map(NodeId).collect());
     cfg.founding = false;
@@ -1532,6 +1543,10 @@ fn a_node_that_registers_joins_and_takes_its_share() {
     let held = c.nodes[3].partitions().count();
     assert_eq!(held, moved, "n4 holds what the ring gives it");
     assert!(held > 0);
+    assert!(
+        streamed(&c) > streamed_before,
+        "n4's replicas came as snapshots, counted as bytes streamed"
+    );
     let led = leaders_per_node(&c);
     assert!(
         led.get(&NodeId(4)).copied().unwrap_or(0) >= 2,

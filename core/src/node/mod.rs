@@ -550,6 +550,9 @@ pub struct NodeStats {
     pub batches_sent: u64,
     /// Bulk-lane batches among `batches_sent`.
     pub bulk_batches_sent: u64,
+    /// Bytes of snapshot data sent (what re-creating and moving replicas
+    /// streams; the log entries that follow are not counted).
+    pub snapshot_bytes_sent: u64,
     /// Times the driver reported a peer unreachable (messages to it dropped).
     pub unreachable_reports: u64,
     /// Times the driver reported the link to a peer congested.
@@ -1948,6 +1951,9 @@ impl Node {
             let (mut control_bytes, mut bulk_bytes, mut bulk_count) = (0usize, 0usize, 0usize);
             for gm in &messages {
                 let len = wire::group_message_len_bound(gm);
+                if let MessageBody::SnapshotChunk { data, .. } = &gm.message.body {
+                    self.stats.snapshot_bytes_sent += data.len() as u64;
+                }
                 if gm.message.body.is_bulk() {
                     bulk_bytes += len;
                     bulk_count += 1;

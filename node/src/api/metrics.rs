@@ -181,6 +181,11 @@ pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handsha
         s.bulk_batches_sent,
     );
     o.counter(
+        "ringkv_snapshot_bytes_sent_total",
+        "Bytes of snapshot data this node streamed to other replicas (moving and re-creating replicas).",
+        s.snapshot_bytes_sent,
+    );
+    o.counter(
         "ringkv_core_unreachable_reports_total",
         "Times the transport told the core that batches to a peer were dropped.",
         s.unreachable_reports,
