@@ -1,8 +1,9 @@
 //! The placement ring: which partition a key belongs to, and which nodes
 //! should replicate each partition.
 //!
-//! **Owns.** The key hash ([`key_hash`]) and the key-to-partition mapping
-//! ([`partition_of`]), and the *desired* placement of every partition on a
+//! **Owns.** The key-to-slot mapping ([`key_slot`], Redis Cluster's), the
+//! slot-to-partition mapping ([`partition_of`], [`slot_range`]), and the
+//! *desired* placement of every partition on a
 //! given member set: a consistent-hash ring with virtual nodes ([`Ring`]).
 //! It also measures how much placement moves between two rings
 //! ([`Ring::diff`], [`Ring::moved_partitions`]), which is what a join or a
@@ -14,12 +15,19 @@
 //! of `(RingConfig, member set)`: the controller computes the ring it wants
 //! and then walks the Raft groups towards it one membership change at a time.
 //!
-//! **Design.** Each member owns [`RingConfig::tokens_per_node`] tokens on the
+//! **Design.** A key belongs to one of [`SLOT_COUNT`] (16,384) hash slots,
+//! exactly as in Redis Cluster: `CRC16/XMODEM(k) mod 16384`, where `k` is
+//! the key's hash tag (the bytes between its first `{` and the next `}`,
+//! when there are any) or else the whole key, so `{user42}.name` and
+//! `{user42}.email` share a slot, and a Redis client computes the slot
+//! ringkv does. Each partition owns one contiguous range of slots: the
+//! partition count is a power of two dividing 16,384, and partition `p`
+//! owns slots `[p * 16384 / count, (p + 1) * 16384 / count)`.
+//! Each member owns [`RingConfig::tokens_per_node`] tokens on the
 //! `u64` circle (see [`Ring::new`] for the exact token hash). Partition `p`
-//! sits at the start of its own key-hash range (so the ring and
-//! [`partition_of`] agree on where a partition lives on the circle); its
-//! replicas are the first `replication_factor` distinct nodes met walking
-//! clockwise from that point. Placement is computed once at construction and
+//! sits at point `p * 2^64 / count` of the circle (partitions in slot order,
+//! evenly spaced); its replicas are the first `replication_factor`
+//! distinct nodes met walking clockwise from that point. Placement is computed once at construction and
 //! stored per partition, so [`Ring::replicas`] is O(1).
 //!
 //! **Invariants.**
@@ -33,9 +41,10 @@
 //!   partitions that held it (it is dropped and the next distinct node
 //!   clockwise is appended). Every other partition keeps its replica list,
 //!   order included, so its preferred leader does not move.
-//! - The key hash and [`partition_of`] are part of the on-disk format: a
+//! - [`key_slot`] and [`partition_of`] are part of the on-disk format: a
 //!   node's WAL and snapshots are laid out per partition, so changing either
-//!   is a data-format break that needs a migration.
+//!   is a data-format break (format 2 of the data directory; format 1
+//!   hashed keys with xxh3 and is refused).
 //!
 //! **Limits, honestly.** Virtual nodes alone balance only roughly: with the
 //! default config (256 partitions, rf 3, 64 tokens) on 5 nodes the busiest
@@ -53,61 +62,86 @@
 
 use std::collections::BTreeSet;
 
+use std::ops::Range;
+
+use crc::{CRC_16_XMODEM, Crc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::types::{NodeId, PartitionId};
 
-/// Seed of [`key_hash`]. Part of the on-disk format: never change it.
-pub const KEY_HASH_SEED: u64 = 0;
+/// Seed of the token hash ([`Ring::new`]). Every node must compute the same
+/// ring: never change it.
+pub const TOKEN_HASH_SEED: u64 = 0;
 
-/// Largest accepted [`RingConfig::partition_count`]. Placement is stored per
-/// partition and each partition is a Raft group, so an absurd count from a
-/// bad config file must be an error, not an out-of-memory abort.
-pub const MAX_PARTITION_COUNT: u32 = 1 << 20;
+/// Redis Cluster's number of hash slots.
+pub const SLOT_COUNT: u32 = 16_384;
+
+/// Largest accepted [`RingConfig::partition_count`]: one slot per
+/// partition. (Each partition is a Raft group, and placement is stored per
+/// partition.)
+pub const MAX_PARTITION_COUNT: u32 = SLOT_COUNT;
+
+const CRC16: Crc<u16> = Crc::<u16>::new(&CRC_16_XMODEM);
 
 /// Largest accepted [`RingConfig::tokens_per_node`], for the same reason:
 /// the ring stores `members * tokens_per_node` tokens.
 pub const MAX_TOKENS_PER_NODE: u32 = 1 << 12;
 
-/// The hash of a key: xxh3-64 with seed [`KEY_HASH_SEED`] (0) over the raw key
-/// bytes.
-///
-/// This is part of the on-disk format (it decides which partition, hence
-/// which WAL records and snapshot, holds a key). Changing the algorithm, the
-/// seed or the input bytes is a data-format break. `std`'s `DefaultHasher`
-/// is deliberately not used: it is not specified to be stable across Rust
-/// releases.
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxh3_64_with_seed(key, KEY_HASH_SEED)
+/// The part of `key` that decides its slot: Redis Cluster's hash tag, the
+/// bytes between the first `{` and the first `}` after it, if there are
+/// any; otherwise (no `{`, no `}` after it, or `{}`) the whole key.
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    let Some(open) = key.iter().position(|&b| b == b'{') else {
+        return key;
+    };
+    let rest = &key[open + 1..];
+    match rest.iter().position(|&b| b == b'}') {
+        Some(close) if close > 0 => &rest[..close],
+        _ => key,
+    }
+}
+
+/// The hash slot of `key`, as Redis Cluster computes it:
+/// `CRC16/XMODEM(hash_tag(key)) mod 16384`. Part of the on-disk format.
+pub fn key_slot(key: &[u8]) -> u16 {
+    // `% SLOT_COUNT` keeps it below 16384: the cast never truncates.
+    (u32::from(CRC16.checksum(hash_tag(key))) % SLOT_COUNT) as u16
 }
 
 /// The partition that owns `key`, for a cluster of `partition_count`
-/// partitions.
+/// partitions: the one whose slot range holds [`key_slot`]`(key)`. Part of
+/// the on-disk format.
 ///
-/// Mapping: Lemire's multiply-shift, `(key_hash(key) as u128 * partition_count) >> 64`.
-/// It cuts the hash circle into `partition_count` contiguous, near-equal
-/// ranges (partition `p` owns hashes in `[p * 2^64 / count, (p + 1) * 2^64 / count)`),
-/// without the bias of `hash % count`. Like [`key_hash`], it is part of the
-/// on-disk format.
-///
-/// `partition_count` 0 is not a valid cluster ([`RingConfig::validate`]
-/// rejects it); rather than panic, this then returns partition 0.
+/// `partition_count` is a power of two dividing 16,384
+/// ([`RingConfig::validate`]). For any other count (0 included), rather
+/// than panic, this still returns a partition below `partition_count.max(1)`.
 pub fn partition_of(key: &[u8], partition_count: u32) -> PartitionId {
-    partition_of_hash(key_hash(key), partition_count)
+    partition_of_slot(key_slot(key), partition_count)
 }
 
-/// Lemire's multiply-shift from a key hash to its partition.
-fn partition_of_hash(hash: u64, partition_count: u32) -> PartitionId {
-    let scaled = (u128::from(hash) * u128::from(partition_count)) >> 64;
-    // `hash < 2^64`, so `scaled < partition_count <= u32::MAX`: never truncates.
-    PartitionId(scaled as u32)
+/// The partition whose slot range holds `slot`.
+pub fn partition_of_slot(slot: u16, partition_count: u32) -> PartitionId {
+    let count = partition_count.clamp(1, SLOT_COUNT);
+    // `slot < 16384` and `count <= 16384`: the product fits a u32 and the
+    // quotient is below `count`.
+    PartitionId(u32::from(slot) * count / SLOT_COUNT)
 }
 
-/// The point of partition `p` on the ring: the first key hash it owns under
-/// [`partition_of`] (`ceil(p * 2^64 / count)`), so partitions are spaced
-/// evenly around the circle.
+/// The slots partition `p` owns: `[p * 16384 / count, (p + 1) * 16384 / count)`,
+/// empty for a partition outside the cluster.
+pub fn slot_range(partition: PartitionId, partition_count: u32) -> Range<u16> {
+    let count = partition_count.clamp(1, SLOT_COUNT);
+    let p = partition.0.min(count);
+    let bound = |p: u32| (p * (SLOT_COUNT / count)) as u16;
+    // 16384 itself does not fit the range's end as a slot, but it does as
+    // a u16 bound: 16384 < 65536.
+    bound(p)..bound((p + 1).min(count))
+}
+
+/// The point of partition `p` on the ring, `ceil(p * 2^64 / count)`:
+/// partitions are spaced evenly around the circle, in slot order.
 fn partition_point(partition: u32, partition_count: u32) -> u64 {
     let count = u128::from(partition_count.max(1));
     let start = (u128::from(partition) << 64).div_ceil(count);
@@ -120,12 +154,12 @@ fn partition_point(partition: u32, partition_count: u32) -> u64 {
 /// 8 little-endian bytes followed by the index as 4 little-endian bytes.
 ///
 /// Only placement depends on it (not stored data), but every node must
-/// compute the same ring, so it is fixed like the key hash.
+/// compute the same ring, so it is fixed.
 fn token_of(node: NodeId, index: u32) -> u64 {
     let mut input = [0u8; 12];
     input[..8].copy_from_slice(&node.0.to_le_bytes());
     input[8..].copy_from_slice(&index.to_le_bytes());
-    xxh3_64_with_seed(&input, KEY_HASH_SEED)
+    xxh3_64_with_seed(&input, TOKEN_HASH_SEED)
 }
 
 /// A rejected [`RingConfig`].
@@ -135,8 +169,15 @@ pub enum RingError {
     #[error("ring config: partition_count must be at least 1")]
     ZeroPartitions,
     /// More partitions than [`MAX_PARTITION_COUNT`].
-    #[error("ring config: partition_count {0} exceeds the maximum {MAX_PARTITION_COUNT}")]
+    #[error(
+        "ring config: partition_count {0} exceeds the maximum {MAX_PARTITION_COUNT} (one hash slot per partition)"
+    )]
     TooManyPartitions(u32),
+    /// Each partition owns an equal, contiguous range of the 16,384 slots.
+    #[error(
+        "ring config: partition_count {0} is not a power of two (each partition owns an equal range of the 16384 hash slots: use 1, 2, 4, ... 16384)"
+    )]
+    PartitionsNotPowerOfTwo(u32),
     /// A partition with no replica would hold no data.
     #[error("ring config: replication_factor must be at least 1")]
     ZeroReplicationFactor,
@@ -185,6 +226,9 @@ impl RingConfig {
         }
         if self.partition_count > MAX_PARTITION_COUNT {
             return Err(RingError::TooManyPartitions(self.partition_count));
+        }
+        if !self.partition_count.is_power_of_two() {
+            return Err(RingError::PartitionsNotPowerOfTwo(self.partition_count));
         }
         if self.replication_factor == 0 {
             return Err(RingError::ZeroReplicationFactor);
@@ -450,24 +494,52 @@ mod tests {
     }
 
     #[test]
-    fn key_hash_matches_published_xxh3_vector() {
-        // XXH3_64bits("", seed 0) from the xxHash reference test vectors.
-        assert_eq!(key_hash(b""), 0x2D06_8005_38D3_94C2);
+    fn key_slot_is_redis_clusters() {
+        // CRC16/XMODEM's check value, and slots Redis's own CLUSTER KEYSLOT
+        // gives (foo 12182, bar 5061, from the Redis Cluster specification).
+        assert_eq!(CRC16.checksum(b"123456789"), 0x31C3);
+        for (key, slot) in [
+            (&b"foo"[..], 12182),
+            (b"bar", 5061),
+            (b"hello", 866),
+            (b"", 0),
+            (b"user:42", 15880),
+        ] {
+            assert_eq!(key_slot(key), slot, "key_slot({key:?})");
+        }
     }
 
     #[test]
-    fn key_hash_and_partition_of_are_pinned() {
-        // Computed once with this implementation. If this fails, the key hash
-        // or the key -> partition mapping changed: that is an on-disk format
-        // break, not a test to update.
-        let pinned: [(&[u8], u64, u32); 4] = [
-            (b"", 0x2D06_8005_38D3_94C2, 45),
-            (b"hello", 0x9555_E855_5C62_DCFD, 149),
-            (b"ringkv", 0x115C_485C_F2D2_56C6, 17),
-            (b"user:42", 0x9FC1_E605_FA71_74AA, 159),
+    fn hash_tags_follow_redis_rules() {
+        // From the Redis Cluster specification's examples.
+        assert_eq!(hash_tag(b"{user1000}.following"), b"user1000");
+        assert_eq!(hash_tag(b"{user1000}.followers"), b"user1000");
+        assert_eq!(hash_tag(b"foo{{bar}}zap"), b"{bar");
+        assert_eq!(hash_tag(b"foo{bar}{zap}"), b"bar");
+        // No tag: `{}`, no `}` after the `{`, no `{`.
+        assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}");
+        assert_eq!(hash_tag(b"foo{bar"), b"foo{bar");
+        assert_eq!(hash_tag(b"foo}bar{"), b"foo}bar{");
+        assert_eq!(
+            key_slot(b"{user42}.name"),
+            key_slot(b"{user42}.email"),
+            "co-located"
+        );
+        assert_eq!(key_slot(b"{user42}.name"), key_slot(b"user42"));
+    }
+
+    #[test]
+    fn key_slot_and_partition_of_are_pinned() {
+        // If this fails, the key -> slot -> partition mapping changed: that
+        // is an on-disk format break, not a test to update.
+        let pinned: [(&[u8], u16, u32); 4] = [
+            (b"", 0, 0),
+            (b"hello", 866, 13),
+            (b"ringkv", 5006, 78),
+            (b"user:42", 15880, 248),
         ];
-        for (key, hash, partition) in pinned {
-            assert_eq!(key_hash(key), hash, "key_hash({key:?})");
+        for (key, slot, partition) in pinned {
+            assert_eq!(key_slot(key), slot, "key_slot({key:?})");
             assert_eq!(
                 partition_of(key, 256),
                 PartitionId(partition),
@@ -477,24 +549,22 @@ mod tests {
     }
 
     #[test]
-    fn partition_of_cuts_the_hash_circle_into_contiguous_ranges() {
-        assert_eq!(partition_of_hash(0, 256), PartitionId(0));
-        assert_eq!(partition_of_hash(u64::MAX, 256), PartitionId(255));
-        assert_eq!(partition_of_hash(u64::MAX, 1), PartitionId(0));
+    fn partitions_own_contiguous_equal_slot_ranges() {
         assert_eq!(partition_of(b"any", 0), PartitionId(0));
-        for count in [1, 3, 7, 256, 1000] {
-            for partition in 0..count {
-                // A partition's ring point is the first hash it owns, so the
-                // ring and partition_of agree on where the partition lives.
-                let point = partition_point(partition, count);
-                assert_eq!(partition_of_hash(point, count), PartitionId(partition));
-                if partition > 0 {
-                    assert_eq!(
-                        partition_of_hash(point - 1, count),
-                        PartitionId(partition - 1)
-                    );
+        assert_eq!(partition_of_slot(16383, 1), PartitionId(0));
+        for count in [1, 2, 8, 256, 16384] {
+            let mut next = 0u32;
+            for p in 0..count {
+                let range = slot_range(PartitionId(p), count);
+                assert_eq!(u32::from(range.start), next, "{count}: {p}");
+                assert_eq!(range.len() as u32, SLOT_COUNT / count);
+                for slot in [range.start, range.end - 1] {
+                    assert_eq!(partition_of_slot(slot, count), PartitionId(p));
                 }
+                next = u32::from(range.end);
             }
+            assert_eq!(next, SLOT_COUNT, "{count} partitions cover every slot");
+            assert!(slot_range(PartitionId(count), count).is_empty());
         }
     }
 
@@ -516,6 +586,13 @@ mod tests {
                     ..valid
                 },
                 RingError::TooManyPartitions(MAX_PARTITION_COUNT + 1),
+            ),
+            (
+                RingConfig {
+                    partition_count: 100,
+                    ..valid
+                },
+                RingError::PartitionsNotPowerOfTwo(100),
             ),
             (
                 RingConfig {
@@ -756,9 +833,9 @@ mod tests {
     }
 
     fn config_strategy() -> impl Strategy<Value = RingConfig> {
-        (1u32..64, 1usize..6, 1u32..16).prop_map(
-            |(partition_count, replication_factor, tokens_per_node)| RingConfig {
-                partition_count,
+        (0u32..7, 1usize..6, 1u32..16).prop_map(
+            |(log2_partitions, replication_factor, tokens_per_node)| RingConfig {
+                partition_count: 1 << log2_partitions,
                 replication_factor,
                 tokens_per_node,
             },

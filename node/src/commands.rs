@@ -100,7 +100,8 @@ struct ClusterArgs {
     /// Cluster name, recorded in each node's data directory.
     #[arg(long, env = "RINGKV_CLUSTER_ID", default_value = defaults::CLUSTER_ID)]
     cluster_id: String,
-    /// Number of partitions (fixed for the life of the cluster).
+    /// Number of partitions (fixed for the life of the cluster): a power of
+    /// two up to 16384, each owning an equal range of the Redis hash slots.
     #[arg(long, env = "RINGKV_PARTITIONS", default_value_t = defaults::PARTITION_COUNT)]
     partitions: u32,
     /// Replicas per partition.

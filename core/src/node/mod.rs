@@ -231,7 +231,8 @@ impl NodeConfig {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("invalid ring configuration: {0}")]
+    /// (Its message starts "ring config:".)
+    #[error(transparent)]
     Ring(#[from] RingError),
     #[error("node {0} is not in the member list")]
     NotAMember(NodeId),

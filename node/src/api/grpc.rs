@@ -253,6 +253,7 @@ pub fn locate_response(node: &NodeHandle, key: &[u8]) -> pb::LocateResponse {
         partition: p.0,
         leader: view.leader_of(p).map_or(0, |l| l.0),
         replicas,
+        slot: u32::from(ringkv_core::ring::key_slot(key)),
     }
 }
 

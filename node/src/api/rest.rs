@@ -467,6 +467,7 @@ async fn locate(State(s): State<AppState>, Path(key): Path<String>) -> Json<serd
     let l = locate_response(&s.node, key.as_bytes());
     Json(json!({
         "key": key,
+        "slot": l.slot,
         "partition": l.partition,
         "leader": if l.leader == 0 { serde_json::Value::Null } else { json!(l.leader) },
         "replicas": l.replicas,

@@ -545,6 +545,7 @@ fn render_del(format: OutputFormat, key: &str, r: &DeleteResponse) -> String {
 fn render_locate(format: OutputFormat, key: &str, r: &LocateResponse) -> String {
     match format {
         OutputFormat::Table => fields(&[
+            ("slot", r.slot.to_string()),
             ("partition", r.partition.to_string()),
             ("leader", leader_cell(r.leader)),
             ("replicas", join_ids(&r.replicas)),
@@ -553,6 +554,7 @@ fn render_locate(format: OutputFormat, key: &str, r: &LocateResponse) -> String 
             #[derive(Serialize)]
             struct Locate<'a> {
                 key: &'a str,
+                slot: u32,
                 partition: u32,
                 /// `null` when the answering node knows no leader.
                 leader: Option<u64>,
@@ -560,6 +562,7 @@ fn render_locate(format: OutputFormat, key: &str, r: &LocateResponse) -> String 
             }
             to_json_line(&Locate {
                 key,
+                slot: r.slot,
                 partition: r.partition,
                 leader: (r.leader != 0).then_some(r.leader),
                 replicas: &r.replicas,

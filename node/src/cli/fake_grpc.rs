@@ -259,6 +259,7 @@ impl Cluster for FakeNode {
             partition: 3,
             leader: 2,
             replicas: vec![1, 2, 3],
+            slot: 12182,
         }))
     }
 

@@ -19,8 +19,24 @@ use serde::{Deserialize, Serialize};
 use super::{Dirs, NodeMeta, StorageError, io_err};
 use crate::disk::Disk;
 
-/// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build reads and writes. 2: keys belong to
+/// partitions by Redis hash slot (`ring::key_slot`); 1 placed them by an
+/// xxh3 hash, so a format-1 directory's partitions hold other keys.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// What an operator does about a data directory of format `found`.
+pub(super) fn format_hint(found: u32) -> &'static str {
+    match found {
+        1 => {
+            ": it was written by an older ringkv that placed keys in partitions by another hash \
+             (format 2 uses Redis hash slots), so its data cannot be read in place. Read what \
+             you need with the older build, then start this node on an empty data directory \
+             (with --join to rejoin its cluster)"
+        }
+        f if f > FORMAT_VERSION => ": it was written by a newer ringkv; run that version",
+        _ => "",
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct NodeToml {

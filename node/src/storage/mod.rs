@@ -7,7 +7,7 @@
 //! # On disk
 //!
 //! ```text
-//! <dir>/node.toml                      format_version = 1, node_id, cluster_id,
+//! <dir>/node.toml                      format_version = 2, node_id, cluster_id,
 //!                                      partition_count, replication_factor,
 //!                                      incarnation (TOML)
 //! <dir>/cluster.toml                   uid and members' incarnations of the cluster
@@ -205,7 +205,11 @@ pub enum StorageError {
     /// `node.toml` is unreadable, or absent where it must exist.
     #[error("{file}: {reason}", file = .file.display())]
     BadMeta { file: PathBuf, reason: String },
-    #[error("{file}: format version {found} is not supported (this build reads {supported})", file = .file.display())]
+    #[error(
+        "{file}: format version {found} is not supported (this build reads {supported}){hint}",
+        file = .file.display(),
+        hint = meta::format_hint(*.found),
+    )]
     UnsupportedFormat {
         file: PathBuf,
         found: u32,

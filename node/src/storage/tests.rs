@@ -193,7 +193,7 @@ fn round_trip_on_the_real_file_system() {
     let (_, recovered) = open_fs();
     assert_eq!(recovered, Recovered::replay(all_records(&history)));
     let toml = std::fs::read_to_string(dir.join("node.toml")).expect("node.toml");
-    assert!(toml.contains("format_version = 1"), "{toml}");
+    assert!(toml.contains("format_version = 2"), "{toml}");
     assert!(toml.contains("cluster_id = \"test-cluster\""), "{toml}");
 }
 
@@ -467,11 +467,25 @@ fn node_toml_guards_the_directory() {
 
     disk.set_durable(
         &dir.join("node.toml"),
-        b"format_version = 2\nnode_id = 1\ncluster_id = \"test-cluster\"\npartition_count = 8\nreplication_factor = 3\n".to_vec(),
+        b"format_version = 3\nnode_id = 1\ncluster_id = \"test-cluster\"\npartition_count = 8\nreplication_factor = 3\n".to_vec(),
     );
     let err = open_as(node_meta()).expect_err("newer format");
     assert!(
-        matches!(err, StorageError::UnsupportedFormat { found: 2, .. }),
+        matches!(err, StorageError::UnsupportedFormat { found: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer ringkv"), "{err}");
+
+    // Format 1 placed keys by another hash: refused, and told what to do.
+    disk.set_durable(
+        &dir.join("node.toml"),
+        b"format_version = 1\nnode_id = 1\ncluster_id = \"test-cluster\"\npartition_count = 8\nreplication_factor = 3\n".to_vec(),
+    );
+    let err = open_as(node_meta()).expect_err("older format").to_string();
+    assert!(
+        err.contains("format version 1 is not supported (this build reads 2)")
+            && err.contains("Redis hash slots")
+            && err.contains("empty data directory"),
         "{err}"
     );
 }
@@ -1178,7 +1192,7 @@ fn a_directory_from_before_incarnations_is_given_one() {
     drop(storage);
     disk.set_durable(
         &data_dir().join("node.toml"),
-        b"format_version = 1\nnode_id = 1\ncluster_id = \"test-cluster\"\npartition_count = 8\nreplication_factor = 3\n".to_vec(),
+        b"format_version = 2\nnode_id = 1\ncluster_id = \"test-cluster\"\npartition_count = 8\nreplication_factor = 3\n".to_vec(),
     );
     let (storage, _) = open(&disk);
     assert_eq!(storage.incarnation(), Incarnation(0x1234));

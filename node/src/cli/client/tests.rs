@@ -150,17 +150,18 @@ fn write_and_locate_output() {
         "{\"key\":\"k\",\"revision\":42}\n"
     );
     let loc = LocateResponse {
-        partition: 7,
+        partition: 119,
         leader: 0,
         replicas: vec![1, 2, 3],
+        slot: 7629,
     };
     assert_eq!(
         render_locate(OutputFormat::Table, "k", &loc),
-        "partition  7\nleader     -\nreplicas   1,2,3\n"
+        "slot       7629\npartition  119\nleader     -\nreplicas   1,2,3\n"
     );
     assert_eq!(
         render_locate(OutputFormat::Json, "k", &loc),
-        "{\"key\":\"k\",\"partition\":7,\"leader\":null,\"replicas\":[1,2,3]}\n"
+        "{\"key\":\"k\",\"slot\":7629,\"partition\":119,\"leader\":null,\"replicas\":[1,2,3]}\n"
     );
 }
 
