@@ -84,6 +84,9 @@ struct ServerArgs {
     /// Run without the REST API.
     #[arg(long, env = "RINGKV_NO_REST")]
     no_rest: bool,
+    /// Where the Redis protocol (RESP2/RESP3) is served, e.g. 127.0.0.1:6379. Off unless given.
+    #[arg(long, env = "RINGKV_RESP_LISTEN")]
+    resp_listen: Option<SocketAddr>,
     /// Data directory (WAL, snapshots, node.toml). Default: ./ringkv-data/node-<id>.
     #[arg(long, env = "RINGKV_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -158,6 +161,9 @@ struct DemoArgs {
     /// gRPC port of node 1; node n listens on this + n - 1.
     #[arg(long, default_value_t = 9091)]
     grpc_port: u16,
+    /// Redis protocol (RESP) port of node 1; node n listens on this + n - 1.
+    #[arg(long, default_value_t = 6381)]
+    resp_port: u16,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Log filter (tracing EnvFilter syntax).
@@ -264,6 +270,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.join = args.join;
     config.advertise = args.advertise;
     config.rest_listen = (!args.no_rest).then_some(args.rest_listen);
+    config.resp_listen = args.resp_listen;
     let mut server = Server::start(
         config,
         Arc::new(MonotonicClock::new()),
@@ -289,6 +296,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         nodes: args.nodes,
         rest_port: args.rest_port,
         grpc_port: args.grpc_port,
+        resp_port: args.resp_port,
         dead_after: Duration::from_secs(cluster.dead_after),
         configure: Box::new(move |c| cluster.apply(c)),
         seed: process_seed,

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
     /// Where the REST API listens; `None` to run without it.
     pub rest_listen: Option<SocketAddr>,
+    /// Where the Redis protocol (RESP) is served; `None` to run without it.
+    pub resp_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// A name shared by the cluster's nodes, kept in `node.toml` so a data
     /// directory is never opened by a node of another cluster.
@@ -92,6 +94,7 @@ impl ServerConfig {
             peers,
             grpc_listen,
             rest_listen: None,
+            resp_listen: None,
             data_dir,
             cluster_id: defaults::CLUSTER_ID.to_owned(),
             partition_count: defaults::PARTITION_COUNT,

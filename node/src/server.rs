@@ -33,6 +33,8 @@ pub struct Server {
     pub handshake: Arc<Handshake>,
     pub grpc_addr: SocketAddr,
     pub rest_addr: Option<SocketAddr>,
+    /// Where the Redis protocol is served, if it is (`--resp-listen`).
+    pub resp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<Result<(), String>>,
     /// Holds the data directory's lock until it ends (after the driver).
@@ -40,6 +42,19 @@ pub struct Server {
     grpc: JoinHandle<Result<(), String>>,
     #[cfg(not(madsim))]
     rest: Option<JoinHandle<Result<(), String>>>,
+    #[cfg(not(madsim))]
+    resp: Option<JoinHandle<Result<(), String>>>,
+}
+
+/// A task's end, or never for a task that is not there.
+#[cfg(not(madsim))]
+async fn ended(
+    task: Option<&mut JoinHandle<Result<(), String>>>,
+) -> Result<Result<(), String>, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Server {
@@ -284,6 +299,27 @@ impl Server {
         #[cfg(madsim)]
         let rest_addr = None;
 
+        #[cfg(not(madsim))]
+        let (resp, resp_addr) = match config.resp_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for RESP on {addr}"))?;
+                let local = listener.local_addr()?;
+                let limits = crate::api::resp::parser::Limits::for_values(config.max_value_bytes);
+                let task = tokio::spawn(crate::api::resp::serve(
+                    listener,
+                    handle.clone(),
+                    limits,
+                    shutdown_rx.clone(),
+                ));
+                (Some(task), Some(local))
+            }
+            None => (None, None),
+        };
+        #[cfg(madsim)]
+        let resp_addr = None;
+
         let mut rx = shutdown_rx;
         let formation = {
             let (handshake, peers) = (handshake.clone(), config.peers.clone());
@@ -307,19 +343,22 @@ impl Server {
                 _ = rx.wait_for(|s| *s) => Ok(()),
             }
         });
-        tracing::info!(node = %config.node_id, grpc = %grpc_addr, rest = ?rest_addr, "node started");
+        tracing::info!(node = %config.node_id, grpc = %grpc_addr, rest = ?rest_addr, resp = ?resp_addr, "node started");
         Ok(Server {
             node: handle,
             stats,
             handshake,
             grpc_addr,
             rest_addr,
+            resp_addr,
             shutdown,
             driver,
             storage,
             grpc,
             #[cfg(not(madsim))]
             rest,
+            #[cfg(not(madsim))]
+            resp,
         })
     }
 
@@ -332,14 +371,14 @@ impl Server {
             Err(e) => Err(anyhow::anyhow!("task failed: {e}")),
         };
         #[cfg(not(madsim))]
-        if let Some(rest) = self.rest.as_mut() {
-            return tokio::select! {
-                biased;
-                r = &mut self.driver => joined(r),
-                r = &mut self.grpc => joined(r),
-                r = rest => joined(r),
-            };
-        }
+        return tokio::select! {
+            biased;
+            r = &mut self.driver => joined(r),
+            r = &mut self.grpc => joined(r),
+            r = ended(self.rest.as_mut()) => joined(r),
+            r = ended(self.resp.as_mut()) => joined(r),
+        };
+        #[cfg(madsim)]
         tokio::select! {
             biased;
             r = &mut self.driver => joined(r),
@@ -357,8 +396,8 @@ impl Server {
         let _ = self.storage.await;
         let _ = self.grpc.await;
         #[cfg(not(madsim))]
-        if let Some(rest) = self.rest {
-            let _ = rest.await;
+        for task in [self.rest, self.resp].into_iter().flatten() {
+            let _ = task.await;
         }
     }
 }

@@ -28,17 +28,38 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn start(dir: &std::path::Path, rest: u16, grpc: u16) -> Child {
-    start_with(dir, rest, grpc, &[], Stdio::null())
+/// The demo's first ports: REST, gRPC and RESP of node 1.
+#[derive(Clone, Copy)]
+struct Ports {
+    rest: u16,
+    grpc: u16,
+    resp: u16,
 }
 
-fn start_with(dir: &std::path::Path, rest: u16, grpc: u16, args: &[&str], stdin: Stdio) -> Child {
+impl Ports {
+    /// `nodes` nodes' ports, from one run of free ones.
+    fn free(nodes: u16) -> Ports {
+        let rest = free_port_run(3 * nodes);
+        Ports {
+            rest,
+            grpc: rest + nodes,
+            resp: rest + 2 * nodes,
+        }
+    }
+}
+
+fn start(dir: &std::path::Path, ports: Ports) -> Child {
+    start_with(dir, ports, &[], Stdio::null())
+}
+
+fn start_with(dir: &std::path::Path, ports: Ports, args: &[&str], stdin: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ringkv"))
         .arg("demo")
         .arg("--data-dir")
         .arg(dir)
-        .args(["--rest-port", &rest.to_string()])
-        .args(["--grpc-port", &grpc.to_string()])
+        .args(["--rest-port", &ports.rest.to_string()])
+        .args(["--grpc-port", &ports.grpc.to_string()])
+        .args(["--resp-port", &ports.resp.to_string()])
         .args(args)
         .stdin(stdin)
         .stdout(Stdio::piped())
@@ -98,21 +119,28 @@ fn interrupt(mut demo: Child) -> String {
 fn the_demo_serves_stops_on_ctrl_c_and_keeps_its_data() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
-    // One run of six ports: REST on the first three, gRPC on the rest.
-    let rest = free_port_run(6);
-    let grpc = rest + 3;
+    let ports = Ports::free(3);
+    let rest = ports.rest;
     let node = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], rest + i));
 
     let data = dir.path().join("data");
     let log = data.with_extension("log");
-    let mut demo = start(&data, rest, grpc);
+    let mut demo = start(&data, ports);
     wait_ready(&mut demo, rest, &log);
     let r = request(node(0), "PUT", &kv_path("greeting", None), &[], b"hello").expect("put");
     assert!(r.is_success(), "{r:?}");
+    // The Redis protocol on node 3 reads what REST wrote on node 1.
+    assert_eq!(resp_get(ports.resp + 2, "greeting"), b"$5\r\nhello\r\n");
     let out = interrupt(demo);
     assert!(out.contains("stopped; data kept in"), "{out}");
+    for port in ports.resp..ports.resp + 3 {
+        assert!(
+            out.contains(&format!("RESP 127.0.0.1:{port}")),
+            "the demo prints its RESP ports: {out}"
+        );
+    }
 
-    let mut demo = start(&data, rest, grpc);
+    let mut demo = start(&data, ports);
     wait_ready(&mut demo, rest, &log);
     // Retried like any client does on 503 + Retry-After: right after a
     // start the controller hands some leaderships over (balance), and a
@@ -122,6 +150,29 @@ fn the_demo_serves_stops_on_ctrl_c_and_keeps_its_data() {
     });
     assert_eq!((r.status, r.text()), (200, "hello".to_owned()), "{r:?}");
     interrupt(demo);
+}
+
+/// `GET key` over RESP on `port`: the reply's bytes, retried while the
+/// answer is `-TRYAGAIN` (a leadership moving right after a start).
+fn resp_get(port: u16, key: &str) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to RESP");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        s.write_all(format!("GET {key}\r\n").as_bytes())
+            .expect("send");
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            reply.extend_from_slice(&buf[..n]);
+        }
+        if !reply.starts_with(b"-TRYAGAIN") || Instant::now() > deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Node 1's view of member `id`'s state (`up`, `dead`, ...), if it has one.
@@ -140,16 +191,15 @@ fn the_demo_console_adds_a_node_and_a_stopped_node_is_replaced() {
     use std::io::Write as _;
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
-    // REST and gRPC for four nodes: the three founders and the one added.
-    let rest = free_port_run(8);
-    let grpc = rest + 4;
+    // Ports for four nodes: the three founders and the one added.
+    let ports = Ports::free(4);
+    let rest = ports.rest;
     let node = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], rest + i));
     let data = dir.path().join("data");
     let log = data.with_extension("log");
     let mut demo = start_with(
         &data,
-        rest,
-        grpc,
+        ports,
         &["--partitions", "8", "--dead-after", "3"],
         Stdio::piped(),
     );

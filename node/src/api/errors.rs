@@ -12,6 +12,11 @@ pub struct ErrorKind {
     pub code: &'static str,
     pub http_status: u16,
     pub grpc_code: tonic::Code,
+    /// The RESP error code (the reply's first word, which Redis clients
+    /// match on): `TRYAGAIN` for what a retry may cure, `UNKNOWN` for a
+    /// write that may have been applied, `CLUSTERDOWN` for a node outside
+    /// any cluster, else `ERR`.
+    pub resp_code: &'static str,
 }
 
 /// gRPC metadata key carrying the stable code.
@@ -23,26 +28,32 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 
 pub fn kind(e: &ClientError) -> ErrorKind {
     use tonic::Code;
-    let (code, http_status, grpc_code) = match e {
-        ClientError::EmptyKey => ("invalid_key", 400, Code::InvalidArgument),
-        ClientError::KeyTooLarge { .. } => ("key_too_large", 400, Code::InvalidArgument),
-        ClientError::ValueTooLarge { .. } => ("value_too_large", 413, Code::InvalidArgument),
-        ClientError::NotFound => ("not_found", 404, Code::NotFound),
+    let (code, http_status, grpc_code, resp_code) = match e {
+        ClientError::EmptyKey => ("invalid_key", 400, Code::InvalidArgument, "ERR"),
+        ClientError::KeyTooLarge { .. } => ("key_too_large", 400, Code::InvalidArgument, "ERR"),
+        ClientError::ValueTooLarge { .. } => ("value_too_large", 413, Code::InvalidArgument, "ERR"),
+        ClientError::NotFound => ("not_found", 404, Code::NotFound, "ERR"),
         ClientError::PreconditionFailed { .. } => {
-            ("precondition_failed", 412, Code::FailedPrecondition)
+            ("precondition_failed", 412, Code::FailedPrecondition, "ERR")
         }
-        ClientError::NoLeader { .. } => ("no_leader", 503, Code::Unavailable),
-        ClientError::Dropped => ("not_applied", 503, Code::Unavailable),
-        ClientError::Busy => ("busy", 503, Code::Unavailable),
-        ClientError::NotInCluster => ("not_in_cluster", 503, Code::Unavailable),
-        ClientError::OutcomeUnknown => ("timeout_outcome_unknown", 504, Code::DeadlineExceeded),
-        ClientError::Timeout => ("read_timeout", 504, Code::DeadlineExceeded),
-        ClientError::Internal(_) => ("internal", 500, Code::Internal),
+        ClientError::NoLeader { .. } => ("no_leader", 503, Code::Unavailable, "TRYAGAIN"),
+        ClientError::Dropped => ("not_applied", 503, Code::Unavailable, "TRYAGAIN"),
+        ClientError::Busy => ("busy", 503, Code::Unavailable, "TRYAGAIN"),
+        ClientError::NotInCluster => ("not_in_cluster", 503, Code::Unavailable, "CLUSTERDOWN"),
+        ClientError::OutcomeUnknown => (
+            "timeout_outcome_unknown",
+            504,
+            Code::DeadlineExceeded,
+            "UNKNOWN",
+        ),
+        ClientError::Timeout => ("read_timeout", 504, Code::DeadlineExceeded, "TRYAGAIN"),
+        ClientError::Internal(_) => ("internal", 500, Code::Internal, "ERR"),
     };
     ErrorKind {
         code,
         http_status,
         grpc_code,
+        resp_code,
     }
 }
 

@@ -1,5 +1,5 @@
-//! The client APIs every node serves: gRPC (`ringkv.v1.Kv`, `ringkv.v1.Cluster`)
-//! and REST (not under madsim). Both are thin: they turn a request into a
+//! The client APIs every node serves: gRPC (`ringkv.v1.Kv`, `ringkv.v1.Cluster`),
+//! REST and the Redis protocol (these two not under madsim). Both are thin: they turn a request into a
 //! core `ClientRequest`, hand it to the node, and present the answer; error
 //! codes come from one table ([`errors`]).
 
@@ -7,5 +7,7 @@ pub mod convert;
 pub mod errors;
 pub mod grpc;
 pub mod metrics;
+#[cfg(not(madsim))]
+pub mod resp;
 #[cfg(not(madsim))]
 pub mod rest;

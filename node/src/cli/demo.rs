@@ -3,7 +3,8 @@
 //! watch failover, re-replication and a join on one machine.
 //!
 //! Node `n` keeps its data in `<data-dir>/node-n` and listens on REST
-//! `rest_port + n - 1` and gRPC `grpc_port + n - 1`, all on loopback. The
+//! `rest_port + n - 1`, gRPC `grpc_port + n - 1` and the Redis protocol
+//! `resp_port + n - 1`, all on loopback. The
 //! founders are nodes `1..=nodes`; a node added at the console joins
 //! through the running ones (`--join`) under the next unused id, and a
 //! later `ringkv demo` on the same directory starts it again with the
@@ -41,6 +42,7 @@ pub struct DemoOptions {
     pub nodes: u16,
     pub rest_port: u16,
     pub grpc_port: u16,
+    pub resp_port: u16,
     /// Applies the cluster-wide flags (partitions, `--dead-after`, ...).
     pub configure: Box<dyn Fn(&mut ServerConfig) + Send>,
     /// `--dead-after`, as `configure` sets it (the console quotes it).
@@ -103,6 +105,7 @@ impl Demo {
             .filter(|o| {
                 self.options.rest_port.checked_add(*o).is_some()
                     && self.options.grpc_port.checked_add(*o).is_some()
+                    && self.options.resp_port.checked_add(*o).is_some()
             })
             .with_context(|| format!("node {id} would listen past port 65535"))
     }
@@ -152,6 +155,7 @@ impl Demo {
         let mut config = ServerConfig::new(id, peers, grpc, self.dir(id));
         (self.options.configure)(&mut config);
         config.rest_listen = Some(loopback(self.options.rest_port + offset));
+        config.resp_listen = Some(loopback(self.options.resp_port + offset));
         config.join = join;
         let server = Server::start(
             config,
@@ -173,10 +177,11 @@ impl Demo {
         );
         for s in self.nodes.values().flatten() {
             println!(
-                "  node {}  REST http://{}  gRPC {}",
+                "  node {}  REST http://{}  gRPC {}  RESP {}",
                 s.node.view().node_id.0,
                 s.rest_addr.map(|a| a.to_string()).unwrap_or_default(),
-                s.grpc_addr
+                s.grpc_addr,
+                s.resp_addr.map(|a| a.to_string()).unwrap_or_default(),
             );
         }
         let rest = |i: usize| {
@@ -196,6 +201,12 @@ impl Demo {
         println!("  curl {rest2}/v1/kv/hello");
         println!("  curl {rest1}/v1/cluster/status");
         println!("  ringkv put greeting hi && ringkv get greeting");
+        if let Some(resp) = self.nodes.values().flatten().find_map(|s| s.resp_addr) {
+            println!(
+                "  redis-cli -p {} set a 1   # the Redis protocol",
+                resp.port()
+            );
+        }
         println!("  ringkv bench --clients 50 --duration 10s");
         println!();
         print_help();
@@ -344,10 +355,11 @@ impl Demo {
         }
         let offset = self.port_offset(id)?;
         println!(
-            "node {id} joined: REST http://{}  gRPC {}; the controller now moves its share of \
+            "node {id} joined: REST http://{}  gRPC {}  RESP {}; the controller now moves its share of \
              replicas to it (`ringkv status` shows the moves)",
             loopback(self.options.rest_port + offset),
-            loopback(self.options.grpc_port + offset)
+            loopback(self.options.grpc_port + offset),
+            loopback(self.options.resp_port + offset)
         );
         Ok(())
     }

@@ -233,7 +233,7 @@ pub fn retry_read(timeout: Duration, mut send: impl FnMut() -> io::Result<Respon
 /// connections never occupy them between a node's kill and its restart. Each
 /// test process starts at its own offset so that concurrent runs rarely meet,
 /// and every port is checked free before use.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let start = (std::process::id() % 1000) * 12;
     for _ in 0..2000 {

@@ -1,0 +1,507 @@
+//! What each Redis command does on ringkv: its arguments checked as Redis
+//! checks them, turned into the core's requests, the answer (or the
+//! error, from the one table in [`crate::api::errors`]) turned into a
+//! reply.
+//!
+//! Built: connection commands (`PING ECHO HELLO SELECT QUIT CLIENT COMMAND
+//! INFO CONFIG GET READONLY READWRITE`), strings (`GET SET` with `NX`/`XX`,
+//! `SETNX MGET MSET DEL UNLINK EXISTS STRLEN TYPE`), `CLUSTER KEYSLOT` and
+//! `CLUSTER MYID`. Not yet (each answered with an error that says so, the
+//! connection stays usable): the read-modify-write commands (`INCR` and
+//! its kin, `APPEND`, `GETSET`, `GETDEL`, `SET ... GET`), which must run
+//! atomically in the replicated state machine; expiry (`SET ... EX`);
+//! `DBSIZE`; the cluster topology commands (`CLUSTER SLOTS` and its kin).
+//!
+//! Multi-key commands run key by key, each key linearizable on its own:
+//! `MGET` reads each key, `MSET` writes each key in turn (not atomically:
+//! a failure part way leaves the earlier keys written, and says which key
+//! failed), `DEL` and `EXISTS` count key by key.
+
+use bytes::Bytes;
+use ringkv_core::kv::Precondition;
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
+use ringkv_core::ring::key_slot;
+
+use super::reply::{Protocol, Reply};
+use crate::api::errors;
+use crate::handle::NodeHandle;
+
+/// What a connection carries from one command to the next.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub proto: Protocol,
+    pub name: Option<Bytes>,
+    /// `READONLY`: reads go to the leader's lease (no quorum round).
+    pub readonly: bool,
+}
+
+impl Session {
+    pub fn new(id: u64) -> Self {
+        Session {
+            id,
+            proto: Protocol::Resp2,
+            name: None,
+            readonly: false,
+        }
+    }
+}
+
+/// What the connection does after the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    /// `QUIT`: close once the reply is sent.
+    Close,
+}
+
+/// Commands this server knows, for `COMMAND COUNT` and `COMMAND`: name,
+/// arity (negative: at least), flags, first key, last key, key step.
+type CommandSpec = (&'static str, i64, &'static [&'static str], i64, i64, i64);
+
+const COMMANDS: &[CommandSpec] = &[
+    ("ping", -1, &["fast"], 0, 0, 0),
+    ("echo", 2, &["fast"], 0, 0, 0),
+    ("hello", -1, &["fast", "no-auth"], 0, 0, 0),
+    ("select", 2, &["fast", "loading"], 0, 0, 0),
+    ("quit", -1, &["fast", "no-auth"], 0, 0, 0),
+    ("client", -2, &["admin"], 0, 0, 0),
+    ("command", -1, &["loading"], 0, 0, 0),
+    ("info", -1, &["loading"], 0, 0, 0),
+    ("config", -2, &["admin"], 0, 0, 0),
+    ("readonly", 1, &["fast"], 0, 0, 0),
+    ("readwrite", 1, &["fast"], 0, 0, 0),
+    ("cluster", -2, &[], 0, 0, 0),
+    ("get", 2, &["readonly", "fast"], 1, 1, 1),
+    ("set", -3, &["write", "denyoom"], 1, 1, 1),
+    ("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("mget", -2, &["readonly", "fast"], 1, -1, 1),
+    ("mset", -3, &["write", "denyoom"], 1, -1, 2),
+    ("del", -2, &["write"], 1, -1, 1),
+    ("unlink", -2, &["write", "fast"], 1, -1, 1),
+    ("exists", -2, &["readonly", "fast"], 1, -1, 1),
+    ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("type", 2, &["readonly", "fast"], 1, 1, 1),
+];
+
+/// Commands Redis has that ringkv does not do yet, and why.
+fn not_yet(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "incr" | "decr" | "incrby" | "decrby" | "append" | "getset" | "getdel" => {
+            "is not supported yet: read-modify-write commands must run atomically in the \
+             replicated state machine, which does not have them yet"
+        }
+        "dbsize" => "is not supported yet: counting every partition's keys exactly is not built",
+        "expire" | "pexpire" | "expireat" | "ttl" | "pttl" | "persist" | "setex" => {
+            "is not supported yet: ringkv keys do not expire yet"
+        }
+        _ => return None,
+    })
+}
+
+fn wrong_arity(name: &str) -> Reply {
+    Reply::err(format!("wrong number of arguments for '{name}' command"))
+}
+
+/// The reply for an error of the core, by the shared error table.
+pub fn error_reply(e: &ClientError) -> Reply {
+    Reply::Error(format!("{} {e}", errors::kind(e).resp_code))
+}
+
+/// Runs one command. `args` is not empty.
+pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>) -> (Reply, After) {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let reply = match name.as_str() {
+        "quit" => return (Reply::ok(), After::Close),
+        "ping" => match args.len() {
+            1 => Reply::Simple("PONG"),
+            2 => Reply::Bulk(args[1].clone()),
+            _ => wrong_arity(&name),
+        },
+        "echo" if args.len() == 2 => Reply::Bulk(args[1].clone()),
+        "hello" => hello(node, session, &args),
+        "select" if args.len() == 2 => match &args[1][..] {
+            b"0" => Reply::ok(),
+            _ => Reply::err("DB index is out of range (ringkv has one database, 0)"),
+        },
+        "client" if args.len() >= 2 => client(session, &args),
+        "command" => command(&args),
+        "info" => info(node),
+        "config" if args.len() >= 3 && args[1].eq_ignore_ascii_case(b"get") => {
+            config_get(&args[2..])
+        }
+        "readonly" if args.len() == 1 => {
+            session.readonly = true;
+            Reply::ok()
+        }
+        "readwrite" if args.len() == 1 => {
+            session.readonly = false;
+            Reply::ok()
+        }
+        "cluster" if args.len() >= 2 => cluster(node, &args),
+        "get" if args.len() == 2 => match get(node, session, args[1].clone()).await {
+            Ok(Some(v)) => Reply::Bulk(v),
+            Ok(None) => Reply::Null,
+            Err(e) => error_reply(&e),
+        },
+        "set" if args.len() >= 3 => set(node, &args).await,
+        "setnx" if args.len() == 3 => {
+            match put(
+                node,
+                args[1].clone(),
+                args[2].clone(),
+                Precondition::MustNotExist,
+            )
+            .await
+            {
+                Ok(()) => Reply::Integer(1),
+                Err(ClientError::PreconditionFailed { .. }) => Reply::Integer(0),
+                Err(e) => error_reply(&e),
+            }
+        }
+        "mget" if args.len() >= 2 => {
+            let mut values = Vec::with_capacity(args.len() - 1);
+            for key in &args[1..] {
+                match get(node, session, key.clone()).await {
+                    Ok(Some(v)) => values.push(Reply::Bulk(v)),
+                    Ok(None) => values.push(Reply::Null),
+                    Err(e) => return (error_reply(&e), After::Continue),
+                }
+            }
+            Reply::Array(values)
+        }
+        "mset" if args.len() >= 3 && args.len() % 2 == 1 => {
+            for pair in args[1..].chunks(2) {
+                if let Err(e) =
+                    put(node, pair[0].clone(), pair[1].clone(), Precondition::None).await
+                {
+                    let key = String::from_utf8_lossy(&pair[0]);
+                    return (
+                        Reply::Error(format!(
+                            "{} {e} (MSET writes key by key: the keys before {key:?} were written)",
+                            errors::kind(&e).resp_code
+                        )),
+                        After::Continue,
+                    );
+                }
+            }
+            Reply::ok()
+        }
+        "del" | "unlink" if args.len() >= 2 => {
+            let mut deleted = 0;
+            for key in &args[1..] {
+                let req = ClientRequest::Delete {
+                    key: key.clone(),
+                    precondition: Precondition::None,
+                };
+                match node.request(req).await {
+                    Ok(_) => deleted += 1,
+                    Err(ClientError::NotFound) => {}
+                    Err(e) => return (error_reply(&e), After::Continue),
+                }
+            }
+            Reply::Integer(deleted)
+        }
+        "exists" if args.len() >= 2 => {
+            let mut found = 0;
+            for key in &args[1..] {
+                match get(node, session, key.clone()).await {
+                    Ok(Some(_)) => found += 1,
+                    Ok(None) => {}
+                    Err(e) => return (error_reply(&e), After::Continue),
+                }
+            }
+            Reply::Integer(found)
+        }
+        "strlen" if args.len() == 2 => match get(node, session, args[1].clone()).await {
+            Ok(v) => Reply::Integer(v.map_or(0, |v| v.len() as i64)),
+            Err(e) => error_reply(&e),
+        },
+        "type" if args.len() == 2 => match get(node, session, args[1].clone()).await {
+            Ok(Some(_)) => Reply::Simple("string"),
+            Ok(None) => Reply::Simple("none"),
+            Err(e) => error_reply(&e),
+        },
+        _ => match not_yet(&name) {
+            Some(why) => Reply::err(format!("'{}' {why}", name.to_ascii_uppercase())),
+            None if COMMANDS.iter().any(|c| c.0 == name) => wrong_arity(&name),
+            None => unknown(&args),
+        },
+    };
+    (reply, After::Continue)
+}
+
+/// Redis's words for a command it does not know.
+fn unknown(args: &[Bytes]) -> Reply {
+    let shown = |b: &Bytes| {
+        let s = String::from_utf8_lossy(b);
+        // Errors never echo unbounded client input.
+        s.chars().take(128).collect::<String>()
+    };
+    let rest: Vec<String> = args[1..]
+        .iter()
+        .take(8)
+        .map(|a| format!("'{}'", shown(a)))
+        .collect();
+    Reply::err(format!(
+        "unknown command '{}', with args beginning with: {}",
+        shown(&args[0]),
+        rest.join(" ")
+    ))
+}
+
+async fn get(
+    node: &NodeHandle,
+    session: &Session,
+    key: Bytes,
+) -> Result<Option<Bytes>, ClientError> {
+    let consistency = if session.readonly {
+        Consistency::Lease
+    } else {
+        Consistency::Linearizable
+    };
+    match node
+        .request(ClientRequest::Get { key, consistency })
+        .await?
+    {
+        ClientResponse::Value(v) => Ok(v.map(|kv| kv.value)),
+        other => Err(ClientError::Internal(format!(
+            "unexpected response {other:?}"
+        ))),
+    }
+}
+
+async fn put(
+    node: &NodeHandle,
+    key: Bytes,
+    value: Bytes,
+    precondition: Precondition,
+) -> Result<(), ClientError> {
+    let req = ClientRequest::Put {
+        key,
+        value,
+        precondition,
+    };
+    node.request(req).await.map(|_| ())
+}
+
+async fn set(node: &NodeHandle, args: &[Bytes]) -> Reply {
+    let mut precondition = Precondition::None;
+    for opt in &args[3..] {
+        let opt = String::from_utf8_lossy(opt).to_ascii_uppercase();
+        precondition = match (opt.as_str(), precondition) {
+            ("NX", Precondition::None | Precondition::MustNotExist) => Precondition::MustNotExist,
+            ("XX", Precondition::None | Precondition::MustExist) => Precondition::MustExist,
+            ("NX" | "XX", _) => return Reply::err("syntax error"),
+            ("GET", _) => {
+                return Reply::err(
+                    "SET ... GET is not supported yet: read-modify-write commands must run \
+                     atomically in the replicated state machine, which does not have them yet",
+                );
+            }
+            ("EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL", _) => {
+                return Reply::err(
+                    "SET with an expiry is not supported yet: ringkv keys do not expire yet",
+                );
+            }
+            _ => return Reply::err("syntax error"),
+        };
+    }
+    match put(node, args[1].clone(), args[2].clone(), precondition).await {
+        Ok(()) => Reply::ok(),
+        // NX on an existing key, XX on a missing one: nil, as in Redis.
+        Err(ClientError::PreconditionFailed { .. }) => Reply::Null,
+        Err(e) => error_reply(&e),
+    }
+}
+
+fn hello(node: &NodeHandle, session: &mut Session, args: &[Bytes]) -> Reply {
+    let mut rest = args.iter().skip(1);
+    if let Some(version) = rest.next() {
+        session.proto = match &version[..] {
+            b"2" => Protocol::Resp2,
+            b"3" => Protocol::Resp3,
+            _ => {
+                return Reply::Error(
+                    "NOPROTO unsupported protocol version (ringkv speaks RESP2 and RESP3)".into(),
+                );
+            }
+        };
+    }
+    while let Some(opt) = rest.next() {
+        if opt.eq_ignore_ascii_case(b"SETNAME") {
+            match rest.next() {
+                Some(name) => session.name = Some(name.clone()),
+                None => return Reply::err("syntax error in HELLO option 'SETNAME'"),
+            }
+        } else if opt.eq_ignore_ascii_case(b"AUTH") {
+            return Reply::err("HELLO ... AUTH: ringkv has no authentication yet");
+        } else {
+            return Reply::err(format!(
+                "syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(opt)
+            ));
+        }
+    }
+    let proto = match session.proto {
+        Protocol::Resp2 => 2,
+        Protocol::Resp3 => 3,
+    };
+    Reply::Map(vec![
+        (Reply::bulk("server"), Reply::bulk("ringkv")),
+        (
+            Reply::bulk("version"),
+            Reply::bulk(env!("CARGO_PKG_VERSION")),
+        ),
+        (Reply::bulk("proto"), Reply::Integer(proto)),
+        (Reply::bulk("id"), Reply::Integer(session.id as i64)),
+        (Reply::bulk("mode"), Reply::bulk("standalone")),
+        (Reply::bulk("role"), Reply::bulk("master")),
+        (
+            Reply::bulk("node"),
+            Reply::Integer(node.view().node_id.0 as i64),
+        ),
+        (Reply::bulk("modules"), Reply::Array(Vec::new())),
+    ])
+}
+
+fn client(session: &mut Session, args: &[Bytes]) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    match (sub.as_str(), args.len()) {
+        ("SETNAME", 3) => {
+            if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
+                return Reply::err(
+                    "Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            session.name = (!args[2].is_empty()).then(|| args[2].clone());
+            Reply::ok()
+        }
+        ("GETNAME", 2) => session.name.clone().map_or(Reply::Null, Reply::Bulk),
+        ("ID", 2) => Reply::Integer(session.id as i64),
+        ("INFO", 2) => {
+            let name = session
+                .name
+                .as_ref()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default();
+            let resp = match session.proto {
+                Protocol::Resp2 => 2,
+                Protocol::Resp3 => 3,
+            };
+            Reply::bulk(format!(
+                "id={} name={name} db=0 resp={resp} readonly={}\n",
+                session.id,
+                u8::from(session.readonly)
+            ))
+        }
+        // Client libraries announce themselves (redis-py, go-redis): noted
+        // nowhere, accepted.
+        ("SETINFO", 4) => Reply::ok(),
+        ("SETNAME" | "GETNAME" | "ID" | "INFO" | "SETINFO", _) => {
+            wrong_arity(&format!("client|{}", sub.to_ascii_lowercase()))
+        }
+        _ => Reply::err(format!(
+            "unknown subcommand '{}'. Try CLIENT SETNAME, GETNAME, ID, INFO or SETINFO.",
+            sub.chars().take(64).collect::<String>()
+        )),
+    }
+}
+
+fn command_info(c: &CommandSpec) -> Reply {
+    let (name, arity, flags, first, last, step) = *c;
+    Reply::Array(vec![
+        Reply::bulk(name),
+        Reply::Integer(arity),
+        Reply::Array(flags.iter().map(|f| Reply::Simple(f)).collect()),
+        Reply::Integer(first),
+        Reply::Integer(last),
+        Reply::Integer(step),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+fn command(args: &[Bytes]) -> Reply {
+    let sub = args
+        .get(1)
+        .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase());
+    match sub.as_deref() {
+        None => Reply::Array(COMMANDS.iter().map(command_info).collect()),
+        Some("COUNT") => Reply::Integer(COMMANDS.len() as i64),
+        Some("INFO") => Reply::Array(
+            args[2..]
+                .iter()
+                .map(|n| {
+                    let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+                    COMMANDS
+                        .iter()
+                        .find(|c| c.0 == n)
+                        .map_or(Reply::Null, command_info)
+                })
+                .collect(),
+        ),
+        // No documentation to give: an empty answer is what clients accept.
+        Some("DOCS") => Reply::Map(Vec::new()),
+        Some(other) => Reply::err(format!(
+            "unknown subcommand '{}'. Try COMMAND COUNT, INFO or DOCS.",
+            other.chars().take(64).collect::<String>()
+        )),
+    }
+}
+
+fn info(node: &NodeHandle) -> Reply {
+    let view = node.view();
+    Reply::bulk(format!(
+        "# Server\r\nredis_version:7.0.0\r\nringkv_version:{}\r\nredis_mode:standalone\r\n\
+         ringkv_node:{}\r\n\r\n# Cluster\r\ncluster_enabled:0\r\n\r\n# Keyspace\r\n",
+        env!("CARGO_PKG_VERSION"),
+        view.node_id
+    ))
+}
+
+/// `CONFIG GET` of what benchmarks and clients ask: every write is
+/// fsync'ed before it is acknowledged (`appendonly yes`, `appendfsync
+/// always`), and there are no RDB snapshots to configure (`save ""`).
+fn config_get(patterns: &[Bytes]) -> Reply {
+    const PARAMS: &[(&str, &str)] = &[
+        ("save", ""),
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("databases", "1"),
+    ];
+    let mut pairs = Vec::new();
+    for p in patterns {
+        let p = String::from_utf8_lossy(p).to_ascii_lowercase();
+        for (name, value) in PARAMS {
+            if (p == "*" || p == *name) && !pairs.iter().any(|(n, _)| n == name) {
+                pairs.push((*name, *value));
+            }
+        }
+    }
+    Reply::Map(
+        pairs
+            .into_iter()
+            .map(|(n, v)| (Reply::bulk(n), Reply::bulk(v)))
+            .collect(),
+    )
+}
+
+fn cluster(node: &NodeHandle, args: &[Bytes]) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    match (sub.as_str(), args.len()) {
+        ("KEYSLOT", 3) => Reply::Integer(i64::from(key_slot(&args[2]))),
+        // Redis node ids are 40 hex characters; ringkv's is its number.
+        ("MYID", 2) => Reply::bulk(format!("{:040x}", node.view().node_id.0)),
+        ("KEYSLOT" | "MYID", _) => wrong_arity(&format!("cluster|{}", sub.to_ascii_lowercase())),
+        ("SLOTS" | "SHARDS" | "NODES" | "INFO", _) => Reply::err(format!(
+            "CLUSTER {sub} is not supported yet: cluster-aware routing is not built"
+        )),
+        _ => Reply::err(format!(
+            "unknown subcommand '{}'. Try CLUSTER KEYSLOT or MYID.",
+            sub.chars().take(64).collect::<String>()
+        )),
+    }
+}

@@ -1,0 +1,278 @@
+//! The Redis protocol on real `ringkv server` processes: the `redis` crate
+//! (a real client library) and raw RESP bytes over TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, free_port};
+
+const READY: Duration = Duration::from_secs(60);
+
+/// Three nodes, each serving RESP; the RESP addresses by node id - 1.
+fn cluster() -> (Cluster, Vec<SocketAddr>) {
+    let resp: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let addrs = resp.clone();
+    let mut c = Cluster::start_each(3, &[], move |id| {
+        vec![
+            "--resp-listen".to_owned(),
+            addrs[(id - 1) as usize].to_string(),
+        ]
+    });
+    c.wait_ready(READY);
+    (c, resp)
+}
+
+fn connect(addr: SocketAddr) -> redis::Connection {
+    redis::Client::open(format!("redis://{addr}/"))
+        .expect("client")
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .expect("connect")
+}
+
+/// Runs `cmd` until it is not refused with TRYAGAIN (leaders settling).
+fn retrying<T: redis::FromRedisValue>(
+    con: &mut redis::Connection,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match cmd.query(con) {
+            Err(e) if e.code() == Some("TRYAGAIN") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Sends `send` and expects exactly `want` back (within 10 s).
+fn exchange(stream: &mut TcpStream, send: &[u8], want: &[u8]) {
+    stream.write_all(send).expect("send");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while got.len() < want.len() && Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(want),
+        "reply to {:?}",
+        String::from_utf8_lossy(send)
+    );
+}
+
+fn raw(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s
+}
+
+/// The string commands through the `redis` crate, each node answering any
+/// key; what ringkv does not do yet is refused with an error that says so,
+/// and the connection goes on.
+#[test]
+fn a_redis_client_reads_and_writes_through_any_node() {
+    let (_c, resp) = cluster();
+    let mut a = connect(resp[0]);
+    let mut b = connect(resp[1]);
+    let pong: String = redis::cmd("PING").query(&mut a).expect("ping");
+    assert_eq!(pong, "PONG");
+
+    let () = retrying(&mut a, redis::cmd("SET").arg("greeting").arg("hello")).expect("set");
+    let v: Option<String> =
+        retrying(&mut b, redis::cmd("GET").arg("greeting")).expect("get elsewhere");
+    assert_eq!(v.as_deref(), Some("hello"));
+    let missing: Option<String> = retrying(&mut b, redis::cmd("GET").arg("nope")).expect("get");
+    assert_eq!(missing, None);
+
+    // NX and XX: nil when the condition does not hold, as in Redis.
+    let nx: Option<String> =
+        retrying(&mut a, redis::cmd("SET").arg("greeting").arg("x").arg("NX")).expect("nx");
+    assert_eq!(nx, None);
+    let xx: Option<String> =
+        retrying(&mut a, redis::cmd("SET").arg("fresh").arg("x").arg("XX")).expect("xx");
+    assert_eq!(xx, None);
+    let created: i64 = retrying(&mut a, redis::cmd("SETNX").arg("fresh").arg("1")).expect("setnx");
+    let again: i64 = retrying(&mut a, redis::cmd("SETNX").arg("fresh").arg("2")).expect("setnx");
+    assert_eq!((created, again), (1, 0));
+
+    let () = retrying(
+        &mut a,
+        redis::cmd("MSET")
+            .arg("{u1}.name")
+            .arg("ada")
+            .arg("{u1}.lang")
+            .arg("rust"),
+    )
+    .expect("mset");
+    let got: Vec<Option<String>> = retrying(
+        &mut b,
+        redis::cmd("MGET")
+            .arg("{u1}.name")
+            .arg("nope")
+            .arg("{u1}.lang"),
+    )
+    .expect("mget");
+    assert_eq!(
+        got,
+        vec![Some("ada".to_owned()), None, Some("rust".to_owned())]
+    );
+    let exists: i64 = retrying(
+        &mut b,
+        redis::cmd("EXISTS")
+            .arg("{u1}.name")
+            .arg("nope")
+            .arg("fresh"),
+    )
+    .expect("exists");
+    assert_eq!(exists, 2);
+    let len: i64 = retrying(&mut b, redis::cmd("STRLEN").arg("greeting")).expect("strlen");
+    assert_eq!(len, 5);
+    let kind: String = retrying(&mut b, redis::cmd("TYPE").arg("greeting")).expect("type");
+    assert_eq!(kind, "string");
+    let deleted: i64 = retrying(
+        &mut a,
+        redis::cmd("DEL").arg("greeting").arg("nope").arg("fresh"),
+    )
+    .expect("del");
+    assert_eq!(deleted, 2);
+    let gone: Option<String> = retrying(&mut b, redis::cmd("GET").arg("greeting")).expect("get");
+    assert_eq!(gone, None);
+
+    // Hash tags: one slot, as Redis computes it.
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("foo")
+        .query(&mut a)
+        .expect("keyslot");
+    assert_eq!(slot, 12182);
+    let s1: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("{u1}.name")
+        .query(&mut a)
+        .expect("keyslot");
+    let s2: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("u1")
+        .query(&mut a)
+        .expect("keyslot");
+    assert_eq!(s1, s2);
+
+    // Refusals, each with its reason; the connection stays usable.
+    let e = redis::cmd("INCR")
+        .arg("n")
+        .query::<i64>(&mut a)
+        .expect_err("not yet");
+    assert!(e.to_string().contains("not supported yet"), "{e}");
+    let e = redis::cmd("SELECT")
+        .arg(1)
+        .query::<()>(&mut a)
+        .expect_err("one db");
+    assert!(e.to_string().contains("out of range"), "{e}");
+    let e = redis::cmd("NOSUCH")
+        .arg("x")
+        .query::<()>(&mut a)
+        .expect_err("unknown");
+    assert!(e.to_string().contains("unknown command 'NOSUCH'"), "{e}");
+    let big = vec![b'v'; 2 << 20];
+    let e = retrying::<()>(&mut a, redis::cmd("SET").arg("big").arg(&big)).expect_err("too large");
+    assert!(
+        e.to_string()
+            .contains("value is 2097152 bytes; the limit is 1048576"),
+        "{e}"
+    );
+    let pong: String = redis::cmd("PING").query(&mut a).expect("still usable");
+    assert_eq!(pong, "PONG");
+}
+
+/// A pipeline of writes then reads, sent before any reply is read: the
+/// replies come back in order, and the reads see the writes.
+#[test]
+fn a_pipeline_is_answered_in_order() {
+    let (_c, resp) = cluster();
+    let mut con = connect(resp[2]);
+    let () = retrying(&mut con, redis::cmd("SET").arg("warm").arg("up")).expect("leaders");
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    for i in 0..200 {
+        pipe.cmd("GET").arg(format!("k{i}"));
+    }
+    let values: Vec<i64> = pipe.query(&mut con).expect("pipeline");
+    assert_eq!(values, (0..200).collect::<Vec<i64>>());
+}
+
+/// Raw bytes: inline commands, RESP3 after HELLO 3, an unknown protocol
+/// version, garbage that is an unknown command (the connection goes on),
+/// and a framing error (answered, then the connection is closed).
+#[test]
+fn raw_resp_inline_resp3_and_protocol_errors() {
+    let (_c, resp) = cluster();
+    let mut s = raw(resp[0]);
+    exchange(&mut s, b"PING\r\n", b"+PONG\r\n");
+    exchange(&mut s, b"ECHO hi\r\n", b"$2\r\nhi\r\n");
+    exchange(
+        &mut s,
+        b"hullo world\r\n",
+        b"-ERR unknown command 'hullo', with args beginning with: 'world'\r\n",
+    );
+    exchange(
+        &mut s,
+        b"*2\r\n$5\r\nHELLO\r\n$1\r\n4\r\n",
+        b"-NOPROTO unsupported protocol version (ringkv speaks RESP2 and RESP3)\r\n",
+    );
+    // RESP2: a missing key is a null bulk string, a map a flat array.
+    exchange(
+        &mut s,
+        b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$10\r\nappendonly\r\n",
+        b"*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n",
+    );
+    s.write_all(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+        .expect("hello 3");
+    let mut head = [0u8; 4];
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.read_exact(&mut head).expect("hello reply");
+    assert_eq!(&head, b"%8\r\n", "HELLO 3 answers a RESP3 map");
+    // Drain the rest of the map, then speak RESP3.
+    let mut rest = vec![0u8; 4096];
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let _ = s.read(&mut rest);
+    exchange(
+        &mut s,
+        b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$10\r\nappendonly\r\n",
+        b"%1\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n",
+    );
+    exchange(&mut s, b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n");
+
+    // A framing error: answered, then the server closes the connection.
+    exchange(
+        &mut s,
+        b"*1\r\n+PING\r\n",
+        b"-ERR Protocol error: expected '$', got '+'\r\n",
+    );
+    let mut buf = [0u8; 16];
+    let closed = (0..50).any(|_| matches!(s.read(&mut buf), Ok(0)));
+    assert!(closed, "the server closed the connection");
+
+    // QUIT: +OK, then closed.
+    let mut q = raw(resp[1]);
+    exchange(&mut q, b"QUIT\r\n", b"+OK\r\n");
+    let closed = (0..50).any(|_| matches!(q.read(&mut buf), Ok(0)));
+    assert!(closed, "QUIT closes the connection");
+}
