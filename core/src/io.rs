@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use crate::metadata::ClientAddresses;
 use crate::raft::{ConfChange, Membership, Message, PersistRecord};
 use crate::types::{NodeId, PartitionId};
 
@@ -53,10 +54,15 @@ pub enum PlacementMessage {
     },
     /// To a group's leader: hand leadership to `to`.
     TransferLeader { partition: PartitionId, to: NodeId },
-    /// To the controller: what the sender's failure detector says of each
-    /// peer it watches. The controller takes a member for dead only when
-    /// no node it hears has heard that member for the grace period.
-    Health { peers: Vec<PeerHealth> },
+    /// To the controller, from every node each report round: what the
+    /// sender's failure detector says of each peer it watches (the
+    /// controller takes a member for dead only when no node it hears has
+    /// heard that member for the grace period), and where the sender
+    /// serves clients (which the controller records in the member list).
+    NodeReport {
+        peers: Vec<PeerHealth>,
+        addresses: ClientAddresses,
+    },
 }
 
 /// One peer as a node's failure detector sees it.

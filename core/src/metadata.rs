@@ -126,6 +126,17 @@ pub struct Member {
     pub address: String,
     /// Its data directory's incarnation, once known.
     pub incarnation: Option<Incarnation>,
+    /// Where it serves REST and the Redis protocol, as it last told the
+    /// controller (empty until then, or where it serves none).
+    pub client: ClientAddresses,
+}
+
+/// Where a node serves clients besides gRPC: `host:port`, empty for a
+/// protocol it does not serve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientAddresses {
+    pub rest: String,
+    pub resp: String,
 }
 
 /// The metadata document at one version.
@@ -153,6 +164,11 @@ pub enum MetaChange {
         from: MemberState,
         to: MemberState,
     },
+    /// A live member serves clients at these addresses now.
+    SetClientAddresses {
+        node: NodeId,
+        addresses: ClientAddresses,
+    },
 }
 
 impl fmt::Display for MetaChange {
@@ -160,6 +176,11 @@ impl fmt::Display for MetaChange {
         match self {
             MetaChange::Register { node, address, .. } => write!(f, "register {node} at {address}"),
             MetaChange::SetState { node, from, to } => write!(f, "{node}: {from} -> {to}"),
+            MetaChange::SetClientAddresses { node, addresses } => write!(
+                f,
+                "{node} serves REST at {:?} and RESP at {:?}",
+                addresses.rest, addresses.resp
+            ),
         }
     }
 }
@@ -234,6 +255,7 @@ impl ClusterMetadata {
                             state: MemberState::Up,
                             address,
                             incarnation: None,
+                            client: ClientAddresses::default(),
                         },
                     )
                 })
@@ -273,6 +295,7 @@ impl ClusterMetadata {
                                 state: MemberState::Joining,
                                 address: address.clone(),
                                 incarnation: Some(*incarnation),
+                                client: ClientAddresses::default(),
                             },
                         );
                     }
@@ -318,6 +341,19 @@ impl ClusterMetadata {
                 }
                 m.state = *to;
             }
+            MetaChange::SetClientAddresses { node, addresses } => {
+                let m = next
+                    .members
+                    .get_mut(node)
+                    .ok_or(MetaError::NotAMember(*node))?;
+                if !m.state.is_live() {
+                    return Err(MetaError::Gone {
+                        node: *node,
+                        state: m.state,
+                    });
+                }
+                m.client = addresses.clone();
+            }
         }
         Ok(next)
     }
@@ -341,6 +377,8 @@ impl ClusterMetadata {
                     incarnation: m
                         .incarnation
                         .map_or_else(Bytes::new, |i| Bytes::copy_from_slice(&i.to_bytes())),
+                    rest_address: m.client.rest.clone(),
+                    resp_address: m.client.resp.clone(),
                 })
                 .collect(),
         };
@@ -381,6 +419,10 @@ impl ClusterMetadata {
                 state,
                 address: m.address,
                 incarnation,
+                client: ClientAddresses {
+                    rest: m.rest_address,
+                    resp: m.resp_address,
+                },
             };
             if members.insert(NodeId(m.node), member).is_some() {
                 return Err(DecodeError::Duplicate(m.node));
@@ -431,9 +473,49 @@ mod tests {
                 address: "c:3".into(),
                 incarnation: Incarnation(0xabc),
             })
+            .unwrap()
+            .apply(&MetaChange::SetClientAddresses {
+                node: n(7),
+                addresses: ClientAddresses {
+                    rest: "c:8081".into(),
+                    resp: "c:6379".into(),
+                },
+            })
             .unwrap();
         d.version = 42;
+        assert_eq!(d.members[&n(7)].client.resp, "c:6379");
         assert_eq!(ClusterMetadata::decode(&d.encode(), 42), Ok(d));
+    }
+
+    #[test]
+    fn client_addresses_are_set_for_live_members_only() {
+        let addresses = ClientAddresses {
+            rest: "a:8081".into(),
+            resp: String::new(),
+        };
+        let set = |node| MetaChange::SetClientAddresses {
+            node,
+            addresses: addresses.clone(),
+        };
+        assert_eq!(
+            doc().apply(&set(n(1))).unwrap().members[&n(1)].client,
+            addresses
+        );
+        assert_eq!(doc().apply(&set(n(9))), Err(MetaError::NotAMember(n(9))));
+        let dead = doc()
+            .apply(&MetaChange::SetState {
+                node: n(1),
+                from: MemberState::Up,
+                to: MemberState::Dead,
+            })
+            .unwrap();
+        assert_eq!(
+            dead.apply(&set(n(1))),
+            Err(MetaError::Gone {
+                node: n(1),
+                state: MemberState::Dead
+            })
+        );
     }
 
     #[test]
@@ -459,6 +541,8 @@ mod tests {
             state,
             address: "x:1".into(),
             incarnation: Bytes::copy_from_slice(inc),
+            rest_address: String::new(),
+            resp_address: String::new(),
         };
         assert_eq!(bad(vec![member(0, 2, &[])]), Err(DecodeError::ZeroId));
         assert_eq!(bad(vec![member(3, 0, &[])]), Err(DecodeError::NoState(3)));

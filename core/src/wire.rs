@@ -45,7 +45,7 @@ use std::time::Duration;
 use crate::io::{
     CatchUp, Gossip, GroupMessage, PeerBatch, PeerHealth, PlacementMessage, WalRecord,
 };
-use crate::metadata::MAX_DOCUMENT_BYTES;
+use crate::metadata::{ClientAddresses, MAX_DOCUMENT_BYTES};
 use crate::raft::{
     ConfChange, Entry, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
     Snapshot, SnapshotMeta, Tombstone,
@@ -299,9 +299,11 @@ fn placement_to_proto(m: &PlacementMessage) -> pb::PlacementMessage {
         PlacementMessage::TransferLeader { partition, to } => {
             (partition, Kind::TransferLeader(to.0))
         }
-        PlacementMessage::Health { peers } => (
+        PlacementMessage::NodeReport { peers, addresses } => (
             &PartitionId(0),
-            Kind::Health(pb::PeerHealthReport {
+            Kind::NodeReport(pb::NodeReport {
+                rest_address: addresses.rest.clone(),
+                resp_address: addresses.resp.clone(),
                 peers: peers
                     .iter()
                     .map(|h| pb::PeerHealth {
@@ -355,14 +357,18 @@ fn placement_from_proto(m: pb::PlacementMessage) -> Result<PlacementMessage> {
                 partition,
                 to: node_id(to, "PlacementMessage.transfer_leader")?,
             },
-            Kind::Health(h) => {
+            Kind::NodeReport(h) => {
                 if h.peers.len() > MAX_HEALTH_PEERS {
                     return Err(invalid(format!(
-                        "PeerHealthReport: {} peers, more than the {MAX_HEALTH_PEERS} a cluster has",
+                        "NodeReport: {} peers, more than the {MAX_HEALTH_PEERS} a cluster has",
                         h.peers.len()
                     )));
                 }
-                PlacementMessage::Health {
+                PlacementMessage::NodeReport {
+                    addresses: ClientAddresses {
+                        rest: h.rest_address,
+                        resp: h.resp_address,
+                    },
                     peers: h
                         .peers
                         .into_iter()
@@ -393,7 +399,9 @@ pub fn placement_len_bound(m: &PlacementMessage) -> usize {
             _ => 16,
         },
         PlacementMessage::TransferLeader { .. } => 11,
-        PlacementMessage::Health { peers } => 8 + 16 * peers.len(),
+        PlacementMessage::NodeReport { peers, addresses } => {
+            16 + 16 * peers.len() + addresses.rest.len() + addresses.resp.len()
+        }
     }
 }
 
@@ -1163,7 +1171,11 @@ mod tests {
             (partition, arb_node_id())
                 .prop_map(|(partition, to)| PlacementMessage::TransferLeader { partition, to }),
             prop::collection::vec((arb_node_id(), prop::option::of(0..u32::MAX as u64)), 0..6)
-                .prop_map(|peers| PlacementMessage::Health {
+                .prop_map(|peers| PlacementMessage::NodeReport {
+                    addresses: ClientAddresses {
+                        rest: "127.0.0.1:8081".into(),
+                        resp: String::new(),
+                    },
                     peers: peers
                         .into_iter()
                         .map(|(node, ms)| PeerHealth {

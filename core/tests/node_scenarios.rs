@@ -1242,6 +1242,45 @@ fn a_dead_nodes_replicas_are_re_created_on_the_others() {
     );
 }
 
+/// Every node tells the controller where it serves REST and RESP; the
+/// member list records it, and every node's document has it. A node that
+/// comes back serving elsewhere is recorded anew.
+#[test]
+fn each_members_client_addresses_reach_the_member_list() {
+    use ringkv_core::metadata::ClientAddresses;
+    let addresses = |id: u64, port: u16| ClientAddresses {
+        rest: format!("n{id}:{port}"),
+        resp: format!("n{id}:6379"),
+    };
+    let mut c = Cluster::with_config(4, 8, |cfg| {
+        cfg.client_addresses = addresses(cfg.id.0, 8081);
+    });
+    c.quiet_events = true;
+    c.run_for(4000);
+    let recorded = |c: &Cluster, node: usize, id: u64| {
+        c.nodes[node].metadata().expect("a document").members[&NodeId(id)]
+            .client
+            .clone()
+    };
+    for node in 0..4 {
+        for id in 1..=4 {
+            assert_eq!(
+                recorded(&c, node, id),
+                addresses(id, 8081),
+                "n{id} as n{} sees it",
+                node + 1
+            );
+        }
+    }
+    // n4 restarts serving REST on another port: the list follows.
+    let mut cfg = c.nodes[3].config().clone();
+    cfg.client_addresses = addresses(4, 8082);
+    let recovered = Recovered::replay(c.disks[3].clone());
+    c.nodes[3] = Node::new(cfg, 1004, recovered).expect("restart");
+    c.run_for(4000);
+    assert_eq!(recorded(&c, 0, 4), addresses(4, 8082));
+}
+
 /// The controller marks a member dead only if no node it hears has heard
 /// that member for `dead_after`: n5, cut off from the controller alone
 /// (both ways), stays `up` while the others hear it, however long; cut off

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ringkv_core::NodeId;
+use ringkv_core::metadata::ClientAddresses;
 use ringkv_core::node::NodeConfig;
 use ringkv_core::ring::RingConfig;
 
@@ -118,6 +119,30 @@ impl ServerConfig {
         }
     }
 
+    /// Where clients reach this node's REST and RESP listeners, as the
+    /// member list records them: the listen address, except that a listener
+    /// on every interface (0.0.0.0, ::) is given the host other members
+    /// dial for gRPC (`--advertise`, else the gRPC listen address).
+    pub fn client_addresses(&self) -> ClientAddresses {
+        let dialable = |listen: Option<SocketAddr>| match (listen, &self.advertise) {
+            (None, _) => String::new(),
+            (Some(a), Some(advertised)) if a.ip().is_unspecified() => {
+                let host = advertised
+                    .rsplit_once(':')
+                    .map_or(advertised.as_str(), |(h, _)| h);
+                format!("{host}:{}", a.port())
+            }
+            (Some(a), None) if a.ip().is_unspecified() => {
+                SocketAddr::new(self.grpc_listen.ip(), a.port()).to_string()
+            }
+            (Some(a), _) => a.to_string(),
+        };
+        ClientAddresses {
+            rest: dialable(self.rest_listen),
+            resp: dialable(self.resp_listen),
+        }
+    }
+
     /// The core's configuration for this server.
     pub fn node_config(&self) -> NodeConfig {
         let mut c = NodeConfig::new(self.node_id, self.peers.keys().copied().collect());
@@ -126,6 +151,7 @@ impl ServerConfig {
             .iter()
             .map(|(&id, addr)| (id, addr.to_string()))
             .collect();
+        c.client_addresses = self.client_addresses();
         c.ring = RingConfig {
             partition_count: self.partition_count,
             replication_factor: self.replication_factor as usize,
@@ -194,6 +220,29 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, PeersError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_addresses_are_dialable() {
+        let grpc: SocketAddr = "10.0.0.4:9091".parse().unwrap();
+        let mut c = ServerConfig::new(
+            NodeId(4),
+            BTreeMap::from([(NodeId(4), grpc)]),
+            grpc,
+            PathBuf::from("d"),
+        );
+        assert_eq!(c.client_addresses(), ClientAddresses::default());
+        c.rest_listen = Some("127.0.0.1:8081".parse().unwrap());
+        c.resp_listen = Some("0.0.0.0:6379".parse().unwrap());
+        assert_eq!(
+            c.client_addresses(),
+            ClientAddresses {
+                rest: "127.0.0.1:8081".into(),
+                resp: "10.0.0.4:6379".into(),
+            }
+        );
+        c.advertise = Some("db4.example:9091".into());
+        assert_eq!(c.client_addresses().resp, "db4.example:6379");
+    }
 
     #[test]
     fn parses_a_peer_list() {

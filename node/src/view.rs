@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ringkv_core::detector::PeerStatus;
-use ringkv_core::metadata::{METADATA_GROUP, MemberState};
+use ringkv_core::metadata::{ClientAddresses, METADATA_GROUP, MemberState};
 use ringkv_core::node::{Node, NodeStats};
 use ringkv_core::placement::planner::Plan;
 use ringkv_core::raft::ProgressState;
@@ -102,6 +102,9 @@ pub struct MemberView {
     pub last_heard: Option<Duration>,
     /// Its gRPC address in the metadata document, once this node has one.
     pub address: Option<String>,
+    /// Where it serves REST and RESP, as the metadata document says (empty
+    /// strings: not known, or not served).
+    pub client: ClientAddresses,
 }
 
 /// One replica of a partition this node leads, as the leader sees it.
@@ -221,6 +224,7 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
             let member = doc.and_then(|d| d.members.get(&id));
             let state = member.map(|m| m.state);
             let address = member.map(|m| m.address.clone()).filter(|a| !a.is_empty());
+            let client = member.map(|m| m.client.clone()).unwrap_or_default();
             if id == me {
                 MemberView {
                     id,
@@ -229,6 +233,7 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
                     state,
                     last_heard: None,
                     address,
+                    client,
                 }
             } else {
                 MemberView {
@@ -238,6 +243,7 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
                     state,
                     last_heard: heard.get(&id).map(|&t| now.saturating_since(t)),
                     address,
+                    client,
                 }
             }
         })

@@ -47,7 +47,9 @@ use crate::identity::Incarnation;
 use crate::io::{CatchUp, PeerHealth, PlacementMessage};
 use crate::kv::{Command, Precondition};
 use crate::metadata::MemberState;
-use crate::metadata::{ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, MetaChange, MetaError};
+use crate::metadata::{
+    ClientAddresses, ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, MetaChange, MetaError,
+};
 use crate::placement::planner::{
     self, Action, Cluster, DrainRefused, GroupReport, Plan, check_drain,
 };
@@ -142,9 +144,10 @@ struct Report {
     at: Time,
 }
 
-/// What one node's failure detector said of its peers, and when it arrived.
-struct HealthReport {
+/// What one node last said of itself and its peers, and when it arrived.
+struct NodeReport {
     peers: Vec<PeerHealth>,
+    addresses: ClientAddresses,
     at: Time,
 }
 
@@ -153,8 +156,8 @@ struct HealthReport {
 #[derive(Default)]
 pub(super) struct ControllerState {
     reports: BTreeMap<PartitionId, Report>,
-    /// The latest health report of each node.
-    health: BTreeMap<NodeId, HealthReport>,
+    /// The latest report of each other node about itself.
+    node_reports: BTreeMap<NodeId, NodeReport>,
     next_report: Time,
     /// Report rounds so far: every [`ROUTE_HINT_EVERY`]th also goes to
     /// every peer.
@@ -237,12 +240,11 @@ impl Node {
             return;
         }
         if let Some(c) = controller.filter(|&c| c != self.id) {
-            let peers = self.peer_health();
-            self.controller
-                .outbox
-                .entry(c)
-                .or_default()
-                .push(PlacementMessage::Health { peers });
+            let report = PlacementMessage::NodeReport {
+                peers: self.peer_health(),
+                addresses: self.cfg.client_addresses.clone(),
+            };
+            self.controller.outbox.entry(c).or_default().push(report);
         }
         let reports: Vec<PlacementMessage> = self
             .groups
@@ -310,7 +312,7 @@ impl Node {
         lifetime: Duration,
     ) -> Option<Duration> {
         let mut silent = self.detector.down_for(member, self.now)?;
-        for (reporter, report) in &self.controller.health {
+        for (reporter, report) in &self.controller.node_reports {
             if *reporter == member
                 || !live.contains(reporter)
                 || self.now.saturating_since(report.at) > lifetime
@@ -358,7 +360,7 @@ impl Node {
         if !from_controller
             && !matches!(
                 m,
-                PlacementMessage::Report { .. } | PlacementMessage::Health { .. }
+                PlacementMessage::Report { .. } | PlacementMessage::NodeReport { .. }
             )
         {
             tracing::debug!(%from, "placement: an order from a node not known to lead the metadata group");
@@ -390,11 +392,16 @@ impl Node {
                     );
                 }
             }
-            PlacementMessage::Health { peers } => {
+            PlacementMessage::NodeReport { peers, addresses } => {
                 let at = self.now;
-                self.controller
-                    .health
-                    .insert(from, HealthReport { peers, at });
+                self.controller.node_reports.insert(
+                    from,
+                    NodeReport {
+                        peers,
+                        addresses,
+                        at,
+                    },
+                );
             }
             PlacementMessage::ConfChange { partition, change } => {
                 let Some(g) = self.groups.get_mut(&partition) else {
@@ -442,7 +449,7 @@ impl Node {
             .reports
             .retain(|_, r| now.saturating_since(r.at) <= lifetime);
         self.controller
-            .health
+            .node_reports
             .retain(|_, r| now.saturating_since(r.at) <= lifetime);
         let live: Vec<NodeId> = doc
             .members
@@ -522,12 +529,38 @@ impl Node {
                 ),
             }
         }
+        changes.extend(self.client_address_changes());
         if !changes.is_empty() {
             self.propose_metadata_changes(&changes);
         }
         let mut plan = plan;
         self.estimate_catch_up(&mut plan);
         self.controller.last_plan = Some(plan);
+    }
+
+    /// Live members (this node included) whose client addresses, as they
+    /// last reported them, differ from the member list's.
+    fn client_address_changes(&self) -> Vec<MetaChange> {
+        let Some(doc) = self.metadata() else {
+            return Vec::new();
+        };
+        let reported = self
+            .controller
+            .node_reports
+            .iter()
+            .map(|(&node, r)| (node, &r.addresses))
+            .chain([(self.id, &self.cfg.client_addresses)]);
+        reported
+            .filter(|(node, addresses)| {
+                doc.members
+                    .get(node)
+                    .is_some_and(|m| m.state.is_live() && m.client != **addresses)
+            })
+            .map(|(node, addresses)| MetaChange::SetClientAddresses {
+                node,
+                addresses: addresses.clone(),
+            })
+            .collect()
     }
 
     /// Fills in each catching-up move's `eta`: what it has left at the

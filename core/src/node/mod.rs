@@ -62,7 +62,7 @@ use bytes::Bytes;
 use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector};
 use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRecord};
 use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition};
-use crate::metadata::METADATA_GROUP;
+use crate::metadata::{ClientAddresses, METADATA_GROUP};
 use crate::placement::planner::PlannerConfig;
 use crate::raft::{
     ConfChange, EntryKind, HardState, Membership, Message, MessageBody, PersistRecord,
@@ -94,6 +94,9 @@ pub struct NodeConfig {
     /// The members' gRPC addresses as this node was told them (`--peers`):
     /// what the genesis metadata document records. May be empty.
     pub addresses: BTreeMap<NodeId, String>,
+    /// Where this node serves REST and the Redis protocol: what it tells
+    /// the controller, which records it in the member list.
+    pub client_addresses: ClientAddresses,
     pub ring: RingConfig,
     pub raft: RaftConfig,
     pub detector: DetectorConfig,
@@ -153,6 +156,7 @@ impl NodeConfig {
             founding: true,
             known_members: Vec::new(),
             addresses: BTreeMap::new(),
+            client_addresses: ClientAddresses::default(),
             ring: RingConfig::default(),
             raft: RaftConfig::default(),
             detector: DetectorConfig::default(),

@@ -186,6 +186,8 @@ pub fn status_response(
                 phi: if m.phi.is_finite() { m.phi } else { f64::MAX },
                 state: m.state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
                 last_heard_seconds_ago: m.last_heard.map(|d| d.as_secs_f64()),
+                rest_addr: m.client.rest.clone(),
+                resp_addr: m.client.resp.clone(),
             })
             .collect(),
         metadata_version: view.metadata_version,

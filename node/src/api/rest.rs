@@ -445,6 +445,8 @@ async fn cluster_members(State(s): State<AppState>) -> Json<serde_json::Value> {
             "id": n.id, "grpc_addr": n.grpc_addr,
             "state": if n.state.is_empty() { serde_json::Value::Null } else { json!(n.state) },
             "health": n.health, "last_heard_seconds_ago": n.last_heard_seconds_ago,
+            "rest_addr": if n.rest_addr.is_empty() { serde_json::Value::Null } else { json!(n.rest_addr) },
+            "resp_addr": if n.resp_addr.is_empty() { serde_json::Value::Null } else { json!(n.resp_addr) },
         })).collect::<Vec<_>>(),
     }))
 }

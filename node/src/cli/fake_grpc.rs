@@ -30,6 +30,8 @@ pub(crate) fn sample_status() -> StatusResponse {
         phi,
         state: "up".into(),
         last_heard_seconds_ago: heard,
+        rest_addr: format!("127.0.0.1:808{id}"),
+        resp_addr: String::new(),
     };
     let part = |partition: u32, leader: u64| PartitionStatus {
         partition,

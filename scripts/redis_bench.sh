@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Redis and ringkv side by side, in one run on this machine (issue 14's
+# benchmark): redis-benchmark against Redis with every write fsync'ed
+# (appendonly yes, appendfsync always: what ringkv guarantees), then
+# against node 1 of a three-node ringkv cluster (release build, loopback)
+# over the Redis protocol. Prints each result and ringkv's ratio to Redis.
+#
+#   ./scripts/redis_bench.sh [REQUESTS]     REQUESTS per test, default 100000
+#
+# 50 connections, 64-byte values (-d 64), keys drawn from 1,000,000 (-r),
+# SET and GET, without and with pipelining (-P 16). Needs redis-server and
+# redis-benchmark (Debian: apt install redis-server redis-tools). Data lives
+# in a temporary directory, removed at exit; ports 16379 (Redis), RESP
+# 16381-16383, REST 18281-18283, gRPC 19291-19293.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+requests="${1:-100000}"
+for tool in redis-server redis-benchmark; do
+  command -v "$tool" >/dev/null || {
+    echo "redis_bench: $tool not found (apt install redis-server redis-tools)" >&2
+    exit 1
+  }
+done
+cargo build --release --bin ringkv >&2
+bin="$PWD/target/release/ringkv"
+dir="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+mkdir -p "$dir/redis"
+redis-server --port 16379 --dir "$dir/redis" --appendonly yes --appendfsync always \
+  --save '' --daemonize no >"$dir/redis.log" 2>&1 &
+pids+=($!)
+
+peers="1=127.0.0.1:19291,2=127.0.0.1:19292,3=127.0.0.1:19293"
+for id in 1 2 3; do
+  "$bin" server --id "$id" --peers "$peers" --rest-listen "127.0.0.1:1828$id" \
+    --resp-listen "127.0.0.1:1638$id" --data-dir "$dir/node-$id" --log warn \
+    >>"$dir/node-$id.log" 2>&1 &
+  pids+=($!)
+done
+for _ in $(seq 1 300); do
+  ready=1
+  for id in 1 2 3; do curl -sf "127.0.0.1:1828$id/readyz" >/dev/null || ready=0; done
+  redis-cli -p 16379 ping >/dev/null 2>&1 || ready=0
+  [ "$ready" = 1 ] && break
+  sleep 0.1
+done
+[ "$ready" = 1 ] || { echo "redis_bench: the servers did not become ready" >&2; exit 1; }
+
+# One redis-benchmark run: prints "TEST rps p50 p99" lines.
+run() {
+  local port=$1
+  shift
+  redis-benchmark -p "$port" -t set,get -c 50 -n "$requests" -d 64 -r 1000000 --csv "$@" |
+    python3 -c '
+import csv, sys
+for row in csv.reader(sys.stdin):
+    if row and row[0] in ("SET", "GET"):
+        print(row[0], row[1], row[4], row[6])'
+}
+
+report() {
+  local label=$1 redis=$2 ringkv=$3
+  python3 - "$label" "$redis" "$ringkv" <<'EOF'
+import sys
+label, redis, ringkv = sys.argv[1], sys.argv[2], sys.argv[3]
+parse = lambda text: {l.split()[0]: l.split()[1:] for l in text.strip().splitlines()}
+r, k = parse(redis), parse(ringkv)
+for test in ("SET", "GET"):
+    if test not in r or test not in k:
+        print(f"{label} {test}: missing result (redis: {r.get(test)}, ringkv: {k.get(test)})")
+        continue
+    (rr, rp50, rp99), (kr, kp50, kp99) = r[test], k[test]
+    print(f"{label} {test}: Redis {float(rr):,.0f}/s (p50 {rp50} ms, p99 {rp99} ms); "
+          f"ringkv {float(kr):,.0f}/s (p50 {kp50} ms, p99 {kp99} ms); "
+          f"ratio {float(kr) / float(rr):.2f}")
+EOF
+}
+
+echo "redis-benchmark: $requests requests per test, 50 connections, 64-byte values"
+for pipeline in 1 16; do
+  redis=$(run 16379 -P "$pipeline")
+  ringkv=$(run 16381 -P "$pipeline")
+  report "-P $pipeline" "$redis" "$ringkv"
+done
