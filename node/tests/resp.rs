@@ -199,16 +199,20 @@ fn a_redis_client_reads_and_writes_through_any_node() {
 
     // The member list records where each node serves RESP (and REST).
     let rest = c.node(2).rest();
-    common::poll(Duration::from_secs(20), "RESP addresses in the member list", || {
-        let members = common::get(rest, "/v1/cluster/members").ok()?.json();
-        let listed: Vec<String> = members["members"]
-            .as_array()?
-            .iter()
-            .map(|m| m["resp_addr"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        let want: Vec<String> = resp.iter().map(ToString::to_string).collect();
-        (listed == want).then_some(())
-    });
+    common::poll(
+        Duration::from_secs(20),
+        "RESP addresses in the member list",
+        || {
+            let members = common::get(rest, "/v1/cluster/members").ok()?.json();
+            let listed: Vec<String> = members["members"]
+                .as_array()?
+                .iter()
+                .map(|m| m["resp_addr"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            let want: Vec<String> = resp.iter().map(ToString::to_string).collect();
+            (listed == want).then_some(())
+        },
+    );
 }
 
 /// A pipeline of writes then reads, sent before any reply is read: the
