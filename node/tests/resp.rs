@@ -182,6 +182,13 @@ fn a_redis_client_reads_and_writes_through_any_node() {
         .query::<()>(&mut a)
         .expect_err("one db");
     assert!(e.to_string().contains("out of range"), "{e}");
+    let e = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("save")
+        .arg("")
+        .query::<()>(&mut a)
+        .expect_err("read-only settings");
+    assert!(e.to_string().contains("CONFIG SET is not supported"), "{e}");
     let e = redis::cmd("NOSUCH")
         .arg("x")
         .query::<()>(&mut a)

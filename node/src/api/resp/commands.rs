@@ -130,6 +130,14 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
         "config" if args.len() >= 3 && args[1].eq_ignore_ascii_case(b"get") => {
             config_get(&args[2..])
         }
+        "config" if args.len() >= 2 && !args[1].eq_ignore_ascii_case(b"get") => {
+            let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+            Reply::err(format!(
+                "CONFIG {} is not supported: ringkv's settings are its flags; CONFIG GET \
+                 answers what clients ask",
+                sub.chars().take(64).collect::<String>()
+            ))
+        }
         "readonly" if args.len() == 1 => {
             session.readonly = true;
             Reply::ok()
