@@ -83,7 +83,7 @@ type Result<T, E = WireError> = std::result::Result<T, E>;
 /// [`metadata_push_len_bound`]), and slack.
 pub const PEER_BATCH_OVERHEAD_BYTES: usize = 64;
 
-/// The most peers one health report may name: more than any cluster has
+/// The most peers one node report may name: more than any cluster has
 /// (a member costs its document tens of bytes, and the document is at most
 /// [`MAX_DOCUMENT_BYTES`]); a bound on what a malformed report allocates.
 const MAX_HEALTH_PEERS: usize = 1 << 16;

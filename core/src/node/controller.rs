@@ -18,10 +18,11 @@
 //! yet, is only logged: the next plan asks again, from the configuration
 //! it then sees).
 //!
-//! **Health.** Each report round every node also sends the controller what
-//! its failure detector says of each peer (down and for how long, or
-//! alive). A member is silent for the controller's plan only if it is
-//! silent to the controller's own detector *and* no fresh health report of
+//! **Node reports.** Each report round every node also sends the
+//! controller a [`PlacementMessage::NodeReport`]: what its failure detector
+//! says of each peer (down and for how long, or alive), and where it serves
+//! REST and RESP (recorded in the member list when it changes). A member is silent for the controller's plan only if it is
+//! silent to the controller's own detector *and* no fresh node report of
 //! another live member says it was heard; its silence is then the shortest
 //! any of them saw. A node silent for less than
 //! [`PlannerConfig::dead_after`](crate::placement::planner::PlannerConfig)
@@ -297,7 +298,7 @@ impl Node {
 
     /// How long `member` has been silent to every node the controller
     /// hears, or `None` if any of them (or the controller) hears it: its
-    /// own detector's silence, unless a fresh health report from another
+    /// own detector's silence, unless a fresh node report from another
     /// live member says it heard `member`, and the shortest silence among
     /// those reports (each aged by the time since it arrived). One
     /// observer's silence is no proof of death: partitions, stalled
@@ -659,7 +660,7 @@ impl Node {
         // answered (no controller, a partition) the groups do not hear it.
         // It must not be taken for dead meanwhile (madsim churn seed 4784:
         // it was, then removed, and its rejoin refused). Whoever the call
-        // reaches vouches for it in its health reports.
+        // reaches vouches for it in its node reports.
         if let Some(m) = self.meta.document().and_then(|d| d.members.get(&node))
             && m.incarnation == Some(incarnation)
             && m.state.is_live()

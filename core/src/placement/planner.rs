@@ -119,7 +119,7 @@ pub struct Cluster {
     /// left alone.
     pub groups: BTreeMap<PartitionId, GroupReport>,
     /// Members silent to every node the controller hears, and for how
-    /// long (see `node::controller`'s health reports).
+    /// long (see `node::controller`'s node reports).
     pub down_for: BTreeMap<NodeId, Duration>,
 }
 
