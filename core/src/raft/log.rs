@@ -148,6 +148,13 @@ impl RaftLog {
             || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
+    /// Raft §5.4.1, strictly: a log ending at `(last_index, last_term)` is
+    /// more up to date than ours (it holds entries we have not seen).
+    pub fn is_behind(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index > self.last_index())
+    }
+
     /// Entries `[lo, last]`, at most `max_count` and about `max_bytes` (always
     /// at least one if any exist).
     pub fn entries_from(
@@ -338,4 +345,38 @@ impl RaftLog {
 
 fn payload_bytes(entries: &[Entry]) -> usize {
     entries.iter().map(|e| e.data.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log ending at 3/5 (index 5, term 3).
+    fn log() -> RaftLog {
+        let entries = (1..=5)
+            .map(|index| Entry {
+                index,
+                term: if index <= 2 { 1 } else { 3 },
+                kind: crate::raft::EntryKind::Normal,
+                data: Bytes::new(),
+            })
+            .collect();
+        RaftLog::restore(None, entries, 0)
+    }
+
+    #[test]
+    fn up_to_date_and_behind_compare_last_term_then_last_index() {
+        let l = log();
+        // (last_index, last_term): up to date?, strictly ahead of ours?
+        for (index, term, up_to_date, behind) in [
+            (5, 3, true, false),
+            (6, 3, true, true),
+            (4, 3, false, false),
+            (1, 4, true, true),
+            (9, 2, false, false),
+        ] {
+            assert_eq!(l.is_up_to_date(index, term), up_to_date, "{term}/{index}");
+            assert_eq!(l.is_behind(index, term), behind, "{term}/{index}");
+        }
+    }
 }

@@ -1140,10 +1140,7 @@ impl Raft {
                 last_index,
                 last_term,
                 ..
-            } => {
-                last_term > self.log.last_term()
-                    || (last_term == self.log.last_term() && last_index > self.log.last_index())
-            }
+            } => self.log.is_behind(last_index, last_term),
             _ => false,
         }
     }
