@@ -3,7 +3,9 @@
 //! Owns the ordered map `key -> {value, version, create_revision, mod_revision}`
 //! of one partition and the meaning of the commands that change it (put,
 //! delete, each with an optional precondition: create-only, must-exist or
-//! compare-and-set on `mod_revision`). Every replica of the partition applies
+//! compare-and-set on `mod_revision`; and the read-modify-writes increment
+//! and append, which Redis's INCRBY and APPEND need to be atomic). Every
+//! replica of the partition applies
 //! the same committed log entries in the same order through [`KvStore::apply`]
 //! and so holds the same map, byte for byte.
 //!
@@ -152,13 +154,49 @@ pub enum Command {
         key: Bytes,
         precondition: Precondition,
     },
+    /// Adds `delta` to the value read as a decimal `i64` (absent: 0); see
+    /// [`parse_integer`] for what counts as one.
+    Increment { key: Bytes, delta: i64 },
+    /// Appends `suffix` to the value (absent: empty), unless the result would
+    /// be longer than `max_value_bytes`. The proposer's limit travels in the
+    /// entry, so that every replica decides alike whatever its own settings.
+    Append {
+        key: Bytes,
+        suffix: Bytes,
+        max_value_bytes: u64,
+    },
+}
+
+/// Longest decimal `i64` in bytes (`-9223372036854775808`).
+pub const MAX_INTEGER_BYTES: usize = 20;
+
+/// The value as a signed 64-bit decimal integer, as Redis reads one for
+/// INCR: an optional `-`, then digits without a leading zero (`0` itself
+/// aside), nothing else (no `+`, spaces or `-0`), in range.
+pub fn parse_integer(value: &[u8]) -> Option<i64> {
+    if value.is_empty() || value.len() > MAX_INTEGER_BYTES {
+        return None;
+    }
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    let canonical = match digits {
+        [b'0'] => value.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 impl Command {
     /// The key the command touches.
     pub fn key(&self) -> &Bytes {
         match self {
-            Command::Put { key, .. } | Command::Delete { key, .. } => key,
+            Command::Put { key, .. }
+            | Command::Delete { key, .. }
+            | Command::Increment { key, .. }
+            | Command::Append { key, .. } => key,
         }
     }
 
@@ -184,6 +222,19 @@ impl Command {
                 key: key.clone(),
                 precondition: precondition.to_proto(),
             }),
+            Command::Increment { key, delta } => Op::Increment(proto::IncrementCommand {
+                key: key.clone(),
+                delta: *delta,
+            }),
+            Command::Append {
+                key,
+                suffix,
+                max_value_bytes,
+            } => Op::Append(proto::AppendCommand {
+                key: key.clone(),
+                suffix: suffix.clone(),
+                max_value_bytes: *max_value_bytes,
+            }),
         };
         proto::Command { op: Some(op) }.encode_to_vec().into()
     }
@@ -201,6 +252,15 @@ impl Command {
                 key: delete.key,
                 precondition: Precondition::from_proto(delete.precondition)?,
             }),
+            Some(Op::Increment(increment)) => Ok(Command::Increment {
+                key: increment.key,
+                delta: increment.delta,
+            }),
+            Some(Op::Append(append)) => Ok(Command::Append {
+                key: append.key,
+                suffix: append.suffix,
+                max_value_bytes: append.max_value_bytes,
+            }),
             None => Err(DecodeError::MissingOp),
         }
     }
@@ -209,14 +269,31 @@ impl Command {
 /// What applying one log entry did; the leader's node turns it into the reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApplyOutcome {
-    /// The key was written; `mod_revision` is the entry's index.
+    /// The key was written; `mod_revision` is the entry's index. `previous`:
+    /// the key just before (`None`: it was absent), for GETSET and SET…GET.
     Put {
         version: u64,
         mod_revision: u64,
         created: bool,
+        previous: Option<KeyValue>,
     },
-    /// The key was removed; it had been last written at `mod_revision_of_deleted`.
-    Deleted { mod_revision_of_deleted: u64 },
+    /// The key was removed; `previous` is what it held (for GETDEL).
+    Deleted { previous: KeyValue },
+    /// An increment wrote `value` (in decimal) to the key.
+    Incremented {
+        value: i64,
+        version: u64,
+        mod_revision: u64,
+    },
+    /// An append left the key's value `len` bytes long.
+    Appended {
+        len: u64,
+        version: u64,
+        mod_revision: u64,
+    },
+    /// A read-modify-write could not be done on the key's current value:
+    /// nothing changed.
+    Refused(Refusal),
     /// Unconditional delete (or delete with `MustNotExist`) of an absent key:
     /// nothing changed.
     NotFound,
@@ -229,12 +306,23 @@ pub enum ApplyOutcome {
     Noop,
 }
 
+/// Why an increment or append left the key unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    #[error("the appended value would be {len} bytes; the limit is {max}")]
+    TooLarge { len: u64, max: u64 },
+}
+
 /// Why command or snapshot bytes were refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("malformed protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
-    #[error("command has no operation (neither put nor delete)")]
+    #[error("command has no operation (none of put, delete, increment, append)")]
     MissingOp,
     #[error("precondition flag {0} is present but false; set it to true or leave it out")]
     FalsePreconditionFlag(&'static str),
@@ -318,50 +406,102 @@ impl KvStore {
     pub fn apply_command(&mut self, index: u64, command: &Command) -> ApplyOutcome {
         self.advance(index);
         let current = self.entries.get(command.key().as_ref());
-        let (Command::Put { precondition, .. } | Command::Delete { precondition, .. }) = command;
-        if !precondition.holds(current) {
+        if let Command::Put { precondition, .. } | Command::Delete { precondition, .. } = command
+            && !precondition.holds(current)
+        {
             return ApplyOutcome::PreconditionFailed {
                 current_mod_revision: current.map(|kv| kv.mod_revision),
             };
         }
         match command {
             Command::Put { key, value, .. } => {
-                let (version, create_revision) = match current {
-                    // Cannot overflow: version <= mod_revision - create_revision + 1
-                    // (checked by `restore`, kept by `apply`) and mod_revision < index.
-                    Some(kv) => (kv.version + 1, kv.create_revision),
-                    None => (1, index),
-                };
-                let created = current.is_none();
-                let old_bytes = current.map_or(0, |kv| kv.key.len() + kv.value.len());
-                self.data_bytes =
-                    self.data_bytes - old_bytes as u64 + (key.len() + value.len()) as u64;
-                self.entries.insert(
-                    key.clone(),
-                    KeyValue {
-                        key: key.clone(),
-                        value: value.clone(),
-                        version,
-                        create_revision,
-                        mod_revision: index,
-                    },
+                let previous = self.write(index, key, value.clone());
+                let (version, created) = (
+                    previous.as_ref().map_or(1, |kv| kv.version + 1),
+                    previous.is_none(),
                 );
                 ApplyOutcome::Put {
                     version,
                     mod_revision: index,
                     created,
+                    previous,
                 }
             }
             Command::Delete { key, .. } => match self.entries.remove(key.as_ref()) {
                 Some(kv) => {
                     self.data_bytes -= (kv.key.len() + kv.value.len()) as u64;
-                    ApplyOutcome::Deleted {
-                        mod_revision_of_deleted: kv.mod_revision,
-                    }
+                    ApplyOutcome::Deleted { previous: kv }
                 }
                 None => ApplyOutcome::NotFound,
             },
+            Command::Increment { key, delta } => {
+                let old = match current {
+                    None => 0,
+                    Some(kv) => match parse_integer(&kv.value) {
+                        Some(old) => old,
+                        None => return ApplyOutcome::Refused(Refusal::NotAnInteger),
+                    },
+                };
+                let Some(value) = old.checked_add(*delta) else {
+                    return ApplyOutcome::Refused(Refusal::Overflow);
+                };
+                let previous = self.write(index, key, Bytes::from(value.to_string()));
+                ApplyOutcome::Incremented {
+                    value,
+                    version: previous.map_or(1, |kv| kv.version + 1),
+                    mod_revision: index,
+                }
+            }
+            Command::Append {
+                key,
+                suffix,
+                max_value_bytes,
+            } => {
+                let old = current.map_or(&[][..], |kv| &kv.value[..]);
+                let len = (old.len() + suffix.len()) as u64;
+                if len > *max_value_bytes {
+                    return ApplyOutcome::Refused(Refusal::TooLarge {
+                        len,
+                        max: *max_value_bytes,
+                    });
+                }
+                let mut value = Vec::with_capacity(old.len() + suffix.len());
+                value.extend_from_slice(old);
+                value.extend_from_slice(suffix);
+                let previous = self.write(index, key, value.into());
+                ApplyOutcome::Appended {
+                    len,
+                    version: previous.map_or(1, |kv| kv.version + 1),
+                    mod_revision: index,
+                }
+            }
         }
+    }
+
+    /// Writes `value` to `key` as entry `index` (version +1, or 1 and created
+    /// at `index` if absent); returns the key as it was.
+    fn write(&mut self, index: u64, key: &Bytes, value: Bytes) -> Option<KeyValue> {
+        let (version, create_revision, old_bytes) = match self.entries.get(key.as_ref()) {
+            // Cannot overflow: version <= mod_revision - create_revision + 1
+            // (checked by `restore`, kept by `apply`) and mod_revision < index.
+            Some(kv) => (
+                kv.version + 1,
+                kv.create_revision,
+                kv.key.len() + kv.value.len(),
+            ),
+            None => (1, index, 0),
+        };
+        self.data_bytes = self.data_bytes - old_bytes as u64 + (key.len() + value.len()) as u64;
+        self.entries.insert(
+            key.clone(),
+            KeyValue {
+                key: key.clone(),
+                value,
+                version,
+                create_revision,
+                mod_revision: index,
+            },
+        )
     }
 
     fn advance(&mut self, index: u64) {
@@ -576,6 +716,16 @@ mod tests {
     }
 
     /// A store with `key` written at the given indices (first one creates it).
+    fn key_value(key: &str, value: &str, version: u64, create: u64, modified: u64) -> KeyValue {
+        KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            version,
+            create_revision: create,
+            mod_revision: modified,
+        }
+    }
+
     fn store_with(key: &str, indices: &[u64]) -> KvStore {
         let mut store = KvStore::new();
         for &index in indices {
@@ -627,7 +777,8 @@ mod tests {
             ApplyOutcome::Put {
                 version: 1,
                 mod_revision: 3,
-                created: true
+                created: true,
+                previous: None,
             }
         );
         let kv = store.get(b"k").expect("key was put");
@@ -646,7 +797,8 @@ mod tests {
             ApplyOutcome::Put {
                 version: 3,
                 mod_revision: 9,
-                created: false
+                created: false,
+                previous: Some(key_value("k", "v5", 2, 2, 5)),
             }
         );
         let kv = store.get(b"k").unwrap();
@@ -660,7 +812,7 @@ mod tests {
         assert_eq!(
             store.apply(3, &delete_if("k", Precondition::None).encode()),
             ApplyOutcome::Deleted {
-                mod_revision_of_deleted: 2
+                previous: key_value("k", "v2", 2, 1, 2)
             }
         );
         assert_eq!(store.get(b"k"), None);
@@ -704,7 +856,8 @@ mod tests {
             ApplyOutcome::Put {
                 version: 1,
                 mod_revision: 1,
-                created: true
+                created: true,
+                previous: None,
             }
         );
     }
@@ -730,7 +883,8 @@ mod tests {
             ApplyOutcome::Put {
                 version: 3,
                 mod_revision: 5,
-                created: false
+                created: false,
+                previous: Some(key_value("k", "v3", 2, 1, 3)),
             }
         );
         assert_eq!(store.get(b"k").unwrap().value, Bytes::from_static(b"fresh"));
@@ -784,7 +938,7 @@ mod tests {
         assert_eq!(
             store.apply(4, &delete_if("k", Precondition::ModRevision(2)).encode()),
             ApplyOutcome::Deleted {
-                mod_revision_of_deleted: 2
+                previous: key_value("k", "v2", 1, 2, 2)
             }
         );
         assert_eq!(
@@ -793,6 +947,112 @@ mod tests {
                 current_mod_revision: None
             }
         );
+    }
+
+    fn increment(key: &str, delta: i64) -> Command {
+        Command::Increment {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            delta,
+        }
+    }
+
+    fn append(key: &str, suffix: &str, max_value_bytes: u64) -> Command {
+        Command::Append {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            suffix: Bytes::copy_from_slice(suffix.as_bytes()),
+            max_value_bytes,
+        }
+    }
+
+    #[test]
+    fn integers_are_read_as_redis_reads_them() {
+        for (text, expected) in [
+            ("0", Some(0)),
+            ("-1", Some(-1)),
+            ("42", Some(42)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("", None),
+            ("-", None),
+            ("-0", None),
+            ("007", None),
+            ("+1", None),
+            (" 1", None),
+            ("1 ", None),
+            ("1.5", None),
+            ("0x10", None),
+            ("00000000000000000000001", None),
+        ] {
+            assert_eq!(parse_integer(text.as_bytes()), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn increment_counts_from_zero_and_writes_decimal() {
+        let mut store = KvStore::new();
+        assert_eq!(
+            store.apply(1, &increment("n", 1).encode()),
+            ApplyOutcome::Incremented {
+                value: 1,
+                version: 1,
+                mod_revision: 1
+            }
+        );
+        assert_eq!(
+            store.apply(2, &increment("n", -11).encode()),
+            ApplyOutcome::Incremented {
+                value: -10,
+                version: 2,
+                mod_revision: 2
+            }
+        );
+        assert_eq!(store.get(b"n"), Some(&key_value("n", "-10", 2, 1, 2)));
+    }
+
+    #[test]
+    fn increment_refuses_non_integers_and_overflow_and_changes_nothing() {
+        let mut store = KvStore::new();
+        store.apply(1, &put("s", "abc").encode());
+        store.apply(2, &put("n", &i64::MAX.to_string()).encode());
+        let before = store.clone();
+        assert_eq!(
+            store.apply(3, &increment("s", 1).encode()),
+            ApplyOutcome::Refused(Refusal::NotAnInteger)
+        );
+        assert_eq!(
+            store.apply(4, &increment("n", 1).encode()),
+            ApplyOutcome::Refused(Refusal::Overflow)
+        );
+        assert!(store.iter().eq(before.iter()));
+        assert_eq!(store.applied_index(), 4);
+    }
+
+    #[test]
+    fn append_extends_the_value_up_to_the_limit_in_the_entry() {
+        let mut store = KvStore::new();
+        assert_eq!(
+            store.apply(1, &append("k", "ab", 4).encode()),
+            ApplyOutcome::Appended {
+                len: 2,
+                version: 1,
+                mod_revision: 1
+            }
+        );
+        assert_eq!(
+            store.apply(2, &append("k", "cd", 4).encode()),
+            ApplyOutcome::Appended {
+                len: 4,
+                version: 2,
+                mod_revision: 2
+            }
+        );
+        assert_eq!(
+            store.apply(3, &append("k", "e", 4).encode()),
+            ApplyOutcome::Refused(Refusal::TooLarge { len: 5, max: 4 })
+        );
+        assert_eq!(store.get(b"k"), Some(&key_value("k", "abcd", 2, 1, 2)));
+        assert_eq!(store.data_bytes(), 5);
     }
 
     #[test]
@@ -816,13 +1076,14 @@ mod tests {
             ApplyOutcome::Put {
                 version: 2,
                 mod_revision: 4,
-                created: false
+                created: false,
+                previous: Some(key_value("k", "v", 1, 3, 3)),
             }
         );
         assert_eq!(
             store.apply(5, &delete_if("k", Precondition::MustExist).encode()),
             ApplyOutcome::Deleted {
-                mod_revision_of_deleted: 4
+                previous: key_value("k", "w", 2, 3, 4)
             }
         );
     }
@@ -868,7 +1129,8 @@ mod tests {
 
     #[test]
     fn decode_errors_name_the_problem() {
-        let no_op = [0x18, 0x01];
+        // Field 15 (unknown to this version), a varint: no operation set.
+        let no_op = [0x78, 0x01];
         assert_eq!(Command::decode(&no_op), Err(DecodeError::MissingOp));
         let false_flag = proto::Command {
             op: Some(proto::command::Op::Delete(proto::DeleteCommand {
@@ -1072,10 +1334,25 @@ mod tests {
         let key = prop::sample::select(vec!["", "a", "b", "c", "ab"])
             .prop_map(|k| Bytes::from(k.as_bytes()));
         let value = prop::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from);
+        // Integers and near-integers, so that increments mostly apply and
+        // sometimes refuse (overflow, not an integer).
+        let number = prop_oneof![
+            (-100i64..100).prop_map(|n| n.to_string()),
+            Just(i64::MAX.to_string()),
+            Just(i64::MIN.to_string()),
+            Just("-0".to_owned()),
+            Just("007".to_owned()),
+        ]
+        .prop_map(Bytes::from);
+        let delta = prop_oneof![-5i64..5, Just(i64::MAX), Just(i64::MIN)];
         prop_oneof![
-            3 => (key.clone(), value, precondition_strategy())
+            3 => (key.clone(), value.clone(), precondition_strategy())
                 .prop_map(|(key, value, precondition)| Command::Put { key, value, precondition }),
-            1 => (key, precondition_strategy()).prop_map(|(key, precondition)| Command::Delete { key, precondition }),
+            1 => (key.clone(), number, precondition_strategy())
+                .prop_map(|(key, value, precondition)| Command::Put { key, value, precondition }),
+            1 => (key.clone(), precondition_strategy()).prop_map(|(key, precondition)| Command::Delete { key, precondition }),
+            2 => (key.clone(), delta).prop_map(|(key, delta)| Command::Increment { key, delta }),
+            1 => (key, value, 0u64..12).prop_map(|(key, suffix, max_value_bytes)| Command::Append { key, suffix, max_value_bytes }),
         ]
     }
 
@@ -1125,18 +1402,58 @@ mod tests {
                 prop_assert_eq!(store.applied_index(), *index);
                 assert_invariants(&store);
                 match outcome {
-                    ApplyOutcome::Put { version, mod_revision, created } => {
+                    ApplyOutcome::Put { version, mod_revision, created, previous } => {
                         let Entry::Command(command) = entry else { panic!("put from {entry:?}") };
                         let kv = store.get(command.key()).expect("put key exists");
                         prop_assert_eq!((kv.version, kv.mod_revision), (version, mod_revision));
                         prop_assert_eq!(mod_revision, *index);
                         prop_assert_eq!(created, before.get(command.key()).is_none());
+                        prop_assert_eq!(previous.as_ref(), before.get(command.key()));
                     }
-                    ApplyOutcome::Deleted { mod_revision_of_deleted } => {
+                    ApplyOutcome::Deleted { previous } => {
                         let Entry::Command(command) = entry else { panic!("delete from {entry:?}") };
                         prop_assert_eq!(store.get(command.key()), None);
-                        prop_assert_eq!(before.get(command.key()).map(|kv| kv.mod_revision), Some(mod_revision_of_deleted));
+                        prop_assert_eq!(before.get(command.key()), Some(&previous));
                         prop_assert_eq!(store.len() + 1, before.len());
+                    }
+                    ApplyOutcome::Incremented { value, version, mod_revision } => {
+                        let Entry::Command(Command::Increment { key, delta }) = entry else { panic!("increment from {entry:?}") };
+                        let old = before.get(key).map_or(Some(0), |kv| parse_integer(&kv.value));
+                        prop_assert_eq!(old.and_then(|old| old.checked_add(*delta)), Some(value));
+                        let kv = store.get(key).expect("incremented key exists");
+                        prop_assert_eq!(parse_integer(&kv.value), Some(value));
+                        prop_assert_eq!((kv.version, kv.mod_revision), (version, mod_revision));
+                        prop_assert_eq!(mod_revision, *index);
+                    }
+                    ApplyOutcome::Appended { len, version, mod_revision } => {
+                        let Entry::Command(Command::Append { key, suffix, max_value_bytes }) = entry else { panic!("append from {entry:?}") };
+                        let old = before.get(key).map_or(Bytes::new(), |kv| kv.value.clone());
+                        let kv = store.get(key).expect("appended key exists");
+                        prop_assert_eq!(&kv.value[..old.len()], &old[..]);
+                        prop_assert_eq!(&kv.value[old.len()..], &suffix[..]);
+                        prop_assert_eq!(kv.value.len() as u64, len);
+                        prop_assert!(len <= *max_value_bytes);
+                        prop_assert_eq!((kv.version, kv.mod_revision), (version, mod_revision));
+                    }
+                    ApplyOutcome::Refused(refusal) => {
+                        prop_assert!(store.iter().eq(before.iter()), "refused ({refusal}) yet changed");
+                        let Entry::Command(command) = entry else { panic!("refusal from {entry:?}") };
+                        let old = before.get(command.key()).map(|kv| kv.value.clone());
+                        match (command, refusal) {
+                            (Command::Increment { .. }, Refusal::NotAnInteger) => {
+                                prop_assert!(old.is_some_and(|v| parse_integer(&v).is_none()));
+                            }
+                            (Command::Increment { delta, .. }, Refusal::Overflow) => {
+                                let old = old.map_or(Some(0), |v| parse_integer(&v));
+                                prop_assert_eq!(old.map(|old| old.checked_add(*delta)), Some(None));
+                            }
+                            (Command::Append { suffix, max_value_bytes, .. }, Refusal::TooLarge { len, max }) => {
+                                prop_assert_eq!(len, old.map_or(0, |v| v.len()) as u64 + suffix.len() as u64);
+                                prop_assert_eq!(max, *max_value_bytes);
+                                prop_assert!(len > max);
+                            }
+                            other => prop_assert!(false, "unexpected refusal {other:?}"),
+                        }
                     }
                     ApplyOutcome::NotFound
                     | ApplyOutcome::PreconditionFailed { .. }

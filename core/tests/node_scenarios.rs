@@ -262,6 +262,7 @@ fn put(key: &str, value: &str) -> ClientRequest {
         key: Bytes::from(key.to_string()),
         value: Bytes::from(value.to_string()),
         precondition: Precondition::None,
+        return_previous: false,
     }
 }
 

@@ -517,16 +517,23 @@ impl Sim {
                 let response = Response::Put {
                     version,
                     mod_revision,
+                    previous: None,
                 };
                 ("put-ok", Outcome::Ok(response))
             }
-            Reply::Done(Ok(ClientResponse::Deleted { revision })) => {
+            Reply::Done(Ok(ClientResponse::Deleted { revision, .. })) => {
                 if !matches!(request, ClientRequest::Delete { .. }) {
                     self.fail("delete reply to non-delete".into())
                 }
                 let p = ringkv_core::ring::partition_of(&key, PARTITIONS);
                 self.acked.push((p, revision, key.clone(), None));
-                ("delete-ok", Outcome::Ok(Response::Deleted { revision }))
+                (
+                    "delete-ok",
+                    Outcome::Ok(Response::Deleted {
+                        revision,
+                        previous: None,
+                    }),
+                )
             }
             Reply::Done(Ok(ClientResponse::Value(kv))) => {
                 let value = kv.map(|kv| ValueVersion {
@@ -554,6 +561,9 @@ impl Sim {
             Reply::Done(Err(e @ ClientError::NoLeader { .. })) => ("no-leader", not_applied(e)),
             Reply::Done(Err(e @ ClientError::Dropped)) => ("dropped", not_applied(e)),
             Reply::Done(Err(e @ ClientError::Timeout)) => ("timeout", not_applied(e)),
+            Reply::Done(Ok(other)) => {
+                self.fail(format!("this workload sends no request answered {other:?}"))
+            }
             Reply::Done(Err(e)) => self.fail(format!("unexpected error {e}")),
         };
         // What this client learns of the key's revision, for its next
@@ -631,15 +641,18 @@ impl Sim {
                 key,
                 value,
                 precondition: conditional,
+                return_previous: false,
             },
             4 => ClientRequest::Put {
                 key,
                 value,
                 precondition: Precondition::MustNotExist,
+                return_previous: false,
             },
             5 => ClientRequest::Delete {
                 key,
                 precondition: conditional,
+                return_previous: false,
             },
             6 => ClientRequest::Get {
                 key,
@@ -1178,6 +1191,7 @@ impl Sim {
                     key: Bytes::from_static(k.as_bytes()),
                     value: Bytes::from_static(b"final"),
                     precondition: Precondition::None,
+                    return_previous: false,
                 },
             );
         }

@@ -119,6 +119,7 @@ async fn undecodable_peer_frames_are_dropped_and_counted() {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"v"),
             precondition: Default::default(),
+            return_previous: false,
         })
         .await;
     assert!(
@@ -210,6 +211,7 @@ async fn an_oversized_frame_closes_its_stream_with_the_reason() {
             key: Bytes::from_static(b"k"),
             value: Bytes::from_static(b"v"),
             precondition: Default::default(),
+            return_previous: false,
         })
         .await;
     assert!(put.is_ok(), "the node keeps serving: {put:?}");

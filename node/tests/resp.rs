@@ -172,8 +172,9 @@ fn a_redis_client_reads_and_writes_through_any_node() {
     assert_eq!(s1, s2);
 
     // Refusals, each with its reason; the connection stays usable.
-    let e = redis::cmd("INCR")
+    let e = redis::cmd("EXPIRE")
         .arg("n")
+        .arg(10)
         .query::<i64>(&mut a)
         .expect_err("not yet");
     assert!(e.to_string().contains("not supported yet"), "{e}");
@@ -219,6 +220,120 @@ fn a_redis_client_reads_and_writes_through_any_node() {
             let want: Vec<String> = resp.iter().map(ToString::to_string).collect();
             (listed == want).then_some(())
         },
+    );
+}
+
+/// INCR and its kin, APPEND, GETSET, GETDEL and SET ... GET answer as Redis
+/// does, with Redis's errors; and increments from many connections through
+/// every node are atomic: none is lost.
+#[test]
+fn read_modify_writes_answer_as_redis_and_are_atomic() {
+    let (_c, resp) = cluster();
+    let mut a = connect(resp[0]);
+    let mut b = connect(resp[1]);
+    let int = |con: &mut redis::Connection, cmd: &redis::Cmd| -> i64 {
+        retrying(con, cmd).expect("integer reply")
+    };
+    let text = |con: &mut redis::Connection, cmd: &redis::Cmd| -> Option<String> {
+        retrying(con, cmd).expect("bulk reply")
+    };
+    assert_eq!(int(&mut a, redis::cmd("INCR").arg("n")), 1);
+    assert_eq!(int(&mut b, redis::cmd("INCRBY").arg("n").arg(41)), 42);
+    assert_eq!(int(&mut a, redis::cmd("DECR").arg("n")), 41);
+    assert_eq!(int(&mut b, redis::cmd("DECRBY").arg("n").arg(-9)), 50);
+    assert_eq!(
+        text(&mut a, redis::cmd("GET").arg("n")).as_deref(),
+        Some("50")
+    );
+
+    let () = retrying(&mut a, redis::cmd("SET").arg("s").arg("hello")).expect("set");
+    let e = retrying::<i64>(&mut a, redis::cmd("INCR").arg("s")).expect_err("not a number");
+    assert_eq!(e.code(), Some("ERR"));
+    assert!(
+        e.to_string()
+            .contains("value is not an integer or out of range"),
+        "{e}"
+    );
+    let e = retrying::<i64>(&mut a, redis::cmd("INCRBY").arg("n").arg("1.5")).expect_err("arg");
+    assert!(
+        e.to_string()
+            .contains("value is not an integer or out of range"),
+        "{e}"
+    );
+    let () = retrying(&mut a, redis::cmd("SET").arg("max").arg(i64::MAX)).expect("set");
+    let e = retrying::<i64>(&mut b, redis::cmd("INCR").arg("max")).expect_err("overflow");
+    assert!(
+        e.to_string()
+            .contains("increment or decrement would overflow"),
+        "{e}"
+    );
+    let e = retrying::<i64>(&mut b, redis::cmd("DECRBY").arg("n").arg(i64::MIN))
+        .expect_err("cannot negate");
+    assert!(e.to_string().contains("decrement would overflow"), "{e}");
+
+    assert_eq!(
+        int(&mut a, redis::cmd("APPEND").arg("s").arg(", world")),
+        12
+    );
+    assert_eq!(int(&mut b, redis::cmd("APPEND").arg("new").arg("abc")), 3);
+    assert_eq!(
+        text(&mut b, redis::cmd("GET").arg("s")).as_deref(),
+        Some("hello, world")
+    );
+
+    assert_eq!(
+        text(&mut a, redis::cmd("GETSET").arg("s").arg("bye")).as_deref(),
+        Some("hello, world")
+    );
+    assert_eq!(text(&mut a, redis::cmd("GETSET").arg("g").arg("1")), None);
+    assert_eq!(
+        text(&mut b, redis::cmd("SET").arg("s").arg("again").arg("GET")).as_deref(),
+        Some("bye")
+    );
+    assert_eq!(
+        text(
+            &mut b,
+            redis::cmd("SET")
+                .arg("absent")
+                .arg("x")
+                .arg("XX")
+                .arg("GET")
+        ),
+        None
+    );
+    assert_eq!(text(&mut b, redis::cmd("GET").arg("absent")), None);
+    let e = retrying::<Option<String>>(
+        &mut b,
+        redis::cmd("SET").arg("s").arg("x").arg("NX").arg("GET"),
+    )
+    .expect_err("NX GET");
+    assert!(e.to_string().contains("NX and GET"), "{e}");
+    assert_eq!(
+        text(&mut a, redis::cmd("GETDEL").arg("s")).as_deref(),
+        Some("again")
+    );
+    assert_eq!(text(&mut a, redis::cmd("GETDEL").arg("s")), None);
+    assert_eq!(text(&mut b, redis::cmd("GET").arg("s")), None);
+
+    // Six connections, two per node, 50 increments each, all at once.
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = resp[i % 3];
+            std::thread::spawn(move || {
+                let mut con = connect(addr);
+                for _ in 0..50 {
+                    let _: i64 =
+                        retrying(&mut con, redis::cmd("INCR").arg("{c}.hits")).expect("incr");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("incrementing thread");
+    }
+    assert_eq!(
+        text(&mut a, redis::cmd("GET").arg("{c}.hits")).as_deref(),
+        Some("300")
     );
 }
 

@@ -24,6 +24,16 @@
 //! Either way a damaged value (a flipped byte, a cut tail) reads back as a
 //! value nobody wrote, which the checkers reject. So histories stay small and readable,
 //! and a byte lost or misplaced anywhere in a megabyte is still caught.
+//!
+//! **Read-modify-writes** ([`ClientConfig::read_modify_writes`]): the first
+//! [`READ_MODIFY_WRITE_KEYS`] keys take reads, increments, appends (of a
+//! unique suffix), puts of unique integers (so that increments find
+//! numbers), and puts and deletes that answer the key's previous value
+//! (GETSET, GETDEL); the other keys take the usual mix. Apart because the
+//! checker cannot merge unknown puts on a key whose values later writes
+//! read, so a mix of many unknown puts and increments on one key makes its
+//! search exponential. Not with large values: an appended large value is no
+//! longer in compact form.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,6 +52,10 @@ use ringkv_core::check::history::{
     ClientId, Consistency, FailReason, History, HistoryError, Outcome, Precondition, Recorder,
     Request, Response, Time, ValueVersion,
 };
+
+/// How many keys (the first of the list) take read-modify-writes when a
+/// run has them.
+pub const READ_MODIFY_WRITE_KEYS: usize = 2;
 
 /// The recorder all clients of a run share.
 pub type SharedRecorder = Arc<Mutex<Recorder>>;
@@ -64,6 +78,10 @@ pub struct ClientConfig {
     pub max_think: Duration,
     /// Whether some puts carry large values, and how large.
     pub large_values: Option<LargeValues>,
+    /// Whether the first [`READ_MODIFY_WRITE_KEYS`] keys take increments,
+    /// appends and writes that answer the previous value (see the module
+    /// doc).
+    pub read_modify_writes: bool,
 }
 
 /// Puts with large values: each put is large with probability `fraction`;
@@ -90,6 +108,7 @@ impl ClientConfig {
             op_timeout: Duration::from_secs(3),
             max_think: Duration::from_millis(200),
             large_values: None,
+            read_modify_writes: false,
         }
     }
 }
@@ -204,25 +223,21 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
                 key,
                 consistency: consistency_to_proto(consistency) as i32,
             };
-            timeout_at(deadline, kv.get(req)).await.map(|r| {
-                r.map(|resp| {
-                    Response::Value(resp.into_inner().kv.map(|kv| ValueVersion {
-                        value: compact(kv.value),
-                        version: kv.version,
-                        mod_revision: kv.mod_revision,
-                    }))
-                })
-            })
+            timeout_at(deadline, kv.get(req))
+                .await
+                .map(|r| r.map(|resp| Response::Value(resp.into_inner().kv.map(value_version))))
         }
         Request::Put {
             key,
             value,
             precondition,
+            return_previous,
         } => {
             let req = pb::PutRequest {
                 key,
                 value: expand(&value),
                 precondition: precondition_to_proto(&precondition),
+                return_previous,
             };
             timeout_at(deadline, kv.put(req)).await.map(|r| {
                 r.map(|resp| {
@@ -230,18 +245,54 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
                     Response::Put {
                         version: resp.version,
                         mod_revision: resp.mod_revision,
+                        previous: resp.previous.map(value_version),
                     }
                 })
             })
         }
-        Request::Delete { key, precondition } => {
+        Request::Delete {
+            key,
+            precondition,
+            return_previous,
+        } => {
             let req = pb::DeleteRequest {
                 key,
                 precondition: precondition_to_proto(&precondition),
+                return_previous,
             };
             timeout_at(deadline, kv.delete(req)).await.map(|r| {
-                r.map(|resp| Response::Deleted {
-                    revision: resp.into_inner().revision,
+                r.map(|resp| {
+                    let resp = resp.into_inner();
+                    Response::Deleted {
+                        revision: resp.revision,
+                        previous: resp.previous.map(value_version),
+                    }
+                })
+            })
+        }
+        Request::Increment { key, delta } => {
+            let req = pb::IncrementRequest { key, delta };
+            timeout_at(deadline, kv.increment(req)).await.map(|r| {
+                r.map(|resp| {
+                    let resp = resp.into_inner();
+                    Response::Incremented {
+                        value: resp.value,
+                        version: resp.version,
+                        mod_revision: resp.mod_revision,
+                    }
+                })
+            })
+        }
+        Request::Append { key, suffix } => {
+            let req = pb::AppendRequest { key, suffix };
+            timeout_at(deadline, kv.append(req)).await.map(|r| {
+                r.map(|resp| {
+                    let resp = resp.into_inner();
+                    Response::Appended {
+                        len: resp.len,
+                        version: resp.version,
+                        mod_revision: resp.mod_revision,
+                    }
                 })
             })
         }
@@ -252,6 +303,15 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
         // The client gave up; the request may still be in flight.
         Err(_) if is_write => Outcome::Unknown,
         Err(_) => not_applied("client deadline".to_owned()),
+    }
+}
+
+/// A key's state as the history records it (values in compact form).
+fn value_version(kv: pb::KeyValue) -> ValueVersion {
+    ValueVersion {
+        value: compact(kv.value),
+        version: kv.version,
+        mod_revision: kv.mod_revision,
     }
 }
 
@@ -332,6 +392,8 @@ pub fn outcome_of(request: &Request, status: &tonic::Status) -> Outcome {
         Some("not_found") if matches!(request, Request::Delete { .. }) => {
             Outcome::Fail(FailReason::NotFound)
         }
+        Some("not_an_integer") => Outcome::Fail(FailReason::NotAnInteger),
+        Some("increment_overflow") => Outcome::Fail(FailReason::Overflow),
         Some("precondition_failed") => Outcome::Fail(FailReason::PreconditionFailed {
             current_mod_revision: status
                 .metadata()
@@ -446,15 +508,20 @@ pub async fn run_client(config: ClientConfig, recorder: SharedRecorder) -> Clien
                 (key, get)
             }
             None => {
-                let key = config.keys[rng.random_range(0..config.keys.len())].clone();
-                let request = pick_request(
-                    &mut rng,
-                    config.client,
-                    config.large_values,
-                    &mut n,
-                    key.clone(),
-                    &seen,
-                );
+                let index = rng.random_range(0..config.keys.len());
+                let key = config.keys[index].clone();
+                let request = if config.read_modify_writes && index < READ_MODIFY_WRITE_KEYS {
+                    pick_read_modify_write(&mut rng, config.client, &mut n, key.clone())
+                } else {
+                    pick_request(
+                        &mut rng,
+                        config.client,
+                        config.large_values,
+                        &mut n,
+                        key.clone(),
+                        &seen,
+                    )
+                };
                 (key, request)
             }
         };
@@ -475,7 +542,11 @@ pub async fn run_client(config: ClientConfig, recorder: SharedRecorder) -> Clien
             Outcome::Ok(Response::Value(Some(vv))) => {
                 seen.insert(key, vv.mod_revision);
             }
-            Outcome::Ok(Response::Put { mod_revision, .. })
+            Outcome::Ok(
+                Response::Put { mod_revision, .. }
+                | Response::Incremented { mod_revision, .. }
+                | Response::Appended { mod_revision, .. },
+            )
             | Outcome::Fail(FailReason::PreconditionFailed {
                 current_mod_revision: Some(mod_revision),
             }) => {
@@ -501,6 +572,58 @@ pub async fn run_client(config: ClientConfig, recorder: SharedRecorder) -> Clien
         }
     }
     stats
+}
+
+/// For a read-modify-write key: a read, an increment, an append, or a
+/// write that answers the previous value (values stay unique: integers
+/// from the client and its counter).
+fn pick_read_modify_write(
+    rng: &mut ChaCha8Rng,
+    client: ClientId,
+    n: &mut u64,
+    key: Bytes,
+) -> Request {
+    *n += 1;
+    let unique_integer = Bytes::from(format!("{}", u64::from(client) * 1_000_000 + *n));
+    match rng.random_range(0..20u32) {
+        0..5 => Request::Get {
+            key,
+            consistency: Consistency::Linearizable,
+        },
+        5 => Request::Get {
+            key,
+            consistency: Consistency::Lease,
+        },
+        6 => Request::Get {
+            key,
+            consistency: Consistency::Stale,
+        },
+        7..12 => Request::Increment {
+            key,
+            delta: [1, 1, -1, 5][rng.random_range(0..4)],
+        },
+        12 | 13 => Request::Append {
+            key,
+            suffix: Bytes::from(format!("+c{client}-{n}")),
+        },
+        14..18 => Request::Put {
+            key,
+            value: unique_integer,
+            precondition: Precondition::None,
+            return_previous: rng.random_bool(0.5),
+        },
+        18 => Request::Put {
+            key,
+            value: Bytes::from(format!("c{client}-{n}")),
+            precondition: Precondition::None,
+            return_previous: true,
+        },
+        _ => Request::Delete {
+            key,
+            precondition: Precondition::None,
+            return_previous: true,
+        },
+    }
 }
 
 fn pick_request(
@@ -545,6 +668,7 @@ fn pick_request(
             key,
             value: value(),
             precondition: Precondition::None,
+            return_previous: false,
         },
         70..85 => {
             let precondition = match seen.get(&key) {
@@ -555,12 +679,14 @@ fn pick_request(
                 key,
                 value: value(),
                 precondition,
+                return_previous: false,
             }
         }
         85..93 => Request::Put {
             key,
             value: value(),
             precondition: Precondition::MustExist,
+            return_previous: false,
         },
         // Deletes are few: an unconditional one hides any number of earlier
         // writes of unknown outcome, which multiplies the checker's search.
@@ -569,7 +695,11 @@ fn pick_request(
                 Some(&r) if rng.random_bool(0.3) => Precondition::ModRevision(r),
                 _ => Precondition::None,
             };
-            Request::Delete { key, precondition }
+            Request::Delete {
+                key,
+                precondition,
+                return_previous: false,
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ async fn put(via: NodeId, key: &str) {
                 key: Bytes::copy_from_slice(key.as_bytes()),
                 value: Bytes::from_static(b"v"),
                 precondition: None,
+                return_previous: false,
             };
             match kv.put(req).await {
                 Ok(_) => return,

@@ -84,6 +84,7 @@ fn put(value: String) -> Request {
         key: Bytes::from_static(KEY),
         value: value.into(),
         precondition: Precondition::None,
+        return_previous: false,
     }
 }
 

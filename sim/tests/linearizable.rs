@@ -349,10 +349,16 @@ async fn run(seed: u64, mode: Mode) {
             fraction: 0.1,
             max_bytes: ringkv_node::config::defaults::MAX_VALUE_BYTES,
         });
+    // Half the runs without large values give two keys increments,
+    // appends, GETSET and GETDEL (an RNG of its own again, for the same
+    // reason).
+    let read_modify_writes = large_values.is_none()
+        && ChaCha8Rng::seed_from_u64(seed ^ 0x0124_C0DE_F00D).random_ratio(1, 2);
     let template = ClientConfig {
         op_timeout: OP_TIMEOUT,
         max_think: Duration::from_millis(200),
         large_values,
+        read_modify_writes,
         ..ClientConfig::new(keys.clone(), start, stop)
     };
     let mut tasks = workload::spawn_clients(&mut cluster, clients, &mut rng, &template, &recorder);
@@ -399,6 +405,7 @@ async fn run(seed: u64, mode: Mode) {
                         key: key.clone(),
                         value: format!("final-{}", key.escape_ascii()).into(),
                         precondition: Precondition::None,
+                        return_previous: false,
                     };
                     ok &= until_ok(&recorder, start, &members, put, recovery_deadline)
                         .await
@@ -556,6 +563,8 @@ async fn run(seed: u64, mode: Mode) {
         clients,
         if large_values.is_some() {
             " (large values)"
+        } else if read_modify_writes {
+            " (read-modify-writes)"
         } else {
             ""
         },

@@ -62,6 +62,7 @@ async fn put(via: NodeId, key: &[u8], value: &[u8]) -> Result<pb::PutResponse, t
                     key: Bytes::copy_from_slice(key),
                     value: Bytes::copy_from_slice(value),
                     precondition: None,
+                    return_previous: false,
                 };
                 kv.put(req).await.map(tonic::Response::into_inner)
             }

@@ -48,10 +48,32 @@ pub struct ValueVersion {
 pub enum Response {
     /// Answer to a get: the key's state, `None` if absent.
     Value(Option<ValueVersion>),
-    /// Answer to a put: the version and revision the write produced.
-    Put { version: u64, mod_revision: u64 },
-    /// Answer to a delete: the revision (log index) of the delete itself.
-    Deleted { revision: u64 },
+    /// Answer to a put: the version and revision the write produced, and,
+    /// if the request asked (`return_previous`), the key just before it
+    /// (`None`: absent; always `None` when not asked).
+    Put {
+        version: u64,
+        mod_revision: u64,
+        previous: Option<ValueVersion>,
+    },
+    /// Answer to a delete: the revision (log index) of the delete itself,
+    /// and, if the request asked, the key as it was deleted.
+    Deleted {
+        revision: u64,
+        previous: Option<ValueVersion>,
+    },
+    /// Answer to an increment: the value it wrote.
+    Incremented {
+        value: i64,
+        version: u64,
+        mod_revision: u64,
+    },
+    /// Answer to an append: the value's length after it.
+    Appended {
+        len: u64,
+        version: u64,
+        mod_revision: u64,
+    },
 }
 
 /// Why a request definitely had no effect.
@@ -62,6 +84,10 @@ pub enum FailReason {
     /// The precondition did not hold when the entry was applied.
     /// `current_mod_revision`: the key's revision then, `None` if absent.
     PreconditionFailed { current_mod_revision: Option<u64> },
+    /// An increment found a value that is not a decimal `i64`.
+    NotAnInteger,
+    /// An increment's sum was out of range.
+    Overflow,
     /// Never applied and never will be: no leader, dropped on leader change,
     /// busy, invalid input, ... The string is for the trace only.
     NotApplied(String),
@@ -186,10 +212,50 @@ impl History {
             }
             let mismatch = |detail| Err(HistoryError::MismatchedResponse { op: r, detail });
             match (&op.request, &op.outcome) {
+                (
+                    Request::Put {
+                        return_previous: false,
+                        ..
+                    },
+                    Outcome::Ok(Response::Put {
+                        previous: Some(_), ..
+                    }),
+                )
+                | (
+                    Request::Delete {
+                        return_previous: false,
+                        ..
+                    },
+                    Outcome::Ok(Response::Deleted {
+                        previous: Some(_), ..
+                    }),
+                ) => return mismatch("a previous value the request did not ask for"),
+                (
+                    Request::Delete {
+                        return_previous: true,
+                        ..
+                    },
+                    Outcome::Ok(Response::Deleted { previous: None, .. }),
+                ) => return mismatch("a delete that asked for the key's value got none"),
                 (Request::Get { .. }, Outcome::Ok(Response::Value(_)))
                 | (Request::Put { .. }, Outcome::Ok(Response::Put { .. }))
-                | (Request::Delete { .. }, Outcome::Ok(Response::Deleted { .. })) => {}
+                | (Request::Delete { .. }, Outcome::Ok(Response::Deleted { .. }))
+                | (Request::Increment { .. }, Outcome::Ok(Response::Incremented { .. }))
+                | (Request::Append { .. }, Outcome::Ok(Response::Appended { .. })) => {}
                 (_, Outcome::Ok(_)) => return mismatch("ok response of another request kind"),
+                (
+                    Request::Increment { .. },
+                    Outcome::Fail(FailReason::NotAnInteger | FailReason::Overflow),
+                ) => {}
+                (_, Outcome::Fail(FailReason::NotAnInteger | FailReason::Overflow)) => {
+                    return mismatch("only an increment fails on the value's number");
+                }
+                (
+                    Request::Increment { .. } | Request::Append { .. },
+                    Outcome::Fail(FailReason::NotFound | FailReason::PreconditionFailed { .. }),
+                ) => {
+                    return mismatch("increments and appends have no precondition");
+                }
                 (Request::Get { .. }, Outcome::Fail(FailReason::NotApplied(_))) => {}
                 (Request::Get { .. }, Outcome::Fail(_)) => {
                     return mismatch("a get fails only as not-applied");
@@ -309,6 +375,10 @@ impl Recorder {
 //   c1 #4 get k2 lease -> ok v17 v1@r12 [1300..1310]
 //   c2 #9 del k2 if-rev=12 -> fail precondition-failed(r13) [1400..1420]
 //   c4 #11 put k1=v20 -> unknown [1500..]
+//   c5 #3 put k2=v9 prev -> ok v2@r15 prev v17 v1@r12 [1600..1610]
+//   c5 #4 del k2 prev -> ok @r16 prev v9 v2@r15 [1611..1620]
+//   c5 #5 incr k3 by=-2 -> ok int=-2 v1@r17 [1621..1630]
+//   c5 #6 append k3 +=x -> ok len=3 v2@r18 [1631..1640]
 
 struct Escaped<'a>(&'a [u8]);
 
@@ -350,15 +420,29 @@ impl fmt::Display for RequestText<'_> {
                 key,
                 value,
                 precondition,
+                return_previous,
             } => write!(
                 f,
-                "put {}={}{}",
+                "put {}={}{}{}",
                 Escaped(key),
                 Escaped(value),
-                PreconditionText(*precondition)
+                PreconditionText(*precondition),
+                if *return_previous { " prev" } else { "" }
             ),
-            Request::Delete { key, precondition } => {
-                write!(f, "del {}{}", Escaped(key), PreconditionText(*precondition))
+            Request::Delete {
+                key,
+                precondition,
+                return_previous,
+            } => write!(
+                f,
+                "del {}{}{}",
+                Escaped(key),
+                PreconditionText(*precondition),
+                if *return_previous { " prev" } else { "" }
+            ),
+            Request::Increment { key, delta } => write!(f, "incr {} by={delta}", Escaped(key)),
+            Request::Append { key, suffix } => {
+                write!(f, "append {} +={}", Escaped(key), Escaped(suffix))
             }
         }
     }
@@ -386,6 +470,8 @@ impl fmt::Display for FailReason {
             FailReason::PreconditionFailed {
                 current_mod_revision: Some(r),
             } => write!(f, "precondition-failed(r{r})"),
+            FailReason::NotAnInteger => f.write_str("not-an-integer"),
+            FailReason::Overflow => f.write_str("overflow"),
             FailReason::NotApplied(reason) => write!(f, "not-applied({reason})"),
         }
     }
@@ -399,10 +485,41 @@ impl fmt::Display for Outcome {
             Outcome::Ok(Response::Put {
                 version,
                 mod_revision,
-            }) => write!(f, "ok v{version}@r{mod_revision}"),
-            Outcome::Ok(Response::Deleted { revision }) => write!(f, "ok @r{revision}"),
+                previous,
+            }) => {
+                write!(f, "ok v{version}@r{mod_revision}")?;
+                PreviousText(previous.as_ref()).fmt(f)
+            }
+            Outcome::Ok(Response::Deleted { revision, previous }) => {
+                write!(f, "ok @r{revision}")?;
+                PreviousText(previous.as_ref()).fmt(f)
+            }
+            Outcome::Ok(Response::Incremented {
+                value,
+                version,
+                mod_revision,
+            }) => write!(f, "ok int={value} v{version}@r{mod_revision}"),
+            Outcome::Ok(Response::Appended {
+                len,
+                version,
+                mod_revision,
+            }) => write!(f, "ok len={len} v{version}@r{mod_revision}"),
             Outcome::Fail(reason) => write!(f, "fail {reason}"),
             Outcome::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// ` prev <value> v<version>@r<revision>` for a previous value that was
+/// answered, nothing otherwise. A put that asked and found the key absent
+/// prints nothing either: its request says it asked.
+struct PreviousText<'a>(Option<&'a ValueVersion>);
+
+impl fmt::Display for PreviousText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(vv) => write!(f, " prev {vv}"),
+            None => Ok(()),
         }
     }
 }
@@ -482,6 +599,15 @@ fn parse_request(words: &[&str]) -> Result<Request, String> {
             },
         })
     };
+    let previous = |rest: &[&str]| -> Result<(Precondition, bool), String> {
+        match rest {
+            [] => Ok((Precondition::None, false)),
+            ["prev"] => Ok((Precondition::None, true)),
+            [p] => Ok((precondition(Some(p))?, false)),
+            [p, "prev"] => Ok((precondition(Some(p))?, true)),
+            _ => Err(format!("cannot parse `{}`", rest.join(" "))),
+        }
+    };
     match words {
         ["get", key, rest @ ..] => {
             let consistency = match rest {
@@ -495,19 +621,33 @@ fn parse_request(words: &[&str]) -> Result<Request, String> {
                 consistency,
             })
         }
-        ["put", assignment, rest @ ..] if rest.len() <= 1 => {
+        ["put", assignment, rest @ ..] => {
             let (key, value) = assignment
                 .split_once('=')
                 .ok_or("expected `put <key>=<value>`")?;
+            let (precondition, return_previous) = previous(rest)?;
             Ok(Request::Put {
                 key: bytes(key),
                 value: bytes(value),
-                precondition: precondition(rest.first())?,
+                precondition,
+                return_previous,
             })
         }
-        ["del", key, rest @ ..] if rest.len() <= 1 => Ok(Request::Delete {
+        ["del", key, rest @ ..] => {
+            let (precondition, return_previous) = previous(rest)?;
+            Ok(Request::Delete {
+                key: bytes(key),
+                precondition,
+                return_previous,
+            })
+        }
+        ["incr", key, by] => Ok(Request::Increment {
             key: bytes(key),
-            precondition: precondition(rest.first())?,
+            delta: number(by.strip_prefix("by="), "`by=<delta>`")?,
+        }),
+        ["append", key, suffix] => Ok(Request::Append {
+            key: bytes(key),
+            suffix: bytes(suffix.strip_prefix("+=").ok_or("expected `+=<suffix>`")?),
         }),
         _ => Err(format!("cannot parse request `{}`", words.join(" "))),
     }
@@ -532,6 +672,8 @@ fn parse_outcome(text: &str) -> Result<Outcome, String> {
     if let Some(reason) = text.strip_prefix("fail ") {
         let reason = match reason {
             "not-found" => FailReason::NotFound,
+            "not-an-integer" => FailReason::NotAnInteger,
+            "overflow" => FailReason::Overflow,
             "precondition-failed(absent)" => FailReason::PreconditionFailed {
                 current_mod_revision: None,
             },
@@ -556,16 +698,54 @@ fn parse_outcome(text: &str) -> Result<Outcome, String> {
         return Ok(Outcome::Fail(reason));
     }
     let words: Vec<&str> = text.split_whitespace().collect();
+    let value_at = |value: &str, at: &str| -> Result<ValueVersion, String> {
+        let (version, mod_revision) = parse_version_at(at)?;
+        Ok(ValueVersion {
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            version,
+            mod_revision,
+        })
+    };
+    let previous = |rest: &[&str]| -> Result<Option<ValueVersion>, String> {
+        match rest {
+            [] => Ok(None),
+            ["prev", value, at] => Ok(Some(value_at(value, at)?)),
+            _ => Err(format!(
+                "expected ` prev <value> <version>`, got `{}`",
+                rest.join(" ")
+            )),
+        }
+    };
     let response = match words.as_slice() {
         ["ok", "none"] => Response::Value(None),
-        ["ok", deleted] if deleted.starts_with("@r") => Response::Deleted {
+        ["ok", deleted, rest @ ..] if deleted.starts_with("@r") => Response::Deleted {
             revision: number(deleted.strip_prefix("@r"), "revision")?,
+            previous: previous(rest)?,
         },
-        ["ok", put] => {
+        ["ok", int, at] if int.starts_with("int=") => {
+            let (version, mod_revision) = parse_version_at(at)?;
+            Response::Incremented {
+                value: number(int.strip_prefix("int="), "integer")?,
+                version,
+                mod_revision,
+            }
+        }
+        ["ok", len, at] if len.starts_with("len=") => {
+            let (version, mod_revision) = parse_version_at(at)?;
+            Response::Appended {
+                len: number(len.strip_prefix("len="), "length")?,
+                version,
+                mod_revision,
+            }
+        }
+        ["ok", put, rest @ ..]
+            if put.starts_with('v') && (rest.is_empty() || rest[0] == "prev") =>
+        {
             let (version, mod_revision) = parse_version_at(put)?;
             Response::Put {
                 version,
                 mod_revision,
+                previous: previous(rest)?,
             }
         }
         ["ok", value, at] => {
@@ -595,16 +775,28 @@ c2 #11 del k2 if-exists -> fail not-found [1431..1440]
 c2 #12 put k2=v20 if-rev=3 -> fail precondition-failed(absent) [1441..1450]
 c4 #11 put k1=v21 -> fail not-applied(no leader) [1451..1460]
 c4 #12 put k1=v22 -> unknown [1500..]
+c5 #3 put k2=v9 prev -> ok v2@r15 prev v17 v1@r12 [1600..1610]
+c5 #4 put k3=v10 if-absent prev -> ok v1@r16 [1611..1615]
+c5 #5 del k2 prev -> ok @r17 prev v9 v2@r15 [1616..1620]
+c5 #6 incr k3 by=-2 -> fail not-an-integer [1621..1630]
+c5 #7 incr k4 by=-2 -> ok int=-2 v1@r18 [1631..1640]
+c5 #8 append k4 +=x -> ok len=3 v2@r19 [1641..1650]
 ";
 
     #[test]
     fn trace_form_round_trips() {
         let history = History::from_trace(TRACE).unwrap();
-        assert_eq!(history.len(), 9);
+        assert_eq!(history.len(), 15);
         assert_eq!(history.to_string(), TRACE);
         assert_eq!(
             history.keys(),
-            vec![Bytes::from("k1"), Bytes::from("k2"), Bytes::from("k9")]
+            vec![
+                Bytes::from("k1"),
+                Bytes::from("k2"),
+                Bytes::from("k3"),
+                Bytes::from("k4"),
+                Bytes::from("k9")
+            ]
         );
     }
 
@@ -632,6 +824,18 @@ c4 #12 put k1=v22 -> unknown [1500..]
             HistoryError::MismatchedResponse { .. }
         ));
         assert!(matches!(
+            err("c1 #1 put k=a -> ok v1@r1 prev b v1@r1 [5..6]"),
+            HistoryError::MismatchedResponse { .. }
+        ));
+        assert!(matches!(
+            err("c1 #1 append k +=a -> fail not-an-integer [5..6]"),
+            HistoryError::MismatchedResponse { .. }
+        ));
+        assert!(matches!(
+            err("c1 #1 incr k by=1 -> ok len=1 v1@r1 [5..6]"),
+            HistoryError::MismatchedResponse { .. }
+        ));
+        assert!(matches!(
             err("c1 #1 frobnicate k -> ok none [5..6]"),
             HistoryError::Trace { line: 1, .. }
         ));
@@ -641,15 +845,7 @@ c4 #12 put k1=v22 -> unknown [1500..]
     fn recorder_marks_pending_ops_unknown() {
         let mut recorder = Recorder::new();
         let key = Bytes::from("k");
-        let put = recorder.invoke(
-            1,
-            10,
-            Request::Put {
-                key: key.clone(),
-                value: Bytes::from("a"),
-                precondition: Precondition::None,
-            },
-        );
+        let put = recorder.invoke(1, 10, Request::put(key.clone(), "a"));
         let get = recorder.invoke(
             2,
             11,

@@ -15,6 +15,13 @@
 //! on a value whose revision is (or, when nothing has revealed it yet, can
 //! consistently be) `r`. Every key starts absent.
 //!
+//! **Read-modify-writes.** An increment and an append compute their value
+//! from the current one, exactly (the model reads the interned value back as
+//! bytes; new values are interned as the search makes them). A put or delete
+//! that answered the key's previous state reads it, as a get would, in the
+//! same step. An increment refused as `NotAnInteger` or `Overflow` reads that
+//! the current value is no integer, or one whose sum is out of range.
+//!
 //! **Which operations.** Writes that succeeded, writes with unknown outcome
 //! (completion taken as infinity, and they may also never be linearized:
 //! Porcupine's treatment), and successful `Linearizable` and `Lease` reads
@@ -44,7 +51,11 @@
 //! linearization: a linearization that uses a later member `y` at a point
 //! where an earlier member `x` is unused stays valid with `x` and `y`
 //! swapped, because `x` was invoked first and so may take effect wherever `y`
-//! may. `n` members then give `n + 1` choices instead of `2^n`. On failure the report shows the
+//! may. `n` members then give `n + 1` choices instead of `2^n`. Unknown
+//! increments by the same delta form a class too (they have no output and
+//! act alike). On a key with increments or appends, puts form no classes:
+//! what they compute depends on the value an unknown put left, which the
+//! shared value would hide. On failure the report shows the
 //! longest linearizable prefix found, the state after it, and why each
 //! operation that could come next does not fit.
 
@@ -57,6 +68,7 @@ use crate::check::Violation;
 use crate::check::history::{
     Consistency, FailReason, History, Operation, Outcome, Precondition, Request, Response, Time,
 };
+use crate::kv::parse_integer;
 
 const CHECKER: &str = "linearizability";
 
@@ -164,12 +176,15 @@ pub fn check_key(key: &Bytes, ops: &[&Operation], config: &LinearizabilityConfig
             model_ops.push(ModelOp { op, effect });
         }
     }
-    if let Some(violation) = read_of_unwritten_value(key, ops, &model_ops, &values) {
+    let read_modify_writes = model_ops.iter().any(|m| m.effect.computes_value());
+    if read_modify_writes {
+        // Values are not unique per put: an increment may make any number.
+    } else if let Some(violation) = read_of_unwritten_value(key, ops, &model_ops, &values) {
         return KeyVerdict::NotLinearizable(violation);
     }
-    let classes = interchangeable_unknown_writes(&mut model_ops, &mut values);
+    let classes = interchangeable_unknown_writes(&mut model_ops, &mut values, read_modify_writes);
     let mut search = Search::new(&model_ops, classes);
-    match search.run(&model_ops, config.step_budget) {
+    match search.run(&model_ops, config.step_budget, &mut values) {
         SearchResult::Linearizable => KeyVerdict::Linearizable {
             ops: model_ops.len(),
             steps: search.steps,
@@ -179,7 +194,7 @@ pub fn check_key(key: &Bytes, ops: &[&Operation], config: &LinearizabilityConfig
             steps: search.steps,
         },
         SearchResult::NotLinearizable => {
-            KeyVerdict::NotLinearizable(search.explain(key, &model_ops, &values))
+            KeyVerdict::NotLinearizable(search.explain(key, &model_ops, &mut values))
         }
     }
 }
@@ -241,12 +256,31 @@ enum Effect {
         precondition: Precondition,
         /// `(version, mod_revision)` if acknowledged; `None`: outcome unknown.
         produced: Option<(u64, u64)>,
+        /// The state it answered as previous (`Some(None)`: absent), if it
+        /// asked and was acknowledged.
+        saw: Option<Option<Observed>>,
     },
     Delete {
         precondition: Precondition,
         /// The delete's revision if acknowledged; `None`: outcome unknown.
         revision: Option<u64>,
+        /// The state it answered as deleted, if it asked and was acknowledged.
+        saw: Option<Observed>,
     },
+    Increment {
+        delta: i64,
+        /// `(value, version, mod_revision)` if acknowledged.
+        produced: Option<(i64, u64, u64)>,
+    },
+    Append {
+        suffix: Bytes,
+        /// `(len, version, mod_revision)` if acknowledged.
+        produced: Option<(u64, u64, u64)>,
+    },
+    /// An increment found a value that is not an integer.
+    NotAnInteger,
+    /// An increment by `delta` would have overflowed.
+    Overflow { delta: i64 },
     /// Failed precondition: it did not hold on the state, which was absent
     /// (`None`) or at that revision.
     Refused {
@@ -265,34 +299,45 @@ struct Observed {
 }
 
 impl Effect {
+    /// Whether the value it writes depends on the current one.
+    fn computes_value(&self) -> bool {
+        matches!(self, Effect::Increment { .. } | Effect::Append { .. })
+    }
+
     /// `None`: the operation says nothing this checker judges.
     fn of(op: &Operation, values: &mut ValueTable) -> Option<Effect> {
+        let mut observed = |vv: &crate::check::history::ValueVersion| Observed {
+            value: values.intern(&vv.value),
+            version: vv.version,
+            mod_revision: vv.mod_revision,
+        };
         match (&op.request, &op.outcome) {
             (Request::Get { consistency, .. }, Outcome::Ok(Response::Value(read))) => {
                 if *consistency == Consistency::Stale {
                     return None;
                 }
-                Some(Effect::Read(read.as_ref().map(|vv| Observed {
-                    value: values.intern(&vv.value),
-                    version: vv.version,
-                    mod_revision: vv.mod_revision,
-                })))
+                Some(Effect::Read(read.as_ref().map(observed)))
             }
             (Request::Get { .. }, _) => None,
             (
                 Request::Put {
                     value,
                     precondition,
+                    return_previous,
                     ..
                 },
                 outcome,
             ) => {
-                let produced = match outcome {
+                let (produced, saw) = match outcome {
                     Outcome::Ok(Response::Put {
                         version,
                         mod_revision,
-                    }) => Some((*version, *mod_revision)),
-                    Outcome::Unknown => None,
+                        previous,
+                    }) => (
+                        Some((*version, *mod_revision)),
+                        return_previous.then(|| previous.as_ref().map(&mut observed)),
+                    ),
+                    Outcome::Unknown => (None, None),
                     Outcome::Fail(reason) => return Effect::of_failure(*precondition, reason),
                     Outcome::Ok(_) => return None, // refused by `History::new`
                 };
@@ -300,20 +345,56 @@ impl Effect {
                     value: values.intern(value),
                     precondition: *precondition,
                     produced,
+                    saw,
                 })
             }
             (Request::Delete { precondition, .. }, outcome) => {
-                let revision = match outcome {
-                    Outcome::Ok(Response::Deleted { revision }) => Some(*revision),
-                    Outcome::Unknown => None,
+                let (revision, saw) = match outcome {
+                    Outcome::Ok(Response::Deleted { revision, previous }) => {
+                        (Some(*revision), previous.as_ref().map(observed))
+                    }
+                    Outcome::Unknown => (None, None),
                     Outcome::Fail(reason) => return Effect::of_failure(*precondition, reason),
                     Outcome::Ok(_) => return None,
                 };
                 Some(Effect::Delete {
                     precondition: *precondition,
                     revision,
+                    saw,
                 })
             }
+            (Request::Increment { delta, .. }, outcome) => match outcome {
+                Outcome::Ok(Response::Incremented {
+                    value,
+                    version,
+                    mod_revision,
+                }) => Some(Effect::Increment {
+                    delta: *delta,
+                    produced: Some((*value, *version, *mod_revision)),
+                }),
+                Outcome::Unknown => Some(Effect::Increment {
+                    delta: *delta,
+                    produced: None,
+                }),
+                Outcome::Fail(FailReason::NotAnInteger) => Some(Effect::NotAnInteger),
+                Outcome::Fail(FailReason::Overflow) => Some(Effect::Overflow { delta: *delta }),
+                Outcome::Fail(_) | Outcome::Ok(_) => None,
+            },
+            (Request::Append { suffix, .. }, outcome) => match outcome {
+                Outcome::Ok(Response::Appended {
+                    len,
+                    version,
+                    mod_revision,
+                }) => Some(Effect::Append {
+                    suffix: suffix.clone(),
+                    produced: Some((*len, *version, *mod_revision)),
+                }),
+                Outcome::Unknown => Some(Effect::Append {
+                    suffix: suffix.clone(),
+                    produced: None,
+                }),
+                Outcome::Fail(_) | Outcome::Ok(_) => None,
+            },
         }
     }
 
@@ -326,7 +407,7 @@ impl Effect {
                 precondition,
                 current_mod_revision: *current_mod_revision,
             }),
-            FailReason::NotApplied(_) => None,
+            FailReason::NotApplied(_) | FailReason::NotAnInteger | FailReason::Overflow => None,
         }
     }
 }
@@ -388,50 +469,82 @@ impl State {
         }
     }
 
-    /// The state after `effect`, or why `effect` cannot happen now.
-    fn apply(mut self, effect: &Effect) -> Result<State, Misfit> {
+    /// Requires the key to be as a read saw it (`None`: absent).
+    fn read(&mut self, seen: Option<Observed>) -> Result<(), Misfit> {
+        let Some(seen) = seen else {
+            return match self.current {
+                Some(_) => Err("it read absent, but the key exists"),
+                None => Ok(()),
+            };
+        };
+        let current = self
+            .current
+            .ok_or("it read a value, but the key is absent")?;
+        if current.value != seen.value {
+            return Err("it read a different value than the key holds");
+        }
+        if current.version != seen.version {
+            return Err("it read the key's value at a different version");
+        }
+        self.observe_revision(seen.mod_revision)
+    }
+
+    /// The current value read as an increment reads it (absent: 0).
+    fn integer(&self, values: &ValueTable) -> Result<i64, Misfit> {
+        match self.current {
+            None => Ok(0),
+            Some(current) => parse_integer(&values.names[current.value as usize])
+                .ok_or("it needs an integer, but the key holds a value that is not one"),
+        }
+    }
+
+    /// Writes `value` as a write that produced `produced` (`(version,
+    /// revision)` if acknowledged): the next version, a later revision.
+    fn write(&mut self, value: u32, produced: Option<(u64, u64)>) -> Result<(), Misfit> {
+        let version = self.current.map_or(1, |c| c.version + 1);
+        if let Some((acked_version, _)) = produced
+            && acked_version != version
+        {
+            return Err("its version does not follow the key's version");
+        }
+        let mod_revision = self.advance_revision(produced.map(|(_, r)| r))?;
+        self.current = Some(Current {
+            value,
+            version,
+            mod_revision,
+        });
+        Ok(())
+    }
+
+    /// The state after `effect`, or why `effect` cannot happen now. New
+    /// values (an increment's, an append's) are interned in `values`.
+    fn apply(mut self, effect: &Effect, values: &mut ValueTable) -> Result<State, Misfit> {
         match *effect {
-            Effect::Read(None) if self.current.is_some() => {
-                Err("it read absent, but the key exists")
-            }
-            Effect::Read(None) => Ok(self),
-            Effect::Read(Some(seen)) => {
-                let current = self
-                    .current
-                    .ok_or("it read a value, but the key is absent")?;
-                if current.value != seen.value {
-                    return Err("it read a different value than the key holds");
-                }
-                if current.version != seen.version {
-                    return Err("it read the key's value at a different version");
-                }
-                self.observe_revision(seen.mod_revision)?;
+            Effect::Read(seen) => {
+                self.read(seen)?;
                 Ok(self)
             }
             Effect::Put {
                 value,
                 precondition,
                 produced,
+                saw,
             } => {
-                self.require(precondition)?;
-                let version = self.current.map_or(1, |c| c.version + 1);
-                if let Some((acked_version, _)) = produced
-                    && acked_version != version
-                {
-                    return Err("its version does not follow the key's version");
+                if let Some(seen) = saw {
+                    self.read(seen)?;
                 }
-                let mod_revision = self.advance_revision(produced.map(|(_, r)| r))?;
-                self.current = Some(Current {
-                    value,
-                    version,
-                    mod_revision,
-                });
+                self.require(precondition)?;
+                self.write(value, produced)?;
                 Ok(self)
             }
             Effect::Delete {
                 precondition,
                 revision,
+                saw,
             } => {
+                if let Some(seen) = saw {
+                    self.read(Some(seen))?;
+                }
                 self.require(precondition)?;
                 if self.current.is_none() {
                     return Err("it deleted the key, but the key is absent");
@@ -469,6 +582,51 @@ impl State {
                 }
                 Ok(self)
             }
+            Effect::Increment { delta, produced } => {
+                let sum = self
+                    .integer(values)?
+                    .checked_add(delta)
+                    .ok_or("its sum overflows on the key's value")?;
+                if let Some((acked, _, _)) = produced
+                    && acked != sum
+                {
+                    return Err("it answered a sum other than the key's value plus its delta");
+                }
+                let value = values.intern(&Bytes::from(sum.to_string()));
+                self.write(value, produced.map(|(_, v, r)| (v, r)))?;
+                Ok(self)
+            }
+            Effect::Append {
+                ref suffix,
+                produced,
+            } => {
+                let old = match self.current {
+                    Some(current) => values.names[current.value as usize].clone(),
+                    None => Bytes::new(),
+                };
+                let len = (old.len() + suffix.len()) as u64;
+                if let Some((acked, _, _)) = produced
+                    && acked != len
+                {
+                    return Err(
+                        "it answered a length other than the key's value's plus its suffix",
+                    );
+                }
+                let mut appended = Vec::with_capacity(old.len() + suffix.len());
+                appended.extend_from_slice(&old);
+                appended.extend_from_slice(suffix);
+                let value = values.intern(&Bytes::from(appended));
+                self.write(value, produced.map(|(_, v, r)| (v, r)))?;
+                Ok(self)
+            }
+            Effect::NotAnInteger => match self.integer(values) {
+                Ok(_) => Err("it found no integer, but the key holds one (or is absent)"),
+                Err(_) => Ok(self),
+            },
+            Effect::Overflow { delta } => match self.integer(values)?.checked_add(delta) {
+                Some(_) => Err("it overflowed, but the key's value plus its delta is in range"),
+                None => Ok(self),
+            },
         }
     }
 }
@@ -532,21 +690,41 @@ fn read_of_unwritten_value(
     })
 }
 
+/// A class of interchangeable unknown writes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum WriteClass {
+    Put(Precondition),
+    Delete(Precondition),
+    Increment(i64),
+}
+
 /// Groups the unknown writes that act alike on every state (see the module
-/// doc) and gives the puts among them one shared value. Returns, for each
+/// doc) and gives the puts among them one shared value. When increments or
+/// appends read values (`values_are_read_by_writes`), puts are left out:
+/// the value a put left matters even if no read saw it. Returns, for each
 /// operation, the previous member of its class in invoke order (`NONE` for
 /// the first member and for operations in no class).
-fn interchangeable_unknown_writes(ops: &mut [ModelOp<'_>], values: &mut ValueTable) -> Vec<usize> {
+fn interchangeable_unknown_writes(
+    ops: &mut [ModelOp<'_>],
+    values: &mut ValueTable,
+    values_are_read_by_writes: bool,
+) -> Vec<usize> {
     let observed: HashSet<u32> = ops
         .iter()
         .filter_map(|m| match m.effect {
-            Effect::Read(Some(seen)) => Some(seen.value),
+            Effect::Read(Some(seen))
+            | Effect::Put {
+                saw: Some(Some(seen)),
+                ..
+            }
+            | Effect::Delete {
+                saw: Some(seen), ..
+            } => Some(seen.value),
             _ => None,
         })
         .collect();
     let unread = values.unread();
-    // class key: (is a delete, precondition) -> last member so far
-    let mut last_member: HashMap<(bool, Precondition), usize> = HashMap::new();
+    let mut last_member: HashMap<WriteClass, usize> = HashMap::new();
     let mut previous = vec![NONE; ops.len()];
     let mut by_invoke: Vec<usize> = (0..ops.len()).collect();
     by_invoke.sort_by_key(|&i| (ops[i].op.invoke, i));
@@ -556,14 +734,20 @@ fn interchangeable_unknown_writes(ops: &mut [ModelOp<'_>], values: &mut ValueTab
                 value,
                 precondition,
                 produced: None,
-            } if !observed.contains(value) => {
+                ..
+            } if !observed.contains(value) && !values_are_read_by_writes => {
                 *value = unread;
-                (false, *precondition)
+                WriteClass::Put(*precondition)
             }
             Effect::Delete {
                 precondition,
                 revision: None,
-            } => (true, *precondition),
+                ..
+            } => WriteClass::Delete(*precondition),
+            Effect::Increment {
+                delta,
+                produced: None,
+            } => WriteClass::Increment(*delta),
             _ => continue,
         };
         if let Some(before) = last_member.insert(class, i) {
@@ -708,7 +892,7 @@ impl Search {
         self.relink(call);
     }
 
-    fn run(&mut self, ops: &[ModelOp<'_>], budget: u64) -> SearchResult {
+    fn run(&mut self, ops: &[ModelOp<'_>], budget: u64, values: &mut ValueTable) -> SearchResult {
         let mut state = State::default();
         let mut linearized = Bitset::new(ops.len());
         let mut explored: HashSet<(Bitset, State)> = HashSet::new();
@@ -730,7 +914,7 @@ impl Search {
                 earlier => linearized.get(earlier),
             };
             if is_call && class_turn {
-                if let Ok(after) = state.apply(&ops[op].effect) {
+                if let Ok(after) = state.apply(&ops[op].effect, values) {
                     linearized.set(op);
                     if explored.insert((linearized.clone(), after)) {
                         stack.push((event, state));
@@ -772,7 +956,7 @@ impl Search {
         SearchResult::Linearizable
     }
 
-    fn explain(&self, key: &Bytes, ops: &[ModelOp<'_>], values: &ValueTable) -> Violation {
+    fn explain(&self, key: &Bytes, ops: &[ModelOp<'_>], values: &mut ValueTable) -> Violation {
         let (prefix, state) = &self.best;
         let mut done = vec![false; ops.len()];
         for &op in prefix {
@@ -812,7 +996,7 @@ impl Search {
         let _ = writeln!(text, "after which the key {}.", describe(state, values));
         text.push_str("None of the operations that may come next fits:\n");
         for &op in &next {
-            let why = match state.apply(&ops[op].effect) {
+            let why = match state.apply(&ops[op].effect, values) {
                 Err(misfit) => misfit,
                 Ok(_) => "it fits here, but no continuation from it does",
             };
@@ -882,6 +1066,47 @@ mod tests {
             assert!(text.contains(op), "`{op}` not named in:\n{text}");
         }
         text
+    }
+
+    #[test]
+    fn increments_appends_and_previous_values_are_modelled_exactly() {
+        accepts(
+            "c1 #1 incr n by=1 -> ok int=1 v1@r1 [0..10]
+             c2 #2 incr n by=5 -> ok int=6 v2@r2 [5..15]
+             c3 #3 get n -> ok 6 v2@r2 [16..20]
+             c3 #4 append n +=x -> ok len=2 v3@r3 [21..30]
+             c3 #5 incr n by=1 -> fail not-an-integer [31..40]
+             c3 #6 put n=7 prev -> ok v4@r4 prev 6x v3@r3 [41..50]
+             c1 #7 del n prev -> ok @r5 prev 7 v4@r4 [51..60]
+             c1 #8 incr n by=-1 -> ok int=-1 v1@r6 [61..70]
+             c2 #9 incr n by=1 -> unknown [62..]
+             c2 #10 get n -> ok 0 v2@r7 [80..90]",
+        );
+        // A lost update: two increments that do not overlap both answered 1.
+        rejects(
+            "c1 #1 incr n by=1 -> ok int=1 v1@r1 [0..10]
+             c2 #2 incr n by=1 -> ok int=1 v2@r2 [11..15]",
+            &["c2 #2"],
+        );
+        // GETSET answering a value the key no longer held.
+        rejects(
+            "c1 #1 put n=a -> ok v1@r1 [0..10]
+             c1 #2 put n=b -> ok v2@r2 [11..20]
+             c2 #3 put n=c prev -> ok v3@r3 prev a v1@r1 [21..30]",
+            &["c2 #3"],
+        );
+        // An append that answered a length the value cannot have.
+        rejects(
+            "c1 #1 put s=abc -> ok v1@r1 [0..10]
+             c2 #2 append s +=de -> ok len=4 v2@r2 [11..20]",
+            &["c2 #2"],
+        );
+        // "Not an integer" on a key that holds one.
+        rejects(
+            "c1 #1 put n=12 -> ok v1@r1 [0..10]
+             c2 #2 incr n by=1 -> fail not-an-integer [11..20]",
+            &["c2 #2"],
+        );
     }
 
     #[test]

@@ -196,6 +196,14 @@ mod tests {
             keys: 2,
             unknown_percent: 10,
             not_applied_percent: 5,
+            read_modify_writes: false,
+        }
+    }
+
+    fn sequential_read_modify_writes(ops: usize) -> Workload {
+        Workload {
+            read_modify_writes: true,
+            ..sequential(ops)
         }
     }
 
@@ -258,6 +266,31 @@ mod tests {
         }
 
         #[test]
+        fn sequential_read_modify_write_histories_pass(
+            seed in any::<u64>(),
+            len in 1usize..80,
+        ) {
+            let (history, finals) = generate(&sequential_read_modify_writes(len), seed);
+            let summary = check_all(&history, &finals, &LinearizabilityConfig::default());
+            prop_assert!(summary.passed(), "{summary}\n{history}");
+        }
+
+        #[test]
+        fn one_corrupted_read_among_read_modify_writes_fails_linearizability(
+            seed in any::<u64>(),
+            len in 1usize..80,
+            pick in any::<usize>(),
+            how in any::<u8>(),
+        ) {
+            let (history, _) = generate(&sequential_read_modify_writes(len), seed);
+            let Some(bad) = corrupt_one_read(&history, pick, how) else {
+                return Ok(());
+            };
+            let report = linearizability::check(&bad, &LinearizabilityConfig::default());
+            prop_assert_eq!(report.violations().count(), 1, "{:?}\n{}", report, bad);
+        }
+
+        #[test]
         fn one_corrupted_read_fails_linearizability(
             seed in any::<u64>(),
             len in 1usize..80,
@@ -281,11 +314,18 @@ mod tests {
             keys: 2,
             unknown_percent: 10,
             not_applied_percent: 5,
+            read_modify_writes: false,
         };
-        for seed in 0..20 {
-            let (history, finals) = generate(&workload, seed);
-            let summary = check_all(&history, &finals, &LinearizabilityConfig::default());
-            assert!(summary.passed(), "seed {seed}: {summary}");
+        for read_modify_writes in [false, true] {
+            let workload = Workload {
+                read_modify_writes,
+                ..workload
+            };
+            for seed in 0..20 {
+                let (history, finals) = generate(&workload, seed);
+                let summary = check_all(&history, &finals, &LinearizabilityConfig::default());
+                assert!(summary.passed(), "seed {seed}: {summary}");
+            }
         }
     }
 
@@ -301,6 +341,7 @@ mod tests {
             keys: 3,
             unknown_percent: 3,
             not_applied_percent: 3,
+            read_modify_writes: false,
         };
         let (history, finals) = generate(&workload, 42);
         let summary = check_all(&history, &finals, &LinearizabilityConfig::default());

@@ -18,7 +18,10 @@
 //!   precede A and was invoked no later than F completed.
 //!
 //! These are pairwise conditions, necessary but not sufficient for a legal
-//! order; the full judgement is the linearizability checker's.
+//! order; the full judgement is the linearizability checker's. Increments and
+//! appends count as writes that create the key; a final value that no put
+//! wrote is accepted when an increment or append that did not fail could
+//! have computed it (which one, only the linearizability search can tell).
 
 use std::fmt::Write as _;
 
@@ -108,13 +111,54 @@ pub fn check(history: &History, final_reads: &[FinalRead]) -> Vec<Violation> {
 fn acknowledged(op: &Operation) -> bool {
     matches!(
         op.outcome,
-        Outcome::Ok(Response::Put { .. } | Response::Deleted { .. })
+        Outcome::Ok(
+            Response::Put { .. }
+                | Response::Deleted { .. }
+                | Response::Incremented { .. }
+                | Response::Appended { .. }
+        )
     )
 }
 
 /// Whether `op` certainly took effect before the final read began.
 fn precedes_read(op: &Operation, read: &FinalRead) -> bool {
     op.effect_deadline().is_some_and(|done| done < read.invoke)
+}
+
+/// Why `put` cannot have written the final value: the reason, and the
+/// operations to name.
+type NotExplained<'a> = (&'static str, Vec<&'a Operation>);
+
+/// Whether `put` may have written the value `read` found: it did not fail,
+/// was invoked in time, and no acknowledged write surely came between.
+fn explains_final_value<'a>(
+    put: &'a Operation,
+    read: &FinalRead,
+    writes: &[&'a Operation],
+) -> Result<(), NotExplained<'a>> {
+    if matches!(put.outcome, Outcome::Fail(_)) {
+        return Err((
+            "the final value's put failed: it was never applied",
+            vec![put],
+        ));
+    }
+    if put.invoke > read.complete {
+        return Err((
+            "the final value's put was invoked after the final read completed",
+            vec![put],
+        ));
+    }
+    let overwritten = writes.iter().find(|a| {
+        !std::ptr::eq(**a, put) && acknowledged(a) && put.precedes(a) && precedes_read(a, read)
+    });
+    match overwritten {
+        Some(lost) => Err((
+            "an acknowledged write was lost: it came after the final value's put \
+             and before the final read",
+            vec![lost, put],
+        )),
+        None => Ok(()),
+    }
 }
 
 fn check_key(read: &FinalRead, writes: &[&Operation]) -> Result<(), Violation> {
@@ -132,39 +176,37 @@ fn check_key(read: &FinalRead, writes: &[&Operation]) -> Result<(), Violation> {
     };
     match &read.value {
         Some(value) => {
-            let Some(put) = writes
-                .iter()
-                .find(|w| matches!(&w.request, Request::Put { value: v, .. } if v == value))
-            else {
-                return fail("the final value was never written to this key".into(), &[]);
-            };
-            if matches!(put.outcome, Outcome::Fail(_)) {
-                return fail(
-                    "the final value's put failed: it was never applied".into(),
-                    &[put],
-                );
-            }
-            if put.invoke > read.complete {
-                return fail(
-                    "the final value's put was invoked after the final read completed".into(),
-                    &[put],
-                );
-            }
-            let overwritten = writes.iter().find(|a| {
-                !std::ptr::eq(**a, *put)
-                    && acknowledged(a)
-                    && put.precedes(a)
-                    && precedes_read(a, read)
+            let computed = writes.iter().any(|w| {
+                matches!(
+                    w.request,
+                    Request::Increment { .. } | Request::Append { .. }
+                ) && !matches!(w.outcome, Outcome::Fail(_))
+                    && w.invoke <= read.complete
             });
-            if let Some(lost) = overwritten {
-                return fail(
-                    "an acknowledged write was lost: it came after the final value's put \
-                     and before the final read"
-                        .into(),
-                    &[lost, put],
-                );
+            if computed {
+                return Ok(());
             }
-            Ok(())
+            // Values are unique per put in the simulation's workload, but a
+            // history may repeat one: any put of it may explain the read.
+            let puts: Vec<&Operation> = writes
+                .iter()
+                .copied()
+                .filter(|w| matches!(&w.request, Request::Put { value: v, .. } if v == value))
+                .collect();
+            let mut first_failure = None;
+            for put in puts {
+                let verdict = explains_final_value(put, read, writes);
+                match verdict {
+                    Ok(()) => return Ok(()),
+                    Err(failure) => {
+                        first_failure.get_or_insert(failure);
+                    }
+                }
+            }
+            match first_failure {
+                Some((why, ops)) => fail(why.into(), &ops),
+                None => fail("the final value was never written to this key".into(), &[]),
+            }
         }
         None => {
             let deletes: Vec<&Operation> = writes
@@ -175,8 +217,14 @@ fn check_key(read: &FinalRead, writes: &[&Operation]) -> Result<(), Violation> {
                 .filter(|d| d.invoke <= read.complete)
                 .collect();
             let lost = writes.iter().find(|a| {
-                matches!(a.outcome, Outcome::Ok(Response::Put { .. }))
-                    && precedes_read(a, read)
+                matches!(
+                    a.outcome,
+                    Outcome::Ok(
+                        Response::Put { .. }
+                            | Response::Incremented { .. }
+                            | Response::Appended { .. }
+                    )
+                ) && precedes_read(a, read)
                     && !deletes.iter().any(|d| !d.precedes(a))
             });
             match lost {

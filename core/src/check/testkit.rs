@@ -44,6 +44,10 @@ pub(crate) struct Workload {
     pub unknown_percent: u64,
     /// Percent of writes refused before being proposed.
     pub not_applied_percent: u64,
+    /// Whether some operations are increments, appends, and puts and deletes
+    /// that answer the previous value (a third of the operations; those
+    /// puts write integers, so increments find some).
+    pub read_modify_writes: bool,
 }
 
 struct Planned {
@@ -97,6 +101,28 @@ pub(crate) fn generate(workload: &Workload, seed: u64) -> (History, Vec<FinalRea
             _ => Precondition::ModRevision(cas_revision),
         };
         let request = match rng.below(100) {
+            _ if workload.read_modify_writes && rng.chance(33) => match rng.below(10) {
+                0..=3 => Request::Increment {
+                    key,
+                    delta: [-2, -1, 1, 3, i64::MAX][rng.below(5) as usize],
+                },
+                4 | 5 => Request::Append {
+                    key,
+                    suffix: Bytes::from(format!("+{n}")),
+                },
+                6 | 7 => Request::Put {
+                    key,
+                    // An integer, unique as every put's value is.
+                    value: Bytes::from(format!("{n}")),
+                    precondition,
+                    return_previous: true,
+                },
+                _ => Request::Delete {
+                    key,
+                    precondition,
+                    return_previous: true,
+                },
+            },
             0..=39 => Request::Get {
                 key,
                 consistency: match rng.below(10) {
@@ -109,8 +135,13 @@ pub(crate) fn generate(workload: &Workload, seed: u64) -> (History, Vec<FinalRea
                 key,
                 value: Bytes::from(format!("x{n}")),
                 precondition,
+                return_previous: false,
             },
-            _ => Request::Delete { key, precondition },
+            _ => Request::Delete {
+                key,
+                precondition,
+                return_previous: false,
+            },
         };
         // Other keys of the partition move the revision counter on too.
         index += 1 + rng.below(3);
@@ -131,7 +162,11 @@ pub(crate) fn generate(workload: &Workload, seed: u64) -> (History, Vec<FinalRea
                 }
                 Outcome::Unknown
             }
-            _ => to_outcome(index, store.apply_command(index, &to_command(&request))),
+            _ => to_outcome(
+                &request,
+                index,
+                store.apply_command(index, &to_command(&request)),
+            ),
         };
         ops.push(Operation {
             client: plan.client,
@@ -182,37 +217,91 @@ fn to_command(request: &Request) -> Command {
             key,
             value,
             precondition,
+            ..
         } => Command::Put {
             key: key.clone(),
             value: value.clone(),
             precondition: core(precondition),
         },
-        Request::Delete { key, precondition } => Command::Delete {
+        Request::Delete {
+            key, precondition, ..
+        } => Command::Delete {
             key: key.clone(),
             precondition: core(precondition),
+        },
+        Request::Increment { key, delta } => Command::Increment {
+            key: key.clone(),
+            delta: *delta,
+        },
+        Request::Append { key, suffix } => Command::Append {
+            key: key.clone(),
+            suffix: suffix.clone(),
+            max_value_bytes: u64::MAX,
         },
         Request::Get { .. } => unreachable!("gets are not commands"),
     }
 }
 
-fn to_outcome(index: u64, applied: ApplyOutcome) -> Outcome {
+fn to_outcome(request: &Request, index: u64, applied: ApplyOutcome) -> Outcome {
+    let asked = matches!(
+        request,
+        Request::Put {
+            return_previous: true,
+            ..
+        } | Request::Delete {
+            return_previous: true,
+            ..
+        }
+    );
+    let answered = |kv: crate::kv::KeyValue| ValueVersion {
+        value: kv.value,
+        version: kv.version,
+        mod_revision: kv.mod_revision,
+    };
     match applied {
         ApplyOutcome::Put {
             version,
             mod_revision,
+            previous,
             ..
         } => Outcome::Ok(Response::Put {
             version,
             mod_revision,
+            previous: previous.filter(|_| asked).map(answered),
         }),
-        ApplyOutcome::Deleted { .. } => Outcome::Ok(Response::Deleted { revision: index }),
+        ApplyOutcome::Deleted { previous } => Outcome::Ok(Response::Deleted {
+            revision: index,
+            previous: Some(previous).filter(|_| asked).map(answered),
+        }),
+        ApplyOutcome::Incremented {
+            value,
+            version,
+            mod_revision,
+        } => Outcome::Ok(Response::Incremented {
+            value,
+            version,
+            mod_revision,
+        }),
+        ApplyOutcome::Appended {
+            len,
+            version,
+            mod_revision,
+        } => Outcome::Ok(Response::Appended {
+            len,
+            version,
+            mod_revision,
+        }),
+        ApplyOutcome::Refused(crate::kv::Refusal::NotAnInteger) => {
+            Outcome::Fail(FailReason::NotAnInteger)
+        }
+        ApplyOutcome::Refused(crate::kv::Refusal::Overflow) => Outcome::Fail(FailReason::Overflow),
         ApplyOutcome::NotFound => Outcome::Fail(FailReason::NotFound),
         ApplyOutcome::PreconditionFailed {
             current_mod_revision,
         } => Outcome::Fail(FailReason::PreconditionFailed {
             current_mod_revision,
         }),
-        other => unreachable!("commands built here apply as put or delete, not {other:?}"),
+        other => unreachable!("commands built here never apply as {other:?}"),
     }
 }
 

@@ -61,7 +61,7 @@ use bytes::Bytes;
 
 use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector};
 use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRecord};
-use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition};
+use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition, Refusal};
 use crate::metadata::{ClientAddresses, METADATA_GROUP};
 use crate::placement::planner::PlannerConfig;
 use crate::raft::{
@@ -334,20 +334,29 @@ pub enum ClientRequest {
         key: Bytes,
         consistency: Consistency,
     },
+    /// With `return_previous`, the answer carries the key as it was just
+    /// before the put (GETSET, SET…GET).
     Put {
         key: Bytes,
         value: Bytes,
         precondition: Precondition,
+        return_previous: bool,
     },
+    /// With `return_previous`, the answer carries the deleted key (GETDEL).
     Delete {
         key: Bytes,
         precondition: Precondition,
+        return_previous: bool,
     },
+    /// Adds `delta` to the key's integer value (INCRBY), atomically.
+    Increment { key: Bytes, delta: i64 },
+    /// Appends to the key's value (APPEND), atomically.
+    Append { key: Bytes, suffix: Bytes },
 }
 
 impl ClientRequest {
-    /// Puts and deletes: requests that change state, so a lost answer means
-    /// the outcome is unknown.
+    /// Requests that change state, so a lost answer means the outcome is
+    /// unknown.
     pub fn is_write(&self) -> bool {
         !matches!(self, ClientRequest::Get { .. })
     }
@@ -356,7 +365,28 @@ impl ClientRequest {
         match self {
             ClientRequest::Get { key, .. }
             | ClientRequest::Put { key, .. }
-            | ClientRequest::Delete { key, .. } => key,
+            | ClientRequest::Delete { key, .. }
+            | ClientRequest::Increment { key, .. }
+            | ClientRequest::Append { key, .. } => key,
+        }
+    }
+
+    /// A put without precondition that answers no previous value.
+    pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        ClientRequest::Put {
+            key: key.into(),
+            value: value.into(),
+            precondition: Precondition::None,
+            return_previous: false,
+        }
+    }
+
+    /// A delete without precondition that answers no previous value.
+    pub fn delete(key: impl Into<Bytes>) -> Self {
+        ClientRequest::Delete {
+            key: key.into(),
+            precondition: Precondition::None,
+            return_previous: false,
         }
     }
 }
@@ -364,14 +394,30 @@ impl ClientRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientResponse {
     Value(Option<KeyValue>),
+    /// `previous`: only when the request asked for it, and the key existed.
     Put {
         version: u64,
         mod_revision: u64,
         created: bool,
+        previous: Option<KeyValue>,
     },
-    /// `revision`: the log index of the delete itself.
+    /// `revision`: the log index of the delete itself. `previous`: only when
+    /// the request asked for it.
     Deleted {
         revision: u64,
+        previous: Option<KeyValue>,
+    },
+    /// The value after an increment.
+    Incremented {
+        value: i64,
+        version: u64,
+        mod_revision: u64,
+    },
+    /// The value's length after an append.
+    Appended {
+        len: u64,
+        version: u64,
+        mod_revision: u64,
     },
 }
 
@@ -390,6 +436,10 @@ pub enum ClientError {
         None => "the key does not exist".to_owned(),
     })]
     PreconditionFailed { current_mod_revision: Option<u64> },
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error("increment or decrement would overflow")]
+    IncrementOverflow,
     #[error("partition {partition} has no leader right now; retry shortly")]
     NoLeader { partition: PartitionId },
     #[error("the write was not applied (leadership changed); it is safe to retry")]
@@ -601,6 +651,8 @@ struct Retired {
 struct PendingWrite {
     id: RequestId,
     term: u64,
+    /// The client asked for the key as it was before the write.
+    return_previous: bool,
     deadline: Time,
     /// Bytes of its command (counted in `Node::pending_write_bytes`).
     bytes: usize,
@@ -1172,17 +1224,34 @@ impl Node {
                 key,
                 value,
                 precondition,
+                return_previous,
             } => {
                 let cmd = Command::Put {
                     key,
                     value,
                     precondition,
                 };
-                self.propose(id, p, cmd, deadline, hops);
+                self.propose(id, p, cmd, deadline, hops, return_previous);
             }
-            ClientRequest::Delete { key, precondition } => {
+            ClientRequest::Delete {
+                key,
+                precondition,
+                return_previous,
+            } => {
                 let cmd = Command::Delete { key, precondition };
-                self.propose(id, p, cmd, deadline, hops);
+                self.propose(id, p, cmd, deadline, hops, return_previous);
+            }
+            ClientRequest::Increment { key, delta } => {
+                let cmd = Command::Increment { key, delta };
+                self.propose(id, p, cmd, deadline, hops, false);
+            }
+            ClientRequest::Append { key, suffix } => {
+                let cmd = Command::Append {
+                    key,
+                    suffix,
+                    max_value_bytes: self.cfg.max_value_bytes as u64,
+                };
+                self.propose(id, p, cmd, deadline, hops, false);
             }
         }
         self.process();
@@ -1199,7 +1268,7 @@ impl Node {
                 max: self.cfg.max_key_bytes,
             });
         }
-        if let ClientRequest::Put { value, .. } = req
+        if let ClientRequest::Put { value, .. } | ClientRequest::Append { suffix: value, .. } = req
             && value.len() > self.cfg.max_value_bytes
         {
             return Err(ClientError::ValueTooLarge {
@@ -1242,7 +1311,15 @@ impl Node {
         }
     }
 
-    fn propose(&mut self, id: RequestId, p: PartitionId, cmd: Command, deadline: Time, hops: Hops) {
+    fn propose(
+        &mut self,
+        id: RequestId,
+        p: PartitionId,
+        cmd: Command,
+        deadline: Time,
+        hops: Hops,
+        return_previous: bool,
+    ) {
         let Some(g) = self.groups.get_mut(&p) else {
             return;
         };
@@ -1264,6 +1341,7 @@ impl Node {
                     PendingWrite {
                         id,
                         term,
+                        return_previous,
                         deadline,
                         bytes,
                     },
@@ -1802,7 +1880,7 @@ impl Node {
                     // Another entry won this index: ours can never commit.
                     Err(ClientError::Dropped)
                 } else {
-                    write_result(outcome, entry.index)
+                    write_result(outcome, entry.index, w.return_previous)
                 };
                 self.replies.push_back((w.id, Reply::Done(result)));
             }
@@ -2088,18 +2166,51 @@ fn forward_or_give_up(to: Option<NodeId>, partition: PartitionId, hops: Hops) ->
     }
 }
 
-fn write_result(outcome: ApplyOutcome, index: u64) -> Result<ClientResponse, ClientError> {
+fn write_result(
+    outcome: ApplyOutcome,
+    index: u64,
+    return_previous: bool,
+) -> Result<ClientResponse, ClientError> {
     match outcome {
         ApplyOutcome::Put {
             version,
             mod_revision,
             created,
+            previous,
         } => Ok(ClientResponse::Put {
             version,
             mod_revision,
             created,
+            previous: previous.filter(|_| return_previous),
         }),
-        ApplyOutcome::Deleted { .. } => Ok(ClientResponse::Deleted { revision: index }),
+        ApplyOutcome::Deleted { previous } => Ok(ClientResponse::Deleted {
+            revision: index,
+            previous: Some(previous).filter(|_| return_previous),
+        }),
+        ApplyOutcome::Incremented {
+            value,
+            version,
+            mod_revision,
+        } => Ok(ClientResponse::Incremented {
+            value,
+            version,
+            mod_revision,
+        }),
+        ApplyOutcome::Appended {
+            len,
+            version,
+            mod_revision,
+        } => Ok(ClientResponse::Appended {
+            len,
+            version,
+            mod_revision,
+        }),
+        ApplyOutcome::Refused(Refusal::NotAnInteger) => Err(ClientError::NotAnInteger),
+        ApplyOutcome::Refused(Refusal::Overflow) => Err(ClientError::IncrementOverflow),
+        ApplyOutcome::Refused(Refusal::TooLarge { len, max }) => Err(ClientError::ValueTooLarge {
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+        }),
         ApplyOutcome::NotFound => Err(ClientError::NotFound),
         ApplyOutcome::PreconditionFailed {
             current_mod_revision,

@@ -59,6 +59,7 @@ pub fn put_request(r: pb::PutRequest) -> ClientRequest {
         key: r.key,
         value: r.value,
         precondition: precondition_from_proto(r.precondition),
+        return_previous: r.return_previous,
     }
 }
 
@@ -66,6 +67,21 @@ pub fn delete_request(r: pb::DeleteRequest) -> ClientRequest {
     ClientRequest::Delete {
         key: r.key,
         precondition: precondition_from_proto(r.precondition),
+        return_previous: r.return_previous,
+    }
+}
+
+pub fn increment_request(r: pb::IncrementRequest) -> ClientRequest {
+    ClientRequest::Increment {
+        key: r.key,
+        delta: r.delta,
+    }
+}
+
+pub fn append_request(r: pb::AppendRequest) -> ClientRequest {
+    ClientRequest::Append {
+        key: r.key,
+        suffix: r.suffix,
     }
 }
 
@@ -80,14 +96,29 @@ pub fn forward_request(req: &ClientRequest, from: u64, hops: u32) -> pb::Forward
             key,
             value,
             precondition,
+            return_previous,
         } => Request::Put(pb::PutRequest {
             key: key.clone(),
             value: value.clone(),
             precondition: precondition_to_proto(precondition),
+            return_previous: *return_previous,
         }),
-        ClientRequest::Delete { key, precondition } => Request::Delete(pb::DeleteRequest {
+        ClientRequest::Delete {
+            key,
+            precondition,
+            return_previous,
+        } => Request::Delete(pb::DeleteRequest {
             key: key.clone(),
             precondition: precondition_to_proto(precondition),
+            return_previous: *return_previous,
+        }),
+        ClientRequest::Increment { key, delta } => Request::Increment(pb::IncrementRequest {
+            key: key.clone(),
+            delta: *delta,
+        }),
+        ClientRequest::Append { key, suffix } => Request::Append(pb::AppendRequest {
+            key: key.clone(),
+            suffix: suffix.clone(),
         }),
     };
     pb::ForwardRequest {
@@ -104,7 +135,30 @@ pub fn forwarded_request(r: pb::ForwardRequest) -> Result<ClientRequest, String>
         Some(Request::Get(g)) => get_request(g),
         Some(Request::Put(p)) => Ok(put_request(p)),
         Some(Request::Delete(d)) => Ok(delete_request(d)),
+        Some(Request::Increment(i)) => Ok(increment_request(i)),
+        Some(Request::Append(a)) => Ok(append_request(a)),
         None => Err("ForwardRequest.request is missing".to_owned()),
+    }
+}
+
+pub fn put_response(
+    version: u64,
+    mod_revision: u64,
+    created: bool,
+    previous: &Option<KeyValue>,
+) -> pb::PutResponse {
+    pb::PutResponse {
+        version,
+        mod_revision,
+        created,
+        previous: previous.as_ref().map(KeyValue::to_proto),
+    }
+}
+
+pub fn delete_response(revision: u64, previous: &Option<KeyValue>) -> pb::DeleteResponse {
+    pb::DeleteResponse {
+        revision,
+        previous: previous.as_ref().map(KeyValue::to_proto),
     }
 }
 
@@ -120,13 +174,28 @@ pub fn forward_response(result: &Result<ClientResponse, ClientError>) -> pb::For
             version,
             mod_revision,
             created,
-        }) => R::Put(pb::PutResponse {
+            previous,
+        }) => R::Put(put_response(*version, *mod_revision, *created, previous)),
+        Ok(ClientResponse::Deleted { revision, previous }) => {
+            R::Delete(delete_response(*revision, previous))
+        }
+        Ok(ClientResponse::Incremented {
+            value,
+            version,
+            mod_revision,
+        }) => R::Increment(pb::IncrementResponse {
+            value: *value,
             version: *version,
             mod_revision: *mod_revision,
-            created: *created,
         }),
-        Ok(ClientResponse::Deleted { revision }) => R::Delete(pb::DeleteResponse {
-            revision: *revision,
+        Ok(ClientResponse::Appended {
+            len,
+            version,
+            mod_revision,
+        }) => R::Append(pb::AppendResponse {
+            len: *len,
+            version: *version,
+            mod_revision: *mod_revision,
         }),
         Err(e) => {
             let d = super::errors::ErrorDetails::of(e);
@@ -152,9 +221,21 @@ pub fn forwarded_response(r: pb::ForwardResponse) -> Result<ClientResponse, Clie
             version: p.version,
             mod_revision: p.mod_revision,
             created: p.created,
+            previous: p.previous.map(KeyValue::from_proto),
         }),
         Some(R::Delete(d)) => Ok(ClientResponse::Deleted {
             revision: d.revision,
+            previous: d.previous.map(KeyValue::from_proto),
+        }),
+        Some(R::Increment(i)) => Ok(ClientResponse::Incremented {
+            value: i.value,
+            version: i.version,
+            mod_revision: i.mod_revision,
+        }),
+        Some(R::Append(a)) => Ok(ClientResponse::Appended {
+            len: a.len,
+            version: a.version,
+            mod_revision: a.mod_revision,
         }),
         Some(R::Error(e)) => Err(super::errors::from_code(
             &e.code,
@@ -188,10 +269,20 @@ mod tests {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from_static(b"v"),
                 precondition: Precondition::ModRevision(9),
+                return_previous: true,
             },
             ClientRequest::Delete {
                 key: Bytes::from_static(b"k"),
                 precondition: Precondition::MustExist,
+                return_previous: true,
+            },
+            ClientRequest::Increment {
+                key: Bytes::from_static(b"n"),
+                delta: i64::MIN,
+            },
+            ClientRequest::Append {
+                key: Bytes::from_static(b"s"),
+                suffix: Bytes::from_static(b"tail"),
             },
         ];
         for r in reqs {
@@ -208,8 +299,36 @@ mod tests {
                 version: 2,
                 mod_revision: 10,
                 created: false,
+                previous: None,
             }),
-            Ok(ClientResponse::Deleted { revision: 11 }),
+            Ok(ClientResponse::Put {
+                version: 3,
+                mod_revision: 12,
+                created: false,
+                previous: Some(KeyValue {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"old"),
+                    version: 2,
+                    create_revision: 1,
+                    mod_revision: 10,
+                }),
+            }),
+            Ok(ClientResponse::Deleted {
+                revision: 11,
+                previous: None,
+            }),
+            Ok(ClientResponse::Incremented {
+                value: -7,
+                version: 4,
+                mod_revision: 13,
+            }),
+            Ok(ClientResponse::Appended {
+                len: 9,
+                version: 5,
+                mod_revision: 14,
+            }),
+            Err(ClientError::NotAnInteger),
+            Err(ClientError::IncrementOverflow),
             Err(ClientError::PreconditionFailed {
                 current_mod_revision: Some(3),
             }),

@@ -36,6 +36,10 @@ pub fn kind(e: &ClientError) -> ErrorKind {
         ClientError::PreconditionFailed { .. } => {
             ("precondition_failed", 412, Code::FailedPrecondition, "ERR")
         }
+        ClientError::NotAnInteger => ("not_an_integer", 409, Code::FailedPrecondition, "ERR"),
+        ClientError::IncrementOverflow => {
+            ("increment_overflow", 409, Code::FailedPrecondition, "ERR")
+        }
         ClientError::NoLeader { .. } => ("no_leader", 503, Code::Unavailable, "TRYAGAIN"),
         ClientError::Dropped => ("not_applied", 503, Code::Unavailable, "TRYAGAIN"),
         ClientError::Busy => ("busy", 503, Code::Unavailable, "TRYAGAIN"),
@@ -102,6 +106,8 @@ pub fn from_code(code: &str, message: &str, d: ErrorDetails) -> ClientError {
         "precondition_failed" => ClientError::PreconditionFailed {
             current_mod_revision: d.current_mod_revision,
         },
+        "not_an_integer" => ClientError::NotAnInteger,
+        "increment_overflow" => ClientError::IncrementOverflow,
         "no_leader" => ClientError::NoLeader {
             partition: PartitionId(d.partition),
         },
@@ -155,6 +161,8 @@ mod tests {
             ClientError::PreconditionFailed {
                 current_mod_revision: Some(7),
             },
+            ClientError::NotAnInteger,
+            ClientError::IncrementOverflow,
             ClientError::NoLeader {
                 partition: PartitionId(3),
             },

@@ -59,11 +59,13 @@ impl pb::kv_server::Kv for KvService {
                 version,
                 mod_revision,
                 created,
-            }) => Ok(Response::new(pb::PutResponse {
+                previous,
+            }) => Ok(Response::new(convert::put_response(
                 version,
                 mod_revision,
                 created,
-            })),
+                &previous,
+            ))),
             Ok(other) => Err(unexpected(other)),
             Err(e) => Err(to_status(&e)),
         }
@@ -75,9 +77,49 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let req = convert::delete_request(request.into_inner());
         match self.node.request(req).await {
-            Ok(ClientResponse::Deleted { revision }) => {
-                Ok(Response::new(pb::DeleteResponse { revision }))
+            Ok(ClientResponse::Deleted { revision, previous }) => {
+                Ok(Response::new(convert::delete_response(revision, &previous)))
             }
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(to_status(&e)),
+        }
+    }
+
+    async fn increment(
+        &self,
+        request: Request<pb::IncrementRequest>,
+    ) -> Result<Response<pb::IncrementResponse>, Status> {
+        let req = convert::increment_request(request.into_inner());
+        match self.node.request(req).await {
+            Ok(ClientResponse::Incremented {
+                value,
+                version,
+                mod_revision,
+            }) => Ok(Response::new(pb::IncrementResponse {
+                value,
+                version,
+                mod_revision,
+            })),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(to_status(&e)),
+        }
+    }
+
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let req = convert::append_request(request.into_inner());
+        match self.node.request(req).await {
+            Ok(ClientResponse::Appended {
+                len,
+                version,
+                mod_revision,
+            }) => Ok(Response::new(pb::AppendResponse {
+                len,
+                version,
+                mod_revision,
+            })),
             Ok(other) => Err(unexpected(other)),
             Err(e) => Err(to_status(&e)),
         }

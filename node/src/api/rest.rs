@@ -320,12 +320,14 @@ async fn put_key(
         key: Bytes::from(key),
         value,
         precondition,
+        return_previous: false,
     };
     match s.node.request(req).await {
         Ok(ClientResponse::Put {
             version,
             mod_revision,
             created,
+            ..
         }) => {
             let status = if created {
                 StatusCode::CREATED
@@ -363,9 +365,10 @@ async fn delete_key(
     let req = ClientRequest::Delete {
         key: Bytes::from(key),
         precondition,
+        return_previous: false,
     };
     match s.node.request(req).await {
-        Ok(ClientResponse::Deleted { revision }) => {
+        Ok(ClientResponse::Deleted { revision, .. }) => {
             Json(json!({ "revision": revision })).into_response()
         }
         Ok(other) => error_response(&ClientError::Internal(format!(

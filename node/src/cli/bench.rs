@@ -564,6 +564,7 @@ impl Target {
                         key: Bytes::from(key_name(key)),
                         value,
                         precondition: None,
+                        return_previous: false,
                     });
                     request.set_timeout(timeout);
                     grpc_outcome(client.put(request).await, Op::Write)

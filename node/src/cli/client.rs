@@ -266,6 +266,7 @@ async fn execute_put(a: &PutArgs) -> Result<PutResponse, Failure> {
         key: Bytes::from(a.key.clone().into_bytes()),
         value,
         precondition: put_precondition(a),
+        return_previous: false,
     };
     let timeout = a.opts.timeout;
     call(&a.opts, Op::Write, |channel| {
@@ -297,6 +298,7 @@ async fn execute_del(a: &DelArgs) -> Result<DeleteResponse, Failure> {
         precondition: a.if_match.map(|rev| Precondition {
             kind: Some(precondition::Kind::ModRevision(rev)),
         }),
+        return_previous: false,
     };
     let timeout = a.opts.timeout;
     call(&a.opts, Op::Write, |channel| {

@@ -221,6 +221,7 @@ impl Kv for FakeNode {
             version,
             mod_revision,
             created: current.is_none(),
+            previous: None,
         }))
     }
 
@@ -238,7 +239,25 @@ impl Kv for FakeNode {
         state.revision += 1;
         Ok(Response::new(DeleteResponse {
             revision: state.revision,
+            previous: None,
         }))
+    }
+
+    // The CLI has no increment or append command to test.
+    async fn increment(
+        &self,
+        _request: Request<ringkv_proto::v1::IncrementRequest>,
+    ) -> Result<Response<ringkv_proto::v1::IncrementResponse>, Status> {
+        Err(Status::unimplemented(
+            "the CLI's fake node does not increment",
+        ))
+    }
+
+    async fn append(
+        &self,
+        _request: Request<ringkv_proto::v1::AppendRequest>,
+    ) -> Result<Response<ringkv_proto::v1::AppendResponse>, Status> {
+        Err(Status::unimplemented("the CLI's fake node does not append"))
     }
 }
 

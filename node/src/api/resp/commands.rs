@@ -4,13 +4,13 @@
 //! reply.
 //!
 //! Built: connection commands (`PING ECHO HELLO SELECT QUIT CLIENT COMMAND
-//! INFO CONFIG GET READONLY READWRITE`), strings (`GET SET` with `NX`/`XX`,
-//! `SETNX MGET MSET DEL UNLINK EXISTS STRLEN TYPE`), `CLUSTER KEYSLOT` and
-//! `CLUSTER MYID`. Not yet (each answered with an error that says so, the
-//! connection stays usable): the read-modify-write commands (`INCR` and
-//! its kin, `APPEND`, `GETSET`, `GETDEL`, `SET ... GET`), which must run
-//! atomically in the replicated state machine; expiry (`SET ... EX`);
-//! `DBSIZE`; the cluster topology commands (`CLUSTER SLOTS` and its kin).
+//! INFO CONFIG GET READONLY READWRITE`), strings (`GET SET` with `NX`/`XX`/
+//! `GET`, `SETNX MGET MSET DEL UNLINK EXISTS STRLEN TYPE`), the
+//! read-modify-writes (`INCR DECR INCRBY DECRBY APPEND GETSET GETDEL`), each
+//! one atomic command of the replicated state machine, `CLUSTER KEYSLOT`
+//! and `CLUSTER MYID`. Not yet (each answered with an error that says so,
+//! the connection stays usable): expiry (`SET ... EX`); `DBSIZE`; the
+//! cluster topology commands (`CLUSTER SLOTS` and its kin).
 //!
 //! Multi-key commands run key by key, each key linearizable on its own:
 //! `MGET` reads each key, `MSET` writes each key in turn (not atomically:
@@ -18,7 +18,7 @@
 //! failed), `DEL` and `EXISTS` count key by key.
 
 use bytes::Bytes;
-use ringkv_core::kv::Precondition;
+use ringkv_core::kv::{Precondition, parse_integer};
 use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
 use ringkv_core::ring::key_slot;
 
@@ -82,15 +82,18 @@ const COMMANDS: &[CommandSpec] = &[
     ("exists", -2, &["readonly", "fast"], 1, -1, 1),
     ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("type", 2, &["readonly", "fast"], 1, 1, 1),
+    ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("getdel", 2, &["write", "fast"], 1, 1, 1),
 ];
 
 /// Commands Redis has that ringkv does not do yet, and why.
 fn not_yet(name: &str) -> Option<&'static str> {
     Some(match name {
-        "incr" | "decr" | "incrby" | "decrby" | "append" | "getset" | "getdel" => {
-            "is not supported yet: read-modify-write commands must run atomically in the \
-             replicated state machine, which does not have them yet"
-        }
         "dbsize" => "is not supported yet: counting every partition's keys exactly is not built",
         "expire" | "pexpire" | "expireat" | "ttl" | "pttl" | "persist" | "setex" => {
             "is not supported yet: ringkv keys do not expire yet"
@@ -198,11 +201,7 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
         "del" | "unlink" if args.len() >= 2 => {
             let mut deleted = 0;
             for key in &args[1..] {
-                let req = ClientRequest::Delete {
-                    key: key.clone(),
-                    precondition: Precondition::None,
-                };
-                match node.request(req).await {
+                match node.request(ClientRequest::delete(key.clone())).await {
                     Ok(_) => deleted += 1,
                     Err(ClientError::NotFound) => {}
                     Err(e) => return (error_reply(&e), After::Continue),
@@ -230,6 +229,53 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
             Ok(None) => Reply::Simple("none"),
             Err(e) => error_reply(&e),
         },
+        "incr" if args.len() == 2 => increment(node, args[1].clone(), 1).await,
+        "decr" if args.len() == 2 => increment(node, args[1].clone(), -1).await,
+        "incrby" | "decrby" if args.len() == 3 => {
+            let delta = parse_integer(&args[2]).and_then(|d| match name.as_str() {
+                "incrby" => Some(d),
+                // DECRBY -9223372036854775808 cannot be negated.
+                _ => d.checked_neg(),
+            });
+            match delta {
+                Some(delta) => increment(node, args[1].clone(), delta).await,
+                None if name == "decrby" && parse_integer(&args[2]).is_some() => {
+                    Reply::err("decrement would overflow")
+                }
+                None => Reply::err("value is not an integer or out of range"),
+            }
+        }
+        "append" if args.len() == 3 => {
+            let req = ClientRequest::Append {
+                key: args[1].clone(),
+                suffix: args[2].clone(),
+            };
+            match node.request(req).await {
+                Ok(ClientResponse::Appended { len, .. }) => {
+                    Reply::Integer(i64::try_from(len).unwrap_or(i64::MAX))
+                }
+                Ok(other) => unexpected(other),
+                Err(e) => error_reply(&e),
+            }
+        }
+        "getset" if args.len() == 3 => {
+            put_returning_previous(node, args[1].clone(), args[2].clone(), Precondition::None).await
+        }
+        "getdel" if args.len() == 2 => {
+            let req = ClientRequest::Delete {
+                key: args[1].clone(),
+                precondition: Precondition::None,
+                return_previous: true,
+            };
+            match node.request(req).await {
+                Ok(ClientResponse::Deleted { previous, .. }) => {
+                    previous.map_or(Reply::Null, |kv| Reply::Bulk(kv.value))
+                }
+                Ok(other) => unexpected(other),
+                Err(ClientError::NotFound) => Reply::Null,
+                Err(e) => error_reply(&e),
+            }
+        }
         _ => match not_yet(&name) {
             Some(why) => Reply::err(format!("'{}' {why}", name.to_ascii_uppercase())),
             None if COMMANDS.iter().any(|c| c.0 == name) => wrong_arity(&name),
@@ -279,6 +325,10 @@ async fn get(
     }
 }
 
+fn unexpected(r: ClientResponse) -> Reply {
+    error_reply(&ClientError::Internal(format!("unexpected response {r:?}")))
+}
+
 async fn put(
     node: &NodeHandle,
     key: Bytes,
@@ -289,23 +339,59 @@ async fn put(
         key,
         value,
         precondition,
+        return_previous: false,
     };
     node.request(req).await.map(|_| ())
 }
 
+/// INCR and its kin: one increment in the state machine.
+async fn increment(node: &NodeHandle, key: Bytes, delta: i64) -> Reply {
+    match node.request(ClientRequest::Increment { key, delta }).await {
+        Ok(ClientResponse::Incremented { value, .. }) => Reply::Integer(value),
+        Ok(other) => unexpected(other),
+        Err(e) => error_reply(&e),
+    }
+}
+
+/// GETSET and SET ... GET: the put and the read of the value it replaced
+/// are one step of the state machine.
+async fn put_returning_previous(
+    node: &NodeHandle,
+    key: Bytes,
+    value: Bytes,
+    precondition: Precondition,
+) -> Reply {
+    let req = ClientRequest::Put {
+        key,
+        value,
+        precondition,
+        return_previous: true,
+    };
+    match node.request(req).await {
+        Ok(ClientResponse::Put { previous, .. }) => {
+            previous.map_or(Reply::Null, |kv| Reply::Bulk(kv.value))
+        }
+        Ok(other) => unexpected(other),
+        // XX on a missing key: not set, and the old value was nil.
+        Err(ClientError::PreconditionFailed {
+            current_mod_revision: None,
+        }) => Reply::Null,
+        Err(e) => error_reply(&e),
+    }
+}
+
 async fn set(node: &NodeHandle, args: &[Bytes]) -> Reply {
     let mut precondition = Precondition::None;
+    let mut return_previous = false;
     for opt in &args[3..] {
         let opt = String::from_utf8_lossy(opt).to_ascii_uppercase();
         precondition = match (opt.as_str(), precondition) {
             ("NX", Precondition::None | Precondition::MustNotExist) => Precondition::MustNotExist,
             ("XX", Precondition::None | Precondition::MustExist) => Precondition::MustExist,
             ("NX" | "XX", _) => return Reply::err("syntax error"),
-            ("GET", _) => {
-                return Reply::err(
-                    "SET ... GET is not supported yet: read-modify-write commands must run \
-                     atomically in the replicated state machine, which does not have them yet",
-                );
+            ("GET", p) => {
+                return_previous = true;
+                p
             }
             ("EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL", _) => {
                 return Reply::err(
@@ -314,6 +400,18 @@ async fn set(node: &NodeHandle, args: &[Bytes]) -> Reply {
             }
             _ => return Reply::err("syntax error"),
         };
+    }
+    if return_previous {
+        if precondition == Precondition::MustNotExist {
+            // Redis 7 answers the existing value when NX refuses; a failed
+            // precondition here carries no value, and reading it after the
+            // refusal would not be the value that refused.
+            return Reply::err(
+                "SET with both NX and GET is not supported: ringkv cannot answer the value \
+                 that made NX refuse in the same step",
+            );
+        }
+        return put_returning_previous(node, args[1].clone(), args[2].clone(), precondition).await;
     }
     match put(node, args[1].clone(), args[2].clone(), precondition).await {
         Ok(()) => Reply::ok(),

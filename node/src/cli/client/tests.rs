@@ -134,6 +134,7 @@ fn write_and_locate_output() {
         version: 1,
         mod_revision: 17,
         created: true,
+        previous: None,
     };
     assert_eq!(
         render_put(OutputFormat::Table, "k", &put),
@@ -143,7 +144,10 @@ fn write_and_locate_output() {
         render_put(OutputFormat::Json, "k", &put),
         "{\"key\":\"k\",\"created\":true,\"version\":1,\"mod_revision\":17}\n"
     );
-    let del = DeleteResponse { revision: 42 };
+    let del = DeleteResponse {
+        revision: 42,
+        previous: None,
+    };
     assert_eq!(render_del(OutputFormat::Table, "k", &del), "revision  42\n");
     assert_eq!(
         render_del(OutputFormat::Json, "k", &del),
