@@ -87,6 +87,12 @@ struct ServerArgs {
     /// Where the Redis protocol (RESP2/RESP3) is served, e.g. 127.0.0.1:6379. Off unless given.
     #[arg(long, env = "RINGKV_RESP_LISTEN")]
     resp_listen: Option<SocketAddr>,
+    /// Which RESP connections are answered `-MOVED slot host:port` for a key
+    /// another node leads: `auto`, those that asked for the cluster topology
+    /// (cluster-aware libraries, `redis-benchmark --cluster`); `always`,
+    /// every one (`redis-cli -c`). Others are served by forwarding.
+    #[arg(long, env = "RINGKV_RESP_REDIRECTS", value_enum, default_value_t)]
+    resp_redirects: ringkv_node::config::RespRedirects,
     /// Data directory (WAL, snapshots, node.toml). Default: ./ringkv-data/node-<id>.
     #[arg(long, env = "RINGKV_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -164,6 +170,10 @@ struct DemoArgs {
     /// Redis protocol (RESP) port of node 1; node n listens on this + n - 1.
     #[arg(long, default_value_t = 6381)]
     resp_port: u16,
+    /// Which RESP connections are answered `-MOVED` (see `ringkv server --help`);
+    /// `always` lets `redis-cli -c` be redirected, `auto` serves plain clients too.
+    #[arg(long, value_enum, default_value_t)]
+    resp_redirects: ringkv_node::config::RespRedirects,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Log filter (tracing EnvFilter syntax).
@@ -271,6 +281,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.advertise = args.advertise;
     config.rest_listen = (!args.no_rest).then_some(args.rest_listen);
     config.resp_listen = args.resp_listen;
+    config.resp_redirects = args.resp_redirects;
     let mut server = Server::start(
         config,
         Arc::new(MonotonicClock::new()),
@@ -291,6 +302,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     init_logging(&args.log);
     let cluster = args.cluster;
+    let resp_redirects = args.resp_redirects;
     ringkv_node::cli::demo::run(ringkv_node::cli::demo::DemoOptions {
         data_dir: args.data_dir,
         nodes: args.nodes,
@@ -298,7 +310,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         grpc_port: args.grpc_port,
         resp_port: args.resp_port,
         dead_after: Duration::from_secs(cluster.dead_after),
-        configure: Box::new(move |c| cluster.apply(c)),
+        configure: Box::new(move |c| {
+            cluster.apply(c);
+            c.resp_redirects = resp_redirects;
+        }),
         seed: process_seed,
     })
     .await

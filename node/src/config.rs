@@ -12,6 +12,21 @@ use ringkv_core::node::NodeConfig;
 use ringkv_core::ring::RingConfig;
 
 /// Everything one `ringkv server` needs to start.
+/// Which RESP connections get `-MOVED slot host:port` for a key whose
+/// partition another node leads (the others are served: the node forwards
+/// the command to the leader, one hop).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RespRedirects {
+    /// A connection that asked for the cluster's topology (`CLUSTER SLOTS`,
+    /// `SHARDS` or `NODES`), as every cluster-aware client library does
+    /// first; plain clients are served.
+    #[default]
+    Auto,
+    /// Every connection, for clients that follow `MOVED` without asking
+    /// for the topology first (`redis-cli -c`). Plain clients then fail.
+    Always,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub node_id: NodeId,
@@ -25,6 +40,8 @@ pub struct ServerConfig {
     pub rest_listen: Option<SocketAddr>,
     /// Where the Redis protocol (RESP) is served; `None` to run without it.
     pub resp_listen: Option<SocketAddr>,
+    /// Which RESP connections are redirected (`-MOVED`) to a key's leader.
+    pub resp_redirects: RespRedirects,
     pub data_dir: PathBuf,
     /// A name shared by the cluster's nodes, kept in `node.toml` so a data
     /// directory is never opened by a node of another cluster.
@@ -96,6 +113,7 @@ impl ServerConfig {
             grpc_listen,
             rest_listen: None,
             resp_listen: None,
+            resp_redirects: RespRedirects::default(),
             data_dir,
             cluster_id: defaults::CLUSTER_ID.to_owned(),
             partition_count: defaults::PARTITION_COUNT,

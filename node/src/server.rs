@@ -306,11 +306,15 @@ impl Server {
                     .await
                     .with_context(|| format!("cannot listen for RESP on {addr}"))?;
                 let local = listener.local_addr()?;
-                let limits = crate::api::resp::parser::Limits::for_values(config.max_value_bytes);
+                let settings = crate::api::resp::Settings {
+                    limits: crate::api::resp::parser::Limits::for_values(config.max_value_bytes),
+                    redirects: config.resp_redirects,
+                    partition_count: config.partition_count,
+                };
                 let task = tokio::spawn(crate::api::resp::serve(
                     listener,
                     handle.clone(),
-                    limits,
+                    settings,
                     shutdown_rx.clone(),
                 ));
                 (Some(task), Some(local))

@@ -426,3 +426,228 @@ fn raw_resp_inline_resp3_and_protocol_errors() {
     let closed = (0..50).any(|_| matches!(q.read(&mut buf), Ok(0)));
     assert!(closed, "QUIT closes the connection");
 }
+
+/// One `CLUSTER SLOTS` entry: first and last slot, the master's
+/// `host:port` and id, and the replicas' `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotRange {
+    first: i64,
+    last: i64,
+    master: String,
+    master_id: String,
+    replicas: Vec<String>,
+}
+
+fn slot_ranges(con: &mut redis::Connection) -> Vec<SlotRange> {
+    use redis::Value;
+    let node = |v: &Value| -> (String, String) {
+        let Value::Array(fields) = v else {
+            panic!("node entry {v:?}")
+        };
+        match &fields[..] {
+            [
+                Value::BulkString(host),
+                Value::Int(port),
+                Value::BulkString(id),
+                ..,
+            ] => (
+                format!("{}:{port}", String::from_utf8_lossy(host)),
+                String::from_utf8_lossy(id).into_owned(),
+            ),
+            other => panic!("node entry {other:?}"),
+        }
+    };
+    let value: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(con)
+        .expect("cluster slots");
+    let Value::Array(entries) = value else {
+        panic!("CLUSTER SLOTS answered {value:?}")
+    };
+    entries
+        .iter()
+        .map(|e| {
+            let Value::Array(fields) = e else {
+                panic!("slot entry {e:?}")
+            };
+            let (Value::Int(first), Value::Int(last)) = (&fields[0], &fields[1]) else {
+                panic!("slot entry {e:?}")
+            };
+            let (master, master_id) = node(&fields[2]);
+            SlotRange {
+                first: *first,
+                last: *last,
+                master,
+                master_id,
+                replicas: fields[3..].iter().map(|r| node(r).0).collect(),
+            }
+        })
+        .collect()
+}
+
+/// The range holding `slot`.
+fn range_of(ranges: &[SlotRange], slot: i64) -> &SlotRange {
+    ranges
+        .iter()
+        .find(|r| (r.first..=r.last).contains(&slot))
+        .unwrap_or_else(|| panic!("slot {slot} in no range: {ranges:?}"))
+}
+
+/// Cluster-aware clients: `CLUSTER SLOTS`, `NODES`, `SHARDS` and `INFO`
+/// describe every slot with the partition's leader as master; the `redis`
+/// crate's cluster client routes by them; a connection that asked for the
+/// topology is answered `-MOVED` for a key another node leads (a plain
+/// one is served) and `-CROSSSLOT` for keys in two slots; and after the
+/// leader of a key's partition is paused and another takes over, the old
+/// leader redirects to the new one and the cluster client follows.
+#[test]
+fn cluster_aware_clients_are_routed_to_leaders() {
+    let (mut c, resp) = cluster();
+    let addrs: Vec<String> = resp.iter().map(ToString::to_string).collect();
+    let mut plain = connect(resp[0]);
+    let () = retrying(&mut plain, redis::cmd("SET").arg("warm").arg("up")).expect("leaders");
+
+    // Every slot, once, in order; masters and replicas are the nodes.
+    let mut aware = connect(resp[0]);
+    let ranges = common::poll(Duration::from_secs(20), "every slot served", || {
+        let ranges = slot_ranges(&mut aware);
+        let contiguous = ranges.first().map(|r| r.first) == Some(0)
+            && ranges.last().map(|r| r.last) == Some(16_383)
+            && ranges.windows(2).all(|w| w[0].last + 1 == w[1].first);
+        contiguous.then_some(ranges)
+    });
+    for r in &ranges {
+        assert!(addrs.contains(&r.master), "{r:?}");
+        assert_eq!(r.replicas.len(), 2, "{r:?}");
+        assert!(
+            r.replicas
+                .iter()
+                .all(|a| addrs.contains(a) && *a != r.master)
+        );
+    }
+    // CLUSTER NODES names the same nodes with the same ids.
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query(&mut aware)
+        .expect("cluster nodes");
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    for r in &ranges {
+        assert!(
+            nodes
+                .lines()
+                .any(|l| l.starts_with(&format!("{} {}@", r.master_id, r.master))),
+            "{r:?} not in\n{nodes}"
+        );
+    }
+    assert_eq!(nodes.lines().filter(|l| l.contains("myself")).count(), 1);
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query(&mut aware)
+        .expect("cluster info");
+    assert!(info.contains("cluster_state:ok"), "{info}");
+    assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
+    let shards: redis::Value = redis::cmd("CLUSTER")
+        .arg("SHARDS")
+        .query(&mut aware)
+        .expect("cluster shards");
+    assert!(
+        matches!(&shards, redis::Value::Array(s) if s.len() == ranges.len()),
+        "{shards:?}"
+    );
+
+    // A real cluster client.
+    let client = redis::cluster::ClusterClient::new(
+        addrs
+            .iter()
+            .map(|a| format!("redis://{a}/"))
+            .collect::<Vec<_>>(),
+    )
+    .expect("cluster client");
+    let mut cluster_con = client.get_connection().expect("cluster connection");
+    for i in 0..100 {
+        let () = redis::cmd("SET")
+            .arg(format!("key{i}"))
+            .arg(i)
+            .query(&mut cluster_con)
+            .expect("cluster set");
+    }
+    for i in 0..100 {
+        let v: i64 = redis::cmd("GET")
+            .arg(format!("key{i}"))
+            .query(&mut cluster_con)
+            .expect("cluster get");
+        assert_eq!(v, i);
+    }
+    let n: i64 = redis::cmd("INCR")
+        .arg("key7")
+        .query(&mut cluster_con)
+        .expect("cluster incr");
+    assert_eq!(n, 8);
+
+    // MOVED for a key another node leads, to the master SLOTS names; a
+    // plain connection to the same node is served.
+    let moved = |con: &mut redis::Connection, key: &str| -> Option<(i64, String)> {
+        match redis::cmd("GET").arg(key).query::<Option<String>>(con) {
+            Err(e) if e.code() == Some("MOVED") => {
+                let detail = e.detail().expect("MOVED detail").to_owned();
+                let (slot, to) = detail.split_once(' ').expect("slot and address");
+                Some((slot.parse().expect("slot"), to.to_owned()))
+            }
+            _ => None,
+        }
+    };
+    let (key, slot, to) = common::poll(Duration::from_secs(20), "a MOVED reply", || {
+        let ranges = slot_ranges(&mut aware);
+        (0..100).find_map(|i| {
+            let key = format!("key{i}");
+            let (slot, to) = moved(&mut aware, &key)?;
+            (range_of(&ranges, slot).master == to).then_some((key, slot, to))
+        })
+    });
+    let own: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query(&mut plain)
+        .expect("keyslot");
+    assert_eq!(own, slot);
+    assert_ne!(to, addrs[0]);
+    let served: Option<String> =
+        retrying(&mut plain, redis::cmd("GET").arg(&key)).expect("plain get");
+    assert!(served.is_some());
+    let e = redis::cmd("MGET")
+        .arg("key1")
+        .arg("key2")
+        .query::<Vec<Option<String>>>(&mut aware)
+        .expect_err("two slots");
+    assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+
+    // Pause the leader of `key`'s partition until another node leads it.
+    let old = addrs.iter().position(|a| *a == to).expect("a node") as u64 + 1;
+    let survivor = if old == 1 { 2 } else { 1 };
+    let mut watcher = connect(resp[survivor as usize - 1]);
+    let _ = slot_ranges(&mut watcher);
+    c.pause(old, true);
+    let new = common::poll(Duration::from_secs(30), "a new leader", || {
+        let master = range_of(&slot_ranges(&mut watcher), slot).master.clone();
+        (master != to).then_some(master)
+    });
+    c.pause(old, false);
+    // The old leader hears of it and redirects there; the cluster client,
+    // whose map still names the old leader, follows.
+    let mut at_old = connect(resp[old as usize - 1]);
+    let _ = slot_ranges(&mut at_old);
+    common::poll(Duration::from_secs(30), "MOVED from the old leader", || {
+        let (s, target) = moved(&mut at_old, &key)?;
+        (s == slot && target == new).then_some(())
+    });
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg("after")
+        .query(&mut cluster_con)
+        .expect("cluster set after the leader change");
+    let v: String = redis::cmd("GET")
+        .arg(&key)
+        .query(&mut cluster_con)
+        .expect("cluster get after the leader change");
+    assert_eq!(v, "after");
+}

@@ -206,6 +206,10 @@ impl Demo {
                 "  redis-cli -p {} set a 1   # the Redis protocol",
                 resp.port()
             );
+            println!(
+                "  redis-benchmark --cluster -p {} -t set,get   # routed to leaders",
+                resp.port()
+            );
         }
         println!("  ringkv bench --clients 50 --duration 10s");
         println!();

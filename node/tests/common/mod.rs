@@ -458,6 +458,19 @@ impl Cluster {
         }
     }
 
+    /// Sends node `id` SIGSTOP (`pause: true`) or SIGCONT: a node that
+    /// stops answering without its connections closing.
+    pub fn pause(&mut self, id: u64, pause: bool) {
+        let pid = self.node(id).child.as_ref().expect("node is running").id();
+        let signal = if pause { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     pub fn kill_all(&mut self) {
         let ids: Vec<u64> = self.ids().collect();
         for id in ids {

@@ -22,6 +22,7 @@ use ringkv_core::kv::{Precondition, parse_integer};
 use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
 use ringkv_core::ring::key_slot;
 
+use super::cluster::{self, Topology};
 use super::reply::{Protocol, Reply};
 use crate::api::errors;
 use crate::handle::NodeHandle;
@@ -34,15 +35,23 @@ pub struct Session {
     pub name: Option<Bytes>,
     /// `READONLY`: reads go to the leader's lease (no quorum round).
     pub readonly: bool,
+    /// Commands on a key another node leads are answered `-MOVED` (see
+    /// [`crate::config::RespRedirects`]), and multi-key commands must
+    /// stay in one slot (`-CROSSSLOT`).
+    pub cluster_aware: bool,
+    /// The cluster's partition count (slot ranges).
+    pub partition_count: u32,
 }
 
 impl Session {
-    pub fn new(id: u64) -> Self {
+    pub fn new(id: u64, partition_count: u32) -> Self {
         Session {
             id,
             proto: Protocol::Resp2,
             name: None,
             readonly: false,
+            cluster_aware: false,
+            partition_count,
         }
     }
 }
@@ -111,9 +120,64 @@ pub fn error_reply(e: &ClientError) -> Reply {
     Reply::Error(format!("{} {e}", errors::kind(e).resp_code))
 }
 
+/// The slot of the command's keys, if it has keys; `Err(reply)` if they
+/// are in different slots on a cluster-aware connection.
+fn command_slot(name: &str, args: &[Bytes]) -> Result<Option<u16>, Reply> {
+    let Some(&(_, _, _, first, last, step)) = COMMANDS.iter().find(|c| c.0 == name) else {
+        return Ok(None);
+    };
+    if first <= 0 || args.len() <= first as usize {
+        return Ok(None);
+    }
+    let last = if last < 0 {
+        args.len() as i64 + last
+    } else {
+        last.min(args.len() as i64 - 1)
+    };
+    let mut slot = None;
+    for i in (first..=last).step_by(step.max(1) as usize) {
+        let s = key_slot(&args[i as usize]);
+        match slot {
+            Some(other) if other != s => {
+                return Err(Reply::Error(
+                    "CROSSSLOT Keys in request don't hash to the same slot".into(),
+                ));
+            }
+            _ => slot = Some(s),
+        }
+    }
+    Ok(slot)
+}
+
+/// On a cluster-aware connection, `-MOVED slot host:port` when another
+/// node leads the slot's partition (a `READONLY` connection reads from any
+/// replica, as from a Redis replica).
+fn redirection(node: &NodeHandle, session: &Session, name: &str, args: &[Bytes]) -> Option<Reply> {
+    if !session.cluster_aware {
+        return None;
+    }
+    let slot = match command_slot(name, args) {
+        Ok(Some(slot)) => slot,
+        Ok(None) => return None,
+        Err(reply) => return Some(reply),
+    };
+    let view = node.view();
+    let read = COMMANDS
+        .iter()
+        .any(|c| c.0 == name && c.2.contains(&"readonly"));
+    if session.readonly && read && cluster::replicates(&view, slot, session.partition_count) {
+        return None;
+    }
+    cluster::redirect(&view, slot, session.partition_count)
+        .map(|to| Reply::Error(format!("MOVED {slot} {to}")))
+}
+
 /// Runs one command. `args` is not empty.
 pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>) -> (Reply, After) {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    if let Some(reply) = redirection(node, session, &name, &args) {
+        return (reply, After::Continue);
+    }
     let reply = match name.as_str() {
         "quit" => return (Reply::ok(), After::Close),
         "ping" => match args.len() {
@@ -149,7 +213,7 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
             session.readonly = false;
             Reply::ok()
         }
-        "cluster" if args.len() >= 2 => cluster(node, &args),
+        "cluster" if args.len() >= 2 => cluster(node, session, &args),
         "get" if args.len() == 2 => match get(node, session, args[1].clone()).await {
             Ok(Some(v)) => Reply::Bulk(v),
             Ok(None) => Reply::Null,
@@ -461,7 +525,7 @@ fn hello(node: &NodeHandle, session: &mut Session, args: &[Bytes]) -> Reply {
         ),
         (Reply::bulk("proto"), Reply::Integer(proto)),
         (Reply::bulk("id"), Reply::Integer(session.id as i64)),
-        (Reply::bulk("mode"), Reply::bulk("standalone")),
+        (Reply::bulk("mode"), Reply::bulk("cluster")),
         (Reply::bulk("role"), Reply::bulk("master")),
         (
             Reply::bulk("node"),
@@ -561,8 +625,8 @@ fn command(args: &[Bytes]) -> Reply {
 fn info(node: &NodeHandle) -> Reply {
     let view = node.view();
     Reply::bulk(format!(
-        "# Server\r\nredis_version:7.0.0\r\nringkv_version:{}\r\nredis_mode:standalone\r\n\
-         ringkv_node:{}\r\n\r\n# Cluster\r\ncluster_enabled:0\r\n\r\n# Keyspace\r\n",
+        "# Server\r\nredis_version:7.0.0\r\nringkv_version:{}\r\nredis_mode:cluster\r\n\
+         ringkv_node:{}\r\n\r\n# Cluster\r\ncluster_enabled:1\r\n\r\n# Keyspace\r\n",
         env!("CARGO_PKG_VERSION"),
         view.node_id
     ))
@@ -595,18 +659,33 @@ fn config_get(patterns: &[Bytes]) -> Reply {
     )
 }
 
-fn cluster(node: &NodeHandle, args: &[Bytes]) -> Reply {
+fn cluster(node: &NodeHandle, session: &mut Session, args: &[Bytes]) -> Reply {
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    let topology = || Topology::of(&node.view(), session.partition_count);
     match (sub.as_str(), args.len()) {
         ("KEYSLOT", 3) => Reply::Integer(i64::from(key_slot(&args[2]))),
         // Redis node ids are 40 hex characters; ringkv's is its number.
-        ("MYID", 2) => Reply::bulk(format!("{:040x}", node.view().node_id.0)),
-        ("KEYSLOT" | "MYID", _) => wrong_arity(&format!("cluster|{}", sub.to_ascii_lowercase())),
-        ("SLOTS" | "SHARDS" | "NODES" | "INFO", _) => Reply::err(format!(
-            "CLUSTER {sub} is not supported yet: cluster-aware routing is not built"
-        )),
+        ("MYID", 2) => Reply::bulk(cluster::redis_id(node.view().node_id)),
+        // Asking for the topology is what a cluster-aware client does
+        // first: from now on it is redirected to leaders.
+        ("SLOTS", 2) => {
+            session.cluster_aware = true;
+            topology().slots_reply()
+        }
+        ("SHARDS", 2) => {
+            session.cluster_aware = true;
+            topology().shards_reply()
+        }
+        ("NODES", 2) => {
+            session.cluster_aware = true;
+            Reply::bulk(topology().nodes_text())
+        }
+        ("INFO", 2) => Reply::bulk(topology().info_text()),
+        ("KEYSLOT" | "MYID" | "SLOTS" | "SHARDS" | "NODES" | "INFO", _) => {
+            wrong_arity(&format!("cluster|{}", sub.to_ascii_lowercase()))
+        }
         _ => Reply::err(format!(
-            "unknown subcommand '{}'. Try CLUSTER KEYSLOT or MYID.",
+            "unknown subcommand '{}'. Try CLUSTER SLOTS, SHARDS, NODES, INFO, KEYSLOT or MYID.",
             sub.chars().take(64).collect::<String>()
         )),
     }

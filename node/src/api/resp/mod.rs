@@ -18,6 +18,7 @@
 //!
 //! Not under madsim (the simulation drives gRPC).
 
+pub mod cluster;
 pub mod commands;
 pub mod parser;
 pub mod reply;
@@ -33,16 +34,26 @@ use tokio::sync::watch;
 use self::commands::{After, Session};
 use self::parser::{Limits, Parsed, parse_command};
 use self::reply::Reply;
+use crate::config::RespRedirects;
 use crate::handle::NodeHandle;
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 << 10;
 
+/// How a node serves RESP.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub limits: Limits,
+    pub redirects: RespRedirects,
+    /// The cluster's partition count (slot ranges).
+    pub partition_count: u32,
+}
+
 /// Serves RESP on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     node: NodeHandle,
-    limits: Limits,
+    settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let next_id = Arc::new(AtomicU64::new(1));
@@ -70,7 +81,7 @@ pub async fn serve(
             tokio::select! {
                 biased;
                 _ = async { drop(rx.wait_for(|s| *s).await) } => {}
-                r = connection(stream, node, limits, id) => {
+                r = connection(stream, node, settings, id) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, "RESP connection ended: {e}");
                     }
@@ -84,10 +95,12 @@ pub async fn serve(
 async fn connection(
     mut stream: TcpStream,
     node: NodeHandle,
-    limits: Limits,
+    settings: Settings,
     id: u64,
 ) -> std::io::Result<()> {
-    let mut session = Session::new(id);
+    let limits = settings.limits;
+    let mut session = Session::new(id, settings.partition_count);
+    session.cluster_aware = settings.redirects == RespRedirects::Always;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::new();
     loop {
