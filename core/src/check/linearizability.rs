@@ -52,10 +52,11 @@
 //! where an earlier member `x` is unused stays valid with `x` and `y`
 //! swapped, because `x` was invoked first and so may take effect wherever `y`
 //! may. `n` members then give `n + 1` choices instead of `2^n`. Unknown
-//! increments by the same delta form a class too (they have no output and
-//! act alike). On a key with increments or appends, puts form no classes:
-//! what they compute depends on the value an unknown put left, which the
-//! shared value would hide. On failure the report shows the
+//! writes with the same arguments form a class too (puts of one value,
+//! increments by one delta, appends of one suffix: no output, same
+//! effect). On a key with increments or appends, unread put values are not
+//! shared: what later writes compute depends on the value an unknown put
+//! left, which the shared value would hide. On failure the report shows the
 //! longest linearizable prefix found, the state after it, and why each
 //! operation that could come next does not fit.
 
@@ -690,18 +691,22 @@ fn read_of_unwritten_value(
     })
 }
 
-/// A class of interchangeable unknown writes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// A class of interchangeable unknown writes: same kind, same arguments.
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum WriteClass {
-    Put(Precondition),
+    /// The value (interned), after unread values were made one.
+    Put(u32, Precondition),
     Delete(Precondition),
     Increment(i64),
+    Append(Bytes),
 }
 
 /// Groups the unknown writes that act alike on every state (see the module
-/// doc) and gives the puts among them one shared value. When increments or
-/// appends read values (`values_are_read_by_writes`), puts are left out:
-/// the value a put left matters even if no read saw it. Returns, for each
+/// doc): same kind and arguments, where puts of values no operation
+/// observed first get one shared value. When increments or appends read
+/// values (`values_are_read_by_writes`), values are not shared (the value
+/// a put left matters even if no read saw it), so only puts of equal
+/// values are classed. Returns, for each
 /// operation, the previous member of its class in invoke order (`NONE` for
 /// the first member and for operations in no class).
 fn interchangeable_unknown_writes(
@@ -735,9 +740,11 @@ fn interchangeable_unknown_writes(
                 precondition,
                 produced: None,
                 ..
-            } if !observed.contains(value) && !values_are_read_by_writes => {
-                *value = unread;
-                WriteClass::Put(*precondition)
+            } => {
+                if !observed.contains(value) && !values_are_read_by_writes {
+                    *value = unread;
+                }
+                WriteClass::Put(*value, *precondition)
             }
             Effect::Delete {
                 precondition,
@@ -748,6 +755,10 @@ fn interchangeable_unknown_writes(
                 delta,
                 produced: None,
             } => WriteClass::Increment(*delta),
+            Effect::Append {
+                suffix,
+                produced: None,
+            } => WriteClass::Append(suffix.clone()),
             _ => continue,
         };
         if let Some(before) = last_member.insert(class, i) {
