@@ -303,3 +303,124 @@ pub fn replicates(view: &ClusterView, slot: u16, partition_count: u32) -> bool {
         .get(p.0 as usize)
         .is_some_and(|g| g.replicas.contains(&view.node_id) && g.term > 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{MemberView, PartitionView};
+    use ringkv_core::metadata::ClientAddresses;
+    use ringkv_core::node::NodeStats;
+
+    fn member(id: u64, resp: &str, health: Health) -> MemberView {
+        MemberView {
+            id: NodeId(id),
+            health,
+            phi: 0.0,
+            state: Some(MemberState::Up),
+            last_heard: None,
+            address: None,
+            client: ClientAddresses {
+                rest: String::new(),
+                resp: resp.to_owned(),
+            },
+        }
+    }
+
+    fn group(p: u32, leader: Option<u64>, replicas: &[u64]) -> PartitionView {
+        PartitionView {
+            partition: PartitionId(p),
+            replicas: replicas.iter().copied().map(NodeId).collect(),
+            learners: Vec::new(),
+            outgoing: Vec::new(),
+            leader: leader.map(NodeId),
+            term: 1,
+            commit_index: 0,
+            applied_index: 0,
+            keys: 0,
+            followers: Vec::new(),
+            lag: 0,
+            receiving_snapshot: None,
+            under_replicated: false,
+            catching_up: false,
+        }
+    }
+
+    /// Node 1's view of 4 partitions on nodes 1-4: p0 and p1 led by n1,
+    /// p2 by n2, p3 leaderless (an election); n4 serves no RESP and leads
+    /// nothing here; n3 is down.
+    fn view() -> ClusterView {
+        ClusterView {
+            node_id: NodeId(1),
+            members: vec![
+                member(1, "127.0.0.1:7001", Health::Local),
+                member(2, "127.0.0.1:7002", Health::Up),
+                member(3, "127.0.0.1:7003", Health::Down),
+                member(4, "", Health::Up),
+            ],
+            partitions: vec![
+                group(0, Some(1), &[1, 2, 3]),
+                group(1, Some(1), &[1, 2, 4]),
+                group(2, Some(2), &[2, 3, 4]),
+                group(3, None, &[4, 3, 1]),
+            ],
+            metadata_group: None,
+            ready: true,
+            stats: NodeStats::default(),
+            pending_requests: 0,
+            compactions_queued: 0,
+            metadata_version: 9,
+            metadata_leader: Some(NodeId(1)),
+            controller: true,
+            plan: None,
+        }
+    }
+
+    #[test]
+    fn every_slot_has_a_master_and_leaders_come_first() {
+        let t = Topology::of(&view(), 4);
+        let ids: Vec<u64> = t.nodes.iter().map(|n| n.id.0).collect();
+        assert_eq!(ids, vec![1, 2, 3], "n4 serves no RESP, so it is not named");
+        let masters: Vec<Option<u64>> = t
+            .shards
+            .iter()
+            .map(|s| s.master.map(|m| t.nodes[m].id.0))
+            .collect();
+        // p3 has no leader: its first replica that serves RESP stands in.
+        assert_eq!(masters, vec![Some(1), Some(1), Some(2), Some(3)]);
+        assert_eq!(t.shards[2].slots, 8192..12288);
+        assert_eq!(t.slots_served(), 16_384);
+        assert!(t.info_text().contains("cluster_state:ok"));
+        assert!(t.info_text().contains("cluster_size:3"));
+    }
+
+    #[test]
+    fn nodes_lines_merge_adjacent_ranges_and_flag_myself_and_failures() {
+        let text = Topology::of(&view(), 4).nodes_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "0000000000000000000000000000000000000001 127.0.0.1:7001@0 myself,master - 0 0 9 connected 0-8191",
+                "0000000000000000000000000000000000000002 127.0.0.1:7002@0 master - 0 0 9 connected 8192-12287",
+                "0000000000000000000000000000000000000003 127.0.0.1:7003@0 master,fail - 0 0 9 disconnected 12288-16383",
+            ]
+        );
+    }
+
+    #[test]
+    fn redirects_go_to_a_leader_that_serves_resp_and_never_to_self() {
+        let v = view();
+        // Slot 0: p0, led here.
+        assert_eq!(redirect(&v, 0, 4), None);
+        // Slot 9000: p2, led by n2.
+        assert_eq!(redirect(&v, 9000, 4).as_deref(), Some("127.0.0.1:7002"));
+        // Slot 13000: p3, no leader: served here (the core forwards).
+        assert_eq!(redirect(&v, 13_000, 4), None);
+        let mut v = v;
+        v.partitions[2].leader = Some(NodeId(4));
+        // A leader without a RESP address cannot be named: served here.
+        assert_eq!(redirect(&v, 9000, 4), None);
+        assert!(replicates(&v, 0, 4));
+        assert!(!replicates(&v, 9000, 4));
+    }
+}
