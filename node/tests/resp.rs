@@ -338,7 +338,8 @@ fn read_modify_writes_answer_as_redis_and_are_atomic() {
 }
 
 /// A pipeline of writes then reads, sent before any reply is read: the
-/// replies come back in order, and the reads see the writes.
+/// replies come back in order, and the reads see the writes; a key's
+/// commands keep their order among other keys' (which run at once).
 #[test]
 fn a_pipeline_is_answered_in_order() {
     let (_c, resp) = cluster();
@@ -364,6 +365,31 @@ fn a_pipeline_is_answered_in_order() {
         }
     };
     assert_eq!(values, (0..200).collect::<Vec<i64>>());
+
+    // Commands on one key keep their order inside a pipeline (they run one
+    // after another), interleaved with commands on other keys (at once).
+    // (A leadership move may refuse one command: then the whole pipeline
+    // runs again on a fresh counter.)
+    let counts: Vec<i64> = (0..)
+        .find_map(|attempt| {
+            let mut pipe = redis::pipe();
+            for i in 0..300 {
+                pipe.cmd("INCR").arg(format!("{{p}}.counter{attempt}"));
+                pipe.cmd("SET")
+                    .arg(format!("{{p}}.other{i}"))
+                    .arg(i)
+                    .ignore();
+            }
+            match pipe.query(&mut con) {
+                Err(e) if e.code() == Some("TRYAGAIN") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    None
+                }
+                r => Some(r.expect("pipeline of increments")),
+            }
+        })
+        .expect("an attempt");
+    assert_eq!(counts, (1..=300).collect::<Vec<i64>>());
 }
 
 /// Raw bytes: inline commands, RESP3 after HELLO 3, an unknown protocol

@@ -28,7 +28,7 @@ use crate::api::errors;
 use crate::handle::NodeHandle;
 
 /// What a connection carries from one command to the next.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Session {
     pub id: u64,
     pub proto: Protocol,
@@ -99,6 +99,20 @@ const COMMANDS: &[CommandSpec] = &[
     ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("getdel", 2, &["write", "fast"], 1, 1, 1),
 ];
+
+/// Whether `args` is a command on one key that changes no connection
+/// state, which a pipeline may run at once with others (see the `resp`
+/// module doc).
+pub fn is_single_key(args: &[Bytes]) -> bool {
+    const SINGLE_KEY: &[&str] = &[
+        "get", "set", "setnx", "incr", "decr", "incrby", "decrby", "append", "getset", "getdel",
+        "strlen", "type",
+    ];
+    args.len() >= 2
+        && SINGLE_KEY
+            .iter()
+            .any(|name| args[0].eq_ignore_ascii_case(name.as_bytes()))
+}
 
 /// Commands Redis has that ringkv does not do yet, and why.
 fn not_yet(name: &str) -> Option<&'static str> {

@@ -9,12 +9,19 @@
 //! - this module: the listener and one task per connection.
 //!
 //! A connection reads what the client sent, runs every whole command in it
-//! in order (pipelining: a client may send many before reading), and writes
-//! their replies together. A command runs to its reply before the next one
-//! starts, so replies come back in order and a pipeline's writes apply in
-//! the order sent. A framing error gets `-ERR Protocol error: ...` and the
-//! connection is closed (the stream cannot be resynchronised); any other
-//! error is a reply, and the connection goes on.
+//! (pipelining: a client may send many before reading), and writes their
+//! replies together, in the order of the commands. Consecutive single-key
+//! commands (`GET`, `SET`, `INCR`, ... see [`commands::is_single_key`]) run
+//! at once, up to [`PIPELINE_WINDOW`] of them, so that a pipeline's writes
+//! share the leaders' group commits instead of waiting for one commit each:
+//! commands on the same key still run one after another in the order sent,
+//! commands on different keys may take effect in any order (they are
+//! concurrent operations: the client sent each before it had the answer to
+//! the one before). Any other command (connection state, multi-key, topology)
+//! waits for the commands before it and runs alone. A framing error gets
+//! `-ERR Protocol error: ...` and the connection is closed (the stream cannot
+//! be resynchronised); any other error is a reply, and the connection goes
+//! on.
 //!
 //! Not under madsim (the simulation drives gRPC).
 
@@ -26,7 +33,9 @@ pub mod reply;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -39,6 +48,10 @@ use crate::handle::NodeHandle;
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 << 10;
+
+/// Commands of one pipeline in flight at once, at most: enough to fill a
+/// group commit, few enough to stay far below the core's admission limits.
+pub const PIPELINE_WINDOW: usize = 256;
 
 /// How a node serves RESP.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +104,74 @@ pub async fn serve(
     }
 }
 
+/// Runs `batch` (see the module doc for what runs at once) and encodes the
+/// replies in order; stops at a `QUIT`.
+async fn run_batch(
+    node: &NodeHandle,
+    session: &mut Session,
+    batch: Vec<Vec<Bytes>>,
+    output: &mut BytesMut,
+) -> After {
+    let mut rest = batch.as_slice();
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take_while(|args| commands::is_single_key(args))
+            .count();
+        if run > 1 {
+            for reply in run_concurrently(node, session, &rest[..run]).await {
+                reply.encode(session.proto, output);
+            }
+            rest = &rest[run..];
+            continue;
+        }
+        let (reply, after) = commands::execute(node, session, first.clone()).await;
+        reply.encode(session.proto, output);
+        if after == After::Close {
+            return After::Close;
+        }
+        rest = &rest[1..];
+    }
+    After::Continue
+}
+
+/// Single-key commands at once, each key's in order; replies in the order
+/// of `run`. They change no connection state, so each runs on a copy.
+async fn run_concurrently(node: &NodeHandle, session: &Session, run: &[Vec<Bytes>]) -> Vec<Reply> {
+    let mut by_key: Vec<(&Bytes, Vec<usize>)> = Vec::new();
+    let mut key_index: HashMap<&Bytes, usize> = HashMap::new();
+    for (i, args) in run.iter().enumerate() {
+        let slot = *key_index.entry(&args[1]).or_insert_with(|| {
+            by_key.push((&args[1], Vec::new()));
+            by_key.len() - 1
+        });
+        by_key[slot].1.push(i);
+    }
+    let sequences = by_key.into_iter().map(|(_, indices)| {
+        let mut session = session.clone();
+        async move {
+            let mut replies = Vec::with_capacity(indices.len());
+            for i in indices {
+                let (reply, _) = commands::execute(node, &mut session, run[i].clone()).await;
+                replies.push((i, reply));
+            }
+            replies
+        }
+    });
+    let mut replies: Vec<Option<Reply>> = (0..run.len()).map(|_| None).collect();
+    for (i, reply) in futures::future::join_all(sequences)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        replies[i] = Some(reply);
+    }
+    replies
+        .into_iter()
+        .map(|r| r.expect("every command of the run was answered"))
+        .collect()
+}
+
 /// One client connection, until it closes, says `QUIT` or breaks framing.
 async fn connection(
     mut stream: TcpStream,
@@ -104,29 +185,40 @@ async fn connection(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::new();
     loop {
-        // Every whole command buffered, in order.
-        loop {
+        // The whole commands buffered, in order, a window at a time.
+        let mut batch: Vec<Vec<Bytes>> = Vec::new();
+        let mut broken = None;
+        while batch.len() < PIPELINE_WINDOW {
             match parse_command(&input, &limits) {
                 Ok(Parsed::Incomplete) => break,
                 Ok(Parsed::Command { args, consumed }) => {
                     let frame = input.split_to(consumed).freeze();
-                    if args.is_empty() {
-                        continue;
-                    }
-                    let args = args.into_iter().map(|r| frame.slice(r)).collect();
-                    let (reply, after) = commands::execute(&node, &mut session, args).await;
-                    reply.encode(session.proto, &mut output);
-                    if after == After::Close {
-                        stream.write_all(&output).await?;
-                        return Ok(());
+                    if !args.is_empty() {
+                        batch.push(args.into_iter().map(|r| frame.slice(r)).collect());
                     }
                 }
                 Err(e) => {
-                    Reply::err(&e).encode(session.proto, &mut output);
-                    stream.write_all(&output).await?;
-                    return Ok(());
+                    broken = Some(e);
+                    break;
                 }
             }
+        }
+        let full = batch.len() == PIPELINE_WINDOW;
+        let after = run_batch(&node, &mut session, batch, &mut output).await;
+        if after == After::Close {
+            stream.write_all(&output).await?;
+            return Ok(());
+        }
+        if let Some(e) = broken {
+            Reply::err(&e).encode(session.proto, &mut output);
+            stream.write_all(&output).await?;
+            return Ok(());
+        }
+        if full {
+            // More may be buffered: answer this window first.
+            stream.write_all(&output).await?;
+            output.clear();
+            continue;
         }
         if !output.is_empty() {
             stream.write_all(&output).await?;
