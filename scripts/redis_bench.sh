@@ -8,7 +8,8 @@
 #   ./scripts/redis_bench.sh [REQUESTS]     REQUESTS per test, default 100000
 #
 # 50 connections, 64-byte values (-d 64), keys drawn from 1,000,000 (-r),
-# SET and GET, without and with pipelining (-P 16). Needs redis-server and
+# SET and GET, without and with pipelining (-P 16), then ringkv with
+# redis-benchmark --cluster (each key sent to its leader). Needs redis-server and
 # redis-benchmark (Debian: apt install redis-server redis-tools). Data lives
 # in a temporary directory, removed at exit; ports 16379 (Redis), RESP
 # 16381-16383, REST 18281-18283, gRPC 19291-19293.
@@ -85,8 +86,17 @@ EOF
 }
 
 echo "redis-benchmark: $requests requests per test, 50 connections, 64-byte values"
+redis_p1=""
 for pipeline in 1 16; do
   redis=$(run 16379 -P "$pipeline")
+  [ "$pipeline" = 1 ] && redis_p1=$redis
   ringkv=$(run 16381 -P "$pipeline")
   report "-P $pipeline" "$redis" "$ringkv"
 done
+# Cluster-aware: redis-benchmark reads CLUSTER NODES and sends each key to
+# the node that leads its slot (no forwarding hop). Against the same single
+# Redis (not a cluster), so the ratio compares three ringkv nodes sharing
+# this machine with one Redis.
+ringkv=$(run 16381 --cluster)
+report "--cluster" "$redis_p1" "$ringkv"
+

@@ -64,11 +64,8 @@ const SETTLE: Duration = Duration::from_secs(CHURN_DEAD_AFTER.as_secs() + 25);
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Linearizability search steps per key (override: `RINGKV_SIM_STEP_BUDGET`).
 /// Above the checker's default: writes of unknown outcome, which faults make
-/// common, multiply the orders to try. Read-modify-write keys need the most
-/// (their unknown puts cannot share one value): seeds 1..200 and the four
-/// soak seeds that ran out of 10,000,000 needed up to 5,700,000 after the
-/// workload's values were narrowed; about 3 s per 10,000,000 steps.
-const STEP_BUDGET: u64 = 40_000_000;
+/// common, multiply the orders to try (about 3 s per 10,000,000 steps).
+const STEP_BUDGET: u64 = 10_000_000;
 
 /// Fails the seed if the nodes' observations broke a Raft safety property.
 fn assert_invariants(cluster: &SimCluster, seed: u64, nemesis: &Nemesis, replay: &str) {
