@@ -143,6 +143,9 @@ fn a_redis_client_reads_and_writes_through_any_node() {
     assert_eq!(len, 5);
     let kind: String = retrying(&mut b, redis::cmd("TYPE").arg("greeting")).expect("type");
     assert_eq!(kind, "string");
+    // greeting, fresh, {u1}.name, {u1}.lang: counted over every partition.
+    let size: i64 = retrying(&mut b, &redis::cmd("DBSIZE")).expect("dbsize");
+    assert_eq!(size, 4);
     let deleted: i64 = retrying(
         &mut a,
         redis::cmd("DEL").arg("greeting").arg("nope").arg("fresh"),
@@ -151,6 +154,8 @@ fn a_redis_client_reads_and_writes_through_any_node() {
     assert_eq!(deleted, 2);
     let gone: Option<String> = retrying(&mut b, redis::cmd("GET").arg("greeting")).expect("get");
     assert_eq!(gone, None);
+    let size: i64 = retrying(&mut a, &redis::cmd("DBSIZE")).expect("dbsize");
+    assert_eq!(size, 2);
 
     // Hash tags: one slot, as Redis computes it.
     let slot: i64 = redis::cmd("CLUSTER")

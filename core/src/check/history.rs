@@ -242,6 +242,9 @@ impl History {
                 | (Request::Delete { .. }, Outcome::Ok(Response::Deleted { .. }))
                 | (Request::Increment { .. }, Outcome::Ok(Response::Incremented { .. }))
                 | (Request::Append { .. }, Outcome::Ok(Response::Appended { .. })) => {}
+                (Request::CountKeys { .. }, _) => {
+                    return mismatch("a partition's key count is not a history operation");
+                }
                 (_, Outcome::Ok(_)) => return mismatch("ok response of another request kind"),
                 (
                     Request::Increment { .. },
@@ -441,6 +444,9 @@ impl fmt::Display for RequestText<'_> {
                 if *return_previous { " prev" } else { "" }
             ),
             Request::Increment { key, delta } => write!(f, "incr {} by={delta}", Escaped(key)),
+            // Not a history operation (`History::new` refuses it); printed
+            // for reports only.
+            Request::CountKeys { key, .. } => write!(f, "count {}", Escaped(key)),
             Request::Append { key, suffix } => {
                 write!(f, "append {} +={}", Escaped(key), Escaped(suffix))
             }

@@ -319,7 +319,7 @@ impl Effect {
                 }
                 Some(Effect::Read(read.as_ref().map(observed)))
             }
-            (Request::Get { .. }, _) => None,
+            (Request::Get { .. } | Request::CountKeys { .. }, _) => None,
             (
                 Request::Put {
                     value,

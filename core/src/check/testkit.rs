@@ -238,7 +238,7 @@ fn to_command(request: &Request) -> Command {
             suffix: suffix.clone(),
             max_value_bytes: u64::MAX,
         },
-        Request::Get { .. } => unreachable!("gets are not commands"),
+        Request::Get { .. } | Request::CountKeys { .. } => unreachable!("reads are not commands"),
     }
 }
 

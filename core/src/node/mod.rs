@@ -352,18 +352,28 @@ pub enum ClientRequest {
     Increment { key: Bytes, delta: i64 },
     /// Appends to the key's value (APPEND), atomically.
     Append { key: Bytes, suffix: Bytes },
+    /// How many keys the partition holding `key` has, read as a get of it
+    /// would be (Redis's DBSIZE asks each partition once).
+    CountKeys {
+        key: Bytes,
+        consistency: Consistency,
+    },
 }
 
 impl ClientRequest {
     /// Requests that change state, so a lost answer means the outcome is
     /// unknown.
     pub fn is_write(&self) -> bool {
-        !matches!(self, ClientRequest::Get { .. })
+        !matches!(
+            self,
+            ClientRequest::Get { .. } | ClientRequest::CountKeys { .. }
+        )
     }
 
     pub fn key(&self) -> &Bytes {
         match self {
             ClientRequest::Get { key, .. }
+            | ClientRequest::CountKeys { key, .. }
             | ClientRequest::Put { key, .. }
             | ClientRequest::Delete { key, .. }
             | ClientRequest::Increment { key, .. }
@@ -419,6 +429,8 @@ pub enum ClientResponse {
         version: u64,
         mod_revision: u64,
     },
+    /// The keys of a partition.
+    Count(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -663,6 +675,8 @@ struct PendingRead {
     hops: Hops,
     partition: PartitionId,
     key: Bytes,
+    /// Answer the partition's key count rather than the key.
+    count: bool,
     deadline: Time,
 }
 
@@ -1131,6 +1145,9 @@ impl Node {
             ClientRequest::Get {
                 consistency: Consistency::Lease,
                 ..
+            } | ClientRequest::CountKeys {
+                consistency: Consistency::Lease,
+                ..
             }
         );
         if lease_read && self.started && now >= self.next_tick {
@@ -1177,15 +1194,23 @@ impl Node {
         }
         let g = self.groups.get_mut(&p).expect("checked above");
         self.dirty.insert(p);
+        let (read_key, consistency, count) = match &req {
+            ClientRequest::Get { key, consistency } => (key.clone(), *consistency, false),
+            ClientRequest::CountKeys { key, consistency } => (key.clone(), *consistency, true),
+            _ => (Bytes::new(), Consistency::Stale, false),
+        };
         match req {
-            ClientRequest::Get {
-                key,
-                consistency: Consistency::Stale,
-            } => {
-                let value = g.kv.get(&key).cloned();
-                self.reply(id, Reply::Done(Ok(ClientResponse::Value(value))));
+            ClientRequest::Get { .. } | ClientRequest::CountKeys { .. }
+                if consistency == Consistency::Stale =>
+            {
+                let answer = if count {
+                    ClientResponse::Count(g.kv.len() as u64)
+                } else {
+                    ClientResponse::Value(g.kv.get(&read_key).cloned())
+                };
+                self.reply(id, Reply::Done(Ok(answer)));
             }
-            ClientRequest::Get { key, consistency } => {
+            ClientRequest::Get { .. } | ClientRequest::CountKeys { .. } => {
                 let ctx = self.next_read_ctx;
                 let lease = consistency == Consistency::Lease;
                 // Only a checker asks which reads the lease served.
@@ -1207,7 +1232,8 @@ impl Node {
                                 id,
                                 hops,
                                 partition: p,
-                                key,
+                                key: read_key,
+                                count,
                                 deadline,
                             },
                         );
@@ -1906,9 +1932,12 @@ impl Node {
             g.reads_waiting_apply = waiting;
             for (_, ctx) in ready_now {
                 if let Some(r) = self.reads.remove(&ctx) {
-                    let value = g.kv.get(&r.key).cloned();
-                    self.replies
-                        .push_back((r.id, Reply::Done(Ok(ClientResponse::Value(value)))));
+                    let answer = if r.count {
+                        ClientResponse::Count(g.kv.len() as u64)
+                    } else {
+                        ClientResponse::Value(g.kv.get(&r.key).cloned())
+                    };
+                    self.replies.push_back((r.id, Reply::Done(Ok(answer))));
                 }
             }
         }

@@ -120,6 +120,10 @@ pub fn forward_request(req: &ClientRequest, from: u64, hops: u32) -> pb::Forward
             key: key.clone(),
             suffix: suffix.clone(),
         }),
+        ClientRequest::CountKeys { key, consistency } => Request::Count(pb::CountRequest {
+            key: key.clone(),
+            consistency: consistency_to_proto(*consistency) as i32,
+        }),
     };
     pb::ForwardRequest {
         from,
@@ -137,6 +141,10 @@ pub fn forwarded_request(r: pb::ForwardRequest) -> Result<ClientRequest, String>
         Some(Request::Delete(d)) => Ok(delete_request(d)),
         Some(Request::Increment(i)) => Ok(increment_request(i)),
         Some(Request::Append(a)) => Ok(append_request(a)),
+        Some(Request::Count(c)) => Ok(ClientRequest::CountKeys {
+            key: c.key,
+            consistency: consistency_from_proto(c.consistency)?,
+        }),
         None => Err("ForwardRequest.request is missing".to_owned()),
     }
 }
@@ -197,6 +205,7 @@ pub fn forward_response(result: &Result<ClientResponse, ClientError>) -> pb::For
             version: *version,
             mod_revision: *mod_revision,
         }),
+        Ok(ClientResponse::Count(count)) => R::Count(pb::CountResponse { count: *count }),
         Err(e) => {
             let d = super::errors::ErrorDetails::of(e);
             R::Error(pb::ForwardError {
@@ -237,6 +246,7 @@ pub fn forwarded_response(r: pb::ForwardResponse) -> Result<ClientResponse, Clie
             version: a.version,
             mod_revision: a.mod_revision,
         }),
+        Some(R::Count(c)) => Ok(ClientResponse::Count(c.count)),
         Some(R::Error(e)) => Err(super::errors::from_code(
             &e.code,
             &e.message,
@@ -284,6 +294,10 @@ mod tests {
                 key: Bytes::from_static(b"s"),
                 suffix: Bytes::from_static(b"tail"),
             },
+            ClientRequest::CountKeys {
+                key: Bytes::from_static(b"{p7}"),
+                consistency: Consistency::Lease,
+            },
         ];
         for r in reqs {
             let back = forwarded_request(forward_request(&r, 1, 1)).unwrap();
@@ -327,6 +341,7 @@ mod tests {
                 version: 5,
                 mod_revision: 14,
             }),
+            Ok(ClientResponse::Count(1234)),
             Err(ClientError::NotAnInteger),
             Err(ClientError::IncrementOverflow),
             Err(ClientError::PreconditionFailed {

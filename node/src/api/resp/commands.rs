@@ -7,10 +7,10 @@
 //! INFO CONFIG GET READONLY READWRITE`), strings (`GET SET` with `NX`/`XX`/
 //! `GET`, `SETNX MGET MSET DEL UNLINK EXISTS STRLEN TYPE`), the
 //! read-modify-writes (`INCR DECR INCRBY DECRBY APPEND GETSET GETDEL`), each
-//! one atomic command of the replicated state machine, `CLUSTER KEYSLOT`
-//! and `CLUSTER MYID`. Not yet (each answered with an error that says so,
-//! the connection stays usable): expiry (`SET ... EX`); `DBSIZE`; the
-//! cluster topology commands (`CLUSTER SLOTS` and its kin).
+//! one atomic command of the replicated state machine, `DBSIZE` (a count
+//! per partition), and `CLUSTER` (`SLOTS SHARDS NODES INFO KEYSLOT MYID`,
+//! see [`super::cluster`]). Not yet (each answered with an error that says
+//! so, the connection stays usable): expiry (`SET ... EX`).
 //!
 //! Multi-key commands run key by key, each key linearizable on its own:
 //! `MGET` reads each key, `MSET` writes each key in turn (not atomically:
@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use ringkv_core::kv::{Precondition, parse_integer};
 use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
-use ringkv_core::ring::key_slot;
+use ringkv_core::ring::{key_slot, partition_of_slot};
 
 use super::cluster::{self, Topology};
 use super::reply::{Protocol, Reply};
@@ -98,6 +98,7 @@ const COMMANDS: &[CommandSpec] = &[
     ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("getdel", 2, &["write", "fast"], 1, 1, 1),
+    ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
 ];
 
 /// Whether `args` is a command on one key that changes no connection
@@ -117,7 +118,6 @@ pub fn is_single_key(args: &[Bytes]) -> bool {
 /// Commands Redis has that ringkv does not do yet, and why.
 fn not_yet(name: &str) -> Option<&'static str> {
     Some(match name {
-        "dbsize" => "is not supported yet: counting every partition's keys exactly is not built",
         "expire" | "pexpire" | "expireat" | "ttl" | "pttl" | "persist" | "setex" => {
             "is not supported yet: ringkv keys do not expire yet"
         }
@@ -354,6 +354,7 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
                 Err(e) => error_reply(&e),
             }
         }
+        "dbsize" if args.len() == 1 => dbsize(node, session).await,
         _ => match not_yet(&name) {
             Some(why) => Reply::err(format!("'{}' {why}", name.to_ascii_uppercase())),
             None if COMMANDS.iter().any(|c| c.0 == name) => wrong_arity(&name),
@@ -420,6 +421,62 @@ async fn put(
         return_previous: false,
     };
     node.request(req).await.map(|_| ())
+}
+
+/// One key per partition, `{n}` for the smallest `n` whose slot falls in
+/// it: how DBSIZE addresses each partition through the key-routed client
+/// API. Computed once per partition count.
+fn partition_keys(partition_count: u32) -> Vec<Bytes> {
+    static KEYS: std::sync::Mutex<Option<(u32, Vec<Bytes>)>> = std::sync::Mutex::new(None);
+    let mut cached = KEYS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((count, keys)) = cached.as_ref()
+        && *count == partition_count
+    {
+        return keys.clone();
+    }
+    let mut keys: Vec<Option<Bytes>> = vec![None; partition_count as usize];
+    let mut missing = keys.len();
+    let mut n = 0u64;
+    while missing > 0 {
+        let key = format!("{{{n}}}");
+        let p = partition_of_slot(key_slot(key.as_bytes()), partition_count);
+        if let Some(slot @ None) = keys.get_mut(p.0 as usize) {
+            *slot = Some(Bytes::from(key));
+            missing -= 1;
+        }
+        n += 1;
+    }
+    let keys: Vec<Bytes> = keys.into_iter().flatten().collect();
+    *cached = Some((partition_count, keys.clone()));
+    keys
+}
+
+/// DBSIZE: every partition's key count, asked at once (each linearizable,
+/// or under the lease on a `READONLY` connection), summed. Each count is
+/// exact at its own instant; the sum is not one snapshot of the cluster.
+async fn dbsize(node: &NodeHandle, session: &Session) -> Reply {
+    let consistency = if session.readonly {
+        Consistency::Lease
+    } else {
+        Consistency::Linearizable
+    };
+    let counts = futures::future::join_all(
+        partition_keys(session.partition_count)
+            .into_iter()
+            .map(|key| node.request(ClientRequest::CountKeys { key, consistency })),
+    )
+    .await;
+    let mut total: u64 = 0;
+    for count in counts {
+        match count {
+            Ok(ClientResponse::Count(n)) => total += n,
+            Ok(other) => return unexpected(other),
+            Err(e) => return error_reply(&e),
+        }
+    }
+    Reply::Integer(i64::try_from(total).unwrap_or(i64::MAX))
 }
 
 /// INCR and its kin: one increment in the state machine.
