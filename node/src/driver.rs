@@ -10,7 +10,7 @@
 //! previous write was in flight, with one sync for all of them (group commit),
 //! then reports the newest one durable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,7 +31,7 @@ use crate::handle::Observer;
 use crate::handle::{ClientResult, Input, JoinAnswer, NodeHandle, PartitionDigest};
 use crate::members::MemberSync;
 use crate::storage::{Storage, StorageStats};
-use crate::transport::{Forwarder, PeerSenders};
+use crate::transport::{Forwarder, MAX_BATCHED_REQUEST_BYTES, MAX_FORWARD_BATCH, PeerSenders};
 use crate::view::{ClusterView, build_view};
 
 /// Inputs drained per loop turn before outputs are flushed: large enough to
@@ -74,6 +74,24 @@ pub struct Driver {
 struct Pending {
     req: ClientRequest,
     reply: oneshot::Sender<ClientResult>,
+}
+
+/// A request the core handed on to another node, waiting for its turn's
+/// batch to that node.
+struct Forward {
+    pending: Pending,
+    partition: PartitionId,
+    hops: Hops,
+}
+
+/// Bytes of a request's key and value: a large one is forwarded alone.
+fn request_bytes(req: &ClientRequest) -> usize {
+    let body = match req {
+        ClientRequest::Put { value, .. } => value.len(),
+        ClientRequest::Append { suffix, .. } => suffix.len(),
+        _ => 0,
+    };
+    req.key().len() + body
 }
 
 impl Driver {
@@ -293,6 +311,8 @@ impl Driver {
         while let Some(transmit) = self.node.poll_transmit() {
             self.io.peers.send(transmit);
         }
+        // Forwards of this turn, by target: one call per target.
+        let mut forwards: BTreeMap<NodeId, Vec<Forward>> = BTreeMap::new();
         while let Some((id, reply)) = self.node.poll_reply() {
             let Some(p) = self.pending.remove(&id) else {
                 continue;
@@ -305,7 +325,25 @@ impl Driver {
                     to,
                     partition,
                     hops,
-                } => self.forward(p, to, partition, hops),
+                } if request_bytes(&p.req) > MAX_BATCHED_REQUEST_BYTES => {
+                    self.forward(p, to, partition, hops);
+                }
+                Reply::Forward {
+                    to,
+                    partition,
+                    hops,
+                } => forwards.entry(to).or_default().push(Forward {
+                    pending: p,
+                    partition,
+                    hops,
+                }),
+            }
+        }
+        for (to, batch) in forwards {
+            let mut batch = batch.into_iter().peekable();
+            while batch.peek().is_some() {
+                let chunk: Vec<Forward> = batch.by_ref().take(MAX_FORWARD_BATCH).collect();
+                self.forward_batch(to, chunk);
             }
         }
         while let Some(event) = self.node.poll_event() {
@@ -349,6 +387,40 @@ impl Driver {
             }
             self.io.forwarder.remove_peer(id);
         }
+    }
+
+    /// Forwards to one node in one call (one request: a plain `Forward`).
+    fn forward_batch(&mut self, to: NodeId, mut batch: Vec<Forward>) {
+        if batch.len() == 1 {
+            let Forward {
+                pending,
+                partition,
+                hops,
+            } = batch.remove(0);
+            self.forward(pending, to, partition, hops);
+            return;
+        }
+        let forwarder = self.io.forwarder.clone();
+        let from = self.node.id();
+        tokio::spawn(async move {
+            let requests: Vec<_> = batch
+                .iter()
+                .map(|f| (f.pending.req.clone(), f.hops))
+                .collect();
+            match forwarder.forward_batch(from, to, &requests).await {
+                Ok(results) => {
+                    for (f, result) in batch.into_iter().zip(results) {
+                        let _ = f.pending.reply.send(result);
+                    }
+                }
+                Err(failure) => {
+                    for f in batch {
+                        let outcome = failure.outcome(f.pending.req.is_write(), f.partition);
+                        let _ = f.pending.reply.send(Err(outcome));
+                    }
+                }
+            }
+        });
     }
 
     fn forward(&mut self, p: Pending, to: NodeId, partition: PartitionId, hops: Hops) {

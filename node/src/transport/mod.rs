@@ -74,7 +74,7 @@ use ringkv_core::io::Lane;
 use ringkv_core::node::NodeConfig;
 use tonic::transport::Endpoint;
 
-pub use forward::Forwarder;
+pub use forward::{Forwarder, MAX_BATCHED_REQUEST_BYTES, MAX_FORWARD_BATCH};
 pub use handshake::Handshake;
 pub use senders::PeerSenders;
 pub use service::PeerService;

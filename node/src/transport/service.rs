@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ringkv_core::node::ClientError;
 use ringkv_core::routing::Hops;
 use ringkv_core::wire;
 use ringkv_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use super::forward::MAX_FORWARD_BATCH;
 use super::{Handshake, TransportStats, human_bytes};
 use crate::api::convert;
 use crate::clock::Clock;
@@ -204,5 +206,32 @@ impl pb::peer_server::Peer for PeerService {
         let req = convert::forwarded_request(r).map_err(Status::invalid_argument)?;
         let result = self.node.request_with_hops(req, hops).await;
         Ok(Response::new(convert::forward_response(&result)))
+    }
+
+    async fn forward_batch(
+        &self,
+        request: Request<pb::ForwardBatchRequest>,
+    ) -> Result<Response<pb::ForwardBatchResponse>, Status> {
+        self.handshake.admit_call(&request)?;
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_FORWARD_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} forwarded requests in one batch; the limit is {MAX_FORWARD_BATCH}",
+                requests.len()
+            )));
+        }
+        let node = &self.node;
+        let answers = requests.into_iter().map(|r| async move {
+            let hops = Hops(r.hops);
+            let result = match convert::forwarded_request(r) {
+                Ok(req) => node.request_with_hops(req, hops).await,
+                Err(e) => Err(ClientError::Internal(format!(
+                    "malformed forwarded request: {e}"
+                ))),
+            };
+            convert::forward_response(&result)
+        });
+        let responses = futures::future::join_all(answers).await;
+        Ok(Response::new(pb::ForwardBatchResponse { responses }))
     }
 }
