@@ -307,3 +307,65 @@ async fn calls_from_strangers_are_refused_with_the_mismatch_named() {
     assert_eq!(server.stats.batches_received.load(Ordering::Relaxed), 0);
     server.stop().await;
 }
+
+/// `ForwardBatch` runs every request and answers each in its place (a
+/// malformed one answered with an error, the others served), and refuses a
+/// batch over the limit as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_batch_is_answered_in_order_and_bounded() {
+    let (server, mut client) = ready_node_and_peer_client().await;
+    let put = |key: &'static str, value: &'static str| pb::ForwardRequest {
+        from: 1,
+        hops: 1,
+        request: Some(pb::forward_request::Request::Put(pb::PutRequest {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::from_static(value.as_bytes()),
+            precondition: None,
+            return_previous: false,
+        })),
+    };
+    let get = |key: &'static str| pb::ForwardRequest {
+        from: 1,
+        hops: 1,
+        request: Some(pb::forward_request::Request::Get(pb::GetRequest {
+            key: Bytes::from_static(key.as_bytes()),
+            consistency: 0,
+        })),
+    };
+    let malformed = pb::ForwardRequest {
+        from: 1,
+        hops: 1,
+        request: None,
+    };
+    let batch = pb::ForwardBatchRequest {
+        requests: vec![put("a", "1"), malformed, put("b", "2"), get("zz")],
+    };
+    let answers = client
+        .forward_batch(as_member(&server, batch))
+        .await
+        .expect("a batch within the limit")
+        .into_inner()
+        .responses;
+    use pb::forward_response::Result as R;
+    let kinds: Vec<&'static str> = answers
+        .iter()
+        .map(|a| match &a.result {
+            Some(R::Put(_)) => "put",
+            Some(R::Get(g)) if g.kv.is_none() => "absent",
+            Some(R::Error(e)) if e.message.contains("malformed") => "malformed",
+            other => panic!("unexpected answer {other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, vec!["put", "malformed", "put", "absent"]);
+
+    let too_many = pb::ForwardBatchRequest {
+        requests: (0..257).map(|_| get("a")).collect(),
+    };
+    let refused = client
+        .forward_batch(as_member(&server, too_many))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("the limit is 256"), "{refused}");
+    server.stop().await;
+}
