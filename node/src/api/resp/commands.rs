@@ -105,14 +105,11 @@ const COMMANDS: &[CommandSpec] = &[
 /// state, which a pipeline may run at once with others (see the `resp`
 /// module doc).
 pub fn is_single_key(args: &[Bytes]) -> bool {
-    const SINGLE_KEY: &[&str] = &[
-        "get", "set", "setnx", "incr", "decr", "incrby", "decrby", "append", "getset", "getdel",
-        "strlen", "type",
-    ];
+    // The table's commands whose one key is their first argument.
     args.len() >= 2
-        && SINGLE_KEY
+        && COMMANDS
             .iter()
-            .any(|name| args[0].eq_ignore_ascii_case(name.as_bytes()))
+            .any(|c| c.3 == 1 && c.4 == 1 && args[0].eq_ignore_ascii_case(c.0.as_bytes()))
 }
 
 /// Commands Redis has that ringkv does not do yet, and why.
