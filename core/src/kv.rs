@@ -174,7 +174,9 @@ pub const MAX_INTEGER_BYTES: usize = 20;
 /// INCR: an optional `-`, then digits without a leading zero (`0` itself
 /// aside), nothing else (no `+`, spaces or `-0`), in range.
 pub fn parse_integer(value: &[u8]) -> Option<i64> {
-    if value.is_empty() || value.len() > MAX_INTEGER_BYTES {
+    // Longer cannot be in range: stop before scanning a large value.
+    // (Empty falls to the match below.)
+    if value.len() > MAX_INTEGER_BYTES {
         return None;
     }
     let digits = value.strip_prefix(b"-").unwrap_or(value);
