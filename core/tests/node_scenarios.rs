@@ -1772,3 +1772,74 @@ fn a_non_replica_forwards_to_the_partitions_leader_in_one_hop() {
         "only {checked} partitions had a node outside them"
     );
 }
+
+/// The replies node `i` gave request `id`, as the transcript recorded them.
+fn replies_to(c: &Cluster, i: usize, id: u64) -> Vec<String> {
+    let tag = format!(" n{}: reply to request {id}: ", i + 1);
+    c.out
+        .lines()
+        .filter_map(|l| l.split_once(&tag).map(|(_, r)| r.to_string()))
+        .collect()
+}
+
+/// A request that reaches a replica while its group elects a leader waits
+/// for the election (`NodeConfig::leader_wait`) instead of failing with
+/// `no_leader`: the winner serves it, the others forward it to the winner.
+#[test]
+fn a_request_waits_out_an_election() {
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    for i in 0..3 {
+        c.request(i, 10 + i as u64, put("k", "v"));
+    }
+    for i in 0..3 {
+        assert_eq!(
+            replies_to(&c, i, 10 + i as u64),
+            Vec::<String>::new(),
+            "n{}",
+            i + 1
+        );
+    }
+    c.run_for(3_000);
+    let (&p, &leader) = c.leaders().iter().next().expect("a leader");
+    for i in 0..3 {
+        let replies = replies_to(&c, i, 10 + i as u64);
+        assert_eq!(replies.len(), 1, "n{}: {replies:?}", i + 1);
+        if c.nodes[i].id() == leader {
+            assert!(
+                replies[0].starts_with("Done(Ok(Put"),
+                "n{}: {replies:?}",
+                i + 1
+            );
+        } else {
+            let forward = format!(
+                "{:?}",
+                Reply::Forward {
+                    to: leader,
+                    partition: p,
+                    hops: Hops(1)
+                }
+            );
+            assert_eq!(replies[0], forward, "n{}", i + 1);
+        }
+    }
+}
+
+/// A replica that cannot reach a quorum has no leader to wait for: the
+/// client hears `no_leader` once `leader_wait` has passed, not before, and
+/// not at its request's deadline.
+#[test]
+fn without_a_leader_a_request_fails_after_the_wait() {
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.down.extend([1, 2]);
+    let wait = c.nodes[0].config().leader_wait;
+    assert!(Duration::from_millis(100) <= wait && wait < c.nodes[0].config().request_timeout);
+    c.request(0, 7, put("k", "v"));
+    c.run_for((wait.as_millis() as u64).saturating_sub(10));
+    assert_eq!(replies_to(&c, 0, 7), Vec::<String>::new());
+    c.run_for(100);
+    let replies = replies_to(&c, 0, 7);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(replies[0].starts_with("Done(Err(NoLeader"), "{replies:?}");
+}

@@ -204,6 +204,11 @@ fn config(id: u64, n: u64) -> NodeConfig {
     };
     cfg.tick_interval = Duration::from_millis(10);
     cfg.request_timeout = Duration::from_millis(2_000);
+    // An election timeout at this tick: long enough that requests wait out
+    // an election, short enough that this workload's partitions (and the
+    // writes of unknown outcome a longer wait turns failures into) keep the
+    // histories checkable.
+    cfg.leader_wait = Duration::from_millis(100);
     cfg.snapshot_threshold = 16;
     cfg.raft.max_inflight_msgs = 4;
     cfg.raft.max_entries_per_msg = 4;
@@ -1268,6 +1273,9 @@ impl Sim {
             step_budget: 50 * ringkv_core::check::linearizability::DEFAULT_STEP_BUDGET,
             ..LinearizabilityConfig::default()
         };
+        if let Ok(path) = std::env::var("RINGKV_SIM_DUMP_HISTORY") {
+            std::fs::write(&path, history.to_string()).expect("write the history");
+        }
         let summary = check_all(&history, &finals, &config);
         if !summary.passed() {
             self.fail(format!(

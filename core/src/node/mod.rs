@@ -107,6 +107,10 @@ pub struct NodeConfig {
     /// After this long a pending request is answered "outcome unknown"
     /// (writes) or "timeout" (reads).
     pub request_timeout: Duration,
+    /// How long a request waits on a replica whose group has no leader (an
+    /// election or a leadership transfer under way) before the client hears
+    /// `no_leader`; never past the request's own deadline. Zero: at once.
+    pub leader_wait: Duration,
     /// Compact a group's log once this many applied entries follow its snapshot.
     pub snapshot_threshold: u64,
     /// ... or once the applied entries after its snapshot hold this many
@@ -164,6 +168,7 @@ impl NodeConfig {
             max_key_bytes: 4 << 10,
             max_value_bytes: 1 << 20,
             request_timeout: Duration::from_secs(5),
+            leader_wait: Duration::from_secs(1),
             snapshot_threshold: 10_000,
             snapshot_threshold_bytes: 64 << 20,
             max_snapshot_bytes_per_tick: 4 << 20,
@@ -670,6 +675,21 @@ struct PendingWrite {
     bytes: usize,
 }
 
+/// A request for a partition whose group has no leader right now, waiting
+/// on this replica for one (see [`NodeConfig::leader_wait`]). An election
+/// or a transfer usually ends within a second; a client told `no_leader`
+/// at once would retry into the same gap, and one that does not retry
+/// (redis-benchmark, a shell script) would fail for nothing.
+struct Parked {
+    id: RequestId,
+    req: ClientRequest,
+    hops: Hops,
+    /// The request's deadline, set on arrival.
+    deadline: Time,
+    /// When it stops waiting and the client hears `no_leader`.
+    until: Time,
+}
+
 struct PendingRead {
     id: RequestId,
     hops: Hops,
@@ -708,6 +728,9 @@ pub struct Node {
     pending_write_bytes: usize,
     reads: BTreeMap<u64, PendingRead>,
     next_read_ctx: u64,
+    /// Requests waiting for their group to have a leader, by partition.
+    parked: BTreeMap<PartitionId, Vec<Parked>>,
+    parked_count: usize,
 
     next_io: u64,
     persisted_io: u64,
@@ -872,6 +895,8 @@ impl Node {
             pending_write_bytes: 0,
             reads: BTreeMap::new(),
             next_read_ctx: 1,
+            parked: BTreeMap::new(),
+            parked_count: 0,
             next_io: 1,
             persisted_io: 0,
             pending_must_sync: !genesis_records.is_empty(),
@@ -942,7 +967,7 @@ impl Node {
         self.groups.get(&p).map(|g| &g.kv)
     }
     pub fn pending_requests(&self) -> usize {
-        self.writes.len() + self.reads.len()
+        self.writes.len() + self.reads.len() + self.parked_count
     }
     /// Command bytes of the writes counted in `pending_requests`.
     pub fn pending_write_bytes(&self) -> usize {
@@ -1012,6 +1037,7 @@ impl Node {
             }
         }
         self.process();
+        self.resume_parked();
     }
 
     /// A message for a group this node does not host. A leader's snapshot
@@ -1162,8 +1188,24 @@ impl Node {
             self.reply(id, Reply::Done(Err(ClientError::Busy)));
             return;
         }
-        let p = self.ring.partition_of(req.key());
         let deadline = self.now + self.cfg.request_timeout;
+        let until = deadline.min(self.now + self.cfg.leader_wait);
+        self.route(id, req, hops, deadline, until);
+        self.process();
+    }
+
+    /// Serves, forwards or parks a request (one that arrived, or a parked
+    /// one whose group has a leader again). `until`: how long it may wait
+    /// for a leader. The caller runs `process`.
+    fn route(
+        &mut self,
+        id: RequestId,
+        req: ClientRequest,
+        hops: Hops,
+        deadline: Time,
+        until: Time,
+    ) {
+        let p = self.ring.partition_of(req.key());
         // A replica removed from its group (it stays, passive, until a
         // tombstone retires it) serves nothing: like a node that never held
         // the partition, it hands the request on, to the leader it knows or
@@ -1192,6 +1234,14 @@ impl Node {
             self.reply(id, forward_or_give_up(to, p, hops));
             return;
         }
+        // A write refused for want of a leader waits as it came.
+        let retry = req.is_write().then(|| Parked {
+            id,
+            req: req.clone(),
+            hops,
+            deadline,
+            until,
+        });
         let g = self.groups.get_mut(&p).expect("checked above");
         self.dirty.insert(p);
         let (read_key, consistency, count) = match &req {
@@ -1241,8 +1291,19 @@ impl Node {
                     Err(e) => {
                         let (detector, now) = (&self.detector, self.now);
                         let alive = |v| detector.is_available(v, now);
-                        let r = Self::refusal(&mut g.raft, p, e, hops, alive);
-                        self.reply(id, r);
+                        match Self::refusal(&mut g.raft, p, e, hops, alive) {
+                            Some(r) => self.reply(id, r),
+                            None => self.park(
+                                p,
+                                Parked {
+                                    id,
+                                    req,
+                                    hops,
+                                    deadline,
+                                    until,
+                                },
+                            ),
+                        }
                     }
                 }
             }
@@ -1257,7 +1318,7 @@ impl Node {
                     value,
                     precondition,
                 };
-                self.propose(id, p, cmd, deadline, hops, return_previous);
+                self.propose(p, cmd, retry.expect("a write"), return_previous);
             }
             ClientRequest::Delete {
                 key,
@@ -1265,11 +1326,11 @@ impl Node {
                 return_previous,
             } => {
                 let cmd = Command::Delete { key, precondition };
-                self.propose(id, p, cmd, deadline, hops, return_previous);
+                self.propose(p, cmd, retry.expect("a write"), return_previous);
             }
             ClientRequest::Increment { key, delta } => {
                 let cmd = Command::Increment { key, delta };
-                self.propose(id, p, cmd, deadline, hops, false);
+                self.propose(p, cmd, retry.expect("a write"), false);
             }
             ClientRequest::Append { key, suffix } => {
                 let cmd = Command::Append {
@@ -1277,10 +1338,9 @@ impl Node {
                     suffix,
                     max_value_bytes: self.cfg.max_value_bytes as u64,
                 };
-                self.propose(id, p, cmd, deadline, hops, false);
+                self.propose(p, cmd, retry.expect("a write"), false);
             }
         }
-        self.process();
     }
 
     fn validate(&self, req: &ClientRequest) -> Result<(), ClientError> {
@@ -1305,14 +1365,16 @@ impl Node {
         Ok(())
     }
 
+    /// What a request refused by its group's Raft gets: `None` if it
+    /// should wait for the group's leader (see [`Node::park`]).
     fn refusal(
         raft: &mut Raft,
         p: PartitionId,
         e: ProposeError,
         hops: Hops,
         alive: impl Fn(NodeId) -> bool,
-    ) -> Reply {
-        match e {
+    ) -> Option<Reply> {
+        Some(match e {
             ProposeError::NotLeader { leader: Some(l) } => forward_or_give_up(Some(l), p, hops),
             ProposeError::NotLeader { leader: None } if !raft.membership().is_voter(raft.id()) => {
                 // A learner (or a replica removed while it could not hear
@@ -1325,7 +1387,7 @@ impl Node {
             ProposeError::NotLeader { leader: None } | ProposeError::TransferInProgress => {
                 // Make sure an idle group notices it needs a leader.
                 raft.wake();
-                Reply::Done(Err(ClientError::NoLeader { partition: p }))
+                return None;
             }
             ProposeError::Busy => Reply::Done(Err(ClientError::Busy)),
             ProposeError::ConfChangeInProgress { .. }
@@ -1334,18 +1396,13 @@ impl Node {
             | ProposeError::LearnerUnconfirmed { .. } => {
                 unreachable!("a client request refused as a configuration change: {e}")
             }
-        }
+        })
     }
 
-    fn propose(
-        &mut self,
-        id: RequestId,
-        p: PartitionId,
-        cmd: Command,
-        deadline: Time,
-        hops: Hops,
-        return_previous: bool,
-    ) {
+    /// Proposes a client's write; `request` is the write as it came, kept
+    /// to wait for a leader if the group has none.
+    fn propose(&mut self, p: PartitionId, cmd: Command, request: Parked, return_previous: bool) {
+        let (id, deadline, hops) = (request.id, request.deadline, request.hops);
         let Some(g) = self.groups.get_mut(&p) else {
             return;
         };
@@ -1376,9 +1433,69 @@ impl Node {
             Err(e) => {
                 let (detector, now) = (&self.detector, self.now);
                 let alive = |v| detector.is_available(v, now);
-                let r = Self::refusal(&mut g.raft, p, e, hops, alive);
-                self.reply(id, r);
+                match Self::refusal(&mut g.raft, p, e, hops, alive) {
+                    Some(r) => self.reply(id, r),
+                    None => self.park(p, request),
+                }
             }
+        }
+    }
+
+    /// Holds a request until its group has a leader (see [`Parked`]), or
+    /// answers `no_leader` if it may not wait any longer.
+    fn park(&mut self, p: PartitionId, request: Parked) {
+        if request.until <= self.now {
+            self.reply(
+                request.id,
+                Reply::Done(Err(ClientError::NoLeader { partition: p })),
+            );
+            return;
+        }
+        self.parked_count += 1;
+        self.parked.entry(p).or_default().push(request);
+    }
+
+    /// Routes again the parked requests of every group that has a leader
+    /// now (or that this node no longer hosts), in the order they came;
+    /// answers `no_leader` to those that waited long enough.
+    fn resume_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let ready: Vec<PartitionId> = self
+            .parked
+            .keys()
+            .copied()
+            .filter(|p| match self.groups.get(p) {
+                None => true,
+                Some(g) => g.raft.leader().is_some() && g.raft.transferee().is_none(),
+            })
+            .collect();
+        let resumed = !ready.is_empty();
+        for p in ready {
+            for w in self.parked.remove(&p).unwrap_or_default() {
+                self.parked_count -= 1;
+                self.route(w.id, w.req, w.hops, w.deadline, w.until);
+            }
+        }
+        let mut expired = Vec::new();
+        self.parked.retain(|&p, waiting| {
+            waiting.retain(|w| {
+                let keep = w.until > now;
+                if !keep {
+                    expired.push((w.id, p));
+                }
+                keep
+            });
+            !waiting.is_empty()
+        });
+        for (id, p) in expired {
+            self.parked_count -= 1;
+            self.reply(id, Reply::Done(Err(ClientError::NoLeader { partition: p })));
+        }
+        if resumed {
+            self.process();
         }
     }
 
@@ -1416,6 +1533,9 @@ impl Node {
             self.run_compactions();
         }
         self.process();
+        if ticked {
+            self.resume_parked();
+        }
     }
 
     /// The transport's queue of bulk messages (entries, snapshot chunks) to
