@@ -324,9 +324,14 @@ impl RaftStorage {
             PersistRecord::HardState(hs) => self.hard_state = hs,
             PersistRecord::Entries(entries) => {
                 let Some(first) = entries.first() else { return };
-                let at = first.index;
-                self.entries.retain(|e| e.index < at);
+                // Entries are kept in index order (each record's run is
+                // ascending, and a later run cuts everything from its first
+                // index on), so the cut is a binary search, not a scan: a
+                // scan per record made replaying a long WAL quadratic.
+                let keep = self.entries.partition_point(|e| e.index < first.index);
+                self.entries.truncate(keep);
                 self.entries.extend(entries);
+                debug_assert!(self.entries.is_sorted_by_key(|e| e.index));
             }
             PersistRecord::Genesis(membership) => self.genesis = Some(membership),
             PersistRecord::Tombstone(t) => {
@@ -2317,5 +2322,52 @@ impl Raft {
         } else {
             self.msgs.push(m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(first: u64, last: u64, term: u64) -> PersistRecord {
+        PersistRecord::Entries(
+            (first..=last)
+                .map(|index| Entry {
+                    index,
+                    term,
+                    kind: EntryKind::Normal,
+                    data: Bytes::new(),
+                })
+                .collect(),
+        )
+    }
+
+    /// WAL replay: a later run of entries replaces everything from its first
+    /// index on (a leader overwrote a conflicting suffix), extends the log
+    /// when it starts past the end, and leaves earlier entries alone.
+    #[test]
+    fn replayed_entries_cut_the_log_at_their_first_index() {
+        let mut s = RaftStorage::default();
+        s.apply(run(1, 5, 1));
+        s.apply(run(3, 4, 2));
+        s.apply(run(5, 6, 2));
+        s.apply(run(6, 8, 3));
+        let log: Vec<(u64, u64)> = s.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(
+            log,
+            [
+                (1, 1),
+                (2, 1),
+                (3, 2),
+                (4, 2),
+                (5, 2),
+                (6, 3),
+                (7, 3),
+                (8, 3)
+            ]
+        );
+        s.apply(run(2, 2, 4));
+        let log: Vec<(u64, u64)> = s.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(log, [(1, 1), (2, 4)]);
     }
 }
