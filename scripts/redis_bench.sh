@@ -5,18 +5,28 @@
 # against node 1 of a three-node ringkv cluster (release build, loopback)
 # over the Redis protocol. Prints each result and ringkv's ratio to Redis.
 #
-#   ./scripts/redis_bench.sh [REQUESTS]     REQUESTS per test, default 100000
+#   ./scripts/redis_bench.sh [REQUESTS] [MEMORY_WRITES]
 #
-# 50 connections, 64-byte values (-d 64), keys drawn from 1,000,000 (-r),
-# SET and GET, without and with pipelining (-P 16), then ringkv with
-# redis-benchmark --cluster (each key sent to its leader). Needs redis-server and
-# redis-benchmark (Debian: apt install redis-server redis-tools). Data lives
-# in a temporary directory, removed at exit; ports 16379 (Redis), RESP
-# 16381-16383, REST 18281-18283, gRPC 19291-19293.
+# REQUESTS per throughput test, default 100000: 50 connections, 64-byte
+# values (-d 64), keys drawn from 1,000,000 (-r), SET and GET, without and
+# with pipelining (-P 16), then ringkv with redis-benchmark --cluster (each
+# key sent to its leader).
+#
+# Then memory and restart, on emptied stores: MEMORY_WRITES SETs of 100-byte
+# values over the same 1,000,000 keys (default 950000, about 614k live keys;
+# 0 skips this part) into both; each process's resident memory per live key
+# (every ringkv node holds a replica of every key); then kill -9 of
+# everything and the time until Redis answers again (AOF loaded) and until
+# every ringkv node is ready (every partition led).
+#
+# Needs redis-server and redis-benchmark (Debian: apt install redis-server
+# redis-tools). Data lives in a temporary directory, removed at exit; ports
+# 16379 (Redis), RESP 16381-16383, REST 18281-18283, gRPC 19291-19293.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 requests="${1:-100000}"
+memory_writes="${2:-950000}"
 for tool in redis-server redis-benchmark; do
   command -v "$tool" >/dev/null || {
     echo "redis_bench: $tool not found (apt install redis-server redis-tools)" >&2
@@ -34,26 +44,43 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$dir/redis"
-redis-server --port 16379 --dir "$dir/redis" --appendonly yes --appendfsync always \
-  --save '' --daemonize no >"$dir/redis.log" 2>&1 &
-pids+=($!)
+start_redis() {
+  mkdir -p "$dir/redis"
+  redis-server --port 16379 --dir "$dir/redis" --appendonly yes --appendfsync always \
+    --save '' --daemonize no >>"$dir/redis.log" 2>&1 &
+  redis_pid=$!
+  pids+=("$redis_pid")
+}
 
 peers="1=127.0.0.1:19291,2=127.0.0.1:19292,3=127.0.0.1:19293"
-for id in 1 2 3; do
-  "$bin" server --id "$id" --peers "$peers" --rest-listen "127.0.0.1:1828$id" \
-    --resp-listen "127.0.0.1:1638$id" --data-dir "$dir/node-$id" --log warn \
-    >>"$dir/node-$id.log" 2>&1 &
-  pids+=($!)
-done
-for _ in $(seq 1 300); do
-  ready=1
-  for id in 1 2 3; do curl -sf "127.0.0.1:1828$id/readyz" >/dev/null || ready=0; done
-  redis-cli -p 16379 ping >/dev/null 2>&1 || ready=0
-  [ "$ready" = 1 ] && break
-  sleep 0.1
-done
-[ "$ready" = 1 ] || { echo "redis_bench: the servers did not become ready" >&2; exit 1; }
+start_ringkv() {
+  ringkv_pids=()
+  for id in 1 2 3; do
+    "$bin" server --id "$id" --peers "$peers" --rest-listen "127.0.0.1:1828$id" \
+      --resp-listen "127.0.0.1:1638$id" --data-dir "$dir/node-$id" --log warn \
+      >>"$dir/node-$id.log" 2>&1 &
+    ringkv_pids+=($!)
+    pids+=($!)
+  done
+}
+
+# Every node ready (every partition it replicates has a leader) and Redis
+# answering (not loading its AOF). Polls every 50 ms, gives up after 60 s.
+wait_ready() {
+  for _ in $(seq 1 1200); do
+    ready=1
+    for id in 1 2 3; do curl -sf "127.0.0.1:1828$id/readyz" >/dev/null || ready=0; done
+    [ "$(redis-cli -p 16379 ping 2>/dev/null)" = PONG ] || ready=0
+    [ "$ready" = 1 ] && return 0
+    sleep 0.05
+  done
+  echo "redis_bench: the servers did not become ready" >&2
+  exit 1
+}
+
+start_redis
+start_ringkv
+wait_ready
 
 # One redis-benchmark run: prints "TEST rps p50 p99" lines.
 run() {
@@ -100,3 +127,55 @@ done
 ringkv=$(run 16381 --cluster)
 report "--cluster" "$redis_p1" "$ringkv"
 
+
+[ "$memory_writes" = 0 ] && exit 0
+
+# Memory and restart, on emptied stores.
+kill -9 "${ringkv_pids[@]}"
+wait "${ringkv_pids[@]}" 2>/dev/null || true
+rm -rf "$dir"/node-*
+redis-cli -p 16379 flushall >/dev/null
+start_ringkv
+wait_ready
+echo
+echo "memory: $memory_writes SETs of 100-byte values over 1,000,000 keys, 50 connections"
+for port in 16379 16381; do
+  redis-benchmark -p "$port" -t set -c 50 -n "$memory_writes" -d 100 -r 1000000 -q >/dev/null
+done
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+redis_keys=$(redis-cli -p 16379 dbsize)
+ringkv_keys=$(redis-cli -p 16381 dbsize)
+redis_rss=$(rss_kib "$redis_pid")
+ringkv_rss=()
+for pid in "${ringkv_pids[@]}"; do ringkv_rss+=("$(rss_kib "$pid")"); done
+python3 - "$redis_keys" "$redis_rss" "$ringkv_keys" "${ringkv_rss[@]}" <<'EOF'
+import sys
+redis_keys, redis_rss, ringkv_keys = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+nodes = [int(x) for x in sys.argv[4:]]
+redis_per_key = redis_rss * 1024 / redis_keys
+print(f"Redis: {redis_keys:,} keys, {redis_rss / 1024:,.0f} MiB resident, {redis_per_key:,.0f} bytes per key")
+for i, rss in enumerate(nodes, 1):
+    per_key = rss * 1024 / ringkv_keys
+    print(f"ringkv node {i}: {ringkv_keys:,} keys, {rss / 1024:,.0f} MiB resident, "
+          f"{per_key:,.0f} bytes per key per replica; ratio {per_key / redis_per_key:.2f}")
+EOF
+
+# Restart: kill -9 of everything, then the time until each answers again.
+kill -9 "$redis_pid" "${ringkv_pids[@]}"
+wait "$redis_pid" "${ringkv_pids[@]}" 2>/dev/null || true
+started=$(date +%s.%N)
+start_redis
+for _ in $(seq 1 1200); do
+  [ "$(redis-cli -p 16379 ping 2>/dev/null)" = PONG ] && break
+  sleep 0.05
+done
+redis_ready=$(date +%s.%N)
+start_ringkv
+wait_ready
+ringkv_ready=$(date +%s.%N)
+python3 - "$started" "$redis_ready" "$ringkv_ready" <<'EOF'
+import sys
+start, redis, ringkv = (float(x) for x in sys.argv[1:])
+print(f"restart after kill -9: Redis answered after {redis - start:.1f} s (AOF loaded); "
+      f"ringkv's three nodes were ready after {ringkv - redis:.1f} s")
+EOF
