@@ -1822,6 +1822,8 @@ fn a_request_waits_out_an_election() {
             );
             assert_eq!(replies[0], forward, "n{}", i + 1);
         }
+        // Nothing stays counted against admission once answered.
+        assert_eq!(c.nodes[i].pending_requests(), 0, "n{}", i + 1);
     }
 }
 
@@ -1842,4 +1844,5 @@ fn without_a_leader_a_request_fails_after_the_wait() {
     let replies = replies_to(&c, 0, 7);
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert!(replies[0].starts_with("Done(Err(NoLeader"), "{replies:?}");
+    assert_eq!(c.nodes[0].pending_requests(), 0);
 }
