@@ -2370,4 +2370,40 @@ mod tests {
         let log: Vec<(u64, u64)> = s.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(log, [(1, 1), (2, 4)]);
     }
+
+    fn snapshot(index: u64, term: u64) -> PersistRecord {
+        PersistRecord::Snapshot(Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term,
+                ..SnapshotMeta::default()
+            },
+            data: Bytes::new(),
+        })
+    }
+
+    /// WAL replay of a snapshot record: entries after it survive only if the
+    /// log holds the snapshot's own entry (same index and term); otherwise
+    /// the snapshot replaced a log that diverged, and nothing of it stays.
+    #[test]
+    fn a_replayed_snapshot_keeps_only_a_log_that_continues_it() {
+        let indexes = |s: &RaftStorage| s.entries.iter().map(|e| e.index).collect::<Vec<_>>();
+        let mut s = RaftStorage::default();
+        s.apply(run(1, 5, 1));
+        s.apply(snapshot(3, 1));
+        assert_eq!(indexes(&s), [4, 5]);
+        s.apply(snapshot(4, 2));
+        assert_eq!(indexes(&s), Vec::<u64>::new(), "entry 4 is of term 1");
+        s.apply(run(5, 6, 2));
+        s.apply(snapshot(9, 2));
+        assert_eq!(indexes(&s), Vec::<u64>::new(), "no entry 9");
+        // Entry 6 exists, and term 2 exists, but not entry 6 of term 2.
+        s.apply(run(5, 5, 2));
+        s.apply(run(6, 7, 3));
+        s.apply(snapshot(6, 2));
+        assert_eq!(indexes(&s), Vec::<u64>::new(), "entry 6 is of term 3");
+        s.apply(run(7, 8, 3));
+        s.apply(snapshot(7, 3));
+        assert_eq!(indexes(&s), [8]);
+    }
 }
