@@ -1234,14 +1234,6 @@ impl Node {
             self.reply(id, forward_or_give_up(to, p, hops));
             return;
         }
-        // A write refused for want of a leader waits as it came.
-        let retry = req.is_write().then(|| Parked {
-            id,
-            req: req.clone(),
-            hops,
-            deadline,
-            until,
-        });
         let g = self.groups.get_mut(&p).expect("checked above");
         self.dirty.insert(p);
         let (read_key, consistency, count) = match &req {
@@ -1318,7 +1310,7 @@ impl Node {
                     value,
                     precondition,
                 };
-                self.propose(p, cmd, retry.expect("a write"), return_previous);
+                self.propose(p, cmd, (id, hops, deadline, until), return_previous);
             }
             ClientRequest::Delete {
                 key,
@@ -1326,11 +1318,11 @@ impl Node {
                 return_previous,
             } => {
                 let cmd = Command::Delete { key, precondition };
-                self.propose(p, cmd, retry.expect("a write"), return_previous);
+                self.propose(p, cmd, (id, hops, deadline, until), return_previous);
             }
             ClientRequest::Increment { key, delta } => {
                 let cmd = Command::Increment { key, delta };
-                self.propose(p, cmd, retry.expect("a write"), false);
+                self.propose(p, cmd, (id, hops, deadline, until), false);
             }
             ClientRequest::Append { key, suffix } => {
                 let cmd = Command::Append {
@@ -1338,7 +1330,7 @@ impl Node {
                     suffix,
                     max_value_bytes: self.cfg.max_value_bytes as u64,
                 };
-                self.propose(p, cmd, retry.expect("a write"), false);
+                self.propose(p, cmd, (id, hops, deadline, until), false);
             }
         }
     }
@@ -1399,10 +1391,18 @@ impl Node {
         })
     }
 
-    /// Proposes a client's write; `request` is the write as it came, kept
-    /// to wait for a leader if the group has none.
-    fn propose(&mut self, p: PartitionId, cmd: Command, request: Parked, return_previous: bool) {
-        let (id, deadline, hops) = (request.id, request.deadline, request.hops);
+    /// Proposes a client's write (`request`: its id, hops, deadline and how
+    /// long it may wait for a leader). Refused for want of a leader, the
+    /// write is parked as the request it came from, rebuilt from `cmd`
+    /// (rather than a copy of every write kept in case).
+    fn propose(
+        &mut self,
+        p: PartitionId,
+        cmd: Command,
+        request: (RequestId, Hops, Time, Time),
+        return_previous: bool,
+    ) {
+        let (id, hops, deadline, until) = request;
         let Some(g) = self.groups.get_mut(&p) else {
             return;
         };
@@ -1435,7 +1435,19 @@ impl Node {
                 let alive = |v| detector.is_available(v, now);
                 match Self::refusal(&mut g.raft, p, e, hops, alive) {
                     Some(r) => self.reply(id, r),
-                    None => self.park(p, request),
+                    None => {
+                        let req = request_of(cmd, return_previous);
+                        self.park(
+                            p,
+                            Parked {
+                                id,
+                                req,
+                                hops,
+                                deadline,
+                                until,
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -2282,6 +2294,31 @@ fn pack(messages: Vec<GroupMessage>, max_bytes: usize) -> Vec<(Vec<GroupMessage>
         out.push((current, bytes));
     }
     out
+}
+
+/// The client request a write's command was made from (see
+/// `Node::route`); an append's limit is the node's own again when it is
+/// proposed anew.
+fn request_of(cmd: Command, return_previous: bool) -> ClientRequest {
+    match cmd {
+        Command::Put {
+            key,
+            value,
+            precondition,
+        } => ClientRequest::Put {
+            key,
+            value,
+            precondition,
+            return_previous,
+        },
+        Command::Delete { key, precondition } => ClientRequest::Delete {
+            key,
+            precondition,
+            return_previous,
+        },
+        Command::Increment { key, delta } => ClientRequest::Increment { key, delta },
+        Command::Append { key, suffix, .. } => ClientRequest::Append { key, suffix },
+    }
 }
 
 /// The seed of one group's election jitter on this node: distinct per
