@@ -4,7 +4,8 @@
 //! of one partition and the meaning of the commands that change it (put,
 //! delete, each with an optional precondition: create-only, must-exist or
 //! compare-and-set on `mod_revision`; and the read-modify-writes increment
-//! and append, which Redis's INCRBY and APPEND need to be atomic). Every
+//! and append, which Redis's INCRBY and APPEND need to be atomic; and the
+//! put-all of several keys at one revision, Redis's MSET within a slot). Every
 //! replica of the partition applies
 //! the same committed log entries in the same order through [`KvStore::apply`]
 //! and so holds the same map, byte for byte.
@@ -34,7 +35,8 @@
 //!   returns an error, never panics, on corrupt input.
 //!
 //! Not implemented yet: TTL / expiry of keys (the architecture's `expiry`
-//! field); multi-key transactions; keeping history of old revisions.
+//! field); multi-key transactions beyond put-all (no conditions across keys);
+//! keeping history of old revisions.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -165,6 +167,11 @@ pub enum Command {
         suffix: Bytes,
         max_value_bytes: u64,
     },
+    /// Writes every pair unconditionally, all in this one entry (Redis's
+    /// MSET within a slot): every key gets the entry's index as its
+    /// `mod_revision`. The node proposes it only for keys of one partition.
+    /// A key given more than once is written once, with its last value.
+    PutAll { pairs: Vec<(Bytes, Bytes)> },
 }
 
 /// Longest decimal `i64` in bytes (`-9223372036854775808`).
@@ -192,13 +199,14 @@ pub fn parse_integer(value: &[u8]) -> Option<i64> {
 }
 
 impl Command {
-    /// The key the command touches.
-    pub fn key(&self) -> &Bytes {
+    /// The key a single-key command touches (`None` for [`Command::PutAll`]).
+    pub fn key(&self) -> Option<&Bytes> {
         match self {
             Command::Put { key, .. }
             | Command::Delete { key, .. }
             | Command::Increment { key, .. }
-            | Command::Append { key, .. } => key,
+            | Command::Append { key, .. } => Some(key),
+            Command::PutAll { .. } => None,
         }
     }
 
@@ -206,6 +214,13 @@ impl Command {
     /// and lengths of the command, its put or delete, key, value and
     /// precondition (at most 32 bytes; with room to spare).
     pub const MAX_OVERHEAD_BYTES: usize = 64;
+
+    /// Bytes each pair of a [`Command::PutAll`] adds beyond its key and
+    /// value: the pair's tag and length, the key's and the value's (at
+    /// most 1 + 5 + 1 + 5 + 1 + 5 for a pair under 4 GiB). The node counts
+    /// them against the limit of one entry, so that a put-all entry is
+    /// never larger than the largest single put.
+    pub const PAIR_OVERHEAD_BYTES: usize = 18;
 
     /// The log entry bytes (protobuf `ringkv.v1.Command`).
     pub fn encode(&self) -> Bytes {
@@ -237,6 +252,15 @@ impl Command {
                 suffix: suffix.clone(),
                 max_value_bytes: *max_value_bytes,
             }),
+            Command::PutAll { pairs } => Op::PutAll(proto::PutAllCommand {
+                pairs: pairs
+                    .iter()
+                    .map(|(key, value)| proto::KeyValuePair {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            }),
         };
         proto::Command { op: Some(op) }.encode_to_vec().into()
     }
@@ -263,6 +287,14 @@ impl Command {
                 suffix: append.suffix,
                 max_value_bytes: append.max_value_bytes,
             }),
+            Some(Op::PutAll(put_all)) if put_all.pairs.is_empty() => Err(DecodeError::NoPairs),
+            Some(Op::PutAll(put_all)) => Ok(Command::PutAll {
+                pairs: put_all
+                    .pairs
+                    .into_iter()
+                    .map(|pair| (pair.key, pair.value))
+                    .collect(),
+            }),
             None => Err(DecodeError::MissingOp),
         }
     }
@@ -279,6 +311,9 @@ pub enum ApplyOutcome {
         created: bool,
         previous: Option<KeyValue>,
     },
+    /// Every key of a put-all was written, at `mod_revision` (the entry's
+    /// index); `created` of them did not exist before.
+    PutAll { mod_revision: u64, created: u64 },
     /// The key was removed; `previous` is what it held (for GETDEL).
     Deleted { previous: KeyValue },
     /// An increment wrote `value` (in decimal) to the key.
@@ -324,8 +359,10 @@ pub enum Refusal {
 pub enum DecodeError {
     #[error("malformed protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
-    #[error("command has no operation (none of put, delete, increment, append)")]
+    #[error("command has no operation (none of put, delete, increment, append, put-all)")]
     MissingOp,
+    #[error("put-all command has no pairs")]
+    NoPairs,
     #[error("precondition flag {0} is present but false; set it to true or leave it out")]
     FalsePreconditionFlag(&'static str),
     #[error(
@@ -407,7 +444,13 @@ impl KvStore {
     /// If `index <= self.applied_index()`, as [`KvStore::apply`].
     pub fn apply_command(&mut self, index: u64, command: &Command) -> ApplyOutcome {
         self.advance(index);
-        let current = self.entries.get(command.key().as_ref());
+        let Some(key) = command.key() else {
+            let Command::PutAll { pairs } = command else {
+                unreachable!("every command but put-all has a key")
+            };
+            return self.put_all(index, pairs);
+        };
+        let current = self.entries.get(key.as_ref());
         if let Command::Put { precondition, .. } | Command::Delete { precondition, .. } = command
             && !precondition.holds(current)
         {
@@ -477,6 +520,27 @@ impl KvStore {
                     mod_revision: index,
                 }
             }
+            Command::PutAll { .. } => unreachable!("put-all returned above"),
+        }
+    }
+
+    /// Writes every pair as entry `index`. A key given twice is written once,
+    /// with its last value: a second write at the same index would make its
+    /// version disagree with its revisions (see [`KvStore::restore`]).
+    fn put_all(&mut self, index: u64, pairs: &[(Bytes, Bytes)]) -> ApplyOutcome {
+        let mut last: BTreeMap<&Bytes, &Bytes> = BTreeMap::new();
+        for (key, value) in pairs {
+            last.insert(key, value);
+        }
+        let mut created = 0;
+        for (key, value) in last {
+            if self.write(index, key, value.clone()).is_none() {
+                created += 1;
+            }
+        }
+        ApplyOutcome::PutAll {
+            mod_revision: index,
+            created,
         }
     }
 
@@ -1147,6 +1211,13 @@ mod tests {
             Command::decode(&false_flag),
             Err(DecodeError::FalsePreconditionFlag("must_exist"))
         );
+        let no_pairs = proto::Command {
+            op: Some(proto::command::Op::PutAll(proto::PutAllCommand {
+                pairs: vec![],
+            })),
+        }
+        .encode_to_vec();
+        assert_eq!(Command::decode(&no_pairs), Err(DecodeError::NoPairs));
         assert!(matches!(
             Command::decode(&[0x0a, 0x05]),
             Err(DecodeError::Protobuf(_))
@@ -1354,7 +1425,9 @@ mod tests {
                 .prop_map(|(key, value, precondition)| Command::Put { key, value, precondition }),
             1 => (key.clone(), precondition_strategy()).prop_map(|(key, precondition)| Command::Delete { key, precondition }),
             2 => (key.clone(), delta).prop_map(|(key, delta)| Command::Increment { key, delta }),
-            1 => (key, value, 0u64..12).prop_map(|(key, suffix, max_value_bytes)| Command::Append { key, suffix, max_value_bytes }),
+            1 => (key.clone(), value.clone(), 0u64..12).prop_map(|(key, suffix, max_value_bytes)| Command::Append { key, suffix, max_value_bytes }),
+            // Repeated keys included: the last value of a key is the one written.
+            1 => prop::collection::vec((key, value), 1..4).prop_map(|pairs| Command::PutAll { pairs }),
         ]
     }
 
@@ -1405,17 +1478,17 @@ mod tests {
                 assert_invariants(&store);
                 match outcome {
                     ApplyOutcome::Put { version, mod_revision, created, previous } => {
-                        let Entry::Command(command) = entry else { panic!("put from {entry:?}") };
-                        let kv = store.get(command.key()).expect("put key exists");
+                        let Entry::Command(Command::Put { key, .. }) = entry else { panic!("put from {entry:?}") };
+                        let kv = store.get(key).expect("put key exists");
                         prop_assert_eq!((kv.version, kv.mod_revision), (version, mod_revision));
                         prop_assert_eq!(mod_revision, *index);
-                        prop_assert_eq!(created, before.get(command.key()).is_none());
-                        prop_assert_eq!(previous.as_ref(), before.get(command.key()));
+                        prop_assert_eq!(created, before.get(key).is_none());
+                        prop_assert_eq!(previous.as_ref(), before.get(key));
                     }
                     ApplyOutcome::Deleted { previous } => {
-                        let Entry::Command(command) = entry else { panic!("delete from {entry:?}") };
-                        prop_assert_eq!(store.get(command.key()), None);
-                        prop_assert_eq!(before.get(command.key()), Some(&previous));
+                        let Entry::Command(Command::Delete { key, .. }) = entry else { panic!("delete from {entry:?}") };
+                        prop_assert_eq!(store.get(key), None);
+                        prop_assert_eq!(before.get(key), Some(&previous));
                         prop_assert_eq!(store.len() + 1, before.len());
                     }
                     ApplyOutcome::Incremented { value, version, mod_revision } => {
@@ -1440,7 +1513,7 @@ mod tests {
                     ApplyOutcome::Refused(refusal) => {
                         prop_assert!(store.iter().eq(before.iter()), "refused ({refusal}) yet changed");
                         let Entry::Command(command) = entry else { panic!("refusal from {entry:?}") };
-                        let old = before.get(command.key()).map(|kv| kv.value.clone());
+                        let old = command.key().and_then(|key| before.get(key)).map(|kv| kv.value.clone());
                         match (command, refusal) {
                             (Command::Increment { .. }, Refusal::NotAnInteger) => {
                                 prop_assert!(old.is_some_and(|v| parse_integer(&v).is_none()));
@@ -1455,6 +1528,28 @@ mod tests {
                                 prop_assert!(len > max);
                             }
                             other => prop_assert!(false, "unexpected refusal {other:?}"),
+                        }
+                    }
+                    ApplyOutcome::PutAll { mod_revision, created } => {
+                        let Entry::Command(Command::PutAll { pairs }) = entry else { panic!("put-all from {entry:?}") };
+                        prop_assert_eq!(mod_revision, *index);
+                        let mut written = BTreeMap::new();
+                        for (key, value) in pairs {
+                            written.insert(key.clone(), value.clone());
+                        }
+                        let new = written.keys().filter(|k| before.get(k).is_none()).count();
+                        prop_assert_eq!(created, new as u64);
+                        prop_assert_eq!(store.len(), before.len() + new);
+                        for kv in store.iter() {
+                            match written.get(&kv.key) {
+                                Some(value) => {
+                                    prop_assert_eq!(&kv.value, value);
+                                    prop_assert_eq!(kv.mod_revision, *index);
+                                    let old = before.get(&kv.key);
+                                    prop_assert_eq!(kv.version, old.map_or(1, |o| o.version + 1));
+                                }
+                                None => prop_assert_eq!(Some(kv), before.get(&kv.key)),
+                            }
                         }
                     }
                     ApplyOutcome::NotFound

@@ -1846,3 +1846,93 @@ fn without_a_leader_a_request_fails_after_the_wait() {
     assert!(replies[0].starts_with("Done(Err(NoLeader"), "{replies:?}");
     assert_eq!(c.nodes[0].pending_requests(), 0);
 }
+
+/// MSET within a slot: a put-all writes every key in one entry, so all of
+/// them carry one revision, a key given twice keeps its last value, and a
+/// put-all that spans partitions or exceeds one entry is refused before
+/// anything is proposed.
+#[test]
+fn a_put_all_writes_its_keys_at_one_revision() {
+    use ringkv_core::ring::{key_slot, partition_of_slot};
+    let mut c = Cluster::new(3, 4);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let b = |s: &str| Bytes::from(s.to_owned());
+    let p = partition_of_slot(key_slot(b"{u}a"), 4);
+    let leader = c.leaders()[&p];
+    let at = (leader.0 - 1) as usize;
+    let pairs = vec![
+        (b("{u}a"), b("1")),
+        (b("{u}b"), b("2")),
+        (b("{u}a"), b("3")),
+    ];
+    c.request(at, 1, ClientRequest::PutAll { pairs });
+    c.run_for(100);
+    let replies = replies_to(&c, at, 1);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let revision: u64 = replies[0]
+        .strip_prefix("Done(Ok(PutAll { mod_revision: ")
+        .and_then(|r| r.strip_suffix(", created: 2 }))"))
+        .unwrap_or_else(|| panic!("{replies:?}"))
+        .parse()
+        .expect("a revision");
+    // Both keys, at that revision, on another replica (its own state).
+    let other = (at + 1) % 3;
+    for (id, key, value) in [(2, "{u}a", "3"), (3, "{u}b", "2")] {
+        let get = ClientRequest::Get {
+            key: b(key),
+            consistency: Consistency::Stale,
+        };
+        c.run_for(300);
+        c.request(other, id, get);
+        let want = format!(
+            "Done(Ok(Value(Some(KeyValue {{ key: b\"{key}\", value: b\"{value}\", version: 1, \
+             create_revision: {revision}, mod_revision: {revision} }}))))"
+        );
+        let replies = replies_to(&c, other, id);
+        assert!(replies.last() == Some(&want), "{replies:?}, want {want}");
+    }
+
+    // Refused at once, whichever node is asked: keys of two partitions,
+    // keys and values larger than one entry, no keys at all.
+    let elsewhere = (0..10)
+        .map(|i| format!("{{t{i}}}"))
+        .find(|k| partition_of_slot(key_slot(k.as_bytes()), 4) != p)
+        .expect("a key of another partition");
+    let big = Bytes::from(vec![b'x'; 600_000]);
+    let refused = [
+        (
+            vec![(b("{u}a"), b("4")), (b(&elsewhere), b("4"))],
+            "Done(Err(CrossPartition))".to_owned(),
+        ),
+        (
+            vec![(b("{u}a"), big.clone()), (b("{u}b"), big)],
+            format!(
+                "Done(Err(WriteTooLarge {{ len: {}, max: {} }}))",
+                2 * ("{u}a".len() + 600_000 + ringkv_core::kv::Command::PAIR_OVERHEAD_BYTES),
+                (4 << 10) + (1 << 20)
+            ),
+        ),
+        (vec![], "Done(Err(EmptyKey))".to_owned()),
+    ];
+    for (n, (pairs, want)) in refused.into_iter().enumerate() {
+        let id = 10 + n as u64;
+        c.request(other, id, ClientRequest::PutAll { pairs });
+        assert_eq!(replies_to(&c, other, id), vec![want]);
+    }
+    c.run_for(300);
+    // Nothing of the refused writes landed.
+    c.request(
+        other,
+        20,
+        ClientRequest::Get {
+            key: b("{u}a"),
+            consistency: Consistency::Stale,
+        },
+    );
+    let replies = replies_to(&c, other, 20);
+    assert!(
+        replies.last().is_some_and(|r| r.contains("value: b\"3\"")),
+        "{replies:?}"
+    );
+}

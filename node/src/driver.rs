@@ -86,6 +86,9 @@ struct Forward {
 
 /// Bytes of a request's key and value: a large one is forwarded alone.
 fn request_bytes(req: &ClientRequest) -> usize {
+    if let ClientRequest::PutAll { pairs } = req {
+        return pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    }
     let body = match req {
         ClientRequest::Put { value, .. } => value.len(),
         ClientRequest::Append { suffix, .. } => suffix.len(),

@@ -130,6 +130,45 @@ fn a_redis_client_reads_and_writes_through_any_node() {
         got,
         vec![Some("ada".to_owned()), None, Some("rust".to_owned())]
     );
+    // MSET in one slot is one write, all or nothing: two values that fit
+    // one by one but not together write neither.
+    let big = vec![b'x'; 600_000];
+    let refused = retrying::<()>(
+        &mut a,
+        redis::cmd("MSET")
+            .arg("{u2}.a")
+            .arg(&big[..])
+            .arg("{u2}.b")
+            .arg(&big[..]),
+    )
+    .expect_err("two 600 kB values in one write");
+    assert!(
+        refused.to_string().contains("the limit is 1052672"),
+        "{refused}"
+    );
+    let written: i64 =
+        retrying(&mut b, redis::cmd("EXISTS").arg("{u2}.a").arg("{u2}.b")).expect("exists");
+    assert_eq!(written, 0, "a refused MSET wrote nothing");
+    // Over many partitions (a plain connection), every key is written,
+    // a key given twice with its last value.
+    let mut mset = redis::cmd("MSET");
+    for i in 0..20 {
+        mset.arg(format!("spread{i}")).arg(format!("v{i}"));
+    }
+    mset.arg("spread3").arg("last");
+    let () = retrying(&mut a, &mset).expect("mset over partitions");
+    let mut mget = redis::cmd("MGET");
+    for i in 0..20 {
+        mget.arg(format!("spread{i}"));
+    }
+    let got: Vec<String> = retrying(&mut b, &mget).expect("mget over partitions");
+    let want: Vec<String> = (0..20)
+        .map(|i| match i {
+            3 => "last".to_owned(),
+            i => format!("v{i}"),
+        })
+        .collect();
+    assert_eq!(got, want);
     let exists: i64 = retrying(
         &mut b,
         redis::cmd("EXISTS")
@@ -143,9 +182,10 @@ fn a_redis_client_reads_and_writes_through_any_node() {
     assert_eq!(len, 5);
     let kind: String = retrying(&mut b, redis::cmd("TYPE").arg("greeting")).expect("type");
     assert_eq!(kind, "string");
-    // greeting, fresh, {u1}.name, {u1}.lang: counted over every partition.
+    // greeting, fresh, {u1}.name, {u1}.lang and spread0..19: counted over
+    // every partition.
     let size: i64 = retrying(&mut b, &redis::cmd("DBSIZE")).expect("dbsize");
-    assert_eq!(size, 4);
+    assert_eq!(size, 24);
     let deleted: i64 = retrying(
         &mut a,
         redis::cmd("DEL").arg("greeting").arg("nope").arg("fresh"),
@@ -155,7 +195,7 @@ fn a_redis_client_reads_and_writes_through_any_node() {
     let gone: Option<String> = retrying(&mut b, redis::cmd("GET").arg("greeting")).expect("get");
     assert_eq!(gone, None);
     let size: i64 = retrying(&mut a, &redis::cmd("DBSIZE")).expect("dbsize");
-    assert_eq!(size, 2);
+    assert_eq!(size, 22);
 
     // Hash tags: one slot, as Redis computes it.
     let slot: i64 = redis::cmd("CLUSTER")

@@ -245,6 +245,10 @@ impl History {
                 (Request::CountKeys { .. }, _) => {
                     return mismatch("a partition's key count is not a history operation");
                 }
+                // The checkers model one key per operation.
+                (Request::PutAll { .. }, _) => {
+                    return mismatch("a put-all of several keys is not a history operation");
+                }
                 (_, Outcome::Ok(_)) => return mismatch("ok response of another request kind"),
                 (
                     Request::Increment { .. },
@@ -449,6 +453,14 @@ impl fmt::Display for RequestText<'_> {
             Request::CountKeys { key, .. } => write!(f, "count {}", Escaped(key)),
             Request::Append { key, suffix } => {
                 write!(f, "append {} +={}", Escaped(key), Escaped(suffix))
+            }
+            // Not a history operation either; for reports only.
+            Request::PutAll { pairs } => {
+                f.write_str("put-all")?;
+                for (key, value) in pairs {
+                    write!(f, " {}={}", Escaped(key), Escaped(value))?;
+                }
+                Ok(())
             }
         }
     }

@@ -319,7 +319,8 @@ impl Effect {
                 }
                 Some(Effect::Read(read.as_ref().map(observed)))
             }
-            (Request::Get { .. } | Request::CountKeys { .. }, _) => None,
+            // Refused by `History::new`: no history holds them.
+            (Request::Get { .. } | Request::CountKeys { .. } | Request::PutAll { .. }, _) => None,
             (
                 Request::Put {
                     value,

@@ -239,6 +239,7 @@ fn to_command(request: &Request) -> Command {
             max_value_bytes: u64::MAX,
         },
         Request::Get { .. } | Request::CountKeys { .. } => unreachable!("reads are not commands"),
+        Request::PutAll { .. } => unreachable!("the generated workload has no multi-key writes"),
     }
 }
 

@@ -357,6 +357,10 @@ pub enum ClientRequest {
     Increment { key: Bytes, delta: i64 },
     /// Appends to the key's value (APPEND), atomically.
     Append { key: Bytes, suffix: Bytes },
+    /// Writes every pair atomically, at one revision (MSET within a slot).
+    /// The keys must be in one partition ([`ClientError::CrossPartition`]);
+    /// together they must fit one entry ([`ClientError::WriteTooLarge`]).
+    PutAll { pairs: Vec<(Bytes, Bytes)> },
     /// How many keys the partition holding `key` has, read as a get of it
     /// would be (Redis's DBSIZE asks each partition once).
     CountKeys {
@@ -375,7 +379,10 @@ impl ClientRequest {
         )
     }
 
+    /// The key that places the request (for a put-all, its first key; an
+    /// empty put-all has the empty key, which no partition serves).
     pub fn key(&self) -> &Bytes {
+        static NO_KEY: Bytes = Bytes::new();
         match self {
             ClientRequest::Get { key, .. }
             | ClientRequest::CountKeys { key, .. }
@@ -383,6 +390,7 @@ impl ClientRequest {
             | ClientRequest::Delete { key, .. }
             | ClientRequest::Increment { key, .. }
             | ClientRequest::Append { key, .. } => key,
+            ClientRequest::PutAll { pairs } => pairs.first().map_or(&NO_KEY, |(key, _)| key),
         }
     }
 
@@ -436,6 +444,12 @@ pub enum ClientResponse {
     },
     /// The keys of a partition.
     Count(u64),
+    /// Every key of a put-all was written at `mod_revision`; `created` of
+    /// them did not exist before.
+    PutAll {
+        mod_revision: u64,
+        created: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -446,6 +460,16 @@ pub enum ClientError {
     KeyTooLarge { len: usize, max: usize },
     #[error("value is {len} bytes; the limit is {max}")]
     ValueTooLarge { len: usize, max: usize },
+    #[error(
+        "the keys and values of one write are {len} bytes with their framing; the limit is {max} \
+         (one key's limit plus one value's)"
+    )]
+    WriteTooLarge { len: usize, max: usize },
+    #[error(
+        "the keys of one atomic write must be in one partition (keys that share a hash tag \
+         `{{...}}` are in one slot, so in one partition)"
+    )]
+    CrossPartition,
     #[error("key not found")]
     NotFound,
     #[error("precondition failed ({})", match current_mod_revision {
@@ -1332,11 +1356,50 @@ impl Node {
                 };
                 self.propose(p, cmd, (id, hops, deadline, until), false);
             }
+            ClientRequest::PutAll { pairs } => {
+                let cmd = Command::PutAll { pairs };
+                self.propose(p, cmd, (id, hops, deadline, until), false);
+            }
         }
     }
 
     fn validate(&self, req: &ClientRequest) -> Result<(), ClientError> {
-        let key = req.key();
+        if let ClientRequest::PutAll { pairs } = req {
+            return self.validate_put_all(pairs);
+        }
+        self.validate_key(req.key())?;
+        if let ClientRequest::Put { value, .. } | ClientRequest::Append { suffix: value, .. } = req
+        {
+            self.validate_value(value)?;
+        }
+        Ok(())
+    }
+
+    /// Each pair as a put's, in one partition, and all of them in one
+    /// entry no larger than the largest put's (which bounds peer frames:
+    /// [`NodeConfig::max_peer_frame_bytes`]).
+    fn validate_put_all(&self, pairs: &[(Bytes, Bytes)]) -> Result<(), ClientError> {
+        let Some((first, _)) = pairs.first() else {
+            return Err(ClientError::EmptyKey);
+        };
+        let partition = self.ring.partition_of(first);
+        let mut len = 0;
+        for (key, value) in pairs {
+            self.validate_key(key)?;
+            self.validate_value(value)?;
+            if self.ring.partition_of(key) != partition {
+                return Err(ClientError::CrossPartition);
+            }
+            len += key.len() + value.len() + Command::PAIR_OVERHEAD_BYTES;
+        }
+        let max = self.cfg.max_key_bytes + self.cfg.max_value_bytes;
+        if len > max {
+            return Err(ClientError::WriteTooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    fn validate_key(&self, key: &Bytes) -> Result<(), ClientError> {
         if key.is_empty() {
             return Err(ClientError::EmptyKey);
         }
@@ -1346,9 +1409,11 @@ impl Node {
                 max: self.cfg.max_key_bytes,
             });
         }
-        if let ClientRequest::Put { value, .. } | ClientRequest::Append { suffix: value, .. } = req
-            && value.len() > self.cfg.max_value_bytes
-        {
+        Ok(())
+    }
+
+    fn validate_value(&self, value: &Bytes) -> Result<(), ClientError> {
+        if value.len() > self.cfg.max_value_bytes {
             return Err(ClientError::ValueTooLarge {
                 len: value.len(),
                 max: self.cfg.max_value_bytes,
@@ -2318,6 +2383,7 @@ fn request_of(cmd: Command, return_previous: bool) -> ClientRequest {
         },
         Command::Increment { key, delta } => ClientRequest::Increment { key, delta },
         Command::Append { key, suffix, .. } => ClientRequest::Append { key, suffix },
+        Command::PutAll { pairs } => ClientRequest::PutAll { pairs },
     }
 }
 
@@ -2390,6 +2456,13 @@ fn write_result(
             len,
             version,
             mod_revision,
+        }),
+        ApplyOutcome::PutAll {
+            mod_revision,
+            created,
+        } => Ok(ClientResponse::PutAll {
+            mod_revision,
+            created,
         }),
         ApplyOutcome::Refused(Refusal::NotAnInteger) => Err(ClientError::NotAnInteger),
         ApplyOutcome::Refused(Refusal::Overflow) => Err(ClientError::IncrementOverflow),

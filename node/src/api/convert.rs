@@ -85,6 +85,12 @@ pub fn append_request(r: pb::AppendRequest) -> ClientRequest {
     }
 }
 
+pub fn put_all_request(r: pb::PutAllRequest) -> ClientRequest {
+    ClientRequest::PutAll {
+        pairs: r.pairs.into_iter().map(|p| (p.key, p.value)).collect(),
+    }
+}
+
 pub fn forward_request(req: &ClientRequest, from: u64, hops: u32) -> pb::ForwardRequest {
     use pb::forward_request::Request;
     let request = match req {
@@ -124,6 +130,15 @@ pub fn forward_request(req: &ClientRequest, from: u64, hops: u32) -> pb::Forward
             key: key.clone(),
             consistency: consistency_to_proto(*consistency) as i32,
         }),
+        ClientRequest::PutAll { pairs } => Request::PutAll(pb::PutAllRequest {
+            pairs: pairs
+                .iter()
+                .map(|(key, value)| pb::KeyValuePair {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        }),
     };
     pb::ForwardRequest {
         from,
@@ -141,6 +156,7 @@ pub fn forwarded_request(r: pb::ForwardRequest) -> Result<ClientRequest, String>
         Some(Request::Delete(d)) => Ok(delete_request(d)),
         Some(Request::Increment(i)) => Ok(increment_request(i)),
         Some(Request::Append(a)) => Ok(append_request(a)),
+        Some(Request::PutAll(p)) => Ok(put_all_request(p)),
         Some(Request::Count(c)) => Ok(ClientRequest::CountKeys {
             key: c.key,
             consistency: consistency_from_proto(c.consistency)?,
@@ -206,6 +222,13 @@ pub fn forward_response(result: &Result<ClientResponse, ClientError>) -> pb::For
             mod_revision: *mod_revision,
         }),
         Ok(ClientResponse::Count(count)) => R::Count(pb::CountResponse { count: *count }),
+        Ok(ClientResponse::PutAll {
+            mod_revision,
+            created,
+        }) => R::PutAll(pb::PutAllResponse {
+            mod_revision: *mod_revision,
+            created: *created,
+        }),
         Err(e) => {
             let d = super::errors::ErrorDetails::of(e);
             R::Error(pb::ForwardError {
@@ -247,6 +270,10 @@ pub fn forwarded_response(r: pb::ForwardResponse) -> Result<ClientResponse, Clie
             mod_revision: a.mod_revision,
         }),
         Some(R::Count(c)) => Ok(ClientResponse::Count(c.count)),
+        Some(R::PutAll(p)) => Ok(ClientResponse::PutAll {
+            mod_revision: p.mod_revision,
+            created: p.created,
+        }),
         Some(R::Error(e)) => Err(super::errors::from_code(
             &e.code,
             &e.message,
@@ -298,6 +325,12 @@ mod tests {
                 key: Bytes::from_static(b"{p7}"),
                 consistency: Consistency::Lease,
             },
+            ClientRequest::PutAll {
+                pairs: vec![
+                    (Bytes::from_static(b"{u}a"), Bytes::from_static(b"1")),
+                    (Bytes::from_static(b"{u}b"), Bytes::new()),
+                ],
+            },
         ];
         for r in reqs {
             let back = forwarded_request(forward_request(&r, 1, 1)).unwrap();
@@ -342,7 +375,16 @@ mod tests {
                 mod_revision: 14,
             }),
             Ok(ClientResponse::Count(1234)),
+            Ok(ClientResponse::PutAll {
+                mod_revision: 15,
+                created: 2,
+            }),
             Err(ClientError::NotAnInteger),
+            Err(ClientError::CrossPartition),
+            Err(ClientError::WriteTooLarge {
+                len: 1_100_000,
+                max: 1_052_672,
+            }),
             Err(ClientError::IncrementOverflow),
             Err(ClientError::PreconditionFailed {
                 current_mod_revision: Some(3),

@@ -32,6 +32,10 @@ pub fn kind(e: &ClientError) -> ErrorKind {
         ClientError::EmptyKey => ("invalid_key", 400, Code::InvalidArgument, "ERR"),
         ClientError::KeyTooLarge { .. } => ("key_too_large", 400, Code::InvalidArgument, "ERR"),
         ClientError::ValueTooLarge { .. } => ("value_too_large", 413, Code::InvalidArgument, "ERR"),
+        ClientError::WriteTooLarge { .. } => ("write_too_large", 413, Code::InvalidArgument, "ERR"),
+        // The keys of one atomic write in several partitions: Redis's word
+        // for keys in several slots, which is what a client did to get it.
+        ClientError::CrossPartition => ("cross_partition", 400, Code::InvalidArgument, "CROSSSLOT"),
         ClientError::NotFound => ("not_found", 404, Code::NotFound, "ERR"),
         ClientError::PreconditionFailed { .. } => {
             ("precondition_failed", 412, Code::FailedPrecondition, "ERR")
@@ -78,7 +82,9 @@ impl ErrorDetails {
                 current_mod_revision,
             } => d.current_mod_revision = *current_mod_revision,
             ClientError::NoLeader { partition } => d.partition = partition.0,
-            ClientError::KeyTooLarge { len, max } | ClientError::ValueTooLarge { len, max } => {
+            ClientError::KeyTooLarge { len, max }
+            | ClientError::ValueTooLarge { len, max }
+            | ClientError::WriteTooLarge { len, max } => {
                 d.len = *len as u64;
                 d.max = *max as u64;
             }
@@ -102,6 +108,11 @@ pub fn from_code(code: &str, message: &str, d: ErrorDetails) -> ClientError {
             len: size(d.len),
             max: size(d.max),
         },
+        "write_too_large" => ClientError::WriteTooLarge {
+            len: size(d.len),
+            max: size(d.max),
+        },
+        "cross_partition" => ClientError::CrossPartition,
         "not_found" => ClientError::NotFound,
         "precondition_failed" => ClientError::PreconditionFailed {
             current_mod_revision: d.current_mod_revision,
@@ -157,6 +168,8 @@ mod tests {
                 max: 4096,
             },
             ClientError::ValueTooLarge { len: 2, max: 1 },
+            ClientError::WriteTooLarge { len: 9, max: 8 },
+            ClientError::CrossPartition,
             ClientError::NotFound,
             ClientError::PreconditionFailed {
                 current_mod_revision: Some(7),

@@ -124,6 +124,24 @@ impl pb::kv_server::Kv for KvService {
             Err(e) => Err(to_status(&e)),
         }
     }
+
+    async fn put_all(
+        &self,
+        request: Request<pb::PutAllRequest>,
+    ) -> Result<Response<pb::PutAllResponse>, Status> {
+        let req = convert::put_all_request(request.into_inner());
+        match self.node.request(req).await {
+            Ok(ClientResponse::PutAll {
+                mod_revision,
+                created,
+            }) => Ok(Response::new(pb::PutAllResponse {
+                mod_revision,
+                created,
+            })),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(to_status(&e)),
+        }
+    }
 }
 
 /// How long `DrainNode` waits for the drain to be committed.

@@ -243,7 +243,7 @@ impl Kv for FakeNode {
         }))
     }
 
-    // The CLI has no increment or append command to test.
+    // The CLI has no increment, append or put-all command to test.
     async fn increment(
         &self,
         _request: Request<ringkv_proto::v1::IncrementRequest>,
@@ -258,6 +258,15 @@ impl Kv for FakeNode {
         _request: Request<ringkv_proto::v1::AppendRequest>,
     ) -> Result<Response<ringkv_proto::v1::AppendResponse>, Status> {
         Err(Status::unimplemented("the CLI's fake node does not append"))
+    }
+
+    async fn put_all(
+        &self,
+        _request: Request<ringkv_proto::v1::PutAllRequest>,
+    ) -> Result<Response<ringkv_proto::v1::PutAllResponse>, Status> {
+        Err(Status::unimplemented(
+            "the CLI's fake node does not put-all",
+        ))
     }
 }
 

@@ -12,10 +12,12 @@
 //! see [`super::cluster`]). Not yet (each answered with an error that says
 //! so, the connection stays usable): expiry (`SET ... EX`).
 //!
-//! Multi-key commands run key by key, each key linearizable on its own:
-//! `MGET` reads each key, `MSET` writes each key in turn (not atomically:
-//! a failure part way leaves the earlier keys written, and says which key
-//! failed), `DEL` and `EXISTS` count key by key.
+//! `MSET` writes the keys of each partition as one atomic entry, so keys
+//! of one slot are written all or nothing, as in Redis; across partitions
+//! (a plain connection only: a cluster-aware one gets `-CROSSSLOT`) one
+//! partition after another, and a failure says how many were written.
+//! The other multi-key commands run key by key, each key linearizable on
+//! its own: `MGET` reads each key, `DEL` and `EXISTS` count key by key.
 
 use bytes::Bytes;
 use ringkv_core::kv::{Precondition, parse_integer};
@@ -257,21 +259,10 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
             Reply::Array(values)
         }
         "mset" if args.len() >= 3 && args.len() % 2 == 1 => {
-            for pair in args[1..].chunks(2) {
-                if let Err(e) =
-                    put(node, pair[0].clone(), pair[1].clone(), Precondition::None).await
-                {
-                    let key = String::from_utf8_lossy(&pair[0]);
-                    return (
-                        Reply::Error(format!(
-                            "{} {e} (MSET writes key by key: the keys before {key:?} were written)",
-                            errors::kind(&e).resp_code
-                        )),
-                        After::Continue,
-                    );
-                }
+            match mset(node, session.partition_count, &args[1..]).await {
+                Ok(()) => Reply::ok(),
+                Err(reply) => reply,
             }
-            Reply::ok()
         }
         "del" | "unlink" if args.len() >= 2 => {
             let mut deleted = 0;
@@ -403,6 +394,37 @@ async fn get(
 
 fn unexpected(r: ClientResponse) -> Reply {
     error_reply(&ClientError::Internal(format!("unexpected response {r:?}")))
+}
+
+/// MSET: one atomic put-all per partition the keys fall in, partitions in
+/// the order of their first key. Keys of one slot (or one partition) are
+/// written all or nothing, as Redis writes them; across partitions, a
+/// failure leaves the partitions before it written and says so.
+async fn mset(node: &NodeHandle, partition_count: u32, args: &[Bytes]) -> Result<(), Reply> {
+    let mut parts: Vec<(u32, Vec<(Bytes, Bytes)>)> = Vec::new();
+    for pair in args.chunks(2) {
+        let p = partition_of_slot(key_slot(&pair[0]), partition_count).0;
+        let entry = (pair[0].clone(), pair[1].clone());
+        match parts.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, pairs)) => pairs.push(entry),
+            None => parts.push((p, vec![entry])),
+        }
+    }
+    let count = parts.len();
+    for (done, (_, pairs)) in parts.into_iter().enumerate() {
+        let first = String::from_utf8_lossy(&pairs[0].0).into_owned();
+        if let Err(e) = node.request(ClientRequest::PutAll { pairs }).await {
+            let mut reply = format!("{} {e}", errors::kind(&e).resp_code);
+            if count > 1 {
+                reply.push_str(&format!(
+                    " (MSET over {count} partitions writes each partition's keys atomically, \
+                     one partition after another: {done} were written before the one of {first:?})"
+                ));
+            }
+            return Err(Reply::Error(reply));
+        }
+    }
+    Ok(())
 }
 
 async fn put(
