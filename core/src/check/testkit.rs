@@ -87,7 +87,7 @@ pub(crate) fn generate(workload: &Workload, seed: u64) -> (History, Vec<FinalRea
     let mut ops = Vec::new();
     for (n, plan) in planned.iter().enumerate() {
         let key = keys[rng.below(keys.len() as u64) as usize].clone();
-        let current = store.get(&key).cloned();
+        let current = store.get(&key);
         // A revision a compare-and-set may name: usually the current one.
         let cas_revision = match &current {
             Some(kv) if rng.chance(70) => kv.mod_revision,

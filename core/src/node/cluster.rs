@@ -201,9 +201,10 @@ impl Node {
             return;
         };
         let ours = self.meta.doc.as_ref().map_or(0, |d| d.version);
-        match g.kv.get(DOCUMENT_KEY) {
-            Some(kv) if kv.mod_revision > ours => {
-                let (bytes, version) = (kv.value.clone(), kv.mod_revision);
+        // The revision first: the document is copied out only when newer.
+        match g.kv.mod_revision(DOCUMENT_KEY) {
+            Some(version) if version > ours => {
+                let bytes = g.kv.get(DOCUMENT_KEY).expect("the key exists").value;
                 match ClusterMetadata::decode(&bytes, version) {
                     Ok(doc) => self.adopt_metadata(doc, bytes),
                     Err(e) => {

@@ -1272,7 +1272,7 @@ impl Node {
                 let answer = if count {
                     ClientResponse::Count(g.kv.len() as u64)
                 } else {
-                    ClientResponse::Value(g.kv.get(&read_key).cloned())
+                    ClientResponse::Value(g.kv.get(&read_key))
                 };
                 self.reply(id, Reply::Done(Ok(answer)));
             }
@@ -2132,7 +2132,7 @@ impl Node {
                     let answer = if r.count {
                         ClientResponse::Count(g.kv.len() as u64)
                     } else {
-                        ClientResponse::Value(g.kv.get(&r.key).cloned())
+                        ClientResponse::Value(g.kv.get(&r.key))
                     };
                     self.replies.push_back((r.id, Reply::Done(Ok(answer))));
                 }
