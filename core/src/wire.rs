@@ -775,7 +775,15 @@ fn append_from_proto(a: pb::raft_message::Append, term: u64) -> Result<MessageBo
             a.prev_term
         )));
     }
-    let entries = entries_from_proto(a.entries, "Append.entries")?;
+    let mut entries = entries_from_proto(a.entries, "Append.entries")?;
+    // An entry outlives the frame it arrived in (it stays in the follower's
+    // log until a snapshot folds it in), so it gets its own allocation: a
+    // slice of the frame would keep the whole received buffer, with every
+    // other group's entries and messages in it, alive as long as the
+    // longest-lived entry among them.
+    for e in &mut entries {
+        e.data = Bytes::copy_from_slice(&e.data);
+    }
     if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
         if a.prev_index.checked_add(1) != Some(first.index) {
             return Err(invalid(format!(

@@ -475,6 +475,71 @@ fn driver_requested_compaction_snapshots_applied_entries() {
     );
 }
 
+/// A log keeps its snapshot's position, not its image (the image is as
+/// large as the partition). A follower that was down while its leader
+/// compacted comes back needing that snapshot; with nothing applied since,
+/// the leader's node encodes the state again and sends it, without taking
+/// (and writing) a second snapshot, and the follower ends up with every key.
+#[test]
+fn a_follower_behind_a_compacted_log_gets_the_snapshot_encoded_again() {
+    // Leaders stay put (the controller would otherwise spread them, and a
+    // new leader's first entry is something applied after the snapshot).
+    let mut c = Cluster::with_config(3, 4, |cfg| cfg.placement.max_leader_transfers = 0);
+    c.quiet_events = true;
+    c.run_for(300);
+    let p = PartitionId(0);
+    let leader = (c.leaders()[&p].0 - 1) as usize;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    c.down.insert(follower);
+    let keys: Vec<String> = (0..200)
+        .map(|k| format!("key{k}"))
+        .filter(|k| c.nodes[leader].ring().partition_of(k.as_bytes()) == p)
+        .take(10)
+        .collect();
+    assert_eq!(keys.len(), 10, "enough keys of {p}");
+    for (n, k) in keys.iter().enumerate() {
+        c.request(leader, n as u64, put(k, "v"));
+    }
+    c.run_for(50);
+    let applied = c.nodes[leader].raft(p).unwrap().log().applied();
+    assert!(c.nodes[follower].raft(p).unwrap().log().applied() < applied);
+    let now = c.now;
+    c.nodes[leader].handle_compaction_request(now, &[p]);
+    // (The leader holds off a while for the follower it was streaming to.)
+    c.run_for(3000);
+    let stats = c.nodes[leader].stats();
+    let (compactions, supplied) = (stats.compactions, stats.snapshot_images_supplied);
+    let applied = c.nodes[leader].raft(p).unwrap().log().applied();
+    assert_eq!(
+        c.nodes[leader].raft(p).unwrap().log().snapshot_meta().index,
+        applied,
+        "the leader folded its log into a snapshot"
+    );
+
+    c.down.remove(&follower);
+    c.run_for(1000);
+    let stats = c.nodes[leader].stats();
+    assert_eq!(
+        stats.snapshot_images_supplied,
+        supplied + 1,
+        "the snapshot's image was encoded again for the follower"
+    );
+    assert_eq!(
+        stats.compactions, compactions,
+        "no second snapshot was taken"
+    );
+    let kv = c.nodes[follower].kv(p).unwrap();
+    assert_eq!(kv.applied_index(), applied);
+    for k in &keys {
+        assert_eq!(
+            kv.get(k.as_bytes()).map(|kv| kv.value),
+            Some(Bytes::from_static(b"v")),
+            "{k} reached the follower"
+        );
+    }
+    assert_eq!(kv.digest(), c.nodes[leader].kv(p).unwrap().digest());
+}
+
 /// A lease is judged on the request's time, not on the ticks the driver has
 /// run so far. After a stall (a paused process, a stopped VM, a stalled
 /// event loop) a driver that takes inputs before timers hands the node a

@@ -392,7 +392,36 @@ impl Harness {
         s
     }
 
+    /// A leader that wants a snapshot (its log keeps only the position of
+    /// the last one) is handed that snapshot's image again, built from the
+    /// entries it had applied up to the snapshot's index: as if the log
+    /// had kept it. Compacting anew is left to the scripts (`compact`), as
+    /// the node's compaction queue does it. Whether it did anything.
+    fn serve_snapshot_wanted(&mut self, id: u64) -> bool {
+        let p = self.peer(id);
+        if !p.raft.wants_snapshot() || !p.raft.snapshot_image_would_serve() {
+            return false;
+        }
+        let index = p.raft.log().snapshot_meta().index;
+        let upto: Vec<String> = p
+            .applied
+            .iter()
+            .filter(|(i, _)| *i <= index)
+            .map(|(i, v)| format!("{i}:{v}"))
+            .collect();
+        assert!(p.raft.supply_snapshot_image(Bytes::from(upto.join(","))));
+        self.line(format!(
+            "  n{id}: wants a snapshot: the image of its snapshot at {index} is supplied"
+        ));
+        true
+    }
+
     fn process(&mut self, id: u64) -> bool {
+        let served = self.serve_snapshot_wanted(id);
+        self.process_ready(id) || served
+    }
+
+    fn process_ready(&mut self, id: u64) -> bool {
         let p = self.peer(id);
         let ready: Ready = p.raft.take_ready();
         if ready.is_empty() {

@@ -655,6 +655,9 @@ pub struct NodeStats {
     pub congestion_reports: u64,
     /// Snapshots taken to compact a log.
     pub compactions: u64,
+    /// Images of an existing snapshot encoded again for a follower that
+    /// needed it (logs keep a snapshot's position, not its image).
+    pub snapshot_images_supplied: u64,
     pub io_requests: u64,
     pub proposals: u64,
     pub applied_entries: u64,
@@ -1737,6 +1740,29 @@ impl Node {
                 continue;
             };
             let applied = g.raft.log().applied();
+            if g.kv.applied_index() == applied
+                && applied == g.raft.log().snapshot_meta().index
+                && g.raft.snapshot_image_would_serve()
+            {
+                // A follower needs the snapshot this group already took, and
+                // nothing was applied since: the state is its image.
+                // Encoding it costs what a compaction does, without the
+                // write.
+                self.compaction_waits.remove(&p);
+                let supplied = g.raft.supply_snapshot_image(g.kv.snapshot());
+                assert!(
+                    supplied,
+                    "partition {p}: snapshot image refused after would_serve"
+                );
+                self.stats.snapshot_images_supplied += 1;
+                self.dirty.insert(p);
+                let cost =
+                    g.kv.data_bytes()
+                        .max(self.cfg.snapshot_cost_floor_bytes.max(1));
+                let cost = i64::try_from(cost).unwrap_or(i64::MAX);
+                self.snapshot_allowance = self.snapshot_allowance.saturating_sub(cost);
+                continue;
+            }
             if g.kv.applied_index() != applied || !g.raft.can_compact(applied) {
                 // Nothing new is applied and durable: nothing to fold.
                 self.compaction_waits.remove(&p);

@@ -3,7 +3,11 @@
 //!
 //! Owns: which entries exist, which are committed (Raft §5.3, §5.4), which
 //! have been handed to the driver to persist and which are known durable.
-//! Does not own: the durable copy (the driver's WAL), the state machine.
+//! Does not own: the durable copy (the driver's WAL), the state machine, or
+//! the snapshot's image: only its position is kept. The image is as large as
+//! the partition's state, so holding it for a follower that might fall
+//! behind would double a replica's memory; a leader that needs one asks the
+//! driver for a fresh one instead (see `Raft::wants_snapshot`).
 //!
 //! Invariants (asserted):
 //! - `entries[i].index == snapshot.index + 1 + i` (contiguous, no gaps);
@@ -24,8 +28,6 @@ pub struct Compacted;
 pub struct RaftLog {
     /// Position of the last entry folded into the snapshot (0/0: none).
     snapshot: SnapshotMeta,
-    /// The snapshot image, kept to send to followers behind the compacted log.
-    snapshot_data: Option<Bytes>,
     entries: Vec<Entry>,
     /// Payload bytes of `entries` (what compaction by size looks at).
     entries_bytes: usize,
@@ -46,10 +48,7 @@ pub struct RaftLog {
 impl RaftLog {
     /// A log restored from what the driver had made durable.
     pub fn restore(snapshot: Option<Snapshot>, entries: Vec<Entry>, commit: u64) -> Self {
-        let (meta, data) = match snapshot {
-            Some(s) => (s.meta, Some(s.data)),
-            None => (SnapshotMeta::default(), None),
-        };
+        let meta = snapshot.map(|s| s.meta).unwrap_or_default();
         let entries: Vec<Entry> = entries
             .into_iter()
             .filter(|e| e.index > meta.index)
@@ -72,7 +71,6 @@ impl RaftLog {
             snapshot_to_apply: None,
             persisted: last,
             truncated_from: None,
-            snapshot_data: data,
             snapshot: meta,
             entries,
         }
@@ -109,14 +107,6 @@ impl RaftLog {
     /// Payload bytes of the entries after the snapshot.
     pub fn entries_bytes(&self) -> usize {
         self.entries_bytes
-    }
-
-    /// The latest snapshot, if the log was ever compacted.
-    pub fn snapshot(&self) -> Option<Snapshot> {
-        self.snapshot_data.as_ref().map(|data| Snapshot {
-            meta: self.snapshot.clone(),
-            data: data.clone(),
-        })
     }
 
     /// Term of the entry at `index`; `None` if compacted away or beyond the end.
@@ -306,7 +296,6 @@ impl RaftLog {
         self.unsaved_from = meta.index + 1;
         self.persisted = self.persisted.min(meta.index);
         self.snapshot = meta;
-        self.snapshot_data = Some(snapshot.data.clone());
         self.unsaved_snapshot = Some(snapshot.clone());
         self.snapshot_to_apply = Some(snapshot);
     }
@@ -330,7 +319,6 @@ impl RaftLog {
         self.entries_bytes -= payload_bytes(&self.entries[..drop]);
         self.entries.drain(..drop);
         self.snapshot = meta.clone();
-        self.snapshot_data = Some(data.clone());
         let snapshot = Snapshot { meta, data };
         // Persist it so the driver can truncate the WAL behind it.
         self.unsaved_snapshot = Some(snapshot.clone());

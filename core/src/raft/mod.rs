@@ -425,6 +425,15 @@ pub struct Raft {
     /// New replicas (they refused entries for want of a configuration) that
     /// need a snapshot before anything else.
     snapshot_wanted_by: BTreeSet<NodeId>,
+    /// A follower needs entries this log folded into its snapshot, and the
+    /// log keeps no image to send (see `log.rs`): the driver is asked for
+    /// one through [`Raft::wants_snapshot`].
+    image_wanted: bool,
+    /// The snapshot being handed to followers right now: set only for the
+    /// length of [`Raft::compact`] or [`Raft::supply_snapshot_image`] (each
+    /// transfer keeps its own reference to the bytes), so no image outlives
+    /// the transfers that need it.
+    image_on_hand: Option<Snapshot>,
     /// Replicas outside the configuration that campaigned: sent the log
     /// until they hold the latest configuration, which tells them they are
     /// out.
@@ -514,6 +523,8 @@ impl Raft {
             outgoing_snapshots: BTreeMap::new(),
             congested_peers: BTreeSet::new(),
             snapshot_wanted_by: BTreeSet::new(),
+            image_wanted: false,
+            image_on_hand: None,
             strays: BTreeSet::new(),
             campaign_hints: BTreeSet::new(),
             transferee: None,
@@ -629,16 +640,72 @@ impl Raft {
     pub fn lease_round(&self) -> u64 {
         self.quorum_acked_round()
     }
-    /// Leader: a new replica waits for a snapshot and this group has none
-    /// that names it (it never compacted, or not since the replica was
-    /// added): the driver should compact it ([`Raft::compact`]) soon.
+    /// Leader: a follower waits for a snapshot, and the log keeps none to
+    /// send (only the position of the last one): a new replica, which needs
+    /// one that names it, or a follower behind the compacted log. The driver
+    /// should compact ([`Raft::compact`]) soon, or, if nothing was applied
+    /// since the last snapshot, hand over that snapshot's image again
+    /// ([`Raft::supply_snapshot_image`]).
     pub fn wants_snapshot(&self) -> bool {
-        let snapshot = self.log.snapshot_meta();
+        self.role == Role::Leader && (self.image_wanted || !self.snapshot_wanted_by.is_empty())
+    }
+
+    /// Leader: whether the image of the state at the current snapshot's
+    /// index would serve a waiting follower now (a new replica needs one
+    /// that names it, which an older snapshot may not).
+    pub fn snapshot_image_would_serve(&self) -> bool {
+        let meta = self.log.snapshot_meta();
         self.role == Role::Leader
-            && self
-                .snapshot_wanted_by
-                .iter()
-                .any(|&p| !self.snapshot_adds(snapshot, p))
+            && meta.index > 0
+            && (self.image_wanted
+                || self
+                    .snapshot_wanted_by
+                    .iter()
+                    .any(|&p| self.snapshot_adds(meta, p)))
+    }
+
+    /// Leader: `data` is the state machine's image at the current
+    /// snapshot's index (a node has it when nothing was applied since); it
+    /// goes to the followers waiting for a snapshot, and is not kept.
+    /// Returns false, and sends nothing, if it would serve none
+    /// ([`Raft::snapshot_image_would_serve`]).
+    pub fn supply_snapshot_image(&mut self, data: Bytes) -> bool {
+        if !self.snapshot_image_would_serve() {
+            return false;
+        }
+        let meta = self.log.snapshot_meta().clone();
+        self.offer_snapshot(Snapshot { meta, data });
+        true
+    }
+
+    /// Leader: sends `snapshot` to every follower that needs it (new
+    /// replicas waiting for one, followers heard from lately whose next
+    /// entry it folded in), then lets it go.
+    fn offer_snapshot(&mut self, snapshot: Snapshot) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let index = snapshot.meta.index;
+        let behind: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|&(&peer, pr)| {
+                peer != self.id
+                    && !matches!(pr.state, ProgressState::Snapshot { .. })
+                    && ((pr.next <= index && pr.recent_active)
+                        || self.snapshot_wanted_by.contains(&peer))
+            })
+            .map(|(&peer, _)| peer)
+            .collect();
+        self.image_on_hand = Some(snapshot);
+        self.image_wanted = false;
+        for peer in behind {
+            if let Some(pr) = self.progress.get_mut(&peer) {
+                pr.become_probe();
+            }
+            self.maybe_send_append(peer, true);
+        }
+        self.image_on_hand = None;
     }
 
     /// Whether a snapshot proves to a new replica `peer` that it belongs to
@@ -1039,17 +1106,9 @@ impl Raft {
             term,
             membership,
         };
-        self.log.compact(meta, data);
-        // A new replica may have been waiting for this snapshot.
-        if self.role == Role::Leader {
-            for peer in std::mem::take(&mut self.snapshot_wanted_by) {
-                self.snapshot_wanted_by.insert(peer);
-                if let Some(pr) = self.progress.get_mut(&peer) {
-                    pr.become_probe();
-                }
-                self.maybe_send_append(peer, true);
-            }
-        }
+        let snapshot = self.log.compact(meta, data);
+        // New replicas and followers behind may have been waiting for it.
+        self.offer_snapshot(snapshot);
         true
     }
 
@@ -1170,10 +1229,13 @@ impl Raft {
         self.strays.insert(stray);
         let next = self.log.last_index() + 1;
         let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
-        self.progress
+        let pr = self
+            .progress
             .entry(stray)
-            .or_insert_with(|| Progress::new(next, max_msgs, max_bytes))
-            .become_probe();
+            .or_insert_with(|| Progress::new(next, max_msgs, max_bytes));
+        pr.become_probe();
+        // It just campaigned: it is up, and worth a snapshot if it needs one.
+        pr.recent_active = true;
         self.maybe_send_append(stray, true);
     }
 
@@ -1533,6 +1595,7 @@ impl Raft {
         self.progress.clear();
         self.outgoing_snapshots.clear();
         self.snapshot_wanted_by.clear();
+        self.image_wanted = false;
         self.strays.clear();
         self.incoming_snapshot = None;
         if let Some(to) = self.transferee.take() {
@@ -1983,14 +2046,23 @@ impl Raft {
             }
             _ => {
                 // The entries were compacted away, or the follower is new:
-                // send the snapshot (§7), in chunks. A group that never
-                // compacted has none to send; ask for one (`wants_snapshot`)
-                // and send it once `compact` made it.
+                // send a snapshot (§7), in chunks. The log keeps none (only
+                // its position), so ask the driver for one
+                // (`wants_snapshot`) and send it when `compact` or
+                // `supply_snapshot_image` hands it over.
                 // A new replica needs one that names it: that is its proof it
                 // was added, and how it learns the group.
-                let Some(snapshot) = self.log.snapshot().filter(|s| {
+                let Some(snapshot) = self.image_on_hand.clone().filter(|s| {
                     s.meta.index > 0 && (!wants_snapshot || self.snapshot_adds(&s.meta, peer))
                 }) else {
+                    // Only for a follower heard from lately: one that is
+                    // down would cost a snapshot's encoding per probe.
+                    if !wants_snapshot
+                        && prev_index < self.log.snapshot_meta().index
+                        && self.progress.get(&peer).is_some_and(|pr| pr.recent_active)
+                    {
+                        self.image_wanted = true;
+                    }
                     return false;
                 };
                 self.snapshot_wanted_by.remove(&peer);

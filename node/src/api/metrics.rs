@@ -195,6 +195,11 @@ pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handsha
         "Snapshots taken to compact a partition's log.",
         s.compactions,
     );
+    o.counter(
+        "ringkv_snapshot_images_supplied_total",
+        "Images of a partition's last snapshot encoded again for a follower that needed it (logs keep a snapshot's position, not its image).",
+        s.snapshot_images_supplied,
+    );
     let t = transport;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     o.counter(
