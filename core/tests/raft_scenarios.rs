@@ -43,6 +43,20 @@ struct Peer {
     applied: Vec<(u64, String)>,
 }
 
+impl Peer {
+    /// The state machine's image as of entry `index`: the applied entries
+    /// up to it.
+    fn image(&self, index: u64) -> Bytes {
+        let upto: Vec<String> = self
+            .applied
+            .iter()
+            .filter(|(i, _)| *i <= index)
+            .map(|(i, v)| format!("{i}:{v}"))
+            .collect();
+        Bytes::from(upto.join(","))
+    }
+}
+
 struct Harness {
     cfg: RaftConfig,
     membership: Membership,
@@ -298,13 +312,7 @@ impl Harness {
             "compact" => {
                 let (id, index) = (Self::num(args[1]), Self::num(args[2]));
                 let p = self.peer(id);
-                let upto: Vec<String> = p
-                    .applied
-                    .iter()
-                    .filter(|(i, _)| *i <= index)
-                    .map(|(i, v)| format!("{i}:{v}"))
-                    .collect();
-                let data = Bytes::from(upto.join(","));
+                let data = p.image(index);
                 let ok = p.raft.compact(index, data);
                 let first = p.raft.log().first_index();
                 self.line(format!("  compacted: {ok}, first index now {first}"));
@@ -403,13 +411,8 @@ impl Harness {
             return false;
         }
         let index = p.raft.log().snapshot_meta().index;
-        let upto: Vec<String> = p
-            .applied
-            .iter()
-            .filter(|(i, _)| *i <= index)
-            .map(|(i, v)| format!("{i}:{v}"))
-            .collect();
-        assert!(p.raft.supply_snapshot_image(Bytes::from(upto.join(","))));
+        let data = p.image(index);
+        assert!(p.raft.supply_snapshot_image(data));
         self.line(format!(
             "  n{id}: wants a snapshot: the image of its snapshot at {index} is supplied"
         ));

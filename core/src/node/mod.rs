@@ -1755,12 +1755,8 @@ impl Node {
                     "partition {p}: snapshot image refused after would_serve"
                 );
                 self.stats.snapshot_images_supplied += 1;
-                self.dirty.insert(p);
-                let cost =
-                    g.kv.data_bytes()
-                        .max(self.cfg.snapshot_cost_floor_bytes.max(1));
-                let cost = i64::try_from(cost).unwrap_or(i64::MAX);
-                self.snapshot_allowance = self.snapshot_allowance.saturating_sub(cost);
+                let state_bytes = g.kv.data_bytes();
+                self.charge_snapshot(p, state_bytes);
                 continue;
             }
             if g.kv.applied_index() != applied || !g.raft.can_compact(applied) {
@@ -1784,16 +1780,21 @@ impl Node {
                 "partition {p}: compaction at {applied} refused after can_compact"
             );
             self.stats.compactions += 1;
-            self.dirty.insert(p);
-            let cost =
-                g.kv.data_bytes()
-                    .max(self.cfg.snapshot_cost_floor_bytes.max(1));
-            let cost = i64::try_from(cost).unwrap_or(i64::MAX);
-            self.snapshot_allowance = self.snapshot_allowance.saturating_sub(cost);
+            let state_bytes = g.kv.data_bytes();
+            self.charge_snapshot(p, state_bytes);
         }
         for p in deferred {
             self.queue_compaction(p);
         }
+    }
+
+    /// A snapshot of `state_bytes` was encoded for partition `p`: its
+    /// output is to be flushed, and it is paid for against the pace.
+    fn charge_snapshot(&mut self, p: PartitionId, state_bytes: u64) {
+        self.dirty.insert(p);
+        let cost = state_bytes.max(self.cfg.snapshot_cost_floor_bytes.max(1));
+        let cost = i64::try_from(cost).unwrap_or(i64::MAX);
+        self.snapshot_allowance = self.snapshot_allowance.saturating_sub(cost);
     }
 
     /// Partitions waiting for a snapshot.
