@@ -422,6 +422,56 @@ fn compaction_of_many_small_partitions_is_paced_by_count() {
     assert_eq!(c.nodes[0].compactions_queued(), 0);
 }
 
+/// A group's log is folded into a snapshot once it holds half the group's
+/// state in memory (here: 10 keys of 1 KiB, so about 5 KiB of log), not
+/// after a count of entries: so the log never costs much more than half the
+/// state again, however the entries are sized. Below the floor nothing is
+/// snapshotted.
+#[test]
+fn a_log_is_compacted_once_it_holds_half_the_state() {
+    let mut c = Cluster::with_config(3, 4, |cfg| {
+        cfg.snapshot_threshold = u64::MAX;
+        cfg.snapshot_log_floor_bytes = 4096;
+        cfg.placement.max_leader_transfers = 0;
+    });
+    c.quiet_events = true;
+    c.run_for(300);
+    let p = PartitionId(0);
+    let leader = (c.leaders()[&p].0 - 1) as usize;
+    let keys: Vec<String> = (0..500)
+        .map(|k| format!("key{k}"))
+        .filter(|k| c.nodes[leader].ring().partition_of(k.as_bytes()) == p)
+        .take(10)
+        .collect();
+    let value = "v".repeat(1024);
+    // Three small writes: far below the floor.
+    for (n, k) in keys.iter().take(3).enumerate() {
+        c.request(leader, n as u64, put(k, "small"));
+    }
+    c.run_for(200);
+    assert_eq!(c.nodes[leader].stats().compactions, 0, "below the floor");
+    let mut most = 0;
+    for round in 0..5u64 {
+        for (n, k) in keys.iter().enumerate() {
+            c.request(leader, 100 + round * 10 + n as u64, put(k, &value));
+            c.run_for(20);
+            let log = c.nodes[leader].raft(p).unwrap().log();
+            most = most.max(log.entries_bytes());
+        }
+    }
+    c.run_for(500);
+    let compactions = c.nodes[leader].stats().compactions;
+    // 50 KiB logged over a state of 10 KiB: a snapshot about every 5 KiB.
+    assert!(
+        (5..=12).contains(&compactions),
+        "{compactions} compactions for 50 writes of 1 KiB over 10 KiB of state"
+    );
+    assert!(
+        most <= 8 * 1024,
+        "the log held {most} bytes at most; half the state is about 5 KiB"
+    );
+}
+
 /// The driver asks for a snapshot when old entries pin a WAL segment: the
 /// node folds the applied log into a snapshot record (so the segment can go)
 /// and keeps serving the same data.

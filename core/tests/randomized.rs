@@ -221,7 +221,8 @@ fn config(id: u64, n: u64) -> NodeConfig {
     cfg.raft.snapshot_chunk_bytes = 48;
     cfg.raft.max_snapshot_chunks_inflight = 2;
     cfg.max_batch_bytes = 1024;
-    cfg.snapshot_threshold_bytes = 256;
+    cfg.snapshot_threshold_bytes = 1024;
+    cfg.snapshot_log_floor_bytes = 256;
     cfg.max_snapshot_bytes_per_tick = 64;
     cfg.snapshot_cost_floor_bytes = 16;
     cfg.observe = true;

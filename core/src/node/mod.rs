@@ -113,11 +113,17 @@ pub struct NodeConfig {
     pub leader_wait: Duration,
     /// Compact a group's log once this many applied entries follow its snapshot.
     pub snapshot_threshold: u64,
-    /// ... or once the applied entries after its snapshot hold this many
-    /// payload bytes and at least as many as the group's state (so a
-    /// snapshot, which costs the size of the state, is taken at most once
-    /// per that much logged data).
+    /// ... or once the log's memory (payload plus
+    /// [`LOG_ENTRY_OVERHEAD_BYTES`] per entry) reaches half the group's
+    /// state, but at least [`NodeConfig::snapshot_log_floor_bytes`] and at
+    /// most this. The log then costs at most half again the state's
+    /// memory (a quarter on average), and a snapshot, which costs the
+    /// state's size to write, is taken at most once per half the state's
+    /// size of logged data (write amplification at most 2).
     pub snapshot_threshold_bytes: u64,
+    /// The least log memory that makes a group due for a snapshot by size
+    /// (so a group of a few keys is not snapshotted at every write).
+    pub snapshot_log_floor_bytes: u64,
     /// Compaction's pace: snapshots of this many bytes of state per tick on
     /// average. A larger snapshot is taken whole and then paid off over the
     /// following ticks (a snapshot debt), so compaction never bursts.
@@ -171,6 +177,7 @@ impl NodeConfig {
             leader_wait: Duration::from_secs(1),
             snapshot_threshold: 10_000,
             snapshot_threshold_bytes: 64 << 20,
+            snapshot_log_floor_bytes: 256 << 10,
             max_snapshot_bytes_per_tick: 4 << 20,
             snapshot_cost_floor_bytes: 1 << 20,
             max_batch_bytes: 4 << 20,
@@ -733,6 +740,12 @@ const MAX_GROUP_PASSES: usize = 16;
 /// `Node::run_compactions`): 1 s at the default tick, ample for a live
 /// follower; a slower one gets a snapshot.
 const MAX_COMPACTION_WAIT_TICKS: u32 = 20;
+
+/// What a log entry costs in memory beyond its payload: the `Entry` (index,
+/// term, kind, a `Bytes` handle) in the log's vector and the payload
+/// allocation's header. Counted so that a log of small entries is judged
+/// by what it really holds.
+pub const LOG_ENTRY_OVERHEAD_BYTES: u64 = 64;
 
 pub struct Node {
     cfg: NodeConfig,
@@ -2177,13 +2190,17 @@ impl Node {
             return;
         }
         // Compaction: fold applied entries into a snapshot now and then (by
-        // entry count, or by bytes once the log outweighs the state), at the
-        // pace the tick budget allows.
+        // entry count, or by memory once the log holds half the state's
+        // size), at the pace the tick budget allows.
         let log = g.raft.log();
         let by_count =
             log.applied().saturating_sub(log.snapshot_meta().index) >= self.cfg.snapshot_threshold;
-        let log_bytes = log.entries_bytes() as u64;
-        let by_bytes = log_bytes >= self.cfg.snapshot_threshold_bytes.max(g.kv.data_bytes());
+        let log_bytes =
+            log.entries_bytes() as u64 + log.entries().len() as u64 * LOG_ENTRY_OVERHEAD_BYTES;
+        let by_bytes = log_bytes
+            >= (g.kv.data_bytes() / 2)
+                .max(self.cfg.snapshot_log_floor_bytes)
+                .min(self.cfg.snapshot_threshold_bytes);
         // A new replica waits for a snapshot this leader never took.
         let wanted = g.raft.wants_snapshot();
         let has_ready = g.raft.has_ready();
