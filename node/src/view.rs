@@ -226,6 +226,10 @@ pub fn build_view(node: &Node, now: Time) -> ClusterView {
             let address = member.map(|m| m.address.clone()).filter(|a| !a.is_empty());
             let client = member.map(|m| m.client.clone()).unwrap_or_default();
             if id == me {
+                // Its own addresses it knows from its configuration, before
+                // the member list has them (the first second of a new
+                // cluster) and after a restart that moved them.
+                let client = node.config().client_addresses.clone();
                 MemberView {
                     id,
                     health: Health::Local,

@@ -10,8 +10,11 @@
 //! other voters. Only members with a RESP address in the member list can
 //! be named: a leader without one is replaced by the first replica that
 //! has one (which serves the slot by forwarding), and a partition whose
-//! leader is unknown (an election) is named after its first replica too,
-//! so that every slot is always covered and a client retries there.
+//! leader is unknown (an election) is named after its first replica too;
+//! where no replica has one (the first second of a new cluster, before the
+//! member list holds the RESP addresses) this node stands in, as it serves
+//! every slot by forwarding. So every slot is always covered and a client
+//! retries there.
 //!
 //! Where ringkv differs from Redis Cluster: a node leads some partitions
 //! and follows others, so it is a master of several slot ranges and a
@@ -117,7 +120,8 @@ impl Topology {
                 let voters = group.map(|g| g.replicas.clone()).unwrap_or_default();
                 let master = leader
                     .and_then(index)
-                    .or_else(|| voters.iter().copied().find_map(index));
+                    .or_else(|| voters.iter().copied().find_map(index))
+                    .or_else(|| index(view.node_id));
                 let replicas = voters
                     .iter()
                     .copied()
@@ -391,6 +395,28 @@ mod tests {
         assert_eq!(t.slots_served(), 16_384);
         assert!(t.info_text().contains("cluster_state:ok"));
         assert!(t.info_text().contains("cluster_size:3"));
+    }
+
+    /// The first second of a new cluster: the member list names no RESP
+    /// address yet but this node's own (from its configuration). Clients
+    /// that ask then (redis-benchmark --cluster gave up on an empty map)
+    /// are sent here for every slot, which forwards.
+    #[test]
+    fn before_the_member_list_names_any_resp_address_this_node_serves_every_slot() {
+        let mut v = view();
+        for m in &mut v.members {
+            if m.id != v.node_id {
+                m.client.resp.clear();
+            }
+        }
+        let t = Topology::of(&v, 4);
+        assert_eq!(t.nodes.len(), 1);
+        assert!(t.shards.iter().all(|s| s.master == Some(0)));
+        assert_eq!(t.slots_served(), 16_384);
+        assert_eq!(
+            t.nodes_text(),
+            "0000000000000000000000000000000000000001 127.0.0.1:7001@0 myself,master - 0 0 9 connected 0-16383\n"
+        );
     }
 
     #[test]
