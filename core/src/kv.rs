@@ -37,10 +37,12 @@
 //! Memory: each live key is one heap allocation, a `Record` holding its
 //! metadata, key and value back to back (28 bytes of header, no `Bytes`
 //! handles or reference counts), kept in a `BTreeSet` ordered by key. Reads
-//! copy the key and value out. This is what brought a replica's memory per key
-//! from about 3.2x Redis's to about 2.5x (`scripts/redis_bench.sh 20000
-//! 950000`, 614k live keys, 100-byte values: 564-591 bytes per key per replica
-//! against Redis's 230); the rest is the Raft log and the snapshot image.
+//! copy the key and value out; a record that leaves the map (overwritten or
+//! deleted) is handed out without a copy. This brought a replica's memory
+//! per key from about 3.2x Redis's to about 2.5x (`scripts/redis_bench.sh
+//! 20000 950000`, 614k live keys, 100-byte values); with the Raft log's
+//! changes of the same day (no snapshot image kept, compaction at half the
+//! state) a replica holds 311-320 bytes per key, 1.35-1.39x Redis's 231.
 //!
 //! Not implemented yet: TTL / expiry of keys (the architecture's `expiry`
 //! field); multi-key transactions beyond put-all (no conditions across keys);
@@ -480,6 +482,23 @@ impl Record {
         self.0.len() - RECORD_HEADER_BYTES
     }
 
+    /// The key as the API hands it out, taking over this record's
+    /// allocation (key and value are slices of it, no copy): for a record
+    /// that leaves the map (overwritten or deleted).
+    fn into_key_value(self) -> KeyValue {
+        let (version, create_revision, mod_revision) =
+            (self.version(), self.create_revision(), self.mod_revision());
+        let key_end = RECORD_HEADER_BYTES + self.key_len();
+        let bytes = Bytes::from(self.0);
+        KeyValue {
+            key: bytes.slice(RECORD_HEADER_BYTES..key_end),
+            value: bytes.slice(key_end..),
+            version,
+            create_revision,
+            mod_revision,
+        }
+    }
+
     /// A copy, as the API hands it out.
     fn to_key_value(&self) -> KeyValue {
         KeyValue {
@@ -619,7 +638,7 @@ impl KvStore {
                 Some(record) => {
                     self.data_bytes -= record.data_len() as u64;
                     ApplyOutcome::Deleted {
-                        previous: record.to_key_value(),
+                        previous: record.into_key_value(),
                     }
                 }
                 None => ApplyOutcome::NotFound,
@@ -704,9 +723,7 @@ impl KvStore {
         };
         self.data_bytes = self.data_bytes - old_bytes as u64 + (key.len() + value.len()) as u64;
         let record = Record::new(key, value, version, create_revision, index);
-        self.entries
-            .replace(record)
-            .map(|previous| previous.to_key_value())
+        self.entries.replace(record).map(Record::into_key_value)
     }
 
     fn advance(&mut self, index: u64) {
