@@ -1070,6 +1070,30 @@ mod tests {
         assert_eq!((store.len(), store.applied_index()), (1, 3));
     }
 
+    /// Replicas are compared with `==` (convergence checks, restore): two
+    /// stores at the same index are equal only with the same keys, values
+    /// and metadata.
+    #[test]
+    fn stores_at_one_index_are_equal_only_with_the_same_contents() {
+        let same = |a: &str, b: &str| {
+            let mut x = KvStore::new();
+            x.apply(1, &put("k", a).encode());
+            let mut y = KvStore::new();
+            y.apply(1, &put("k", b).encode());
+            x == y
+        };
+        assert!(same("v", "v"));
+        assert!(!same("v", "w"), "same length, other value");
+        assert!(!same("v", "vv"), "other length");
+        let mut x = store_with("k", &[1, 2]);
+        let mut y = store_with("k", &[1]);
+        y.apply(2, &put("k", "v2").encode());
+        assert_eq!(x, y);
+        x.apply(3, &put("j", "a").encode());
+        y.apply(3, &put("i", "a").encode());
+        assert_ne!(x, y, "another key");
+    }
+
     #[test]
     fn updates_increment_version_and_keep_create_revision() {
         let mut store = store_with("k", &[2, 5]);
