@@ -3,14 +3,14 @@
 //! One task runs the core: it takes inputs from a channel (peer batches,
 //! client requests, durable-IO notices), drains a burst of them, then drains
 //! the core's outputs: WAL batches go to the storage task, peer batches to the
-//! per-peer senders, replies to the waiting callers, forwards to the forward
-//! RPC. The loop makes no protocol decisions; the core does.
+//! per-peer senders, replies to the waiting callers, forwards to the
+//! forwarder's stream to the target node. The loop makes no protocol decisions; the core does.
 //!
 //! The storage task writes whatever WAL batches have queued up while the
 //! previous write was in flight, with one sync for all of them (group commit),
 //! then reports the newest one durable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,8 +19,7 @@ use ringkv_core::io::{IoId, IoRequest};
 use ringkv_core::node::{
     ClientRequest, Drain, Event, Node, NodeStats, RegisterError, Registration, Reply, RequestId,
 };
-use ringkv_core::routing::Hops;
-use ringkv_core::{NodeId, PartitionId, Time};
+use ringkv_core::{PartitionId, Time};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -31,7 +30,7 @@ use crate::handle::Observer;
 use crate::handle::{ClientResult, Input, JoinAnswer, NodeHandle, PartitionDigest};
 use crate::members::MemberSync;
 use crate::storage::{Storage, StorageStats};
-use crate::transport::{Forwarder, MAX_BATCHED_REQUEST_BYTES, MAX_FORWARD_BATCH, PeerSenders};
+use crate::transport::{Forwarder, PeerSenders};
 use crate::view::{ClusterView, build_view};
 
 /// Inputs drained per loop turn before outputs are flushed: large enough to
@@ -74,27 +73,6 @@ pub struct Driver {
 struct Pending {
     req: ClientRequest,
     reply: oneshot::Sender<ClientResult>,
-}
-
-/// A request the core handed on to another node, waiting for its turn's
-/// batch to that node.
-struct Forward {
-    pending: Pending,
-    partition: PartitionId,
-    hops: Hops,
-}
-
-/// Bytes of a request's key and value: a large one is forwarded alone.
-fn request_bytes(req: &ClientRequest) -> usize {
-    if let ClientRequest::PutAll { pairs } = req {
-        return pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-    }
-    let body = match req {
-        ClientRequest::Put { value, .. } => value.len(),
-        ClientRequest::Append { suffix, .. } => suffix.len(),
-        _ => 0,
-    };
-    req.key().len() + body
 }
 
 impl Driver {
@@ -314,8 +292,6 @@ impl Driver {
         while let Some(transmit) = self.node.poll_transmit() {
             self.io.peers.send(transmit);
         }
-        // Forwards of this turn, by target: one call per target.
-        let mut forwards: BTreeMap<NodeId, Vec<Forward>> = BTreeMap::new();
         while let Some((id, reply)) = self.node.poll_reply() {
             let Some(p) = self.pending.remove(&id) else {
                 continue;
@@ -328,25 +304,10 @@ impl Driver {
                     to,
                     partition,
                     hops,
-                } if request_bytes(&p.req) > MAX_BATCHED_REQUEST_BYTES => {
-                    self.forward(p, to, partition, hops);
-                }
-                Reply::Forward {
-                    to,
-                    partition,
-                    hops,
-                } => forwards.entry(to).or_default().push(Forward {
-                    pending: p,
-                    partition,
-                    hops,
-                }),
-            }
-        }
-        for (to, batch) in forwards {
-            let mut batch = batch.into_iter().peekable();
-            while batch.peek().is_some() {
-                let chunk: Vec<Forward> = batch.by_ref().take(MAX_FORWARD_BATCH).collect();
-                self.forward_batch(to, chunk);
+                } => self
+                    .io
+                    .forwarder
+                    .forward(to, partition, hops, &p.req, p.reply),
             }
         }
         while let Some(event) = self.node.poll_event() {
@@ -390,52 +351,6 @@ impl Driver {
             }
             self.io.forwarder.remove_peer(id);
         }
-    }
-
-    /// Forwards to one node in one call (one request: a plain `Forward`).
-    fn forward_batch(&mut self, to: NodeId, mut batch: Vec<Forward>) {
-        if batch.len() == 1 {
-            let Forward {
-                pending,
-                partition,
-                hops,
-            } = batch.remove(0);
-            self.forward(pending, to, partition, hops);
-            return;
-        }
-        let forwarder = self.io.forwarder.clone();
-        let from = self.node.id();
-        tokio::spawn(async move {
-            let requests: Vec<_> = batch
-                .iter()
-                .map(|f| (f.pending.req.clone(), f.hops))
-                .collect();
-            match forwarder.forward_batch(from, to, &requests).await {
-                Ok(results) => {
-                    for (f, result) in batch.into_iter().zip(results) {
-                        let _ = f.pending.reply.send(result);
-                    }
-                }
-                Err(failure) => {
-                    for f in batch {
-                        let outcome = failure.outcome(f.pending.req.is_write(), f.partition);
-                        let _ = f.pending.reply.send(Err(outcome));
-                    }
-                }
-            }
-        });
-    }
-
-    fn forward(&mut self, p: Pending, to: NodeId, partition: PartitionId, hops: Hops) {
-        let forwarder = self.io.forwarder.clone();
-        let from = self.node.id();
-        tokio::spawn(async move {
-            let result = forwarder
-                .forward(from, to, &p.req, hops)
-                .await
-                .unwrap_or_else(|failure| Err(failure.outcome(p.req.is_write(), partition)));
-            let _ = p.reply.send(result);
-        });
     }
 }
 

@@ -219,6 +219,7 @@ impl Server {
             forward_timeout,
             stats.clone(),
             limits,
+            clock.clone(),
         );
         let io = DriverIo {
             peers: senders,

@@ -308,64 +308,212 @@ async fn calls_from_strangers_are_refused_with_the_mismatch_named() {
     server.stop().await;
 }
 
-/// `ForwardBatch` runs every request and answers each in its place (a
-/// malformed one answered with an error, the others served), and refuses a
-/// batch over the limit as a whole.
+fn put_call(id: u64, key: &'static str, value: &'static str) -> pb::ForwardCall {
+    pb::ForwardCall {
+        id,
+        request: Some(pb::ForwardRequest {
+            from: 1,
+            hops: 1,
+            request: Some(pb::forward_request::Request::Put(pb::PutRequest {
+                key: Bytes::from_static(key.as_bytes()),
+                value: Bytes::from_static(value.as_bytes()),
+                precondition: None,
+                return_previous: false,
+            })),
+        }),
+    }
+}
+
+fn get_call(id: u64, key: &'static str) -> pb::ForwardCall {
+    pb::ForwardCall {
+        id,
+        request: Some(pb::ForwardRequest {
+            from: 1,
+            hops: 1,
+            request: Some(pb::forward_request::Request::Get(pb::GetRequest {
+                key: Bytes::from_static(key.as_bytes()),
+                consistency: 0,
+            })),
+        }),
+    }
+}
+
+/// A `Forwards` stream runs every call of a frame and answers each by its
+/// id (a malformed one with an error, the others served); a frame over the
+/// limit ends the stream with the limit named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forward_batch_is_answered_in_order_and_bounded() {
+async fn forwards_on_a_stream_are_answered_by_id_and_bounded() {
     let (server, mut client) = ready_node_and_peer_client().await;
-    let put = |key: &'static str, value: &'static str| pb::ForwardRequest {
-        from: 1,
-        hops: 1,
-        request: Some(pb::forward_request::Request::Put(pb::PutRequest {
-            key: Bytes::from_static(key.as_bytes()),
-            value: Bytes::from_static(value.as_bytes()),
-            precondition: None,
-            return_previous: false,
-        })),
-    };
-    let get = |key: &'static str| pb::ForwardRequest {
-        from: 1,
-        hops: 1,
-        request: Some(pb::forward_request::Request::Get(pb::GetRequest {
-            key: Bytes::from_static(key.as_bytes()),
-            consistency: 0,
-        })),
-    };
-    let malformed = pb::ForwardRequest {
-        from: 1,
-        hops: 1,
+    let (frames, frames_rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = client
+        .forwards(as_member(
+            &server,
+            tokio_stream::wrappers::ReceiverStream::new(frames_rx),
+        ))
+        .await
+        .expect("a member's stream is admitted")
+        .into_inner();
+    let malformed = pb::ForwardCall {
+        id: 11,
         request: None,
     };
-    let batch = pb::ForwardBatchRequest {
-        requests: vec![put("a", "1"), malformed, put("b", "2"), get("zz")],
-    };
-    let answers = client
-        .forward_batch(as_member(&server, batch))
-        .await
-        .expect("a batch within the limit")
-        .into_inner()
-        .responses;
+    let calls = vec![
+        put_call(10, "a", "1"),
+        malformed,
+        put_call(12, "b", "2"),
+        get_call(13, "zz"),
+    ];
+    frames.send(pb::ForwardFrame { calls }).await.unwrap();
     use pb::forward_response::Result as R;
-    let kinds: Vec<&'static str> = answers
-        .iter()
-        .map(|a| match &a.result {
-            Some(R::Put(_)) => "put",
-            Some(R::Get(g)) if g.kv.is_none() => "absent",
-            Some(R::Error(e)) if e.message.contains("malformed") => "malformed",
-            other => panic!("unexpected answer {other:?}"),
-        })
-        .collect();
-    assert_eq!(kinds, vec!["put", "malformed", "put", "absent"]);
+    let mut kinds = BTreeMap::new();
+    while kinds.len() < 4 {
+        let frame = answers.message().await.unwrap().expect("answers come");
+        for a in frame.answers {
+            let kind = match a.response.and_then(|r| r.result) {
+                Some(R::Put(_)) => "put",
+                Some(R::Get(g)) if g.kv.is_none() => "absent",
+                Some(R::Error(e)) if e.message.contains("malformed") => "malformed",
+                other => panic!("unexpected answer {other:?}"),
+            };
+            assert!(
+                kinds.insert(a.id, kind).is_none(),
+                "{} answered twice",
+                a.id
+            );
+        }
+    }
+    let expected = BTreeMap::from([(10, "put"), (11, "malformed"), (12, "put"), (13, "absent")]);
+    assert_eq!(kinds, expected);
 
-    let too_many = pb::ForwardBatchRequest {
-        requests: (0..257).map(|_| get("a")).collect(),
-    };
-    let refused = client
-        .forward_batch(as_member(&server, too_many))
+    // The stream still serves: a read of what the first frame wrote.
+    frames
+        .send(pb::ForwardFrame {
+            calls: vec![get_call(14, "b")],
+        })
         .await
-        .expect_err("over the limit");
+        .unwrap();
+    let frame = answers.message().await.unwrap().unwrap();
+    let Some(R::Get(g)) = frame.answers[0].response.clone().and_then(|r| r.result) else {
+        panic!("{frame:?}");
+    };
+    assert_eq!(frame.answers[0].id, 14);
+    assert_eq!(g.kv.unwrap().value, Bytes::from_static(b"2"));
+
+    let too_many = pb::ForwardFrame {
+        calls: (0..257).map(|i| get_call(100 + i, "a")).collect(),
+    };
+    frames.send(too_many).await.unwrap();
+    let refused = loop {
+        match answers.message().await {
+            Ok(Some(f)) if f.answers.is_empty() => continue, // a keepalive
+            other => break other.expect_err("over the limit"),
+        }
+    };
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("the limit is 256"), "{refused}");
+    server.stop().await;
+}
+
+/// A `Forwards` stream with nothing to answer sends keepalives (empty
+/// frames), so its caller can tell a quiet stream from a stalled one; one
+/// whose caller sends nothing, not even keepalives, is closed as idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_forward_stream_sends_keepalives_and_a_silent_caller_is_cut_off() {
+    let (server, mut client) = ready_node_and_peer_client().await;
+    let started = tokio::time::Instant::now();
+    let mut answers = client
+        .forwards(as_member(&server, tokio_stream::pending()))
+        .await
+        .expect("admitted")
+        .into_inner();
+    let mut keepalives = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("the receiver closes a silent stream instead of waiting forever")
+        {
+            Ok(Some(frame)) => {
+                assert!(frame.answers.is_empty(), "{frame:?}");
+                keepalives += 1;
+            }
+            Ok(None) => panic!("closed without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert!(keepalives >= 1, "no keepalive before the idle close");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("idle"), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+    assert_eq!(server.stats.idle_streams_closed.load(Ordering::Relaxed), 1);
+    server.stop().await;
+}
+
+/// What a client is told when its forwarded request cannot reach the node
+/// it was meant for: a node that is not running never got it (a read may be
+/// retried, a write was not applied); a node that refuses this one's
+/// handshake is not the leader this node thought (retry finds the real
+/// one). Neither waits for the forward timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_that_cannot_reach_their_target_fail_at_once_with_what_is_known() {
+    use ringkv_core::PartitionId;
+    use ringkv_core::node::ClientError;
+    use ringkv_core::routing::Hops;
+    let (server, _client) = ready_node_and_peer_client().await;
+    let nobody = free_addr(); // nothing listens there
+    // Node 3's address is the server's own: it refuses a hello meant for 3.
+    let peers = BTreeMap::from([(NodeId(2), nobody), (NodeId(3), server.grpc_addr)]);
+    let limits = ringkv_node::transport::TransportLimits::for_node(
+        &ServerConfig::new(NodeId(1), BTreeMap::new(), free_addr(), "/x".into()).node_config(),
+    );
+    let forwarder = ringkv_node::transport::Forwarder::new(
+        server.handshake.clone(),
+        &peers,
+        Duration::from_secs(30),
+        server.stats.clone(),
+        limits,
+        Arc::new(MonotonicClock::new()),
+    );
+    let read = ClientRequest::Get {
+        key: Bytes::from_static(b"k"),
+        consistency: Consistency::Linearizable,
+    };
+    let write = ClientRequest::Put {
+        key: Bytes::from_static(b"k"),
+        value: Bytes::from_static(b"v"),
+        precondition: Default::default(),
+        return_previous: false,
+    };
+    let p = PartitionId(3);
+    let started = tokio::time::Instant::now();
+    let mut told = Vec::new();
+    for (to, req) in [
+        (NodeId(2), &read),
+        (NodeId(2), &write),
+        (NodeId(3), &read),
+        (NodeId(3), &write),
+        (NodeId(4), &read),
+    ] {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        forwarder.forward(to, p, Hops(1), req, reply);
+        told.push(answer.await.expect("always answered"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(told[0], Err(ClientError::NoLeader { partition: p }));
+    assert_eq!(told[1], Err(ClientError::Dropped));
+    assert_eq!(told[2], Err(ClientError::NoLeader { partition: p }));
+    assert_eq!(told[3], Err(ClientError::NoLeader { partition: p }));
+    assert!(
+        matches!(&told[4], Err(ClientError::Internal(m)) if m.contains("not a known member")),
+        "{:?}",
+        told[4]
+    );
     server.stop().await;
 }

@@ -296,6 +296,26 @@ pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handsha
         load(&t.forwards),
     );
     o.counter(
+        "ringkv_forward_streams_opened_total",
+        "Forward streams opened to other nodes (one per peer while it works).",
+        load(&t.forward_streams_opened),
+    );
+    o.counter(
+        "ringkv_forward_streams_broken_total",
+        "Forward streams given up as broken, silent or stalled; their requests in flight were answered as lost.",
+        load(&t.forward_streams_broken),
+    );
+    o.counter(
+        "ringkv_forwards_refused_total",
+        "Forwards refused at once because their peer's queue was full.",
+        load(&t.forwards_refused_queue_full),
+    );
+    o.counter(
+        "ringkv_forward_answers_late_total",
+        "Forward answers that came after their request's deadline (the client was told outcome unknown or timeout).",
+        load(&t.forward_answers_late),
+    );
+    o.counter(
         "ringkv_wal_syncs_total",
         "WAL syncs (each covers every batch written since the previous one).",
         storage.syncs,

@@ -42,11 +42,12 @@
 //! a quiet lane is never mistaken for a stalled one (and never re-dialled
 //! while idle).
 //!
-//! The same service carries `Forward`: a client request this node cannot
-//! answer, sent to the node the core named ([`forward`]).
+//! The same service carries `Forwards`: client requests this node cannot
+//! answer, sent to the node the core named over one more long-lived stream
+//! per peer, answered by id in any order ([`forward`]).
 //!
-//! **Every call says who it is from.** Each `Batches` stream and `Forward`
-//! call carries the caller's hello (cluster uid, settings, node id, data
+//! **Every call says who it is from.** Each `Batches` and `Forwards` stream
+//! carries the caller's hello (cluster uid, settings, node id, data
 //! directory incarnation, and whom it means to reach); the receiver admits
 //! it or refuses it, naming the mismatch, before reading any frame
 //! ([`handshake`]). A node not yet in a cluster sends nothing until
@@ -74,7 +75,7 @@ use ringkv_core::io::Lane;
 use ringkv_core::node::NodeConfig;
 use tonic::transport::Endpoint;
 
-pub use forward::{Forwarder, MAX_BATCHED_REQUEST_BYTES, MAX_FORWARD_BATCH};
+pub use forward::{Forwarder, MAX_CALLS_PER_FRAME, MAX_FORWARDS_IN_FLIGHT, MAX_FORWARDS_QUEUED};
 pub use handshake::Handshake;
 pub use senders::PeerSenders;
 pub use service::PeerService;
@@ -188,7 +189,18 @@ pub struct TransportStats {
     /// Outgoing streams that failed or could not connect.
     pub stream_failures: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Client requests handed to the forwarder.
     pub forwards: AtomicU64,
+    /// Forward streams opened, and those that ended other than by the
+    /// peer's closing them (broken, silent or stalled).
+    pub forward_streams_opened: AtomicU64,
+    pub forward_streams_broken: AtomicU64,
+    /// Forwards refused because their peer's queue was full.
+    pub forwards_refused_queue_full: AtomicU64,
+    /// Forward answers that came after their request's deadline.
+    pub forward_answers_late: AtomicU64,
+    /// Forward answers naming no request sent on their stream.
+    pub forward_answers_unmatched: AtomicU64,
     /// Batches the simulation's fault hook dropped.
     #[cfg(madsim)]
     pub faults_dropped: AtomicU64,

@@ -6,18 +6,28 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt as _;
+use futures::stream::FuturesUnordered;
 use ringkv_core::node::ClientError;
 use ringkv_core::routing::Hops;
 use ringkv_core::wire;
 use ringkv_proto::v1 as pb;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::forward::MAX_FORWARD_BATCH;
-use super::{Handshake, TransportStats, human_bytes};
+use super::{Handshake, MAX_CALLS_PER_FRAME, MAX_FORWARDS_IN_FLIGHT, TransportStats, human_bytes};
 use crate::api::convert;
 use crate::clock::Clock;
 use crate::handle::{Input, NodeHandle};
+
+/// Answer frames handed to gRPC but not yet sent; the stream's task waits
+/// when there are this many (the caller is not reading).
+const ANSWER_FRAMES_QUEUED: usize = 64;
+
+/// Answers in one frame, at most.
+const MAX_ANSWERS_PER_FRAME: usize = 256;
 
 /// The server side of `ringkv.v1.Peer`.
 pub struct PeerService {
@@ -78,7 +88,6 @@ async fn receive_frames<S>(
 where
     S: tokio_stream::Stream<Item = Result<pb::PeerFrame, Status>>,
 {
-    use tokio_stream::StreamExt as _;
     let (handshake, input, stats) = (&*service.handshake, &service.input, &*service.stats);
     let (clock, idle_timeout) = (&*service.clock, service.idle_timeout);
     let max_frame_bytes = service.max_frame_bytes;
@@ -167,6 +176,141 @@ where
     }
 }
 
+/// One incoming `Forwards` stream: runs the calls of every frame at once
+/// (at most [`MAX_FORWARDS_IN_FLIGHT`]; it reads no further frame while it
+/// runs that many) and answers each as it completes, gathering the answers
+/// ready together into one frame.
+struct ForwardStream {
+    handshake: Arc<Handshake>,
+    input: mpsc::Sender<Input>,
+    node: NodeHandle,
+    stats: Arc<TransportStats>,
+    clock: Arc<dyn Clock>,
+    idle_timeout: Duration,
+    peer: ringkv_core::NodeId,
+}
+
+impl ForwardStream {
+    /// Ends when the caller closes its side (after answering what runs),
+    /// breaks it, stays silent for the idle timeout (the caller sends a
+    /// keepalive when it has nothing else to send), stops reading answers,
+    /// or when this node stops.
+    async fn serve(
+        self,
+        mut frames: tonic::Streaming<pb::ForwardFrame>,
+        answers: mpsc::Sender<Result<pb::ForwardAnswers, Status>>,
+    ) {
+        let clock = &*self.clock;
+        let keepalive = self.idle_timeout / 2;
+        let node = &self.node;
+        let mut running = FuturesUnordered::new();
+        let mut last_heard = clock.now();
+        let mut last_sent = clock.now();
+        let mut tick = clock.sleep(keepalive / 2);
+        let mut caller_done = false;
+        let ending: Result<(), Status> = loop {
+            // `biased`: unbiased select! is not replayable under madsim.
+            tokio::select! {
+                biased;
+                Some(answer) = running.next(), if !running.is_empty() => {
+                    let mut frame = pb::ForwardAnswers { answers: vec![answer] };
+                    while frame.answers.len() < MAX_ANSWERS_PER_FRAME {
+                        match running.next().now_or_never() {
+                            Some(Some(answer)) => frame.answers.push(answer),
+                            _ => break,
+                        }
+                    }
+                    if answers.send(Ok(frame)).await.is_err() {
+                        return; // The caller is gone.
+                    }
+                    last_sent = clock.now();
+                    if caller_done && running.is_empty() {
+                        break Ok(());
+                    }
+                }
+                frame = frames.next(), if !caller_done && running.len() < MAX_FORWARDS_IN_FLIGHT => {
+                    last_heard = clock.now();
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        None => {
+                            caller_done = true;
+                            if running.is_empty() {
+                                break Ok(());
+                            }
+                            continue;
+                        }
+                        Some(Err(status)) => {
+                            tracing::debug!(peer = %self.peer, %status, "incoming forward stream broke");
+                            return;
+                        }
+                    };
+                    if let Err(status) = self.handshake.refuse_removed(self.peer) {
+                        break Err(status);
+                    }
+                    if frame.calls.is_empty() {
+                        self.stats.keepalives_received.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if frame.calls.len() > MAX_CALLS_PER_FRAME {
+                        break Err(Status::invalid_argument(format!(
+                            "{} forwarded requests in one frame; the limit is {MAX_CALLS_PER_FRAME}",
+                            frame.calls.len()
+                        )));
+                    }
+                    for call in frame.calls {
+                        running.push(run_forwarded(node, call));
+                    }
+                }
+                () = &mut tick => {
+                    let now = clock.now();
+                    if self.input.is_closed() {
+                        break Err(Status::unavailable("node is shutting down"));
+                    }
+                    if !caller_done && now >= last_heard + self.idle_timeout {
+                        let n = self.stats.idle_streams_closed.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::debug!(peer = %self.peer, total = n, "forward stream idle; closing it so the peer re-dials");
+                        break Err(Status::unavailable("forward stream idle; re-dial"));
+                    }
+                    if now >= last_sent + keepalive {
+                        // A full queue means answers are on their way anyway.
+                        if answers.try_send(Ok(pb::ForwardAnswers::default())).is_ok() {
+                            self.stats.keepalives_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last_sent = now;
+                    }
+                    tick = clock.sleep(keepalive / 2);
+                }
+            }
+        };
+        if let Err(status) = ending {
+            let _ = answers.send(Err(status)).await;
+        }
+    }
+}
+
+/// Runs one forwarded request on this node; a malformed one is answered
+/// with an error (its caller's other requests are served).
+async fn run_forwarded(node: &NodeHandle, call: pb::ForwardCall) -> pb::ForwardAnswer {
+    let result = match call.request {
+        Some(r) => {
+            let hops = Hops(r.hops);
+            match convert::forwarded_request(r) {
+                Ok(req) => node.request_with_hops(req, hops).await,
+                Err(e) => Err(ClientError::Internal(format!(
+                    "malformed forwarded request: {e}"
+                ))),
+            }
+        }
+        None => Err(ClientError::Internal(
+            "malformed forwarded request: no request in the call".to_owned(),
+        )),
+    };
+    pb::ForwardAnswer {
+        id: call.id,
+        response: Some(convert::forward_response(&result)),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
     async fn hello(
@@ -196,42 +340,24 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::PeerStreamClosed {}))
     }
 
-    async fn forward(
-        &self,
-        request: Request<pb::ForwardRequest>,
-    ) -> Result<Response<pb::ForwardResponse>, Status> {
-        self.handshake.admit_call(&request)?;
-        let r = request.into_inner();
-        let hops = Hops(r.hops);
-        let req = convert::forwarded_request(r).map_err(Status::invalid_argument)?;
-        let result = self.node.request_with_hops(req, hops).await;
-        Ok(Response::new(convert::forward_response(&result)))
-    }
+    type ForwardsStream = ReceiverStream<Result<pb::ForwardAnswers, Status>>;
 
-    async fn forward_batch(
+    async fn forwards(
         &self,
-        request: Request<pb::ForwardBatchRequest>,
-    ) -> Result<Response<pb::ForwardBatchResponse>, Status> {
-        self.handshake.admit_call(&request)?;
-        let requests = request.into_inner().requests;
-        if requests.len() > MAX_FORWARD_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "{} forwarded requests in one batch; the limit is {MAX_FORWARD_BATCH}",
-                requests.len()
-            )));
-        }
-        let node = &self.node;
-        let answers = requests.into_iter().map(|r| async move {
-            let hops = Hops(r.hops);
-            let result = match convert::forwarded_request(r) {
-                Ok(req) => node.request_with_hops(req, hops).await,
-                Err(e) => Err(ClientError::Internal(format!(
-                    "malformed forwarded request: {e}"
-                ))),
-            };
-            convert::forward_response(&result)
-        });
-        let responses = futures::future::join_all(answers).await;
-        Ok(Response::new(pb::ForwardBatchResponse { responses }))
+        request: Request<tonic::Streaming<pb::ForwardFrame>>,
+    ) -> Result<Response<Self::ForwardsStream>, Status> {
+        let peer = self.handshake.admit_call(&request)?;
+        let (answers, answers_rx) = mpsc::channel(ANSWER_FRAMES_QUEUED);
+        let forwards = ForwardStream {
+            handshake: self.handshake.clone(),
+            input: self.input.clone(),
+            node: self.node.clone(),
+            stats: self.stats.clone(),
+            clock: self.clock.clone(),
+            idle_timeout: self.idle_timeout,
+            peer,
+        };
+        tokio::spawn(forwards.serve(request.into_inner(), answers));
+        Ok(Response::new(ReceiverStream::new(answers_rx)))
     }
 }
