@@ -544,6 +544,32 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         400,
         bad_pre,
     );
+    // A parameter the endpoint does not take is refused, never ignored: a
+    // write with an expiry ringkv cannot honour yet must not be stored as a
+    // key that never expires.
+    let unknown = "unknown_parameter";
+    expect_problem("PUT", "/v1/kv/k?ttl=30", &[], 400, unknown);
+    expect_problem("DELETE", "/v1/kv/k?prefix=a", &[], 400, unknown);
+    expect_problem(
+        "GET",
+        "/v1/kv/k?consistency=stale&watch=1",
+        &[],
+        400,
+        unknown,
+    );
+    expect_problem("GET", "/v1/cluster/status?verbose", &[], 400, unknown);
+    let twice = "/v1/kv/k?consistency=stale&consistency=lease";
+    expect_problem("GET", twice, &[], 400, "invalid_parameter");
+    let r = request(addr, "PUT", "/v1/kv/k?ttl=30", &[], b"never stored").unwrap();
+    let detail = serde_json::from_str::<serde_json::Value>(&r.text()).unwrap()["detail"].clone();
+    assert_eq!(
+        detail,
+        "unknown query parameter \"ttl\"; this endpoint takes no query parameters"
+    );
+    let r = request(addr, "GET", "/v1/kv/k", &[], b"").unwrap();
+    assert_eq!(r.text(), "v", "the refused write was not applied");
+    let r = request(addr, "GET", "/v1/kv/k?consistency=stale", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "a known parameter is still taken: {r:?}");
     expect_problem("GET", "/v2/nothing/here", &[], 404, "no_such_route");
     expect_problem("POST", "/v1/cluster", &[], 404, "no_such_route");
 

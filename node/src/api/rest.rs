@@ -13,15 +13,19 @@
 //!   replicates has a leader), `GET /metrics` (Prometheus text).
 //!
 //! Errors are `application/problem+json` with the stable `code` of
-//! [`super::errors`].
+//! [`super::errors`]. A query parameter a route does not take, or one given
+//! twice, is refused (400 `unknown_parameter` / `invalid_parameter`) before
+//! the handler runs ([`known_parameters`]): `?ttl=30` on a write must not be
+//! served as if the key would never expire.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -78,7 +82,68 @@ pub fn router(
         .route("/metrics", get(metrics))
         .fallback(not_a_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(refuse_unknown_parameters))
         .with_state(state)
+}
+
+/// The query parameters each route takes: one table for the whole API.
+/// Everything not listed takes none.
+fn known_parameters(method: &Method, path: &str) -> &'static [&'static str] {
+    if path.starts_with("/v1/kv/") && (method == Method::GET || method == Method::HEAD) {
+        &["consistency"]
+    } else {
+        &[]
+    }
+}
+
+/// A parameter's name as an error message quotes it: at most this many
+/// characters of what the client sent.
+const QUOTED_NAME_CHARS: usize = 64;
+
+/// Checks a request's query against [`known_parameters`]: an unknown name
+/// or a repeated one is a 400 problem that names it and lists what the route
+/// takes.
+async fn refuse_unknown_parameters(request: Request, next: Next) -> Response {
+    if let Some(query) = request.uri().query()
+        && let Err(bad) = check_parameters(
+            query,
+            known_parameters(request.method(), request.uri().path()),
+        )
+    {
+        return bad.into_response();
+    }
+    next.run(request).await
+}
+
+fn check_parameters(query: &str, known: &[&str]) -> Result<(), BadRequest> {
+    let takes = if known.is_empty() {
+        "this endpoint takes no query parameters".to_owned()
+    } else {
+        format!("this endpoint takes: {}", known.join(", "))
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+        let quoted: String = name.chars().take(QUOTED_NAME_CHARS).collect();
+        let ellipsis = if name.chars().count() > QUOTED_NAME_CHARS {
+            "..."
+        } else {
+            ""
+        };
+        let Some(&known_name) = known.iter().find(|k| **k == name) else {
+            return Err(BadRequest::new(
+                "unknown_parameter",
+                format!("unknown query parameter \"{quoted}{ellipsis}\"; {takes}"),
+            ));
+        };
+        if seen.contains(&known_name) {
+            return Err(BadRequest::new(
+                "invalid_parameter",
+                format!("query parameter \"{known_name}\" is given more than once"),
+            ));
+        }
+        seen.push(known_name);
+    }
+    Ok(())
 }
 
 /// A problem+json response (RFC 9457).
@@ -589,4 +654,48 @@ async fn not_a_route() -> Response {
         "no such endpoint; see /v1/kv/{key}, /v1/cluster/status, /v1/cluster/members, /v1/cluster/moves",
         json!({}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_checked_against_what_the_endpoint_takes() {
+        let reads = known_parameters(&Method::GET, "/v1/kv/a/b");
+        assert_eq!(reads, ["consistency"]);
+        assert!(known_parameters(&Method::PUT, "/v1/kv/a").is_empty());
+        assert!(known_parameters(&Method::GET, "/v1/cluster/status").is_empty());
+
+        assert!(check_parameters("consistency=stale", reads).is_ok());
+        assert!(check_parameters("", reads).is_ok());
+        let e = check_parameters("consistency=stale&ttl=5", reads).unwrap_err();
+        assert_eq!(e.code, "unknown_parameter");
+        assert_eq!(
+            e.detail,
+            "unknown query parameter \"ttl\"; this endpoint takes: consistency"
+        );
+        let e = check_parameters("ttl=5", &[]).unwrap_err();
+        assert!(
+            e.detail
+                .ends_with("this endpoint takes no query parameters"),
+            "{}",
+            e.detail
+        );
+        let e = check_parameters("consistency=a&consistency=b", reads).unwrap_err();
+        assert_eq!(e.code, "invalid_parameter");
+        // Percent-encoded names are decoded before they are compared.
+        assert!(check_parameters("consisten%63y=lease", reads).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_parameter_is_quoted_only_in_part() {
+        let long = "x".repeat(100_000);
+        let e = check_parameters(&format!("{long}=1"), &[]).unwrap_err();
+        assert!(e.detail.len() < 200, "{} bytes", e.detail.len());
+        assert!(
+            e.detail
+                .contains(&format!("\"{}...\"", "x".repeat(QUOTED_NAME_CHARS)))
+        );
+    }
 }
