@@ -36,6 +36,8 @@ struct Cluster {
     documents_pushed: u64,
     /// `Event::MetadataChanged` per node index, and the versions seen.
     metadata_events: BTreeMap<usize, Vec<u64>>,
+    /// Every reply, by request id (the latest, if an id is reused).
+    replies: BTreeMap<u64, Reply>,
 }
 
 impl Cluster {
@@ -69,6 +71,7 @@ impl Cluster {
             quiet_events: false,
             documents_pushed: 0,
             metadata_events: BTreeMap::new(),
+            replies: BTreeMap::new(),
         }
     }
 
@@ -166,6 +169,7 @@ impl Cluster {
                 }
             }
             while let Some((id, reply)) = self.nodes[i].poll_reply() {
+                self.replies.insert(id.0, reply.clone());
                 let l = format!(
                     "{} n{}: reply to request {}: {reply:?}",
                     self.now,
@@ -2050,4 +2054,83 @@ fn a_put_all_writes_its_keys_at_one_revision() {
         replies.last().is_some_and(|r| r.contains("value: b\"3\"")),
         "{replies:?}"
     );
+}
+
+/// A scan reads one partition's keys in a range, in order, as one cut: at
+/// most `limit` of them, saying whether more follow, so a caller pages by
+/// starting after the last key it got; `keys_only` leaves values out; a
+/// stale scan is served by a follower from its own state; a limit of 0 or
+/// over the maximum is refused.
+#[test]
+fn a_scan_pages_through_a_partitions_keys_in_order() {
+    use ringkv_core::node::{ClientError, ClientResponse, MAX_SCAN_LIMIT};
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let (_, &leader) = c.leaders().iter().next().expect("a leader");
+    let i = (leader.0 - 1) as usize;
+    for (n, key) in ["a3", "b1", "a1", "a5", "a2", "a4", "a"].iter().enumerate() {
+        c.request(i, 100 + n as u64, put(key, &format!("v-{key}")));
+    }
+    c.run_for(200);
+    let scan = |start: &str, limit: u32, keys_only: bool, consistency| ClientRequest::Scan {
+        key: Bytes::from_static(b"any"),
+        start: Bytes::from(start.to_owned()),
+        end: Some(Bytes::from_static(b"b")),
+        limit,
+        keys_only,
+        consistency,
+    };
+    let page = |c: &Cluster, id: u64| -> (Vec<(String, String)>, bool) {
+        match c.replies.get(&id) {
+            Some(Reply::Done(Ok(ClientResponse::Scanned { kvs, more }))) => (
+                kvs.iter()
+                    .map(|kv| {
+                        (
+                            String::from_utf8_lossy(&kv.key).into_owned(),
+                            String::from_utf8_lossy(&kv.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+                *more,
+            ),
+            other => panic!("request {id}: {other:?}\n{}", c.out),
+        }
+    };
+    let keys = |kvs: &[(String, String)]| kvs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+
+    c.request(i, 1, scan("a", 3, false, Consistency::Linearizable));
+    c.run_for(50);
+    let (first, more) = page(&c, 1);
+    assert_eq!(keys(&first), ["a", "a1", "a2"]);
+    assert_eq!(first[1].1, "v-a1");
+    assert!(more, "two more keys in [a, b)");
+    // The next page starts just after the last key: "a2" + NUL.
+    c.request(i, 2, scan("a2\0", 3, true, Consistency::Linearizable));
+    c.run_for(50);
+    let (second, more) = page(&c, 2);
+    assert_eq!(keys(&second), ["a3", "a4", "a5"]);
+    assert!(
+        second.iter().all(|(_, v)| v.is_empty()),
+        "keys only: {second:?}"
+    );
+    assert!(!more, "b1 is outside the range");
+
+    // A follower serves a stale scan from its own state, without the leader.
+    let f = (0..3).find(|&j| j != i).unwrap();
+    c.request(f, 3, scan("a", 100, false, Consistency::Stale));
+    let (all, more) = page(&c, 3);
+    assert_eq!(keys(&all), ["a", "a1", "a2", "a3", "a4", "a5"]);
+    assert!(!more);
+
+    for (id, limit) in [(4, 0), (5, MAX_SCAN_LIMIT + 1)] {
+        c.request(i, id, scan("a", limit, false, Consistency::Linearizable));
+        assert_eq!(
+            c.replies.get(&id),
+            Some(&Reply::Done(Err(ClientError::InvalidScanLimit {
+                limit,
+                max: MAX_SCAN_LIMIT
+            })))
+        );
+    }
 }

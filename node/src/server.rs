@@ -283,6 +283,7 @@ impl Server {
                     handshake.clone(),
                     addrs,
                     config.max_value_bytes,
+                    config.partition_count,
                 );
                 let mut rx = shutdown_rx.clone();
                 let task = tokio::spawn(async move {

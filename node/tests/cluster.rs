@@ -504,6 +504,98 @@ fn kill_all_and_restart_keeps_acked_writes() {
     c.assert_alive();
 }
 
+/// `GET /v1/kv?prefix=` visits every partition and returns the keys under
+/// the prefix in order, a page at a time, each key exactly once across the
+/// pages; `keys_only` leaves values out; a prefix holding a hash tag reads
+/// one partition; a bad limit or cursor is refused.
+#[test]
+fn a_scan_pages_through_every_partition_in_key_order() {
+    let _timer = Timer::start("a_scan_pages_through_every_partition_in_key_order");
+    let mut c = Cluster::start(3);
+    c.wait_ready(READY);
+    let mut expected = Vec::new();
+    for i in 0..120 {
+        let key = format!("s/{:03}", (i * 37) % 120); // written out of order
+        let r = put(&c, 1 + i % 3, &key, format!("v{i}").as_bytes(), &[]);
+        assert_eq!(r.status, 201, "PUT {key}: {r:?}");
+        expected.push(key);
+    }
+    expected.sort();
+    for key in ["s", "t/1", "r/9", "{tag}.a", "{tag}.b", "{tag}x"] {
+        assert_eq!(put(&c, 2, key, b"other", &[]).status, 201);
+    }
+
+    let addr = c.node(3).rest();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            None => "/v1/kv?prefix=s/&limit=37".to_owned(),
+            Some(c) => format!("/v1/kv?prefix=s/&limit=37&cursor={c}"),
+        };
+        let r = retry_read(RETRY, || get(addr, &path));
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        let j = r.json();
+        let kvs = j["kvs"].as_array().expect("kvs");
+        assert!(kvs.len() <= 37, "{j}");
+        for kv in kvs {
+            seen.push(kv["key"].as_str().unwrap().to_owned());
+            assert!(kv["value"].as_str().unwrap().starts_with('v'), "{kv}");
+            assert!(kv["mod_revision"].as_u64().unwrap() > 0, "{kv}");
+        }
+        pages += 1;
+        assert_eq!(j["more"], j["cursor"].is_string(), "{j}");
+        match j["cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "more pages than keys allow");
+    }
+    assert_eq!(seen, expected, "every key under the prefix once, in order");
+    assert_eq!(pages, 4, "120 keys in pages of 37");
+
+    let r = retry_read(RETRY, || {
+        get(addr, "/v1/kv?prefix=%7Btag%7D.&keys_only=true")
+    });
+    let j = r.json();
+    let keys: Vec<&str> = j["kvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| kv["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["{tag}.a", "{tag}.b"], "{j}");
+    assert!(j["kvs"][0].get("value").is_none(), "keys only: {j}");
+    assert_eq!(j["more"], false);
+
+    // A range, and every key (stale, from node 1's replicas and others).
+    let r = retry_read(RETRY, || get(addr, "/v1/kv?start=r&end=s/001&limit=10"));
+    let keys: Vec<String> = r.json()["kvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| kv["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ["r/9", "s", "s/000"]);
+    let r = retry_read(RETRY, || get(addr, "/v1/kv?limit=1000&consistency=stale"));
+    assert_eq!(r.json()["kvs"].as_array().unwrap().len(), 126, "{r:?}");
+
+    for (path, code) in [
+        ("/v1/kv?limit=0", "invalid_limit"),
+        ("/v1/kv?limit=10001", "invalid_limit"),
+        ("/v1/kv?cursor=%21%21", "invalid_cursor"),
+        ("/v1/kv?prefix=a&start=b", "invalid_parameter"),
+        ("/v1/kv?keys_only=maybe", "invalid_parameter"),
+        ("/v1/kv?watch=1", "unknown_parameter"),
+    ] {
+        let r = get(addr, path).unwrap();
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert_eq!(r.problem_code(), code, "{path}");
+    }
+    c.assert_alive();
+}
+
 #[test]
 fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     let _timer = Timer::start("bad_requests_get_clear_errors_and_the_node_keeps_serving");

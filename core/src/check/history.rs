@@ -245,6 +245,9 @@ impl History {
                 (Request::CountKeys { .. }, _) => {
                     return mismatch("a partition's key count is not a history operation");
                 }
+                (Request::Scan { .. }, _) => {
+                    return mismatch("a partition's scan is not a history operation");
+                }
                 // The checkers model one key per operation.
                 (Request::PutAll { .. }, _) => {
                     return mismatch("a put-all of several keys is not a history operation");
@@ -451,6 +454,19 @@ impl fmt::Display for RequestText<'_> {
             // Not a history operation (`History::new` refuses it); printed
             // for reports only.
             Request::CountKeys { key, .. } => write!(f, "count {}", Escaped(key)),
+            Request::Scan {
+                key,
+                start,
+                end,
+                limit,
+                ..
+            } => {
+                write!(f, "scan {} from {}", Escaped(key), Escaped(start))?;
+                if let Some(end) = end {
+                    write!(f, " to {}", Escaped(end))?;
+                }
+                write!(f, " limit {limit}")
+            }
             Request::Append { key, suffix } => {
                 write!(f, "append {} +={}", Escaped(key), Escaped(suffix))
             }

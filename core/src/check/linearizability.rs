@@ -320,7 +320,13 @@ impl Effect {
                 Some(Effect::Read(read.as_ref().map(observed)))
             }
             // Refused by `History::new`: no history holds them.
-            (Request::Get { .. } | Request::CountKeys { .. } | Request::PutAll { .. }, _) => None,
+            (
+                Request::Get { .. }
+                | Request::CountKeys { .. }
+                | Request::Scan { .. }
+                | Request::PutAll { .. },
+                _,
+            ) => None,
             (
                 Request::Put {
                     value,

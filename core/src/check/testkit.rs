@@ -238,7 +238,9 @@ fn to_command(request: &Request) -> Command {
             suffix: suffix.clone(),
             max_value_bytes: u64::MAX,
         },
-        Request::Get { .. } | Request::CountKeys { .. } => unreachable!("reads are not commands"),
+        Request::Get { .. } | Request::CountKeys { .. } | Request::Scan { .. } => {
+            unreachable!("reads are not commands")
+        }
         Request::PutAll { .. } => unreachable!("the generated workload has no multi-key writes"),
     }
 }

@@ -374,7 +374,29 @@ pub enum ClientRequest {
         key: Bytes,
         consistency: Consistency,
     },
+    /// The keys in `[start, end)` (`end: None`: no bound) of the partition
+    /// holding `key`, ascending, at most `limit` of them and about
+    /// [`MAX_SCAN_REPLY_BYTES`] of keys and values (at least one key), read
+    /// as a get of `key` would be: one consistent cut of the partition. A
+    /// scan of the whole key space asks every partition (the node's API
+    /// does, and merges).
+    Scan {
+        key: Bytes,
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: u32,
+        keys_only: bool,
+        consistency: Consistency,
+    },
 }
+
+/// Keys one scan of a partition answers, at most.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+
+/// Bytes of keys and values one scan of a partition answers, about: it stops
+/// at the first key that reaches this (one key alone may pass it), so an
+/// answer always fits a peer frame.
+pub const MAX_SCAN_REPLY_BYTES: usize = 1 << 20;
 
 impl ClientRequest {
     /// Requests that change state, so a lost answer means the outcome is
@@ -382,7 +404,9 @@ impl ClientRequest {
     pub fn is_write(&self) -> bool {
         !matches!(
             self,
-            ClientRequest::Get { .. } | ClientRequest::CountKeys { .. }
+            ClientRequest::Get { .. }
+                | ClientRequest::CountKeys { .. }
+                | ClientRequest::Scan { .. }
         )
     }
 
@@ -393,6 +417,7 @@ impl ClientRequest {
         match self {
             ClientRequest::Get { key, .. }
             | ClientRequest::CountKeys { key, .. }
+            | ClientRequest::Scan { key, .. }
             | ClientRequest::Put { key, .. }
             | ClientRequest::Delete { key, .. }
             | ClientRequest::Increment { key, .. }
@@ -451,6 +476,12 @@ pub enum ClientResponse {
     },
     /// The keys of a partition.
     Count(u64),
+    /// A scan's keys, ascending; `more`: the partition may hold further
+    /// keys in the range, after the last one here.
+    Scanned {
+        kvs: Vec<KeyValue>,
+        more: bool,
+    },
     /// Every key of a put-all was written at `mod_revision`; `created` of
     /// them did not exist before.
     PutAll {
@@ -477,6 +508,8 @@ pub enum ClientError {
          `{{...}}` are in one slot, so in one partition)"
     )]
     CrossPartition,
+    #[error("a scan's limit is {limit}; it must be 1 to {max}")]
+    InvalidScanLimit { limit: u32, max: u32 },
     #[error("key not found")]
     NotFound,
     #[error("precondition failed ({})", match current_mod_revision {
@@ -728,10 +761,53 @@ struct PendingRead {
     id: RequestId,
     hops: Hops,
     partition: PartitionId,
-    key: Bytes,
-    /// Answer the partition's key count rather than the key.
-    count: bool,
+    read: Read,
     deadline: Time,
+}
+
+/// What a read answers once the state machine has caught up with it.
+#[derive(Debug)]
+enum Read {
+    Get(Bytes),
+    /// The partition's key count.
+    Count,
+    Scan {
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: u32,
+        keys_only: bool,
+    },
+}
+
+impl Read {
+    fn answer(&self, kv: &KvStore) -> ClientResponse {
+        match self {
+            Read::Get(key) => ClientResponse::Value(kv.get(key)),
+            Read::Count => ClientResponse::Count(kv.len() as u64),
+            Read::Scan {
+                start,
+                end,
+                limit,
+                keys_only,
+            } => {
+                let mut kvs = Vec::new();
+                let mut bytes = 0;
+                let mut more = false;
+                for mut found in kv.range(start, end.as_deref()) {
+                    if kvs.len() == *limit as usize || bytes >= MAX_SCAN_REPLY_BYTES {
+                        more = true;
+                        break;
+                    }
+                    if *keys_only {
+                        found.value = Bytes::new();
+                    }
+                    bytes += found.key.len() + found.value.len();
+                    kvs.push(found);
+                }
+                ClientResponse::Scanned { kvs, more }
+            }
+        }
+    }
 }
 
 /// Limits on internal queues (explicit, never unbounded in practice).
@@ -1214,6 +1290,9 @@ impl Node {
             } | ClientRequest::CountKeys {
                 consistency: Consistency::Lease,
                 ..
+            } | ClientRequest::Scan {
+                consistency: Consistency::Lease,
+                ..
             }
         );
         if lease_read && self.started && now >= self.next_tick {
@@ -1276,23 +1355,39 @@ impl Node {
         }
         let g = self.groups.get_mut(&p).expect("checked above");
         self.dirty.insert(p);
-        let (read_key, consistency, count) = match &req {
-            ClientRequest::Get { key, consistency } => (key.clone(), *consistency, false),
-            ClientRequest::CountKeys { key, consistency } => (key.clone(), *consistency, true),
-            _ => (Bytes::new(), Consistency::Stale, false),
+        let (read, consistency) = match &req {
+            ClientRequest::Get { key, consistency } => (Read::Get(key.clone()), *consistency),
+            ClientRequest::CountKeys { consistency, .. } => (Read::Count, *consistency),
+            ClientRequest::Scan {
+                start,
+                end,
+                limit,
+                keys_only,
+                consistency,
+                ..
+            } => (
+                Read::Scan {
+                    start: start.clone(),
+                    end: end.clone(),
+                    limit: *limit,
+                    keys_only: *keys_only,
+                },
+                *consistency,
+            ),
+            _ => (Read::Count, Consistency::Stale),
         };
         match req {
-            ClientRequest::Get { .. } | ClientRequest::CountKeys { .. }
+            ClientRequest::Get { .. }
+            | ClientRequest::CountKeys { .. }
+            | ClientRequest::Scan { .. }
                 if consistency == Consistency::Stale =>
             {
-                let answer = if count {
-                    ClientResponse::Count(g.kv.len() as u64)
-                } else {
-                    ClientResponse::Value(g.kv.get(&read_key))
-                };
+                let answer = read.answer(&g.kv);
                 self.reply(id, Reply::Done(Ok(answer)));
             }
-            ClientRequest::Get { .. } | ClientRequest::CountKeys { .. } => {
+            ClientRequest::Get { .. }
+            | ClientRequest::CountKeys { .. }
+            | ClientRequest::Scan { .. } => {
                 let ctx = self.next_read_ctx;
                 let lease = consistency == Consistency::Lease;
                 // Only a checker asks which reads the lease served.
@@ -1314,8 +1409,7 @@ impl Node {
                                 id,
                                 hops,
                                 partition: p,
-                                key: read_key,
-                                count,
+                                read,
                                 deadline,
                             },
                         );
@@ -1384,6 +1478,14 @@ impl Node {
             return self.validate_put_all(pairs);
         }
         self.validate_key(req.key())?;
+        if let ClientRequest::Scan { limit, .. } = req
+            && !(1..=MAX_SCAN_LIMIT).contains(limit)
+        {
+            return Err(ClientError::InvalidScanLimit {
+                limit: *limit,
+                max: MAX_SCAN_LIMIT,
+            });
+        }
         if let ClientRequest::Put { value, .. } | ClientRequest::Append { suffix: value, .. } = req
         {
             self.validate_value(value)?;
@@ -2169,11 +2271,7 @@ impl Node {
             g.reads_waiting_apply = waiting;
             for (_, ctx) in ready_now {
                 if let Some(r) = self.reads.remove(&ctx) {
-                    let answer = if r.count {
-                        ClientResponse::Count(g.kv.len() as u64)
-                    } else {
-                        ClientResponse::Value(g.kv.get(&r.key))
-                    };
+                    let answer = r.read.answer(&g.kv);
                     self.replies.push_back((r.id, Reply::Done(Ok(answer))));
                 }
             }

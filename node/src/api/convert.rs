@@ -130,6 +130,21 @@ pub fn forward_request(req: &ClientRequest, from: u64, hops: u32) -> pb::Forward
             key: key.clone(),
             consistency: consistency_to_proto(*consistency) as i32,
         }),
+        ClientRequest::Scan {
+            key,
+            start,
+            end,
+            limit,
+            keys_only,
+            consistency,
+        } => Request::Scan(pb::PartitionScanRequest {
+            key: key.clone(),
+            start: start.clone(),
+            end: end.clone(),
+            limit: *limit,
+            keys_only: *keys_only,
+            consistency: consistency_to_proto(*consistency) as i32,
+        }),
         ClientRequest::PutAll { pairs } => Request::PutAll(pb::PutAllRequest {
             pairs: pairs
                 .iter()
@@ -160,6 +175,14 @@ pub fn forwarded_request(r: pb::ForwardRequest) -> Result<ClientRequest, String>
         Some(Request::Count(c)) => Ok(ClientRequest::CountKeys {
             key: c.key,
             consistency: consistency_from_proto(c.consistency)?,
+        }),
+        Some(Request::Scan(s)) => Ok(ClientRequest::Scan {
+            key: s.key,
+            start: s.start,
+            end: s.end,
+            limit: s.limit,
+            keys_only: s.keys_only,
+            consistency: consistency_from_proto(s.consistency)?,
         }),
         None => Err("ForwardRequest.request is missing".to_owned()),
     }
@@ -222,6 +245,10 @@ pub fn forward_response(result: &Result<ClientResponse, ClientError>) -> pb::For
             mod_revision: *mod_revision,
         }),
         Ok(ClientResponse::Count(count)) => R::Count(pb::CountResponse { count: *count }),
+        Ok(ClientResponse::Scanned { kvs, more }) => R::Scan(pb::PartitionScanResponse {
+            kvs: kvs.iter().map(KeyValue::to_proto).collect(),
+            more: *more,
+        }),
         Ok(ClientResponse::PutAll {
             mod_revision,
             created,
@@ -270,6 +297,10 @@ pub fn forwarded_response(r: pb::ForwardResponse) -> Result<ClientResponse, Clie
             mod_revision: a.mod_revision,
         }),
         Some(R::Count(c)) => Ok(ClientResponse::Count(c.count)),
+        Some(R::Scan(s)) => Ok(ClientResponse::Scanned {
+            kvs: s.kvs.into_iter().map(KeyValue::from_proto).collect(),
+            more: s.more,
+        }),
         Some(R::PutAll(p)) => Ok(ClientResponse::PutAll {
             mod_revision: p.mod_revision,
             created: p.created,
@@ -325,6 +356,22 @@ mod tests {
                 key: Bytes::from_static(b"{p7}"),
                 consistency: Consistency::Lease,
             },
+            ClientRequest::Scan {
+                key: Bytes::from_static(b"{p7}"),
+                start: Bytes::from_static(b"a/"),
+                end: Some(Bytes::from_static(b"a0")),
+                limit: 100,
+                keys_only: true,
+                consistency: Consistency::Stale,
+            },
+            ClientRequest::Scan {
+                key: Bytes::from_static(b"{p7}"),
+                start: Bytes::new(),
+                end: None,
+                limit: 1,
+                keys_only: false,
+                consistency: Consistency::Linearizable,
+            },
             ClientRequest::PutAll {
                 pairs: vec![
                     (Bytes::from_static(b"{u}a"), Bytes::from_static(b"1")),
@@ -340,6 +387,13 @@ mod tests {
 
     #[test]
     fn results_survive_the_forward_rpc() {
+        let kv = KeyValue {
+            key: Bytes::from_static(b"a/1"),
+            value: Bytes::from_static(b"v"),
+            version: 1,
+            create_revision: 4,
+            mod_revision: 4,
+        };
         let results = [
             Ok(ClientResponse::Value(None)),
             Ok(ClientResponse::Put {
@@ -375,6 +429,18 @@ mod tests {
                 mod_revision: 14,
             }),
             Ok(ClientResponse::Count(1234)),
+            Ok(ClientResponse::Scanned {
+                kvs: vec![kv.clone(), kv.clone()],
+                more: true,
+            }),
+            Ok(ClientResponse::Scanned {
+                kvs: vec![],
+                more: false,
+            }),
+            Err(ClientError::InvalidScanLimit {
+                limit: 0,
+                max: 10_000,
+            }),
             Ok(ClientResponse::PutAll {
                 mod_revision: 15,
                 created: 2,

@@ -36,6 +36,9 @@ pub fn kind(e: &ClientError) -> ErrorKind {
         // The keys of one atomic write in several partitions: Redis's word
         // for keys in several slots, which is what a client did to get it.
         ClientError::CrossPartition => ("cross_partition", 400, Code::InvalidArgument, "CROSSSLOT"),
+        ClientError::InvalidScanLimit { .. } => {
+            ("invalid_limit", 400, Code::InvalidArgument, "ERR")
+        }
         ClientError::NotFound => ("not_found", 404, Code::NotFound, "ERR"),
         ClientError::PreconditionFailed { .. } => {
             ("precondition_failed", 412, Code::FailedPrecondition, "ERR")
@@ -88,6 +91,10 @@ impl ErrorDetails {
                 d.len = *len as u64;
                 d.max = *max as u64;
             }
+            ClientError::InvalidScanLimit { limit, max } => {
+                d.len = u64::from(*limit);
+                d.max = u64::from(*max);
+            }
             _ => {}
         }
         d
@@ -113,6 +120,10 @@ pub fn from_code(code: &str, message: &str, d: ErrorDetails) -> ClientError {
             max: size(d.max),
         },
         "cross_partition" => ClientError::CrossPartition,
+        "invalid_limit" => ClientError::InvalidScanLimit {
+            limit: u32::try_from(d.len).unwrap_or(u32::MAX),
+            max: u32::try_from(d.max).unwrap_or(u32::MAX),
+        },
         "not_found" => ClientError::NotFound,
         "precondition_failed" => ClientError::PreconditionFailed {
             current_mod_revision: d.current_mod_revision,

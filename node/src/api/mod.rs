@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod resp;
 #[cfg(not(madsim))]
 pub mod rest;
+pub mod scan;

@@ -4,6 +4,10 @@
 //!   with `Accept: application/json`. `ETag` is the key's `mod_revision`.
 //!   `If-Match: "<rev>"` (or `*`) and `If-None-Match: *` make writes
 //!   conditional. `?consistency=linearizable|lease|stale` on reads.
+//! - `GET /v1/kv?prefix=P` (or `?start=A&end=B`, or neither: every key),
+//!   with `limit` (1-10,000, default 100), `cursor` (from the previous
+//!   page), `keys_only=true` and `consistency`: one page of keys in order,
+//!   `{"kvs": [...], "more": bool, "cursor": "..."|null}` ([`super::scan`]).
 //! - `GET /v1/cluster/status`, `GET /v1/cluster/locate/{key}`.
 //! - `GET /v1/cluster/members`: every member with its state in the cluster
 //!   metadata, health and when it was last heard from; `GET
@@ -34,12 +38,13 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use ringkv_core::NodeId;
 use ringkv_core::kv::{KeyValue, Precondition};
-use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency, MAX_SCAN_LIMIT};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::errors::{RETRY_AFTER_SECS, kind};
 use super::grpc::{locate_response, status_response};
+use super::scan;
 use crate::handle::NodeHandle;
 use crate::transport::{Handshake, TransportStats};
 
@@ -50,6 +55,7 @@ struct AppState {
     handshake: Arc<Handshake>,
     addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
     max_value_bytes: usize,
+    partition_count: u32,
 }
 
 /// The router for one node.
@@ -59,6 +65,7 @@ pub fn router(
     handshake: Arc<Handshake>,
     addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
     max_value_bytes: usize,
+    partition_count: u32,
 ) -> Router {
     let state = AppState {
         node,
@@ -66,6 +73,7 @@ pub fn router(
         handshake,
         addrs,
         max_value_bytes,
+        partition_count,
     };
     Router::new()
         .route(
@@ -73,6 +81,7 @@ pub fn router(
             get(get_key).put(put_key).delete(delete_key),
         )
         .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
+        .route("/v1/kv", get(scan_keys))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/locate/{*key}", get(locate))
         .route("/v1/cluster/members", get(cluster_members))
@@ -89,8 +98,19 @@ pub fn router(
 /// The query parameters each route takes: one table for the whole API.
 /// Everything not listed takes none.
 fn known_parameters(method: &Method, path: &str) -> &'static [&'static str] {
-    if path.starts_with("/v1/kv/") && (method == Method::GET || method == Method::HEAD) {
+    let read = method == Method::GET || method == Method::HEAD;
+    if path.starts_with("/v1/kv/") && read {
         &["consistency"]
+    } else if path == "/v1/kv" && read {
+        &[
+            "prefix",
+            "start",
+            "end",
+            "limit",
+            "cursor",
+            "keys_only",
+            "consistency",
+        ]
     } else {
         &[]
     }
@@ -310,6 +330,113 @@ async fn get_key(
         Ok(other) => error_response(&ClientError::Internal(format!(
             "unexpected response {other:?}"
         ))),
+        Err(e) => error_response(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ScanParams {
+    prefix: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    keys_only: Option<String>,
+    consistency: Option<String>,
+}
+
+/// Keys in a page when the request names no `limit`.
+const DEFAULT_SCAN_LIMIT: u32 = 100;
+
+fn parse_scan(p: &ScanParams) -> Result<(scan::KeyRange, Bytes, u32, bool), BadRequest> {
+    let range = match (&p.prefix, &p.start, &p.end) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(BadRequest::new(
+                "invalid_parameter",
+                "give prefix, or start and end, not both",
+            ));
+        }
+        (Some(prefix), None, None) => scan::KeyRange::prefix(Bytes::from(prefix.clone())),
+        (None, start, end) => scan::KeyRange::between(
+            Bytes::from(start.clone().unwrap_or_default()),
+            end.clone().map(Bytes::from),
+        ),
+    };
+    let limit = match p.limit.as_deref() {
+        None => DEFAULT_SCAN_LIMIT,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=MAX_SCAN_LIMIT).contains(l))
+            .ok_or_else(|| {
+                BadRequest::new(
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {MAX_SCAN_LIMIT}"),
+                )
+            })?,
+    };
+    let from = match p.cursor.as_deref() {
+        None | Some("") => Bytes::new(),
+        Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .map(Bytes::from)
+            .map_err(|_| {
+                BadRequest::new(
+                    "invalid_cursor",
+                    "cursor is not one this API gave out (pass the previous page's cursor as it is)",
+                )
+            })?,
+    };
+    let keys_only = match p.keys_only.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(_) => {
+            return Err(BadRequest::new(
+                "invalid_parameter",
+                "keys_only must be true or false",
+            ));
+        }
+    };
+    Ok((range, from, limit, keys_only))
+}
+
+/// One page of a scan (see the module doc).
+async fn scan_keys(State(s): State<AppState>, Query(params): Query<ScanParams>) -> Response {
+    let parsed = parse_scan(&params)
+        .and_then(|scan| parse_consistency(params.consistency.as_deref()).map(|c| (scan, c)));
+    let ((range, from, limit, keys_only), consistency) = match parsed {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let page = scan::scan_page(
+        &s.node,
+        s.partition_count,
+        &range,
+        &from,
+        limit,
+        keys_only,
+        consistency,
+    )
+    .await;
+    match page {
+        Ok(page) => {
+            let kvs: Vec<serde_json::Value> = page
+                .kvs
+                .iter()
+                .map(|kv| {
+                    let mut e = envelope(kv);
+                    if keys_only && let Some(o) = e.as_object_mut() {
+                        o.remove("value");
+                        o.remove("value_encoding");
+                    }
+                    e
+                })
+                .collect();
+            let cursor = page
+                .next
+                .map(|next| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(next));
+            Json(json!({ "kvs": kvs, "more": cursor.is_some(), "cursor": cursor })).into_response()
+        }
         Err(e) => error_response(&e),
     }
 }

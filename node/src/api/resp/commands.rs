@@ -442,36 +442,6 @@ async fn put(
     node.request(req).await.map(|_| ())
 }
 
-/// One key per partition, `{n}` for the smallest `n` whose slot falls in
-/// it: how DBSIZE addresses each partition through the key-routed client
-/// API. Computed once per partition count.
-fn partition_keys(partition_count: u32) -> Vec<Bytes> {
-    static KEYS: std::sync::Mutex<Option<(u32, Vec<Bytes>)>> = std::sync::Mutex::new(None);
-    let mut cached = KEYS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((count, keys)) = cached.as_ref()
-        && *count == partition_count
-    {
-        return keys.clone();
-    }
-    let mut keys: Vec<Option<Bytes>> = vec![None; partition_count as usize];
-    let mut missing = keys.len();
-    let mut n = 0u64;
-    while missing > 0 {
-        let key = format!("{{{n}}}");
-        let p = partition_of_slot(key_slot(key.as_bytes()), partition_count);
-        if let Some(slot @ None) = keys.get_mut(p.0 as usize) {
-            *slot = Some(Bytes::from(key));
-            missing -= 1;
-        }
-        n += 1;
-    }
-    let keys: Vec<Bytes> = keys.into_iter().flatten().collect();
-    *cached = Some((partition_count, keys.clone()));
-    keys
-}
-
 /// DBSIZE: every partition's key count, asked at once (each linearizable,
 /// or under the lease on a `READONLY` connection), summed. Each count is
 /// exact at its own instant; the sum is not one snapshot of the cluster.
@@ -482,7 +452,7 @@ async fn dbsize(node: &NodeHandle, session: &Session) -> Reply {
         Consistency::Linearizable
     };
     let counts = futures::future::join_all(
-        partition_keys(session.partition_count)
+        crate::api::scan::partition_keys(session.partition_count)
             .into_iter()
             .map(|key| node.request(ClientRequest::CountKeys { key, consistency })),
     )
