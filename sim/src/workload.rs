@@ -230,6 +230,10 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
         Request::PutAll { .. } => {
             return not_applied("the workload sends no put-alls".to_owned());
         }
+        // Nor a scan (not yet in the workload or its checkers).
+        Request::Scan { .. } => {
+            return not_applied("the workload sends no scans".to_owned());
+        }
         Request::Get { key, consistency } => {
             let req = pb::GetRequest {
                 key,
