@@ -41,6 +41,8 @@ enum Command {
     Get(client::GetArgs),
     /// Delete a key.
     Del(client::DelArgs),
+    /// List keys in order, all of them or those under a prefix.
+    Ls(client::LsArgs),
     /// Show the cluster as one node sees it.
     Status(client::StatusArgs),
     /// Show which partition, leader and replicas a key has.
@@ -189,6 +191,7 @@ pub fn main() -> ExitCode {
         Command::Put(a) => run_client(client::put(a)),
         Command::Get(a) => run_client(client::get(a)),
         Command::Del(a) => run_client(client::del(a)),
+        Command::Ls(a) => run_client(client::ls(a)),
         Command::Status(a) => run_client(client::status(a)),
         Command::Locate(a) => run_client(client::locate(a)),
         Command::Admin(a) => run_client(admin::run(a)),

@@ -238,7 +238,7 @@ impl Server {
         let client_limit = config.max_key_bytes + config.max_value_bytes + (64 << 10);
         let grpc_router = crate::transport::tune_server(tonic::transport::Server::builder())
             .add_service(
-                KvServer::new(KvService::new(handle.clone()))
+                KvServer::new(KvService::new(handle.clone(), config.partition_count))
                     .max_decoding_message_size(client_limit)
                     .max_encoding_message_size(client_limit),
             )

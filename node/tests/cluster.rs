@@ -581,6 +581,32 @@ fn a_scan_pages_through_every_partition_in_key_order() {
     let r = retry_read(RETRY, || get(addr, "/v1/kv?limit=1000&consistency=stale"));
     assert_eq!(r.json()["kvs"].as_array().unwrap().len(), 126, "{r:?}");
 
+    // `ringkv ls` (gRPC Scan, pages of up to 1,000) lists the same keys.
+    let endpoints = c
+        .ids()
+        .map(|id| c.node(id).grpc.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["ls", "s/", "--endpoints", &endpoints])
+        .output()
+        .expect("run ringkv ls");
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, expected, "ringkv ls s/");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["ls", "--limit", "3", "--endpoints", &endpoints])
+        .output()
+        .expect("run ringkv ls --limit");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "r/9\ns\ns/000\n",
+        "{out:?}"
+    );
+
     for (path, code) in [
         ("/v1/kv?limit=0", "invalid_limit"),
         ("/v1/kv?limit=10001", "invalid_limit"),

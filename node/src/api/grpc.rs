@@ -6,25 +6,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_core::NodeId;
+use ringkv_core::kv::KeyValue;
 use ringkv_core::node::{ClientError, ClientResponse, Drain, DrainError};
 use ringkv_core::placement::ReplicaMove;
 use ringkv_core::placement::planner::{MoveProgress, Phase, Reason};
 use ringkv_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::errors::to_status;
+use super::{convert, scan};
 use crate::handle::NodeHandle;
 use crate::transport::Handshake;
 use crate::view::ClusterView;
 
 pub struct KvService {
     node: NodeHandle,
+    partition_count: u32,
 }
 
 impl KvService {
-    pub fn new(node: NodeHandle) -> Self {
-        KvService { node }
+    pub fn new(node: NodeHandle, partition_count: u32) -> Self {
+        KvService {
+            node,
+            partition_count,
+        }
     }
 }
 
@@ -34,6 +39,34 @@ fn unexpected(r: ClientResponse) -> Status {
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let r = request.into_inner();
+        let range = scan::requested_range(r.prefix, Some(r.start), r.end)
+            .map_err(Status::invalid_argument)?;
+        let limit =
+            scan::page_limit((r.limit != 0).then_some(r.limit)).map_err(|e| to_status(&e))?;
+        let consistency =
+            convert::consistency_from_proto(r.consistency).map_err(Status::invalid_argument)?;
+        let page = scan::scan_page(
+            &self.node,
+            self.partition_count,
+            &range,
+            &r.cursor,
+            limit,
+            r.keys_only,
+            consistency,
+        )
+        .await
+        .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::ScanResponse {
+            kvs: page.kvs.iter().map(KeyValue::to_proto).collect(),
+            cursor: page.next.unwrap_or_default(),
+        }))
+    }
+
     async fn get(
         &self,
         request: Request<pb::GetRequest>,

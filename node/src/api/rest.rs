@@ -345,36 +345,24 @@ struct ScanParams {
     consistency: Option<String>,
 }
 
-/// Keys in a page when the request names no `limit`.
-const DEFAULT_SCAN_LIMIT: u32 = 100;
-
 fn parse_scan(p: &ScanParams) -> Result<(scan::KeyRange, Bytes, u32, bool), BadRequest> {
-    let range = match (&p.prefix, &p.start, &p.end) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            return Err(BadRequest::new(
-                "invalid_parameter",
-                "give prefix, or start and end, not both",
-            ));
-        }
-        (Some(prefix), None, None) => scan::KeyRange::prefix(Bytes::from(prefix.clone())),
-        (None, start, end) => scan::KeyRange::between(
-            Bytes::from(start.clone().unwrap_or_default()),
-            end.clone().map(Bytes::from),
-        ),
+    let range = scan::requested_range(
+        p.prefix.clone().map(Bytes::from),
+        p.start.clone().map(Bytes::from),
+        p.end.clone().map(Bytes::from),
+    )
+    .map_err(|why| BadRequest::new("invalid_parameter", why))?;
+    let invalid_limit = || {
+        BadRequest::new(
+            "invalid_limit",
+            format!("limit must be a whole number from 1 to {MAX_SCAN_LIMIT}"),
+        )
     };
     let limit = match p.limit.as_deref() {
-        None => DEFAULT_SCAN_LIMIT,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=MAX_SCAN_LIMIT).contains(l))
-            .ok_or_else(|| {
-                BadRequest::new(
-                    "invalid_limit",
-                    format!("limit must be a whole number from 1 to {MAX_SCAN_LIMIT}"),
-                )
-            })?,
+        None => None,
+        Some(l) => Some(l.parse::<u32>().map_err(|_| invalid_limit())?),
     };
+    let limit = scan::page_limit(limit).map_err(|_| invalid_limit())?;
     let from = match p.cursor.as_deref() {
         None | Some("") => Bytes::new(),
         Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -22,7 +22,7 @@ use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use ringkv_core::kv::KeyValue;
-use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency, MAX_SCAN_LIMIT};
 use ringkv_core::ring::{hash_tag, key_slot, partition_of_slot};
 
 use crate::handle::NodeHandle;
@@ -65,6 +65,39 @@ impl KeyRange {
             end,
             one_partition: None,
         }
+    }
+}
+
+/// Keys in a page when the request names no limit.
+pub const DEFAULT_SCAN_LIMIT: u32 = 100;
+
+/// The range a request names: a prefix, or a start and an end (an empty
+/// start is the first key), not both.
+pub fn requested_range(
+    prefix: Option<Bytes>,
+    start: Option<Bytes>,
+    end: Option<Bytes>,
+) -> Result<KeyRange, &'static str> {
+    let start = start.filter(|s| !s.is_empty());
+    match (prefix, start, end) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            Err("give a prefix, or a start and an end, not both")
+        }
+        (Some(prefix), None, None) => Ok(KeyRange::prefix(prefix)),
+        (None, start, end) => Ok(KeyRange::between(start.unwrap_or_default(), end)),
+    }
+}
+
+/// A requested page size: `None` is the default; the core's bounds hold.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ClientError> {
+    let limit = limit.unwrap_or(DEFAULT_SCAN_LIMIT);
+    if (1..=MAX_SCAN_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ClientError::InvalidScanLimit {
+            limit,
+            max: MAX_SCAN_LIMIT,
+        })
     }
 }
 

@@ -1,5 +1,5 @@
-//! One-shot client commands over gRPC: `put`, `get`, `del`, `status`,
-//! `locate`.
+//! One-shot client commands over gRPC: `put`, `get`, `del`, `ls`,
+//! `status`, `locate`.
 //!
 //! Each command connects to the first endpoint that accepts a connection,
 //! sends one request and prints the answer (see the parent module for the
@@ -19,6 +19,10 @@
 //! where `value_encoding` is `"utf8"` when the value is valid UTF-8 (and
 //! `value` is that text) and `"base64"` otherwise (standard alphabet,
 //! padded).
+//!
+//! Output of `ls`: the keys in order, one per line (`-o table`), or one
+//! JSON object per key and line (`-o json`; with `--values` the object of
+//! `get -o json`, else without `value`), written as the pages arrive.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -30,7 +34,8 @@ use ringkv_proto::v1::cluster_client::ClusterClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, KeyValue, LocateRequest, LocateResponse, MoveStatus,
-    Precondition, PutRequest, PutResponse, StatusRequest, StatusResponse, precondition,
+    Precondition, PutRequest, PutResponse, ScanRequest, StatusRequest, StatusResponse,
+    precondition,
 };
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
@@ -107,6 +112,29 @@ pub struct GetArgs {
     pub raw: bool,
 }
 
+/// `ringkv ls`: list keys in order.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    /// List the keys that start with this (all keys when absent). A prefix
+    /// that holds a hash tag (`{user42}.`) reads one partition; any other
+    /// reads every partition.
+    pub prefix: Option<String>,
+    /// List at most this many keys.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Fetch the values too (`-o json` prints them).
+    #[arg(long)]
+    pub values: bool,
+    /// The read guarantee (each page is one cut of each partition).
+    #[arg(long, value_enum, default_value = "linearizable")]
+    pub consistency: Consistency,
+}
+
+/// Keys one `ls` request asks for, at most.
+const LS_PAGE: u32 = 1000;
+
 /// `ringkv del`: delete a key.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DelArgs {
@@ -148,6 +176,82 @@ pub async fn put(a: PutArgs) -> ExitCode {
 pub async fn get(a: GetArgs) -> ExitCode {
     let result = execute_get(&a).await;
     finish(result.map(|kv| render_get(a.opts.output, a.raw, &kv)))
+}
+
+/// Runs `ringkv ls`: pages through the keys, printing each page as it
+/// arrives.
+pub async fn ls(a: LsArgs) -> ExitCode {
+    let (output, values) = (a.opts.output, a.values);
+    let listed = execute_ls(&a, |kvs| write_stdout(&render_ls(output, values, kvs))).await;
+    finish(listed.map(|_| Vec::new()))
+}
+
+/// Asks for the pages of `ls` one after another, handing each to `page`,
+/// until no key follows or `--limit` keys were listed; the count listed.
+async fn execute_ls(a: &LsArgs, mut page: impl FnMut(&[KeyValue])) -> Result<u64, Failure> {
+    let mut cursor = Bytes::new();
+    let mut listed: u64 = 0;
+    loop {
+        let want = a.limit.map_or(u64::from(LS_PAGE), |l| {
+            l.saturating_sub(listed).min(u64::from(LS_PAGE))
+        });
+        if want == 0 {
+            return Ok(listed);
+        }
+        let request = ScanRequest {
+            prefix: a.prefix.clone().map(|p| Bytes::from(p.into_bytes())),
+            start: Bytes::new(),
+            end: None,
+            limit: want as u32,
+            cursor: cursor.clone(),
+            keys_only: !a.values,
+            consistency: a.consistency.to_proto() as i32,
+        };
+        let timeout = a.opts.timeout;
+        let response = call(&a.opts, Op::Read, |channel| {
+            let request = deadline(request.clone(), timeout);
+            async move { KvClient::new(channel).scan(request).await }
+        })
+        .await?;
+        listed += response.kvs.len() as u64;
+        page(&response.kvs);
+        if response.cursor.is_empty() {
+            return Ok(listed);
+        }
+        cursor = response.cursor;
+    }
+}
+
+fn render_ls(format: OutputFormat, values: bool, kvs: &[KeyValue]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for kv in kvs {
+        match format {
+            OutputFormat::Table => {
+                out.extend_from_slice(&kv.key);
+                out.push(b'\n');
+            }
+            OutputFormat::Json if values => out.extend(render_get(format, false, kv)),
+            OutputFormat::Json => {
+                #[derive(Serialize)]
+                struct Key {
+                    key: String,
+                    version: u64,
+                    create_revision: u64,
+                    mod_revision: u64,
+                }
+                out.extend(
+                    to_json_line(&Key {
+                        key: String::from_utf8_lossy(&kv.key).into_owned(),
+                        version: kv.version,
+                        create_revision: kv.create_revision,
+                        mod_revision: kv.mod_revision,
+                    })
+                    .into_bytes(),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// Runs `ringkv del`.

@@ -15,7 +15,8 @@ use ringkv_proto::v1::kv_server::{Kv, KvServer};
 use ringkv_proto::v1::{
     ChangeConfigRequest, ChangeConfigResponse, DeleteRequest, DeleteResponse, GetRequest,
     GetResponse, KeyValue, LocateRequest, LocateResponse, NodeStatus, PartitionStatus, PutRequest,
-    PutResponse, ReplicaProgress, StatusRequest, StatusResponse, precondition,
+    PutResponse, ReplicaProgress, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
+    precondition,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -170,6 +171,38 @@ impl FakeNode {
 
 #[tonic::async_trait]
 impl Kv for FakeNode {
+    /// Pages over the map: the keys under `prefix` from `cursor` (the next
+    /// key to list), `limit` of them; the cursor of a page is its last key
+    /// and a NUL.
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        self.step().await?;
+        let r = request.into_inner();
+        let prefix = r.prefix.unwrap_or_default();
+        let state = self.state.lock().unwrap();
+        let mut kvs: Vec<KeyValue> = state
+            .keys
+            .range(r.cursor.max(prefix.clone())..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .take(r.limit as usize + 1)
+            .map(|(k, (v, version, mod_revision))| KeyValue {
+                key: k.clone(),
+                value: if r.keys_only { Bytes::new() } else { v.clone() },
+                version: *version,
+                create_revision: *mod_revision,
+                mod_revision: *mod_revision,
+            })
+            .collect();
+        let cursor = if kvs.len() > r.limit as usize {
+            kvs.truncate(r.limit as usize);
+            let mut next = kvs.last().unwrap().key.to_vec();
+            next.push(0);
+            Bytes::from(next)
+        } else {
+            Bytes::new()
+        };
+        Ok(Response::new(ScanResponse { kvs, cursor }))
+    }
+
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         self.step().await?;
         let key = request.into_inner().key;

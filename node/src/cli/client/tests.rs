@@ -15,6 +15,7 @@ enum Cmd {
     Put(PutArgs),
     Get(GetArgs),
     Del(DelArgs),
+    Ls(LsArgs),
     Status(StatusArgs),
     Locate(LocateArgs),
 }
@@ -202,6 +203,68 @@ fn get_args(opts: &ClientOpts, key: &str) -> GetArgs {
         consistency: Consistency::Linearizable,
         raw: false,
     }
+}
+
+/// `ls` pages through every key under its prefix in order, stops at
+/// `--limit`, prints one key per line (or a JSON object per key), and
+/// parses its flags.
+#[tokio::test]
+async fn ls_pages_through_a_prefix_in_order_and_stops_at_its_limit() {
+    let node = FakeNode::default();
+    let opts = opts(&[serve(node.clone()).await]);
+    for i in (0..2500).rev() {
+        execute_put(&put_args(&opts, &format!("a/{i:04}"), "v"))
+            .await
+            .unwrap();
+    }
+    execute_put(&put_args(&opts, "b", "v")).await.unwrap();
+    let Ok(Cmd::Ls(mut a)) = parse(&["ls", "a/"]) else {
+        panic!("ls did not parse");
+    };
+    assert_eq!((a.limit, a.values), (None, false));
+    a.opts = opts.clone();
+    let mut pages = Vec::new();
+    let listed = execute_ls(&a, |kvs| pages.push(kvs.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(listed, 2500);
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1000, 1000, 500]
+    );
+    let keys: Vec<Bytes> = pages.iter().flatten().map(|kv| kv.key.clone()).collect();
+    let expected: Vec<Bytes> = (0..2500)
+        .map(|i| Bytes::from(format!("a/{i:04}")))
+        .collect();
+    assert_eq!(keys, expected);
+
+    let Ok(Cmd::Ls(mut a)) = parse(&["ls", "--limit", "1500", "--values", "-o", "json"]) else {
+        panic!("ls --limit did not parse");
+    };
+    a.opts = ClientOpts {
+        output: a.opts.output,
+        ..opts.clone()
+    };
+    assert_eq!(a.opts.output, OutputFormat::Json);
+    let mut sizes = Vec::new();
+    let mut out = Vec::new();
+    let listed = execute_ls(&a, |kvs| {
+        sizes.push(kvs.len());
+        out.extend(render_ls(a.opts.output, a.values, kvs));
+    })
+    .await
+    .unwrap();
+    assert_eq!((listed, sizes), (1500, vec![1000, 500]));
+    let first = String::from_utf8(out).unwrap();
+    let first = first.lines().next().unwrap();
+    let j: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert_eq!(
+        (j["key"].as_str(), j["value"].as_str()),
+        (Some("a/0000"), Some("v"))
+    );
+
+    let table = render_ls(OutputFormat::Table, false, &pages[2][..2]);
+    assert_eq!(table, b"a/2000\na/2001\n");
 }
 
 #[tokio::test]
