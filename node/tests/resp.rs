@@ -725,3 +725,126 @@ fn cluster_aware_clients_are_routed_to_leaders() {
         .expect("cluster get after the leader change");
     assert_eq!(v, "after");
 }
+
+/// `SCAN` pages through the key space by cursor (the `redis` crate's
+/// iterator sees each key once), `MATCH`, `COUNT` and `TYPE` work as in
+/// Redis, `KEYS` answers every match, and bad cursors and counts are
+/// refused. On cluster-aware connections each node scans the slots it is
+/// master of, so scanning every master sees each key exactly once.
+#[test]
+fn scan_and_keys_walk_the_key_space() {
+    use std::collections::BTreeSet;
+
+    use redis::Commands as _;
+    let (_c, resp) = cluster();
+    let mut con = connect(resp[1]);
+    let mut all = BTreeSet::new();
+    for i in 0..60 {
+        let key = format!("user:{i}");
+        let () = retrying(&mut con, redis::cmd("SET").arg(&key).arg(i)).expect("set");
+        all.insert(key);
+    }
+    for key in ["other:1", "other:2", "{t}.a", "{t}.b"] {
+        let () = retrying(&mut con, redis::cmd("SET").arg(key).arg("x")).expect("set");
+        all.insert(key.to_owned());
+    }
+
+    let users: Vec<String> = con.scan_match("user:*").expect("scan").collect();
+    let unique: BTreeSet<String> = users.iter().cloned().collect();
+    assert_eq!(users.len(), 60, "each key once: {users:?}");
+    assert_eq!(
+        unique,
+        all.iter()
+            .filter(|k| k.starts_with("user:"))
+            .cloned()
+            .collect()
+    );
+    let every: Vec<String> = con.scan().expect("scan").collect();
+    assert_eq!(every.len(), all.len());
+    assert_eq!(every.into_iter().collect::<BTreeSet<_>>(), all);
+
+    // One page of everything: cursor 0 back, the keys in order.
+    let (cursor, page): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(1000)
+        .query(&mut con)
+        .expect("scan count");
+    assert_eq!(cursor, "0");
+    assert_eq!(page, all.iter().cloned().collect::<Vec<_>>());
+    let (_, tagged): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("{t}.*")
+        .query(&mut con)
+        .expect("scan tag");
+    assert_eq!(tagged, ["{t}.a", "{t}.b"]);
+    let (_, hashes): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("TYPE")
+        .arg("hash")
+        .query(&mut con)
+        .expect("scan type");
+    assert!(hashes.is_empty(), "every key is a string: {hashes:?}");
+
+    let mut keys: Vec<String> = con.keys("user:1*").expect("keys");
+    keys.sort();
+    let mut want: Vec<String> = all
+        .iter()
+        .filter(|k| k.starts_with("user:1"))
+        .cloned()
+        .collect();
+    want.sort();
+    assert_eq!(keys, want);
+
+    for (args, error) in [
+        (vec!["SCAN", "123456789"], "invalid cursor"),
+        (vec!["SCAN", "x"], "invalid cursor"),
+        (vec!["SCAN", "0", "COUNT", "0"], "syntax error"),
+        (vec!["SCAN", "0", "MATCH"], "syntax error"),
+    ] {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let e = cmd.query::<redis::Value>(&mut con).expect_err("refused");
+        assert!(e.to_string().contains(error), "{args:?}: {e}");
+    }
+
+    // Cluster-aware: every master's scan, together, is every key once
+    // (retried if leadership moved while the three scans ran).
+    let mut aware: Vec<redis::Connection> = resp.iter().map(|&a| connect(a)).collect();
+    // (Until the member list holds every node's RESP address, a node names
+    // itself master of the slots it cannot place.)
+    for con in aware.iter_mut() {
+        common::poll(Duration::from_secs(20), "every node named", || {
+            slot_ranges(con)
+                .iter()
+                .all(|r| r.replicas.len() == 2)
+                .then_some(())
+        });
+    }
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let before = slot_ranges(&mut aware[0]);
+        let mut seen: Vec<String> = Vec::new();
+        for con in aware.iter_mut() {
+            let _ = slot_ranges(con); // makes the connection cluster-aware
+            let keys: Vec<String> = con.scan().expect("scan").collect();
+            seen.extend(keys);
+        }
+        let after = slot_ranges(&mut aware[0]);
+        let masters = |r: &[SlotRange]| r.iter().map(|s| s.master.clone()).collect::<Vec<_>>();
+        if masters(&before) != masters(&after) && attempts < 10 {
+            continue;
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            all.iter().cloned().collect::<Vec<_>>(),
+            "each key once over the masters"
+        );
+        break;
+    }
+}

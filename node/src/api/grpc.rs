@@ -50,17 +50,17 @@ impl pb::kv_server::Kv for KvService {
             scan::page_limit((r.limit != 0).then_some(r.limit)).map_err(|e| to_status(&e))?;
         let consistency =
             convert::consistency_from_proto(r.consistency).map_err(Status::invalid_argument)?;
-        let page = scan::scan_page(
-            &self.node,
-            self.partition_count,
-            &range,
-            &r.cursor,
+        let query = scan::PageQuery {
+            range: &range,
+            from: r.cursor,
             limit,
-            r.keys_only,
+            keys_only: r.keys_only,
             consistency,
-        )
-        .await
-        .map_err(|e| to_status(&e))?;
+            only: None,
+        };
+        let page = scan::scan_page(&self.node, self.partition_count, &query)
+            .await
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::ScanResponse {
             kvs: page.kvs.iter().map(KeyValue::to_proto).collect(),
             cursor: page.next.unwrap_or_default(),

@@ -396,16 +396,15 @@ async fn scan_keys(State(s): State<AppState>, Query(params): Query<ScanParams>) 
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let page = scan::scan_page(
-        &s.node,
-        s.partition_count,
-        &range,
-        &from,
+    let query = scan::PageQuery {
+        range: &range,
+        from,
         limit,
         keys_only,
         consistency,
-    )
-    .await;
+        only: None,
+    };
+    let page = scan::scan_page(&s.node, s.partition_count, &query).await;
     match page {
         Ok(page) => {
             let kvs: Vec<serde_json::Value> = page

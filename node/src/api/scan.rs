@@ -21,6 +21,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
+use ringkv_core::PartitionId;
 use ringkv_core::kv::KeyValue;
 use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency, MAX_SCAN_LIMIT};
 use ringkv_core::ring::{hash_tag, key_slot, partition_of_slot};
@@ -32,9 +33,9 @@ use crate::handle::NodeHandle;
 pub struct KeyRange {
     pub start: Bytes,
     pub end: Option<Bytes>,
-    /// A key of the one partition that holds every key of the range, when
-    /// one does (a prefix that holds a whole hash tag).
-    pub one_partition: Option<Bytes>,
+    /// The one slot that holds every key of the range, when one does (a
+    /// prefix that holds a whole hash tag).
+    pub slot: Option<u16>,
 }
 
 impl KeyRange {
@@ -43,18 +44,18 @@ impl KeyRange {
         KeyRange {
             start: Bytes::new(),
             end: None,
-            one_partition: None,
+            slot: None,
         }
     }
 
     /// The keys that start with `prefix`.
     pub fn prefix(prefix: Bytes) -> Self {
         let end = prefix_end(&prefix);
-        let one_partition = prefix_holds_a_hash_tag(&prefix).then(|| prefix.clone());
+        let slot = prefix_holds_a_hash_tag(&prefix).then(|| key_slot(&prefix));
         KeyRange {
             start: prefix,
             end,
-            one_partition,
+            slot,
         }
     }
 
@@ -63,7 +64,7 @@ impl KeyRange {
         KeyRange {
             start,
             end,
-            one_partition: None,
+            slot: None,
         }
     }
 }
@@ -141,20 +142,31 @@ pub struct ScanPage {
     pub next: Option<Bytes>,
 }
 
-/// Reads the page of `range` that starts at `from` (at or after the
-/// range's start): at most `limit` keys. Fails as the first partition that
+/// What one page asks for.
+#[derive(Debug, Clone)]
+pub struct PageQuery<'a> {
+    pub range: &'a KeyRange,
+    /// Where the page starts (at or after the range's start): empty for
+    /// the first page, else the previous page's [`ScanPage::next`].
+    pub from: Bytes,
+    pub limit: u32,
+    pub keys_only: bool,
+    pub consistency: Consistency,
+    /// Only these partitions (a cluster-aware RESP connection scans the
+    /// slots the node serves); `None`: every partition the range touches.
+    pub only: Option<&'a [PartitionId]>,
+}
+
+/// Reads one page: at most `limit` keys. Fails as the first partition that
 /// fails (e.g. `no_leader`: retry).
 pub async fn scan_page(
     node: &NodeHandle,
     partition_count: u32,
-    range: &KeyRange,
-    from: &Bytes,
-    limit: u32,
-    keys_only: bool,
-    consistency: Consistency,
+    q: &PageQuery<'_>,
 ) -> Result<ScanPage, ClientError> {
-    let start = if *from > range.start {
-        from.clone()
+    let range = q.range;
+    let start = if q.from > range.start {
+        q.from.clone()
     } else {
         range.start.clone()
     };
@@ -164,18 +176,22 @@ pub async fn scan_page(
             next: None,
         });
     }
-    let partitions = match &range.one_partition {
-        Some(key) => vec![key.clone()],
-        None => partition_keys(partition_count),
-    };
-    let answers = futures::future::join_all(partitions.into_iter().map(|key| {
+    let keys = partition_keys(partition_count);
+    let pinned = range
+        .slot
+        .map(|slot| partition_of_slot(slot, partition_count));
+    let partitions = (0..partition_count)
+        .map(PartitionId)
+        .filter(|p| pinned.is_none_or(|pinned| pinned == *p))
+        .filter(|p| q.only.is_none_or(|only| only.contains(p)));
+    let answers = futures::future::join_all(partitions.map(|p| {
         node.request(ClientRequest::Scan {
-            key,
+            key: keys[p.0 as usize].clone(),
             start: start.clone(),
             end: range.end.clone(),
-            limit,
-            keys_only,
-            consistency,
+            limit: q.limit,
+            keys_only: q.keys_only,
+            consistency: q.consistency,
         })
     }))
     .await;
@@ -190,7 +206,7 @@ pub async fn scan_page(
             }
         }
     }
-    Ok(merge(parts, limit as usize))
+    Ok(merge(parts, q.limit as usize))
 }
 
 /// Merges partitions' answers (each ascending, with whether more follow)
@@ -289,7 +305,7 @@ mod tests {
         assert!(!prefix_holds_a_hash_tag(b"{}x"));
         assert!(!prefix_holds_a_hash_tag(b"user42"));
         let range = KeyRange::prefix(Bytes::from_static(b"{u}."));
-        assert_eq!(range.one_partition.as_deref(), Some(&b"{u}."[..]));
+        assert_eq!(range.slot, Some(key_slot(b"u")));
         assert_eq!(range.end.as_deref(), Some(&b"{u}/"[..]));
     }
 

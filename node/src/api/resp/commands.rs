@@ -19,12 +19,15 @@
 //! The other multi-key commands run key by key, each key linearizable on
 //! its own: `MGET` reads each key, `DEL` and `EXISTS` count key by key.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use ringkv_core::kv::{Precondition, parse_integer};
 use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
 use ringkv_core::ring::{key_slot, partition_of_slot};
 
 use super::cluster::{self, Topology};
+use super::keyspace::{self, Cursors};
 use super::reply::{Protocol, Reply};
 use crate::api::errors;
 use crate::handle::NodeHandle;
@@ -43,10 +46,12 @@ pub struct Session {
     pub cluster_aware: bool,
     /// The cluster's partition count (slot ranges).
     pub partition_count: u32,
+    /// Where `SCAN` cursors go on (shared by the node's connections).
+    pub cursors: Arc<Cursors>,
 }
 
 impl Session {
-    pub fn new(id: u64, partition_count: u32) -> Self {
+    pub fn new(id: u64, partition_count: u32, cursors: Arc<Cursors>) -> Self {
         Session {
             id,
             proto: Protocol::Resp2,
@@ -54,6 +59,7 @@ impl Session {
             readonly: false,
             cluster_aware: false,
             partition_count,
+            cursors,
         }
     }
 }
@@ -101,6 +107,8 @@ const COMMANDS: &[CommandSpec] = &[
     ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("getdel", 2, &["write", "fast"], 1, 1, 1),
     ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
+    ("scan", -2, &["readonly"], 0, 0, 0),
+    ("keys", 2, &["readonly"], 0, 0, 0),
 ];
 
 /// Whether `args` is a command on one key that changes no connection
@@ -343,6 +351,8 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
             }
         }
         "dbsize" if args.len() == 1 => dbsize(node, session).await,
+        "scan" if args.len() >= 2 => keyspace::scan(node, session, &args).await,
+        "keys" if args.len() == 2 => keyspace::keys(node, session, &args[1]).await,
         _ => match not_yet(&name) {
             Some(why) => Reply::err(format!("'{}' {why}", name.to_ascii_uppercase())),
             None if COMMANDS.iter().any(|c| c.0 == name) => wrong_arity(&name),

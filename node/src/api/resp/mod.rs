@@ -27,6 +27,7 @@
 
 pub mod cluster;
 pub mod commands;
+pub mod keyspace;
 pub mod parser;
 pub mod reply;
 
@@ -41,6 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use self::commands::{After, Session};
+use self::keyspace::Cursors;
 use self::parser::{Limits, Parsed, parse_command};
 use self::reply::Reply;
 use crate::config::RespRedirects;
@@ -70,6 +72,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let next_id = Arc::new(AtomicU64::new(1));
+    let cursors = Arc::new(Cursors::default());
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -89,12 +92,13 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let node = node.clone();
+        let cursors = cursors.clone();
         let mut rx = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 biased;
                 _ = async { drop(rx.wait_for(|s| *s).await) } => {}
-                r = connection(stream, node, settings, id) => {
+                r = connection(stream, node, settings, id, cursors) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, "RESP connection ended: {e}");
                     }
@@ -178,9 +182,10 @@ async fn connection(
     node: NodeHandle,
     settings: Settings,
     id: u64,
+    cursors: Arc<Cursors>,
 ) -> std::io::Result<()> {
     let limits = settings.limits;
-    let mut session = Session::new(id, settings.partition_count);
+    let mut session = Session::new(id, settings.partition_count, cursors);
     session.cluster_aware = settings.redirects == RespRedirects::Always;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::new();
