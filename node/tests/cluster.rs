@@ -553,7 +553,11 @@ fn a_scan_pages_through_every_partition_in_key_order() {
         assert!(pages < 10, "more pages than keys allow");
     }
     assert_eq!(seen, expected, "every key under the prefix once, in order");
-    assert_eq!(pages, 4, "120 keys in pages of 37");
+    // Pages of at most 37 (shorter where keys spread unevenly).
+    assert!(
+        (4..=8).contains(&pages),
+        "120 keys in {pages} pages of at most 37"
+    );
 
     let r = retry_read(RETRY, || {
         get(addr, "/v1/kv?prefix=%7Btag%7D.&keys_only=true")

@@ -2,21 +2,25 @@
 //! partitions, so a range or prefix scan asks every partition for its first
 //! keys in the range (`ClientRequest::Scan`, all at once) and merges them.
 //!
-//! **A page** is the first `limit` keys of the range at or after its start,
-//! ascending. Each partition answers its first `limit` keys there as one
-//! consistent cut (a linearizable read of it by default); the union holds
-//! the page, except past a partition that stopped early because its answer
-//! reached its byte bound: the page then ends at the smallest such
-//! partition's last key, and says more follow. The next page starts just
-//! after the page's last key. Pages are separate reads: a key written
-//! between two pages is seen if it sorts after the first page's end.
+//! **A page** is the first keys of the range at or after its start,
+//! ascending, at most `limit` of them. Each partition answers its first
+//! keys there (a share of `limit`, see below) as one consistent cut (a
+//! linearizable read of it by default). A partition that may hold more
+//! keys than it answered bounds the page: the page ends at the smallest
+//! last key among such partitions (past it, their next keys are unknown),
+//! so every key up to the page's end is in it, and none is skipped. The
+//! next page starts just after the page's last key. Pages are separate
+//! reads: a key written between two pages is seen if it sorts after the
+//! first page's end.
 //!
-//! **Cost.** A page asks every partition for up to `limit` keys (one
-//! partition when a prefix holds a whole hash tag, e.g. `{user42}.`: every
-//! key under it is in one slot), so a page of 100 over 64 partitions reads
-//! up to 6,400 keys. Each partition's answer is bounded by
-//! [`ringkv_core::node::MAX_SCAN_REPLY_BYTES`] (about 1 MiB), so a page
-//! holds at most that much per partition in memory.
+//! **Cost.** Keys are spread evenly over partitions by their hash, so a
+//! page asks each of `P` partitions for `1.5 · limit / P + 8` keys
+//! ([`per_partition_limit`]), not `limit`: a full scan reads each key about
+//! twice, and a page holds close to `limit` keys (fewer when the keys are
+//! unevenly spread; never none while keys follow). A prefix that holds a
+//! whole hash tag (`{user42}.`) is in one slot: its scan asks one
+//! partition, for `limit` keys. Each partition's answer is also bounded by
+//! [`ringkv_core::node::MAX_SCAN_REPLY_BYTES`] (about 1 MiB).
 
 use std::sync::{Mutex, PoisonError};
 
@@ -184,12 +188,14 @@ pub async fn scan_page(
         .map(PartitionId)
         .filter(|p| pinned.is_none_or(|pinned| pinned == *p))
         .filter(|p| q.only.is_none_or(|only| only.contains(p)));
-    let answers = futures::future::join_all(partitions.map(|p| {
+    let partitions: Vec<PartitionId> = partitions.collect();
+    let each = per_partition_limit(q.limit, partitions.len());
+    let answers = futures::future::join_all(partitions.iter().map(|p| {
         node.request(ClientRequest::Scan {
             key: keys[p.0 as usize].clone(),
             start: start.clone(),
             end: range.end.clone(),
-            limit: q.limit,
+            limit: each,
             keys_only: q.keys_only,
             consistency: q.consistency,
         })
@@ -207,6 +213,14 @@ pub async fn scan_page(
         }
     }
     Ok(merge(parts, q.limit as usize))
+}
+
+/// Keys one page asks each of `partitions` partitions for: a share of
+/// `limit` with room for an uneven spread (see the module doc).
+pub fn per_partition_limit(limit: u32, partitions: usize) -> u32 {
+    let partitions = partitions.max(1) as u64;
+    let share = u64::from(limit) * 3 / (2 * partitions) + 8;
+    share.min(u64::from(limit)) as u32
 }
 
 /// Merges partitions' answers (each ascending, with whether more follow)
@@ -310,6 +324,16 @@ mod tests {
     }
 
     #[test]
+    fn each_partition_is_asked_for_a_share_of_the_page() {
+        assert_eq!(per_partition_limit(1000, 64), 31);
+        assert_eq!(per_partition_limit(100, 64), 10);
+        assert_eq!(per_partition_limit(10, 64), 8);
+        assert_eq!(per_partition_limit(5, 64), 5, "never more than the page");
+        assert_eq!(per_partition_limit(100, 1), 100);
+        assert_eq!(per_partition_limit(10_000, 4), 3758);
+    }
+
+    #[test]
     fn a_merged_page_is_ordered_and_holds_the_first_keys() {
         let page = merge(
             vec![
@@ -324,6 +348,57 @@ mod tests {
         let last = merge(vec![(vec![kv("b")], false), (vec![kv("a")], false)], 4);
         assert_eq!(keys(&last), ["a", "b"]);
         assert_eq!(last.next, None, "nothing follows");
+    }
+
+    proptest::proptest! {
+        /// Paging by `next` over partitions that each answer their share
+        /// lists every key once, in order, in pages of at most `limit`,
+        /// and never an empty page while keys follow.
+        #[test]
+        fn pages_list_every_key_once_in_order(
+            keys in proptest::collection::btree_set(
+                proptest::collection::vec(0u8..4, 1..6), 0..300),
+            partitions in 1usize..20,
+            limit in 1u32..60,
+            seed in 0u64..1000,
+        ) {
+            // Spread the keys over the partitions by a hash of key and seed.
+            let mut held: Vec<Vec<Bytes>> = vec![Vec::new(); partitions];
+            for k in &keys {
+                let h = k.iter().fold(seed, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                held[(h % partitions as u64) as usize].push(Bytes::from(k.clone()));
+            }
+            let each = per_partition_limit(limit, partitions);
+            let mut from = Bytes::new();
+            let mut listed: Vec<Bytes> = Vec::new();
+            loop {
+                let parts = held
+                    .iter()
+                    .map(|p| {
+                        let after: Vec<&Bytes> = p.iter().filter(|k| **k >= from).collect();
+                        let more = after.len() > each as usize;
+                        let kvs = after.into_iter().take(each as usize).map(|k| KeyValue {
+                            key: k.clone(),
+                            value: Bytes::new(),
+                            version: 1,
+                            create_revision: 1,
+                            mod_revision: 1,
+                        });
+                        (kvs.collect(), more)
+                    })
+                    .collect();
+                let page = merge(parts, limit as usize);
+                proptest::prop_assert!(page.kvs.len() <= limit as usize);
+                proptest::prop_assert!(!page.kvs.is_empty() || page.next.is_none());
+                listed.extend(page.kvs.into_iter().map(|kv| kv.key));
+                match page.next {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+            let expected: Vec<Bytes> = keys.into_iter().map(Bytes::from).collect();
+            proptest::prop_assert_eq!(listed, expected);
+        }
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //! or one forgotten, is answered `-ERR invalid cursor`.
 //!
 //! **Which keys.** On a plain connection the whole key space, in key order,
-//! as Redis's one database; `COUNT` is the page size (default 10, at most
-//! 10,000) and `MATCH` filters each page, so a page may hold fewer keys
-//! than `COUNT`, even none, before the cursor says `0`. A pattern with a
+//! as Redis's one database. A page reads [`MIN_PAGE`] keys, or `COUNT`
+//! when larger (at most 10,000): Redis defines `COUNT` as a hint of the
+//! work per call (it answers small collections whole), and every ringkv
+//! page costs a read of every partition, so pages of Redis's default 10
+//! would multiply the work by about 50. `MATCH` filters each page, so a
+//! page may hold fewer keys, even none, before the cursor says `0`. A pattern with a
 //! literal prefix (`user:*`) scans only that prefix's range (one partition
 //! when it holds a whole hash tag, `{user42}*`). On a cluster-aware
 //! connection, as on a Redis Cluster node, only the slots this node serves
@@ -42,8 +45,8 @@ pub const MAX_OPEN_CURSORS: usize = 4096;
 /// Keys `KEYS` answers, at most (beyond: an error that says to use SCAN).
 pub const MAX_KEYS_REPLY: usize = 1_000_000;
 
-/// Keys per page when `SCAN` names no `COUNT` (Redis's default).
-const DEFAULT_COUNT: u32 = 10;
+/// Keys a `SCAN` page reads at least, whatever its `COUNT` (a hint).
+pub const MIN_PAGE: u32 = 1000;
 
 /// Where each open scan goes on: shared by a node's RESP connections.
 #[derive(Debug, Default)]
@@ -98,7 +101,7 @@ pub async fn scan(node: &NodeHandle, session: &Session, args: &[Bytes]) -> Reply
         return Reply::err("invalid cursor");
     };
     let mut pattern: Option<Bytes> = None;
-    let mut count = DEFAULT_COUNT;
+    let mut count = MIN_PAGE;
     let mut strings = true;
     let mut options = args[2..].chunks(2);
     for option in options.by_ref() {
@@ -113,7 +116,9 @@ pub async fn scan(node: &NodeHandle, session: &Session, args: &[Bytes]) -> Reply
                     .and_then(|c| c.parse::<u64>().ok())
                 {
                     Some(0) | None => return Reply::err("syntax error"),
-                    Some(n) => count = n.min(u64::from(MAX_SCAN_LIMIT)) as u32,
+                    Some(n) => {
+                        count = n.clamp(u64::from(MIN_PAGE), u64::from(MAX_SCAN_LIMIT)) as u32;
+                    }
                 }
             }
             b"TYPE" => strings = value.eq_ignore_ascii_case(b"string"),
