@@ -650,6 +650,33 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         "invalid_consistency",
     );
     expect_problem("PUT", "/v1/kv/k", &[("If-Match", "abc")], 400, bad_pre);
+    // A weak entity tag never matches (If-Match compares strongly), even
+    // the key's current revision; nothing is written.
+    let current = read(&c, 1, "k", None).etag().expect("an ETag");
+    let weak = format!("W/\"{current}\"");
+    let r = request(
+        addr,
+        "PUT",
+        "/v1/kv/k",
+        &[("If-Match", weak.as_str())],
+        b"weak",
+    )
+    .unwrap();
+    assert_eq!(r.status, 412, "{r:?}");
+    assert_eq!(r.problem_code(), "precondition_failed");
+    assert_eq!(read(&c, 1, "k", None).text(), "v", "a weak If-Match wrote");
+    // An error quotes at most 64 characters of a header, not all of it.
+    let long = "x".repeat(100_000);
+    let r = request(
+        addr,
+        "PUT",
+        "/v1/kv/k",
+        &[("If-Match", long.as_str())],
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.text().len() < 1_000, "{} bytes of error", r.text().len());
     expect_problem(
         "PUT",
         "/v1/kv/k",

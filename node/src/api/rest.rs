@@ -116,9 +116,9 @@ fn known_parameters(method: &Method, path: &str) -> &'static [&'static str] {
     }
 }
 
-/// A parameter's name as an error message quotes it: at most this many
-/// characters of what the client sent.
-const QUOTED_NAME_CHARS: usize = 64;
+/// What an error message quotes of a client's input (a parameter's name,
+/// a header's value): at most this many characters.
+const QUOTED_CHARS: usize = 64;
 
 /// Checks a request's query against [`known_parameters`]: an unknown name
 /// or a repeated one is a 400 problem that names it and lists what the route
@@ -143,16 +143,13 @@ fn check_parameters(query: &str, known: &[&str]) -> Result<(), BadRequest> {
     };
     let mut seen: Vec<&str> = Vec::new();
     for (name, _) in form_urlencoded::parse(query.as_bytes()) {
-        let quoted: String = name.chars().take(QUOTED_NAME_CHARS).collect();
-        let ellipsis = if name.chars().count() > QUOTED_NAME_CHARS {
-            "..."
-        } else {
-            ""
-        };
         let Some(&known_name) = known.iter().find(|k| **k == name) else {
             return Err(BadRequest::new(
                 "unknown_parameter",
-                format!("unknown query parameter \"{quoted}{ellipsis}\"; {takes}"),
+                format!(
+                    "unknown query parameter {}; {takes}",
+                    quoted(&name, QUOTED_CHARS)
+                ),
             ));
         };
         if seen.contains(&known_name) {
@@ -221,8 +218,10 @@ fn bad_request(code: &str, detail: &str) -> Response {
     problem(400, code, detail, json!({}))
 }
 
-/// A malformed request, found before the node is asked anything.
+/// A request refused before the node is asked anything: malformed (400),
+/// or a condition that cannot hold (412).
 struct BadRequest {
+    status: u16,
     code: &'static str,
     detail: String,
 }
@@ -230,6 +229,7 @@ struct BadRequest {
 impl BadRequest {
     fn new(code: &'static str, detail: impl Into<String>) -> Self {
         BadRequest {
+            status: 400,
             code,
             detail: detail.into(),
         }
@@ -238,8 +238,18 @@ impl BadRequest {
 
 impl IntoResponse for BadRequest {
     fn into_response(self) -> Response {
-        bad_request(self.code, &self.detail)
+        problem(self.status, self.code, &self.detail, json!({}))
     }
+}
+
+/// At most `max` characters of what a client sent, for an error message
+/// (never an unbounded echo).
+fn quoted(text: &str, max: usize) -> String {
+    let mut q: String = text.chars().take(max).collect();
+    if text.chars().count() > max {
+        q.push_str("...");
+    }
+    format!("{q:?}")
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -448,13 +458,27 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, BadRequest> {
             if v == "*" {
                 return Ok(Precondition::MustExist);
             }
-            let rev = v.trim_start_matches("W/").trim_matches('"');
-            rev.parse::<u64>()
+            if v.starts_with("W/") {
+                // RFC 9110 13.1.1: If-Match compares strongly, and a weak
+                // entity tag never matches: the condition is false.
+                return Err(BadRequest {
+                    status: 412,
+                    code: "precondition_failed",
+                    detail: "If-Match compares entity tags strongly: a weak tag (W/\"...\") \
+                             never matches; send the ETag as given, e.g. \"42\""
+                        .to_owned(),
+                });
+            }
+            v.trim_matches('"')
+                .parse::<u64>()
                 .map(Precondition::ModRevision)
                 .map_err(|_| {
                     BadRequest::new(
                         "invalid_precondition",
-                        format!("If-Match must be \"*\" or a mod_revision like \"42\", not {v:?}"),
+                        format!(
+                            "If-Match must be \"*\" or a mod_revision like \"42\", not {}",
+                            quoted(v, QUOTED_CHARS)
+                        ),
                     )
                 })
         }
@@ -765,7 +789,7 @@ async fn not_a_route() -> Response {
     problem(
         404,
         "no_such_route",
-        "no such endpoint; see /v1/kv/{key}, /v1/cluster/status, /v1/cluster/members, /v1/cluster/moves",
+        "no such endpoint; see /v1/kv/{key}, /v1/kv?prefix=..., /v1/cluster/status, /v1/cluster/members, /v1/cluster/moves",
         json!({}),
     )
 }
@@ -809,7 +833,7 @@ mod tests {
         assert!(e.detail.len() < 200, "{} bytes", e.detail.len());
         assert!(
             e.detail
-                .contains(&format!("\"{}...\"", "x".repeat(QUOTED_NAME_CHARS)))
+                .contains(&format!("\"{}...\"", "x".repeat(QUOTED_CHARS)))
         );
     }
 }
