@@ -126,7 +126,9 @@ fn prefix_holds_a_hash_tag(prefix: &[u8]) -> bool {
     let Some(close) = prefix[open + 1..].iter().position(|&b| b == b'}') else {
         return false;
     };
-    close > 0 && hash_tag(prefix) == &prefix[open + 1..open + 1 + close]
+    // (An empty tag, `{}`, is no tag: the whole key is hashed, and
+    // `hash_tag` answers the whole prefix, never the empty slice.)
+    hash_tag(prefix) == &prefix[open + 1..open + 1 + close]
 }
 
 /// The key just after `key` in byte order: where the page after one that
@@ -324,6 +326,23 @@ mod tests {
     }
 
     #[test]
+    fn a_request_names_a_prefix_or_a_range_not_both() {
+        let b = |s: &'static str| Some(Bytes::from_static(s.as_bytes()));
+        let range = requested_range(None, b("a"), b("c")).unwrap();
+        assert_eq!((range.start, range.end), (Bytes::from_static(b"a"), b("c")));
+        let range = requested_range(None, Some(Bytes::new()), None).unwrap();
+        assert_eq!(range, KeyRange::all(), "an empty start is the first key");
+        let range = requested_range(b("p/"), Some(Bytes::new()), None).unwrap();
+        assert_eq!(range, KeyRange::prefix(Bytes::from_static(b"p/")));
+        assert!(requested_range(b("p/"), b("a"), None).is_err());
+        assert!(requested_range(b("p/"), None, b("z")).is_err());
+        assert_eq!(page_limit(None), Ok(DEFAULT_SCAN_LIMIT));
+        assert_eq!(page_limit(Some(MAX_SCAN_LIMIT)), Ok(MAX_SCAN_LIMIT));
+        assert!(page_limit(Some(0)).is_err());
+        assert!(page_limit(Some(MAX_SCAN_LIMIT + 1)).is_err());
+    }
+
+    #[test]
     fn each_partition_is_asked_for_a_share_of_the_page() {
         assert_eq!(per_partition_limit(1000, 64), 31);
         assert_eq!(per_partition_limit(100, 64), 10);
@@ -353,7 +372,8 @@ mod tests {
     proptest::proptest! {
         /// Paging by `next` over partitions that each answer their share
         /// lists every key once, in order, in pages of at most `limit`,
-        /// and never an empty page while keys follow.
+        /// never an empty page while keys follow, and a page says more
+        /// follow only when they do.
         #[test]
         fn pages_list_every_key_once_in_order(
             keys in proptest::collection::btree_set(
@@ -391,6 +411,10 @@ mod tests {
                 proptest::prop_assert!(page.kvs.len() <= limit as usize);
                 proptest::prop_assert!(!page.kvs.is_empty() || page.next.is_none());
                 listed.extend(page.kvs.into_iter().map(|kv| kv.key));
+                // A page says more follow only when keys do.
+                if let Some(next) = &page.next {
+                    proptest::prop_assert!(keys.iter().any(|k| k.as_slice() >= &next[..]));
+                }
                 match page.next {
                     Some(next) => from = next,
                     None => break,
