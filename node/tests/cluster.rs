@@ -707,6 +707,18 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         unknown,
     );
     expect_problem("GET", "/v1/cluster/status?verbose", &[], 400, unknown);
+    // Bytes that are not UTF-8 once percent-decoded: problem+json, not
+    // axum's plain text.
+    expect_problem("GET", "/v1/kv/%FF%FE", &[], 400, "invalid_key");
+    expect_problem("PUT", "/v1/kv/a%C3", &[], 400, "invalid_key");
+    expect_problem("GET", "/v1/cluster/locate/%FF", &[], 400, "invalid_key");
+    expect_problem("GET", "/v1/kv?prefix=%FF", &[], 400, "invalid_parameter");
+    let r = request(addr, "GET", "/v1/kv/%FF", &[], b"").unwrap();
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{r:?}"
+    );
     let twice = "/v1/kv/k?consistency=stale&consistency=lease";
     expect_problem("GET", twice, &[], 400, "invalid_parameter");
     let r = request(addr, "PUT", "/v1/kv/k?ttl=30", &[], b"never stored").unwrap();

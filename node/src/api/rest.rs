@@ -116,6 +116,10 @@ fn known_parameters(method: &Method, path: &str) -> &'static [&'static str] {
     }
 }
 
+/// Why a query string is refused that is not UTF-8 once percent-decoded.
+const QUERY_NOT_UTF8: &str =
+    "the query string cannot be read: its names and values must be UTF-8 once percent-decoded";
+
 /// What an error message quotes of a client's input (a parameter's name,
 /// a header's value): at most this many characters.
 const QUOTED_CHARS: usize = 64;
@@ -141,6 +145,17 @@ fn check_parameters(query: &str, known: &[&str]) -> Result<(), BadRequest> {
     } else {
         format!("this endpoint takes: {}", known.join(", "))
     };
+    // `form_urlencoded` decodes lossily: a byte that is not UTF-8 would
+    // silently become U+FFFD (a scan of another prefix). Refuse it.
+    let not_utf8 = query.split('&').any(|pair| {
+        let pair = pair.replace('+', " ");
+        percent_encoding::percent_decode_str(&pair)
+            .decode_utf8()
+            .is_err()
+    });
+    if not_utf8 {
+        return Err(BadRequest::new("invalid_parameter", QUERY_NOT_UTF8));
+    }
     let mut seen: Vec<&str> = Vec::new();
     for (name, _) in form_urlencoded::parse(query.as_bytes()) {
         let Some(&known_name) = known.iter().find(|k| **k == name) else {
@@ -242,6 +257,50 @@ impl IntoResponse for BadRequest {
     }
 }
 
+/// The key of a `/v1/kv/{key}` path. A path whose key is not UTF-8 once
+/// percent-decoded is a 400 problem (axum's own rejection is plain text).
+struct KeyPath(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for KeyPath {
+    type Rejection = BadRequest;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(key)) => Ok(KeyPath(key)),
+            Err(_) => Err(BadRequest::new(
+                "invalid_key",
+                "the key in the path is not UTF-8 once percent-decoded; the REST API takes \
+                 UTF-8 keys (gRPC and the Redis protocol take any bytes)",
+            )),
+        }
+    }
+}
+
+/// A query string read into `T`; one that cannot be (not UTF-8 once
+/// percent-decoded) is a 400 problem.
+struct Params<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = BadRequest;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(params)) => Ok(Params(params)),
+            Err(_) => Err(BadRequest::new("invalid_parameter", QUERY_NOT_UTF8)),
+        }
+    }
+}
+
 /// At most `max` characters of what a client sent, for an error message
 /// (never an unbounded echo).
 fn quoted(text: &str, max: usize) -> String {
@@ -302,8 +361,8 @@ fn envelope(kv: &KeyValue) -> serde_json::Value {
 
 async fn get_key(
     State(s): State<AppState>,
-    Path(key): Path<String>,
-    Query(params): Query<ReadParams>,
+    KeyPath(key): KeyPath,
+    Params(params): Params<ReadParams>,
     headers: HeaderMap,
 ) -> Response {
     let consistency = match parse_consistency(params.consistency.as_deref()) {
@@ -399,7 +458,7 @@ fn parse_scan(p: &ScanParams) -> Result<(scan::KeyRange, Bytes, u32, bool), BadR
 }
 
 /// One page of a scan (see the module doc).
-async fn scan_keys(State(s): State<AppState>, Query(params): Query<ScanParams>) -> Response {
+async fn scan_keys(State(s): State<AppState>, Params(params): Params<ScanParams>) -> Response {
     let parsed = parse_scan(&params)
         .and_then(|scan| parse_consistency(params.consistency.as_deref()).map(|c| (scan, c)));
     let ((range, from, limit, keys_only), consistency) = match parsed {
@@ -491,7 +550,7 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, BadRequest> {
 
 async fn put_key(
     State(s): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -552,7 +611,7 @@ async fn put_key(
 
 async fn delete_key(
     State(s): State<AppState>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     headers: HeaderMap,
 ) -> Response {
     let precondition = match precondition(&headers) {
@@ -671,7 +730,7 @@ async fn cluster_moves(State(s): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn locate(State(s): State<AppState>, Path(key): Path<String>) -> Json<serde_json::Value> {
+async fn locate(State(s): State<AppState>, KeyPath(key): KeyPath) -> Json<serde_json::Value> {
     let l = locate_response(&s.node, key.as_bytes());
     Json(json!({
         "key": key,
@@ -824,6 +883,10 @@ mod tests {
         assert_eq!(e.code, "invalid_parameter");
         // Percent-encoded names are decoded before they are compared.
         assert!(check_parameters("consisten%63y=lease", reads).is_ok());
+        // Bytes that are not UTF-8 are refused, not read as U+FFFD.
+        let e = check_parameters("consistency=%FF", reads).unwrap_err();
+        assert_eq!(e.code, "invalid_parameter");
+        assert!(check_parameters("consistency=%C3%A9+x", reads).is_ok());
     }
 
     #[test]
