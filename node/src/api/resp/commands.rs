@@ -452,7 +452,8 @@ async fn put(
     node.request(req).await.map(|_| ())
 }
 
-/// DBSIZE: every partition's key count, asked at once (each linearizable,
+/// DBSIZE: every partition's key count (on a cluster-aware connection,
+/// of the partitions this node is master of), asked at once (each linearizable,
 /// or under the lease on a `READONLY` connection), summed. Each count is
 /// exact at its own instant; the sum is not one snapshot of the cluster.
 async fn dbsize(node: &NodeHandle, session: &Session) -> Reply {
@@ -461,10 +462,18 @@ async fn dbsize(node: &NodeHandle, session: &Session) -> Reply {
     } else {
         Consistency::Linearizable
     };
+    // A cluster-aware connection counts the slots this node is master of,
+    // as a Redis Cluster node does (a cluster client sums its masters).
+    let only = keyspace::served_partitions(node, session);
     let counts = futures::future::join_all(
         crate::api::scan::partition_keys(session.partition_count)
             .into_iter()
-            .map(|key| node.request(ClientRequest::CountKeys { key, consistency })),
+            .enumerate()
+            .filter(|(p, _)| {
+                only.as_ref()
+                    .is_none_or(|only| only.contains(&ringkv_core::PartitionId(*p as u32)))
+            })
+            .map(|(_, key)| node.request(ClientRequest::CountKeys { key, consistency })),
     )
     .await;
     let mut total: u64 = 0;

@@ -210,7 +210,7 @@ fn consistency(session: &Session) -> Consistency {
 
 /// On a cluster-aware connection, the partitions this node serves as
 /// master in the map it gives clients; otherwise every partition.
-fn served_partitions(node: &NodeHandle, session: &Session) -> Option<Vec<PartitionId>> {
+pub(super) fn served_partitions(node: &NodeHandle, session: &Session) -> Option<Vec<PartitionId>> {
     if !session.cluster_aware {
         return None;
     }
