@@ -857,3 +857,70 @@ fn scan_and_keys_walk_the_key_space() {
         break;
     }
 }
+
+/// Issue 15's scale check: 100,000 keys written over the Redis protocol
+/// (pipelined) into the 64 partitions of three real nodes; a REST scan in
+/// pages of 10,000 and `ringkv ls` each return every key exactly once, in
+/// order.
+#[test]
+fn a_scan_of_100000_keys_over_64_partitions_returns_each_once() {
+    const KEYS: usize = 100_000;
+    let (c, resp) = cluster();
+    assert_eq!(
+        c.status(1)["partition_count"],
+        64,
+        "the default partition count"
+    );
+    let mut con = connect(resp[0]);
+    let () = retrying(&mut con, redis::cmd("SET").arg("warm").arg("up")).expect("leaders");
+    let () = retrying(&mut con, redis::cmd("DEL").arg("warm"))
+        .map(|_: i64| ())
+        .expect("del");
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(2_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("SET").arg(format!("k/{i:06}")).arg(i).ignore();
+        }
+        let () = pipe.query(&mut con).expect("a pipeline of sets");
+    }
+    let expected: Vec<String> = (0..KEYS).map(|i| format!("k/{i:06}")).collect();
+
+    let rest = c.node(2).rest();
+    let mut listed: Vec<String> = Vec::with_capacity(KEYS);
+    let mut path = "/v1/kv?prefix=k/&limit=10000&keys_only=true".to_owned();
+    loop {
+        let r = common::retry_read(Duration::from_secs(20), || common::get(rest, &path));
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        let j = r.json();
+        let kvs = j["kvs"].as_array().expect("kvs");
+        assert!(kvs.len() <= 10_000);
+        listed.extend(kvs.iter().map(|kv| kv["key"].as_str().unwrap().to_owned()));
+        match j["cursor"].as_str() {
+            Some(cursor) => {
+                path = format!("/v1/kv?prefix=k/&limit=10000&keys_only=true&cursor={cursor}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), KEYS, "REST scan: each key once");
+    assert!(listed == expected, "REST scan: every key, in order");
+
+    let endpoints = c
+        .ids()
+        .map(|id| c.node(id).grpc.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["ls", "k/", "--endpoints", &endpoints])
+        .output()
+        .expect("run ringkv ls");
+    assert!(
+        out.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("keys are UTF-8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), KEYS, "ringkv ls: each key once");
+    assert!(lines == expected, "ringkv ls: every key, in order");
+}
