@@ -1,11 +1,13 @@
 //! The replicated key-value state machine of one partition.
 //!
-//! Owns the ordered map `key -> {value, version, create_revision, mod_revision}`
-//! of one partition and the meaning of the commands that change it (put,
+//! Owns the ordered map `key -> {value, version, create_revision, mod_revision,
+//! deadline}` of one partition, the partition's clock, and the meaning of
+//! the commands that change them (put,
 //! delete, each with an optional precondition: create-only, must-exist or
 //! compare-and-set on `mod_revision`; and the read-modify-writes increment
 //! and append, which Redis's INCRBY and APPEND need to be atomic; and the
-//! put-all of several keys at one revision, Redis's MSET within a slot). Every
+//! put-all of several keys at one revision, Redis's MSET within a slot; the
+//! expire of one key and the sweep of expired ones). Every
 //! replica of the partition applies
 //! the same committed log entries in the same order through [`KvStore::apply`]
 //! and so holds the same map, byte for byte.
@@ -17,8 +19,8 @@
 //! decode is applied as a no-op ([`ApplyOutcome::Invalid`]) on every replica.
 //!
 //! Invariants (asserted in code and checked by the tests below):
-//! - `apply` is a pure function of (state, entry index, entry bytes): no clock,
-//!   no randomness, no `HashMap` order.
+//! - `apply` is a pure function of (state, entry index, entry bytes): no clock
+//!   (time comes only in the entry's stamp), no randomness, no `HashMap` order.
 //! - Entries are applied in log order, each once: the index passed to `apply`
 //!   is strictly greater than [`KvStore::applied_index`]. This is the caller's
 //!   contract, not outside input, so a violation is a bug and panics (`assert!`).
@@ -44,9 +46,16 @@
 //! changes of the same day (no snapshot image kept, compaction at half the
 //! state) a replica holds 311-320 bytes per key, 1.35-1.39x Redis's 231.
 //!
-//! Not implemented yet: TTL / expiry of keys (the architecture's `expiry`
-//! field); multi-key transactions beyond put-all (no conditions across keys);
-//! keeping history of old revisions.
+//! Expiry: every entry carries its leader's wall clock; the partition's
+//! clock is the largest applied, so it is part of the replicated state and
+//! never goes back. A key whose deadline it has reached is gone for every
+//! read and command from then on (see [`KvStore`] and
+//! `docs/architecture.md`, "Expiry", for why reads on the leader may first
+//! need a sweep entry). Keys with a deadline cost two side-map entries
+//! each; keys without one nothing.
+//!
+//! Not implemented yet: multi-key transactions beyond put-all (no
+//! conditions across keys); keeping history of old revisions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -67,6 +76,8 @@ pub struct KeyValue {
     pub create_revision: u64,
     /// Log index of the entry that last wrote the key.
     pub mod_revision: u64,
+    /// When the key expires, Unix milliseconds (`None`: never).
+    pub expires_at: Option<u64>,
 }
 
 impl KeyValue {
@@ -78,6 +89,7 @@ impl KeyValue {
             version: self.version,
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
+            expires_at_unix_ms: self.expires_at.unwrap_or(0),
         }
     }
 
@@ -90,6 +102,7 @@ impl KeyValue {
             version: kv.version,
             create_revision: kv.create_revision,
             mod_revision: kv.mod_revision,
+            expires_at: (kv.expires_at_unix_ms != 0).then_some(kv.expires_at_unix_ms),
         }
     }
 }
@@ -153,6 +166,20 @@ impl Precondition {
     }
 }
 
+/// What a put does to the key's expiry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Ttl {
+    /// The key does not expire (any expiry it had is cleared), as after
+    /// Redis's plain SET.
+    #[default]
+    Clear,
+    /// The key keeps the expiry it has (Redis's SET ... KEEPTTL).
+    Keep,
+    /// The key expires at this Unix time in milliseconds: a deadline the
+    /// leader stamped, never a duration (replicas must agree on it).
+    At(u64),
+}
+
 /// The payload of one log entry of a partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -160,17 +187,19 @@ pub enum Command {
         key: Bytes,
         value: Bytes,
         precondition: Precondition,
+        ttl: Ttl,
     },
     Delete {
         key: Bytes,
         precondition: Precondition,
     },
     /// Adds `delta` to the value read as a decimal `i64` (absent: 0); see
-    /// [`parse_integer`] for what counts as one.
+    /// [`parse_integer`] for what counts as one. Keeps the key's expiry.
     Increment { key: Bytes, delta: i64 },
     /// Appends `suffix` to the value (absent: empty), unless the result would
     /// be longer than `max_value_bytes`. The proposer's limit travels in the
     /// entry, so that every replica decides alike whatever its own settings.
+    /// Keeps the key's expiry.
     Append {
         key: Bytes,
         suffix: Bytes,
@@ -178,9 +207,19 @@ pub enum Command {
     },
     /// Writes every pair unconditionally, all in this one entry (Redis's
     /// MSET within a slot): every key gets the entry's index as its
-    /// `mod_revision`. The node proposes it only for keys of one partition.
-    /// A key given more than once is written once, with its last value.
+    /// `mod_revision`, and no expiry. The node proposes it only for keys of
+    /// one partition. A key given more than once is written once, with its
+    /// last value.
     PutAll { pairs: Vec<(Bytes, Bytes)> },
+    /// Sets (`Some`: a Unix time in milliseconds) or clears (`None`) the
+    /// expiry of a live key (Redis's EXPIRE family and PERSIST). A deadline
+    /// the partition's clock has already reached deletes the key.
+    Expire { key: Bytes, at: Option<u64> },
+    /// The expiry sweep: advances the partition's clock like any entry,
+    /// then removes up to `max_keys` of the keys whose deadline it has
+    /// reached, earliest deadline first (they are gone for reads already;
+    /// this reclaims their memory).
+    Sweep { max_keys: u32 },
 }
 
 /// Longest decimal `i64` in bytes (`-9223372036854775808`).
@@ -208,20 +247,23 @@ pub fn parse_integer(value: &[u8]) -> Option<i64> {
 }
 
 impl Command {
-    /// The key a single-key command touches (`None` for [`Command::PutAll`]).
+    /// The key a single-key command touches (`None` for [`Command::PutAll`]
+    /// and [`Command::Sweep`]).
     pub fn key(&self) -> Option<&Bytes> {
         match self {
             Command::Put { key, .. }
             | Command::Delete { key, .. }
             | Command::Increment { key, .. }
-            | Command::Append { key, .. } => Some(key),
-            Command::PutAll { .. } => None,
+            | Command::Append { key, .. }
+            | Command::Expire { key, .. } => Some(key),
+            Command::PutAll { .. } | Command::Sweep { .. } => None,
         }
     }
 
     /// Bytes an encoded command adds beyond its key and value: the tags
     /// and lengths of the command, its put or delete, key, value and
-    /// precondition (at most 32 bytes; with room to spare).
+    /// precondition, expiry and clock stamp (at most 54 bytes; with room
+    /// to spare).
     pub const MAX_OVERHEAD_BYTES: usize = 64;
 
     /// Bytes each pair of a [`Command::PutAll`] adds beyond its key and
@@ -231,18 +273,25 @@ impl Command {
     /// never larger than the largest single put.
     pub const PAIR_OVERHEAD_BYTES: usize = 18;
 
-    /// The log entry bytes (protobuf `ringkv.v1.Command`).
-    pub fn encode(&self) -> Bytes {
+    /// The log entry bytes (protobuf `ringkv.v1.Command`), stamped with the
+    /// proposing leader's wall clock `now_ms` (Unix milliseconds).
+    pub fn encode(&self, now_ms: u64) -> Bytes {
         use proto::command::Op;
         let op = match self {
             Command::Put {
                 key,
                 value,
                 precondition,
+                ttl,
             } => Op::Put(proto::PutCommand {
                 key: key.clone(),
                 value: value.clone(),
                 precondition: precondition.to_proto(),
+                expires_at_unix_ms: match ttl {
+                    Ttl::At(at) => *at,
+                    Ttl::Clear | Ttl::Keep => 0,
+                },
+                keep_ttl: *ttl == Ttl::Keep,
             }),
             Command::Delete { key, precondition } => Op::Delete(proto::DeleteCommand {
                 key: key.clone(),
@@ -270,42 +319,72 @@ impl Command {
                     })
                     .collect(),
             }),
+            Command::Expire { key, at } => Op::Expire(proto::ExpireCommand {
+                key: key.clone(),
+                expires_at_unix_ms: at.unwrap_or(0),
+            }),
+            Command::Sweep { max_keys } => Op::Sweep(proto::SweepCommand {
+                max_keys: *max_keys,
+            }),
         };
-        proto::Command { op: Some(op) }.encode_to_vec().into()
+        proto::Command {
+            op: Some(op),
+            now_unix_ms: now_ms,
+        }
+        .encode_to_vec()
+        .into()
     }
 
-    /// Parses log entry bytes. Never panics, whatever the bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
+    /// Parses log entry bytes into the command and the clock it was stamped
+    /// with. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<(Command, u64), DecodeError> {
         use proto::command::Op;
-        match proto::Command::decode(bytes)?.op {
-            Some(Op::Put(put)) => Ok(Command::Put {
+        let command = proto::Command::decode(bytes)?;
+        let decoded = match command.op {
+            Some(Op::Put(put)) => Command::Put {
                 key: put.key,
                 value: put.value,
                 precondition: Precondition::from_proto(put.precondition)?,
-            }),
-            Some(Op::Delete(delete)) => Ok(Command::Delete {
+                ttl: match (put.expires_at_unix_ms, put.keep_ttl) {
+                    (0, false) => Ttl::Clear,
+                    (0, true) => Ttl::Keep,
+                    (at, false) => Ttl::At(at),
+                    (_, true) => return Err(DecodeError::DeadlineAndKeepTtl),
+                },
+            },
+            Some(Op::Delete(delete)) => Command::Delete {
                 key: delete.key,
                 precondition: Precondition::from_proto(delete.precondition)?,
-            }),
-            Some(Op::Increment(increment)) => Ok(Command::Increment {
+            },
+            Some(Op::Increment(increment)) => Command::Increment {
                 key: increment.key,
                 delta: increment.delta,
-            }),
-            Some(Op::Append(append)) => Ok(Command::Append {
+            },
+            Some(Op::Append(append)) => Command::Append {
                 key: append.key,
                 suffix: append.suffix,
                 max_value_bytes: append.max_value_bytes,
-            }),
-            Some(Op::PutAll(put_all)) if put_all.pairs.is_empty() => Err(DecodeError::NoPairs),
-            Some(Op::PutAll(put_all)) => Ok(Command::PutAll {
+            },
+            Some(Op::PutAll(put_all)) if put_all.pairs.is_empty() => {
+                return Err(DecodeError::NoPairs);
+            }
+            Some(Op::PutAll(put_all)) => Command::PutAll {
                 pairs: put_all
                     .pairs
                     .into_iter()
                     .map(|pair| (pair.key, pair.value))
                     .collect(),
-            }),
-            None => Err(DecodeError::MissingOp),
-        }
+            },
+            Some(Op::Expire(expire)) => Command::Expire {
+                key: expire.key,
+                at: (expire.expires_at_unix_ms != 0).then_some(expire.expires_at_unix_ms),
+            },
+            Some(Op::Sweep(sweep)) => Command::Sweep {
+                max_keys: sweep.max_keys,
+            },
+            None => return Err(DecodeError::MissingOp),
+        };
+        Ok((decoded, command.now_unix_ms))
     }
 }
 
@@ -323,6 +402,12 @@ pub enum ApplyOutcome {
     /// Every key of a put-all was written, at `mod_revision` (the entry's
     /// index); `created` of them did not exist before.
     PutAll { mod_revision: u64, created: u64 },
+    /// An expire set or cleared the key's expiry (`changed`; then the key
+    /// was written at `mod_revision`, the entry's index, or deleted if the
+    /// deadline had passed), or found nothing to clear.
+    ExpirySet { changed: bool, mod_revision: u64 },
+    /// A sweep removed `removed` expired keys.
+    Swept { removed: u64 },
     /// The key was removed; `previous` is what it held (for GETDEL).
     Deleted { previous: KeyValue },
     /// An increment wrote `value` (in decimal) to the key.
@@ -368,8 +453,12 @@ pub enum Refusal {
 pub enum DecodeError {
     #[error("malformed protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
-    #[error("command has no operation (none of put, delete, increment, append, put-all)")]
+    #[error(
+        "command has no operation (none of put, delete, increment, append, put-all, expire, sweep)"
+    )]
     MissingOp,
+    #[error("put command has both a deadline and keep_ttl; it may have one or the other")]
+    DeadlineAndKeepTtl,
     #[error("put-all command has no pairs")]
     NoPairs,
     #[error("precondition flag {0} is present but false; set it to true or leave it out")]
@@ -485,7 +574,7 @@ impl Record {
     /// The key as the API hands it out, taking over this record's
     /// allocation (key and value are slices of it, no copy): for a record
     /// that leaves the map (overwritten or deleted).
-    fn into_key_value(self) -> KeyValue {
+    fn into_key_value(self, expires_at: Option<u64>) -> KeyValue {
         let (version, create_revision, mod_revision) =
             (self.version(), self.create_revision(), self.mod_revision());
         let key_end = RECORD_HEADER_BYTES + self.key_len();
@@ -496,17 +585,19 @@ impl Record {
             version,
             create_revision,
             mod_revision,
+            expires_at,
         }
     }
 
     /// A copy, as the API hands it out.
-    fn to_key_value(&self) -> KeyValue {
+    fn to_key_value(&self, expires_at: Option<u64>) -> KeyValue {
         KeyValue {
             key: Bytes::copy_from_slice(self.key()),
             value: Bytes::copy_from_slice(self.value()),
             version: self.version(),
             create_revision: self.create_revision(),
             mod_revision: self.mod_revision(),
+            expires_at,
         }
     }
 }
@@ -539,26 +630,42 @@ impl Ord for Record {
 
 impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.to_key_value().fmt(f)
+        self.to_key_value(None).fmt(f)
     }
 }
 
 /// The state machine of one partition: its keys in order, and the index of
 /// the last log entry applied.
+///
+/// Expiry: the store keeps a clock, the largest wall-clock stamp of the
+/// entries applied (each leader stamps what it proposes), so time moves
+/// only through the log and every replica sees it alike. A key whose
+/// deadline the clock has reached is gone: reads skip it, every command
+/// treats it as absent, and it never comes back even if a later leader's
+/// clock is behind (the clock never goes back). Its record stays until a
+/// [`Command::Sweep`] (or a command on that key) removes it.
 #[derive(Clone, Debug, Default)]
 pub struct KvStore {
     entries: BTreeSet<Record>,
     applied_index: u64,
-    /// Key and value bytes of every live key: about the size of a snapshot.
+    /// Key and value bytes of every key held (expired ones until swept):
+    /// about the size of a snapshot.
     data_bytes: u64,
+    /// The partition's clock, Unix milliseconds: the largest stamp applied.
+    clock_ms: u64,
+    /// The deadline of every key that has one, and the same by deadline.
+    deadlines: BTreeMap<Bytes, u64>,
+    expiring: BTreeSet<(u64, Bytes)>,
 }
 
-/// Equal stores hold the same keys with the same values and metadata, and
-/// have applied the same entries.
+/// Equal stores hold the same keys with the same values, metadata and
+/// deadlines, have the same clock, and have applied the same entries.
 impl PartialEq for KvStore {
     fn eq(&self, other: &Self) -> bool {
         self.applied_index == other.applied_index
             && self.data_bytes == other.data_bytes
+            && self.clock_ms == other.clock_ms
+            && self.deadlines == other.deadlines
             && self.entries.len() == other.entries.len()
             && self
                 .entries
@@ -591,7 +698,7 @@ impl KvStore {
             return ApplyOutcome::Noop;
         }
         match Command::decode(data) {
-            Ok(command) => self.apply_command(index, &command),
+            Ok((command, now_ms)) => self.apply_command(index, &command, now_ms),
             Err(error) => {
                 self.advance(index);
                 ApplyOutcome::Invalid(error.to_string())
@@ -599,18 +706,25 @@ impl KvStore {
         }
     }
 
-    /// Applies an already decoded command as log entry `index`.
+    /// Applies an already decoded command as log entry `index`, stamped
+    /// with the proposer's clock `now_ms`.
     ///
     /// # Panics
     /// If `index <= self.applied_index()`, as [`KvStore::apply`].
-    pub fn apply_command(&mut self, index: u64, command: &Command) -> ApplyOutcome {
+    pub fn apply_command(&mut self, index: u64, command: &Command, now_ms: u64) -> ApplyOutcome {
         self.advance(index);
+        self.clock_ms = self.clock_ms.max(now_ms);
         let Some(key) = command.key() else {
-            let Command::PutAll { pairs } = command else {
-                unreachable!("every command but put-all has a key")
+            return match command {
+                Command::PutAll { pairs } => self.put_all(index, pairs),
+                Command::Sweep { max_keys } => self.sweep(*max_keys),
+                _ => unreachable!("every command but put-all and sweep has a key"),
             };
-            return self.put_all(index, pairs);
         };
+        // An expired key is absent for every command: take it out first.
+        if self.deadline(key).is_some_and(|d| d <= self.clock_ms) {
+            self.remove(key);
+        }
         let current = self.entries.get(key.as_ref());
         let current_mod_revision = current.map(Record::mod_revision);
         if let Command::Put { precondition, .. } | Command::Delete { precondition, .. } = command
@@ -621,8 +735,15 @@ impl KvStore {
             };
         }
         match command {
-            Command::Put { key, value, .. } => {
+            Command::Put {
+                key, value, ttl, ..
+            } => {
                 let previous = self.write(index, key, value);
+                match ttl {
+                    Ttl::Keep => {}
+                    Ttl::Clear => self.set_deadline(key, None),
+                    Ttl::At(at) => self.set_deadline(key, Some(*at)),
+                }
                 let (version, created) = (
                     previous.as_ref().map_or(1, |kv| kv.version + 1),
                     previous.is_none(),
@@ -634,13 +755,8 @@ impl KvStore {
                     previous,
                 }
             }
-            Command::Delete { key, .. } => match self.entries.take(key.as_ref()) {
-                Some(record) => {
-                    self.data_bytes -= record.data_len() as u64;
-                    ApplyOutcome::Deleted {
-                        previous: record.into_key_value(),
-                    }
-                }
+            Command::Delete { key, .. } => match self.remove(key) {
+                Some(previous) => ApplyOutcome::Deleted { previous },
                 None => ApplyOutcome::NotFound,
             },
             Command::Increment { key, delta } => {
@@ -684,7 +800,35 @@ impl KvStore {
                     mod_revision: index,
                 }
             }
-            Command::PutAll { .. } => unreachable!("put-all returned above"),
+            Command::Expire { key, at } => {
+                let Some(record) = current else {
+                    return ApplyOutcome::NotFound;
+                };
+                if at.is_none() && self.deadline(key).is_none() {
+                    return ApplyOutcome::ExpirySet {
+                        changed: false,
+                        mod_revision: record.mod_revision(),
+                    };
+                }
+                if at.is_some_and(|at| at <= self.clock_ms) {
+                    // A deadline already passed: the key goes now (Redis's
+                    // EXPIRE with a time in the past deletes).
+                    self.remove(key);
+                } else {
+                    // A change of expiry is a write of the key: a
+                    // compare-and-set on its old revision must fail.
+                    let value = record.value().to_vec();
+                    self.write(index, key, &value);
+                    self.set_deadline(key, *at);
+                }
+                ApplyOutcome::ExpirySet {
+                    changed: true,
+                    mod_revision: index,
+                }
+            }
+            Command::PutAll { .. } | Command::Sweep { .. } => {
+                unreachable!("put-all and sweep returned above")
+            }
         }
     }
 
@@ -698,9 +842,13 @@ impl KvStore {
         }
         let mut created = 0;
         for (key, value) in last {
+            if self.deadline(key).is_some_and(|d| d <= self.clock_ms) {
+                self.remove(key);
+            }
             if self.write(index, key, value).is_none() {
                 created += 1;
             }
+            self.set_deadline(key, None);
         }
         ApplyOutcome::PutAll {
             mod_revision: index,
@@ -708,8 +856,26 @@ impl KvStore {
         }
     }
 
+    /// Removes up to `max_keys` expired keys, earliest deadline first.
+    fn sweep(&mut self, max_keys: u32) -> ApplyOutcome {
+        let due: Vec<Bytes> = self
+            .expiring
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= self.clock_ms)
+            .take(max_keys as usize)
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in &due {
+            self.remove(key);
+        }
+        ApplyOutcome::Swept {
+            removed: due.len() as u64,
+        }
+    }
+
     /// Writes `value` to `key` as entry `index` (version +1, or 1 and created
-    /// at `index` if absent); returns the key as it was.
+    /// at `index` if absent); returns the key as it was. Leaves its deadline
+    /// as it is.
     fn write(&mut self, index: u64, key: &[u8], value: &[u8]) -> Option<KeyValue> {
         let (version, create_revision, old_bytes) = match self.entries.get(key) {
             // Cannot overflow: version <= mod_revision - create_revision + 1
@@ -723,7 +889,37 @@ impl KvStore {
         };
         self.data_bytes = self.data_bytes - old_bytes as u64 + (key.len() + value.len()) as u64;
         let record = Record::new(key, value, version, create_revision, index);
-        self.entries.replace(record).map(Record::into_key_value)
+        let deadline = self.deadline(key);
+        self.entries
+            .replace(record)
+            .map(|old| old.into_key_value(deadline))
+    }
+
+    /// Takes `key` out (with its deadline); returns it as it was.
+    fn remove(&mut self, key: &[u8]) -> Option<KeyValue> {
+        let record = self.entries.take(key)?;
+        self.data_bytes -= record.data_len() as u64;
+        let deadline = self.deadline(key);
+        self.set_deadline(key, None);
+        Some(record.into_key_value(deadline))
+    }
+
+    fn deadline(&self, key: &[u8]) -> Option<u64> {
+        if self.deadlines.is_empty() {
+            return None;
+        }
+        self.deadlines.get(key).copied()
+    }
+
+    fn set_deadline(&mut self, key: &[u8], at: Option<u64>) {
+        if let Some((key, old)) = self.deadlines.remove_entry(key) {
+            self.expiring.remove(&(old, key));
+        }
+        if let Some(at) = at {
+            let key = Bytes::copy_from_slice(key);
+            self.deadlines.insert(key.clone(), at);
+            self.expiring.insert((at, key));
+        }
     }
 
     fn advance(&mut self, index: u64) {
@@ -735,14 +931,64 @@ impl KvStore {
         self.applied_index = index;
     }
 
-    /// The key's value and metadata, if it exists (a copy).
+    /// Whether a key with this deadline is gone at wall-clock time `now_ms`
+    /// (or by the partition's clock, whichever is later).
+    fn gone(&self, deadline: Option<u64>, now_ms: u64) -> bool {
+        deadline.is_some_and(|d| d <= self.clock_ms.max(now_ms))
+    }
+
+    /// The key's value and metadata, if it exists and has not expired by
+    /// the partition's clock (a copy).
     pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
-        self.entries.get(key).map(Record::to_key_value)
+        self.get_at(key, 0)
+    }
+
+    /// As [`KvStore::get`], also treating as expired a key whose deadline
+    /// the wall-clock time `now_ms` has reached (a replica's stale read
+    /// with its own clock).
+    pub fn get_at(&self, key: &[u8], now_ms: u64) -> Option<KeyValue> {
+        let deadline = self.deadline(key);
+        if self.gone(deadline, now_ms) {
+            return None;
+        }
+        self.entries.get(key).map(|r| r.to_key_value(deadline))
     }
 
     /// The key's `mod_revision`, if it exists (without copying it out).
     pub fn mod_revision(&self, key: &[u8]) -> Option<u64> {
+        if self.gone(self.deadline(key), 0) {
+            return None;
+        }
         self.entries.get(key).map(Record::mod_revision)
+    }
+
+    /// The partition's clock: the largest wall-clock stamp applied, Unix
+    /// milliseconds (0: none yet).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Whether some key expires by wall-clock time `now_ms` but not yet by
+    /// the partition's clock (only `key`, if given): a read at `now_ms`
+    /// must first have an entry stamped `now_ms` applied, or it could see a
+    /// key that a later read, under a leader whose clock is behind, would
+    /// see again.
+    pub fn expiry_pending(&self, key: Option<&[u8]>, now_ms: u64) -> bool {
+        match key {
+            Some(key) => self
+                .deadline(key)
+                .is_some_and(|d| self.clock_ms < d && d <= now_ms),
+            None => self
+                .expiring
+                .range((self.clock_ms.saturating_add(1), Bytes::new())..)
+                .next()
+                .is_some_and(|(d, _)| *d <= now_ms),
+        }
+    }
+
+    /// The earliest deadline of a key not yet swept, if any.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.expiring.first().map(|(d, _)| *d)
     }
 
     /// Index of the last log entry applied (0: none).
@@ -750,24 +996,32 @@ impl KvStore {
         self.applied_index
     }
 
-    /// Key and value bytes of every live key: about what a snapshot costs to
-    /// build, write and send.
+    /// Key and value bytes of every key held (expired ones until swept):
+    /// about what a snapshot costs to build, write and send.
     pub fn data_bytes(&self) -> u64 {
         self.data_bytes
     }
 
-    /// Number of live keys.
+    /// Number of live keys (not expired by the partition's clock).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len_at(0)
+    }
+
+    /// Number of keys live at wall-clock time `now_ms` (or by the
+    /// partition's clock, whichever is later).
+    pub fn len_at(&self, now_ms: u64) -> usize {
+        let now = self.clock_ms.max(now_ms);
+        let expired = self.expiring.iter().take_while(|(d, _)| *d <= now).count();
+        self.entries.len() - expired
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// All live keys, in ascending byte order (copies).
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = KeyValue> + ExactSizeIterator {
-        self.entries.iter().map(Record::to_key_value)
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = KeyValue> + '_ {
+        self.range(&[], None)
     }
 
     /// Live keys in `[start, end)` in ascending order; `end: None` means no
@@ -776,6 +1030,17 @@ impl KvStore {
         &'a self,
         start: &[u8],
         end: Option<&[u8]>,
+    ) -> impl DoubleEndedIterator<Item = KeyValue> + use<'a> {
+        self.range_at(start, end, 0)
+    }
+
+    /// As [`KvStore::range`], without the keys expired at wall-clock time
+    /// `now_ms` (see [`KvStore::get_at`]).
+    pub fn range_at<'a>(
+        &'a self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        now_ms: u64,
     ) -> impl DoubleEndedIterator<Item = KeyValue> + use<'a> {
         // `BTreeMap::range` panics on an inverted range; keys come from clients.
         let range = match end {
@@ -789,7 +1054,10 @@ impl KvStore {
                     .range::<[u8], _>((Bound::Included(start), Bound::Unbounded)),
             ),
         };
-        range.into_iter().flatten().map(Record::to_key_value)
+        range.into_iter().flatten().filter_map(move |record| {
+            let deadline = self.deadline(record.key());
+            (!self.gone(deadline, now_ms)).then(|| record.to_key_value(deadline))
+        })
     }
 
     /// At most `limit` live keys of `[start, end)`, in ascending order.
@@ -802,15 +1070,25 @@ impl KvStore {
         self.range(start, end).take(limit)
     }
 
+    /// Every key held, expired or not, with its deadline (for tests that
+    /// compare with the snapshot image).
+    #[cfg(test)]
+    fn held(&self) -> impl Iterator<Item = KeyValue> + '_ {
+        self.entries
+            .iter()
+            .map(|r| r.to_key_value(self.deadline(r.key())))
+    }
+
     /// The whole state as protobuf `ringkv.v1.KvSnapshot`, keys ascending.
     /// Deterministic: equal stores give equal bytes.
     pub fn snapshot(&self) -> Bytes {
         let records: usize = self.entries.iter().map(|r| r.0.len()).sum();
-        let mut bytes = Vec::with_capacity(records + 16);
+        let mut bytes = Vec::with_capacity(records + 32);
         encode_snapshot_header(self.applied_index, &mut bytes);
         for record in &self.entries {
-            encode_snapshot_entry(record, &mut bytes);
+            encode_snapshot_entry(record, self.deadline(record.key()), &mut bytes);
         }
+        encode_snapshot_trailer(self.clock_ms, &mut bytes);
         bytes.into()
     }
 
@@ -820,6 +1098,8 @@ impl KvStore {
         let image = proto::KvSnapshot::decode(bytes)?;
         let applied_index = image.applied_index;
         let mut records = Vec::with_capacity(image.entries.len());
+        let mut deadlines = BTreeMap::new();
+        let mut expiring = BTreeSet::new();
         let mut data_bytes = 0u64;
         let mut previous_key: Option<Bytes> = None;
         for (entry, kv) in image.entries.into_iter().enumerate() {
@@ -838,6 +1118,10 @@ impl KvStore {
                 kv.create_revision,
                 kv.mod_revision,
             ));
+            if kv.expires_at_unix_ms != 0 {
+                deadlines.insert(kv.key.clone(), kv.expires_at_unix_ms);
+                expiring.insert((kv.expires_at_unix_ms, kv.key.clone()));
+            }
             previous_key = Some(kv.key);
         }
         Ok(KvStore {
@@ -845,6 +1129,9 @@ impl KvStore {
             entries: records.into_iter().collect(),
             applied_index,
             data_bytes,
+            clock_ms: image.clock_unix_ms,
+            deadlines,
+            expiring,
         })
     }
 
@@ -858,9 +1145,12 @@ impl KvStore {
         hasher.update(&buffer);
         for record in &self.entries {
             buffer.clear();
-            encode_snapshot_entry(record, &mut buffer);
+            encode_snapshot_entry(record, self.deadline(record.key()), &mut buffer);
             hasher.update(&buffer);
         }
+        buffer.clear();
+        encode_snapshot_trailer(self.clock_ms, &mut buffer);
+        hasher.update(&buffer);
         hasher.digest()
     }
 }
@@ -876,10 +1166,18 @@ fn encode_snapshot_header(applied_index: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// The field of `ringkv.v1.KvSnapshot` after its entries (`clock_unix_ms`,
+/// left out when 0), as prost encodes it.
+fn encode_snapshot_trailer(clock_ms: u64, out: &mut Vec<u8>) {
+    if clock_ms != 0 {
+        prost::encoding::uint64::encode(3, &clock_ms, out);
+    }
+}
+
 /// One `entries` field (2) of `ringkv.v1.KvSnapshot`: a `KeyValue` message
 /// whose fields are written in number order and left out when empty or 0,
 /// as prost writes them.
-fn encode_snapshot_entry(record: &Record, out: &mut Vec<u8>) {
+fn encode_snapshot_entry(record: &Record, deadline: Option<u64>, out: &mut Vec<u8>) {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
     let bytes_len = |tag: u32, b: &[u8]| {
         if b.is_empty() {
@@ -913,11 +1211,13 @@ fn encode_snapshot_entry(record: &Record, out: &mut Vec<u8>) {
         record.create_revision(),
         record.mod_revision(),
     );
+    let deadline = deadline.unwrap_or(0);
     let len = bytes_len(1, key)
         + bytes_len(2, value)
         + u64_len(3, version)
         + u64_len(4, create_revision)
-        + u64_len(5, mod_revision);
+        + u64_len(5, mod_revision)
+        + u64_len(6, deadline);
     encode_key(2, WireType::LengthDelimited, out);
     encode_varint(len as u64, out);
     put_bytes(1, key, out);
@@ -925,6 +1225,7 @@ fn encode_snapshot_entry(record: &Record, out: &mut Vec<u8>) {
     put_u64(3, version, out);
     put_u64(4, create_revision, out);
     put_u64(5, mod_revision, out);
+    put_u64(6, deadline, out);
 }
 
 /// Checks one snapshot entry's metadata against what `apply` can produce:
@@ -985,6 +1286,7 @@ mod tests {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
             precondition,
+            ttl: Ttl::Clear,
         }
     }
 
@@ -1003,13 +1305,14 @@ mod tests {
             version,
             create_revision: create,
             mod_revision: modified,
+            expires_at: None,
         }
     }
 
     fn store_with(key: &str, indices: &[u64]) -> KvStore {
         let mut store = KvStore::new();
         for &index in indices {
-            store.apply(index, &put(key, &format!("v{index}")).encode());
+            store.apply(index, &put(key, &format!("v{index}")).encode(0));
         }
         store
     }
@@ -1018,6 +1321,7 @@ mod tests {
         proto::KvSnapshot {
             applied_index,
             entries,
+            clock_unix_ms: 0,
         }
         .encode_to_vec()
     }
@@ -1034,13 +1338,14 @@ mod tests {
             version,
             create_revision,
             mod_revision,
+            expires_at_unix_ms: 0,
         }
     }
 
     /// Everything the module doc promises about a store's state.
     fn assert_invariants(store: &KvStore) {
         let mut data_bytes = 0;
-        for kv in store.iter() {
+        for kv in store.held() {
             assert!(
                 check_revisions(0, &kv.to_proto(), store.applied_index).is_ok(),
                 "{kv:?}"
@@ -1053,7 +1358,7 @@ mod tests {
     #[test]
     fn put_then_get_returns_value_and_metadata() {
         let mut store = KvStore::new();
-        let outcome = store.apply(3, &put("k", "hello").encode());
+        let outcome = store.apply(3, &put("k", "hello").encode(0));
         assert_eq!(
             outcome,
             ApplyOutcome::Put {
@@ -1077,9 +1382,9 @@ mod tests {
     fn stores_at_one_index_are_equal_only_with_the_same_contents() {
         let same = |a: &str, b: &str| {
             let mut x = KvStore::new();
-            x.apply(1, &put("k", a).encode());
+            x.apply(1, &put("k", a).encode(0));
             let mut y = KvStore::new();
-            y.apply(1, &put("k", b).encode());
+            y.apply(1, &put("k", b).encode(0));
             x == y
         };
         assert!(same("v", "v"));
@@ -1087,17 +1392,17 @@ mod tests {
         assert!(!same("v", "vv"), "other length");
         let mut x = store_with("k", &[1, 2]);
         let mut y = store_with("k", &[1]);
-        y.apply(2, &put("k", "v2").encode());
+        y.apply(2, &put("k", "v2").encode(0));
         assert_eq!(x, y);
-        x.apply(3, &put("j", "a").encode());
-        y.apply(3, &put("i", "a").encode());
+        x.apply(3, &put("j", "a").encode(0));
+        y.apply(3, &put("i", "a").encode(0));
         assert_ne!(x, y, "another key");
     }
 
     #[test]
     fn updates_increment_version_and_keep_create_revision() {
         let mut store = store_with("k", &[2, 5]);
-        let outcome = store.apply(9, &put("k", "third").encode());
+        let outcome = store.apply(9, &put("k", "third").encode(0));
         assert_eq!(
             outcome,
             ApplyOutcome::Put {
@@ -1116,14 +1421,14 @@ mod tests {
     fn delete_then_put_restarts_version_with_new_create_revision() {
         let mut store = store_with("k", &[1, 2]);
         assert_eq!(
-            store.apply(3, &delete_if("k", Precondition::None).encode()),
+            store.apply(3, &delete_if("k", Precondition::None).encode(0)),
             ApplyOutcome::Deleted {
                 previous: key_value("k", "v2", 2, 1, 2)
             }
         );
         assert_eq!(store.get(b"k"), None);
         assert!(store.is_empty());
-        store.apply(4, &put("k", "again").encode());
+        store.apply(4, &put("k", "again").encode(0));
         let kv = store.get(b"k").unwrap();
         assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, 4, 4));
     }
@@ -1133,7 +1438,7 @@ mod tests {
         let mut store = store_with("a", &[1]);
         let before = store.clone();
         assert_eq!(
-            store.apply(2, &delete_if("b", Precondition::None).encode()),
+            store.apply(2, &delete_if("b", Precondition::None).encode(0)),
             ApplyOutcome::NotFound
         );
         assert!(store.iter().eq(before.iter()));
@@ -1145,7 +1450,7 @@ mod tests {
         let mut store = store_with("k", &[1, 4]);
         let before = store.clone();
         assert_eq!(
-            store.apply(5, &put_if("k", "new", Precondition::MustNotExist).encode()),
+            store.apply(5, &put_if("k", "new", Precondition::MustNotExist).encode(0)),
             ApplyOutcome::PreconditionFailed {
                 current_mod_revision: Some(4)
             }
@@ -1158,7 +1463,7 @@ mod tests {
     fn create_only_put_on_missing_key_creates_it() {
         let mut store = KvStore::new();
         assert_eq!(
-            store.apply(1, &put_if("k", "v", Precondition::MustNotExist).encode()),
+            store.apply(1, &put_if("k", "v", Precondition::MustNotExist).encode(0)),
             ApplyOutcome::Put {
                 version: 1,
                 mod_revision: 1,
@@ -1174,7 +1479,7 @@ mod tests {
         assert_eq!(
             store.apply(
                 4,
-                &put_if("k", "stale", Precondition::ModRevision(1)).encode()
+                &put_if("k", "stale", Precondition::ModRevision(1)).encode(0)
             ),
             ApplyOutcome::PreconditionFailed {
                 current_mod_revision: Some(3)
@@ -1184,7 +1489,7 @@ mod tests {
         assert_eq!(
             store.apply(
                 5,
-                &put_if("k", "fresh", Precondition::ModRevision(3)).encode()
+                &put_if("k", "fresh", Precondition::ModRevision(3)).encode(0)
             ),
             ApplyOutcome::Put {
                 version: 3,
@@ -1203,7 +1508,7 @@ mod tests {
             assert_eq!(
                 store.apply(
                     index,
-                    &put_if("k", "v", Precondition::ModRevision(revision)).encode()
+                    &put_if("k", "v", Precondition::ModRevision(revision)).encode(0)
                 ),
                 ApplyOutcome::PreconditionFailed {
                     current_mod_revision: None
@@ -1218,12 +1523,12 @@ mod tests {
         // The ABA case CAS on mod_revision exists to catch: delete and re-create
         // between a read and a conditional write.
         let mut store = store_with("k", &[1]);
-        store.apply(2, &delete_if("k", Precondition::None).encode());
-        store.apply(3, &put("k", "reborn").encode());
+        store.apply(2, &delete_if("k", Precondition::None).encode(0));
+        store.apply(3, &put("k", "reborn").encode(0));
         assert_eq!(
             store.apply(
                 4,
-                &put_if("k", "cas", Precondition::ModRevision(1)).encode()
+                &put_if("k", "cas", Precondition::ModRevision(1)).encode(0)
             ),
             ApplyOutcome::PreconditionFailed {
                 current_mod_revision: Some(3)
@@ -1235,20 +1540,20 @@ mod tests {
     fn conditional_delete_removes_only_on_matching_revision() {
         let mut store = store_with("k", &[2]);
         assert_eq!(
-            store.apply(3, &delete_if("k", Precondition::ModRevision(1)).encode()),
+            store.apply(3, &delete_if("k", Precondition::ModRevision(1)).encode(0)),
             ApplyOutcome::PreconditionFailed {
                 current_mod_revision: Some(2)
             }
         );
         assert!(store.get(b"k").is_some());
         assert_eq!(
-            store.apply(4, &delete_if("k", Precondition::ModRevision(2)).encode()),
+            store.apply(4, &delete_if("k", Precondition::ModRevision(2)).encode(0)),
             ApplyOutcome::Deleted {
                 previous: key_value("k", "v2", 1, 2, 2)
             }
         );
         assert_eq!(
-            store.apply(5, &delete_if("k", Precondition::ModRevision(2)).encode()),
+            store.apply(5, &delete_if("k", Precondition::ModRevision(2)).encode(0)),
             ApplyOutcome::PreconditionFailed {
                 current_mod_revision: None
             }
@@ -1298,7 +1603,7 @@ mod tests {
     fn increment_counts_from_zero_and_writes_decimal() {
         let mut store = KvStore::new();
         assert_eq!(
-            store.apply(1, &increment("n", 1).encode()),
+            store.apply(1, &increment("n", 1).encode(0)),
             ApplyOutcome::Incremented {
                 value: 1,
                 version: 1,
@@ -1306,7 +1611,7 @@ mod tests {
             }
         );
         assert_eq!(
-            store.apply(2, &increment("n", -11).encode()),
+            store.apply(2, &increment("n", -11).encode(0)),
             ApplyOutcome::Incremented {
                 value: -10,
                 version: 2,
@@ -1319,15 +1624,15 @@ mod tests {
     #[test]
     fn increment_refuses_non_integers_and_overflow_and_changes_nothing() {
         let mut store = KvStore::new();
-        store.apply(1, &put("s", "abc").encode());
-        store.apply(2, &put("n", &i64::MAX.to_string()).encode());
+        store.apply(1, &put("s", "abc").encode(0));
+        store.apply(2, &put("n", &i64::MAX.to_string()).encode(0));
         let before = store.clone();
         assert_eq!(
-            store.apply(3, &increment("s", 1).encode()),
+            store.apply(3, &increment("s", 1).encode(0)),
             ApplyOutcome::Refused(Refusal::NotAnInteger)
         );
         assert_eq!(
-            store.apply(4, &increment("n", 1).encode()),
+            store.apply(4, &increment("n", 1).encode(0)),
             ApplyOutcome::Refused(Refusal::Overflow)
         );
         assert!(store.iter().eq(before.iter()));
@@ -1338,7 +1643,7 @@ mod tests {
     fn append_extends_the_value_up_to_the_limit_in_the_entry() {
         let mut store = KvStore::new();
         assert_eq!(
-            store.apply(1, &append("k", "ab", 4).encode()),
+            store.apply(1, &append("k", "ab", 4).encode(0)),
             ApplyOutcome::Appended {
                 len: 2,
                 version: 1,
@@ -1346,7 +1651,7 @@ mod tests {
             }
         );
         assert_eq!(
-            store.apply(2, &append("k", "cd", 4).encode()),
+            store.apply(2, &append("k", "cd", 4).encode(0)),
             ApplyOutcome::Appended {
                 len: 4,
                 version: 2,
@@ -1354,7 +1659,7 @@ mod tests {
             }
         );
         assert_eq!(
-            store.apply(3, &append("k", "e", 4).encode()),
+            store.apply(3, &append("k", "e", 4).encode(0)),
             ApplyOutcome::Refused(Refusal::TooLarge { len: 5, max: 4 })
         );
         assert_eq!(store.get(b"k"), Some(key_value("k", "abcd", 2, 1, 2)));
@@ -1365,20 +1670,20 @@ mod tests {
     fn must_exist_fails_on_missing_key_and_holds_on_present_one() {
         let mut store = KvStore::new();
         assert_eq!(
-            store.apply(1, &put_if("k", "v", Precondition::MustExist).encode()),
+            store.apply(1, &put_if("k", "v", Precondition::MustExist).encode(0)),
             ApplyOutcome::PreconditionFailed {
                 current_mod_revision: None
             }
         );
         assert_eq!(
-            store.apply(2, &delete_if("k", Precondition::MustExist).encode()),
+            store.apply(2, &delete_if("k", Precondition::MustExist).encode(0)),
             ApplyOutcome::PreconditionFailed {
                 current_mod_revision: None
             }
         );
-        store.apply(3, &put("k", "v").encode());
+        store.apply(3, &put("k", "v").encode(0));
         assert_eq!(
-            store.apply(4, &put_if("k", "w", Precondition::MustExist).encode()),
+            store.apply(4, &put_if("k", "w", Precondition::MustExist).encode(0)),
             ApplyOutcome::Put {
                 version: 2,
                 mod_revision: 4,
@@ -1387,7 +1692,7 @@ mod tests {
             }
         );
         assert_eq!(
-            store.apply(5, &delete_if("k", Precondition::MustExist).encode()),
+            store.apply(5, &delete_if("k", Precondition::MustExist).encode(0)),
             ApplyOutcome::Deleted {
                 previous: key_value("k", "w", 2, 3, 4)
             }
@@ -1416,7 +1721,9 @@ mod tests {
                 precondition: Some(proto::Precondition {
                     kind: Some(proto::precondition::Kind::MustNotExist(false)),
                 }),
+                ..Default::default()
             })),
+            now_unix_ms: 0,
         }
         .encode_to_vec();
         let entries: [&[u8]; 4] = [
@@ -1445,6 +1752,7 @@ mod tests {
                     kind: Some(proto::precondition::Kind::MustExist(false)),
                 }),
             })),
+            now_unix_ms: 0,
         }
         .encode_to_vec();
         assert_eq!(
@@ -1455,6 +1763,7 @@ mod tests {
             op: Some(proto::command::Op::PutAll(proto::PutAllCommand {
                 pairs: vec![],
             })),
+            now_unix_ms: 0,
         }
         .encode_to_vec();
         assert_eq!(Command::decode(&no_pairs), Err(DecodeError::NoPairs));
@@ -1479,7 +1788,7 @@ mod tests {
     fn range_and_scan_yield_keys_in_order_within_bounds() {
         let mut store = KvStore::new();
         for (index, key) in (1..).zip(["d", "a", "c", "b", "e"]) {
-            store.apply(index, &put(key, key).encode());
+            store.apply(index, &put(key, key).encode(0));
         }
         assert_eq!(keys(store.iter()), [b"a", b"b", b"c", b"d", b"e"]);
         assert_eq!(keys(store.range(b"b", Some(b"d"))), [b"b", b"c"]);
@@ -1495,12 +1804,13 @@ mod tests {
     fn snapshot_bytes_match_prost_for_long_keys_and_values() {
         let mut store = KvStore::new();
         let key = "k".repeat(200);
-        store.apply(1, &put(&key, &"v".repeat(70_000)).encode());
-        store.apply(300_000, &put(&key, "").encode());
-        store.apply(300_001, &put("short", &"w".repeat(128)).encode());
+        store.apply(1, &put(&key, &"v".repeat(70_000)).encode(0));
+        store.apply(300_000, &put(&key, "").encode(0));
+        store.apply(300_001, &put("short", &"w".repeat(128)).encode(0));
         let image = proto::KvSnapshot {
             applied_index: store.applied_index(),
             entries: store.iter().map(|kv| kv.to_proto()).collect(),
+            clock_unix_ms: 0,
         };
         assert_eq!(store.snapshot(), Bytes::from(image.encode_to_vec()));
         let restored = KvStore::restore(&store.snapshot()).expect("restores");
@@ -1513,7 +1823,7 @@ mod tests {
     #[test]
     fn snapshot_format_is_stable() {
         let mut store = store_with("a", &[1, 2]);
-        store.apply(3, &put("b", "").encode());
+        store.apply(3, &put("b", "").encode(0));
         let hex: String = store
             .snapshot()
             .iter()
@@ -1530,13 +1840,23 @@ mod tests {
             "180120032803", // version 1, create 3, mod 3
         );
         assert_eq!(hex, expected);
+        // A deadline (field 6 of the key) and the partition's clock (field 3
+        // of the image, after the keys).
+        let mut store = KvStore::new();
+        store.apply(1, &put_ttl("k", "v", Ttl::At(300)).encode(7));
+        let hex: String = store
+            .snapshot()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, "0801120f0a016b12017618012001280130ac021807");
     }
 
     /// Log entry bytes are an on-disk format too (the WAL): pinned likewise.
     #[test]
     fn command_format_is_stable() {
         let hex =
-            |c: Command| -> String { c.encode().iter().map(|b| format!("{b:02x}")).collect() };
+            |c: Command| -> String { c.encode(0).iter().map(|b| format!("{b:02x}")).collect() };
         assert_eq!(hex(put("k", "v")), "0a060a016b120176");
         assert_eq!(
             hex(put_if("k", "v", Precondition::MustNotExist)),
@@ -1550,6 +1870,138 @@ mod tests {
             hex(delete_if("k", Precondition::MustExist)),
             "12070a016b12021801"
         );
+        let stamped = |c: Command, now: u64| -> String {
+            c.encode(now).iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let with_deadline = Command::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            precondition: Precondition::None,
+            ttl: Ttl::At(1000),
+        };
+        // The put, its deadline (field 4), then the leader's clock (field 10).
+        assert_eq!(stamped(with_deadline, 5), "0a090a016b12017620e8075005");
+        let expire = Command::Expire {
+            key: Bytes::from_static(b"k"),
+            at: Some(9),
+        };
+        assert_eq!(stamped(expire, 0), "32050a016b1009");
+        assert_eq!(stamped(Command::Sweep { max_keys: 3 }, 0), "3a020803");
+    }
+
+    fn put_ttl(key: &str, value: &str, ttl: Ttl) -> Command {
+        Command::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            precondition: Precondition::None,
+            ttl,
+        }
+    }
+
+    #[test]
+    fn a_key_past_its_deadline_is_gone_for_good_even_when_stamps_go_back() {
+        let mut store = KvStore::new();
+        store.apply(1, &put_ttl("k", "v", Ttl::At(100)).encode(50));
+        assert_eq!(store.get(b"k").unwrap().expires_at, Some(100));
+        // A stale read with a wall clock past the deadline does not see it;
+        // the store itself still holds it (its clock is 50).
+        assert_eq!(store.get_at(b"k", 100), None);
+        assert!(store.expiry_pending(Some(b"k"), 100));
+        assert!(store.expiry_pending(None, 100));
+        assert!(!store.expiry_pending(Some(b"k"), 99));
+        // An entry stamped 100, on another key, expires it for good.
+        store.apply(2, &put("other", "x").encode(100));
+        assert_eq!(store.clock_ms(), 100);
+        assert_eq!(store.get(b"k"), None);
+        assert_eq!(store.mod_revision(b"k"), None);
+        assert_eq!(store.len(), 1);
+        assert!(!store.expiry_pending(None, 1_000));
+        // A later leader whose clock is behind cannot bring it back: its
+        // increment counts from 0 and creates the key anew, without expiry.
+        let outcome = store.apply(
+            3,
+            &Command::Increment {
+                key: Bytes::from_static(b"k"),
+                delta: 1,
+            }
+            .encode(20),
+        );
+        assert_eq!(
+            outcome,
+            ApplyOutcome::Incremented {
+                value: 1,
+                version: 1,
+                mod_revision: 3
+            }
+        );
+        let k = store.get(b"k").unwrap();
+        assert_eq!((k.create_revision, k.expires_at), (3, None));
+        assert_eq!(store.clock_ms(), 100, "the clock never goes back");
+        // An expire of a live key is a write of it; one already passed
+        // deletes it; clearing an expiry the key does not have changes nothing.
+        let expire = |at| Command::Expire {
+            key: Bytes::from_static(b"k"),
+            at,
+        };
+        assert_eq!(
+            store.apply(4, &expire(None).encode(0)),
+            ApplyOutcome::ExpirySet {
+                changed: false,
+                mod_revision: 3
+            }
+        );
+        assert_eq!(
+            store.apply(5, &expire(Some(150)).encode(0)),
+            ApplyOutcome::ExpirySet {
+                changed: true,
+                mod_revision: 5
+            }
+        );
+        let k = store.get(b"k").unwrap();
+        assert_eq!((k.version, k.mod_revision, k.expires_at), (2, 5, Some(150)));
+        assert_eq!(
+            store.apply(6, &expire(Some(90)).encode(0)),
+            ApplyOutcome::ExpirySet {
+                changed: true,
+                mod_revision: 6
+            }
+        );
+        assert_eq!(store.get(b"k"), None);
+        assert_eq!(
+            store.apply(7, &expire(None).encode(0)),
+            ApplyOutcome::NotFound
+        );
+        assert_invariants(&store);
+    }
+
+    #[test]
+    fn a_sweep_removes_expired_keys_earliest_deadline_first_up_to_its_limit() {
+        let mut store = KvStore::new();
+        for (index, (key, at)) in [("a", 30), ("b", 10), ("c", 20), ("d", 500)]
+            .into_iter()
+            .enumerate()
+        {
+            store.apply(index as u64 + 1, &put_ttl(key, "v", Ttl::At(at)).encode(0));
+        }
+        store.apply(5, &put("e", "v").encode(0));
+        assert_eq!(store.next_deadline(), Some(10));
+        let sweep = |max_keys| Command::Sweep { max_keys };
+        assert_eq!(
+            store.apply(6, &sweep(2).encode(40)),
+            ApplyOutcome::Swept { removed: 2 }
+        );
+        // b and c are reclaimed; a is past its deadline too, so already gone.
+        assert_eq!(store.held().count(), 3);
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.next_deadline(), Some(30));
+        assert_eq!(
+            store.apply(7, &sweep(5).encode(0)),
+            ApplyOutcome::Swept { removed: 1 }
+        );
+        let keys: Vec<Bytes> = store.iter().map(|kv| kv.key).collect();
+        assert_eq!(keys, ["d", "e"]);
+        assert_eq!(store.data_bytes(), 4);
+        assert_invariants(&store);
     }
 
     #[test]
@@ -1635,7 +2087,8 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Entry {
-        Command(Command),
+        /// A command and the leader's clock stamped on it.
+        Command(Command, u64),
         Empty,
         Garbage(Vec<u8>),
     }
@@ -1643,7 +2096,7 @@ mod tests {
     impl Entry {
         fn bytes(&self) -> Vec<u8> {
             match self {
-                Entry::Command(command) => command.encode().to_vec(),
+                Entry::Command(command, now_ms) => command.encode(*now_ms).to_vec(),
                 Entry::Empty => Vec::new(),
                 Entry::Garbage(bytes) => bytes.clone(),
             }
@@ -1676,11 +2129,18 @@ mod tests {
         ]
         .prop_map(Bytes::from);
         let delta = prop_oneof![-5i64..5, Just(i64::MAX), Just(i64::MIN)];
+        let ttl = prop_oneof![
+            3 => Just(Ttl::Clear),
+            1 => Just(Ttl::Keep),
+            2 => (1u64..40).prop_map(Ttl::At),
+        ];
         prop_oneof![
-            3 => (key.clone(), value.clone(), precondition_strategy())
-                .prop_map(|(key, value, precondition)| Command::Put { key, value, precondition }),
-            1 => (key.clone(), number, precondition_strategy())
-                .prop_map(|(key, value, precondition)| Command::Put { key, value, precondition }),
+            3 => (key.clone(), value.clone(), precondition_strategy(), ttl.clone())
+                .prop_map(|(key, value, precondition, ttl)| Command::Put { key, value, precondition, ttl }),
+            1 => (key.clone(), number, precondition_strategy(), ttl)
+                .prop_map(|(key, value, precondition, ttl)| Command::Put { key, value, precondition, ttl }),
+            1 => (key.clone(), prop::option::of(1u64..40)).prop_map(|(key, at)| Command::Expire { key, at }),
+            1 => (0u32..3).prop_map(|max_keys| Command::Sweep { max_keys }),
             1 => (key.clone(), precondition_strategy()).prop_map(|(key, precondition)| Command::Delete { key, precondition }),
             2 => (key.clone(), delta).prop_map(|(key, delta)| Command::Increment { key, delta }),
             1 => (key.clone(), value.clone(), 0u64..12).prop_map(|(key, suffix, max_value_bytes)| Command::Append { key, suffix, max_value_bytes }),
@@ -1691,7 +2151,9 @@ mod tests {
 
     fn entry_strategy() -> impl Strategy<Value = Entry> {
         prop_oneof![
-            8 => command_strategy().prop_map(Entry::Command),
+            // Stamps and deadlines in one small range, so keys expire often
+            // and stamps go back and forth (leaders' clocks disagree).
+            8 => (command_strategy(), 0u64..30).prop_map(|(c, now)| Entry::Command(c, now)),
             1 => Just(Entry::Empty),
             1 => prop::collection::vec(any::<u8>(), 1..12).prop_map(Entry::Garbage),
         ]
@@ -1723,7 +2185,7 @@ mod tests {
     proptest! {
         #[test]
         fn command_encode_decode_roundtrip(command in command_strategy()) {
-            prop_assert_eq!(Command::decode(&command.encode()), Ok(command));
+            prop_assert_eq!(Command::decode(&command.encode(17)), Ok((command, 17)));
         }
 
         #[test]
@@ -1734,44 +2196,76 @@ mod tests {
                 let outcome = store.apply(*index, &entry.bytes());
                 prop_assert_eq!(store.applied_index(), *index);
                 assert_invariants(&store);
+                // What the entry saw: the store before it, by the clock it
+                // brought (a key its stamp expires is absent to it).
+                let now = match entry {
+                    Entry::Command(_, now) => *now,
+                    Entry::Empty | Entry::Garbage(_) => 0,
+                };
+                prop_assert_eq!(store.clock_ms(), before.clock_ms().max(now));
+                let was = |key: &[u8]| before.get_at(key, now);
+                let live_before: Vec<KeyValue> = before.range_at(&[], None, now).collect();
+                let unchanged = |store: &KvStore| store.iter().eq(live_before.iter().cloned());
+                // A key past its deadline never reads again, whatever comes.
+                for kv in before.held() {
+                    if kv.expires_at.is_some_and(|d| d <= store.clock_ms())
+                        && let Some(now_kv) = store.get(&kv.key)
+                    {
+                        prop_assert_ne!(now_kv.mod_revision, kv.mod_revision, "expired key read again");
+                    }
+                }
                 match outcome {
                     ApplyOutcome::Put { version, mod_revision, created, previous } => {
-                        let Entry::Command(Command::Put { key, .. }) = entry else { panic!("put from {entry:?}") };
-                        let kv = store.get(key).expect("put key exists");
-                        prop_assert_eq!((kv.version, kv.mod_revision), (version, mod_revision));
+                        let Entry::Command(Command::Put { key, ttl, .. }, _) = entry else { panic!("put from {entry:?}") };
                         prop_assert_eq!(mod_revision, *index);
-                        prop_assert_eq!(created, before.get(key).is_none());
-                        prop_assert_eq!(previous, before.get(key));
+                        prop_assert_eq!(created, was(key).is_none());
+                        prop_assert_eq!(&previous, &was(key));
+                        let expires_at = match ttl {
+                            Ttl::Clear => None,
+                            Ttl::Keep => previous.as_ref().and_then(|kv| kv.expires_at),
+                            Ttl::At(at) => Some(*at),
+                        };
+                        match store.get(key) {
+                            Some(kv) => {
+                                prop_assert_eq!((kv.version, kv.mod_revision), (version, mod_revision));
+                                prop_assert_eq!(kv.expires_at, expires_at);
+                            }
+                            // A deadline the clock has passed: written and gone.
+                            None => prop_assert!(expires_at.is_some_and(|d| d <= store.clock_ms())),
+                        }
                     }
                     ApplyOutcome::Deleted { previous } => {
-                        let Entry::Command(Command::Delete { key, .. }) = entry else { panic!("delete from {entry:?}") };
+                        let Entry::Command(command, _) = entry else { panic!("delete from {entry:?}") };
+                        let key = command.key().expect("a single-key command");
                         prop_assert_eq!(store.get(key), None);
-                        prop_assert_eq!(before.get(key), Some(previous));
-                        prop_assert_eq!(store.len() + 1, before.len());
+                        prop_assert_eq!(was(key), Some(previous));
+                        prop_assert_eq!(store.len() + 1, live_before.len());
                     }
                     ApplyOutcome::Incremented { value, version, mod_revision } => {
-                        let Entry::Command(Command::Increment { key, delta }) = entry else { panic!("increment from {entry:?}") };
-                        let old = before.get(key).map_or(Some(0), |kv| parse_integer(&kv.value));
+                        let Entry::Command(Command::Increment { key, delta }, _) = entry else { panic!("increment from {entry:?}") };
+                        let old = was(key).map_or(Some(0), |kv| parse_integer(&kv.value));
                         prop_assert_eq!(old.and_then(|old| old.checked_add(*delta)), Some(value));
                         let kv = store.get(key).expect("incremented key exists");
                         prop_assert_eq!(parse_integer(&kv.value), Some(value));
                         prop_assert_eq!((kv.version, kv.mod_revision), (version, mod_revision));
                         prop_assert_eq!(mod_revision, *index);
+                        prop_assert_eq!(kv.expires_at, was(key).and_then(|kv| kv.expires_at));
                     }
                     ApplyOutcome::Appended { len, version, mod_revision } => {
-                        let Entry::Command(Command::Append { key, suffix, max_value_bytes }) = entry else { panic!("append from {entry:?}") };
-                        let old = before.get(key).map_or(Bytes::new(), |kv| kv.value.clone());
+                        let Entry::Command(Command::Append { key, suffix, max_value_bytes }, _) = entry else { panic!("append from {entry:?}") };
+                        let old = was(key).map_or(Bytes::new(), |kv| kv.value.clone());
                         let kv = store.get(key).expect("appended key exists");
                         prop_assert_eq!(&kv.value[..old.len()], &old[..]);
                         prop_assert_eq!(&kv.value[old.len()..], &suffix[..]);
                         prop_assert_eq!(kv.value.len() as u64, len);
                         prop_assert!(len <= *max_value_bytes);
                         prop_assert_eq!((kv.version, kv.mod_revision), (version, mod_revision));
+                        prop_assert_eq!(kv.expires_at, was(key).and_then(|kv| kv.expires_at));
                     }
                     ApplyOutcome::Refused(refusal) => {
-                        prop_assert!(store.iter().eq(before.iter()), "refused ({refusal}) yet changed");
-                        let Entry::Command(command) = entry else { panic!("refusal from {entry:?}") };
-                        let old = command.key().and_then(|key| before.get(key)).map(|kv| kv.value.clone());
+                        prop_assert!(unchanged(&store), "refused ({refusal}) yet changed");
+                        let Entry::Command(command, _) = entry else { panic!("refusal from {entry:?}") };
+                        let old = command.key().and_then(|key| was(key)).map(|kv| kv.value.clone());
                         match (command, refusal) {
                             (Command::Increment { .. }, Refusal::NotAnInteger) => {
                                 prop_assert!(old.is_some_and(|v| parse_integer(&v).is_none()));
@@ -1789,31 +2283,55 @@ mod tests {
                         }
                     }
                     ApplyOutcome::PutAll { mod_revision, created } => {
-                        let Entry::Command(Command::PutAll { pairs }) = entry else { panic!("put-all from {entry:?}") };
+                        let Entry::Command(Command::PutAll { pairs }, _) = entry else { panic!("put-all from {entry:?}") };
                         prop_assert_eq!(mod_revision, *index);
                         let mut written = BTreeMap::new();
                         for (key, value) in pairs {
                             written.insert(key.clone(), value.clone());
                         }
-                        let new = written.keys().filter(|k| before.get(k).is_none()).count();
+                        let new = written.keys().filter(|k| was(k).is_none()).count();
                         prop_assert_eq!(created, new as u64);
-                        prop_assert_eq!(store.len(), before.len() + new);
+                        prop_assert_eq!(store.len(), live_before.len() + new);
                         for kv in store.iter() {
                             match written.get(&kv.key) {
                                 Some(value) => {
                                     prop_assert_eq!(&kv.value, value);
                                     prop_assert_eq!(kv.mod_revision, *index);
-                                    let old = before.get(&kv.key);
+                                    prop_assert_eq!(kv.expires_at, None);
+                                    let old = was(&kv.key);
                                     prop_assert_eq!(kv.version, old.map_or(1, |o| o.version + 1));
                                 }
-                                None => prop_assert_eq!(before.get(&kv.key), Some(kv)),
+                                None => prop_assert_eq!(was(&kv.key), Some(kv)),
                             }
                         }
+                    }
+                    ApplyOutcome::ExpirySet { changed, mod_revision } => {
+                        let Entry::Command(Command::Expire { key, at }, _) = entry else { panic!("expiry from {entry:?}") };
+                        let old = was(key).expect("an expire of a live key");
+                        if !changed {
+                            prop_assert_eq!((at, old.expires_at), (&None, None));
+                            prop_assert_eq!(mod_revision, old.mod_revision);
+                            prop_assert!(unchanged(&store));
+                        } else if at.is_some_and(|d| d <= store.clock_ms()) {
+                            prop_assert_eq!(store.get(key), None);
+                        } else {
+                            let kv = store.get(key).expect("a key given a later deadline");
+                            prop_assert_eq!(&kv.value, &old.value);
+                            prop_assert_eq!(kv.expires_at, *at);
+                            prop_assert_eq!((kv.version, kv.mod_revision), (old.version + 1, *index));
+                            prop_assert_eq!(mod_revision, *index);
+                        }
+                    }
+                    ApplyOutcome::Swept { removed } => {
+                        let Entry::Command(Command::Sweep { max_keys }, _) = entry else { panic!("sweep from {entry:?}") };
+                        prop_assert!(removed <= u64::from(*max_keys));
+                        prop_assert_eq!(store.held().count() as u64 + removed, before.held().count() as u64);
+                        prop_assert!(unchanged(&store), "a sweep changed what reads see");
                     }
                     ApplyOutcome::NotFound
                     | ApplyOutcome::PreconditionFailed { .. }
                     | ApplyOutcome::Invalid(_)
-                    | ApplyOutcome::Noop => prop_assert!(store.iter().eq(before.iter())),
+                    | ApplyOutcome::Noop => prop_assert!(unchanged(&store)),
                 }
             }
         }
@@ -1844,7 +2362,8 @@ mod tests {
             let store = replay(&log);
             let image = proto::KvSnapshot {
                 applied_index: store.applied_index(),
-                entries: store.iter().map(|kv| kv.to_proto()).collect(),
+                entries: store.held().map(|kv| kv.to_proto()).collect(),
+                clock_unix_ms: store.clock_ms(),
             };
             prop_assert_eq!(store.snapshot(), Bytes::from(image.encode_to_vec()));
         }

@@ -38,7 +38,13 @@ struct Cluster {
     metadata_events: BTreeMap<usize, Vec<u64>>,
     /// Every reply, by request id (the latest, if an id is reused).
     replies: BTreeMap<u64, Reply>,
+    /// Per node: how far its wall clock is ahead of true time, ms
+    /// (negative: behind). True time starts at `WALL_EPOCH_MS`.
+    wall_offsets_ms: Vec<i64>,
 }
+
+/// True wall-clock time at `Time::ZERO` in the scenarios: 2027-01-15.
+const WALL_EPOCH_MS: u64 = 1_800_000_000_000;
 
 impl Cluster {
     fn new(n: u64, partitions: u32) -> Self {
@@ -72,7 +78,21 @@ impl Cluster {
             documents_pushed: 0,
             metadata_events: BTreeMap::new(),
             replies: BTreeMap::new(),
+            wall_offsets_ms: vec![0; n as usize],
         }
+    }
+
+    /// True wall-clock time now, Unix ms.
+    fn true_wall_ms(&self) -> u64 {
+        WALL_EPOCH_MS + self.now.as_millis()
+    }
+
+    /// Node `i` reads its (skewed) wall clock.
+    fn tell_wall_clock(&mut self, i: usize) {
+        // Nodes added by a scenario keep true time.
+        let offset = self.wall_offsets_ms.get(i).copied().unwrap_or(0);
+        let wall = self.true_wall_ms() as i64 + offset;
+        self.nodes[i].handle_wall_clock(wall as u64);
     }
 
     /// Node `i` crashes and starts again from what it persisted (every IO
@@ -193,6 +213,7 @@ impl Cluster {
                 }
                 let now = self.now;
                 if self.nodes[i].poll_timeout().is_some_and(|t| t <= now) {
+                    self.tell_wall_clock(i);
                     self.nodes[i].handle_timeout(now);
                     self.drain(i);
                 }
@@ -210,6 +231,7 @@ impl Cluster {
                 {
                     continue;
                 }
+                self.tell_wall_clock(j);
                 self.nodes[j].handle_message(now, b);
                 self.drain(j);
             }
@@ -218,6 +240,7 @@ impl Cluster {
 
     fn request(&mut self, i: usize, id: u64, req: ClientRequest) {
         let now = self.now;
+        self.tell_wall_clock(i);
         self.nodes[i].handle_request(now, RequestId(id), req, Hops(0));
         self.drain(i);
     }
@@ -262,12 +285,7 @@ impl Cluster {
 }
 
 fn put(key: &str, value: &str) -> ClientRequest {
-    ClientRequest::Put {
-        key: Bytes::from(key.to_string()),
-        value: Bytes::from(value.to_string()),
-        precondition: Precondition::None,
-        return_previous: false,
-    }
+    ClientRequest::put(key.to_string(), value.to_string())
 }
 
 #[test]
@@ -2006,7 +2024,7 @@ fn a_put_all_writes_its_keys_at_one_revision() {
         c.request(other, id, get);
         let want = format!(
             "Done(Ok(Value(Some(KeyValue {{ key: b\"{key}\", value: b\"{value}\", version: 1, \
-             create_revision: {revision}, mod_revision: {revision} }}))))"
+             create_revision: {revision}, mod_revision: {revision}, expires_at: None }}))))"
         );
         let replies = replies_to(&c, other, id);
         assert!(replies.last() == Some(&want), "{replies:?}, want {want}");
@@ -2133,4 +2151,165 @@ fn a_scan_pages_through_a_partitions_keys_in_order() {
             })))
         );
     }
+}
+
+/// A linearizable get of `key` through node `i`; the reply's key, if any.
+fn get_now(c: &mut Cluster, i: usize, id: u64, key: &str) -> Option<ringkv_core::kv::KeyValue> {
+    use ringkv_core::node::ClientResponse;
+    c.request(
+        i,
+        id,
+        ClientRequest::Get {
+            key: Bytes::from(key.to_owned()),
+            consistency: Consistency::Linearizable,
+        },
+    );
+    c.run_for(50);
+    match c.replies.get(&id) {
+        Some(Reply::Done(Ok(ClientResponse::Value(kv)))) => kv.clone(),
+        other => panic!("get {key} (request {id}): {other:?}\n{}", c.out),
+    }
+}
+
+fn put_with_ttl(key: &str, value: &str, ttl_ms: u64) -> ClientRequest {
+    ClientRequest::Put {
+        key: Bytes::from(key.to_owned()),
+        value: Bytes::from(value.to_owned()),
+        precondition: Precondition::None,
+        return_previous: false,
+        expiry: ringkv_core::node::Expiry::AfterMs(ttl_ms),
+    }
+}
+
+#[test]
+fn a_key_is_gone_at_its_deadline_and_its_space_is_swept_on_every_replica() {
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let (&p, &leader) = c.leaders().iter().next().expect("a leader");
+    let i = (leader.0 - 1) as usize;
+    let put_at = c.true_wall_ms();
+    c.request(i, 1, put_with_ttl("session", "s1", 1_000));
+    c.request(i, 2, put("kept", "k1"));
+    c.run_for(100);
+    let kv = get_now(&mut c, i, 3, "session").expect("alive before its deadline");
+    // The leader turned the TTL into a deadline with its own clock.
+    assert_eq!(kv.expires_at, Some(put_at + 1_000));
+    assert_eq!(get_now(&mut c, i, 4, "kept").unwrap().expires_at, None);
+    // Just before the deadline (the reads above took 100 ms).
+    c.run_for(1_000 - 250 - 10);
+    assert!(c.true_wall_ms() < put_at + 1_000);
+    assert!(get_now(&mut c, i, 5, "session").is_some());
+    c.run_for(20);
+    assert!(c.true_wall_ms() > put_at + 1_000);
+    assert_eq!(
+        get_now(&mut c, i, 6, "session"),
+        None,
+        "read past the deadline"
+    );
+    assert!(get_now(&mut c, i, 7, "kept").is_some());
+    // The leader's sweep removed the record on every replica.
+    c.run_for(500);
+    for n in &c.nodes {
+        let kv = n.kv(p).expect("a replica");
+        assert_eq!(kv.len(), 1);
+        assert_eq!(kv.data_bytes(), ("kept".len() + "k1".len()) as u64);
+        assert_eq!(kv.next_deadline(), None);
+    }
+    assert!(c.nodes[i].stats().sweeps >= 1);
+}
+
+#[test]
+fn an_expired_key_stays_gone_under_a_new_leader_whose_clock_is_behind() {
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let (_, &leader) = c.leaders().iter().next().expect("a leader");
+    let i = (leader.0 - 1) as usize;
+    let deadline = c.true_wall_ms() + 10_000;
+    c.request(i, 1, put_with_ttl("token", "t", 10_000));
+    c.run_for(100);
+    assert_eq!(
+        get_now(&mut c, i, 2, "token").unwrap().expires_at,
+        Some(deadline)
+    );
+    // Then the leader's clock runs 2 s ahead of true time, the others' 2 s
+    // behind (within no sane drift bound, to make the point).
+    for j in 0..3 {
+        c.wall_offsets_ms[j] = if j == i { 2_000 } else { -2_000 };
+    }
+    // 8.5 s after the put by true time the leader's clock has passed the
+    // deadline: the key is gone, and the partition's clock has moved past it.
+    c.run_for(8_350);
+    assert_eq!(get_now(&mut c, i, 3, "token"), None);
+    // The leader dies. The new one's clock says the deadline is 3.5 s
+    // away, yet the key stays gone: expiry lives in the log, not in a
+    // clock.
+    c.down.insert(i);
+    c.run_for(2_500);
+    let (_, &new_leader) = c.leaders().iter().next().expect("a new leader");
+    let j = (new_leader.0 - 1) as usize;
+    assert_ne!(j, i);
+    let new_leaders_wall = (c.true_wall_ms() as i64 + c.wall_offsets_ms[j]) as u64;
+    assert!(new_leaders_wall < deadline, "the test needs a clock behind");
+    assert_eq!(get_now(&mut c, j, 4, "token"), None);
+    for k in 0..3 {
+        if k != i {
+            assert_eq!(c.nodes[k].kv(PartitionId(0)).unwrap().get(b"token"), None);
+        }
+    }
+}
+
+#[test]
+fn a_leader_whose_clock_passed_a_deadline_sweeps_before_it_answers_a_read() {
+    use ringkv_core::node::ClientResponse;
+    let mut c = Cluster::new(3, 1);
+    c.quiet_events = true;
+    c.run_for(3_000);
+    let (&p, &leader) = c.leaders().iter().next().expect("a leader");
+    let i = (leader.0 - 1) as usize;
+    let deadline = c.true_wall_ms() + 10_000;
+    c.request(i, 1, put_with_ttl("token", "t", 10_000));
+    c.run_for(100);
+    // The leader's clock jumps 20 s ahead: by it, the key has expired; by
+    // the others' (true time), it has 10 s to go. No sweep has run yet.
+    // Just after a tick (the next is 50 ms away), so that none falls
+    // inside the read below.
+    while c.nodes[i]
+        .poll_timeout()
+        .is_some_and(|t| t.saturating_since(c.now) < Duration::from_millis(45))
+    {
+        c.run_for(1);
+    }
+    c.wall_offsets_ms[i] = 20_000;
+    let sweeps = c.nodes[i].stats().sweeps;
+    c.request(
+        i,
+        2,
+        ClientRequest::Get {
+            key: Bytes::from_static(b"token"),
+            consistency: Consistency::Linearizable,
+        },
+    );
+    c.run_for(5);
+    assert_eq!(
+        c.replies.get(&2),
+        Some(&Reply::Done(Ok(ClientResponse::Value(None)))),
+        "{}",
+        c.out
+    );
+    // The read did not answer "gone" on the leader's word alone: it put a
+    // sweep stamped with that clock in the log first (no background sweep
+    // ran meanwhile), so every replica's partition clock is past the
+    // deadline before anyone is told.
+    assert_eq!(c.nodes[i].stats().sweeps, sweeps, "a background sweep ran");
+    assert!(c.nodes[i].kv(p).unwrap().clock_ms() >= deadline);
+    // The leader dies at once. The next one's clock says the key has 10 s
+    // left, yet it stays gone.
+    c.down.insert(i);
+    c.run_for(2_500);
+    let (_, &new_leader) = c.leaders().iter().next().expect("a new leader");
+    let j = (new_leader.0 - 1) as usize;
+    assert!(c.true_wall_ms() < deadline);
+    assert_eq!(get_now(&mut c, j, 3, "token"), None);
 }

@@ -50,8 +50,8 @@ use ringkv_core::identity::{self, ClusterRecord, ClusterUid, Hello, Identity, In
 use ringkv_core::io::{IoRequest, PeerBatch, WalRecord};
 use ringkv_core::kv::{Command, Precondition};
 use ringkv_core::node::{
-    ClientError, ClientRequest, ClientResponse, Consistency, Event, Node, NodeConfig, Observed,
-    Recovered, Reply, RequestId,
+    ClientError, ClientRequest, ClientResponse, Consistency, Event, Expiry, Node, NodeConfig,
+    Observed, Recovered, Reply, RequestId,
 };
 use ringkv_core::raft::{ConfChange, EntryKind, Membership, PersistRecord, Role};
 use ringkv_core::ring::RingConfig;
@@ -648,12 +648,14 @@ impl Sim {
                 value,
                 precondition: conditional,
                 return_previous: false,
+                expiry: Expiry::Clear,
             },
             4 => ClientRequest::Put {
                 key,
                 value,
                 precondition: Precondition::MustNotExist,
                 return_previous: false,
+                expiry: Expiry::Clear,
             },
             5 => ClientRequest::Delete {
                 key,
@@ -1128,12 +1130,15 @@ impl Sim {
             };
             let ok = match (Command::decode(data), value) {
                 (
-                    Ok(Command::Put {
-                        key: k, value: v, ..
-                    }),
+                    Ok((
+                        Command::Put {
+                            key: k, value: v, ..
+                        },
+                        _,
+                    )),
                     Some(value),
                 ) => k == key && v == value,
-                (Ok(Command::Delete { key: k, .. }), None) => k == key,
+                (Ok((Command::Delete { key: k, .. }, _)), None) => k == key,
                 _ => false,
             };
             if !ok {
@@ -1198,6 +1203,7 @@ impl Sim {
                     value: Bytes::from_static(b"final"),
                     precondition: Precondition::None,
                     return_previous: false,
+                    expiry: Expiry::Clear,
                 },
             );
         }

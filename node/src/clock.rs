@@ -22,6 +22,10 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep(&self, d: Duration) -> Sleep {
         self.sleep_until(self.now() + d)
     }
+    /// The wall clock: milliseconds since the Unix epoch. May jump either
+    /// way (NTP steps, an operator); the core copes (see
+    /// `ringkv_core::kv::KvStore`). What key expiry is judged by.
+    fn unix_ms(&self) -> u64;
 }
 
 /// The runtime's monotonic clock (real time in production; madsim's global
@@ -55,4 +59,18 @@ impl Clock for MonotonicClock {
         let at = self.origin + Duration::from_millis(deadline.as_millis());
         Box::pin(tokio::time::sleep_until(at))
     }
+
+    fn unix_ms(&self) -> u64 {
+        wall_clock_ms()
+    }
+}
+
+/// This machine's wall clock, Unix milliseconds. A clock before 1970 reads
+/// as 0: the core then refuses TTLs (`no_wall_clock`) rather than stamp
+/// deadlines in the past. The APIs use it to tell a client how long a key
+/// has left.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

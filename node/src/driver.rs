@@ -148,6 +148,7 @@ impl Driver {
     }
 
     async fn event_loop(&mut self) -> Result<(), String> {
+        self.node.handle_wall_clock(self.clock.unix_ms());
         self.node.handle_timeout(self.clock.now());
         self.drain_outputs()?;
         loop {
@@ -176,6 +177,7 @@ impl Driver {
             }
             let now = self.clock.now();
             if deadline.is_some_and(|d| now >= d) {
+                self.node.handle_wall_clock(self.clock.unix_ms());
                 self.node.handle_timeout(now);
             }
             self.drain_outputs()?;
@@ -184,6 +186,7 @@ impl Driver {
 
     fn handle(&mut self, input: Input) -> Result<(), String> {
         let now = self.clock.now();
+        self.node.handle_wall_clock(self.clock.unix_ms());
         match input {
             Input::Peer(batch) => self.node.handle_message(now, batch),
             Input::Request { req, hops, reply } => {

@@ -141,6 +141,38 @@ fn writes_through_one_node_are_read_through_the_others() {
     let rev1 = j["mod_revision"].as_u64().expect("mod_revision");
     assert_eq!(r.etag(), Some(rev1), "ETag is the mod_revision: {r:?}");
     assert_eq!(j["create_revision"], rev1, "{j}");
+    assert!(j.get("ttl_ms").is_none(), "a key without expiry: {j}");
+
+    // A key with a time to live: its deadline and time left in the
+    // envelope and headers, then gone on every node.
+    let addr = c.node(1).rest();
+    let r = retry_write(RETRY, || {
+        request(addr, "PUT", "/v1/kv/brief?ttl=1500ms", &[], b"soon gone")
+    });
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = request(
+        c.node(2).rest(),
+        "GET",
+        "/v1/kv/brief",
+        &[("Accept", "application/json")],
+        b"",
+    )
+    .unwrap();
+    let j = r.json();
+    let left = j["ttl_ms"].as_u64().expect("ttl_ms");
+    assert!(left > 0 && left <= 1_500, "{j}");
+    assert!(j["expires_at_unix_ms"].as_u64().is_some(), "{j}");
+    let raw = read(&c, 3, "brief", None);
+    assert_eq!(raw.text(), "soon gone");
+    assert!(raw.header("x-ringkv-ttl-ms").is_some(), "{raw:?}");
+    std::thread::sleep(Duration::from_millis(1_600));
+    for via in [1, 2, 3] {
+        let r = read(&c, via, "brief", None);
+        assert_eq!(
+            r.status, 404,
+            "GET brief via node {via} after its deadline: {r:?}"
+        );
+    }
 
     // Conditional writes.
     let r = put(&c, 1, k, b"again", &[("If-None-Match", "*")]);
@@ -694,10 +726,20 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         bad_pre,
     );
     // A parameter the endpoint does not take is refused, never ignored: a
-    // write with an expiry ringkv cannot honour yet must not be stored as a
-    // key that never expires.
+    // write with a lease ringkv does not know must not be stored as a key
+    // that never expires.
     let unknown = "unknown_parameter";
-    expect_problem("PUT", "/v1/kv/k?ttl=30", &[], 400, unknown);
+    expect_problem("PUT", "/v1/kv/k?lease=30", &[], 400, unknown);
+    // A ttl without its unit is refused rather than guessed.
+    expect_problem("PUT", "/v1/kv/k?ttl=30", &[], 400, "invalid_expiry");
+    expect_problem("PUT", "/v1/kv/k?ttl=0s", &[], 400, "invalid_expiry");
+    expect_problem(
+        "PUT",
+        "/v1/kv/k?ttl=1s&keep_ttl=true",
+        &[],
+        400,
+        "invalid_parameter",
+    );
     expect_problem("DELETE", "/v1/kv/k?prefix=a", &[], 400, unknown);
     expect_problem(
         "GET",
@@ -721,11 +763,20 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     );
     let twice = "/v1/kv/k?consistency=stale&consistency=lease";
     expect_problem("GET", twice, &[], 400, "invalid_parameter");
-    let r = request(addr, "PUT", "/v1/kv/k?ttl=30", &[], b"never stored").unwrap();
+    let r = request(addr, "PUT", "/v1/kv/k?lease=30", &[], b"never stored").unwrap();
     let detail = serde_json::from_str::<serde_json::Value>(&r.text()).unwrap()["detail"].clone();
     assert_eq!(
         detail,
-        "unknown query parameter \"ttl\"; this endpoint takes no query parameters"
+        "unknown query parameter \"lease\"; this endpoint takes: ttl, keep_ttl"
+    );
+    let r = request(addr, "PUT", "/v1/kv/k?ttl=30", &[], b"never stored").unwrap();
+    let detail = serde_json::from_str::<serde_json::Value>(&r.text()).unwrap()["detail"].clone();
+    assert!(
+        detail
+            .as_str()
+            .unwrap()
+            .contains("with a unit, e.g. ttl=30s"),
+        "{detail}"
     );
     let r = request(addr, "GET", "/v1/kv/k", &[], b"").unwrap();
     assert_eq!(r.text(), "v", "the refused write was not applied");

@@ -120,6 +120,7 @@ async fn undecodable_peer_frames_are_dropped_and_counted() {
             value: Bytes::from_static(b"v"),
             precondition: Default::default(),
             return_previous: false,
+            expiry: Default::default(),
         })
         .await;
     assert!(
@@ -212,6 +213,7 @@ async fn an_oversized_frame_closes_its_stream_with_the_reason() {
             value: Bytes::from_static(b"v"),
             precondition: Default::default(),
             return_previous: false,
+            expiry: Default::default(),
         })
         .await;
     assert!(put.is_ok(), "the node keeps serving: {put:?}");
@@ -319,6 +321,7 @@ fn put_call(id: u64, key: &'static str, value: &'static str) -> pb::ForwardCall 
                 value: Bytes::from_static(value.as_bytes()),
                 precondition: None,
                 return_previous: false,
+                expiry: None,
             })),
         }),
     }
@@ -486,6 +489,7 @@ async fn forwards_that_cannot_reach_their_target_fail_at_once_with_what_is_known
         value: Bytes::from_static(b"v"),
         precondition: Default::default(),
         return_previous: false,
+        expiry: Default::default(),
     };
     let p = PartitionId(3);
     let started = tokio::time::Instant::now();

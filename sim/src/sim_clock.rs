@@ -148,10 +148,18 @@ fn clamp_drift(ppm: i64) -> i64 {
     ppm.clamp(-MAX_DRIFT_PPM, MAX_DRIFT_PPM)
 }
 
+/// The wall-clock time a node's clock reads at its local time zero, Unix
+/// milliseconds (2027-01-15): a skewed clock's wall reading is skewed alike.
+pub const SIM_WALL_EPOCH_MS: u64 = 1_800_000_000_000;
+
 impl Clock for SkewedClock {
     fn now(&self) -> Time {
         let ms = self.now_nanos() / NANOS_PER_MILLI;
         Time::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    fn unix_ms(&self) -> u64 {
+        SIM_WALL_EPOCH_MS + self.now().as_millis()
     }
 
     fn sleep_until(&self, deadline: Time) -> Sleep {

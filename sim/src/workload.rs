@@ -47,14 +47,14 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
-use ringkv_node::api::convert::{consistency_to_proto, precondition_to_proto};
+use ringkv_node::api::convert::{consistency_to_proto, expiry_to_proto, precondition_to_proto};
 use ringkv_proto::v1 as pb;
 use tokio::time::Instant;
 
 use crate::cluster::{SimClient, SimCluster, connect_kv};
 use ringkv_core::check::history::{
-    ClientId, Consistency, FailReason, History, HistoryError, Outcome, Precondition, Recorder,
-    Request, Response, Time, ValueVersion,
+    ClientId, Consistency, Expiry, FailReason, History, HistoryError, Outcome, Precondition,
+    Recorder, Request, Response, Time, ValueVersion,
 };
 
 /// How many keys (the first of the list) take read-modify-writes when a
@@ -234,6 +234,10 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
         Request::Scan { .. } => {
             return not_applied("the workload sends no scans".to_owned());
         }
+        // Nor expiry (the checkers do not model time yet).
+        Request::Expire { .. } => {
+            return not_applied("the workload sends no expires".to_owned());
+        }
         Request::Get { key, consistency } => {
             let req = pb::GetRequest {
                 key,
@@ -248,12 +252,14 @@ async fn call(via: NodeId, request: &Request, op_timeout: Duration) -> Outcome {
             value,
             precondition,
             return_previous,
+            expiry,
         } => {
             let req = pb::PutRequest {
                 key,
                 value: expand(&value),
                 precondition: precondition_to_proto(&precondition),
                 return_previous,
+                expiry: expiry_to_proto(expiry),
             };
             timeout_at(deadline, kv.put(req)).await.map(|r| {
                 r.map(|resp| {
@@ -618,12 +624,14 @@ fn pick_read_modify_write(rng: &mut ChaCha8Rng, key: Bytes) -> Request {
             value: Bytes::from_static(b"0"),
             precondition: Precondition::None,
             return_previous: rng.random_bool(0.5),
+            expiry: Expiry::Clear,
         },
         17 | 18 => Request::Put {
             key,
             value: Bytes::from_static(b"x"),
             precondition: Precondition::None,
             return_previous: true,
+            expiry: Expiry::Clear,
         },
         _ => Request::Delete {
             key,
@@ -676,6 +684,7 @@ fn pick_request(
             value: value(),
             precondition: Precondition::None,
             return_previous: false,
+            expiry: Expiry::Clear,
         },
         70..85 => {
             let precondition = match seen.get(&key) {
@@ -687,6 +696,7 @@ fn pick_request(
                 value: value(),
                 precondition,
                 return_previous: false,
+                expiry: Expiry::Clear,
             }
         }
         85..93 => Request::Put {
@@ -694,6 +704,7 @@ fn pick_request(
             value: value(),
             precondition: Precondition::MustExist,
             return_previous: false,
+            expiry: Expiry::Clear,
         },
         // Deletes are few: an unconditional one hides any number of earlier
         // writes of unknown outcome, which multiplies the checker's search.

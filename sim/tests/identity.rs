@@ -27,6 +27,7 @@ async fn put(via: NodeId, key: &str) {
                 value: Bytes::from_static(b"v"),
                 precondition: None,
                 return_previous: false,
+                expiry: None,
             };
             match kv.put(req).await {
                 Ok(_) => return,

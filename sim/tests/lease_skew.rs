@@ -38,7 +38,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use madsim::runtime::Handle;
 use ringkv_core::NodeId;
-use ringkv_core::check::history::{Consistency, History, Outcome, Precondition, Recorder, Request};
+use ringkv_core::check::history::{
+    Consistency, Expiry, History, Outcome, Precondition, Recorder, Request,
+};
 use ringkv_core::check::invariants::InvariantViolation;
 use ringkv_core::check::{LinearizabilityConfig, linearizability, stale_reads};
 use ringkv_core::raft::RaftConfig;
@@ -85,6 +87,7 @@ fn put(value: String) -> Request {
         value: value.into(),
         precondition: Precondition::None,
         return_previous: false,
+        expiry: Expiry::Clear,
     }
 }
 

@@ -27,7 +27,7 @@ use madsim::runtime::Handle;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringkv_core::NodeId;
-use ringkv_core::check::history::{Consistency, Outcome, Precondition, Recorder, Request};
+use ringkv_core::check::history::{Consistency, Expiry, Outcome, Precondition, Recorder, Request};
 use ringkv_core::check::{self as checker, KeyVerdict, LinearizabilityConfig, no_lost_writes};
 use ringkv_node::view::{ClusterView, PartitionView};
 use ringkv_sim::cluster::{ClusterOptions, SimCluster};
@@ -408,6 +408,7 @@ async fn run(seed: u64, mode: Mode) {
                         value: format!("final-{}", key.escape_ascii()).into(),
                         precondition: Precondition::None,
                         return_previous: false,
+                        expiry: Expiry::Clear,
                     };
                     ok &= until_ok(&recorder, start, &members, put, recovery_deadline)
                         .await

@@ -63,6 +63,7 @@ async fn put(via: NodeId, key: &[u8], value: &[u8]) -> Result<pb::PutResponse, t
                     value: Bytes::copy_from_slice(value),
                     precondition: None,
                     return_previous: false,
+                    expiry: None,
                 };
                 kv.put(req).await.map(tonic::Response::into_inner)
             }

@@ -31,7 +31,7 @@ pub type Time = u64;
 /// What a client asked for, in `ringkv-core`'s own terms (the workload
 /// turns it into a gRPC request).
 pub use crate::kv::Precondition;
-pub use crate::node::{ClientRequest as Request, Consistency};
+pub use crate::node::{ClientRequest as Request, Consistency, Expiry};
 
 /// A live key's value and metadata, as a read returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -252,6 +252,13 @@ impl History {
                 (Request::PutAll { .. }, _) => {
                     return mismatch("a put-all of several keys is not a history operation");
                 }
+                // The checkers do not model time, so neither expiry.
+                (Request::Expire { .. }, _) => {
+                    return mismatch("an expire is not a history operation");
+                }
+                (Request::Put { expiry, .. }, _) if *expiry != Expiry::Clear => {
+                    return mismatch("a put with an expiry is not a history operation");
+                }
                 (_, Outcome::Ok(_)) => return mismatch("ok response of another request kind"),
                 (
                     Request::Increment { .. },
@@ -431,6 +438,7 @@ impl fmt::Display for RequestText<'_> {
                 value,
                 precondition,
                 return_previous,
+                ..
             } => write!(
                 f,
                 "put {}={}{}{}",
@@ -470,6 +478,7 @@ impl fmt::Display for RequestText<'_> {
             Request::Append { key, suffix } => {
                 write!(f, "append {} +={}", Escaped(key), Escaped(suffix))
             }
+            Request::Expire { key, expiry } => write!(f, "expire {} {expiry:?}", Escaped(key)),
             // Not a history operation either; for reports only.
             Request::PutAll { pairs } => {
                 f.write_str("put-all")?;
@@ -665,6 +674,7 @@ fn parse_request(words: &[&str]) -> Result<Request, String> {
                 value: bytes(value),
                 precondition,
                 return_previous,
+                expiry: Expiry::Clear,
             })
         }
         ["del", key, rest @ ..] => {

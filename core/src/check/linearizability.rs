@@ -324,7 +324,8 @@ impl Effect {
                 Request::Get { .. }
                 | Request::CountKeys { .. }
                 | Request::Scan { .. }
-                | Request::PutAll { .. },
+                | Request::PutAll { .. }
+                | Request::Expire { .. },
                 _,
             ) => None,
             (

@@ -6,13 +6,13 @@
 //! store in that order, so the recorded history is linearizable. Some writes
 //! end `Unknown` (applied or not, at random) or `NotApplied` (never applied).
 
-use crate::kv::{ApplyOutcome, Command, KvStore, Precondition as CorePrecondition};
+use crate::kv::{ApplyOutcome, Command, KvStore, Precondition as CorePrecondition, Ttl};
 use bytes::Bytes;
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check::history::{
-    ClientId, Consistency, FailReason, History, Operation, Outcome, Precondition, Request,
+    ClientId, Consistency, Expiry, FailReason, History, Operation, Outcome, Precondition, Request,
     Response, Time, ValueVersion,
 };
 use crate::check::{FinalRead, Violation};
@@ -116,6 +116,7 @@ pub(crate) fn generate(workload: &Workload, seed: u64) -> (History, Vec<FinalRea
                     value: Bytes::from(format!("{n}")),
                     precondition,
                     return_previous: true,
+                    expiry: Expiry::Clear,
                 },
                 _ => Request::Delete {
                     key,
@@ -136,6 +137,7 @@ pub(crate) fn generate(workload: &Workload, seed: u64) -> (History, Vec<FinalRea
                 value: Bytes::from(format!("x{n}")),
                 precondition,
                 return_previous: false,
+                expiry: Expiry::Clear,
             },
             _ => Request::Delete {
                 key,
@@ -158,14 +160,14 @@ pub(crate) fn generate(workload: &Workload, seed: u64) -> (History, Vec<FinalRea
             }
             _ if rng.chance(workload.unknown_percent) => {
                 if rng.chance(50) {
-                    store.apply_command(index, &to_command(&request));
+                    store.apply_command(index, &to_command(&request), 0);
                 }
                 Outcome::Unknown
             }
             _ => to_outcome(
                 &request,
                 index,
-                store.apply_command(index, &to_command(&request)),
+                store.apply_command(index, &to_command(&request), 0),
             ),
         };
         ops.push(Operation {
@@ -222,6 +224,7 @@ fn to_command(request: &Request) -> Command {
             key: key.clone(),
             value: value.clone(),
             precondition: core(precondition),
+            ttl: Ttl::Clear,
         },
         Request::Delete {
             key, precondition, ..
@@ -242,6 +245,7 @@ fn to_command(request: &Request) -> Command {
             unreachable!("reads are not commands")
         }
         Request::PutAll { .. } => unreachable!("the generated workload has no multi-key writes"),
+        Request::Expire { .. } => unreachable!("the generated workload has no expiry"),
     }
 }
 

@@ -36,7 +36,7 @@ use bytes::Bytes;
 
 use super::{Event, Group, Halt, Node};
 use crate::io::{Gossip, Lane, PeerBatch, PlacementMessage, Transmit};
-use crate::kv::{Command, Precondition};
+use crate::kv::{Command, Precondition, Ttl};
 use crate::metadata::{
     ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, MemberState, metadata_voters,
 };
@@ -257,8 +257,10 @@ impl Node {
             key: Bytes::from_static(DOCUMENT_KEY),
             value: doc.encode(),
             precondition: Precondition::MustNotExist,
+            ttl: Ttl::Clear,
         };
-        let proposed = g.raft.propose(put.encode()).is_ok();
+        // Metadata never expires: its entries carry no clock.
+        let proposed = g.raft.propose(put.encode(0)).is_ok();
         if proposed {
             meta.genesis_proposed_in = Some(term);
         }

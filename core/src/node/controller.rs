@@ -46,7 +46,7 @@ use bytes::Bytes;
 use super::Node;
 use crate::identity::Incarnation;
 use crate::io::{CatchUp, PeerHealth, PlacementMessage};
-use crate::kv::{Command, Precondition};
+use crate::kv::{Command, Precondition, Ttl};
 use crate::metadata::MemberState;
 use crate::metadata::{
     ClientAddresses, ClusterMetadata, DOCUMENT_KEY, METADATA_GROUP, MetaChange, MetaError,
@@ -727,8 +727,9 @@ impl Node {
             key: Bytes::from_static(DOCUMENT_KEY),
             value: next.encode(),
             precondition: Precondition::ModRevision(doc.version),
+            ttl: Ttl::Clear,
         };
-        if let Ok(index) = g.raft.propose(put.encode()) {
+        if let Ok(index) = g.raft.propose(put.encode(0)) {
             for c in changes {
                 tracing::info!(change = %c, "placement: member state");
             }

@@ -61,7 +61,7 @@ use bytes::Bytes;
 
 use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector};
 use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRecord};
-use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition, Refusal};
+use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition, Refusal, Ttl};
 use crate::metadata::{ClientAddresses, METADATA_GROUP};
 use crate::placement::planner::PlannerConfig;
 use crate::raft::{
@@ -353,7 +353,11 @@ pub enum ClientRequest {
         value: Bytes,
         precondition: Precondition,
         return_previous: bool,
+        expiry: Expiry,
     },
+    /// Sets or clears (`Expiry::Clear`, Redis's PERSIST) a live key's
+    /// expiry; `Expiry::Keep` is refused.
+    Expire { key: Bytes, expiry: Expiry },
     /// With `return_previous`, the answer carries the deleted key (GETDEL).
     Delete {
         key: Bytes,
@@ -390,6 +394,30 @@ pub enum ClientRequest {
     },
 }
 
+/// What a write does to its key's expiry, as a client asks it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Expiry {
+    /// No expiry (any the key had is cleared), as after Redis's SET.
+    #[default]
+    Clear,
+    /// Keep the key's expiry (Redis's SET ... KEEPTTL).
+    Keep,
+    /// Expire this many milliseconds after the leader receives the write:
+    /// the leader turns it into a deadline with its own clock.
+    AfterMs(u64),
+    /// Expire at this Unix time, milliseconds (a time already passed
+    /// deletes the key, as Redis's EXPIREAT does).
+    AtUnixMs(u64),
+}
+
+/// The longest time to live a write may ask for (about 100 years), so that
+/// a deadline never overflows.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// Expired keys one sweep entry removes, at most; a leader proposes at
+/// most one sweep per group at a time (see `Node::sweep_expired`).
+pub const SWEEP_MAX_KEYS: u32 = 1_000;
+
 /// Keys one scan of a partition answers, at most.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 
@@ -421,7 +449,8 @@ impl ClientRequest {
             | ClientRequest::Put { key, .. }
             | ClientRequest::Delete { key, .. }
             | ClientRequest::Increment { key, .. }
-            | ClientRequest::Append { key, .. } => key,
+            | ClientRequest::Append { key, .. }
+            | ClientRequest::Expire { key, .. } => key,
             ClientRequest::PutAll { pairs } => pairs.first().map_or(&NO_KEY, |(key, _)| key),
         }
     }
@@ -433,6 +462,7 @@ impl ClientRequest {
             value: value.into(),
             precondition: Precondition::None,
             return_previous: false,
+            expiry: Expiry::Clear,
         }
     }
 
@@ -488,6 +518,12 @@ pub enum ClientResponse {
         mod_revision: u64,
         created: u64,
     },
+    /// An expire changed the key's expiry (`changed`; the key was written
+    /// at `mod_revision`), or found no expiry to clear.
+    ExpirySet {
+        changed: bool,
+        mod_revision: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -510,6 +546,12 @@ pub enum ClientError {
     CrossPartition,
     #[error("a scan's limit is {limit}; it must be 1 to {max}")]
     InvalidScanLimit { limit: u32, max: u32 },
+    #[error("invalid expiry: {0}")]
+    InvalidExpiry(String),
+    #[error(
+        "this node has no wall clock yet, so it cannot turn a time to live into a deadline; retry"
+    )]
+    NoWallClock,
     #[error("key not found")]
     NotFound,
     #[error("precondition failed ({})", match current_mod_revision {
@@ -701,6 +743,9 @@ pub struct NodeStats {
     pub io_requests: u64,
     pub proposals: u64,
     pub applied_entries: u64,
+    /// Sweep entries proposed to reclaim expired keys (reads that waited
+    /// for one are not counted).
+    pub sweeps: u64,
 }
 
 struct Group {
@@ -718,6 +763,9 @@ struct Group {
     observed_round: u64,
     /// Reads confirmed at an index this replica has not applied yet.
     reads_waiting_apply: Vec<(u64, u64)>, // (index, ctx)
+    /// The index of this leader's sweep entry not yet applied (0: none):
+    /// one at a time per group.
+    sweep_in_flight: u64,
     /// For a replica created again after a tombstone, until it knows its
     /// configuration: the removal index its snapshot must be past (a late
     /// chunk of an older snapshot naming this node must not install).
@@ -763,6 +811,18 @@ struct PendingRead {
     partition: PartitionId,
     read: Read,
     deadline: Time,
+    /// Set once the read waited for a sweep stamped with this wall-clock
+    /// time (see `Node::answer_read`).
+    swept_at: Option<u64>,
+}
+
+/// What becomes of a confirmed read (see `Node::answer_read`).
+enum ReadStep {
+    Answer(ClientResponse),
+    /// Wait until this index (a sweep's) is applied, then try again.
+    WaitFor(u64),
+    /// Answer the client to ask again (the leader).
+    Retry,
 }
 
 /// What a read answers once the state machine has caught up with it.
@@ -780,10 +840,22 @@ enum Read {
 }
 
 impl Read {
-    fn answer(&self, kv: &KvStore) -> ClientResponse {
+    /// The key whose expiry the read depends on (`None`: any of the
+    /// partition's).
+    fn key(&self) -> Option<&[u8]> {
         match self {
-            Read::Get(key) => ClientResponse::Value(kv.get(key)),
-            Read::Count => ClientResponse::Count(kv.len() as u64),
+            Read::Get(key) => Some(key),
+            Read::Count | Read::Scan { .. } => None,
+        }
+    }
+
+    /// The answer from `kv`, without the keys expired by wall-clock time
+    /// `now_ms` or the partition's clock (`now_ms` 0: by the partition's
+    /// clock alone).
+    fn answer(&self, kv: &KvStore, now_ms: u64) -> ClientResponse {
+        match self {
+            Read::Get(key) => ClientResponse::Value(kv.get_at(key, now_ms)),
+            Read::Count => ClientResponse::Count(kv.len_at(now_ms) as u64),
             Read::Scan {
                 start,
                 end,
@@ -793,7 +865,7 @@ impl Read {
                 let mut kvs = Vec::new();
                 let mut bytes = 0;
                 let mut more = false;
-                for mut found in kv.range(start, end.as_deref()) {
+                for mut found in kv.range_at(start, end.as_deref(), now_ms) {
                     if kvs.len() == *limit as usize || bytes >= MAX_SCAN_REPLY_BYTES {
                         more = true;
                         break;
@@ -836,6 +908,9 @@ pub struct Node {
     detector: FailureDetector,
     started: bool,
     now: Time,
+    /// The wall clock, Unix milliseconds, as the driver last reported it
+    /// (0: not yet): stamps proposals and judges expiry.
+    wall_ms: u64,
     next_tick: Time,
     ticks: u64,
     dirty: BTreeSet<PartitionId>,
@@ -980,6 +1055,7 @@ impl Node {
                     observed_commit,
                     observed_round: 0,
                     reads_waiting_apply: Vec::new(),
+                    sweep_in_flight: 0,
                     removed_at: 0,
                 },
             );
@@ -1003,6 +1079,7 @@ impl Node {
             groups,
             tombstones,
             started: false,
+            wall_ms: 0,
             now: Time::ZERO,
             next_tick: Time::ZERO,
             ticks: 0,
@@ -1202,6 +1279,7 @@ impl Node {
                     observed_commit: 0,
                     observed_round: 0,
                     reads_waiting_apply: Vec::new(),
+                    sweep_in_flight: 0,
                     removed_at,
                 };
                 group.raft.step(m);
@@ -1271,6 +1349,17 @@ impl Node {
 
     /// A client request arrived: from a client (`Hops(0)`) or forwarded by a
     /// peer (the hops it carried).
+    /// The wall clock reads `unix_ms` (Unix milliseconds). The driver
+    /// reports it before handing over inputs, at least once per tick; the
+    /// core never reads a clock. It stamps the entries this node proposes
+    /// as leader and judges when keys expire, so its error against true
+    /// time is what bounds how late an expired key can still be read (see
+    /// docs/architecture.md, "Expiry"). It may jump either way: a
+    /// partition's clock only moves forward (see [`KvStore`]).
+    pub fn handle_wall_clock(&mut self, unix_ms: u64) {
+        self.wall_ms = unix_ms;
+    }
+
     pub fn handle_request(&mut self, now: Time, id: RequestId, req: ClientRequest, hops: Hops) {
         if let Some(halt) = &self.halted {
             let e = ClientError::Internal(format!("this node has stopped: {halt}"));
@@ -1382,7 +1471,8 @@ impl Node {
             | ClientRequest::Scan { .. }
                 if consistency == Consistency::Stale =>
             {
-                let answer = read.answer(&g.kv);
+                // A stale read judges expiry by this node's own clock.
+                let answer = read.answer(&g.kv, self.wall_ms);
                 self.reply(id, Reply::Done(Ok(answer)));
             }
             ClientRequest::Get { .. }
@@ -1411,6 +1501,7 @@ impl Node {
                                 partition: p,
                                 read,
                                 deadline,
+                                swept_at: None,
                             },
                         );
                     }
@@ -1438,13 +1529,31 @@ impl Node {
                 value,
                 precondition,
                 return_previous,
+                expiry,
             } => {
+                let ttl = match expiry {
+                    Expiry::Clear => Ttl::Clear,
+                    Expiry::Keep => Ttl::Keep,
+                    Expiry::AfterMs(ms) => Ttl::At(self.wall_ms + ms),
+                    Expiry::AtUnixMs(at) => Ttl::At(at),
+                };
                 let cmd = Command::Put {
                     key,
                     value,
                     precondition,
+                    ttl,
                 };
                 self.propose(p, cmd, (id, hops, deadline, until), return_previous);
+            }
+            ClientRequest::Expire { key, expiry } => {
+                let at = match expiry {
+                    Expiry::Clear => None,
+                    Expiry::AfterMs(ms) => Some(self.wall_ms + ms),
+                    Expiry::AtUnixMs(at) => Some(at),
+                    Expiry::Keep => unreachable!("refused by validate"),
+                };
+                let cmd = Command::Expire { key, at };
+                self.propose(p, cmd, (id, hops, deadline, until), false);
             }
             ClientRequest::Delete {
                 key,
@@ -1490,7 +1599,31 @@ impl Node {
         {
             self.validate_value(value)?;
         }
+        if let ClientRequest::Put { expiry, .. } | ClientRequest::Expire { expiry, .. } = req {
+            self.validate_expiry(req, *expiry)?;
+        }
         Ok(())
+    }
+
+    fn validate_expiry(&self, req: &ClientRequest, expiry: Expiry) -> Result<(), ClientError> {
+        match expiry {
+            Expiry::Keep if matches!(req, ClientRequest::Expire { .. }) => Err(
+                ClientError::InvalidExpiry("an expire cannot keep the expiry it changes".into()),
+            ),
+            Expiry::AfterMs(0) => Err(ClientError::InvalidExpiry(
+                "a time to live must be at least 1 ms".into(),
+            )),
+            Expiry::AfterMs(ms) if ms > MAX_TTL_MS => Err(ClientError::InvalidExpiry(
+                "a time to live must be at most 100 years".into(),
+            )),
+            Expiry::AtUnixMs(0) => Err(ClientError::InvalidExpiry(
+                "an expiry time must be after 1970-01-01T00:00:00Z".into(),
+            )),
+            // Only the leader turns a duration into a deadline, but a node
+            // without a clock must not pass one on as if it could.
+            Expiry::AfterMs(_) if self.wall_ms == 0 => Err(ClientError::NoWallClock),
+            _ => Ok(()),
+        }
     }
 
     /// Each pair as a put's, in one partition, and all of them in one
@@ -1589,7 +1722,7 @@ impl Node {
         let Some(g) = self.groups.get_mut(&p) else {
             return;
         };
-        let data = cmd.encode();
+        let data = cmd.encode(self.wall_ms);
         let bytes = data.len();
         if !self.writes.is_empty()
             && self.pending_write_bytes + bytes > self.cfg.max_pending_write_bytes
@@ -1725,6 +1858,7 @@ impl Node {
             self.detect_failures();
             self.run_placement();
             self.expire_requests();
+            self.sweep_expired();
             self.run_compactions();
         }
         self.process();
@@ -2270,9 +2404,21 @@ impl Node {
                 .partition(|&(i, _)| i <= applied);
             g.reads_waiting_apply = waiting;
             for (_, ctx) in ready_now {
-                if let Some(r) = self.reads.remove(&ctx) {
-                    let answer = r.read.answer(&g.kv);
-                    self.replies.push_back((r.id, Reply::Done(Ok(answer))));
+                if let Some(mut r) = self.reads.remove(&ctx) {
+                    match Self::answer_read(g, &mut r, self.wall_ms) {
+                        ReadStep::Answer(answer) => {
+                            self.replies.push_back((r.id, Reply::Done(Ok(answer))));
+                        }
+                        ReadStep::WaitFor(index) => {
+                            g.reads_waiting_apply.push((index, ctx));
+                            self.reads.insert(ctx, r);
+                        }
+                        ReadStep::Retry => {
+                            let leader = g.raft.leader().filter(|&l| l != self.id);
+                            let reply = forward_or_give_up(leader, r.partition, r.hops);
+                            self.replies.push_back((r.id, reply));
+                        }
+                    }
                 }
             }
         }
@@ -2307,6 +2453,66 @@ impl Node {
         }
         if has_ready {
             self.dirty.insert(p);
+        }
+    }
+
+    /// A confirmed read's next step. Expiry is judged by the partition's
+    /// clock, which moves only through the log: if this leader's wall
+    /// clock says a key the read depends on has expired but the
+    /// partition's clock does not yet, answering either way is wrong (the
+    /// key is past its deadline now, yet a later leader whose clock is
+    /// behind would still serve it). So the read waits for a sweep entry
+    /// stamped with this wall-clock time and is answered once it applies:
+    /// the key is then gone for good, at a point inside the read.
+    fn answer_read(g: &mut Group, r: &mut PendingRead, wall_ms: u64) -> ReadStep {
+        let key = r.read.key();
+        match r.swept_at {
+            None if g.kv.expiry_pending(key, wall_ms) => {
+                let sweep = Command::Sweep {
+                    max_keys: SWEEP_MAX_KEYS,
+                };
+                match g.raft.propose(sweep.encode(wall_ms)) {
+                    Ok(index) => {
+                        g.sweep_in_flight = g.sweep_in_flight.max(index);
+                        r.swept_at = Some(wall_ms);
+                        ReadStep::WaitFor(index)
+                    }
+                    Err(_) => ReadStep::Retry,
+                }
+            }
+            // The sweep's index holds another leader's entry: the clock
+            // may not have moved. The client asks again.
+            Some(at) if g.kv.expiry_pending(key, at) => ReadStep::Retry,
+            _ => ReadStep::Answer(r.read.answer(&g.kv, 0)),
+        }
+    }
+
+    /// As leader, proposes a sweep for each group that holds a key past
+    /// its deadline by this node's wall clock, one sweep in flight per
+    /// group: expired keys are reclaimed at up to [`SWEEP_MAX_KEYS`] per
+    /// group per tick, and the partition's clock keeps up with the wall
+    /// clock while keys are expiring (so reads rarely wait for a sweep).
+    fn sweep_expired(&mut self) {
+        let wall_ms = self.wall_ms;
+        if wall_ms == 0 {
+            return;
+        }
+        for (&p, g) in self.groups.iter_mut() {
+            if p == METADATA_GROUP
+                || !g.raft.is_leader()
+                || g.sweep_in_flight > g.kv.applied_index()
+                || g.kv.next_deadline().is_none_or(|d| d > wall_ms)
+            {
+                continue;
+            }
+            let sweep = Command::Sweep {
+                max_keys: SWEEP_MAX_KEYS,
+            };
+            if let Ok(index) = g.raft.propose(sweep.encode(wall_ms)) {
+                self.stats.sweeps += 1;
+                g.sweep_in_flight = index;
+                self.dirty.insert(p);
+            }
         }
     }
 
@@ -2512,11 +2718,17 @@ fn request_of(cmd: Command, return_previous: bool) -> ClientRequest {
             key,
             value,
             precondition,
+            ttl,
         } => ClientRequest::Put {
             key,
             value,
             precondition,
             return_previous,
+            expiry: match ttl {
+                Ttl::Clear => Expiry::Clear,
+                Ttl::Keep => Expiry::Keep,
+                Ttl::At(at) => Expiry::AtUnixMs(at),
+            },
         },
         Command::Delete { key, precondition } => ClientRequest::Delete {
             key,
@@ -2526,6 +2738,11 @@ fn request_of(cmd: Command, return_previous: bool) -> ClientRequest {
         Command::Increment { key, delta } => ClientRequest::Increment { key, delta },
         Command::Append { key, suffix, .. } => ClientRequest::Append { key, suffix },
         Command::PutAll { pairs } => ClientRequest::PutAll { pairs },
+        Command::Expire { key, at } => ClientRequest::Expire {
+            key,
+            expiry: at.map_or(Expiry::Clear, Expiry::AtUnixMs),
+        },
+        Command::Sweep { .. } => unreachable!("a sweep is the leader's, never a client's"),
     }
 }
 
@@ -2618,6 +2835,16 @@ fn write_result(
         } => Err(ClientError::PreconditionFailed {
             current_mod_revision,
         }),
+        ApplyOutcome::ExpirySet {
+            changed,
+            mod_revision,
+        } => Ok(ClientResponse::ExpirySet {
+            changed,
+            mod_revision,
+        }),
+        ApplyOutcome::Swept { .. } => Err(ClientError::Internal(
+            "a client's write applied as a sweep".into(),
+        )),
         ApplyOutcome::Invalid(reason) => Err(ClientError::Internal(reason)),
         ApplyOutcome::Noop => Err(ClientError::Internal("write applied as a no-op".into())),
     }

@@ -3,7 +3,7 @@
 //! checks shape (a oneof that must be set, an enum value that must be known).
 
 use ringkv_core::kv::{KeyValue, Precondition};
-use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency, Expiry};
 use ringkv_proto::v1 as pb;
 
 pub fn consistency_from_proto(c: i32) -> Result<Consistency, String> {
@@ -47,6 +47,36 @@ pub fn precondition_to_proto(p: &Precondition) -> Option<pb::Precondition> {
     Some(pb::Precondition { kind: Some(kind) })
 }
 
+/// A put's expiry (unset: none) or an expire's (unset: clear). A `keep`
+/// flag that is false states nothing, as a false precondition flag.
+pub fn expiry_from_proto(e: Option<pb::Expiry>) -> Expiry {
+    use pb::expiry::Kind;
+    match e.and_then(|e| e.kind) {
+        None | Some(Kind::Keep(false)) => Expiry::Clear,
+        Some(Kind::Keep(true)) => Expiry::Keep,
+        Some(Kind::TtlMs(ms)) => Expiry::AfterMs(ms),
+        Some(Kind::AtUnixMs(at)) => Expiry::AtUnixMs(at),
+    }
+}
+
+pub fn expiry_to_proto(e: Expiry) -> Option<pb::Expiry> {
+    use pb::expiry::Kind;
+    let kind = match e {
+        Expiry::Clear => return None,
+        Expiry::Keep => Kind::Keep(true),
+        Expiry::AfterMs(ms) => Kind::TtlMs(ms),
+        Expiry::AtUnixMs(at) => Kind::AtUnixMs(at),
+    };
+    Some(pb::Expiry { kind: Some(kind) })
+}
+
+pub fn expire_request(r: pb::ExpireRequest) -> ClientRequest {
+    ClientRequest::Expire {
+        key: r.key,
+        expiry: expiry_from_proto(r.expiry),
+    }
+}
+
 pub fn get_request(r: pb::GetRequest) -> Result<ClientRequest, String> {
     Ok(ClientRequest::Get {
         key: r.key,
@@ -60,6 +90,7 @@ pub fn put_request(r: pb::PutRequest) -> ClientRequest {
         value: r.value,
         precondition: precondition_from_proto(r.precondition),
         return_previous: r.return_previous,
+        expiry: expiry_from_proto(r.expiry),
     }
 }
 
@@ -103,11 +134,17 @@ pub fn forward_request(req: &ClientRequest, from: u64, hops: u32) -> pb::Forward
             value,
             precondition,
             return_previous,
+            expiry,
         } => Request::Put(pb::PutRequest {
             key: key.clone(),
             value: value.clone(),
             precondition: precondition_to_proto(precondition),
             return_previous: *return_previous,
+            expiry: expiry_to_proto(*expiry),
+        }),
+        ClientRequest::Expire { key, expiry } => Request::Expire(pb::ExpireRequest {
+            key: key.clone(),
+            expiry: expiry_to_proto(*expiry),
         }),
         ClientRequest::Delete {
             key,
@@ -172,6 +209,7 @@ pub fn forwarded_request(r: pb::ForwardRequest) -> Result<ClientRequest, String>
         Some(Request::Increment(i)) => Ok(increment_request(i)),
         Some(Request::Append(a)) => Ok(append_request(a)),
         Some(Request::PutAll(p)) => Ok(put_all_request(p)),
+        Some(Request::Expire(e)) => Ok(expire_request(e)),
         Some(Request::Count(c)) => Ok(ClientRequest::CountKeys {
             key: c.key,
             consistency: consistency_from_proto(c.consistency)?,
@@ -256,6 +294,13 @@ pub fn forward_response(result: &Result<ClientResponse, ClientError>) -> pb::For
             mod_revision: *mod_revision,
             created: *created,
         }),
+        Ok(ClientResponse::ExpirySet {
+            changed,
+            mod_revision,
+        }) => R::Expire(pb::ExpireResponse {
+            changed: *changed,
+            mod_revision: *mod_revision,
+        }),
         Err(e) => {
             let d = super::errors::ErrorDetails::of(e);
             R::Error(pb::ForwardError {
@@ -305,6 +350,10 @@ pub fn forwarded_response(r: pb::ForwardResponse) -> Result<ClientResponse, Clie
             mod_revision: p.mod_revision,
             created: p.created,
         }),
+        Some(R::Expire(e)) => Ok(ClientResponse::ExpirySet {
+            changed: e.changed,
+            mod_revision: e.mod_revision,
+        }),
         Some(R::Error(e)) => Err(super::errors::from_code(
             &e.code,
             &e.message,
@@ -338,6 +387,29 @@ mod tests {
                 value: Bytes::from_static(b"v"),
                 precondition: Precondition::ModRevision(9),
                 return_previous: true,
+                expiry: Expiry::Clear,
+            },
+            ClientRequest::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                precondition: Precondition::None,
+                return_previous: false,
+                expiry: Expiry::AfterMs(1_500),
+            },
+            ClientRequest::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                precondition: Precondition::MustExist,
+                return_previous: false,
+                expiry: Expiry::Keep,
+            },
+            ClientRequest::Expire {
+                key: Bytes::from_static(b"k"),
+                expiry: Expiry::AtUnixMs(1_800_000_000_000),
+            },
+            ClientRequest::Expire {
+                key: Bytes::from_static(b"k"),
+                expiry: Expiry::Clear,
             },
             ClientRequest::Delete {
                 key: Bytes::from_static(b"k"),
@@ -393,6 +465,7 @@ mod tests {
             version: 1,
             create_revision: 4,
             mod_revision: 4,
+            expires_at: Some(1_800_000_000_000),
         };
         let results = [
             Ok(ClientResponse::Value(None)),
@@ -412,8 +485,17 @@ mod tests {
                     version: 2,
                     create_revision: 1,
                     mod_revision: 10,
+                    expires_at: None,
                 }),
             }),
+            Ok(ClientResponse::ExpirySet {
+                changed: true,
+                mod_revision: 16,
+            }),
+            Err(ClientError::InvalidExpiry(
+                "a time to live must be at least 1 ms".into(),
+            )),
+            Err(ClientError::NoWallClock),
             Ok(ClientResponse::Deleted {
                 revision: 11,
                 previous: None,

@@ -39,6 +39,8 @@ pub fn kind(e: &ClientError) -> ErrorKind {
         ClientError::InvalidScanLimit { .. } => {
             ("invalid_limit", 400, Code::InvalidArgument, "ERR")
         }
+        ClientError::InvalidExpiry(_) => ("invalid_expiry", 400, Code::InvalidArgument, "ERR"),
+        ClientError::NoWallClock => ("no_wall_clock", 503, Code::Unavailable, "TRYAGAIN"),
         ClientError::NotFound => ("not_found", 404, Code::NotFound, "ERR"),
         ClientError::PreconditionFailed { .. } => {
             ("precondition_failed", 412, Code::FailedPrecondition, "ERR")
@@ -138,6 +140,13 @@ pub fn from_code(code: &str, message: &str, d: ErrorDetails) -> ClientError {
         "not_in_cluster" => ClientError::NotInCluster,
         "timeout_outcome_unknown" => ClientError::OutcomeUnknown,
         "read_timeout" => ClientError::Timeout,
+        "invalid_expiry" => ClientError::InvalidExpiry(
+            message
+                .strip_prefix("invalid expiry: ")
+                .unwrap_or(message)
+                .to_owned(),
+        ),
+        "no_wall_clock" => ClientError::NoWallClock,
         "internal" => ClientError::Internal(
             message
                 .strip_prefix("internal error: ")

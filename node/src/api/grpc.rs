@@ -104,6 +104,24 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
+    async fn expire(
+        &self,
+        request: Request<pb::ExpireRequest>,
+    ) -> Result<Response<pb::ExpireResponse>, Status> {
+        let req = convert::expire_request(request.into_inner());
+        match self.node.request(req).await {
+            Ok(ClientResponse::ExpirySet {
+                changed,
+                mod_revision,
+            }) => Ok(Response::new(pb::ExpireResponse {
+                changed,
+                mod_revision,
+            })),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(to_status(&e)),
+        }
+    }
+
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,

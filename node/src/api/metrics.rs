@@ -200,6 +200,11 @@ pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handsha
         "Images of a partition's last snapshot encoded again for a follower that needed it (logs keep a snapshot's position, not its image).",
         s.snapshot_images_supplied,
     );
+    o.counter(
+        "ringkv_expiry_sweeps_total",
+        "Sweep entries this node proposed as leader to reclaim keys past their deadline.",
+        s.sweeps,
+    );
     let t = transport;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     o.counter(

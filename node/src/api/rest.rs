@@ -38,7 +38,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use ringkv_core::NodeId;
 use ringkv_core::kv::{KeyValue, Precondition};
-use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency, MAX_SCAN_LIMIT};
+use ringkv_core::node::{
+    ClientError, ClientRequest, ClientResponse, Consistency, Expiry, MAX_SCAN_LIMIT,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -101,6 +103,8 @@ fn known_parameters(method: &Method, path: &str) -> &'static [&'static str] {
     let read = method == Method::GET || method == Method::HEAD;
     if path.starts_with("/v1/kv/") && read {
         &["consistency"]
+    } else if path.starts_with("/v1/kv/") && method == Method::PUT {
+        &["ttl", "keep_ttl"]
     } else if path == "/v1/kv" && read {
         &[
             "prefix",
@@ -323,6 +327,50 @@ fn etag(rev: u64) -> HeaderValue {
 }
 
 #[derive(Deserialize)]
+struct WriteParams {
+    ttl: Option<String>,
+    keep_ttl: Option<String>,
+}
+
+/// `?ttl=30s` (a duration with its unit: `ms`, `s`, `m`, `h`; at least
+/// 1 ms), or `?keep_ttl=true`; neither: the key does not expire.
+fn parse_expiry(p: &WriteParams) -> Result<Expiry, BadRequest> {
+    let keep = match p.keep_ttl.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(BadRequest::new(
+                "invalid_parameter",
+                format!("keep_ttl must be true or false, not {}", quoted(other, 64)),
+            ));
+        }
+    };
+    match (&p.ttl, keep) {
+        (Some(_), true) => Err(BadRequest::new(
+            "invalid_parameter",
+            "ttl and keep_ttl=true contradict each other; give one",
+        )),
+        (None, true) => Ok(Expiry::Keep),
+        (None, false) => Ok(Expiry::Clear),
+        (Some(text), false) => {
+            let ttl = crate::cli::parse_duration(text).map_err(|e| {
+                BadRequest::new(
+                    "invalid_expiry",
+                    format!(
+                        "ttl {}: {} (write it with a unit, e.g. ttl=30s or ttl=1500ms)",
+                        quoted(text, 64),
+                        e.split(':').next_back().unwrap_or(&e).trim()
+                    ),
+                )
+            })?;
+            Ok(Expiry::AfterMs(
+                u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
 struct ReadParams {
     consistency: Option<String>,
 }
@@ -340,6 +388,12 @@ fn parse_consistency(s: Option<&str>) -> Result<Consistency, BadRequest> {
 }
 
 /// The JSON envelope of a key.
+/// Milliseconds until a deadline by this node's wall clock (0 once it has
+/// passed; a key is read only until its partition's clock passes it).
+fn remaining_ms(expires_at: u64) -> u64 {
+    expires_at.saturating_sub(crate::clock::wall_clock_ms())
+}
+
 fn envelope(kv: &KeyValue) -> serde_json::Value {
     let key = String::from_utf8_lossy(&kv.key);
     let (value, encoding) = match std::str::from_utf8(&kv.value) {
@@ -349,14 +403,19 @@ fn envelope(kv: &KeyValue) -> serde_json::Value {
             "base64",
         ),
     };
-    json!({
+    let mut e = json!({
         "key": key,
         "value": value,
         "value_encoding": encoding,
         "version": kv.version,
         "create_revision": kv.create_revision,
         "mod_revision": kv.mod_revision,
-    })
+    });
+    if let Some(at) = kv.expires_at {
+        e["expires_at_unix_ms"] = json!(at);
+        e["ttl_ms"] = json!(remaining_ms(at));
+    }
+    e
 }
 
 async fn get_key(
@@ -393,6 +452,10 @@ async fn get_key(
                 HeaderValue::from(kv.create_revision),
             );
             h.insert("x-ringkv-mod-revision", HeaderValue::from(kv.mod_revision));
+            if let Some(at) = kv.expires_at {
+                h.insert("x-ringkv-expires-at-unix-ms", HeaderValue::from(at));
+                h.insert("x-ringkv-ttl-ms", HeaderValue::from(remaining_ms(at)));
+            }
             resp
         }
         Ok(ClientResponse::Value(None)) => error_response(&ClientError::NotFound),
@@ -551,11 +614,16 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, BadRequest> {
 async fn put_key(
     State(s): State<AppState>,
     KeyPath(key): KeyPath,
+    Params(params): Params<WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let precondition = match precondition(&headers) {
         Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let expiry = match parse_expiry(&params) {
+        Ok(e) => e,
         Err(r) => return r.into_response(),
     };
     // Read at most one byte beyond the limit: enough to know it is too large
@@ -583,6 +651,7 @@ async fn put_key(
         value,
         precondition,
         return_previous: false,
+        expiry,
     };
     match s.node.request(req).await {
         Ok(ClientResponse::Put {
@@ -858,10 +927,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_ttl_needs_its_unit_and_excludes_keep_ttl() {
+        let params = |ttl: Option<&str>, keep_ttl: Option<&str>| WriteParams {
+            ttl: ttl.map(str::to_owned),
+            keep_ttl: keep_ttl.map(str::to_owned),
+        };
+        let ok = |p: WriteParams| parse_expiry(&p).map_err(|e| e.detail).unwrap();
+        assert_eq!(ok(params(None, None)), Expiry::Clear);
+        assert_eq!(ok(params(None, Some("false"))), Expiry::Clear);
+        assert_eq!(ok(params(None, Some("true"))), Expiry::Keep);
+        assert_eq!(ok(params(Some("30s"), None)), Expiry::AfterMs(30_000));
+        assert_eq!(ok(params(Some("1m30s"), None)), Expiry::AfterMs(90_000));
+        assert_eq!(ok(params(Some("250ms"), None)), Expiry::AfterMs(250));
+        let e = parse_expiry(&params(Some("30"), None)).unwrap_err();
+        assert_eq!(e.code, "invalid_expiry");
+        assert!(e.detail.contains("ttl=30s"), "{}", e.detail);
+        let e = parse_expiry(&params(Some("1s"), Some("true"))).unwrap_err();
+        assert_eq!(e.code, "invalid_parameter");
+        let e = parse_expiry(&params(None, Some("yes"))).unwrap_err();
+        assert_eq!(e.code, "invalid_parameter");
+    }
+
+    #[test]
     fn parameters_are_checked_against_what_the_endpoint_takes() {
         let reads = known_parameters(&Method::GET, "/v1/kv/a/b");
         assert_eq!(reads, ["consistency"]);
-        assert!(known_parameters(&Method::PUT, "/v1/kv/a").is_empty());
+        assert_eq!(
+            known_parameters(&Method::PUT, "/v1/kv/a"),
+            ["ttl", "keep_ttl"]
+        );
+        assert!(known_parameters(&Method::DELETE, "/v1/kv/a").is_empty());
         assert!(known_parameters(&Method::GET, "/v1/cluster/status").is_empty());
 
         assert!(check_parameters("consistency=stale", reads).is_ok());

@@ -291,6 +291,7 @@ mod tests {
             version: 1,
             create_revision: 1,
             mod_revision: 1,
+            expires_at: None,
         }
     }
 
@@ -403,6 +404,7 @@ mod tests {
                             version: 1,
                             create_revision: 1,
                             mod_revision: 1,
+                            expires_at: None,
                         });
                         (kvs.collect(), more)
                     })

@@ -565,6 +565,7 @@ impl Target {
                         value,
                         precondition: None,
                         return_previous: false,
+                        expiry: None,
                     });
                     request.set_timeout(timeout);
                     grpc_outcome(client.put(request).await, Op::Write)

@@ -33,9 +33,9 @@ use bytes::Bytes;
 use ringkv_proto::v1::cluster_client::ClusterClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, KeyValue, LocateRequest, LocateResponse, MoveStatus,
-    Precondition, PutRequest, PutResponse, ScanRequest, StatusRequest, StatusResponse,
-    precondition,
+    DeleteRequest, DeleteResponse, Expiry, GetRequest, KeyValue, LocateRequest, LocateResponse,
+    MoveStatus, Precondition, PutRequest, PutResponse, ScanRequest, StatusRequest, StatusResponse,
+    expiry, precondition,
 };
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
@@ -95,6 +95,14 @@ pub struct PutArgs {
     /// Write only if the key exists (any revision).
     #[arg(long)]
     pub if_exists: bool,
+    /// The key expires this long after the partition's leader takes the
+    /// write (e.g. `30s`, `1500ms`, `2h`); without it the key does not
+    /// expire (any expiry it had is cleared).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "keep_ttl")]
+    pub ttl: Option<Duration>,
+    /// Keep the expiry the key has (Redis's SET ... KEEPTTL).
+    #[arg(long)]
+    pub keep_ttl: bool,
 }
 
 /// `ringkv get`: read a key.
@@ -366,11 +374,19 @@ async fn execute_put(a: &PutArgs) -> Result<PutResponse, Failure> {
         Some(v) => Bytes::from(v.clone().into_bytes()),
         None => read_stdin().await?,
     };
+    let expiry = match (a.ttl, a.keep_ttl) {
+        (Some(ttl), _) => Some(expiry::Kind::TtlMs(
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        )),
+        (None, true) => Some(expiry::Kind::Keep(true)),
+        (None, false) => None,
+    };
     let request = PutRequest {
         key: Bytes::from(a.key.clone().into_bytes()),
         value,
         precondition: put_precondition(a),
         return_previous: false,
+        expiry: expiry.map(|kind| Expiry { kind: Some(kind) }),
     };
     let timeout = a.opts.timeout;
     call(&a.opts, Op::Write, |channel| {
@@ -616,6 +632,8 @@ fn render_get(format: OutputFormat, raw: bool, kv: &KeyValue) -> Vec<u8> {
                 version: u64,
                 create_revision: u64,
                 mod_revision: u64,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                expires_at_unix_ms: Option<u64>,
             }
             let value = encode_bytes(&kv.value);
             to_json_line(&Get {
@@ -625,6 +643,7 @@ fn render_get(format: OutputFormat, raw: bool, kv: &KeyValue) -> Vec<u8> {
                 version: kv.version,
                 create_revision: kv.create_revision,
                 mod_revision: kv.mod_revision,
+                expires_at_unix_ms: (kv.expires_at_unix_ms != 0).then_some(kv.expires_at_unix_ms),
             })
             .into_bytes()
         }

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use ringkv_proto::v1::cluster_server::{Cluster, ClusterServer};
 use ringkv_proto::v1::kv_server::{Kv, KvServer};
 use ringkv_proto::v1::{
-    ChangeConfigRequest, ChangeConfigResponse, DeleteRequest, DeleteResponse, GetRequest,
-    GetResponse, KeyValue, LocateRequest, LocateResponse, NodeStatus, PartitionStatus, PutRequest,
-    PutResponse, ReplicaProgress, ScanRequest, ScanResponse, StatusRequest, StatusResponse,
-    precondition,
+    ChangeConfigRequest, ChangeConfigResponse, DeleteRequest, DeleteResponse, ExpireRequest,
+    ExpireResponse, GetRequest, GetResponse, KeyValue, LocateRequest, LocateResponse, NodeStatus,
+    PartitionStatus, PutRequest, PutResponse, ReplicaProgress, ScanRequest, ScanResponse,
+    StatusRequest, StatusResponse, precondition,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -190,6 +190,7 @@ impl Kv for FakeNode {
                 version: *version,
                 create_revision: *mod_revision,
                 mod_revision: *mod_revision,
+                expires_at_unix_ms: 0,
             })
             .collect();
         let cursor = if kvs.len() > r.limit as usize {
@@ -201,6 +202,13 @@ impl Kv for FakeNode {
             Bytes::new()
         };
         Ok(Response::new(ScanResponse { kvs, cursor }))
+    }
+
+    async fn expire(
+        &self,
+        _request: Request<ExpireRequest>,
+    ) -> Result<Response<ExpireResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no expiry"))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -219,6 +227,7 @@ impl Kv for FakeNode {
                 version,
                 create_revision: 1,
                 mod_revision,
+                expires_at_unix_ms: 0,
             }),
         }))
     }

@@ -9,8 +9,8 @@
 //! read-modify-writes (`INCR DECR INCRBY DECRBY APPEND GETSET GETDEL`), each
 //! one atomic command of the replicated state machine, `DBSIZE` (a count
 //! per partition), and `CLUSTER` (`SLOTS SHARDS NODES INFO KEYSLOT MYID`,
-//! see [`super::cluster`]). Not yet (each answered with an error that says
-//! so, the connection stays usable): expiry (`SET ... EX`).
+//! see [`super::cluster`]), and expiry (`SET ... EX`, `EXPIRE`, `TTL`...,
+//! see [`super::expiry`]).
 //!
 //! `MSET` writes the keys of each partition as one atomic entry, so keys
 //! of one slot are written all or nothing, as in Redis; across partitions
@@ -22,11 +22,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ringkv_core::kv::{Precondition, parse_integer};
-use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency};
+use ringkv_core::kv::{KeyValue, Precondition, parse_integer};
+use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency, Expiry};
 use ringkv_core::ring::{key_slot, partition_of_slot};
 
 use super::cluster::{self, Topology};
+use super::expiry;
 use super::keyspace::{self, Cursors};
 use super::reply::{Protocol, Reply};
 use crate::api::errors;
@@ -109,6 +110,17 @@ const COMMANDS: &[CommandSpec] = &[
     ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
     ("scan", -2, &["readonly"], 0, 0, 0),
     ("keys", 2, &["readonly"], 0, 0, 0),
+    ("setex", 4, &["write", "denyoom"], 1, 1, 1),
+    ("psetex", 4, &["write", "denyoom"], 1, 1, 1),
+    ("expire", -3, &["write", "fast"], 1, 1, 1),
+    ("pexpire", -3, &["write", "fast"], 1, 1, 1),
+    ("expireat", -3, &["write", "fast"], 1, 1, 1),
+    ("pexpireat", -3, &["write", "fast"], 1, 1, 1),
+    ("persist", 2, &["write", "fast"], 1, 1, 1),
+    ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("expiretime", 2, &["readonly", "fast"], 1, 1, 1),
+    ("pexpiretime", 2, &["readonly", "fast"], 1, 1, 1),
 ];
 
 /// Whether `args` is a command on one key that changes no connection
@@ -120,16 +132,6 @@ pub fn is_single_key(args: &[Bytes]) -> bool {
         && COMMANDS
             .iter()
             .any(|c| c.3 == 1 && c.4 == 1 && args[0].eq_ignore_ascii_case(c.0.as_bytes()))
-}
-
-/// Commands Redis has that ringkv does not do yet, and why.
-fn not_yet(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "expire" | "pexpire" | "expireat" | "ttl" | "pttl" | "persist" | "setex" => {
-            "is not supported yet: ringkv keys do not expire yet"
-        }
-        _ => return None,
-    })
 }
 
 fn wrong_arity(name: &str) -> Reply {
@@ -247,6 +249,7 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
                 args[1].clone(),
                 args[2].clone(),
                 Precondition::MustNotExist,
+                Expiry::Clear,
             )
             .await
             {
@@ -333,7 +336,14 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
             }
         }
         "getset" if args.len() == 3 => {
-            put_returning_previous(node, args[1].clone(), args[2].clone(), Precondition::None).await
+            put_returning_previous(
+                node,
+                args[1].clone(),
+                args[2].clone(),
+                Precondition::None,
+                Expiry::Clear,
+            )
+            .await
         }
         "getdel" if args.len() == 2 => {
             let req = ClientRequest::Delete {
@@ -353,11 +363,16 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
         "dbsize" if args.len() == 1 => dbsize(node, session).await,
         "scan" if args.len() >= 2 => keyspace::scan(node, session, &args).await,
         "keys" if args.len() == 2 => keyspace::keys(node, session, &args[1]).await,
-        _ => match not_yet(&name) {
-            Some(why) => Reply::err(format!("'{}' {why}", name.to_ascii_uppercase())),
-            None if COMMANDS.iter().any(|c| c.0 == name) => wrong_arity(&name),
-            None => unknown(&args),
-        },
+        "setex" | "psetex" if args.len() == 4 => expiry::setex(node, &name, &args).await,
+        "expire" | "pexpire" | "expireat" | "pexpireat" if args.len() >= 3 => {
+            expiry::expire(node, &name, &args).await
+        }
+        "persist" if args.len() == 2 => expiry::persist(node, args[1].clone()).await,
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" if args.len() == 2 => {
+            expiry::ttl(node, session, &name, args[1].clone()).await
+        }
+        _ if COMMANDS.iter().any(|c| c.0 == name) => wrong_arity(&name),
+        _ => unknown(&args),
     };
     (reply, After::Continue)
 }
@@ -386,6 +401,16 @@ async fn get(
     session: &Session,
     key: Bytes,
 ) -> Result<Option<Bytes>, ClientError> {
+    Ok(get_kv(node, session, key).await?.map(|kv| kv.value))
+}
+
+/// A key with its metadata, read linearizably (under the lease on a
+/// `READONLY` connection).
+pub async fn get_kv(
+    node: &NodeHandle,
+    session: &Session,
+    key: Bytes,
+) -> Result<Option<KeyValue>, ClientError> {
     let consistency = if session.readonly {
         Consistency::Lease
     } else {
@@ -395,7 +420,7 @@ async fn get(
         .request(ClientRequest::Get { key, consistency })
         .await?
     {
-        ClientResponse::Value(v) => Ok(v.map(|kv| kv.value)),
+        ClientResponse::Value(v) => Ok(v),
         other => Err(ClientError::Internal(format!(
             "unexpected response {other:?}"
         ))),
@@ -442,12 +467,14 @@ async fn put(
     key: Bytes,
     value: Bytes,
     precondition: Precondition,
+    expiry: Expiry,
 ) -> Result<(), ClientError> {
     let req = ClientRequest::Put {
         key,
         value,
         precondition,
         return_previous: false,
+        expiry,
     };
     node.request(req).await.map(|_| ())
 }
@@ -503,12 +530,14 @@ async fn put_returning_previous(
     key: Bytes,
     value: Bytes,
     precondition: Precondition,
+    expiry: Expiry,
 ) -> Reply {
     let req = ClientRequest::Put {
         key,
         value,
         precondition,
         return_previous: true,
+        expiry,
     };
     match node.request(req).await {
         Ok(ClientResponse::Put { previous, .. }) => {
@@ -526,24 +555,33 @@ async fn put_returning_previous(
 async fn set(node: &NodeHandle, args: &[Bytes]) -> Reply {
     let mut precondition = Precondition::None;
     let mut return_previous = false;
-    for opt in &args[3..] {
+    let mut expiry: Option<Expiry> = None;
+    let mut options = args[3..].iter();
+    while let Some(opt) = options.next() {
         let opt = String::from_utf8_lossy(opt).to_ascii_uppercase();
-        precondition = match (opt.as_str(), precondition) {
-            ("NX", Precondition::None | Precondition::MustNotExist) => Precondition::MustNotExist,
-            ("XX", Precondition::None | Precondition::MustExist) => Precondition::MustExist,
-            ("NX" | "XX", _) => return Reply::err("syntax error"),
-            ("GET", p) => {
-                return_previous = true;
-                p
+        match (opt.as_str(), precondition) {
+            ("NX", Precondition::None | Precondition::MustNotExist) => {
+                precondition = Precondition::MustNotExist;
             }
-            ("EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL", _) => {
-                return Reply::err(
-                    "SET with an expiry is not supported yet: ringkv keys do not expire yet",
-                );
+            ("XX", Precondition::None | Precondition::MustExist) => {
+                precondition = Precondition::MustExist;
+            }
+            ("GET", _) => return_previous = true,
+            ("EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL", _) if expiry.is_none() => {
+                let arg = if opt == "KEEPTTL" {
+                    None
+                } else {
+                    options.next()
+                };
+                match expiry::set_option(&opt, arg) {
+                    Ok(e) => expiry = Some(e),
+                    Err(reply) => return reply,
+                }
             }
             _ => return Reply::err("syntax error"),
-        };
+        }
     }
+    let expiry = expiry.unwrap_or_default();
     if return_previous {
         if precondition == Precondition::MustNotExist {
             // Redis 7 answers the existing value when NX refuses; a failed
@@ -554,9 +592,16 @@ async fn set(node: &NodeHandle, args: &[Bytes]) -> Reply {
                  that made NX refuse in the same step",
             );
         }
-        return put_returning_previous(node, args[1].clone(), args[2].clone(), precondition).await;
+        return put_returning_previous(
+            node,
+            args[1].clone(),
+            args[2].clone(),
+            precondition,
+            expiry,
+        )
+        .await;
     }
-    match put(node, args[1].clone(), args[2].clone(), precondition).await {
+    match put(node, args[1].clone(), args[2].clone(), precondition, expiry).await {
         Ok(()) => Reply::ok(),
         // NX on an existing key, XX on a missing one: nil, as in Redis.
         Err(ClientError::PreconditionFailed { .. }) => Reply::Null,

@@ -27,6 +27,7 @@
 
 pub mod cluster;
 pub mod commands;
+pub mod expiry;
 pub mod keyspace;
 pub mod parser;
 pub mod reply;

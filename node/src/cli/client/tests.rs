@@ -110,6 +110,7 @@ fn get_output_prints_value_or_envelope() {
         version: 2,
         create_revision: 5,
         mod_revision: 9,
+        expires_at_unix_ms: 0,
     };
     assert_eq!(render_get(OutputFormat::Table, false, &kv), b"hello\n");
     assert_eq!(render_get(OutputFormat::Table, true, &kv), b"hello");
@@ -193,6 +194,8 @@ fn put_args(opts: &ClientOpts, key: &str, value: &str) -> PutArgs {
         if_match: None,
         create: false,
         if_exists: false,
+        ttl: None,
+        keep_ttl: false,
     }
 }
 
