@@ -10,6 +10,9 @@
 //!   possibly-applied write produced, with the version it produced.
 //! - [`no_lost_writes`]: the state read after healing keeps every
 //!   acknowledged write, unless a later write may have superseded it.
+//! - [`expiry`]: a key written with a deadline is gone within the drift
+//!   bound of it, by true time, and never comes back (its own records: the
+//!   history does not carry true time).
 //!
 //! Each returns [`Violation`]s naming the key and the operations involved;
 //! [`check_all`] runs the three and gathers the results.
@@ -19,6 +22,7 @@
 //! elected, commit indexes, entries applied) against Raft's safety
 //! properties, one file per invariant.
 
+pub mod expiry;
 pub mod history;
 pub mod invariants;
 pub mod linearizability;
