@@ -60,6 +60,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+use crate::watch::{Change, ChangeKind};
 use bytes::Bytes;
 use prost::Message;
 use ringkv_proto::v1 as proto;
@@ -656,6 +657,10 @@ pub struct KvStore {
     /// The deadline of every key that has one, and the same by deadline.
     deadlines: BTreeMap<Bytes, u64>,
     expiring: BTreeSet<(u64, Bytes)>,
+    /// Whether applying records [`Change`]s for watchers
+    /// ([`KvStore::record_changes`]); not part of the state.
+    recording: bool,
+    changes: Vec<Change>,
 }
 
 /// Equal stores hold the same keys with the same values, metadata and
@@ -706,6 +711,30 @@ impl KvStore {
         }
     }
 
+    /// From now on, record what each applied entry changes, key by key, in
+    /// order, for [`KvStore::take_changes`] (the node does, for watchers).
+    pub fn record_changes(&mut self) {
+        self.recording = true;
+    }
+
+    /// The changes recorded since the last call (all made by entries
+    /// applied since, in order; see [`crate::watch`]).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn record(&mut self, revision: u64, kind: ChangeKind, key: &[u8], value: Bytes, version: u64) {
+        if self.recording {
+            self.changes.push(Change {
+                revision,
+                kind,
+                key: Bytes::copy_from_slice(key),
+                value,
+                version,
+            });
+        }
+    }
+
     /// Applies an already decoded command as log entry `index`, stamped
     /// with the proposer's clock `now_ms`.
     ///
@@ -713,7 +742,21 @@ impl KvStore {
     /// If `index <= self.applied_index()`, as [`KvStore::apply`].
     pub fn apply_command(&mut self, index: u64, command: &Command, now_ms: u64) -> ApplyOutcome {
         self.advance(index);
-        self.clock_ms = self.clock_ms.max(now_ms);
+        if now_ms > self.clock_ms {
+            if self.recording {
+                // The keys this entry's stamp expires, at its revision.
+                let due: Vec<Bytes> = self
+                    .expiring
+                    .range((self.clock_ms.saturating_add(1), Bytes::new())..)
+                    .take_while(|(deadline, _)| *deadline <= now_ms)
+                    .map(|(_, key)| key.clone())
+                    .collect();
+                for key in due {
+                    self.record(index, ChangeKind::Expire, &key, Bytes::new(), 0);
+                }
+            }
+            self.clock_ms = now_ms;
+        }
         let Some(key) = command.key() else {
             return match command {
                 Command::PutAll { pairs } => self.put_all(index, pairs),
@@ -742,7 +785,12 @@ impl KvStore {
                 match ttl {
                     Ttl::Keep => {}
                     Ttl::Clear => self.set_deadline(key, None),
-                    Ttl::At(at) => self.set_deadline(key, Some(*at)),
+                    Ttl::At(at) => {
+                        self.set_deadline(key, Some(*at));
+                        if *at <= self.clock_ms {
+                            self.record(index, ChangeKind::Expire, key, Bytes::new(), 0);
+                        }
+                    }
                 }
                 let (version, created) = (
                     previous.as_ref().map_or(1, |kv| kv.version + 1),
@@ -756,7 +804,10 @@ impl KvStore {
                 }
             }
             Command::Delete { key, .. } => match self.remove(key) {
-                Some(previous) => ApplyOutcome::Deleted { previous },
+                Some(previous) => {
+                    self.record(index, ChangeKind::Delete, key, Bytes::new(), 0);
+                    ApplyOutcome::Deleted { previous }
+                }
                 None => ApplyOutcome::NotFound,
             },
             Command::Increment { key, delta } => {
@@ -814,6 +865,7 @@ impl KvStore {
                     // A deadline already passed: the key goes now (Redis's
                     // EXPIRE with a time in the past deletes).
                     self.remove(key);
+                    self.record(index, ChangeKind::Expire, key, Bytes::new(), 0);
                 } else {
                     // A change of expiry is a write of the key: a
                     // compare-and-set on its old revision must fail.
@@ -889,6 +941,10 @@ impl KvStore {
         };
         self.data_bytes = self.data_bytes - old_bytes as u64 + (key.len() + value.len()) as u64;
         let record = Record::new(key, value, version, create_revision, index);
+        if self.recording {
+            let value = Bytes::copy_from_slice(value);
+            self.record(index, ChangeKind::Put, key, value, version);
+        }
         let deadline = self.deadline(key);
         self.entries
             .replace(record)
@@ -1132,6 +1188,8 @@ impl KvStore {
             clock_ms: image.clock_unix_ms,
             deadlines,
             expiring,
+            recording: false,
+            changes: Vec::new(),
         })
     }
 
@@ -2186,6 +2244,36 @@ mod tests {
         #[test]
         fn command_encode_decode_roundtrip(command in command_strategy()) {
             prop_assert_eq!(Command::decode(&command.encode(17)), Ok((command, 17)));
+        }
+
+        /// A watcher that replays the recorded changes holds exactly the
+        /// keys, values and versions a read sees, after every entry.
+        #[test]
+        fn recorded_changes_replay_to_what_reads_see(log in log_strategy()) {
+            use crate::watch::ChangeKind;
+            let mut store = KvStore::new();
+            store.record_changes();
+            let mut replayed: BTreeMap<Bytes, (Bytes, u64)> = BTreeMap::new();
+            for (index, entry) in &log {
+                store.apply(*index, &entry.bytes());
+                for change in store.take_changes() {
+                    prop_assert_eq!(change.revision, *index);
+                    match change.kind {
+                        ChangeKind::Put => {
+                            replayed.insert(change.key, (change.value, change.version));
+                        }
+                        ChangeKind::Delete | ChangeKind::Expire => {
+                            prop_assert!(
+                                replayed.remove(&change.key).is_some(),
+                                "{:?} of a key the watcher does not hold", change
+                            );
+                        }
+                    }
+                }
+                let visible: BTreeMap<Bytes, (Bytes, u64)> =
+                    store.iter().map(|kv| (kv.key, (kv.value, kv.version))).collect();
+                prop_assert_eq!(&replayed, &visible, "after entry {}", index);
+            }
         }
 
         #[test]

@@ -12,6 +12,8 @@
 //! - [`routing`]: how far a request may be forwarded, and what a client is
 //!   told when a forward fails.
 //! - [`kv`]: the replicated key-value state machine of one partition.
+//! - [`watch`]: the changes it makes, key by key, and the bounded history
+//!   of them that watchers are served from.
 //! - [`detector`]: phi-accrual failure detection over node heartbeats.
 //! - [`placement`]: where replicas and leaders should be, and the steps to
 //!   get them there (one replica move, make before break; the controller's
@@ -35,6 +37,7 @@ pub mod raft;
 pub mod ring;
 pub mod routing;
 pub mod types;
+pub mod watch;
 pub mod wire;
 
 pub use types::{NodeId, PartitionId, Time};

@@ -612,6 +612,110 @@ fn a_follower_behind_a_compacted_log_gets_the_snapshot_encoded_again() {
     assert_eq!(kv.digest(), c.nodes[leader].kv(p).unwrap().digest());
 }
 
+/// The feed watchers are served from. Every replica feeds the same
+/// changes of its partition (they apply the same log), whoever leads; a
+/// replica that took a leader's snapshot feeds a reset to the snapshot's
+/// index instead of the changes it skipped (a watcher behind it is then
+/// told its history is compacted, never handed a gap), and feeds the
+/// changes after it like the others.
+#[test]
+fn every_replica_feeds_the_same_changes_and_a_snapshot_resets_the_feed() {
+    use ringkv_core::watch::{Change, ChangeKind, Feed};
+    let mut c = Cluster::with_config(3, 4, |cfg| {
+        cfg.placement.max_leader_transfers = 0;
+        cfg.watch = true;
+    });
+    c.quiet_events = true;
+    c.run_for(300);
+    let p = PartitionId(0);
+    let feed_of = |c: &mut Cluster, i: usize| -> Vec<Feed> {
+        std::iter::from_fn(|| c.nodes[i].poll_feed())
+            .filter(|(q, _)| *q == p)
+            .map(|(_, f)| f)
+            .collect()
+    };
+    for i in 0..3 {
+        assert_eq!(
+            feed_of(&mut c, i),
+            [Feed::Reset { floor: 0 }],
+            "node {i}'s replica started empty"
+        );
+    }
+    let leader = (c.leaders()[&p].0 - 1) as usize;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let other = (0..3).find(|&i| i != leader && i != follower).unwrap();
+    let keys: Vec<String> = (0..200)
+        .map(|k| format!("key{k}"))
+        .filter(|k| c.nodes[leader].ring().partition_of(k.as_bytes()) == p)
+        .take(6)
+        .collect();
+    c.request(leader, 1, put(&keys[0], "a"));
+    c.run_for(50);
+    c.down.insert(follower);
+    for (n, k) in keys.iter().enumerate().skip(1) {
+        c.request(leader, 10 + n as u64, put(k, "b"));
+    }
+    c.request(leader, 20, ClientRequest::delete(keys[0].clone()));
+    c.run_for(50);
+    let now = c.now;
+    c.nodes[leader].handle_compaction_request(now, &[p]);
+    c.run_for(3000);
+    let snapshot = c.nodes[leader].raft(p).unwrap().log().snapshot_meta().index;
+    c.down.remove(&follower);
+    c.run_for(1000);
+    c.request(leader, 30, put(&keys[1], "c"));
+    c.run_for(50);
+
+    let changes = |feed: &[Feed]| -> Vec<Change> {
+        feed.iter()
+            .flat_map(|f| match f {
+                Feed::Changes(cs) => cs.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    };
+    let (led, followed, caught_up) = (
+        feed_of(&mut c, leader),
+        feed_of(&mut c, other),
+        feed_of(&mut c, follower),
+    );
+    assert_eq!(led, followed, "leader and follower fed the same");
+    let all = changes(&led);
+    let kinds: Vec<(ChangeKind, &[u8], &[u8])> = all
+        .iter()
+        .map(|c| (c.kind, &c.key[..], &c.value[..]))
+        .collect();
+    let mut want = vec![(ChangeKind::Put, keys[0].as_bytes(), &b"a"[..])];
+    want.extend(
+        keys[1..]
+            .iter()
+            .map(|k| (ChangeKind::Put, k.as_bytes(), &b"b"[..])),
+    );
+    want.push((ChangeKind::Delete, keys[0].as_bytes(), &b""[..]));
+    want.push((ChangeKind::Put, keys[1].as_bytes(), &b"c"[..]));
+    assert_eq!(kinds, want, "every change, in order");
+    assert!(
+        all.windows(2).all(|w| w[0].revision < w[1].revision),
+        "one change per entry here, revisions ascending"
+    );
+
+    // The follower that missed the writes: its first change, a reset to the
+    // snapshot, then only what came after it.
+    assert_eq!(changes(&caught_up[..1]), changes(&led[..1]));
+    let reset = caught_up
+        .iter()
+        .position(|f| *f == Feed::Reset { floor: snapshot })
+        .expect("a reset to the snapshot's index");
+    assert_eq!(
+        changes(&caught_up[reset..]),
+        all.iter()
+            .filter(|c| c.revision > snapshot)
+            .cloned()
+            .collect::<Vec<_>>(),
+        "after the reset, the same changes as the others"
+    );
+}
+
 /// A lease is judged on the request's time, not on the ticks the driver has
 /// run so far. After a stall (a paused process, a stopped VM, a stalled
 /// event loop) a driver that takes inputs before timers hands the node a

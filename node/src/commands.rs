@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ringkv_core::NodeId;
-use ringkv_node::cli::{admin, bench, client};
+use ringkv_node::cli::{admin, bench, client, watch};
 use ringkv_node::clock::MonotonicClock;
 use ringkv_node::config::{ServerConfig, defaults, parse_peers};
 use ringkv_node::disk::FsDisk;
@@ -43,6 +43,8 @@ enum Command {
     Del(client::DelArgs),
     /// List keys in order, all of them or those under a prefix.
     Ls(client::LsArgs),
+    /// Print each change of a key, or of the keys under a prefix, as it happens.
+    Watch(watch::WatchArgs),
     /// Show the cluster as one node sees it.
     Status(client::StatusArgs),
     /// Show which partition, leader and replicas a key has.
@@ -192,6 +194,7 @@ pub fn main() -> ExitCode {
         Command::Get(a) => run_client(client::get(a)),
         Command::Del(a) => run_client(client::del(a)),
         Command::Ls(a) => run_client(client::ls(a)),
+        Command::Watch(a) => run_client(watch::watch(a)),
         Command::Status(a) => run_client(client::status(a)),
         Command::Locate(a) => run_client(client::locate(a)),
         Command::Admin(a) => run_client(admin::run(a)),

@@ -182,6 +182,8 @@ impl ServerConfig {
         c.snapshot_threshold = self.snapshot_entries;
         c.placement.dead_after = self.dead_after;
         c.placement.rebalance = self.rebalance;
+        // The driver drains the changes into its watch hub.
+        c.watch = true;
         #[cfg(madsim)]
         {
             c.observe = self.observer.is_some();

@@ -19,6 +19,7 @@ use ringkv_core::io::{IoId, IoRequest};
 use ringkv_core::node::{
     ClientRequest, Drain, Event, Node, NodeStats, RegisterError, Registration, Reply, RequestId,
 };
+use ringkv_core::watch::HistoryLimits;
 use ringkv_core::{PartitionId, Time};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -32,6 +33,7 @@ use crate::members::MemberSync;
 use crate::storage::{Storage, StorageStats};
 use crate::transport::{Forwarder, PeerSenders};
 use crate::view::{ClusterView, build_view};
+use crate::watch::WatchHub;
 
 /// Inputs drained per loop turn before outputs are flushed: large enough to
 /// coalesce a burst into one WAL batch and one message per peer, small enough
@@ -68,6 +70,7 @@ pub struct Driver {
     next_view: Time,
     started: Arc<AtomicBool>,
     stopped: Arc<AtomicBool>,
+    watches: Arc<WatchHub>,
 }
 
 struct Pending {
@@ -106,8 +109,10 @@ impl Driver {
         let started = Arc::new(AtomicBool::new(false));
         let (storage_stats_tx, storage_stats) = watch::channel(storage.stats());
         let storage_task = tokio::spawn(storage_task(storage, io_rx, tx.clone(), storage_stats_tx));
+        let watches = Arc::new(WatchHub::new(HistoryLimits::default()));
         let handle = NodeHandle {
             tx: tx.clone(),
+            watches: watches.clone(),
             view: view_rx,
             storage_stats,
             ring,
@@ -127,6 +132,7 @@ impl Driver {
             next_view: Time::from_millis(0),
             started,
             stopped,
+            watches,
         };
         (driver, handle, storage_task)
     }
@@ -313,6 +319,11 @@ impl Driver {
                     .forward(to, partition, hops, &p.req, p.reply),
             }
         }
+        let mut feed = Vec::new();
+        while let Some(item) = self.node.poll_feed() {
+            feed.push(item);
+        }
+        self.watches.feed(feed);
         while let Some(event) = self.node.poll_event() {
             #[cfg(madsim)]
             if let (Event::Observed(o), Some(observer)) = (&event, &self.io.observer) {

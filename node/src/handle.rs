@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::storage::StorageStats;
 use crate::view::ClusterView;
+use crate::watch::WatchHub;
 
 /// What a client call gets back.
 pub type ClientResult = Result<ClientResponse, ClientError>;
@@ -85,6 +86,8 @@ pub struct PartitionDigest {
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) tx: mpsc::Sender<Input>,
+    /// This node's replicas' recent changes, for watches.
+    pub(crate) watches: Arc<WatchHub>,
     pub(crate) view: watch::Receiver<Arc<ClusterView>>,
     pub(crate) storage_stats: watch::Receiver<StorageStats>,
     pub(crate) ring: Arc<Ring>,
@@ -202,6 +205,11 @@ impl NodeHandle {
             return stopping();
         }
         rx.await.unwrap_or_else(|_| stopping())
+    }
+
+    /// This node's replicas' recent changes ([`crate::watch`]).
+    pub fn watches(&self) -> Arc<WatchHub> {
+        self.watches.clone()
     }
 
     /// The latest published view of the cluster.

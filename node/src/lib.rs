@@ -28,6 +28,7 @@ pub mod server;
 pub mod storage;
 pub mod transport;
 pub mod view;
+pub mod watch;
 
 /// An error and its sources on one line, "a: b: c", skipping a source whose
 /// text the line already holds (tonic's transport errors say only

@@ -71,6 +71,7 @@ use crate::raft::{
 use crate::ring::{Ring, RingConfig, RingError};
 use crate::routing::Hops;
 use crate::types::{NodeId, PartitionId, Time};
+use crate::watch::Feed;
 use crate::wire;
 
 /// Static configuration of one node.
@@ -156,6 +157,10 @@ pub struct NodeConfig {
     /// ([`crate::check::invariants`]). Off in production: it costs an event
     /// and a hash of the command per applied entry.
     pub observe: bool,
+    /// Record every data partition's changes for watchers
+    /// ([`Node::poll_feed`]). Off unless the driver drains them (the
+    /// server does): undrained, they would pile up.
+    pub watch: bool,
 }
 
 impl NodeConfig {
@@ -195,6 +200,7 @@ impl NodeConfig {
             placement_interval: Duration::from_secs(1),
             report_interval: Duration::from_millis(500),
             observe: false,
+            watch: false,
         }
     }
 }
@@ -948,6 +954,9 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     replies: VecDeque<(RequestId, Reply)>,
     events: VecDeque<Event>,
+    /// What data partitions' state machines changed, for watchers (only
+    /// with [`NodeConfig::watch`]).
+    feed: VecDeque<(PartitionId, Feed)>,
     stats: NodeStats,
     meta: cluster::MetadataView,
     controller: controller::ControllerState,
@@ -966,6 +975,7 @@ impl Node {
         let mut recovered = recovered;
         let mut groups = BTreeMap::new();
         let mut events = VecDeque::new();
+        let mut feed = VecDeque::new();
         let mut tombstones = BTreeMap::new();
         let mut genesis_records = Vec::new();
         // A node's first boot creates the groups the ring gives it; from
@@ -1023,13 +1033,14 @@ impl Node {
                 }
                 None => Membership::default(),
             };
-            let kv = match &storage.snapshot {
+            let mut kv = match &storage.snapshot {
                 Some(s) => KvStore::restore(&s.data).map_err(|e| StartError::CorruptSnapshot {
                     partition: p,
                     reason: e.to_string(),
                 })?,
                 None => KvStore::new(),
             };
+            Self::start_feed(&cfg, &mut feed, p, &mut kv);
             let saved_hard_state = storage.hard_state;
             let seed = group_seed(rng_seed, p);
             let raft = Raft::new(id, cfg.raft.clone(), membership, storage, seed);
@@ -1108,6 +1119,7 @@ impl Node {
             transmits: VecDeque::new(),
             replies: VecDeque::new(),
             events,
+            feed,
             stats: NodeStats::default(),
             meta: cluster::MetadataView::default(),
             controller: controller::ControllerState::default(),
@@ -1282,6 +1294,7 @@ impl Node {
                     sweep_in_flight: 0,
                     removed_at,
                 };
+                Self::start_feed(&self.cfg, &mut self.feed, p, &mut group.kv);
                 group.raft.step(m);
                 self.groups.insert(p, group);
                 self.dirty.insert(p);
@@ -2095,6 +2108,34 @@ impl Node {
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
+
+    /// What a data partition's replica here changed, in apply order (only
+    /// with [`NodeConfig::watch`]): a [`Feed::Reset`] when the replica
+    /// starts, is created or takes a snapshot, then each applied entry's
+    /// [`Feed::Changes`], and [`Feed::Gone`] when it is destroyed.
+    pub fn poll_feed(&mut self) -> Option<(PartitionId, Feed)> {
+        self.feed.pop_front()
+    }
+
+    /// Starts recording `p`'s changes into the feed from its state
+    /// machine's applied index (with [`NodeConfig::watch`], for data
+    /// partitions).
+    fn start_feed(
+        cfg: &NodeConfig,
+        feed: &mut VecDeque<(PartitionId, Feed)>,
+        p: PartitionId,
+        kv: &mut KvStore,
+    ) {
+        if cfg.watch && p != METADATA_GROUP {
+            kv.record_changes();
+            feed.push_back((
+                p,
+                Feed::Reset {
+                    floor: kv.applied_index(),
+                },
+            ));
+        }
+    }
     /// When `handle_timeout` should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
@@ -2348,6 +2389,7 @@ impl Node {
         }
         if let (Some(snap), Some(kv)) = (ready.snapshot_to_apply, restored) {
             g.kv = kv;
+            Self::start_feed(&self.cfg, &mut self.feed, p, &mut g.kv);
             if self.cfg.observe {
                 let (index, term) = (snap.meta.index, snap.meta.term);
                 observe(&mut self.events, Observed::SnapshotRestored { index, term });
@@ -2373,6 +2415,10 @@ impl Node {
                 EntryKind::Noop | EntryKind::ConfChange => g.kv.apply(entry.index, &[]),
                 EntryKind::Normal => g.kv.apply(entry.index, &entry.data),
             };
+            let changes = g.kv.take_changes();
+            if !changes.is_empty() {
+                self.feed.push_back((p, Feed::Changes(changes)));
+            }
             if let Some(w) = self.writes.remove(&(p, entry.index)) {
                 self.pending_write_bytes -= w.bytes;
                 let result = if w.term != entry.term {
@@ -2531,6 +2577,9 @@ impl Node {
             .groups
             .remove(&p)
             .expect("destroy_group: a hosted group");
+        if self.cfg.watch && p != METADATA_GROUP {
+            self.feed.push_back((p, Feed::Gone));
+        }
         let voters = g.raft.membership().voters.clone();
         let tombstone = Tombstone {
             removed_at: g.raft.log().committed(),

@@ -5,12 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringkv_core::NodeId;
 use ringkv_core::kv::KeyValue;
 use ringkv_core::node::{ClientError, ClientResponse, Drain, DrainError};
 use ringkv_core::placement::ReplicaMove;
 use ringkv_core::placement::planner::{MoveProgress, Phase, Reason};
+use ringkv_core::watch::{Change, ChangeKind};
+use ringkv_core::{NodeId, PartitionId};
 use ringkv_proto::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::errors::to_status;
@@ -18,6 +20,7 @@ use super::{convert, scan};
 use crate::handle::NodeHandle;
 use crate::transport::Handshake;
 use crate::view::ClusterView;
+use crate::watch::{Cursor, Start, Target, WatchError, Watcher};
 
 pub struct KvService {
     node: NodeHandle,
@@ -37,8 +40,101 @@ fn unexpected(r: ClientResponse) -> Status {
     Status::internal(format!("unexpected response from the node: {r:?}"))
 }
 
+/// Watch responses queued for one gRPC watcher before it waits.
+const WATCH_RESPONSES_QUEUED: usize = 16;
+
+/// A watch that cannot go on, as a gRPC status.
+fn watch_status(e: &WatchError) -> Status {
+    match e {
+        WatchError::Compacted { .. } => Status::failed_precondition(format!("compacted: {e}")),
+        WatchError::NotHere { .. } => Status::unavailable(format!("not_a_replica: {e}")),
+        WatchError::BadCursor(_) | WatchError::StartNeedsOnePartition => {
+            Status::invalid_argument(e.to_string())
+        }
+    }
+}
+
+fn watch_event(p: PartitionId, c: Change, values: bool) -> pb::WatchEvent {
+    let kind = match c.kind {
+        ChangeKind::Put => pb::watch_event::Kind::Put,
+        ChangeKind::Delete => pb::watch_event::Kind::Delete,
+        ChangeKind::Expire => pb::watch_event::Kind::Expire,
+    };
+    pb::WatchEvent {
+        kind: kind as i32,
+        key: c.key,
+        value: if values { c.value } else { Default::default() },
+        partition: p.0,
+        revision: c.revision,
+        version: c.version,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let target = match r.target {
+            Some(pb::watch_request::Target::Key(key)) if !key.is_empty() => Target::Key(key),
+            Some(pb::watch_request::Target::Prefix(prefix)) => Target::Prefix(prefix),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a watch needs a non-empty key or a prefix",
+                ));
+            }
+        };
+        let start = match (r.cursor.is_empty(), r.start_revision) {
+            (true, 0) => Start::Now,
+            (true, rev) => Start::Revision(rev),
+            (false, 0) => Start::Cursor(Cursor::decode(&r.cursor).map_err(|e| watch_status(&e))?),
+            (false, _) => {
+                return Err(Status::invalid_argument(
+                    "give start_revision or a cursor, not both",
+                ));
+            }
+        };
+        let mut watcher = Watcher::start(self.node.watches(), self.partition_count, target, start)
+            .map_err(|e| watch_status(&e))?;
+        let values = !r.no_values;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_RESPONSES_QUEUED);
+        let first = pb::WatchResponse {
+            events: Vec::new(),
+            cursor: watcher.cursor().encode(),
+        };
+        tokio::spawn(async move {
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    next = watcher.next() => next,
+                    // The client went away.
+                    () = tx.closed() => return,
+                };
+                let response = next
+                    .map(|batch| pb::WatchResponse {
+                        events: batch
+                            .changes
+                            .into_iter()
+                            .map(|(p, c)| watch_event(p, c, values))
+                            .collect(),
+                        cursor: batch.cursor.encode(),
+                    })
+                    .map_err(|e| watch_status(&e));
+                let end = response.is_err();
+                if tx.send(response).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn scan(
         &self,
         request: Request<pb::ScanRequest>,

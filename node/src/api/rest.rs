@@ -8,6 +8,11 @@
 //!   with `limit` (1-10,000, default 100), `cursor` (from the previous
 //!   page), `keys_only=true` and `consistency`: one page of keys in order,
 //!   `{"kvs": [...], "more": bool, "cursor": "..."|null}` ([`super::scan`]).
+//! - `GET /v1/watch?key=K` (or `?prefix=P`), with `start_revision` (one
+//!   partition's watch), `cursor` (or the `Last-Event-ID` header) to
+//!   resume, `values=false`: server-sent events, one per change (`put`,
+//!   `delete`, `expire`), each revision's last carrying the cursor as its
+//!   `id` ([`crate::watch`]).
 //! - `GET /v1/cluster/status`, `GET /v1/cluster/locate/{key}`.
 //! - `GET /v1/cluster/members`: every member with its state in the cluster
 //!   metadata, health and when it was last heard from; `GET
@@ -30,6 +35,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -41,6 +47,7 @@ use ringkv_core::kv::{KeyValue, Precondition};
 use ringkv_core::node::{
     ClientError, ClientRequest, ClientResponse, Consistency, Expiry, MAX_SCAN_LIMIT,
 };
+use ringkv_core::watch::ChangeKind;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -49,6 +56,7 @@ use super::grpc::{locate_response, status_response};
 use super::scan;
 use crate::handle::NodeHandle;
 use crate::transport::{Handshake, TransportStats};
+use crate::watch::{Cursor, Start, Target, WatchError, Watcher};
 
 #[derive(Clone)]
 struct AppState {
@@ -84,6 +92,7 @@ pub fn router(
         )
         .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
         .route("/v1/kv", get(scan_keys))
+        .route("/v1/watch", get(watch_keys))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/cluster/locate/{*key}", get(locate))
         .route("/v1/cluster/members", get(cluster_members))
@@ -105,6 +114,8 @@ fn known_parameters(method: &Method, path: &str) -> &'static [&'static str] {
         &["consistency"]
     } else if path.starts_with("/v1/kv/") && method == Method::PUT {
         &["ttl", "keep_ttl"]
+    } else if path == "/v1/watch" && read {
+        &["key", "prefix", "start_revision", "cursor", "values"]
     } else if path == "/v1/kv" && read {
         &[
             "prefix",
@@ -387,13 +398,13 @@ fn parse_consistency(s: Option<&str>) -> Result<Consistency, BadRequest> {
     }
 }
 
-/// The JSON envelope of a key.
 /// Milliseconds until a deadline by this node's wall clock (0 once it has
 /// passed; a key is read only until its partition's clock passes it).
 fn remaining_ms(expires_at: u64) -> u64 {
     expires_at.saturating_sub(crate::clock::wall_clock_ms())
 }
 
+/// The JSON envelope of a key.
 fn envelope(kv: &KeyValue) -> serde_json::Value {
     let key = String::from_utf8_lossy(&kv.key);
     let (value, encoding) = match std::str::from_utf8(&kv.value) {
@@ -994,4 +1005,195 @@ mod tests {
                 .contains(&format!("\"{}...\"", "x".repeat(QUOTED_CHARS)))
         );
     }
+}
+
+#[derive(Deserialize)]
+struct WatchParams {
+    key: Option<String>,
+    prefix: Option<String>,
+    start_revision: Option<String>,
+    cursor: Option<String>,
+    values: Option<String>,
+}
+
+/// What a watch request asks for: its target, where it starts, whether
+/// events carry values.
+fn parse_watch(
+    p: &WatchParams,
+    last_event_id: Option<&str>,
+) -> Result<(Target, Start, bool), BadRequest> {
+    let target = match (&p.key, &p.prefix) {
+        (Some(key), None) if !key.is_empty() => Target::Key(Bytes::from(key.clone())),
+        (None, Some(prefix)) => Target::Prefix(Bytes::from(prefix.clone())),
+        (Some(_), Some(_)) => {
+            return Err(BadRequest::new(
+                "invalid_parameter",
+                "give key or prefix, not both",
+            ));
+        }
+        _ => {
+            return Err(BadRequest::new(
+                "invalid_parameter",
+                "a watch needs a non-empty key= or a prefix= (prefix= with nothing after it watches every key)",
+            ));
+        }
+    };
+    let cursor = match (p.cursor.as_deref(), last_event_id) {
+        (Some(c), _) | (None, Some(c)) => Some(c),
+        (None, None) => None,
+    };
+    let start = match (cursor, p.start_revision.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(BadRequest::new(
+                "invalid_parameter",
+                "give start_revision or a cursor (or Last-Event-ID), not both",
+            ));
+        }
+        (Some(c), None) => Start::Cursor(
+            Cursor::decode(c).map_err(|e| BadRequest::new("invalid_cursor", e.to_string()))?,
+        ),
+        (None, Some(r)) => match r.parse::<u64>() {
+            Ok(r) if r > 0 => Start::Revision(r),
+            _ => {
+                return Err(BadRequest::new(
+                    "invalid_parameter",
+                    format!(
+                        "start_revision must be a revision (1 or more), not {}",
+                        quoted(r, QUOTED_CHARS)
+                    ),
+                ));
+            }
+        },
+        (None, None) => Start::Now,
+    };
+    let values = match p.values.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            return Err(BadRequest::new(
+                "invalid_parameter",
+                "values must be true or false",
+            ));
+        }
+    };
+    Ok((target, start, values))
+}
+
+/// How a watch that cannot go on is answered: a problem before the
+/// stream starts, the same JSON in an `error` event after.
+fn watch_problem(e: &WatchError) -> (u16, &'static str, serde_json::Value) {
+    match e {
+        WatchError::Compacted {
+            partition,
+            compacted,
+        } => (
+            410,
+            "compacted",
+            json!({"partition": partition.0, "floor": compacted.floor}),
+        ),
+        WatchError::NotHere { partition } => {
+            (421, "not_a_replica", json!({"partition": partition.0}))
+        }
+        WatchError::BadCursor(_) => (400, "invalid_cursor", json!({})),
+        WatchError::StartNeedsOnePartition => (400, "invalid_parameter", json!({})),
+    }
+}
+
+/// `GET /v1/watch`: server-sent events of the watched keys' changes.
+async fn watch_keys(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Params(params): Params<WatchParams>,
+) -> Response {
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let (target, start, values) = match parse_watch(&params, last_event_id) {
+        Ok(w) => w,
+        Err(r) => return r.into_response(),
+    };
+    let watcher = match Watcher::start(s.node.watches(), s.partition_count, target, start) {
+        Ok(w) => w,
+        Err(e) => {
+            let (status, code, extra) = watch_problem(&e);
+            return problem(status, code, &e.to_string(), extra);
+        }
+    };
+    let first = SseEvent::default()
+        .event("start")
+        .id(watcher.cursor().encode())
+        .data(json!({"cursor": watcher.cursor().encode()}).to_string());
+    let state = (
+        watcher,
+        Some(first),
+        std::collections::VecDeque::new(),
+        false,
+    );
+    let events =
+        futures::stream::unfold(state, move |(mut w, first, mut queue, done)| async move {
+            if let Some(first) = first {
+                return Some((
+                    Ok::<_, std::convert::Infallible>(first),
+                    (w, None, queue, done),
+                ));
+            }
+            if let Some(e) = queue.pop_front() {
+                return Some((Ok(e), (w, None, queue, done)));
+            }
+            if done {
+                return None;
+            }
+            let mut seen = w.cursor().clone();
+            match w.next().await {
+                Ok(batch) => {
+                    let n = batch.changes.len();
+                    for (i, (p, c)) in batch.changes.iter().enumerate() {
+                        let mut data = json!({
+                            "key": String::from_utf8_lossy(&c.key),
+                            "partition": p.0,
+                            "revision": c.revision,
+                        });
+                        if c.kind == ChangeKind::Put {
+                            data["version"] = json!(c.version);
+                            if values {
+                                let (value, encoding) = match std::str::from_utf8(&c.value) {
+                                    Ok(v) => (v.to_owned(), "utf8"),
+                                    Err(_) => (
+                                        base64::engine::general_purpose::STANDARD.encode(&c.value),
+                                        "base64",
+                                    ),
+                                };
+                                data["value"] = json!(value);
+                                data["value_encoding"] = json!(encoding);
+                            }
+                        }
+                        let mut event = SseEvent::default()
+                            .event(c.kind.as_str())
+                            .data(data.to_string());
+                        // The last change of its revision (of its partition)
+                        // closes what a resume must not send again.
+                        let next = batch.changes.get(i + 1);
+                        if i + 1 == n {
+                            event = event.id(batch.cursor.encode());
+                        } else if next.is_none_or(|(np, nc)| np != p || nc.revision != c.revision) {
+                            seen.set(*p, c.revision);
+                            event = event.id(seen.encode());
+                        }
+                        queue.push_back(event);
+                    }
+                    let e = queue.pop_front().expect("a batch holds a change");
+                    Some((Ok(e), (w, None, queue, false)))
+                }
+                Err(e) => {
+                    let (status, code, extra) = watch_problem(&e);
+                    let mut body = json!({"status": status, "code": code, "detail": e.to_string()});
+                    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+                        b.extend(x.clone());
+                    }
+                    let event = SseEvent::default().event("error").data(body.to_string());
+                    Some((Ok(event), (w, None, queue, true)))
+                }
+            }
+        });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
 }

@@ -535,7 +535,10 @@ where
 
 /// Connects to the first of `endpoints` that accepts, returning the channel
 /// and its index in `endpoints`.
-async fn connect_first(endpoints: &[String], op: Op) -> Result<(Channel, usize), Failure> {
+pub(super) async fn connect_first(
+    endpoints: &[String],
+    op: Op,
+) -> Result<(Channel, usize), Failure> {
     let mut errors = Vec::new();
     for (index, uri) in endpoints.iter().enumerate() {
         let endpoint = match Endpoint::from_shared(uri.clone()) {
@@ -562,12 +565,12 @@ async fn connect_first(endpoints: &[String], op: Op) -> Result<(Channel, usize),
 
 /// A JSON string for bytes: the text if valid UTF-8, else base64.
 #[derive(Serialize)]
-struct EncodedBytes {
-    text: String,
-    encoding: &'static str,
+pub(super) struct EncodedBytes {
+    pub(super) text: String,
+    pub(super) encoding: &'static str,
 }
 
-fn encode_bytes(bytes: &[u8]) -> EncodedBytes {
+pub(super) fn encode_bytes(bytes: &[u8]) -> EncodedBytes {
     match std::str::from_utf8(bytes) {
         Ok(text) => EncodedBytes {
             text: text.to_owned(),
@@ -580,7 +583,7 @@ fn encode_bytes(bytes: &[u8]) -> EncodedBytes {
     }
 }
 
-fn to_json_line<T: Serialize>(value: &T) -> String {
+pub(super) fn to_json_line<T: Serialize>(value: &T) -> String {
     // Serializing plain structs of strings and numbers cannot fail.
     let mut line = serde_json::to_string(value).unwrap_or_default();
     line.push('\n');

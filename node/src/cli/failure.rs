@@ -40,6 +40,8 @@ pub enum ErrorCode {
     NotInCluster,
     TimeoutOutcomeUnknown,
     ReadTimeout,
+    /// A watch's changes to resume from are no longer held.
+    Compacted,
     Internal,
     /// Client: no endpoint accepted a connection; nothing was sent.
     Unreachable,
@@ -58,7 +60,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order (`ALL[c.index()] == c`).
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::KeyTooLarge,
         ErrorCode::ValueTooLarge,
         ErrorCode::InvalidKey,
@@ -70,6 +72,7 @@ impl ErrorCode {
         ErrorCode::NotInCluster,
         ErrorCode::TimeoutOutcomeUnknown,
         ErrorCode::ReadTimeout,
+        ErrorCode::Compacted,
         ErrorCode::Internal,
         ErrorCode::Unreachable,
         ErrorCode::ConnectionLost,
@@ -98,6 +101,7 @@ impl ErrorCode {
             ErrorCode::NotInCluster => "not_in_cluster",
             ErrorCode::TimeoutOutcomeUnknown => "timeout_outcome_unknown",
             ErrorCode::ReadTimeout => "read_timeout",
+            ErrorCode::Compacted => "compacted",
             ErrorCode::Internal => "internal",
             ErrorCode::Unreachable => "unreachable",
             ErrorCode::ConnectionLost => "connection_lost",
@@ -154,6 +158,7 @@ impl ErrorCode {
             | ErrorCode::NotApplied
             | ErrorCode::NotInCluster
             | ErrorCode::ReadTimeout
+            | ErrorCode::Compacted
             | ErrorCode::Unreachable
             | ErrorCode::ConnectionLost
             | ErrorCode::ClientTimeout => exit::UNAVAILABLE,

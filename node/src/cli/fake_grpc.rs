@@ -204,6 +204,16 @@ impl Kv for FakeNode {
         Ok(Response::new(ScanResponse { kvs, cursor }))
     }
 
+    type WatchStream =
+        tokio_stream::wrappers::ReceiverStream<Result<ringkv_proto::v1::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<ringkv_proto::v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("the fake node has no watches"))
+    }
+
     async fn expire(
         &self,
         _request: Request<ExpireRequest>,

@@ -37,6 +37,7 @@ pub mod failure;
 #[cfg(test)]
 mod fake_grpc;
 mod table;
+pub mod watch;
 
 /// The process exit codes of the client commands (see the module table).
 pub mod exit {
