@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 /// What a change did to its key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChangeKind {
     /// Written (created, overwritten, incremented, appended, or its expiry
     /// changed: any write that set its `mod_revision`).

@@ -13,6 +13,8 @@
 //! - [`expiry`]: a key written with a deadline is gone within the drift
 //!   bound of it, by true time, and never comes back (its own records: the
 //!   history does not carry true time).
+//! - [`watch`]: watchers saw every committed change of their keys, in
+//!   revision order, once, and nothing that was not written.
 //!
 //! Each returns [`Violation`]s naming the key and the operations involved;
 //! [`check_all`] runs the three and gathers the results.
@@ -28,6 +30,7 @@ pub mod invariants;
 pub mod linearizability;
 pub mod no_lost_writes;
 pub mod stale_reads;
+pub mod watch;
 
 #[cfg(test)]
 mod testkit;
