@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ringkv_core::NodeId;
-use ringkv_node::cli::{admin, bench, client, watch};
+use ringkv_node::cli::{admin, bench, client, watch, watch_bench};
 use ringkv_node::clock::MonotonicClock;
 use ringkv_node::config::{ServerConfig, defaults, parse_peers};
 use ringkv_node::disk::FsDisk;
@@ -51,6 +51,8 @@ enum Command {
     Locate(client::LocateArgs),
     /// Closed-loop load against a running cluster.
     Bench(bench::BenchArgs),
+    /// Watch fan-out: many watchers of one prefix while writers write under it.
+    BenchWatch(watch_bench::BenchWatchArgs),
     /// Operator commands (move a replica of a partition between nodes).
     Admin(admin::AdminArgs),
     /// A node's life in the cluster (drain and remove a node).
@@ -195,6 +197,7 @@ pub fn main() -> ExitCode {
         Command::Del(a) => run_client(client::del(a)),
         Command::Ls(a) => run_client(client::ls(a)),
         Command::Watch(a) => run_client(watch::watch(a)),
+        Command::BenchWatch(a) => run_client(watch_bench::run(a)),
         Command::Status(a) => run_client(client::status(a)),
         Command::Locate(a) => run_client(client::locate(a)),
         Command::Admin(a) => run_client(admin::run(a)),

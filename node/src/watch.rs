@@ -321,11 +321,29 @@ impl Watcher {
         }
     }
 
-    /// The changes held past the cursor, moving it past them.
+    /// The changes held past the cursor, moving it past them (one lock
+    /// of the hub for all partitions; a partition with nothing new costs a
+    /// comparison).
     fn poll(&mut self) -> Result<Vec<(PartitionId, Change)>, WatchError> {
         let mut out = Vec::new();
+        let histories = self
+            .hub
+            .histories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for (&p, after) in self.seen.0.iter_mut() {
-            let (changes, seen) = self.hub.read(p, *after, |c| self.target.wants(&c.key))?;
+            let h = histories
+                .get(&p)
+                .ok_or(WatchError::NotHere { partition: p })?;
+            if h.head() <= *after && h.floor() <= *after {
+                continue;
+            }
+            let (changes, seen) = h
+                .read(*after, MAX_CHANGES_PER_READ, |c| self.target.wants(&c.key))
+                .map_err(|c| WatchError::Compacted {
+                    partition: p,
+                    compacted: c,
+                })?;
             *after = seen;
             out.extend(changes.into_iter().map(|c| (p, c)));
         }

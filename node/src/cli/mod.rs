@@ -38,6 +38,7 @@ pub mod failure;
 mod fake_grpc;
 mod table;
 pub mod watch;
+pub mod watch_bench;
 
 /// The process exit codes of the client commands (see the module table).
 pub mod exit {
