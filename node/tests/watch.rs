@@ -74,17 +74,36 @@ fn next_event(rx: &mpsc::Receiver<Sse>, what: &str) -> Sse {
         .unwrap_or_else(|_| panic!("no event: {what}"))
 }
 
+/// Puts `key = value` through `via`, once: a put whose outcome is unknown
+/// (504: a leader died under it) is sent again only if a linearizable read
+/// shows it was not applied (with two of three nodes left, the survivor
+/// that leads holds every entry that can still commit).
 fn put(c: &Cluster, via: u64, key: &str, value: &str) {
-    let r = common::retry_write(Duration::from_secs(30), || {
-        common::request(
-            c.node(via).rest(),
-            "PUT",
-            &common::kv_path(key, None),
-            &[],
-            value.as_bytes(),
-        )
-    });
-    assert!(r.is_success(), "put {key}: {r:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = common::retry_write(Duration::from_secs(30), || {
+            common::request(
+                c.node(via).rest(),
+                "PUT",
+                &common::kv_path(key, None),
+                &[],
+                value.as_bytes(),
+            )
+        });
+        if r.is_success() {
+            return;
+        }
+        assert!(
+            r.status == 504 && Instant::now() < deadline,
+            "put {key}: {r:?}"
+        );
+        let read = common::retry_read(Duration::from_secs(30), || {
+            common::get(c.node(via).rest(), &common::kv_path(key, None))
+        });
+        if read.status == 200 && read.text() == value {
+            return;
+        }
+    }
 }
 
 fn delete(c: &Cluster, via: u64, key: &str) {
@@ -154,6 +173,10 @@ fn a_watch_sees_puts_and_deletes_across_a_leader_kill() {
     put(&c, follower, key, "v2");
     delete(&c, leader, key);
     c.kill(leader);
+    common::poll(Duration::from_secs(30), "a new leader", || {
+        let (l, _) = c.wait_leader_of(other, key, Duration::from_secs(30));
+        (l != leader).then_some(())
+    });
     put(&c, other, key, "v3");
 
     let want = [
