@@ -306,3 +306,52 @@ fn a_prefix_watch_sees_its_keys_and_bad_requests_are_refused() {
         );
     }
 }
+
+/// `ringkv watch` attached to a node that stops answering (SIGSTOP: its
+/// connections stay open, nothing resets them) notices by its keepalive
+/// pings and resumes through the next endpoint: a change written while
+/// that node is frozen is still printed.
+#[test]
+fn ringkv_watch_moves_on_from_a_frozen_node() {
+    let mut c = Cluster::start(3);
+    c.wait_ready(Duration::from_secs(30));
+    let key = "frozen/1";
+    let frozen = 1;
+    let endpoints = [1u64, 2, 3]
+        .iter()
+        .map(|&id| c.node(id).grpc.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sse = subscribe(c.node(2).rest(), &format!("/v1/watch?key={key}"), None);
+    let start = next_event(&sse, "start");
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["watch", key, "-o", "json", "--count", "1", "--endpoints"])
+        .arg(&endpoints)
+        .args(["--cursor", start.id.as_deref().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ringkv watch");
+    thread::sleep(Duration::from_secs(1));
+    c.pause(frozen, true);
+    put(&c, 2, key, "while frozen");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cli.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = cli.kill();
+            panic!("ringkv watch never printed the change written while node {frozen} was frozen");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let out = cli.wait_with_output().expect("ringkv watch ends");
+    c.pause(frozen, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ringkv watch: {stderr}");
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON line");
+    assert_eq!(line["value"], "while frozen", "{line}");
+    assert!(
+        stderr.contains("resuming through the next endpoint"),
+        "{stderr}"
+    );
+}

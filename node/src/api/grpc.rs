@@ -43,15 +43,21 @@ fn unexpected(r: ClientResponse) -> Status {
 /// Watch responses queued for one gRPC watcher before it waits.
 const WATCH_RESPONSES_QUEUED: usize = 16;
 
-/// A watch that cannot go on, as a gRPC status.
+/// A watch that cannot go on, as a gRPC status with its `ringkv-code`.
 fn watch_status(e: &WatchError) -> Status {
-    match e {
-        WatchError::Compacted { .. } => Status::failed_precondition(format!("compacted: {e}")),
-        WatchError::NotHere { .. } => Status::unavailable(format!("not_a_replica: {e}")),
-        WatchError::BadCursor(_) | WatchError::StartNeedsOnePartition => {
-            Status::invalid_argument(e.to_string())
+    let (mut status, code) = match e {
+        WatchError::Compacted { .. } => (Status::failed_precondition(e.to_string()), "compacted"),
+        WatchError::NotHere { .. } => (Status::unavailable(e.to_string()), "not_a_replica"),
+        WatchError::BadCursor(_) => (Status::invalid_argument(e.to_string()), "invalid_cursor"),
+        WatchError::StartNeedsOnePartition => {
+            (Status::invalid_argument(e.to_string()), "invalid_argument")
         }
-    }
+    };
+    status.metadata_mut().insert(
+        super::errors::CODE_METADATA,
+        tonic::metadata::MetadataValue::from_static(code),
+    );
+    status
 }
 
 fn watch_event(p: PartitionId, c: Change, values: bool) -> pb::WatchEvent {

@@ -48,6 +48,9 @@ use crate::error_chain;
 /// How long to wait for one endpoint to accept a connection before trying
 /// the next.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an open call pings the server, and how long it waits for the
+/// answer.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Pauses before re-sending a request the server marked safe to retry; one
 /// retry per entry.
 const RETRY_BACKOFF: [Duration; 3] = [
@@ -542,7 +545,14 @@ pub(super) async fn connect_first(
     let mut errors = Vec::new();
     for (index, uri) in endpoints.iter().enumerate() {
         let endpoint = match Endpoint::from_shared(uri.clone()) {
-            Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
+            // Pings while a call is open (a watch may be quiet for long):
+            // a node that stops answering them fails the call, and
+            // `ringkv watch` moves on.
+            Ok(e) => e
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEP_ALIVE)
+                .keep_alive_timeout(KEEP_ALIVE),
             Err(e) => {
                 errors.push(format!("{uri}: {e}"));
                 continue;
