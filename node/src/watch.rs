@@ -11,17 +11,23 @@
 //! node) to resume without loss. A cursor older than what a replica holds
 //! is refused as compacted, never answered with a gap.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use ringkv_core::PartitionId;
 use ringkv_core::ring::partition_of;
-use ringkv_core::watch::{Change, Compacted, Feed, History, HistoryLimits};
-use tokio::sync::watch;
+use ringkv_core::watch::{Change, ChangeKind, Compacted, Feed, History, HistoryLimits};
+use ringkv_proto::v1 as pb;
+use ringkv_proto::v1::kv_client::KvClient;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
 
+use crate::api::errors::CODE_METADATA;
 use crate::api::scan::KeyRange;
+use crate::handle::NodeHandle;
 
 /// Changes a watcher takes from one partition per wake-up (whole
 /// revisions: a little more when the last one changed many keys).
@@ -119,6 +125,13 @@ pub enum Target {
 }
 
 impl Target {
+    fn to_proto(&self) -> pb::watch_request::Target {
+        match self {
+            Target::Key(k) => pb::watch_request::Target::Key(k.clone()),
+            Target::Prefix(p) => pb::watch_request::Target::Prefix(p.clone()),
+        }
+    }
+
     /// The partitions whose changes it needs: the key's, the one slot of a
     /// prefix that holds a hash tag, or every partition.
     fn partitions(&self, partition_count: u32) -> Vec<PartitionId> {
@@ -215,6 +228,9 @@ pub enum WatchError {
     NotHere { partition: PartitionId },
     #[error("invalid watch cursor: {0}")]
     BadCursor(String),
+    /// This node is shutting down.
+    #[error("this node is shutting down; resume the watch through another node")]
+    Stopping,
     /// `start_revision` names one partition's revision: it needs a key, or a
     /// prefix within one hash tag.
     #[error(
@@ -237,7 +253,35 @@ pub struct Watcher {
     target: Target,
     seen: Cursor,
     bumps: watch::Receiver<u64>,
+    /// Partitions this node holds no replica of: their changes come from
+    /// a replica elsewhere, one relay task each, through `relayed`.
+    relayed: Option<mpsc::Receiver<(PartitionId, Relayed)>>,
+    relays: Vec<tokio::task::JoinHandle<()>>,
+    relayed_partitions: BTreeSet<PartitionId>,
+    /// Relayed changes received, not yet handed out.
+    pending: Vec<(PartitionId, Change)>,
 }
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        for r in &self.relays {
+            r.abort();
+        }
+    }
+}
+
+/// What a relay task hands its watcher: the changes of one response from
+/// the replica it follows and the revision seen up to after them (the
+/// first response has no changes: where the relay starts), or why it
+/// cannot go on.
+enum Relayed {
+    Changes(Vec<Change>, u64),
+    Failed(WatchError),
+}
+
+/// How long a watch waits for the relays of partitions it holds no replica
+/// of to find one.
+const RELAY_ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a watch starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -252,7 +296,82 @@ pub enum Start {
 }
 
 impl Watcher {
-    /// Attaches a watch of `target` to this node's replicas.
+    /// Attaches a watch of `target`: this node's replicas serve the
+    /// partitions it holds; for each other one, a relay follows a replica
+    /// elsewhere (found among the members; the same watch, by gRPC).
+    pub async fn attach(
+        node: &NodeHandle,
+        partition_count: u32,
+        target: Target,
+        start: Start,
+    ) -> Result<Watcher, WatchError> {
+        let hub = node.watches();
+        let partitions = target.partitions(partition_count);
+        let remote: Vec<PartitionId> = partitions
+            .iter()
+            .copied()
+            .filter(|&p| hub.head(p).is_err())
+            .collect();
+        let local: Vec<PartitionId> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !remote.contains(p))
+            .collect();
+        if let Start::Revision(_) = start
+            && partitions.len() > 1
+        {
+            return Err(WatchError::StartNeedsOnePartition);
+        }
+        let mut watcher = Watcher::start_among(hub, &partitions, &local, target, &start)?;
+        if remote.is_empty() {
+            return Ok(watcher);
+        }
+        watcher.relayed_partitions = remote.iter().copied().collect();
+        let (tx, mut rx) = mpsc::channel(16 * remote.len());
+        for &p in &remote {
+            let (after, start_revision) = match &start {
+                Start::Now => (None, None),
+                Start::Revision(r) => (None, Some(*r)),
+                Start::Cursor(c) => (c.revision(p), None),
+            };
+            let relay = relay(
+                node.clone(),
+                p,
+                watcher.target.clone(),
+                after,
+                start_revision,
+                tx.clone(),
+            );
+            watcher.relays.push(tokio::spawn(relay));
+        }
+        // Each relay's first answer says where it starts.
+        let mut started = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + RELAY_ATTACH_TIMEOUT;
+        while started.len() < remote.len() {
+            // (madsim's `time` has no `timeout_at`.)
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let item = tokio::time::timeout(left, rx.recv()).await;
+            let Ok(Some((p, item))) = item else {
+                let p = remote
+                    .iter()
+                    .find(|p| !started.contains_key(*p))
+                    .expect("one");
+                return Err(WatchError::NotHere { partition: *p });
+            };
+            match item {
+                Relayed::Failed(e) => return Err(e),
+                Relayed::Changes(changes, seen) => {
+                    started.entry(p).or_insert(seen);
+                    watcher.seen.set(p, seen);
+                    watcher.pending.extend(changes.into_iter().map(|c| (p, c)));
+                }
+            }
+        }
+        watcher.relayed = Some(rx);
+        Ok(watcher)
+    }
+
+    /// Attaches a watch of `target` to this node's replicas only.
     pub fn start(
         hub: Arc<WatchHub>,
         partition_count: u32,
@@ -260,10 +379,23 @@ impl Watcher {
         start: Start,
     ) -> Result<Watcher, WatchError> {
         let partitions = target.partitions(partition_count);
+        Self::start_among(hub, &partitions, &partitions, target, &start)
+    }
+
+    /// A watcher of `partitions` (all the target needs, or a relay's
+    /// share) serving `local` from this node's replicas; the rest is
+    /// relayed.
+    fn start_among(
+        hub: Arc<WatchHub>,
+        partitions: &[PartitionId],
+        local: &[PartitionId],
+        target: Target,
+        start: &Start,
+    ) -> Result<Watcher, WatchError> {
         let bumps = hub.bumps.subscribe();
         let mut seen = BTreeMap::new();
-        for &p in &partitions {
-            let after = match &start {
+        for &p in local {
+            let after = match start {
                 Start::Now => hub.head(p)?,
                 Start::Revision(_) if partitions.len() > 1 => {
                     return Err(WatchError::StartNeedsOnePartition);
@@ -277,8 +409,9 @@ impl Watcher {
             };
             seen.insert(p, after);
         }
-        if let Start::Cursor(c) = &start
-            && c.0.len() != seen.len()
+        if let Start::Cursor(c) = start
+            && (c.0.len() != partitions.len()
+                || partitions.iter().any(|&p| c.revision(p).is_none()))
         {
             return Err(WatchError::BadCursor(
                 "it covers other partitions: it is from a watch of other keys".into(),
@@ -293,7 +426,29 @@ impl Watcher {
             target,
             seen: Cursor(seen),
             bumps,
+            relayed: None,
+            relays: Vec::new(),
+            relayed_partitions: BTreeSet::new(),
+            pending: Vec::new(),
         })
+    }
+
+    /// Attaches a relay's watch: only `only` of the target's partitions,
+    /// from this node's replicas (never relayed again).
+    pub fn start_only(
+        hub: Arc<WatchHub>,
+        partition_count: u32,
+        target: Target,
+        start: Start,
+        only: &[PartitionId],
+    ) -> Result<Watcher, WatchError> {
+        let all = target.partitions(partition_count);
+        if let Some(p) = only.iter().find(|p| !all.contains(p)) {
+            return Err(WatchError::BadCursor(format!(
+                "partition {p} holds none of the watched keys"
+            )));
+        }
+        Self::start_among(hub, only, only, target, &start)
     }
 
     /// What the watcher has seen so far.
@@ -305,25 +460,62 @@ impl Watcher {
     pub async fn next(&mut self) -> Result<Batch, WatchError> {
         loop {
             self.bumps.borrow_and_update();
-            let changes = self.poll()?;
+            let mut changes = std::mem::take(&mut self.pending);
+            changes.extend(self.poll()?);
+            while let Some(item) = self.relayed.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                changes.extend(self.take_relayed(item)?);
+            }
             if !changes.is_empty() {
                 return Ok(Batch {
                     changes,
                     cursor: self.seen.clone(),
                 });
             }
-            if self.bumps.changed().await.is_err() {
-                // The hub is gone: the node is stopping.
-                return Err(WatchError::NotHere {
-                    partition: *self.seen.0.keys().next().expect("a partition"),
-                });
+            let relayed = async {
+                match self.relayed.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                bumped = self.bumps.changed() => {
+                    if bumped.is_err() {
+                        // The hub is gone: the node is stopping.
+                        return Err(WatchError::Stopping);
+                    }
+                }
+                item = relayed => match item {
+                    Some(item) => {
+                        let changes = self.take_relayed(item)?;
+                        self.pending.extend(changes);
+                    }
+                    None => return Err(WatchError::Stopping),
+                },
             }
         }
     }
 
-    /// The changes held past the cursor, moving it past them (one lock
-    /// of the hub for all partitions; a partition with nothing new costs a
-    /// comparison).
+    /// Takes in what a relay handed over, moving the cursor past it.
+    fn take_relayed(
+        &mut self,
+        (p, item): (PartitionId, Relayed),
+    ) -> Result<Vec<(PartitionId, Change)>, WatchError> {
+        match item {
+            Relayed::Failed(e) => Err(e),
+            Relayed::Changes(changes, seen) => {
+                self.seen.set(p, seen);
+                Ok(changes
+                    .into_iter()
+                    .filter(|c| self.target.wants(&c.key))
+                    .map(|c| (p, c))
+                    .collect())
+            }
+        }
+    }
+
+    /// The changes the local replicas hold past the cursor, moving it past
+    /// them (one lock of the hub for all partitions; a partition with
+    /// nothing new costs a comparison).
     fn poll(&mut self) -> Result<Vec<(PartitionId, Change)>, WatchError> {
         let mut out = Vec::new();
         let histories = self
@@ -332,10 +524,13 @@ impl Watcher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for (&p, after) in self.seen.0.iter_mut() {
-            let h = histories
-                .get(&p)
-                .ok_or(WatchError::NotHere { partition: p })?;
-            if h.head() <= *after && h.floor() <= *after {
+            let Some(h) = histories.get(&p) else {
+                if self.relayed_partitions.contains(&p) {
+                    continue;
+                }
+                return Err(WatchError::NotHere { partition: p });
+            };
+            if self.relayed_partitions.contains(&p) || (h.head() <= *after && h.floor() <= *after) {
                 continue;
             }
             let (changes, seen) = h
@@ -348,6 +543,169 @@ impl Watcher {
             out.extend(changes.into_iter().map(|c| (p, c)));
         }
         Ok(out)
+    }
+}
+
+/// Follows partition `p` of `target` on a replica elsewhere, handing each
+/// response to `tx`, from `after` (or, with none, from `start_revision`,
+/// or from now). Resumes on another member, from what it has seen, when a
+/// stream breaks; a member that holds no replica of `p` says so, and the
+/// next is asked. Ends when the watcher is gone.
+async fn relay(
+    node: NodeHandle,
+    p: PartitionId,
+    target: Target,
+    mut after: Option<u64>,
+    mut start_revision: Option<u64>,
+    tx: mpsc::Sender<(PartitionId, Relayed)>,
+) {
+    let mut rounds = 0u32;
+    loop {
+        let view = node.view();
+        let mut addrs: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| m.id != view.node_id)
+            .filter_map(|m| m.address.clone())
+            .collect();
+        if !addrs.is_empty() {
+            let k = p.0 as usize % addrs.len();
+            addrs.rotate_left(k);
+        }
+        let mut none_holds_it = true;
+        for addr in addrs {
+            let request = pb::WatchRequest {
+                target: Some(target.to_proto()),
+                start_revision: if after.is_none() {
+                    start_revision.unwrap_or(0)
+                } else {
+                    0
+                },
+                cursor: after
+                    .map_or_else(String::new, |a| Cursor(BTreeMap::from([(p, a)])).encode()),
+                no_values: false,
+                partitions: vec![p.0],
+            };
+            let stream = match connect(&addr).await {
+                Ok(channel) => KvClient::new(channel).watch(request).await,
+                Err(_) => {
+                    none_holds_it = false;
+                    continue;
+                }
+            };
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(status) => match relayed_failure(p, after, &status) {
+                    Some(WatchError::NotHere { .. }) => continue,
+                    Some(e) => {
+                        let _ = tx.send((p, Relayed::Failed(e))).await;
+                        return;
+                    }
+                    None => {
+                        none_holds_it = false;
+                        continue;
+                    }
+                },
+            };
+            none_holds_it = false;
+            loop {
+                match stream.message().await {
+                    Ok(Some(r)) => {
+                        let Some(seen) = Cursor::decode(&r.cursor).ok().and_then(|c| c.revision(p))
+                        else {
+                            break;
+                        };
+                        after = Some(seen);
+                        start_revision = None;
+                        rounds = 0;
+                        let changes = r.events.into_iter().map(change_from_proto).collect();
+                        if tx.send((p, Relayed::Changes(changes, seen))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => match relayed_failure(p, after, &status) {
+                        Some(e @ WatchError::Compacted { .. }) => {
+                            let _ = tx.send((p, Relayed::Failed(e))).await;
+                            return;
+                        }
+                        _ => break,
+                    },
+                }
+            }
+        }
+        rounds += 1;
+        if none_holds_it && rounds >= RELAY_ROUNDS {
+            let _ = tx
+                .send((p, Relayed::Failed(WatchError::NotHere { partition: p })))
+                .await;
+            return;
+        }
+        tokio::time::sleep(RELAY_BACKOFF).await;
+    }
+}
+
+/// Rounds over the members, none of which holds a replica, before a relay
+/// gives up (a replica moving may be nowhere for a moment).
+const RELAY_ROUNDS: u32 = 20;
+const RELAY_BACKOFF: Duration = Duration::from_millis(250);
+
+async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a member's address is a valid URI authority")
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+}
+
+/// What a replica's refusal means for a relay: compacted (carrying the
+/// floor in `ringkv-compacted-floor`), no replica there, or (`None`) a
+/// failure to try elsewhere.
+fn relayed_failure(
+    p: PartitionId,
+    after: Option<u64>,
+    status: &tonic::Status,
+) -> Option<WatchError> {
+    let code = status
+        .metadata()
+        .get(CODE_METADATA)
+        .and_then(|v| v.to_str().ok())?;
+    match code {
+        "compacted" => {
+            let floor = status
+                .metadata()
+                .get(FLOOR_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            Some(WatchError::Compacted {
+                partition: p,
+                compacted: Compacted {
+                    after: after.unwrap_or(0),
+                    floor,
+                },
+            })
+        }
+        "not_a_replica" => Some(WatchError::NotHere { partition: p }),
+        _ => Some(WatchError::BadCursor(status.message().to_owned())),
+    }
+}
+
+/// The gRPC metadata that carries a compacted history's floor.
+pub const FLOOR_METADATA: &str = "ringkv-compacted-floor";
+
+fn change_from_proto(e: pb::WatchEvent) -> Change {
+    let kind = match pb::watch_event::Kind::try_from(e.kind) {
+        Ok(pb::watch_event::Kind::Put) => ChangeKind::Put,
+        Ok(pb::watch_event::Kind::Delete) => ChangeKind::Delete,
+        Ok(pb::watch_event::Kind::Expire) | Err(_) => ChangeKind::Expire,
+    };
+    Change {
+        revision: e.revision,
+        kind,
+        key: e.key,
+        value: e.value,
+        version: e.version,
     }
 }
 

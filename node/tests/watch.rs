@@ -355,3 +355,57 @@ fn ringkv_watch_moves_on_from_a_frozen_node() {
         "{stderr}"
     );
 }
+
+/// In a cluster of four, no node holds a replica of every partition: a
+/// prefix watch through any node relays the partitions it lacks from
+/// replicas elsewhere, and still sees every key under the prefix once;
+/// its cursor resumes the watch on another node.
+#[test]
+fn a_prefix_watch_relays_the_partitions_its_node_does_not_hold() {
+    let mut c = Cluster::start(4);
+    c.wait_ready(Duration::from_secs(60));
+    let status = c.status(4);
+    let held = status["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter(|p| {
+            p["replicas"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|id| id == 4))
+        })
+        .count();
+    assert!(
+        held < 64,
+        "node 4 holds {held} of 64 partitions: some must be relayed"
+    );
+    let sse = subscribe(c.node(4).rest(), "/v1/watch?prefix=r/", None);
+    let start = next_event(&sse, "start");
+    for i in 0..40 {
+        put(&c, 1 + i % 4, &format!("r/{i}"), "x");
+    }
+    let mut keys: Vec<String> = Vec::new();
+    let mut last_id = None;
+    for _ in 0..40 {
+        let e = next_event(&sse, "a put under r/");
+        keys.push(e.data["key"].as_str().unwrap().to_owned());
+        if e.id.is_some() {
+            last_id = e.id.clone();
+        }
+    }
+    keys.sort();
+    let mut want: Vec<String> = (0..40).map(|i| format!("r/{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want, "every key under the prefix, once");
+    assert!(sse.recv_timeout(Duration::from_millis(500)).is_err());
+
+    // The cursor after the 40th change resumes on node 1: only what came
+    // after it.
+    put(&c, 2, "r/after", "y");
+    let resumed = subscribe(c.node(1).rest(), "/v1/watch?prefix=r/", last_id.as_deref());
+    assert_eq!(next_event(&resumed, "start").event, "start");
+    let e = next_event(&resumed, "the change after the cursor");
+    assert_eq!(e.data["key"], "r/after");
+    assert!(resumed.recv_timeout(Duration::from_millis(500)).is_err());
+    drop(start);
+}

@@ -2,6 +2,9 @@
 //! their keys, in revision order, with no gaps or duplicates, while nodes
 //! are cut off, killed and restarted, and leaders move.
 //!
+//! With three nodes every node holds every partition; with four, a
+//! watcher's node relays the partitions it lacks from a replica elsewhere.
+//!
 //! Two watchers follow every key of the workload (a prefix of all
 //! partitions) through gRPC `Kv.Watch`, each starting on its own node and,
 //! when its stream breaks, resuming through the next node with the
@@ -180,10 +183,22 @@ async fn follow(
 
 #[madsim::test]
 async fn watchers_see_every_committed_change_once_in_order_under_faults() {
+    watch_under_faults(3).await;
+}
+
+/// With four nodes no node holds every partition: each watcher's node
+/// relays the partitions it lacks from replicas elsewhere, through the
+/// same faults.
+#[madsim::test]
+async fn relayed_watches_see_every_committed_change_once_in_order_under_faults() {
+    watch_under_faults(4).await;
+}
+
+async fn watch_under_faults(n: u64) {
     let seed = Handle::current().seed();
     let options = ClusterOptions::default();
     let partition_count = options.partition_count;
-    let mut cluster = SimCluster::new(3, seed, options);
+    let mut cluster = SimCluster::new(n, seed, options);
     assert!(
         cluster.wait_ready(Duration::from_secs(20)).await,
         "seed {seed}: never ready"
@@ -369,7 +384,7 @@ async fn watchers_see_every_committed_change_once_in_order_under_faults() {
         .filter(|w| matches!(w.outcome, Outcome::Acknowledged { .. }))
         .count();
     println!(
-        "seed {seed}: {} writes ({acked} acknowledged), faults [{}], watchers saw {} and {} changes, resumed {resumes:?} times",
+        "seed {seed}, {n} nodes: {} writes ({acked} acknowledged), faults [{}], watchers saw {} and {} changes, resumed {resumes:?} times",
         writes.len(),
         faults.join(", "),
         streams[0].1.len(),

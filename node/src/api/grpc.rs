@@ -52,11 +52,19 @@ fn watch_status(e: &WatchError) -> Status {
         WatchError::StartNeedsOnePartition => {
             (Status::invalid_argument(e.to_string()), "invalid_argument")
         }
+        WatchError::Stopping => (Status::unavailable(e.to_string()), "not_a_replica"),
     };
     status.metadata_mut().insert(
         super::errors::CODE_METADATA,
         tonic::metadata::MetadataValue::from_static(code),
     );
+    if let WatchError::Compacted { compacted, .. } = e
+        && let Ok(floor) = compacted.floor.to_string().parse()
+    {
+        status
+            .metadata_mut()
+            .insert(crate::watch::FLOOR_METADATA, floor);
+    }
     status
 }
 
@@ -104,8 +112,20 @@ impl pb::kv_server::Kv for KvService {
                 ));
             }
         };
-        let mut watcher = Watcher::start(self.node.watches(), self.partition_count, target, start)
-            .map_err(|e| watch_status(&e))?;
+        let watcher = if r.partitions.is_empty() {
+            Watcher::attach(&self.node, self.partition_count, target, start).await
+        } else {
+            // A node relaying this watch: only these partitions, from here.
+            let only: Vec<PartitionId> = r.partitions.iter().map(|&p| PartitionId(p)).collect();
+            Watcher::start_only(
+                self.node.watches(),
+                self.partition_count,
+                target,
+                start,
+                &only,
+            )
+        };
+        let mut watcher = watcher.map_err(|e| watch_status(&e))?;
         let values = !r.no_values;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_RESPONSES_QUEUED);
         let first = pb::WatchResponse {

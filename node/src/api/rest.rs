@@ -1096,6 +1096,7 @@ fn watch_problem(e: &WatchError) -> (u16, &'static str, serde_json::Value) {
         }
         WatchError::BadCursor(_) => (400, "invalid_cursor", json!({})),
         WatchError::StartNeedsOnePartition => (400, "invalid_parameter", json!({})),
+        WatchError::Stopping => (503, "not_a_replica", json!({})),
     }
 }
 
@@ -1110,7 +1111,7 @@ async fn watch_keys(
         Ok(w) => w,
         Err(r) => return r.into_response(),
     };
-    let watcher = match Watcher::start(s.node.watches(), s.partition_count, target, start) {
+    let watcher = match Watcher::attach(&s.node, s.partition_count, target, start).await {
         Ok(w) => w,
         Err(e) => {
             let (status, code, extra) = watch_problem(&e);

@@ -122,6 +122,7 @@ async fn execute_watch(
             },
             cursor: cursor.clone(),
             no_values: a.no_values,
+            partitions: Vec::new(),
         };
         let broke = match KvClient::new(channel).watch(request).await {
             Ok(response) => {
