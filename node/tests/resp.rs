@@ -1071,3 +1071,226 @@ fn a_scan_of_100000_keys_over_64_partitions_returns_each_once() {
     assert_eq!(lines.len(), KEYS, "ringkv ls: each key once");
     assert!(lines == expected, "ringkv ls: every key, in order");
 }
+
+/// The messages received on `pubsub` until `want` of them arrived (or
+/// `within` passed): `(channel, payload, pattern of a pmessage)`.
+fn messages(
+    pubsub: &mut redis::PubSub<'_>,
+    want: usize,
+    within: Duration,
+) -> Vec<(String, String, Option<String>)> {
+    pubsub
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        match pubsub.get_message() {
+            Ok(m) => got.push((
+                m.get_channel_name().to_owned(),
+                m.get_payload::<String>().expect("payload"),
+                m.get_pattern::<Option<String>>().expect("pattern"),
+            )),
+            Err(e) if e.is_timeout() => {}
+            Err(e) => panic!("pubsub: {e}"),
+        }
+    }
+    got
+}
+
+/// Sends `send` and reads until every one of `parts` arrived, in any
+/// order, and nothing else (within 10 s).
+fn exchange_unordered(stream: &mut TcpStream, send: &[u8], parts: &[&[u8]]) {
+    stream.write_all(send).expect("send");
+    let want: usize = parts.iter().map(|p| p.len()).sum();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while got.len() < want && Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let orders = [[0, 1], [1, 0]];
+    assert!(
+        parts.len() == 2
+            && orders
+                .iter()
+                .any(|o| got == [parts[o[0]], parts[o[1]]].concat()),
+        "reply to {:?}: {text:?}",
+        String::from_utf8_lossy(send)
+    );
+}
+
+/// Keyspace notifications: a pattern subscription on one node hears the
+/// `set`, `del` and `expired` events of its keys written through it, in
+/// order, and goes on hearing them after the keys' partition leader (on
+/// another node) is killed; an event channel carries the key; keys
+/// outside the pattern stay silent. Over raw RESP: a RESP2 subscriber may
+/// only (un)subscribe and PING, a RESP3 one gets push frames and may run
+/// any command.
+#[test]
+fn keyspace_notifications_follow_keys_across_a_leader_loss() {
+    let (mut c, resp) = cluster();
+    let mut first = connect(resp[0]);
+    let () = retrying(&mut first, redis::cmd("SET").arg("warm").arg("up")).expect("leaders");
+    // Subscribe and write through a node that does not lead the keys.
+    let ranges = common::poll(Duration::from_secs(20), "every slot served", || {
+        let ranges = slot_ranges(&mut first);
+        ranges
+            .iter()
+            .all(|r| resp.iter().any(|a| a.to_string() == r.master))
+            .then_some(ranges)
+    });
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("{user}:1")
+        .query(&mut first)
+        .expect("keyslot");
+    let leader = &range_of(&ranges, slot).master;
+    let leader_id = resp
+        .iter()
+        .position(|a| a.to_string() == *leader)
+        .expect("a node") as u64
+        + 1;
+    let via = resp[if leader_id == 1 { 1 } else { 0 }];
+    let mut writer = connect(via);
+    let mut sub_con = connect(via);
+    let mut pubsub = sub_con.as_pubsub();
+    let pattern = "__keyspace@0__:{user}:*";
+    pubsub.psubscribe(pattern).expect("psubscribe");
+    pubsub
+        .subscribe("__keyevent@0__:expired")
+        .expect("subscribe");
+
+    let set = |w: &mut redis::Connection, k: &str, v: &str| {
+        let () = retrying(w, redis::cmd("SET").arg(k).arg(v)).expect("set");
+    };
+    set(&mut writer, "{user}:1", "a");
+    let _: i64 = retrying(&mut writer, redis::cmd("INCR").arg("{user}:2")).expect("incr");
+    set(&mut writer, "other", "x");
+    let _: i64 = retrying(&mut writer, redis::cmd("DEL").arg("{user}:1")).expect("del");
+    let () = retrying(
+        &mut writer,
+        redis::cmd("SET")
+            .arg("{user}:3")
+            .arg("v")
+            .arg("PX")
+            .arg(300),
+    )
+    .expect("set px");
+    let ks = |k: &str, e: &str| {
+        (
+            format!("__keyspace@0__:{k}"),
+            e.to_owned(),
+            Some(pattern.to_owned()),
+        )
+    };
+    let got = messages(&mut pubsub, 6, Duration::from_secs(20));
+    // (`{user}` keys share a slot: one partition, one order. The expiry's
+    // two messages are of two subscriptions: either may come first.)
+    let (by_pattern, by_channel): (Vec<_>, Vec<_>) = got.into_iter().partition(|m| m.2.is_some());
+    assert_eq!(
+        by_pattern,
+        vec![
+            ks("{user}:1", "set"),
+            ks("{user}:2", "set"),
+            ks("{user}:1", "del"),
+            ks("{user}:3", "set"),
+            ks("{user}:3", "expired"),
+        ]
+    );
+    assert_eq!(
+        by_channel,
+        vec![(
+            "__keyevent@0__:expired".to_owned(),
+            "{user}:3".to_owned(),
+            None
+        )]
+    );
+
+    // The partition's leader goes; writes go on under the next one, and
+    // the subscription, on a replica that stayed, hears each of them.
+    c.kill(leader_id);
+    for i in 0..5 {
+        set(&mut writer, "{user}:4", &i.to_string());
+    }
+    let got = messages(&mut pubsub, 5, Duration::from_secs(20));
+    assert_eq!(got, vec![ks("{user}:4", "set"); 5]);
+    // Nothing more: `other` was never named.
+    assert_eq!(messages(&mut pubsub, 1, Duration::from_secs(1)), vec![]);
+    drop(pubsub);
+
+    // Raw RESP2: subscribed, only the pub/sub commands and PING.
+    let mut s = raw(via);
+    exchange(
+        &mut s,
+        b"SUBSCRIBE __keyspace@0__:k news\r\n",
+        b"*3\r\n$9\r\nsubscribe\r\n$16\r\n__keyspace@0__:k\r\n:1\r\n\
+          *3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:2\r\n",
+    );
+    let refused = |name: &str| {
+        format!(
+            "-ERR Can't execute '{name}': only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT are \
+             allowed in this context\r\n"
+        )
+    };
+    exchange(&mut s, b"GET k\r\n", refused("get").as_bytes());
+    exchange(
+        &mut s,
+        b"PUBLISH news hi\r\n",
+        refused("publish").as_bytes(),
+    );
+    exchange(&mut s, b"PING\r\n", b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    exchange(
+        &mut s,
+        b"UNSUBSCRIBE\r\n",
+        b"*3\r\n$11\r\nunsubscribe\r\n$16\r\n__keyspace@0__:k\r\n:1\r\n\
+          *3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:0\r\n",
+    );
+    exchange(
+        &mut s,
+        b"UNSUBSCRIBE\r\n",
+        b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n",
+    );
+    exchange(&mut s, b"PING\r\n", b"+PONG\r\n");
+
+    // RESP3: push frames, and other commands still run.
+    exchange(&mut s, b"HELLO 3\r\nPING\r\n", b"");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.ends_with(b"+PONG\r\n") && Instant::now() < deadline {
+        if let Ok(n) = s.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    exchange(
+        &mut s,
+        b"SUBSCRIBE __keyspace@0__:k\r\n",
+        b">3\r\n$9\r\nsubscribe\r\n$16\r\n__keyspace@0__:k\r\n:1\r\n",
+    );
+    set(&mut writer, "k", "1");
+    exchange_unordered(
+        &mut s,
+        b"GET k\r\n",
+        &[
+            b">3\r\n$7\r\nmessage\r\n$16\r\n__keyspace@0__:k\r\n$3\r\nset\r\n",
+            b"$1\r\n1\r\n",
+        ],
+    );
+    exchange(
+        &mut s,
+        b"PUBLISH news hi\r\n",
+        b"-ERR PUBLISH is not supported: ringkv's channels carry keyspace notifications \
+          (__keyspace@0__:KEY, __keyevent@0__:EVENT) only\r\n",
+    );
+}

@@ -10,7 +10,8 @@
 //! one atomic command of the replicated state machine, `DBSIZE` (a count
 //! per partition), and `CLUSTER` (`SLOTS SHARDS NODES INFO KEYSLOT MYID`,
 //! see [`super::cluster`]), and expiry (`SET ... EX`, `EXPIRE`, `TTL`...,
-//! see [`super::expiry`]).
+//! see [`super::expiry`]). Keyspace notifications (`SUBSCRIBE`,
+//! `PSUBSCRIBE`) are [`super::pubsub`]'s.
 //!
 //! `MSET` writes the keys of each partition as one atomic entry, so keys
 //! of one slot are written all or nothing, as in Redis; across partitions
@@ -121,6 +122,10 @@ const COMMANDS: &[CommandSpec] = &[
     ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
     ("expiretime", 2, &["readonly", "fast"], 1, 1, 1),
     ("pexpiretime", 2, &["readonly", "fast"], 1, 1, 1),
+    ("subscribe", -2, &["pubsub", "loading", "stale"], 0, 0, 0),
+    ("psubscribe", -2, &["pubsub", "loading", "stale"], 0, 0, 0),
+    ("unsubscribe", -1, &["pubsub", "loading", "stale"], 0, 0, 0),
+    ("punsubscribe", -1, &["pubsub", "loading", "stale"], 0, 0, 0),
 ];
 
 /// Whether `args` is a command on one key that changes no connection
@@ -219,6 +224,16 @@ pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>)
         "info" => info(node),
         "config" if args.len() >= 3 && args[1].eq_ignore_ascii_case(b"get") => {
             config_get(&args[2..])
+        }
+        // Keyspace notifications are always published (they cost nothing
+        // until a client subscribes): clients that turn them on first get
+        // the OK they expect.
+        "config"
+            if args.len() == 4
+                && args[1].eq_ignore_ascii_case(b"set")
+                && args[2].eq_ignore_ascii_case(b"notify-keyspace-events") =>
+        {
+            Reply::ok()
         }
         "config" if args.len() >= 2 && !args[1].eq_ignore_ascii_case(b"get") => {
             let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
@@ -765,6 +780,8 @@ fn config_get(patterns: &[Bytes]) -> Reply {
         ("appendonly", "yes"),
         ("appendfsync", "always"),
         ("databases", "1"),
+        // Every class of event, on both kinds of channel (see `pubsub`).
+        ("notify-keyspace-events", "AKE"),
     ];
     let mut pairs = Vec::new();
     for p in patterns {

@@ -236,7 +236,7 @@ fn range_of(pattern: Option<&[u8]>) -> KeyRange {
 
 /// What every key a glob pattern matches starts with: its bytes up to the
 /// first `*`, `?` or `[`, with `\` escapes resolved.
-fn literal_prefix(pattern: &[u8]) -> Vec<u8> {
+pub(super) fn literal_prefix(pattern: &[u8]) -> Vec<u8> {
     let mut prefix = Vec::new();
     let mut i = 0;
     while i < pattern.len() {

@@ -30,6 +30,7 @@ pub mod commands;
 pub mod expiry;
 pub mod keyspace;
 pub mod parser;
+pub mod pubsub;
 pub mod reply;
 
 use std::sync::Arc;
@@ -45,7 +46,8 @@ use tokio::sync::watch;
 use self::commands::{After, Session};
 use self::keyspace::Cursors;
 use self::parser::{Limits, Parsed, parse_command};
-use self::reply::Reply;
+use self::pubsub::{Delivery, Subscriptions};
+use self::reply::{Protocol, Reply};
 use crate::config::RespRedirects;
 use crate::handle::NodeHandle;
 
@@ -114,11 +116,40 @@ pub async fn serve(
 async fn run_batch(
     node: &NodeHandle,
     session: &mut Session,
+    subs: &mut Subscriptions,
     batch: Vec<Vec<Bytes>>,
     output: &mut BytesMut,
 ) -> After {
     let mut rest = batch.as_slice();
     while let Some(first) = rest.first() {
+        let name = String::from_utf8_lossy(&first[0]).to_ascii_lowercase();
+        // A RESP2 connection with subscriptions takes only a few commands
+        // (their replies share the stream with the messages), as in Redis.
+        let subscribed = subs.count() > 0 && session.proto == Protocol::Resp2;
+        if subscribed || pubsub::is_pubsub(&name) {
+            if subscribed && !pubsub::allowed_while_subscribed(&name) {
+                Reply::err(format!(
+                    "Can't execute '{}': only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT \
+                     are allowed in this context",
+                    name.chars().take(64).collect::<String>()
+                ))
+                .encode(session.proto, output);
+            } else if pubsub::is_pubsub(&name) {
+                for reply in pubsub::execute(node, session, subs, &name, first).await {
+                    reply.encode(session.proto, output);
+                }
+            } else if name == "ping" && first.len() <= 2 {
+                pubsub::subscribed_ping(first).encode(session.proto, output);
+            } else {
+                let (reply, after) = commands::execute(node, session, first.clone()).await;
+                reply.encode(session.proto, output);
+                if after == After::Close {
+                    return After::Close;
+                }
+            }
+            rest = &rest[1..];
+            continue;
+        }
         let run = rest
             .iter()
             .take_while(|args| commands::is_single_key(args))
@@ -188,6 +219,7 @@ async fn connection(
     let limits = settings.limits;
     let mut session = Session::new(id, settings.partition_count, cursors);
     session.cluster_aware = settings.redirects == RespRedirects::Always;
+    let mut subs = Subscriptions::default();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::new();
     loop {
@@ -210,7 +242,7 @@ async fn connection(
             }
         }
         let full = batch.len() == PIPELINE_WINDOW;
-        let after = run_batch(&node, &mut session, batch, &mut output).await;
+        let after = run_batch(&node, &mut session, &mut subs, batch, &mut output).await;
         if after == After::Close {
             stream.write_all(&output).await?;
             return Ok(());
@@ -226,13 +258,59 @@ async fn connection(
             output.clear();
             continue;
         }
+        // Messages already waiting go out with the replies (after them: a
+        // subscription's confirmation comes before its messages).
+        let mut goes_on = true;
+        while goes_on && output.len() < MESSAGE_WRITE {
+            match subs.try_next() {
+                Some(d) => goes_on = pubsub::encode(&d, session.proto, &mut output),
+                None => break,
+            }
+        }
         if !output.is_empty() {
             stream.write_all(&output).await?;
             output.clear();
         }
-        input.reserve(READ_CHUNK);
-        if stream.read_buf(&mut input).await? == 0 {
+        if !goes_on {
             return Ok(());
         }
+        input.reserve(READ_CHUNK);
+        tokio::select! {
+            biased;
+            read = stream.read_buf(&mut input) => {
+                if read? == 0 {
+                    return Ok(());
+                }
+            }
+            delivery = subs.next(), if subs.count() > 0 => {
+                let goes_on = write_deliveries(&mut stream, &mut subs, delivery, session.proto).await?;
+                if !goes_on {
+                    return Ok(());
+                }
+            }
+        }
     }
+}
+
+/// Bytes of messages written at once, about.
+const MESSAGE_WRITE: usize = 64 << 10;
+
+/// Writes `first` and the messages queued behind it; whether the
+/// connection goes on.
+async fn write_deliveries(
+    stream: &mut TcpStream,
+    subs: &mut Subscriptions,
+    first: Delivery,
+    proto: Protocol,
+) -> std::io::Result<bool> {
+    let mut out = BytesMut::new();
+    let mut goes_on = pubsub::encode(&first, proto, &mut out);
+    while goes_on && out.len() < MESSAGE_WRITE {
+        match subs.try_next() {
+            Some(d) => goes_on = pubsub::encode(&d, proto, &mut out),
+            None => break,
+        }
+    }
+    stream.write_all(&out).await?;
+    Ok(goes_on)
 }

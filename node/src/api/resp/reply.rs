@@ -26,6 +26,9 @@ pub enum Reply {
     Null,
     Array(Vec<Reply>),
     Map(Vec<(Reply, Reply)>),
+    /// Out-of-band data (a pub/sub message or confirmation): a RESP3 push
+    /// (`>`), a plain array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -65,8 +68,12 @@ impl Reply {
                 Protocol::Resp2 => out.put_slice(b"$-1\r\n"),
                 Protocol::Resp3 => out.put_slice(b"_\r\n"),
             },
-            Reply::Array(items) => {
-                line(out, b'*', items.len().to_string().as_bytes());
+            Reply::Array(items) | Reply::Push(items) => {
+                let prefix = match (self, proto) {
+                    (Reply::Push(_), Protocol::Resp3) => b'>',
+                    _ => b'*',
+                };
+                line(out, prefix, items.len().to_string().as_bytes());
                 for item in items {
                     item.encode(proto, out);
                 }
@@ -114,6 +121,9 @@ mod tests {
         assert_eq!(bytes(&map, Resp3), b"%1\r\n$5\r\nproto\r\n:3\r\n");
         let array = Reply::Array(vec![Reply::bulk("a"), Reply::Null]);
         assert_eq!(bytes(&array, Resp2), b"*2\r\n$1\r\na\r\n$-1\r\n");
+        let push = Reply::Push(vec![Reply::bulk("message"), Reply::Integer(1)]);
+        assert_eq!(bytes(&push, Resp2), b"*2\r\n$7\r\nmessage\r\n:1\r\n");
+        assert_eq!(bytes(&push, Resp3), b">2\r\n$7\r\nmessage\r\n:1\r\n");
     }
 
     #[test]
