@@ -14,6 +14,9 @@
 //! judges every read against true time (the simulation's global clock)
 //! with the largest clock error the run reached as the bound.
 //!
+//! A second run power-fails each node in turn instead, so that leaders
+//! change to nodes replaying the log from their disks.
+//!
 //! Run: `RUSTFLAGS="--cfg madsim" RUSTDOCFLAGS="--cfg madsim"
 //! CARGO_TARGET_DIR=target/sim cargo test -p ringkv-sim --test expiry_skew -- --nocapture`
 #![cfg(madsim)]
@@ -94,6 +97,27 @@ async fn read(via: NodeId, key: Bytes, lease: bool) -> Option<Option<Bytes>> {
 
 #[madsim::test]
 async fn expiring_keys_are_gone_within_the_drift_bound_and_never_come_back() {
+    expiry_under(Nemesis::CutOffFastest).await;
+}
+
+/// The same under power losses: each node in turn loses its unsynced
+/// writes and restarts from its disk, so leaders change to nodes that
+/// replay the log (the sweeps' deletions among it) with their own clocks.
+#[madsim::test]
+async fn expiring_keys_stay_gone_across_power_losses_and_restarts() {
+    expiry_under(Nemesis::PowerLossEach).await;
+}
+
+/// What the nemesis does while the readers read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Nemesis {
+    /// Cuts off the node whose clock is furthest ahead, again and again.
+    CutOffFastest,
+    /// Power-fails each node in turn and restarts it.
+    PowerLossEach,
+}
+
+async fn expiry_under(nemesis: Nemesis) {
     let seed = Handle::current().seed();
     let options = ClusterOptions {
         clocks: clocks(),
@@ -181,9 +205,19 @@ async fn expiring_keys_are_gone_within_the_drift_bound_and_never_come_back() {
     while Instant::now() + Duration::from_millis(1_500) < stop {
         tokio::time::sleep(Duration::from_millis(700)).await;
         cut += 1;
-        cluster.isolate(fastest);
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        cluster.heal();
+        match nemesis {
+            Nemesis::CutOffFastest => {
+                cluster.isolate(fastest);
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                cluster.heal();
+            }
+            Nemesis::PowerLossEach => {
+                let id = nodes[cut % nodes.len()];
+                cluster.power_loss(id);
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                cluster.restart(id);
+            }
+        }
     }
     for r in readers {
         r.await.expect("a reader");
@@ -203,7 +237,7 @@ async fn expiring_keys_are_gone_within_the_drift_bound_and_never_come_back() {
     let absent = reads.iter().filter(|r| r.saw.is_none()).count();
     println!(
         "seed {seed}: {} keys, {} reads ({present} saw a value, {absent} saw none), \
-         {cut} cuts, drift bound {epsilon} ms",
+         {cut} faults ({nemesis:?}), drift bound {epsilon} ms",
         written.len(),
         reads.len()
     );
