@@ -118,6 +118,7 @@ impl Driver {
             ring,
             started: started.clone(),
             stopped: stopped.clone(),
+            requests: Arc::default(),
         };
         let driver = Driver {
             node,

@@ -22,6 +22,7 @@ use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::requests::{RequestStats, operation_of, outcome_of};
 use crate::storage::StorageStats;
 use crate::view::ClusterView;
 use crate::watch::WatchHub;
@@ -95,13 +96,26 @@ pub struct NodeHandle {
     /// cluster (see `Server::start`).
     pub(crate) started: Arc<AtomicBool>,
     pub(crate) stopped: Arc<AtomicBool>,
+    /// What this node's own clients asked (forwarded-in requests are
+    /// counted where they came in).
+    pub(crate) requests: Arc<RequestStats>,
 }
 
 impl NodeHandle {
     /// Runs a client request to completion (forwarding inside the cluster as
     /// needed). Never fails silently: a write whose fate is unknown says so.
     pub async fn request(&self, req: ClientRequest) -> ClientResult {
-        self.request_with_hops(req, Hops(0)).await
+        let op = operation_of(&req);
+        let started = tokio::time::Instant::now();
+        let result = self.request_with_hops(req, Hops(0)).await;
+        self.requests
+            .record(op, outcome_of(&result), started.elapsed());
+        result
+    }
+
+    /// What this node's clients asked so far, per operation.
+    pub fn request_stats(&self) -> &RequestStats {
+        &self.requests
     }
 
     /// A request another node forwarded to us, `hops` forwards so far.

@@ -10,6 +10,7 @@
 //! - [`driver`]: the event loop around the core.
 //! - [`handle`]: how the APIs and the peer service reach that loop.
 //! - [`view`]: the cluster as this node sees it (status, metrics, readiness).
+//! - [`requests`]: what this node's clients asked, per operation.
 //! - [`transport`]: peer streams and request forwarding over gRPC.
 //! - [`storage`]: WAL segments, snapshots, recovery.
 //! - [`api`]: gRPC and REST client APIs.
@@ -24,6 +25,7 @@ pub mod disk;
 pub mod driver;
 pub mod handle;
 pub mod members;
+pub mod requests;
 pub mod server;
 pub mod storage;
 pub mod transport;

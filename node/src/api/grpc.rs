@@ -376,6 +376,30 @@ fn move_status(m: &MoveProgress) -> pb::MoveStatus {
 }
 
 /// The status message for a view (shared with REST).
+/// This node's disk and its clients' requests.
+fn usage(node: &NodeHandle) -> pb::NodeUsage {
+    let storage = node.storage_stats();
+    pb::NodeUsage {
+        wal_bytes: storage.wal_bytes,
+        wal_segments: storage.segments as u64,
+        snapshot_bytes: storage.snapshot_bytes,
+        operations: node
+            .request_stats()
+            .read()
+            .into_iter()
+            .map(|o| pb::OperationStats {
+                name: o.name.to_owned(),
+                ok: o.outcomes[0],
+                refused: o.outcomes[1],
+                unavailable: o.outcomes[2],
+                unknown: o.outcomes[3],
+                cumulative: o.cumulative,
+                total_micros: o.total_micros,
+            })
+            .collect(),
+    }
+}
+
 pub fn status_response(
     view: &ClusterView,
     node: &NodeHandle,
@@ -438,6 +462,7 @@ pub fn status_response(
             .flat_map(|plan| &plan.under_replicated)
             .map(|p| p.0)
             .collect(),
+        usage: Some(usage(node)),
         partitions: view
             .partitions
             .iter()

@@ -351,7 +351,53 @@ pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handsha
         storage.snapshots_written,
     );
     placement(&mut o, &view);
+    requests(&mut o, node);
     o.0
+}
+
+/// What this node's clients asked: requests by operation and outcome, and
+/// a latency histogram per operation (etcd's buckets).
+fn requests(o: &mut Out, node: &NodeHandle) {
+    use crate::requests::{BUCKETS, OUTCOMES};
+    let ops = node.request_stats().read();
+    let mut totals = Vec::new();
+    for op in &ops {
+        for (outcome, n) in OUTCOMES.iter().zip(op.outcomes) {
+            totals.push((
+                format!("operation=\"{}\",outcome=\"{outcome}\"", op.name),
+                n as f64,
+            ));
+        }
+    }
+    let totals: Vec<(&str, f64)> = totals.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    o.metric(
+        "ringkv_requests_total",
+        "counter",
+        "Client requests this node answered (forwarded ones counted where they came in), by operation and outcome: ok (answered; a missing key or a failed precondition is an answer), refused (bad input), unavailable (no leader, busy, stopping), unknown (a write of unknown outcome).",
+        &totals,
+    );
+    let name = "ringkv_request_duration_seconds";
+    let _ = writeln!(
+        o.0,
+        "# HELP {name} How long client requests took at this node, by operation."
+    );
+    let _ = writeln!(o.0, "# TYPE {name} histogram");
+    for op in &ops {
+        let op_name = op.name;
+        for (i, n) in op.cumulative.iter().enumerate() {
+            let le = BUCKETS
+                .get(i)
+                .map_or("+Inf".to_owned(), ToString::to_string);
+            let _ = writeln!(
+                o.0,
+                "{name}_bucket{{operation=\"{op_name}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let count = op.cumulative.last().copied().unwrap_or(0);
+        let sum = op.total_micros as f64 / 1e6;
+        let _ = writeln!(o.0, "{name}_sum{{operation=\"{op_name}\"}} {sum}");
+        let _ = writeln!(o.0, "{name}_count{{operation=\"{op_name}\"}} {count}");
+    }
 }
 
 /// The member states of the metadata document, and on the controller its

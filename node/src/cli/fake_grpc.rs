@@ -120,6 +120,7 @@ pub(crate) fn sample_status() -> StatusResponse {
             },
         ],
         under_replicated: vec![],
+        usage: None,
     }
 }
 

@@ -1,0 +1,184 @@
+//! What this node's clients asked of it: per operation, how many requests
+//! ended how ([`OUTCOMES`]), and how long they took, in a histogram with
+//! etcd's buckets (`/metrics`, the dashboard's traffic charts).
+//!
+//! Counted where every API meets the core ([`crate::handle::NodeHandle`]):
+//! a REST, gRPC or Redis request is counted once, at the node the client
+//! talked to, however many nodes it was forwarded through (forwarded-in
+//! requests are not counted again). A scan or `DBSIZE` counts one request
+//! per partition it asks. Lock-free: a few relaxed atomic adds per
+//! request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ringkv_core::node::{ClientError, ClientRequest};
+
+use crate::handle::ClientResult;
+
+/// The operations counted, in the order they are reported.
+pub const OPERATIONS: [&str; 9] = [
+    "get",
+    "put",
+    "delete",
+    "expire",
+    "increment",
+    "append",
+    "put_all",
+    "count",
+    "scan",
+];
+
+/// How requests end: answered (a missing key and a failed precondition
+/// are answers), refused for what was asked (too large, not an integer,
+/// ...), not served now (no leader, busy, stopping), or of unknown outcome
+/// (a write that timed out or whose connection broke).
+pub const OUTCOMES: [&str; 4] = ["ok", "refused", "unavailable", "unknown"];
+
+/// The outcome of `result`, as an index into [`OUTCOMES`].
+pub fn outcome_of(result: &ClientResult) -> usize {
+    match result {
+        Ok(_) | Err(ClientError::NotFound | ClientError::PreconditionFailed { .. }) => 0,
+        Err(
+            ClientError::EmptyKey
+            | ClientError::KeyTooLarge { .. }
+            | ClientError::ValueTooLarge { .. }
+            | ClientError::WriteTooLarge { .. }
+            | ClientError::CrossPartition
+            | ClientError::InvalidScanLimit { .. }
+            | ClientError::InvalidExpiry(_)
+            | ClientError::NotAnInteger
+            | ClientError::IncrementOverflow,
+        ) => 1,
+        Err(ClientError::OutcomeUnknown | ClientError::Timeout) => 3,
+        Err(_) => 2,
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds: etcd's
+/// (`0.0001 · 2^n`, n = 0..13), so dashboards built for etcd read ours.
+pub const BUCKETS: [f64; 14] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
+    0.4096, 0.8192,
+];
+
+/// The operation a request is, as named in [`OPERATIONS`].
+pub fn operation_of(req: &ClientRequest) -> usize {
+    match req {
+        ClientRequest::Get { .. } => 0,
+        ClientRequest::Put { .. } => 1,
+        ClientRequest::Delete { .. } => 2,
+        ClientRequest::Expire { .. } => 3,
+        ClientRequest::Increment { .. } => 4,
+        ClientRequest::Append { .. } => 5,
+        ClientRequest::PutAll { .. } => 6,
+        ClientRequest::CountKeys { .. } => 7,
+        ClientRequest::Scan { .. } => 8,
+    }
+}
+
+#[derive(Default)]
+struct Operation {
+    outcomes: [AtomicU64; OUTCOMES.len()],
+    /// Requests at most each bucket's bound (not cumulative; the last one
+    /// counts those above every bound).
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Microseconds, all requests.
+    total_micros: AtomicU64,
+}
+
+/// Counters of every operation.
+#[derive(Default)]
+pub struct RequestStats {
+    operations: [Operation; OPERATIONS.len()],
+}
+
+/// One operation's counters, read at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OperationCounts {
+    pub name: &'static str,
+    /// Requests by outcome, as [`OUTCOMES`] names them.
+    pub outcomes: [u64; OUTCOMES.len()],
+    /// Cumulative: requests that took at most `BUCKETS[i]`; the last entry
+    /// is every request (Prometheus's `+Inf`).
+    pub cumulative: Vec<u64>,
+    pub total_micros: u64,
+}
+
+impl RequestStats {
+    /// Counts one request of operation `op`, ended with `outcome`, that
+    /// took `took`.
+    pub fn record(&self, op: usize, outcome: usize, took: Duration) {
+        let o = &self.operations[op];
+        o.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+        let seconds = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(BUCKETS.len());
+        o.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        o.total_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Every operation's counters.
+    pub fn read(&self) -> Vec<OperationCounts> {
+        OPERATIONS
+            .iter()
+            .zip(&self.operations)
+            .map(|(&name, o)| {
+                let mut sum = 0;
+                let cumulative = o
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        sum += b.load(Ordering::Relaxed);
+                        sum
+                    })
+                    .collect();
+                OperationCounts {
+                    name,
+                    outcomes: std::array::from_fn(|i| o.outcomes[i].load(Ordering::Relaxed)),
+                    cumulative,
+                    total_micros: o.total_micros.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_land_in_their_operation_and_bucket() {
+        let stats = RequestStats::default();
+        stats.record(0, 0, Duration::from_micros(150));
+        stats.record(0, 3, Duration::from_secs(2));
+        stats.record(1, 0, Duration::from_micros(100));
+        let read = stats.read();
+        let get = &read[0];
+        assert_eq!((get.name, get.outcomes), ("get", [1, 0, 0, 1]));
+        // 150 µs is in the 200 µs bucket; 2 s above every bound.
+        assert_eq!(get.cumulative[0], 0);
+        assert_eq!(get.cumulative[1], 1);
+        assert_eq!(get.cumulative[BUCKETS.len() - 1], 1);
+        assert_eq!(get.cumulative[BUCKETS.len()], 2);
+        assert_eq!(get.total_micros, 2_000_150);
+        // A bound is inclusive.
+        assert_eq!(read[1].cumulative[0], 1);
+        assert!(read[2..].iter().all(|o| o.outcomes == [0; 4]));
+    }
+
+    #[test]
+    fn answers_are_ok_and_unknown_outcomes_are_their_own() {
+        assert_eq!(outcome_of(&Err(ClientError::NotFound)), 0);
+        assert_eq!(outcome_of(&Err(ClientError::NotAnInteger)), 1);
+        let no_leader = ClientError::NoLeader {
+            partition: ringkv_core::PartitionId(3),
+        };
+        assert_eq!(outcome_of(&Err(no_leader)), 2);
+        assert_eq!(outcome_of(&Err(ClientError::OutcomeUnknown)), 3);
+    }
+}
