@@ -335,6 +335,11 @@ impl Ring {
         &self.config
     }
 
+    /// Every member's tokens, `(token, node)` in ring order.
+    pub fn tokens(&self) -> &[(u64, NodeId)] {
+        &self.tokens
+    }
+
     /// The members, in node id order.
     pub fn members(&self) -> &BTreeSet<NodeId> {
         &self.members

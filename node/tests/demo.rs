@@ -133,6 +133,11 @@ fn the_demo_serves_stops_on_ctrl_c_and_keeps_its_data() {
     assert_eq!(resp_get(ports.resp + 2, "greeting"), b"$5\r\nhello\r\n");
     let out = interrupt(demo);
     assert!(out.contains("stopped; data kept in"), "{out}");
+    // The dashboard's address, and the page there.
+    assert!(
+        out.contains(&format!("dashboard: http://{}/ui", node(0))),
+        "the demo prints the dashboard's URL: {out}"
+    );
     for port in ports.resp..ports.resp + 3 {
         assert!(
             out.contains(&format!("RESP 127.0.0.1:{port}")),

@@ -4,6 +4,8 @@
 //! codes come from one table ([`errors`]).
 
 pub mod convert;
+#[cfg(not(madsim))]
+pub mod dashboard;
 pub mod errors;
 pub mod grpc;
 pub mod metrics;

@@ -18,6 +18,10 @@
 //!   metadata, health and when it was last heard from; `GET
 //!   /v1/cluster/moves`: on the placement controller, the replica moves it
 //!   wants (elsewhere `moves` is null and `controller` says whom to ask).
+//! - `GET /ui`: the web dashboard ([`super::dashboard`]), fed by `GET
+//!   /v1/dashboard/cluster` (the whole cluster's view, gathered from every
+//!   member) and `GET /v1/dashboard/stream` (server-sent events: one
+//!   `snapshot` a second while followed).
 //! - `GET /healthz` (the node runs), `GET /readyz` (every partition it
 //!   replicates has a leader), `GET /metrics` (Prometheus text).
 //!
@@ -51,6 +55,7 @@ use ringkv_core::watch::ChangeKind;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::dashboard::{self, Dashboard};
 use super::errors::{RETRY_AFTER_SECS, kind};
 use super::grpc::{locate_response, status_response};
 use super::scan;
@@ -61,6 +66,7 @@ use crate::watch::{Cursor, Start, Target, WatchError, Watcher};
 #[derive(Clone)]
 struct AppState {
     node: NodeHandle,
+    dashboard: Arc<Dashboard>,
     transport: Arc<TransportStats>,
     handshake: Arc<Handshake>,
     addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
@@ -78,6 +84,7 @@ pub fn router(
     partition_count: u32,
 ) -> Router {
     let state = AppState {
+        dashboard: Dashboard::new(node.clone(), handshake.clone(), addrs.clone()),
         node,
         transport,
         handshake,
@@ -97,6 +104,11 @@ pub fn router(
         .route("/v1/cluster/locate/{*key}", get(locate))
         .route("/v1/cluster/members", get(cluster_members))
         .route("/v1/cluster/moves", get(cluster_moves))
+        .route("/ui", get(ui_index))
+        .route("/ui/", get(ui_index))
+        .route("/ui/{file}", get(ui_file))
+        .route("/v1/dashboard/cluster", get(dashboard_cluster))
+        .route("/v1/dashboard/stream", get(dashboard_stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -819,6 +831,63 @@ async fn locate(State(s): State<AppState>, KeyPath(key): KeyPath) -> Json<serde_
         "leader": if l.leader == 0 { serde_json::Value::Null } else { json!(l.leader) },
         "replicas": l.replicas,
     }))
+}
+
+/// `GET /ui`: the dashboard's page.
+async fn ui_index() -> Response {
+    asset("")
+}
+
+/// `GET /ui/{file}`: its script and style sheet.
+async fn ui_file(Path(file): Path<String>) -> Response {
+    asset(&file)
+}
+
+fn asset(name: &str) -> Response {
+    match dashboard::ASSETS.iter().find(|(path, _, _)| *path == name) {
+        Some((_, content_type, body)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => problem(
+            404,
+            "no_such_route",
+            "no such dashboard file: the dashboard is at /ui",
+            json!({}),
+        ),
+    }
+}
+
+/// `GET /v1/dashboard/cluster`: the whole cluster as one view.
+async fn dashboard_cluster(State(s): State<AppState>) -> Response {
+    Json(s.dashboard.current().await.as_ref().clone()).into_response()
+}
+
+/// `GET /v1/dashboard/stream`: the view as server-sent events, a `snapshot`
+/// each time it is gathered (about once a second).
+async fn dashboard_stream(State(s): State<AppState>) -> Response {
+    let rx = s.dashboard.subscribe();
+    // The current view at once (if there is one), then each new one.
+    let events = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
+        loop {
+            if !first || rx.borrow().is_none() {
+                rx.changed().await.ok()?;
+            }
+            let latest = rx.borrow_and_update().clone();
+            if let Some(snapshot) = latest {
+                let data = serde_json::to_string(snapshot.as_ref()).unwrap_or_default();
+                let event = SseEvent::default().event("snapshot").data(data);
+                return Some((Ok::<_, std::convert::Infallible>(event), (rx, false)));
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {

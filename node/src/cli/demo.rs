@@ -196,6 +196,8 @@ impl Demo {
         };
         let (rest1, rest2) = (rest(0), rest(1));
         println!();
+        println!("dashboard: http://{rest1}/ui   (every node serves it)");
+        println!();
         println!("try:");
         println!("  curl -X PUT {rest1}/v1/kv/hello -d world");
         println!("  curl {rest2}/v1/kv/hello");
