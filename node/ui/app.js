@@ -335,14 +335,25 @@ function renderMoves(view) {
       : "No moves under way."));
     return;
   }
-  $("#moves").replaceChildren(...view.moves.map((m) => {
+  // Moves under way, each with its progress; those waiting for the
+  // throttle in one line.
+  const active = view.moves.filter((m) => m.phase !== "waiting");
+  const waiting = view.moves.filter((m) => m.phase === "waiting");
+  const items = active.map((m) => {
     const done = m.snapshot_bytes_total ? m.snapshot_bytes_acked / m.snapshot_bytes_total : null;
     const eta = m.eta_seconds === null ? "" : `, about ${Math.ceil(m.eta_seconds)} s left`;
+    const behind = done === null && m.entries_behind ? `, ${count(m.entries_behind)} entries behind` : "";
     return el("li", { "data-partition": m.partition },
-      `partition ${m.partition}: ${m.kind} node ${m.from ?? "–"} → node ${m.to ?? "–"} (${m.reason}), ${m.phase}${eta} `,
+      `partition ${m.partition}: ${m.kind} node ${m.from ?? "–"} → node ${m.to ?? "–"} (${m.reason}), ${m.phase}${behind}${eta} `,
       done === null ? null : el("progress", { max: 1, value: done.toFixed(3), "aria-label": `partition ${m.partition} snapshot` }),
       done === null ? null : ` ${bytes(m.snapshot_bytes_acked)} of ${bytes(m.snapshot_bytes_total)}`);
-  }));
+  });
+  if (waiting.length) {
+    const shown = waiting.slice(0, 16).map((m) => m.partition).join(", ");
+    items.push(el("li", { class: "waiting" },
+      `${waiting.length} more waiting their turn (the controller paces moves): partitions ${shown}${waiting.length > 16 ? ", …" : ""}`));
+  }
+  $("#moves").replaceChildren(...items);
 }
 
 // ---- events ----
