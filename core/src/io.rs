@@ -62,6 +62,9 @@ pub enum PlacementMessage {
     NodeReport {
         peers: Vec<PeerHealth>,
         addresses: ClientAddresses,
+        /// The sender is about to stop: it hands its leaderships away and
+        /// must be given none (see `Node::handle_leaving`).
+        leaving: bool,
     },
 }
 

@@ -299,9 +299,14 @@ fn placement_to_proto(m: &PlacementMessage) -> pb::PlacementMessage {
         PlacementMessage::TransferLeader { partition, to } => {
             (partition, Kind::TransferLeader(to.0))
         }
-        PlacementMessage::NodeReport { peers, addresses } => (
+        PlacementMessage::NodeReport {
+            peers,
+            addresses,
+            leaving,
+        } => (
             &PartitionId(0),
             Kind::NodeReport(pb::NodeReport {
+                leaving: *leaving,
                 rest_address: addresses.rest.clone(),
                 resp_address: addresses.resp.clone(),
                 peers: peers
@@ -365,6 +370,7 @@ fn placement_from_proto(m: pb::PlacementMessage) -> Result<PlacementMessage> {
                     )));
                 }
                 PlacementMessage::NodeReport {
+                    leaving: h.leaving,
                     addresses: ClientAddresses {
                         rest: h.rest_address,
                         resp: h.resp_address,
@@ -399,9 +405,9 @@ pub fn placement_len_bound(m: &PlacementMessage) -> usize {
             _ => 16,
         },
         PlacementMessage::TransferLeader { .. } => 11,
-        PlacementMessage::NodeReport { peers, addresses } => {
-            16 + 16 * peers.len() + addresses.rest.len() + addresses.resp.len()
-        }
+        PlacementMessage::NodeReport {
+            peers, addresses, ..
+        } => 18 + 16 * peers.len() + addresses.rest.len() + addresses.resp.len(),
     }
 }
 
@@ -1178,8 +1184,12 @@ mod tests {
                 .prop_map(|(partition, change)| PlacementMessage::ConfChange { partition, change }),
             (partition, arb_node_id())
                 .prop_map(|(partition, to)| PlacementMessage::TransferLeader { partition, to }),
-            prop::collection::vec((arb_node_id(), prop::option::of(0..u32::MAX as u64)), 0..6)
-                .prop_map(|peers| PlacementMessage::NodeReport {
+            (
+                prop::collection::vec((arb_node_id(), prop::option::of(0..u32::MAX as u64)), 0..6),
+                any::<bool>()
+            )
+                .prop_map(|(peers, leaving)| PlacementMessage::NodeReport {
+                    leaving,
                     addresses: ClientAddresses {
                         rest: "127.0.0.1:8081".into(),
                         resp: String::new(),

@@ -2417,3 +2417,58 @@ fn a_leader_whose_clock_passed_a_deadline_sweeps_before_it_answers_a_read() {
     assert!(c.true_wall_ms() < deadline);
     assert_eq!(get_now(&mut c, j, 3, "token"), None);
 }
+
+/// A node about to stop (SIGTERM) hands every group it leads to a caught-up
+/// voter that is up: within a few round trips, not an election timeout,
+/// the groups have new leaders; the controller, told by the node's report,
+/// gives it none back while it stays.
+#[test]
+fn a_leaving_node_hands_its_leaderships_over_and_gets_none_back() {
+    let mut c = Cluster::new(3, 8);
+    c.quiet_events = true;
+    c.run_for(3000);
+    let leaders = c.leaders();
+    let led_by_1: Vec<PartitionId> = leaders
+        .iter()
+        .filter(|(_, l)| l.0 == 1)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(!led_by_1.is_empty(), "n1 leads something: {leaders:?}");
+    let terms: BTreeMap<PartitionId, u64> = led_by_1
+        .iter()
+        .map(|&p| (p, c.nodes[0].raft(p).unwrap().term()))
+        .collect();
+    // (The metadata group, whose leader is the controller, counts too.)
+    let controller = c.nodes[0]
+        .raft(ringkv_core::metadata::METADATA_GROUP)
+        .is_some_and(|r| r.is_leader());
+    let now = c.now;
+    assert_eq!(
+        c.nodes[0].handle_leaving(now),
+        led_by_1.len() + usize::from(controller)
+    );
+    // A handover is a round of appends and a TimeoutNow: tens of ms here,
+    // where an election would first wait out a timeout.
+    c.run_for(100);
+    let after = c.leaders();
+    for p in &led_by_1 {
+        let l = after.get(p).copied();
+        assert!(
+            l.is_some_and(|l| l.0 != 1),
+            "{p} led by {l:?} 100 ms after leaving"
+        );
+        assert!(
+            c.nodes[0].raft(*p).unwrap().term() > terms[p],
+            "{p}: n1 saw the new leader's term"
+        );
+    }
+    // The controller balances leaders every few seconds: none goes back.
+    c.run_for(5000);
+    let later = c.leaders();
+    assert!(
+        later.values().all(|l| l.0 != 1),
+        "n1 got leaderships back: {later:?}"
+    );
+    let now = c.now;
+    assert_eq!(c.nodes[0].handle_leaving(now), 0, "n1 leads nothing");
+}

@@ -149,6 +149,8 @@ struct Report {
 struct NodeReport {
     peers: Vec<PeerHealth>,
     addresses: ClientAddresses,
+    /// It is about to stop: no leadership for it.
+    leaving: bool,
     at: Time,
 }
 
@@ -244,6 +246,7 @@ impl Node {
             let report = PlacementMessage::NodeReport {
                 peers: self.peer_health(),
                 addresses: self.cfg.client_addresses.clone(),
+                leaving: self.leaving,
             };
             self.controller.outbox.entry(c).or_default().push(report);
         }
@@ -282,6 +285,25 @@ impl Node {
             }
             Some(c) => self.controller.outbox.entry(c).or_default().extend(reports),
             None => {}
+        }
+    }
+
+    /// Sends this node's report to every peer now: a node that starts
+    /// leaving says so at once, and to all, since its leaving moves the
+    /// controller too (it hands the metadata group over like any other), and
+    /// the next controller must not hand leaderships back to it.
+    pub(super) fn report_to_all(&mut self) {
+        let report = PlacementMessage::NodeReport {
+            peers: self.peer_health(),
+            addresses: self.cfg.client_addresses.clone(),
+            leaving: self.leaving,
+        };
+        for &peer in &self.peers {
+            self.controller
+                .outbox
+                .entry(peer)
+                .or_default()
+                .push(report.clone());
         }
     }
 
@@ -393,13 +415,21 @@ impl Node {
                     );
                 }
             }
-            PlacementMessage::NodeReport { peers, addresses } => {
+            PlacementMessage::NodeReport {
+                peers,
+                addresses,
+                leaving,
+            } => {
                 let at = self.now;
+                if leaving {
+                    tracing::info!(node = %from, "placement: node {from} is leaving; no leadership for it");
+                }
                 self.controller.node_reports.insert(
                     from,
                     NodeReport {
                         peers,
                         addresses,
+                        leaving,
                         at,
                     },
                 );
@@ -480,6 +510,14 @@ impl Node {
                 .keys()
                 .filter(|&&m| m != self.id)
                 .filter_map(|&m| Some((m, self.cluster_down_for(m, &live, lifetime)?)))
+                .collect(),
+            leaving: self
+                .controller
+                .node_reports
+                .iter()
+                .filter(|(_, r)| r.leaving)
+                .map(|(&n, _)| n)
+                .chain(self.leaving.then_some(self.id))
                 .collect(),
         };
         Some(cluster)

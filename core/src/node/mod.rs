@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector};
+use crate::detector::{DetectorConfig, DetectorEvent, FailureDetector, PeerStatus};
 use crate::io::{GroupMessage, IoId, IoRequest, Lane, PeerBatch, Transmit, WalRecord};
 use crate::kv::{ApplyOutcome, Command, KeyValue, KvStore, Precondition, Refusal, Ttl};
 use crate::metadata::{ClientAddresses, METADATA_GROUP};
@@ -945,6 +945,9 @@ pub struct Node {
     compaction_queue: VecDeque<PartitionId>,
     /// Set once the node stopped itself (see [`Halt`]).
     halted: Option<Halt>,
+    /// Set by [`Node::handle_leaving`]: this node is about to stop; its
+    /// node reports say so, so that the controller gives it no leadership.
+    leaving: bool,
     compaction_queued: BTreeSet<PartitionId>,
     /// Ticks each queued compaction has waited for a follower.
     compaction_waits: BTreeMap<PartitionId, u32>,
@@ -1113,6 +1116,7 @@ impl Node {
             last_sent: BTreeMap::new(),
             compaction_queue: VecDeque::new(),
             halted: None,
+            leaving: false,
             compaction_queued: BTreeSet::new(),
             compaction_waits: BTreeMap::new(),
             snapshot_allowance: 0,
@@ -1358,6 +1362,57 @@ impl Node {
         self.dirty.insert(partition);
         self.process();
         Ok(index)
+    }
+
+    /// This node is about to stop (an operator's SIGTERM, a rolling
+    /// restart): hands the leadership of every group it leads to the voter
+    /// with the most of the log among those the failure detector holds up
+    /// (Raft §3.10), so that clients wait for a transfer, a round trip,
+    /// instead of an election timeout. Returns how many groups it still
+    /// leads; the driver asks again (a transfer is abandoned after an
+    /// election timeout, or a new leader may hand a group back) until none,
+    /// or until its deadline. A group whose other voters are all down stays
+    /// led: there is no one to hand it to.
+    pub fn handle_leaving(&mut self, now: Time) -> usize {
+        if self.halted.is_some() {
+            return 0;
+        }
+        self.start(now);
+        if !self.leaving {
+            self.leaving = true;
+            // Tell every peer at once, not at the next report round.
+            self.report_to_all();
+        }
+        let mut led = 0;
+        let partitions: Vec<PartitionId> = self.groups.keys().copied().collect();
+        for p in partitions {
+            let g = &self.groups[&p];
+            if !g.raft.is_leader() {
+                continue;
+            }
+            led += 1;
+            if g.raft.transferee().is_some() {
+                continue;
+            }
+            let membership = g.raft.membership();
+            let target = g
+                .raft
+                .followers()
+                .filter(|&(id, _)| {
+                    membership.is_voter(id) && self.detector.status(id) == PeerStatus::Up
+                })
+                .max_by_key(|&(id, pr)| (pr.matched, std::cmp::Reverse(id)))
+                .map(|(id, _)| id);
+            if let Some(to) = target {
+                let g = self.groups.get_mut(&p).expect("listed above");
+                if g.raft.transfer_leadership(to).is_ok() {
+                    tracing::debug!(partition = %p, %to, "leaving: handing leadership over");
+                    self.dirty.insert(p);
+                }
+            }
+        }
+        self.process();
+        led
     }
 
     /// A client request arrived: from a client (`Hops(0)`) or forwarded by a

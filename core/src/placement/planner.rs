@@ -121,6 +121,10 @@ pub struct Cluster {
     /// Members silent to every node the controller hears, and for how
     /// long (see `node::controller`'s node reports).
     pub down_for: BTreeMap<NodeId, Duration>,
+    /// Members about to stop (their node reports say so): they are given
+    /// no leadership and no new replica, and leaderships they still hold
+    /// move off them, as off a member that is not `up`.
+    pub leaving: BTreeSet<NodeId>,
 }
 
 impl Cluster {
@@ -131,7 +135,9 @@ impl Cluster {
     /// A member that is `up` and not held down: it can take a replica or
     /// leadership now.
     fn is_available(&self, node: NodeId) -> bool {
-        self.state(node) == Some(MemberState::Up) && !self.down_for.contains_key(&node)
+        self.state(node) == Some(MemberState::Up)
+            && !self.down_for.contains_key(&node)
+            && !self.leaving.contains(&node)
     }
 
     /// A voter that counts toward a group's replication: not dead, not
@@ -669,7 +675,10 @@ fn balance_leaders(
     // the least loaded available voter.
     let stranded: Vec<(PartitionId, NodeId)> = leaders
         .iter()
-        .filter(|&(p, &l)| !busy.contains(p) && cluster.state(l) != Some(MemberState::Up))
+        .filter(|&(p, &l)| {
+            !busy.contains(p)
+                && (cluster.state(l) != Some(MemberState::Up) || cluster.leaving.contains(&l))
+        })
         .map(|(&p, &l)| (p, l))
         .collect();
     for (p, from) in stranded {

@@ -47,6 +47,7 @@ fn settled(partitions: u32, ids: &[u64]) -> Cluster {
         members: ids.iter().map(|&i| (n(i), MemberState::Up)).collect(),
         groups,
         down_for: BTreeMap::new(),
+        leaving: BTreeSet::new(),
     }
 }
 
