@@ -300,11 +300,49 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     .await?;
     tokio::select! {
         r = server.wait() => r,
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; stopping");
+        signal = stop_signal() => {
+            tracing::info!("{signal}: handing leaderships over, then stopping");
+            let left = server.leave(LEAVE_WITHIN).await;
+            if left == 0 {
+                tracing::info!("leads no partition; stopping");
+            } else {
+                tracing::warn!(
+                    "still leads {left} group(s) after {LEAVE_WITHIN:?} (no other voter up to take them); stopping"
+                );
+            }
             server.stop().await;
             Ok(())
         }
+    }
+}
+
+/// How long a stopping server hands its leaderships over before it stops
+/// anyway (a handover takes a round trip; a group whose other voters are
+/// down cannot be handed over at all).
+const LEAVE_WITHIN: Duration = Duration::from_secs(5);
+
+/// SIGTERM (how `docker stop`, Kubernetes and systemd stop a process) or
+/// SIGINT (Ctrl-C): its name.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "interrupted",
+            },
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                "interrupted"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted"
     }
 }
 

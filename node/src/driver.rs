@@ -257,6 +257,9 @@ impl Driver {
                     controller_address,
                 });
             }
+            Input::Leave(reply) => {
+                let _ = reply.send(self.node.handle_leaving(now));
+            }
             Input::Digests(reply) => {
                 let digests = self
                     .node

@@ -46,6 +46,9 @@ pub enum Input {
     StorageFailed(String),
     /// Wants a digest of every partition this node replicates.
     Digests(oneshot::Sender<Vec<PartitionDigest>>),
+    /// The node is about to stop: hand its leaderships over; the answer is
+    /// how many groups it still leads (see `Node::handle_leaving`).
+    Leave(oneshot::Sender<usize>),
     /// An operator's configuration change of one partition's group.
     ConfChange {
         partition: PartitionId,
@@ -149,6 +152,14 @@ impl NodeHandle {
     pub async fn partition_digests(&self) -> Option<Vec<PartitionDigest>> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Input::Digests(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// This node is about to stop: hands each group it leads to another
+    /// voter; how many it still leads (`None`: the node is stopping).
+    pub async fn leave(&self) -> Option<usize> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Leave(reply)).await.ok()?;
         rx.await.ok()
     }
 

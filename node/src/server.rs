@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rand::{Rng as _, SeedableRng as _};
@@ -389,6 +390,25 @@ impl Server {
             biased;
             r = &mut self.driver => joined(r),
             r = &mut self.grpc => joined(r),
+        }
+    }
+
+    /// Before a planned stop (SIGTERM, a rolling restart): hands every
+    /// group this node leads to another voter, asking again every 50 ms
+    /// until it leads none or `within` passed; returns how many it still
+    /// leads. Clients then wait for a transfer (a round trip) instead of an
+    /// election timeout, and the controller gives this node no leadership
+    /// while it stays.
+    pub async fn leave(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let Some(led) = self.node.leave().await else {
+                return 0;
+            };
+            if led == 0 || tokio::time::Instant::now() >= deadline {
+                return led;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -436,11 +436,14 @@ impl Cluster {
                 .args(["--grpc-listen", &node.grpc.to_string()]),
             None => command.args(["--peers", &peers]),
         };
+        // Warnings only, unless the test asks for its own `--log`.
+        if !extra.iter().any(|a| a == "--log") {
+            command.args(["--log", "warn"]);
+        }
         let child = command
             .args(["--rest-listen", &node.rest.to_string()])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["--log", "warn"])
             .args(&extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -479,6 +482,36 @@ impl Cluster {
     }
 
     /// Starts node `id` again with the same flags, ports and data directory.
+    /// Sends node `id` SIGTERM (a planned stop) and waits up to `within`
+    /// for it to exit; its exit status, or `None` if it did not exit (it is
+    /// then killed).
+    pub fn terminate(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.node_mut(id).child.take()?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts node `id` again (after [`Self::terminate`] or [`Self::kill`]).
+    pub fn start_again(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
     pub fn restart(&mut self, id: u64) {
         self.kill(id);
         self.spawn(id);
