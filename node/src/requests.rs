@@ -12,8 +12,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ringkv_core::node::{ClientError, ClientRequest};
+use ringkv_core::node::ClientRequest;
 
+use crate::api::errors;
 use crate::handle::ClientResult;
 
 /// The operations counted, in the order they are reported.
@@ -35,23 +36,18 @@ pub const OPERATIONS: [&str; 9] = [
 /// (a write that timed out or whose connection broke).
 pub const OUTCOMES: [&str; 4] = ["ok", "refused", "unavailable", "unknown"];
 
-/// The outcome of `result`, as an index into [`OUTCOMES`].
+/// The outcome of `result`, as an index into [`OUTCOMES`], read from the
+/// one error table ([`errors::kind`]): a missing key (404) and a failed
+/// precondition (412) are answers, any other 4xx a refusal, a write of
+/// unknown outcome its own, anything else (5xx) unavailable.
 pub fn outcome_of(result: &ClientResult) -> usize {
-    match result {
-        Ok(_) | Err(ClientError::NotFound | ClientError::PreconditionFailed { .. }) => 0,
-        Err(
-            ClientError::EmptyKey
-            | ClientError::KeyTooLarge { .. }
-            | ClientError::ValueTooLarge { .. }
-            | ClientError::WriteTooLarge { .. }
-            | ClientError::CrossPartition
-            | ClientError::InvalidScanLimit { .. }
-            | ClientError::InvalidExpiry(_)
-            | ClientError::NotAnInteger
-            | ClientError::IncrementOverflow,
-        ) => 1,
-        Err(ClientError::OutcomeUnknown | ClientError::Timeout) => 3,
-        Err(_) => 2,
+    let Err(e) = result else { return 0 };
+    let kind = errors::kind(e);
+    match kind.http_status {
+        404 | 412 => 0,
+        400..=499 => 1,
+        _ if kind.code == "timeout_outcome_unknown" => 3,
+        _ => 2,
     }
 }
 
@@ -173,6 +169,7 @@ mod tests {
 
     #[test]
     fn answers_are_ok_and_unknown_outcomes_are_their_own() {
+        use ringkv_core::node::ClientError;
         assert_eq!(outcome_of(&Err(ClientError::NotFound)), 0);
         assert_eq!(outcome_of(&Err(ClientError::NotAnInteger)), 1);
         let no_leader = ClientError::NoLeader {

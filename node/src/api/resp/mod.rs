@@ -122,11 +122,12 @@ async fn run_batch(
 ) -> After {
     let mut rest = batch.as_slice();
     while let Some(first) = rest.first() {
-        let name = String::from_utf8_lossy(&first[0]).to_ascii_lowercase();
         // A RESP2 connection with subscriptions takes only a few commands
         // (their replies share the stream with the messages), as in Redis.
+        // (The name is lowered only here: the usual command pays nothing.)
         let subscribed = subs.count() > 0 && session.proto == Protocol::Resp2;
-        if subscribed || pubsub::is_pubsub(&name) {
+        if subscribed || pubsub::is_pubsub(&first[0]) {
+            let name = String::from_utf8_lossy(&first[0]).to_ascii_lowercase();
             if subscribed && !pubsub::allowed_while_subscribed(&name) {
                 Reply::err(format!(
                     "Can't execute '{}': only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT \
@@ -134,7 +135,7 @@ async fn run_batch(
                     name.chars().take(64).collect::<String>()
                 ))
                 .encode(session.proto, output);
-            } else if pubsub::is_pubsub(&name) {
+            } else if pubsub::is_pubsub(name.as_bytes()) {
                 for reply in pubsub::execute(node, session, subs, &name, first).await {
                     reply.encode(session.proto, output);
                 }

@@ -147,12 +147,18 @@ impl Subscriptions {
     }
 }
 
-/// Whether `name` (lower case) is a command of this module.
-pub fn is_pubsub(name: &str) -> bool {
-    matches!(
-        name,
-        "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" | "publish" | "pubsub"
-    )
+/// Whether `name` (any case) is a command of this module.
+pub fn is_pubsub(name: &[u8]) -> bool {
+    [
+        "subscribe",
+        "psubscribe",
+        "unsubscribe",
+        "punsubscribe",
+        "publish",
+        "pubsub",
+    ]
+    .iter()
+    .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
 }
 
 /// Whether a RESP2 connection with subscriptions may run `name`: Redis
