@@ -2472,3 +2472,40 @@ fn a_leaving_node_hands_its_leaderships_over_and_gets_none_back() {
     let now = c.now;
     assert_eq!(c.nodes[0].handle_leaving(now), 0, "n1 leads nothing");
 }
+
+/// A leaving node hands over only to a voter its detector holds up: with
+/// n2 down (and n2 the lower id, which a tie in match index would favour),
+/// every group n1 leads goes to n3.
+#[test]
+fn a_leaving_node_hands_over_only_to_a_voter_that_is_up() {
+    let mut c = Cluster::new(3, 8);
+    c.quiet_events = true;
+    c.run_for(3000);
+    c.down.insert(1);
+    c.run_for(3000);
+    let led_by_1: Vec<PartitionId> = c
+        .leaders()
+        .iter()
+        .filter(|(_, l)| l.0 == 1)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(
+        !led_by_1.is_empty(),
+        "n1 leads something: {:?}",
+        c.leaders()
+    );
+    let now = c.now;
+    c.nodes[0].handle_leaving(now);
+    for p in &led_by_1 {
+        assert_eq!(
+            c.nodes[0].raft(*p).unwrap().transferee(),
+            Some(NodeId(3)),
+            "{p} handed to the voter that is up"
+        );
+    }
+    c.run_for(100);
+    let leaders = c.leaders();
+    for p in &led_by_1 {
+        assert_eq!(leaders.get(p), Some(&NodeId(3)), "{p}");
+    }
+}
