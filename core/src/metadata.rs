@@ -211,12 +211,22 @@ pub enum MetaError {
         known: Incarnation,
         offered: Incarnation,
     },
-    #[error("{node} is {state}; its id cannot be used again (join under a new id)")]
+    #[error("{node} is {state}; {}", gone_hint(*state))]
     Gone { node: NodeId, state: MemberState },
     #[error("node id 0 is not a valid id")]
     ZeroId,
     #[error("an address must not be empty")]
     NoAddress,
+}
+
+/// What an operator can do about [`MetaError::Gone`].
+fn gone_hint(state: MemberState) -> &'static str {
+    match state {
+        MemberState::Removed => {
+            "this data directory cannot come back (wipe it, and the node joins again as a new member)"
+        }
+        _ => "its id can join again, from an empty data directory, once it is removed",
+    }
 }
 
 /// Why bytes are not a document.
@@ -287,6 +297,15 @@ impl ClusterMetadata {
                 if address.is_empty() {
                     return Err(MetaError::NoAddress);
                 }
+                // Removed (its replicas moved away, no group lists it) and
+                // back with another data directory: a new member under the
+                // old id, as a StatefulSet's pod is after a scale down and
+                // up. The old directory stays refused: its incarnation is
+                // not the member's any more.
+                let returns = |m: &Member| {
+                    m.state == MemberState::Removed
+                        && m.incarnation.is_some_and(|known| known != *incarnation)
+                };
                 match next.members.get_mut(node) {
                     None => {
                         next.members.insert(
@@ -298,6 +317,14 @@ impl ClusterMetadata {
                                 client: ClientAddresses::default(),
                             },
                         );
+                    }
+                    Some(m) if returns(m) => {
+                        *m = Member {
+                            state: MemberState::Joining,
+                            address: address.clone(),
+                            incarnation: Some(*incarnation),
+                            client: ClientAddresses::default(),
+                        };
                     }
                     Some(m) if !m.state.is_live() => {
                         return Err(MetaError::Gone {
@@ -647,6 +674,7 @@ mod tests {
                 to: MemberState::Removed,
             })
             .unwrap();
+        // Its old data directory stays out.
         assert_eq!(
             gone.apply(&reg(5, 1)),
             Err(MetaError::Gone {
@@ -654,6 +682,32 @@ mod tests {
                 state: MemberState::Removed
             })
         );
+        // A new one (a StatefulSet pod scaled down, its volume deleted,
+        // scaled up again) joins under the id, as a new member; the old
+        // directory is then another incarnation.
+        let back = gone.apply(&reg(5, 2)).unwrap();
+        assert_eq!(back.members[&n(5)].state, MemberState::Joining);
+        assert_eq!(back.members[&n(5)].incarnation, Some(Incarnation(2)));
+        assert!(matches!(
+            back.apply(&reg(5, 1)),
+            Err(MetaError::OtherIncarnation { .. })
+        ));
+        // A dead member's id does not come back: its replicas are still
+        // being re-created elsewhere.
+        let dead = d
+            .apply(&MetaChange::SetState {
+                node: n(1),
+                from: MemberState::Up,
+                to: MemberState::Dead,
+            })
+            .unwrap();
+        assert!(matches!(
+            dead.apply(&reg(1, 99)),
+            Err(MetaError::Gone {
+                state: MemberState::Dead,
+                ..
+            })
+        ));
         assert_eq!(doc().apply(&reg(0, 1)), Err(MetaError::ZeroId));
     }
 

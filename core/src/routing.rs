@@ -54,6 +54,9 @@ pub enum ForwardFailure {
     Lost,
     /// No answer within the forward timeout; the target may still act on it.
     TimedOut,
+    /// The target ended the stream in order, having answered every call
+    /// it took in (it is stopping): this one it never took in.
+    Unread,
 }
 
 impl ForwardFailure {
@@ -75,6 +78,7 @@ impl ForwardFailure {
             }
             ForwardFailure::Lost => ClientError::NoLeader { partition },
             ForwardFailure::TimedOut => ClientError::Timeout,
+            ForwardFailure::Unread => ClientError::Stopping,
         }
     }
 }
@@ -114,6 +118,14 @@ mod tests {
             ForwardFailure::Refused.outcome(true, P),
             ClientError::NoLeader { partition: P }
         );
+        // The target answered everything it took in and ended the stream:
+        // the rest never ran there.
+        for is_write in [true, false] {
+            assert_eq!(
+                ForwardFailure::Unread.outcome(is_write, P),
+                ClientError::Stopping
+            );
+        }
     }
 
     #[test]

@@ -1627,6 +1627,74 @@ fn a_drained_node_is_removed_once_its_replicas_moved() {
     }
 }
 
+/// A removed id comes back with a new data directory, as a StatefulSet's
+/// highest pod does when it is scaled down (drained, removed, its volume
+/// deleted) and up again: it registers under its old id with a new
+/// incarnation, becomes a member again and is given replicas; the old
+/// data directory's incarnation stays refused.
+#[test]
+fn a_removed_id_joins_again_from_an_empty_data_directory() {
+    use ringkv_core::identity::Incarnation;
+    use ringkv_core::metadata::{MemberState, MetaError};
+    use ringkv_core::node::{RegisterError, Registration};
+    let mut c = Cluster::with_config(4, 8, |cfg| cfg.placement.rebalance = true);
+    c.quiet_events = true;
+    c.run_for(2000);
+    // n4 tells its incarnation, as a founder's driver does once.
+    let controller = c.controller().expect("a controller");
+    let (now, old) = (c.now, Incarnation(0x40));
+    assert_eq!(
+        c.nodes[controller].handle_register(now, NodeId(4), "n4:9094".into(), old),
+        Ok(Registration::Proposed)
+    );
+    c.drain(controller);
+    c.run_for(300);
+    let now = c.now;
+    assert!(c.nodes[controller].handle_drain(now, NodeId(4)).is_ok());
+    c.drain(controller);
+    c.run_for(30_000);
+    let state = |c: &Cluster| c.nodes[0].metadata().unwrap().members[&NodeId(4)].state;
+    assert_eq!(state(&c), MemberState::Removed);
+    assert_every_group_on(&c, 8, &[1, 2, 3]);
+
+    // The old directory is refused.
+    let controller = c.controller().expect("a controller");
+    let now = c.now;
+    assert!(matches!(
+        c.nodes[controller].handle_register(now, NodeId(4), "n4:9094".into(), old),
+        Err(RegisterError::Refused(MetaError::Gone { .. }))
+    ));
+    // An empty one starts as a joiner does and registers.
+    let mut cfg = c.nodes[3].config().clone();
+    cfg.founding = false;
+    c.nodes[3] = Node::new(cfg, 44, Recovered::default()).expect("start");
+    c.disks[3].clear();
+    let new = Incarnation(old.0 ^ 0x5a5a);
+    assert_eq!(
+        c.nodes[controller].handle_register(now, NodeId(4), "n4:9094".into(), new),
+        Ok(Registration::Proposed)
+    );
+    c.drain(controller);
+    c.run_for(30_000);
+    assert_eq!(state(&c), MemberState::Up);
+    let n4 = c.nodes[3].partitions().count();
+    assert!(n4 > 0, "n4 holds replicas again");
+    for i in 0..3 {
+        assert_eq!(
+            c.nodes[i].detector().status(NodeId(4)),
+            ringkv_core::detector::PeerStatus::Up,
+            "n{} watches n4 again",
+            i + 1
+        );
+    }
+    let now = c.now;
+    let controller = c.controller().expect("a controller");
+    assert!(matches!(
+        c.nodes[controller].handle_register(now, NodeId(4), "n4:9094".into(), old),
+        Err(RegisterError::Refused(MetaError::OtherIncarnation { .. }))
+    ));
+}
+
 /// Bad input from a peer: a pushed document that does not decode is
 /// dropped and counted, the node keeps its document; a placement order
 /// from a node that does not lead the metadata group is ignored.

@@ -2,6 +2,7 @@
 //! `ringkv bench`. Every flag of `server` can also be set as a `RINGKV_*`
 //! environment variable.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ringkv_core::NodeId;
-use ringkv_node::cli::{admin, bench, client, watch, watch_bench};
+use ringkv_node::address::PeerAddr;
+use ringkv_node::cli::{admin, bench, client, health, watch, watch_bench};
 use ringkv_node::clock::MonotonicClock;
 use ringkv_node::config::{ServerConfig, defaults, parse_peers};
 use ringkv_node::disk::FsDisk;
@@ -57,31 +59,40 @@ enum Command {
     Admin(admin::AdminArgs),
     /// A node's life in the cluster (drain and remove a node).
     Node(admin::NodeArgs),
+    /// Exit 0 if a node is ready (or, with --live, alive), else 1: for container health checks.
+    Health(health::HealthArgs),
 }
 
 #[derive(Args, Debug)]
 struct ServerArgs {
     /// This node's id (a positive integer: one of --peers, or, with --join, an id no member has had).
-    #[arg(long, env = "RINGKV_NODE_ID")]
-    id: u64,
-    /// The founding members with their gRPC addresses: 1=127.0.0.1:9091,2=127.0.0.1:9092,...
     #[arg(
         long,
-        env = "RINGKV_PEERS",
-        required_unless_present = "join",
-        conflicts_with = "join"
+        env = "RINGKV_NODE_ID",
+        required_unless_present = "id_from_hostname",
+        conflicts_with = "id_from_hostname"
     )]
+    id: Option<u64>,
+    /// Take the id from this host's name: the number after its last '-', plus one
+    /// (StatefulSet pod ringkv-0 is node 1). Reads $HOSTNAME, else the kernel's host name.
+    #[arg(long, env = "RINGKV_ID_FROM_HOSTNAME")]
+    id_from_hostname: bool,
+    /// The founding members with their gRPC addresses (IPs or host names):
+    /// 1=10.0.0.1:9091,2=ringkv-1.ringkv:9091,... A node whose id is not listed
+    /// joins through --join instead.
+    #[arg(long, env = "RINGKV_PEERS", required_unless_present = "join")]
     peers: Option<String>,
     /// Join a running cluster through any of its members (gRPC HOST:PORT, comma-separated).
-    /// Used when the data directory is in no cluster yet; later starts ignore it.
-    #[arg(long, env = "RINGKV_JOIN", value_delimiter = ',')]
+    /// Used when the data directory is in no cluster yet; later starts ignore it. With
+    /// --peers, only a node whose id is not among them joins.
+    #[arg(long, env = "RINGKV_JOIN", value_delimiter = ',', value_parser = parse_member)]
     join: Vec<String>,
     /// The gRPC HOST:PORT other members dial to reach this node, registered when it joins.
     /// Defaults to --grpc-listen.
     #[arg(long, env = "RINGKV_ADVERTISE")]
     advertise: Option<String>,
     /// Where gRPC (client API and peer traffic) listens. Defaults to this node's address in
-    /// --peers; required with --join.
+    /// --peers (0.0.0.0 and its port when that is a host name); required with --join.
     #[arg(long, env = "RINGKV_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
     /// Where the REST API listens.
@@ -202,6 +213,7 @@ pub fn main() -> ExitCode {
         Command::Locate(a) => run_client(client::locate(a)),
         Command::Admin(a) => run_client(admin::run(a)),
         Command::Node(a) => run_client(admin::run_node(a)),
+        Command::Health(a) => run_client(health::run(a)),
         Command::Bench(a) => run_client(async move {
             bench::run(a).await.unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");
@@ -263,30 +275,80 @@ fn process_seed(id: u64) -> u64 {
     nanos ^ id.rotate_left(32) ^ u64::from(std::process::id())
 }
 
+/// One `--join` entry: a member's gRPC HOST:PORT.
+fn parse_member(text: &str) -> Result<String, String> {
+    PeerAddr::parse(text)
+        .map(|a| a.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The id a StatefulSet pod's name gives (`ringkv-0` is node 1): the
+/// number after the last `-`, plus one.
+fn id_from_hostname(host: &str) -> anyhow::Result<u64> {
+    let host = host.trim();
+    let ordinal = host
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .with_context(|| {
+            format!("--id-from-hostname: host name {host:?} does not end in -N (a StatefulSet pod's ordinal)")
+        })?;
+    ordinal
+        .checked_add(1)
+        .with_context(|| format!("--id-from-hostname: ordinal in {host:?} is too large"))
+}
+
+fn this_host_name() -> anyhow::Result<String> {
+    if let Ok(name) = std::env::var("HOSTNAME")
+        && !name.trim().is_empty()
+    {
+        return Ok(name);
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("--id-from-hostname: $HOSTNAME is unset and the kernel's host name is unreadable")
+}
+
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(&args.log);
-    let id = NodeId(args.id);
-    let (peers, grpc_listen) = match &args.peers {
-        Some(list) => {
-            let peers = parse_peers(list).context("--peers")?;
-            let Some(&own_addr) = peers.get(&id) else {
-                anyhow::bail!("--id {} is not in --peers ({list})", args.id);
-            };
-            (peers, args.grpc_listen.unwrap_or(own_addr))
+    let id = match args.id {
+        Some(id) => id,
+        None => id_from_hostname(&this_host_name()?)?,
+    };
+    anyhow::ensure!(id > 0, "--id must be a positive integer");
+    let id = NodeId(id);
+    let founders = args
+        .peers
+        .as_deref()
+        .map(|list| parse_peers(list).context("--peers"))
+        .transpose()?;
+    // A founder forms the cluster with --peers; any other node joins.
+    let founding = founders.as_ref().is_some_and(|f| f.contains_key(&id));
+    let (peers, grpc_listen) = if founding {
+        let peers = founders.unwrap_or_default();
+        let own = &peers[&id];
+        let listen = match (args.grpc_listen, own.socket_addr()) {
+            (Some(listen), _) | (None, Some(listen)) => listen,
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], own.port())),
+        };
+        (peers, listen)
+    } else {
+        if args.join.is_empty() {
+            anyhow::bail!(
+                "--id {id} is not in --peers ({}); to add a node to a running cluster, give --join",
+                args.peers.as_deref().unwrap_or_default()
+            );
         }
-        None => {
-            let Some(listen) = args.grpc_listen else {
-                anyhow::bail!("--join needs --grpc-listen (where this node's gRPC listens)");
-            };
-            ([(id, listen)].into_iter().collect(), listen)
-        }
+        let Some(listen) = args.grpc_listen else {
+            anyhow::bail!("--join needs --grpc-listen (where this node's gRPC listens)");
+        };
+        (BTreeMap::from([(id, PeerAddr::from(listen))]), listen)
     };
     let data_dir = args
         .data_dir
-        .unwrap_or_else(|| PathBuf::from(format!("ringkv-data/node-{}", args.id)));
+        .unwrap_or_else(|| PathBuf::from(format!("ringkv-data/node-{}", id.0)));
     let mut config = ServerConfig::new(id, peers, grpc_listen, data_dir);
     args.cluster.apply(&mut config);
-    config.join = args.join;
+    // A founder never joins (its --join is for the others' command line).
+    config.join = if founding { Vec::new() } else { args.join };
     config.advertise = args.advertise;
     config.rest_listen = (!args.no_rest).then_some(args.rest_listen);
     config.resp_listen = args.resp_listen;
@@ -295,7 +357,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         config,
         Arc::new(MonotonicClock::new()),
         Arc::new(FsDisk::new()),
-        process_seed(args.id),
+        process_seed(id.0),
     )
     .await?;
     tokio::select! {
@@ -309,6 +371,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 tracing::warn!(
                     "still leads {left} group(s) after {LEAVE_WITHIN:?} (no other voter up to take them); stopping"
                 );
+            }
+            let inside = server.close().await;
+            if inside > 0 {
+                tracing::warn!("{inside} request(s) still unanswered; stopping (their writes' outcomes are unknown)");
             }
             server.stop().await;
             Ok(())
@@ -364,4 +430,37 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         seed: process_seed,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statefulset_pod_name_gives_its_ordinal_plus_one() {
+        assert_eq!(id_from_hostname("ringkv-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("my-db-ringkv-12\n").unwrap(), 13);
+        for bad in [
+            "ringkv",
+            "ringkv-",
+            "ringkv-x",
+            "ringkv-18446744073709551615",
+        ] {
+            let e = id_from_hostname(bad).unwrap_err().to_string();
+            assert!(e.contains("--id-from-hostname"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn join_entries_are_checked_when_parsed() {
+        assert_eq!(
+            parse_member(" ringkv-0.ringkv:9091").unwrap(),
+            "ringkv-0.ringkv:9091"
+        );
+        assert!(
+            parse_member("ringkv-0.ringkv")
+                .unwrap_err()
+                .contains("HOST:PORT")
+        );
+    }
 }

@@ -11,6 +11,8 @@ use ringkv_core::metadata::ClientAddresses;
 use ringkv_core::node::NodeConfig;
 use ringkv_core::ring::RingConfig;
 
+use crate::address::{AddrError, PeerAddr};
+
 /// Everything one `ringkv server` needs to start.
 /// Which RESP connections get `-MOVED slot host:port` for a key whose
 /// partition another node leads (the others are served: the node forwards
@@ -31,9 +33,10 @@ pub enum RespRedirects {
 pub struct ServerConfig {
     pub node_id: NodeId,
     /// Every founding member (this node included) and its gRPC address,
-    /// which peers and clients dial. A node that joins (`join`) lists only
-    /// itself: it learns the members when it joins.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// which peers and clients dial (an IP or a DNS name, resolved at each
+    /// connect). A node that joins (`join`) lists only itself: it learns
+    /// the members when it joins.
+    pub peers: BTreeMap<NodeId, PeerAddr>,
     /// Where this node's gRPC server listens (client API and peer transport).
     pub grpc_listen: SocketAddr,
     /// Where the REST API listens; `None` to run without it.
@@ -100,12 +103,14 @@ pub mod defaults {
 
 impl ServerConfig {
     /// A configuration with every tunable at its default.
-    pub fn new(
+    pub fn new<A: Into<PeerAddr>>(
         node_id: NodeId,
-        peers: BTreeMap<NodeId, SocketAddr>,
+        peers: BTreeMap<NodeId, A>,
         grpc_listen: SocketAddr,
         data_dir: PathBuf,
     ) -> Self {
+        let peers: BTreeMap<NodeId, PeerAddr> =
+            peers.into_iter().map(|(id, a)| (id, a.into())).collect();
         let core = NodeConfig::new(node_id, peers.keys().copied().collect());
         ServerConfig {
             node_id,
@@ -140,20 +145,29 @@ impl ServerConfig {
     /// Where clients reach this node's REST and RESP listeners, as the
     /// member list records them: the listen address, except that a listener
     /// on every interface (0.0.0.0, ::) is given the host other members
-    /// dial for gRPC (`--advertise`, else the gRPC listen address).
+    /// dial for gRPC (`--advertise`, else this node's `--peers` entry, else
+    /// the gRPC listen address).
     pub fn client_addresses(&self) -> ClientAddresses {
-        let dialable = |listen: Option<SocketAddr>| match (listen, &self.advertise) {
-            (None, _) => String::new(),
-            (Some(a), Some(advertised)) if a.ip().is_unspecified() => {
-                let host = advertised
-                    .rsplit_once(':')
-                    .map_or(advertised.as_str(), |(h, _)| h);
-                format!("{host}:{}", a.port())
+        let dial_host = if let Some(advertised) = &self.advertise {
+            advertised
+                .rsplit_once(':')
+                .map_or(advertised.as_str(), |(h, _)| h)
+                .to_owned()
+        } else {
+            match self.peers.get(&self.node_id) {
+                Some(own) if own.socket_addr().is_none_or(|a| !a.ip().is_unspecified()) => {
+                    own.host().to_owned()
+                }
+                _ => match self.grpc_listen.ip() {
+                    std::net::IpAddr::V4(ip) => ip.to_string(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                },
             }
-            (Some(a), None) if a.ip().is_unspecified() => {
-                SocketAddr::new(self.grpc_listen.ip(), a.port()).to_string()
-            }
-            (Some(a), _) => a.to_string(),
+        };
+        let dialable = |listen: Option<SocketAddr>| match listen {
+            None => String::new(),
+            Some(a) if a.ip().is_unspecified() => format!("{dial_host}:{}", a.port()),
+            Some(a) => a.to_string(),
         };
         ClientAddresses {
             rest: dialable(self.rest_listen),
@@ -202,16 +216,16 @@ pub enum PeersError {
     Syntax(String),
     #[error("peer id in {0:?} must be a positive integer")]
     BadId(String),
-    #[error("peer address in {0:?} is not a socket address (HOST:PORT with a numeric IP)")]
-    BadAddr(String),
+    #[error("peer address in {0:?}: {1}")]
+    BadAddr(String, AddrError),
     #[error("peer id {0} appears twice")]
     Duplicate(u64),
     #[error("the peer list is empty")]
     Empty,
 }
 
-/// Parses `1=127.0.0.1:9091,2=127.0.0.1:9092,...`.
-pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, PeersError> {
+/// Parses `1=127.0.0.1:9091,2=ringkv-1.ringkv:9091,...` (IPs or host names).
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, PeerAddr>, PeersError> {
     let mut out = BTreeMap::new();
     for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (id, addr) = entry
@@ -223,10 +237,7 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, PeersError> 
             .ok()
             .filter(|&id| id > 0)
             .ok_or_else(|| PeersError::BadId(entry.to_owned()))?;
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| PeersError::BadAddr(entry.to_owned()))?;
+        let addr = PeerAddr::parse(addr).map_err(|e| PeersError::BadAddr(entry.to_owned(), e))?;
         if out.insert(NodeId(id), addr).is_some() {
             return Err(PeersError::Duplicate(id));
         }
@@ -262,12 +273,19 @@ mod tests {
         );
         c.advertise = Some("db4.example:9091".into());
         assert_eq!(c.client_addresses().resp, "db4.example:6379");
+        // A node that listens everywhere and is named in --peers by host
+        // name gives its clients that name.
+        c.advertise = None;
+        c.grpc_listen = "0.0.0.0:9091".parse().unwrap();
+        c.peers = parse_peers("4=ringkv-3.ringkv:9091").unwrap();
+        assert_eq!(c.client_addresses().resp, "ringkv-3.ringkv:6379");
     }
 
     #[test]
     fn parses_a_peer_list() {
-        let peers = parse_peers("1=127.0.0.1:9091, 2=127.0.0.1:9092,3=[::1]:9093").unwrap();
+        let peers = parse_peers("1=127.0.0.1:9091, 2=ringkv-1.ringkv:9092,3=[::1]:9093").unwrap();
         assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&NodeId(2)].host(), "ringkv-1.ringkv");
         assert_eq!(peers[&NodeId(3)].port(), 9093);
     }
 
@@ -283,8 +301,15 @@ mod tests {
         );
         assert_eq!(
             parse_peers("1=localhost"),
-            Err(PeersError::BadAddr("1=localhost".into()))
+            Err(PeersError::BadAddr(
+                "1=localhost".into(),
+                AddrError::NotHostPort("localhost".into())
+            ))
         );
+        assert!(matches!(
+            parse_peers("1=0.0.0.0:9091"),
+            Err(PeersError::BadAddr(_, AddrError::Unspecified(_)))
+        ));
         assert_eq!(
             parse_peers("1=127.0.0.1:1,1=127.0.0.1:2"),
             Err(PeersError::Duplicate(1))

@@ -119,6 +119,7 @@ impl Driver {
             started: started.clone(),
             stopped: stopped.clone(),
             requests: Arc::default(),
+            closing: Arc::default(),
         };
         let driver = Driver {
             node,
@@ -360,7 +361,7 @@ impl Driver {
         let followed = self.io.members.follow(doc, |id| peers.has_peer(id));
         for (id, addr) in followed.added {
             tracing::info!(peer = %id, %addr, "connecting to a new member");
-            self.io.peers.add_peer(id, addr);
+            self.io.peers.add_peer(id, addr.clone());
             self.io.forwarder.add_peer(id, addr);
         }
         for id in followed.removed {

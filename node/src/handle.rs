@@ -8,7 +8,8 @@
 //! module, never on each other's internals.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use ringkv_core::identity::Incarnation;
 use ringkv_core::io::{IoId, PeerBatch};
@@ -102,6 +103,38 @@ pub struct NodeHandle {
     /// What this node's own clients asked (forwarded-in requests are
     /// counted where they came in).
     pub(crate) requests: Arc<RequestStats>,
+    /// A planned stop: new requests are refused, those inside are awaited.
+    pub(crate) closing: Arc<Closing>,
+}
+
+/// How a planned stop lets the requests inside finish: once `closed`, a
+/// new request is refused (`node_stopping`: nothing applied, retry
+/// elsewhere) and the stop waits for `in_flight` to reach zero, so that
+/// no client, and no node that forwarded to this one, is left with an
+/// unknown outcome by the stop itself.
+#[derive(Default)]
+pub struct Closing {
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// One request inside the node, counted in [`Closing::in_flight`].
+struct InFlight<'a>(&'a Closing);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Closing {
+    fn enter(&self) -> Option<InFlight<'_>> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(self);
+        // Counted before the check: a stop that sees zero after closing
+        // has no request slipping in behind it.
+        (!self.closed.load(Ordering::Acquire)).then_some(guard)
+    }
 }
 
 impl NodeHandle {
@@ -127,6 +160,9 @@ impl NodeHandle {
             // Nothing would answer before formation ends; say so at once.
             return Err(ClientError::NotInCluster);
         }
+        let Some(_inside) = self.closing.enter() else {
+            return Err(ClientError::Stopping);
+        };
         let is_write = req.is_write();
         let (reply, rx) = oneshot::channel();
         if self
@@ -135,14 +171,15 @@ impl NodeHandle {
             .await
             .is_err()
         {
-            return Err(ClientError::Internal("this node is shutting down".into()));
+            // The event loop has ended: the request never entered it.
+            return Err(ClientError::Stopping);
         }
         match rx.await {
             Ok(r) => r,
             // The event loop stopped (or was dropped) with the request inside
             // it: a write may have been proposed already.
             Err(_) if is_write => Err(ClientError::OutcomeUnknown),
-            Err(_) => Err(ClientError::Internal("this node is shutting down".into())),
+            Err(_) => Err(ClientError::Stopping),
         }
     }
 
@@ -153,6 +190,21 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Input::Digests(reply)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// A planned stop's last step before the event loop ends: refuses new
+    /// requests (`node_stopping`) and waits, up to `within`, for those
+    /// inside to be answered; how many were still inside at the end.
+    pub async fn close(&self, within: Duration) -> usize {
+        self.closing.closed.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let inside = self.closing.in_flight.load(Ordering::Acquire);
+            if inside == 0 || tokio::time::Instant::now() >= deadline {
+                return inside;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// This node is about to stop: hands each group it leads to another

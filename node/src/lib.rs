@@ -6,6 +6,7 @@
 //! are madsim's, REST and the CLI are compiled out, and time and files come
 //! only through [`clock::Clock`] and [`disk::Disk`].
 //!
+//! - [`address`]: a member's gRPC address (an IP or a DNS name).
 //! - [`server`]: starts a node (storage, core, transport, APIs).
 //! - [`driver`]: the event loop around the core.
 //! - [`handle`]: how the APIs and the peer service reach that loop.
@@ -16,6 +17,7 @@
 //! - [`api`]: gRPC and REST client APIs.
 //! - `cli`: the client commands and the benchmark (not under madsim).
 
+pub mod address;
 pub mod api;
 #[cfg(not(madsim))]
 pub mod cli;

@@ -11,7 +11,6 @@
 //! event loop, and a slow disk only skips intermediate versions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,10 +18,10 @@ use ringkv_core::NodeId;
 use ringkv_core::metadata::{ClusterMetadata, MemberState};
 use tokio::sync::watch;
 
+use crate::address::PeerAddr;
 use crate::disk::Disk;
 use crate::storage::ClusterFile;
 use crate::transport::Handshake;
-use crate::transport::join::resolve;
 
 /// Follows the member list (see the module doc).
 pub struct MemberSync {
@@ -106,7 +105,7 @@ impl MemberSync {
             .members
             .iter()
             .filter(|&(&id, m)| id != self.me && m.state != MemberState::Removed && !known(id))
-            .filter_map(|(&id, m)| match resolve(&m.address) {
+            .filter_map(|(&id, m)| match PeerAddr::parse(&m.address) {
                 Ok(addr) => Some((id, addr)),
                 Err(why) => {
                     tracing::warn!(peer = %id, "member {id}'s address: {why}");
@@ -122,7 +121,7 @@ impl MemberSync {
 #[derive(Default)]
 pub struct Followed {
     /// Members to connect to, at these addresses.
-    pub added: Vec<(NodeId, SocketAddr)>,
+    pub added: Vec<(NodeId, PeerAddr)>,
     /// Every removed member.
     pub removed: BTreeSet<NodeId>,
 }

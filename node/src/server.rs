@@ -15,6 +15,7 @@ use ringkv_proto::v1::peer_server::PeerServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::address::PeerAddr;
 use crate::api::grpc::{ClusterService, KvService};
 use crate::clock::Clock;
 use crate::config::ServerConfig;
@@ -36,6 +37,9 @@ pub struct Server {
     pub rest_addr: Option<SocketAddr>,
     /// Where the Redis protocol is served, if it is (`--resp-listen`).
     pub resp_addr: Option<SocketAddr>,
+    /// How long a request may take (the core answers by then): what a
+    /// planned stop waits for the requests inside.
+    request_timeout: Duration,
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<Result<(), String>>,
     /// Holds the data directory's lock until it ends (after the driver).
@@ -111,8 +115,9 @@ impl Server {
                 .advertise
                 .clone()
                 .unwrap_or_else(|| config.grpc_listen.to_string());
-            crate::transport::join::check_address(&address)
-                .map_err(|why| anyhow::anyhow!("cannot join: {why}"))?;
+            PeerAddr::parse(&address).map_err(|why| {
+                anyhow::anyhow!("cannot join: --advertise (else --grpc-listen): {why}")
+            })?;
             tracing::info!(node = %config.node_id, %address, through = ?config.join, "joining the cluster");
             let joined = crate::transport::join::join_cluster(
                 &identity,
@@ -148,7 +153,7 @@ impl Server {
                 if id == config.node_id || peers.contains_key(&id) {
                     continue;
                 }
-                match crate::transport::join::resolve(address) {
+                match PeerAddr::parse(address) {
                     Ok(addr) => {
                         peers.insert(id, addr);
                     }
@@ -358,6 +363,7 @@ impl Server {
             grpc_addr,
             rest_addr,
             resp_addr,
+            request_timeout: config.request_timeout,
             shutdown,
             driver,
             storage,
@@ -410,6 +416,16 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// After [`Self::leave`]: refuses new requests (`node_stopping`, safe
+    /// to retry elsewhere) and waits for those inside to be answered, up
+    /// to the request timeout and a second for the answer to travel; how
+    /// many were still inside then (their writes end "outcome unknown").
+    pub async fn close(&self) -> usize {
+        self.node
+            .close(self.request_timeout + Duration::from_secs(1))
+            .await
     }
 
     /// Stops serving: listeners close, the event loop ends, requests still

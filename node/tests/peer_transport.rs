@@ -187,10 +187,7 @@ async fn a_silent_peer_stream_is_closed_so_its_sender_redials() {
 async fn an_oversized_frame_closes_its_stream_with_the_reason() {
     let (server, client) = ready_node_and_peer_client().await;
     let stats = server.stats.clone();
-    let limit = ringkv_node::transport::TransportLimits::for_node(
-        &ServerConfig::new(NodeId(1), BTreeMap::new(), free_addr(), "/x".into()).node_config(),
-    )
-    .max_frame_bytes;
+    let limit = default_limits().max_frame_bytes;
     let mut client = client.max_encoding_message_size(usize::MAX);
     let frame = pb::PeerFrame {
         batch: Bytes::from(vec![0u8; limit + 1000]),
@@ -468,10 +465,11 @@ async fn forwards_that_cannot_reach_their_target_fail_at_once_with_what_is_known
     let (server, _client) = ready_node_and_peer_client().await;
     let nobody = free_addr(); // nothing listens there
     // Node 3's address is the server's own: it refuses a hello meant for 3.
-    let peers = BTreeMap::from([(NodeId(2), nobody), (NodeId(3), server.grpc_addr)]);
-    let limits = ringkv_node::transport::TransportLimits::for_node(
-        &ServerConfig::new(NodeId(1), BTreeMap::new(), free_addr(), "/x".into()).node_config(),
-    );
+    let peers = BTreeMap::from([
+        (NodeId(2), nobody.into()),
+        (NodeId(3), server.grpc_addr.into()),
+    ]);
+    let limits = default_limits();
     let forwarder = ringkv_node::transport::Forwarder::new(
         server.handshake.clone(),
         &peers,
@@ -520,4 +518,15 @@ async fn forwards_that_cannot_reach_their_target_fail_at_once_with_what_is_known
         told[4]
     );
     server.stop().await;
+}
+
+/// The transport limits of a node with every setting at its default.
+fn default_limits() -> ringkv_node::transport::TransportLimits {
+    let config = ServerConfig::new(
+        NodeId(1),
+        BTreeMap::<NodeId, SocketAddr>::new(),
+        free_addr(),
+        "/x".into(),
+    );
+    ringkv_node::transport::TransportLimits::for_node(&config.node_config())
 }

@@ -424,8 +424,8 @@ pub fn outcome_of(request: &Request, status: &tonic::Status) -> Outcome {
                 .and_then(|v| v.parse().ok()),
         }),
         Some(
-            c @ ("no_leader" | "not_applied" | "busy" | "invalid_key" | "key_too_large"
-            | "value_too_large"),
+            c @ ("no_leader" | "not_applied" | "node_stopping" | "busy" | "invalid_key"
+            | "key_too_large" | "value_too_large"),
         ) => not_applied(c.to_owned()),
         // timeout_outcome_unknown, internal, read_timeout (never for a
         // write, but be safe), no code (transport, cancelled, deadline), ...

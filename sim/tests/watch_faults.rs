@@ -43,7 +43,13 @@ const OP_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// A watcher whose stream said nothing this long resumes elsewhere.
 const QUIET_RESUME: Duration = Duration::from_secs(2);
 /// The ringkv codes that promise a write was not applied.
-const NOT_APPLIED: [&str; 4] = ["no_leader", "busy", "not_applied", "not_in_cluster"];
+const NOT_APPLIED: [&str; 5] = [
+    "no_leader",
+    "busy",
+    "not_applied",
+    "not_in_cluster",
+    "node_stopping",
+];
 
 /// What became of a failed write, from its status.
 fn outcome_of(status: &tonic::Status) -> Outcome {

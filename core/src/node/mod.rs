@@ -584,6 +584,10 @@ pub enum ClientError {
          `ringkv status` says which); nothing was applied"
     )]
     NotInCluster,
+    /// The node asked is stopping and took nothing in (its event loop has
+    /// ended); another node can serve the request.
+    #[error("the node asked is stopping; nothing was applied: retry through another node")]
+    Stopping,
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -22,7 +22,6 @@
 //! [`EVENTS_KEPT`] of which travel with each view.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +35,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use super::grpc::status_response;
+use crate::address::PeerAddr;
 use crate::handle::NodeHandle;
 use crate::requests::BUCKETS;
 use crate::transport::Handshake;
@@ -504,7 +504,7 @@ pub fn changes(before: &ClusterSnapshot, after: &ClusterSnapshot) -> Vec<(&'stat
 pub struct Dashboard {
     node: NodeHandle,
     handshake: Arc<Handshake>,
-    addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    addrs: Arc<BTreeMap<NodeId, PeerAddr>>,
     clients: Mutex<HashMap<String, ClusterClient<Channel>>>,
     latest: watch::Sender<Option<Arc<ClusterSnapshot>>>,
     state: Mutex<Feed>,
@@ -523,7 +523,7 @@ impl Dashboard {
     pub fn new(
         node: NodeHandle,
         handshake: Arc<Handshake>,
-        addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+        addrs: Arc<BTreeMap<NodeId, PeerAddr>>,
     ) -> Arc<Dashboard> {
         Arc::new(Dashboard {
             node,

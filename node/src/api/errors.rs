@@ -53,6 +53,7 @@ pub fn kind(e: &ClientError) -> ErrorKind {
         ClientError::Dropped => ("not_applied", 503, Code::Unavailable, "TRYAGAIN"),
         ClientError::Busy => ("busy", 503, Code::Unavailable, "TRYAGAIN"),
         ClientError::NotInCluster => ("not_in_cluster", 503, Code::Unavailable, "CLUSTERDOWN"),
+        ClientError::Stopping => ("node_stopping", 503, Code::Unavailable, "TRYAGAIN"),
         ClientError::OutcomeUnknown => (
             "timeout_outcome_unknown",
             504,
@@ -138,6 +139,7 @@ pub fn from_code(code: &str, message: &str, d: ErrorDetails) -> ClientError {
         "not_applied" => ClientError::Dropped,
         "busy" => ClientError::Busy,
         "not_in_cluster" => ClientError::NotInCluster,
+        "node_stopping" => ClientError::Stopping,
         "timeout_outcome_unknown" => ClientError::OutcomeUnknown,
         "read_timeout" => ClientError::Timeout,
         "invalid_expiry" => ClientError::InvalidExpiry(
@@ -202,6 +204,7 @@ mod tests {
             ClientError::Dropped,
             ClientError::Busy,
             ClientError::NotInCluster,
+            ClientError::Stopping,
             ClientError::OutcomeUnknown,
             ClientError::Timeout,
             ClientError::Internal("x".into()),

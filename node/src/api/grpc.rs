@@ -1,7 +1,6 @@
 //! gRPC services `ringkv.v1.Kv` and `ringkv.v1.Cluster`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::errors::to_status;
 use super::{convert, scan};
+use crate::address::PeerAddr;
 use crate::handle::NodeHandle;
 use crate::transport::Handshake;
 use crate::view::ClusterView;
@@ -325,14 +325,14 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 pub struct ClusterService {
     node: NodeHandle,
     handshake: Arc<Handshake>,
-    addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    addrs: Arc<BTreeMap<NodeId, PeerAddr>>,
 }
 
 impl ClusterService {
     pub fn new(
         node: NodeHandle,
         handshake: Arc<Handshake>,
-        addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+        addrs: Arc<BTreeMap<NodeId, PeerAddr>>,
     ) -> Self {
         ClusterService {
             node,
@@ -404,7 +404,7 @@ pub fn status_response(
     view: &ClusterView,
     node: &NodeHandle,
     handshake: &Handshake,
-    addrs: &BTreeMap<NodeId, SocketAddr>,
+    addrs: &BTreeMap<NodeId, PeerAddr>,
 ) -> pb::StatusResponse {
     let cfg = node.ring().config();
     pb::StatusResponse {

@@ -32,7 +32,6 @@
 //! served as if the key would never expire.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -59,6 +58,7 @@ use super::dashboard::{self, Dashboard};
 use super::errors::{RETRY_AFTER_SECS, kind};
 use super::grpc::{locate_response, status_response};
 use super::scan;
+use crate::address::PeerAddr;
 use crate::handle::NodeHandle;
 use crate::transport::{Handshake, TransportStats};
 use crate::watch::{Cursor, Start, Target, WatchError, Watcher};
@@ -69,7 +69,7 @@ struct AppState {
     dashboard: Arc<Dashboard>,
     transport: Arc<TransportStats>,
     handshake: Arc<Handshake>,
-    addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    addrs: Arc<BTreeMap<NodeId, PeerAddr>>,
     max_value_bytes: usize,
     partition_count: u32,
 }
@@ -79,7 +79,7 @@ pub fn router(
     node: NodeHandle,
     transport: Arc<TransportStats>,
     handshake: Arc<Handshake>,
-    addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    addrs: Arc<BTreeMap<NodeId, PeerAddr>>,
     max_value_bytes: usize,
     partition_count: u32,
 ) -> Router {
@@ -110,6 +110,7 @@ pub fn router(
         .route("/v1/dashboard/cluster", get(dashboard_cluster))
         .route("/v1/dashboard/stream", get(dashboard_stream))
         .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_a_route)
@@ -241,7 +242,8 @@ fn error_response(e: &ClientError) -> Response {
         ClientError::NoLeader { .. }
         | ClientError::Busy
         | ClientError::Dropped
-        | ClientError::NotInCluster => {
+        | ClientError::NotInCluster
+        | ClientError::Stopping => {
             h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         ClientError::PreconditionFailed {

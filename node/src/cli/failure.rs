@@ -26,7 +26,7 @@ pub enum Op {
     Write,
 }
 
-/// A stable failure code: the server's twelve, then the client's own.
+/// A stable failure code: the server's thirteen, then the client's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorCode {
     KeyTooLarge,
@@ -38,6 +38,7 @@ pub enum ErrorCode {
     Busy,
     NotApplied,
     NotInCluster,
+    NodeStopping,
     TimeoutOutcomeUnknown,
     ReadTimeout,
     /// A watch's changes to resume from are no longer held.
@@ -60,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order (`ALL[c.index()] == c`).
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::KeyTooLarge,
         ErrorCode::ValueTooLarge,
         ErrorCode::InvalidKey,
@@ -70,6 +71,7 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::NotApplied,
         ErrorCode::NotInCluster,
+        ErrorCode::NodeStopping,
         ErrorCode::TimeoutOutcomeUnknown,
         ErrorCode::ReadTimeout,
         ErrorCode::Compacted,
@@ -99,6 +101,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::NotApplied => "not_applied",
             ErrorCode::NotInCluster => "not_in_cluster",
+            ErrorCode::NodeStopping => "node_stopping",
             ErrorCode::TimeoutOutcomeUnknown => "timeout_outcome_unknown",
             ErrorCode::ReadTimeout => "read_timeout",
             ErrorCode::Compacted => "compacted",
@@ -126,7 +129,11 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NoLeader | ErrorCode::Busy | ErrorCode::NotApplied | ErrorCode::NotInCluster
+            ErrorCode::NoLeader
+                | ErrorCode::Busy
+                | ErrorCode::NotApplied
+                | ErrorCode::NotInCluster
+                | ErrorCode::NodeStopping
         )
     }
 
@@ -157,6 +164,7 @@ impl ErrorCode {
             | ErrorCode::Busy
             | ErrorCode::NotApplied
             | ErrorCode::NotInCluster
+            | ErrorCode::NodeStopping
             | ErrorCode::ReadTimeout
             | ErrorCode::Compacted
             | ErrorCode::Unreachable

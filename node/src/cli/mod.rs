@@ -36,6 +36,7 @@ pub mod demo;
 pub mod failure;
 #[cfg(test)]
 mod fake_grpc;
+pub mod health;
 mod table;
 pub mod watch;
 pub mod watch_bench;

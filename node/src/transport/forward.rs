@@ -34,7 +34,6 @@
 //! reading further).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -51,6 +50,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
 use super::{CONNECT_TIMEOUT, Handshake, TransportLimits, TransportStats, endpoint};
+use crate::address::PeerAddr;
 use crate::api::convert;
 use crate::clock::Clock;
 use crate::handle::ClientResult;
@@ -118,7 +118,7 @@ struct Shared {
 /// A peer requests can be forwarded to: its address, and the queue of its
 /// link task once a request has started it.
 struct Peer {
-    addr: SocketAddr,
+    addr: PeerAddr,
     link: Option<mpsc::Sender<Call>>,
 }
 
@@ -135,7 +135,7 @@ impl Forwarder {
     /// unknown) wins.
     pub fn new(
         handshake: Arc<Handshake>,
-        peers: &BTreeMap<NodeId, SocketAddr>,
+        peers: &BTreeMap<NodeId, PeerAddr>,
         timeout: Duration,
         stats: Arc<TransportStats>,
         limits: TransportLimits,
@@ -151,8 +151,8 @@ impl Forwarder {
                 clock,
             }),
         };
-        for (&id, &addr) in peers {
-            forwarder.add_peer(id, addr);
+        for (&id, addr) in peers {
+            forwarder.add_peer(id, addr.clone());
         }
         forwarder
     }
@@ -163,7 +163,7 @@ impl Forwarder {
 
     /// Records `peer` at `addr` (a member that joined), unless it is known
     /// or is this node. Its stream opens when a request needs it.
-    pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
+    pub fn add_peer(&self, peer: NodeId, addr: PeerAddr) {
         if peer == self.shared.handshake.identity().node {
             return;
         }
@@ -235,7 +235,7 @@ impl Forwarder {
             return Some(link.clone());
         }
         let (tx, rx) = mpsc::channel(MAX_FORWARDS_QUEUED);
-        tokio::spawn(run_link(self.shared.clone(), to, peer.addr, rx));
+        tokio::spawn(run_link(self.shared.clone(), to, peer.addr.clone(), rx));
         peer.link = Some(tx.clone());
         Some(tx)
     }
@@ -248,6 +248,9 @@ enum Ended {
     /// The peer closed the stream (it is stopping).
     ClosedByPeer,
     Broke(Status),
+    /// The peer ended it in order (it is stopping, say), having answered
+    /// every call it took in: the calls still waiting were never run.
+    AnsweredAll(Status),
     /// Nothing came back for the idle timeout.
     Silent,
     /// gRPC stopped taking frames.
@@ -260,6 +263,7 @@ impl std::fmt::Display for Ended {
             Ended::PeerRemoved => f.write_str("the peer was removed"),
             Ended::ClosedByPeer => f.write_str("the peer closed it"),
             Ended::Broke(status) => write!(f, "it broke: {}", status.message()),
+            Ended::AnsweredAll(status) => write!(f, "the peer ended it: {}", status.message()),
             Ended::Silent => f.write_str("nothing came back for the idle timeout"),
             Ended::Stalled => f.write_str("gRPC stopped taking its frames"),
         }
@@ -271,11 +275,11 @@ impl std::fmt::Display for Ended {
 async fn run_link(
     shared: Arc<Shared>,
     peer: NodeId,
-    addr: SocketAddr,
+    addr: PeerAddr,
     mut queue: mpsc::Receiver<Call>,
 ) {
     let limit = shared.limits.grpc_message_limit();
-    let mut client = PeerClient::new(endpoint(addr).connect_lazy())
+    let mut client = PeerClient::new(endpoint(&addr).connect_lazy())
         .max_encoding_message_size(limit)
         .max_decoding_message_size(limit);
     while let Some(first) = queue.recv().await {
@@ -315,13 +319,20 @@ async fn run_link(
         };
         let ended = stream.serve(waiting, &mut queue, answers).await;
         let lost = stream.pending.len();
+        let failure = match ended {
+            Ended::AnsweredAll(_) => ForwardFailure::Unread,
+            _ => ForwardFailure::Lost,
+        };
         for (_, waiter) in stream.pending.drain() {
-            waiter.fail(ForwardFailure::Lost);
+            waiter.fail(failure);
         }
         match &ended {
             Ended::PeerRemoved => return,
             Ended::ClosedByPeer => {
                 tracing::debug!(%peer, lost, "forward stream closed by the peer")
+            }
+            Ended::AnsweredAll(status) => {
+                tracing::debug!(%peer, unread = lost, "forward stream ended by the peer: {}", status.message())
             }
             ended => {
                 shared
@@ -412,6 +423,9 @@ impl Stream<'_> {
                         self.deliver(frame);
                     }
                     None => return Ended::ClosedByPeer,
+                    Some(Err(status)) if status.metadata().contains_key(super::service::ANSWERED_ALL) => {
+                        return Ended::AnsweredAll(status);
+                    }
                     Some(Err(status)) => return Ended::Broke(status),
                 },
                 call = queue.recv(), if self.pending.len() < MAX_FORWARDS_IN_FLIGHT => {

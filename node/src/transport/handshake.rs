@@ -20,7 +20,6 @@
 //! node takes or sends any Raft traffic.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -42,6 +41,7 @@ use tonic::metadata::{Binary, MetadataValue};
 use tonic::{Request, Status};
 
 use super::{FAILURE_LOG_INTERVAL, endpoint};
+use crate::address::PeerAddr;
 use crate::clock::Clock;
 use crate::disk::Disk;
 
@@ -442,7 +442,7 @@ impl Handshake {
     /// the cluster uid if this node founds the cluster.
     pub async fn form(
         &self,
-        peers: &BTreeMap<NodeId, SocketAddr>,
+        peers: &BTreeMap<NodeId, PeerAddr>,
         disk: Arc<dyn Disk>,
         dir: PathBuf,
         seed: u64,
@@ -517,6 +517,12 @@ impl Handshake {
             self.join(record);
         } else {
             *lock(&self.record) = Some(Arc::new(record));
+            // A hello names the incarnation it means to reach: a member
+            // that came back with a new data directory (a removed id
+            // joining again) must be greeted as the new one, and its old
+            // directory's hello no longer admitted.
+            lock(&self.hellos).clear();
+            lock(&self.admitted).clear();
         }
     }
 
@@ -547,9 +553,9 @@ impl Handshake {
 
     /// Asks every peer `Hello`, one after another (the first start of a
     /// small cluster; no hurry); those that do not answer are left out.
-    async fn ask_peers(&self, peers: &BTreeMap<NodeId, SocketAddr>) -> BTreeMap<NodeId, PeerState> {
+    async fn ask_peers(&self, peers: &BTreeMap<NodeId, PeerAddr>) -> BTreeMap<NodeId, PeerState> {
         let mut answers = BTreeMap::new();
-        for (&peer, &addr) in peers {
+        for (&peer, addr) in peers {
             if peer == self.me.node {
                 continue;
             }
@@ -563,7 +569,7 @@ impl Handshake {
         answers
     }
 
-    async fn ask(&self, peer: NodeId, addr: SocketAddr) -> Result<PeerState, String> {
+    async fn ask(&self, peer: NodeId, addr: &PeerAddr) -> Result<PeerState, String> {
         let call = async {
             let channel = endpoint(addr)
                 .connect()

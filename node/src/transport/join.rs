@@ -25,7 +25,6 @@
 //! being committed) is retried for as long as it takes.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +37,7 @@ use ringkv_proto::v1::peer_client::PeerClient;
 use tonic::{Request, Status};
 
 use super::{Handshake, endpoint};
+use crate::address::PeerAddr;
 use crate::clock::Clock;
 use crate::handle::NodeHandle;
 
@@ -57,19 +57,6 @@ pub struct Joined {
     pub record: ClusterRecord,
     /// Every member's gRPC address, as the member list gave it.
     pub addresses: BTreeMap<NodeId, String>,
-}
-
-/// `host:port` to a socket address: an IP literal as it is, a host name
-/// through the system resolver (its first address).
-pub fn resolve(address: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = address.parse() {
-        return Ok(addr);
-    }
-    address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{address:?} resolves to no address"))
 }
 
 /// Asks the members at `targets` (`host:port`, any of them) until this node
@@ -149,9 +136,9 @@ async fn ask(
     target: &str,
     request: pb::JoinRequest,
 ) -> Result<pb::join_reply::Outcome, JoinFailure> {
-    let addr = resolve(target).map_err(JoinFailure::Retry)?;
+    let addr = PeerAddr::parse(target).map_err(|e| JoinFailure::Retry(e.to_string()))?;
     let call = async {
-        let channel = endpoint(addr)
+        let channel = endpoint(&addr)
             .connect()
             .await
             .map_err(|e| JoinFailure::Retry(crate::error_chain(&e)))?;
@@ -219,7 +206,7 @@ pub async fn answer_join(
             refusal.kind()
         )));
     }
-    if let Err(why) = check_address(&request.address) {
+    if let Err(why) = PeerAddr::parse(&request.address) {
         return Err(Status::invalid_argument(format!(
             "refused by {me} [bad_address]: {why}"
         )));
@@ -280,47 +267,4 @@ pub async fn answer_join(
     Ok(pb::JoinReply {
         outcome: Some(outcome),
     })
-}
-
-/// A gRPC address others can dial: `host:port` with a port, and not an
-/// unspecified IP (`0.0.0.0`), which names no host.
-pub fn check_address(address: &str) -> Result<(), String> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{address:?} is not host:port"))?;
-    port.parse::<u16>()
-        .map_err(|_| format!("{address:?} has no valid port"))?;
-    if host.is_empty() {
-        return Err(format!("{address:?} has no host"));
-    }
-    if let Ok(addr) = address.parse::<SocketAddr>()
-        && addr.ip().is_unspecified()
-    {
-        return Err(format!(
-            "{address:?} is not an address another node can dial (give --advertise)"
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_address_others_cannot_dial_is_refused() {
-        assert!(check_address("127.0.0.1:9094").is_ok());
-        assert!(check_address("ringkv-3.ringkv:9091").is_ok());
-        assert!(check_address("[::1]:9091").is_ok());
-        for bad in [
-            "0.0.0.0:9091",
-            "[::]:9091",
-            "host",
-            "host:x",
-            ":9091",
-            "host:70000",
-        ] {
-            assert!(check_address(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -67,7 +67,7 @@ pub mod join;
 mod senders;
 mod service;
 
-use std::net::SocketAddr;
+use crate::address::PeerAddr;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -213,9 +213,11 @@ pub struct TransportStats {
     pub faults_delayed: AtomicU64,
 }
 
-fn endpoint(addr: SocketAddr) -> Endpoint {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address is a valid URI authority")
+/// A connection to `addr`, resolved again by each connect (see
+/// [`crate::address`]).
+fn endpoint(addr: &PeerAddr) -> Endpoint {
+    Endpoint::from_shared(addr.uri())
+        .expect("a checked HOST:PORT is a valid URI authority")
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

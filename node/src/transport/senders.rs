@@ -3,7 +3,6 @@
 //! [`super`] for the design).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use super::{
     BACKOFF_MAX, BACKOFF_MIN, FAILURE_LOG_INTERVAL, Handshake, TransportLimits, TransportStats,
     endpoint, human_bytes,
 };
+use crate::address::PeerAddr;
 use crate::clock::Clock;
 use crate::error_chain;
 
@@ -72,7 +72,7 @@ impl PeerSenders {
     /// stream carries its hello.
     pub fn start(
         handshake: Arc<Handshake>,
-        peers: &BTreeMap<NodeId, SocketAddr>,
+        peers: &BTreeMap<NodeId, PeerAddr>,
         clock: Arc<dyn Clock>,
         stats: Arc<TransportStats>,
         limits: TransportLimits,
@@ -92,7 +92,7 @@ impl PeerSenders {
     #[cfg(madsim)]
     pub fn start_with_faults(
         handshake: Arc<Handshake>,
-        peers: &BTreeMap<NodeId, SocketAddr>,
+        peers: &BTreeMap<NodeId, PeerAddr>,
         clock: Arc<dyn Clock>,
         stats: Arc<TransportStats>,
         limits: TransportLimits,
@@ -107,7 +107,7 @@ impl PeerSenders {
 
     fn spawn(
         handshake: Arc<Handshake>,
-        peers: &BTreeMap<NodeId, SocketAddr>,
+        peers: &BTreeMap<NodeId, PeerAddr>,
         clock: Arc<dyn Clock>,
         stats: Arc<TransportStats>,
         limits: TransportLimits,
@@ -122,8 +122,8 @@ impl PeerSenders {
             clock,
             hook,
         };
-        for (&peer, &addr) in peers {
-            senders.add_peer(peer, addr);
+        for (&peer, addr) in peers {
+            senders.add_peer(peer, addr.clone());
         }
         senders
     }
@@ -136,7 +136,7 @@ impl PeerSenders {
     /// Starts the two stream tasks to `peer` at `addr` (a member that
     /// joined, or one this node learned of). Nothing if it has them, or if
     /// it is this node.
-    pub fn add_peer(&mut self, peer: NodeId, addr: SocketAddr) {
+    pub fn add_peer(&mut self, peer: NodeId, addr: PeerAddr) {
         if peer == self.handshake.identity().node || self.peers.contains_key(&peer) {
             return;
         }
@@ -148,7 +148,7 @@ impl PeerSenders {
             let task = StreamTask {
                 peer,
                 lane,
-                addr,
+                addr: addr.clone(),
                 rx,
                 queued_bytes: queued_bytes.clone(),
                 lost: lost.clone(),
@@ -282,7 +282,7 @@ pub(super) struct StreamHook {
 struct StreamTask {
     peer: NodeId,
     lane: Lane,
-    addr: SocketAddr,
+    addr: PeerAddr,
     rx: mpsc::UnboundedReceiver<Queued>,
     queued_bytes: Arc<AtomicUsize>,
     lost: Arc<AtomicBool>,
@@ -353,7 +353,7 @@ impl StreamTask {
                 }
             }
             retry = Retry::Backoff;
-            let channel = match endpoint(self.addr).connect().await {
+            let channel = match endpoint(&self.addr).connect().await {
                 Ok(c) => c,
                 Err(e) => {
                     self.failed(format!(

@@ -282,11 +282,31 @@ impl ForwardStream {
                 }
             }
         };
-        if let Err(status) = ending {
+        if let Err(mut status) = ending {
+            // Every call taken in is answered before the stream ends, and
+            // the end says so: the caller then knows that the calls it has
+            // no answer for were never run (`ForwardFailure::Unread`), not
+            // lost with their outcome unknown.
+            while let Some(answer) = running.next().await {
+                let frame = pb::ForwardAnswers {
+                    answers: vec![answer],
+                };
+                if answers.send(Ok(frame)).await.is_err() {
+                    return;
+                }
+            }
+            status.metadata_mut().insert(
+                ANSWERED_ALL,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
             let _ = answers.send(Err(status)).await;
         }
     }
 }
+
+/// On the status that ends a forward stream: every call the node took in
+/// was answered before it (see `PeerService::serve`).
+pub const ANSWERED_ALL: &str = "ringkv-answered-all";
 
 /// Runs one forwarded request on this node; a malformed one is answered
 /// with an error (its caller's other requests are served).
