@@ -28,12 +28,16 @@ use ringkv_node::server::Server;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Client commands: dial the nodes over TLS and trust the authority in
+    /// this PEM file (the cluster's `--peer-ca`, or what signed its certificates).
+    #[arg(long, global = true, env = "RINGKV_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node of a cluster.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a local cluster in this process, with a console to stop, start and add nodes
     /// (Ctrl-C stops it; data is kept).
     Demo(DemoArgs),
@@ -61,6 +65,22 @@ enum Command {
     Node(admin::NodeArgs),
     /// Exit 0 if a node is ready (or, with --live, alive), else 1: for container health checks.
     Health(health::HealthArgs),
+    /// Make a development certificate authority and a node certificate signed by it.
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Debug)]
+struct CertsArgs {
+    /// Where to write ca.pem/ca.key (made if absent, else reused) and NAME.pem/NAME.key.
+    #[arg(long, default_value = "ringkv-certs")]
+    dir: PathBuf,
+    /// The certificate's file name (and common name).
+    #[arg(long, default_value = "node")]
+    name: String,
+    /// Host names and IPs the certificate is good for (clients and peers check the one
+    /// they dial), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    hosts: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -115,6 +135,17 @@ struct ServerArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Serve TLS on every listener with this certificate (PEM chain), and present it to
+    /// peers. Needs --tls-key and --peer-ca. SIGHUP reads the three files again.
+    #[arg(long, env = "RINGKV_TLS_CERT", value_name = "PEM", requires_all = ["tls_key", "peer_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "RINGKV_TLS_KEY", value_name = "PEM", requires_all = ["tls_cert", "peer_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The authority that signs the members' certificates (PEM): peers must present one
+    /// (mutual TLS), and this node checks theirs against it.
+    #[arg(long, env = "RINGKV_PEER_CA", value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    peer_ca: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or ringkv_node=debug.
     #[arg(long, env = "RINGKV_LOG", default_value = "info")]
     log: String,
@@ -200,8 +231,14 @@ struct DemoArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ca) = &cli.tls_ca
+        && let Err(e) = ringkv_node::cli::tls::trust(ca)
+    {
+        eprintln!("error: --tls-ca: {e:#}");
+        return ExitCode::from(ringkv_node::cli::exit::USAGE);
+    }
     match cli.command {
-        Command::Server(args) => run_async(server(args)),
+        Command::Server(args) => run_async(server(*args)),
         Command::Demo(args) => run_async(demo(args)),
         Command::Put(a) => run_client(client::put(a)),
         Command::Get(a) => run_client(client::get(a)),
@@ -214,6 +251,7 @@ pub fn main() -> ExitCode {
         Command::Admin(a) => run_client(admin::run(a)),
         Command::Node(a) => run_client(admin::run_node(a)),
         Command::Health(a) => run_client(health::run(a)),
+        Command::Certs(a) => certs(a),
         Command::Bench(a) => run_client(async move {
             bench::run(a).await.unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");
@@ -353,6 +391,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.rest_listen = (!args.no_rest).then_some(args.rest_listen);
     config.resp_listen = args.resp_listen;
     config.resp_redirects = args.resp_redirects;
+    if let (Some(cert), Some(key), Some(peer_ca)) = (args.tls_cert, args.tls_key, args.peer_ca) {
+        config.tls = Some(ringkv_node::config::TlsFiles { cert, key, peer_ca });
+    }
     let mut server = Server::start(
         config,
         Arc::new(MonotonicClock::new()),
@@ -360,26 +401,104 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         process_seed(id.0),
     )
     .await?;
-    tokio::select! {
-        r = server.wait() => r,
-        signal = stop_signal() => {
-            tracing::info!("{signal}: handing leaderships over, then stopping");
-            let left = server.leave(LEAVE_WITHIN).await;
-            if left == 0 {
-                tracing::info!("leads no partition; stopping");
-            } else {
-                tracing::warn!(
-                    "still leads {left} group(s) after {LEAVE_WITHIN:?} (no other voter up to take them); stopping"
-                );
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut reload = ReloadSignal::new();
+    loop {
+        tokio::select! {
+            r = server.wait() => return r,
+            () = reload.recv() => {
+                match server.reload_tls() {
+                    Ok(true) => tracing::info!("SIGHUP: certificates read again"),
+                    Ok(false) => tracing::info!("SIGHUP: no TLS to reload"),
+                    Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay: {e:#}"),
+                }
             }
-            let inside = server.close().await;
-            if inside > 0 {
-                tracing::warn!("{inside} request(s) still unanswered; stopping (their writes' outcomes are unknown)");
-            }
-            server.stop().await;
-            Ok(())
+            signal = &mut stop => break handle_stop(server, signal).await,
         }
     }
+}
+
+/// SIGHUP (Unix; never elsewhere), listened for from the server's start
+/// on, so one that comes is never the default action (exit).
+struct ReloadSignal {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl ReloadSignal {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let hup = signal(SignalKind::hangup())
+                .map_err(|e| tracing::warn!("cannot listen for SIGHUP: {e}"))
+                .ok();
+            ReloadSignal { hup }
+        }
+        #[cfg(not(unix))]
+        ReloadSignal {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(hup) = &mut self.hup {
+            hup.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+fn certs(args: CertsArgs) -> ExitCode {
+    match ringkv_node::tls::certs::issue(&args.dir, &args.name, &args.hosts) {
+        Ok(issued) => {
+            if issued.ca_created {
+                println!(
+                    "created authority   {} (and its key)",
+                    issued.ca_cert.display()
+                );
+            } else {
+                println!("reused authority    {}", issued.ca_cert.display());
+            }
+            println!("node certificate    {}", issued.cert.display());
+            println!("node key            {}", issued.key.display());
+            println!("good for            {}", args.hosts.join(", "));
+            println!(
+                "run a node with     --tls-cert {} --tls-key {} --peer-ca {}",
+                issued.cert.display(),
+                issued.key.display(),
+                issued.ca_cert.display()
+            );
+            println!("clients             --tls-ca {}", issued.ca_cert.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A planned stop: leaderships handed over, requests inside answered.
+async fn handle_stop(server: Server, signal: &'static str) -> anyhow::Result<()> {
+    tracing::info!("{signal}: handing leaderships over, then stopping");
+    let left = server.leave(LEAVE_WITHIN).await;
+    if left == 0 {
+        tracing::info!("leads no partition; stopping");
+    } else {
+        tracing::warn!(
+            "still leads {left} group(s) after {LEAVE_WITHIN:?} (no other voter up to take them); stopping"
+        );
+    }
+    let inside = server.close().await;
+    if inside > 0 {
+        tracing::warn!(
+            "{inside} request(s) still unanswered; stopping (their writes' outcomes are unknown)"
+        );
+    }
+    server.stop().await;
+    Ok(())
 }
 
 /// How long a stopping server hands its leaderships over before it stops

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// gets its share; an operator's `move-replica` is undone). Dead and
     /// draining members' replicas move either way.
     pub rebalance: bool,
+    /// TLS on every listener and between nodes (`--tls-cert`, `--tls-key`,
+    /// `--peer-ca`); `None`: plain TCP. Not under madsim.
+    pub tls: Option<TlsFiles>,
     /// Simulation only: the harness's hook that drops, duplicates or delays
     /// outgoing peer batches (see [`crate::transport::faults`]). The field
     /// does not exist outside `cfg(madsim)`.
@@ -87,6 +90,18 @@ pub struct ServerConfig {
     /// simulation's swarm shrinks messages and election timeouts per seed).
     #[cfg(madsim)]
     pub raft: Option<ringkv_core::raft::RaftConfig>,
+}
+
+/// The files a node's TLS is made of (see `crate::tls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The node's certificate chain (PEM), leaf first: served on every
+    /// listener and presented to peers.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The authority that signs the members' certificates (PEM).
+    pub peer_ca: PathBuf,
 }
 
 /// Defaults shared by the CLI, the demo and the tests.
@@ -133,6 +148,7 @@ impl ServerConfig {
             join: Vec::new(),
             advertise: None,
             rebalance: true,
+            tls: None,
             #[cfg(madsim)]
             peer_faults: None,
             #[cfg(madsim)]

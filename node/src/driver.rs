@@ -50,6 +50,8 @@ pub struct DriverIo {
     pub forwarder: Forwarder,
     /// Carries the member list into the transport and `cluster.toml`.
     pub members: MemberSync,
+    /// How other members are dialled (handed to the API's watch relays).
+    pub dialer: crate::transport::Dialer,
     /// Simulation only: where the core's observations go (see
     /// `ServerConfig::observer`).
     #[cfg(madsim)]
@@ -120,6 +122,7 @@ impl Driver {
             stopped: stopped.clone(),
             requests: Arc::default(),
             closing: Arc::default(),
+            dialer: io.dialer.clone(),
         };
         let driver = Driver {
             node,

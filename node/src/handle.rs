@@ -105,6 +105,8 @@ pub struct NodeHandle {
     pub(crate) requests: Arc<RequestStats>,
     /// A planned stop: new requests are refused, those inside are awaited.
     pub(crate) closing: Arc<Closing>,
+    /// How this node dials other members (watch relays).
+    pub(crate) dialer: crate::transport::Dialer,
 }
 
 /// How a planned stop lets the requests inside finish: once `closed`, a

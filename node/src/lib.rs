@@ -14,6 +14,7 @@
 //! - [`requests`]: what this node's clients asked, per operation.
 //! - [`transport`]: peer streams and request forwarding over gRPC.
 //! - [`storage`]: WAL segments, snapshots, recovery.
+//! - `tls`: TLS on the listeners and between nodes (not under madsim).
 //! - [`api`]: gRPC and REST client APIs.
 //! - `cli`: the client commands and the benchmark (not under madsim).
 
@@ -30,6 +31,8 @@ pub mod members;
 pub mod requests;
 pub mod server;
 pub mod storage;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod transport;
 pub mod view;
 pub mod watch;

@@ -25,7 +25,7 @@ use crate::handle::NodeHandle;
 use crate::members::MemberSync;
 use crate::storage::{ClusterFile, FORMAT_VERSION, NodeMeta, Storage, StorageOptions};
 use crate::transport::{
-    Forwarder, Handshake, PeerSenders, PeerService, TransportLimits, TransportStats,
+    Dialer, Forwarder, Handshake, PeerSenders, PeerService, TransportLimits, TransportStats,
 };
 
 /// A running node.
@@ -37,6 +37,9 @@ pub struct Server {
     pub rest_addr: Option<SocketAddr>,
     /// Where the Redis protocol is served, if it is (`--resp-listen`).
     pub resp_addr: Option<SocketAddr>,
+    /// The listeners' and peer connections' TLS, if on.
+    #[cfg(not(madsim))]
+    tls: Option<Arc<crate::tls::Tls>>,
     /// How long a request may take (the core answers by then): what a
     /// planned stop waits for the requests inside.
     request_timeout: Duration,
@@ -75,6 +78,17 @@ impl Server {
         disk: Arc<dyn Disk>,
         seed: u64,
     ) -> anyhow::Result<Server> {
+        // TLS first: a certificate that does not load stops the node
+        // before it touches its data directory.
+        #[cfg(not(madsim))]
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::Tls::load(files.clone()).context("TLS")?),
+            None => None,
+        };
+        #[cfg(not(madsim))]
+        let dialer = tls.clone().map_or_else(Dialer::plain, Dialer::tls);
+        #[cfg(madsim)]
+        let dialer = Dialer::plain();
         let mut ids = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x1dc0_ffee_d00d_f00d);
         let meta = NodeMeta {
             node_id: config.node_id.0,
@@ -124,6 +138,7 @@ impl Server {
                 &address,
                 &config.join,
                 clock.clone(),
+                &dialer,
             )
             .await?;
             let file = ClusterFile {
@@ -181,6 +196,7 @@ impl Server {
             config.peers.keys().copied().collect(),
             cluster_file.as_ref().map(|f| f.record.clone()),
             clock.clone(),
+            dialer.clone(),
         ));
         let members = MemberSync::start(
             handshake.clone(),
@@ -231,6 +247,7 @@ impl Server {
             peers: senders,
             forwarder,
             members,
+            dialer,
             #[cfg(madsim)]
             observer: config.observer.clone(),
         };
@@ -267,11 +284,38 @@ impl Server {
                 .max_encoding_message_size(limits.grpc_message_limit()),
             );
         let mut rx = shutdown_rx.clone();
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        #[cfg(not(madsim))]
+        let grpc = match &tls {
+            Some(tls) => {
+                let listener = tokio::net::TcpListener::bind(grpc_addr)
+                    .await
+                    .with_context(|| format!("cannot listen for gRPC on {grpc_addr}"))?;
+                let accepted = tls.accept(listener, crate::tls::Listener::Grpc);
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::ReceiverStream::new(accepted),
+                    Ok::<_, std::io::Error>,
+                );
+                tokio::spawn(async move {
+                    grpc_router
+                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .await
+                        .map_err(|e| format!("gRPC server on {grpc_addr}: {e}"))
+                })
+            }
+            None => tokio::spawn(async move {
+                grpc_router
+                    .serve_with_shutdown(grpc_addr, stopped)
+                    .await
+                    .map_err(|e| format!("gRPC server on {grpc_addr}: {e}"))
+            }),
+        };
+        #[cfg(madsim)]
         let grpc = tokio::spawn(async move {
             grpc_router
-                .serve_with_shutdown(grpc_addr, async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
+                .serve_with_shutdown(grpc_addr, stopped)
                 .await
                 .map_err(|e| format!("gRPC server on {grpc_addr}: {e}"))
         });
@@ -292,14 +336,29 @@ impl Server {
                     config.partition_count,
                 );
                 let mut rx = shutdown_rx.clone();
-                let task = tokio::spawn(async move {
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.wait_for(|s| *s).await;
+                let stopped = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                let task = match &tls {
+                    Some(tls) => {
+                        let listener = crate::tls::RestListener {
+                            accepted: tls.accept(listener, crate::tls::Listener::Rest),
+                            local,
+                        };
+                        tokio::spawn(async move {
+                            axum::serve(listener, app)
+                                .with_graceful_shutdown(stopped)
+                                .await
+                                .map_err(|e| format!("REST server on {local}: {e}"))
                         })
-                        .await
-                        .map_err(|e| format!("REST server on {local}: {e}"))
-                });
+                    }
+                    None => tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                            .map_err(|e| format!("REST server on {local}: {e}"))
+                    }),
+                };
                 (Some(task), Some(local))
             }
             None => (None, None),
@@ -319,8 +378,14 @@ impl Server {
                     redirects: config.resp_redirects,
                     partition_count: config.partition_count,
                 };
+                let incoming = match &tls {
+                    Some(tls) => crate::api::resp::Incoming::Tls(
+                        tls.accept(listener, crate::tls::Listener::Resp),
+                    ),
+                    None => crate::api::resp::Incoming::Plain(listener),
+                };
                 let task = tokio::spawn(crate::api::resp::serve(
-                    listener,
+                    incoming,
                     handle.clone(),
                     settings,
                     shutdown_rx.clone(),
@@ -364,6 +429,8 @@ impl Server {
             rest_addr,
             resp_addr,
             request_timeout: config.request_timeout,
+            #[cfg(not(madsim))]
+            tls,
             shutdown,
             driver,
             storage,
@@ -415,6 +482,16 @@ impl Server {
                 return led;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reads the TLS files again (SIGHUP): whether TLS is on. On an error
+    /// the certificates in use stay.
+    #[cfg(not(madsim))]
+    pub fn reload_tls(&self) -> anyhow::Result<bool> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
         }
     }
 

@@ -25,9 +25,11 @@ use ringkv_proto::v1::kv_client::KvClient;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::address::PeerAddr;
 use crate::api::errors::CODE_METADATA;
 use crate::api::scan::KeyRange;
 use crate::handle::NodeHandle;
+use crate::transport::Dialer;
 
 /// Changes a watcher takes from one partition per wake-up (whole
 /// revisions: a little more when the last one changed many keys).
@@ -586,7 +588,7 @@ async fn relay(
                 no_values: false,
                 partitions: vec![p.0],
             };
-            let stream = match connect(&addr).await {
+            let stream = match connect(&node.dialer, &addr).await {
                 Ok(channel) => KvClient::new(channel).watch(request).await,
                 Err(_) => {
                     none_holds_it = false;
@@ -650,12 +652,15 @@ async fn relay(
 const RELAY_ROUNDS: u32 = 20;
 const RELAY_BACKOFF: Duration = Duration::from_millis(250);
 
-async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a member's address is a valid URI authority")
-        .connect_timeout(Duration::from_secs(1))
-        .connect()
+async fn connect(dialer: &Dialer, addr: &str) -> Result<Channel, String> {
+    let addr = PeerAddr::parse(addr).map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::from_shared(addr.uri())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1));
+    dialer
+        .connect(endpoint, &addr)
         .await
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// What a replica's refusal means for a relay: compacted (carrying the

@@ -649,11 +649,12 @@ impl Dashboard {
         if let Some(c) = clients.get(addr) {
             return Some(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let peer = PeerAddr::parse(addr).ok()?;
+        let endpoint = Endpoint::from_shared(peer.uri())
             .ok()?
             .connect_timeout(ASK_TIMEOUT)
             .timeout(ASK_TIMEOUT);
-        let client = ClusterClient::new(endpoint.connect_lazy());
+        let client = ClusterClient::new(self.handshake.dialer().connect_lazy(endpoint, &peer));
         clients.insert(addr.to_owned(), client.clone());
         Some(client)
     }

@@ -434,7 +434,7 @@ async fn status_of(
     let endpoint = Endpoint::from_shared(uri.to_owned())
         .map_err(|e| format!("{uri}: {e}"))?
         .connect_timeout(Duration::from_secs(1));
-    let channel = tokio::time::timeout(2 * Duration::from_secs(1), endpoint.connect())
+    let channel = tokio::time::timeout(2 * Duration::from_secs(1), super::tls::connect(endpoint))
         .await
         .map_err(|_| format!("{uri}: connect timed out"))?
         .map_err(|e| format!("{uri}: {}", error_chain(&e)))?;

@@ -559,7 +559,7 @@ pub(super) async fn connect_first(
             }
         };
         // The connect timeout bounds TCP; this also bounds the HTTP/2 handshake.
-        match tokio::time::timeout(2 * CONNECT_TIMEOUT, endpoint.connect()).await {
+        match tokio::time::timeout(2 * CONNECT_TIMEOUT, super::tls::connect(endpoint)).await {
             Ok(Ok(channel)) => return Ok((channel, index)),
             Ok(Err(e)) => errors.push(format!("{uri}: {}", error_chain(&e))),
             Err(_) => errors.push(format!("{uri}: connect timed out")),

@@ -38,6 +38,7 @@ pub mod failure;
 mod fake_grpc;
 pub mod health;
 mod table;
+pub mod tls;
 pub mod watch;
 pub mod watch_bench;
 

@@ -279,9 +279,14 @@ async fn run_link(
     mut queue: mpsc::Receiver<Call>,
 ) {
     let limit = shared.limits.grpc_message_limit();
-    let mut client = PeerClient::new(endpoint(&addr).connect_lazy())
-        .max_encoding_message_size(limit)
-        .max_decoding_message_size(limit);
+    let mut client = PeerClient::new(
+        shared
+            .handshake
+            .dialer()
+            .connect_lazy(endpoint(&addr), &addr),
+    )
+    .max_encoding_message_size(limit)
+    .max_decoding_message_size(limit);
     while let Some(first) = queue.recv().await {
         let mut waiting = vec![first];
         while let Ok(call) = queue.try_recv() {

@@ -92,6 +92,7 @@ pub struct RefusalRecord {
 /// This node's side of the handshake; shared by the peer service, the
 /// stream tasks, the forwarder, formation and the status APIs.
 pub struct Handshake {
+    dialer: super::Dialer,
     me: Identity,
     members: BTreeSet<NodeId>,
     record: Mutex<Option<Arc<ClusterRecord>>>,
@@ -133,6 +134,7 @@ impl Handshake {
         members: BTreeSet<NodeId>,
         record: Option<ClusterRecord>,
         clock: Arc<dyn Clock>,
+        dialer: super::Dialer,
     ) -> Self {
         let formation = if record.is_some() {
             String::new()
@@ -140,6 +142,7 @@ impl Handshake {
             "not started".to_owned()
         };
         Handshake {
+            dialer,
             me,
             members,
             record: Mutex::new(record.map(Arc::new)),
@@ -159,6 +162,11 @@ impl Handshake {
     }
 
     /// The cluster this node is in; `None` while it forms.
+    /// How this node dials its peers (plain or TLS).
+    pub fn dialer(&self) -> &super::Dialer {
+        &self.dialer
+    }
+
     pub fn record(&self) -> Option<Arc<ClusterRecord>> {
         lock(&self.record).clone()
     }
@@ -571,8 +579,9 @@ impl Handshake {
 
     async fn ask(&self, peer: NodeId, addr: &PeerAddr) -> Result<PeerState, String> {
         let call = async {
-            let channel = endpoint(addr)
-                .connect()
+            let channel = self
+                .dialer
+                .connect(endpoint(addr), addr)
                 .await
                 .map_err(|e| crate::error_chain(&e))?;
             self.hello(&mut PeerClient::new(channel), peer).await

@@ -67,6 +67,7 @@ pub async fn join_cluster(
     address: &str,
     targets: &[String],
     clock: Arc<dyn Clock>,
+    dialer: &super::Dialer,
 ) -> anyhow::Result<Joined> {
     anyhow::ensure!(
         !targets.is_empty(),
@@ -89,7 +90,7 @@ pub async fn join_cluster(
                 (targets[next].clone(), 0)
             }
         };
-        let outcome = ask(&target, request.clone()).await;
+        let outcome = ask(&target, request.clone(), dialer).await;
         let wait = match outcome {
             Ok(pb::join_reply::Outcome::Joined(joined)) => {
                 return joined_cluster(me, &target, joined);
@@ -135,11 +136,12 @@ enum JoinFailure {
 async fn ask(
     target: &str,
     request: pb::JoinRequest,
+    dialer: &super::Dialer,
 ) -> Result<pb::join_reply::Outcome, JoinFailure> {
     let addr = PeerAddr::parse(target).map_err(|e| JoinFailure::Retry(e.to_string()))?;
     let call = async {
-        let channel = endpoint(&addr)
-            .connect()
+        let channel = dialer
+            .connect(endpoint(&addr), &addr)
             .await
             .map_err(|e| JoinFailure::Retry(crate::error_chain(&e)))?;
         PeerClient::new(channel)

@@ -59,6 +59,7 @@
 //! passes messages without encoding them, so the size checks here, not
 //! tonic's, are what enforce the frame limit in the simulation.
 
+mod dialer;
 #[cfg(madsim)]
 pub mod faults;
 mod forward;
@@ -75,6 +76,7 @@ use ringkv_core::io::Lane;
 use ringkv_core::node::NodeConfig;
 use tonic::transport::Endpoint;
 
+pub use dialer::Dialer;
 pub use forward::{Forwarder, MAX_CALLS_PER_FRAME, MAX_FORWARDS_IN_FLIGHT, MAX_FORWARDS_QUEUED};
 pub use handshake::Handshake;
 pub use senders::PeerSenders;

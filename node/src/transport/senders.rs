@@ -353,7 +353,12 @@ impl StreamTask {
                 }
             }
             retry = Retry::Backoff;
-            let channel = match endpoint(&self.addr).connect().await {
+            let channel = match self
+                .handshake
+                .dialer()
+                .connect(endpoint(&self.addr), &self.addr)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     self.failed(format!(

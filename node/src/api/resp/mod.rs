@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -67,9 +67,18 @@ pub struct Settings {
     pub partition_count: u32,
 }
 
-/// Serves RESP on `listener` until `shutdown` turns true.
+/// Where a node's RESP connections come from: a plain listener, or (not
+/// under madsim) connections whose TLS handshake finished
+/// ([`crate::tls::Tls::accept`]).
+pub enum Incoming {
+    Plain(TcpListener),
+    #[cfg(not(madsim))]
+    Tls(tokio::sync::mpsc::Receiver<crate::tls::TlsConn>),
+}
+
+/// Serves RESP on `incoming` until `shutdown` turns true.
 pub async fn serve(
-    listener: TcpListener,
+    mut incoming: Incoming,
     node: NodeHandle,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
@@ -77,38 +86,78 @@ pub async fn serve(
     let next_id = Arc::new(AtomicU64::new(1));
     let cursors = Arc::new(Cursors::default());
     loop {
-        let (stream, peer) = tokio::select! {
+        let accepted = tokio::select! {
             biased;
             // (The guard `wait_for` returns is not `Send`: drop it inside.)
             _ = async { drop(shutdown.wait_for(|s| *s).await) } => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+            accepted = accept(&mut incoming) => accepted,
+        };
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let (node, cursors, rx) = (node.clone(), cursors.clone(), shutdown.clone());
+        match accepted {
+            Accepted::Plain(stream, peer) => {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, peer, node, settings, id, cursors, rx);
+            }
+            #[cfg(not(madsim))]
+            Accepted::Tls(conn) => {
+                let peer = conn.remote;
+                spawn_connection(*conn, peer, node, settings, id, cursors, rx);
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Plain(TcpStream, std::net::SocketAddr),
+    #[cfg(not(madsim))]
+    Tls(Box<crate::tls::TlsConn>),
+}
+
+async fn accept(incoming: &mut Incoming) -> Accepted {
+    match incoming {
+        Incoming::Plain(listener) => loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => return Accepted::Plain(stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: the listener
                     // itself is fine; try again shortly.
                     tracing::warn!("RESP: cannot accept a connection: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let node = node.clone();
-        let cursors = cursors.clone();
-        let mut rx = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                biased;
-                _ = async { drop(rx.wait_for(|s| *s).await) } => {}
-                r = connection(stream, node, settings, id, cursors) => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "RESP connection ended: {e}");
-                    }
                 }
             }
-        });
+        },
+        #[cfg(not(madsim))]
+        Incoming::Tls(accepted) => match accepted.recv().await {
+            Some(conn) => Accepted::Tls(Box::new(conn)),
+            // The accept task lives as long as its queue.
+            None => std::future::pending().await,
+        },
     }
+}
+
+fn spawn_connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    node: NodeHandle,
+    settings: Settings,
+    id: u64,
+    cursors: Arc<Cursors>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = async { drop(shutdown.wait_for(|s| *s).await) } => {}
+            r = connection(stream, node, settings, id, cursors) => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "RESP connection ended: {e}");
+                }
+            }
+        }
+    });
 }
 
 /// Runs `batch` (see the module doc for what runs at once) and encodes the
@@ -210,8 +259,8 @@ async fn run_concurrently(node: &NodeHandle, session: &Session, run: &[Vec<Bytes
 }
 
 /// One client connection, until it closes, says `QUIT` or breaks framing.
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     node: NodeHandle,
     settings: Settings,
     id: u64,
@@ -298,8 +347,8 @@ const MESSAGE_WRITE: usize = 64 << 10;
 
 /// Writes `first` and the messages queued behind it; whether the
 /// connection goes on.
-async fn write_deliveries(
-    stream: &mut TcpStream,
+async fn write_deliveries<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     subs: &mut Subscriptions,
     first: Delivery,
     proto: Protocol,
