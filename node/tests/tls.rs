@@ -270,6 +270,27 @@ fn every_listener_speaks_tls_and_only_the_cluster_s_certificates_are_peers() {
     let plain = cli(None, &["get", "tls-key"], nodes[2].grpc);
     assert!(!plain.status.success(), "a plain gRPC client was served");
 
+    // The container health check, over HTTPS with the authority.
+    let rest = format!("127.0.0.1:{}", nodes[0].rest);
+    let health = |ca: Option<&Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["health", "--rest", &rest]);
+        if let Some(ca) = ca {
+            cmd.arg("--tls-ca").arg(ca);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = health(Some(&ca));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        !health(None).status.success(),
+        "plain HTTP health on a TLS port"
+    );
+
     // RESP over TLS.
     assert_eq!(resp(&ca, nodes[0].resp, &["SET", "r", "1"]), "+OK");
     assert_eq!(resp(&ca, nodes[2].resp, &["GET", "cli-key"]), "$1");

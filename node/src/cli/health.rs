@@ -2,6 +2,8 @@
 //! (`/readyz`) or alive (`/livez`), and exits 0 or 1 — for a container's
 //! `HEALTHCHECK` and probes where there is no curl. It prints the node's
 //! answer when the node is not healthy, so `docker inspect` shows why.
+//! With `--tls-ca` (`RINGKV_TLS_CA`) it asks over HTTPS, checking the
+//! node's certificate against that authority.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,6 +51,9 @@ pub async fn run(args: HealthArgs) -> ExitCode {
 }
 
 async fn ask(url: &str) -> anyhow::Result<(u16, String)> {
+    if let Some(config) = super::tls::trusted() {
+        return ask_tls(config, url).await;
+    }
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let request = hyper::Request::get(url).body(Full::new(Bytes::new()))?;
@@ -56,6 +61,29 @@ async fn ask(url: &str) -> anyhow::Result<(u16, String)> {
         .request(request)
         .await
         .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One HTTP/1.1 GET over TLS (the URL's scheme is ignored: `--tls-ca` says).
+async fn ask_tls(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    url: &str,
+) -> anyhow::Result<(u16, String)> {
+    let uri: hyper::Uri = url.parse()?;
+    let host = uri.host().unwrap_or("127.0.0.1").to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let stream = crate::tls::dial(config.into(), &host, port).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(uri.path())
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))

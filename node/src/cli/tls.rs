@@ -18,6 +18,11 @@ pub fn trust(ca: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The trust set, if any (its ALPN is h2, for gRPC).
+pub fn trusted() -> Option<Arc<ClientConfig>> {
+    TRUST.get().cloned()
+}
+
 /// Connects `endpoint` (whose URI is `http://host:port`), over TLS when a
 /// trust was set.
 pub async fn connect(endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
