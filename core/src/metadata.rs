@@ -306,26 +306,17 @@ impl ClusterMetadata {
                     m.state == MemberState::Removed
                         && m.incarnation.is_some_and(|known| known != *incarnation)
                 };
+                let joining = Member {
+                    state: MemberState::Joining,
+                    address: address.clone(),
+                    incarnation: Some(*incarnation),
+                    client: ClientAddresses::default(),
+                };
                 match next.members.get_mut(node) {
                     None => {
-                        next.members.insert(
-                            *node,
-                            Member {
-                                state: MemberState::Joining,
-                                address: address.clone(),
-                                incarnation: Some(*incarnation),
-                                client: ClientAddresses::default(),
-                            },
-                        );
+                        next.members.insert(*node, joining);
                     }
-                    Some(m) if returns(m) => {
-                        *m = Member {
-                            state: MemberState::Joining,
-                            address: address.clone(),
-                            incarnation: Some(*incarnation),
-                            client: ClientAddresses::default(),
-                        };
-                    }
+                    Some(m) if returns(m) => *m = joining,
                     Some(m) if !m.state.is_live() => {
                         return Err(MetaError::Gone {
                             node: *node,

@@ -61,6 +61,12 @@ async fn ask(url: &str) -> anyhow::Result<(u16, String)> {
         .request(request)
         .await
         .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))?;
+    status_and_body(response).await
+}
+
+async fn status_and_body(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> anyhow::Result<(u16, String)> {
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -83,8 +89,5 @@ async fn ask_tls(
     let request = hyper::Request::get(uri.path())
         .header(hyper::header::HOST, format!("{host}:{port}"))
         .body(Full::new(Bytes::new()))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    status_and_body(sender.send_request(request).await?).await
 }
