@@ -266,8 +266,8 @@ impl fmt::Display for Refusal {
             Refusal::Removed { peer } => write!(
                 f,
                 "{peer} was removed from the cluster (its replicas now live on other nodes); \
-                 stop it, wipe its data directory, and join the machine again under a new id \
-                 (--join)"
+                 stop it, wipe its data directory, and join it again (--join; its old id is \
+                 free again)"
             ),
             Refusal::NotFormed { me } => write!(
                 f,

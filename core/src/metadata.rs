@@ -14,11 +14,12 @@
 //! 5 of them, an odd number so that every voter adds fault tolerance).
 //!
 //! **Rules of a change** (checked by [`ClusterMetadata::apply`], so every
-//! writer obeys them): an id is registered once, with one incarnation (a
-//! wiped data directory is a new node, under a new id); a member's state
-//! only moves forward (joining -> up -> draining -> dead -> removed, some
-//! steps skipped, see [`MemberState::may_become`]), and never from `up`
-//! straight to `removed`: its replicas must move first (drain, or death).
+//! writer obeys them): a live id has one incarnation (a wiped data
+//! directory is a new node: under a new id, or under a removed one, which
+//! then starts over as `joining`); a member's state only moves forward
+//! (joining -> up -> draining -> dead -> removed, some steps skipped, see
+//! [`MemberState::may_become`]), and never from `up` straight to
+//! `removed`: its replicas must move first (drain, or death).
 //!
 //! Not here: who proposes changes and when (the node, and the placement
 //! controller), nor how the document reaches nodes outside the group.
@@ -204,7 +205,8 @@ pub enum MetaError {
     },
     #[error(
         "{node} was a member with another data directory (incarnation {known}, this one is \
-         {offered}); a wiped or replaced node joins under a new id"
+         {offered}); a wiped or replaced node joins under a new id, or under this one once \
+         it is removed"
     )]
     OtherIncarnation {
         node: NodeId,
