@@ -22,9 +22,12 @@
 //!   metadata group holds them.
 //! - [`identity`]: who a peer is (cluster, settings, data-directory
 //!   incarnation), whether to admit it, and how a cluster is formed.
+//! - [`access`]: client access tokens, their roles and key scopes, and
+//!   the check of a request against them.
 //! - [`check`]: what the simulators judge (client histories, Raft
 //!   invariants); pure, and shared by the core's and the madsim simulation.
 
+pub mod access;
 pub mod check;
 pub mod detector;
 pub mod identity;

@@ -21,6 +21,10 @@
 //! [`MemberState::may_become`]), and never from `up` straight to
 //! `removed`: its replicas must move first (drain, or death).
 //!
+//! The document also holds the clients' access tokens (hashed; see
+//! [`crate::access`]): adding and removing them are changes like the
+//! others, so every node checks tokens against the same committed list.
+//!
 //! Not here: who proposes changes and when (the node, and the placement
 //! controller), nor how the document reaches nodes outside the group.
 
@@ -31,6 +35,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use ringkv_proto::v1 as pb;
 
+use crate::access::{self, MAX_TOKENS, RecordError, Role, TokenRecord};
 use crate::identity::Incarnation;
 use crate::ring::{RingConfig, RingError};
 use crate::types::{NodeId, PartitionId};
@@ -148,6 +153,8 @@ pub struct ClusterMetadata {
     pub version: u64,
     pub ring: RingConfig,
     pub members: BTreeMap<NodeId, Member>,
+    /// The clients' access tokens by id; empty: authentication is off.
+    pub tokens: BTreeMap<String, TokenRecord>,
 }
 
 /// A change of the document.
@@ -170,6 +177,11 @@ pub enum MetaChange {
         node: NodeId,
         addresses: ClientAddresses,
     },
+    /// A client access token is added (adding the same one again is no
+    /// change: a retried request).
+    AddToken { id: String, record: TokenRecord },
+    /// A client access token is revoked.
+    RemoveToken { id: String },
 }
 
 impl fmt::Display for MetaChange {
@@ -182,6 +194,17 @@ impl fmt::Display for MetaChange {
                 "{node} serves REST at {:?} and RESP at {:?}",
                 addresses.rest, addresses.resp
             ),
+            MetaChange::AddToken { id, record } => write!(
+                f,
+                "add token {id} (role {}, keys {})",
+                record.role,
+                if record.scope.is_empty() {
+                    "all".to_owned()
+                } else {
+                    format!("under {}", access::show_scope(&record.scope))
+                }
+            ),
+            MetaChange::RemoveToken { id } => write!(f, "remove token {id}"),
         }
     }
 }
@@ -219,6 +242,24 @@ pub enum MetaError {
     ZeroId,
     #[error("an address must not be empty")]
     NoAddress,
+    #[error("{0}")]
+    BadToken(#[from] RecordError),
+    #[error("a token with id {0} exists already")]
+    TokenExists(String),
+    #[error("no token has id {0}")]
+    NoSuchToken(String),
+    #[error(
+        "the first token must be an admin token: once a token exists every client needs one, \
+         and only an admin token adds the next"
+    )]
+    FirstTokenNotAdmin,
+    #[error(
+        "{0} is the last admin token: without it no token could be added or removed again \
+         (add another admin token first, or remove every other token to turn authentication off)"
+    )]
+    LastAdminToken(String),
+    #[error("the cluster holds {MAX_TOKENS} tokens, the most it may")]
+    TooManyTokens,
 }
 
 /// What an operator can do about [`MetaError::Gone`].
@@ -250,6 +291,10 @@ pub enum DecodeError {
     NoState(u64),
     #[error("member {0} has an incarnation of {1} bytes, not 16")]
     Incarnation(u64, usize),
+    #[error("token {0:?}: {1}")]
+    Token(String, String),
+    #[error("token {0} is listed twice")]
+    DuplicateToken(String),
 }
 
 impl ClusterMetadata {
@@ -272,6 +317,7 @@ impl ClusterMetadata {
                     )
                 })
                 .collect(),
+            tokens: BTreeMap::new(),
         }
     }
 
@@ -374,6 +420,32 @@ impl ClusterMetadata {
                 }
                 m.client = addresses.clone();
             }
+            MetaChange::AddToken { id, record } => {
+                record.validate(id)?;
+                match next.tokens.get(id) {
+                    Some(known) if known == record => {}
+                    Some(_) => return Err(MetaError::TokenExists(id.clone())),
+                    None if next.tokens.len() >= MAX_TOKENS => {
+                        return Err(MetaError::TooManyTokens);
+                    }
+                    None if next.tokens.is_empty() && record.role != Role::Admin => {
+                        return Err(MetaError::FirstTokenNotAdmin);
+                    }
+                    None => {
+                        next.tokens.insert(id.clone(), record.clone());
+                    }
+                }
+            }
+            MetaChange::RemoveToken { id } => {
+                let removed = next
+                    .tokens
+                    .remove(id)
+                    .ok_or_else(|| MetaError::NoSuchToken(id.clone()))?;
+                let admins_left = next.tokens.values().any(|t| t.role == Role::Admin);
+                if removed.role == Role::Admin && !admins_left && !next.tokens.is_empty() {
+                    return Err(MetaError::LastAdminToken(id.clone()));
+                }
+            }
         }
         Ok(next)
     }
@@ -400,6 +472,11 @@ impl ClusterMetadata {
                     rest_address: m.client.rest.clone(),
                     resp_address: m.client.resp.clone(),
                 })
+                .collect(),
+            tokens: self
+                .tokens
+                .iter()
+                .map(|(id, t)| token_to_proto(id, t))
                 .collect(),
         };
         Bytes::from(doc.encode_to_vec())
@@ -448,12 +525,66 @@ impl ClusterMetadata {
                 return Err(DecodeError::Duplicate(m.node));
             }
         }
+        let mut tokens = BTreeMap::new();
+        for t in doc.tokens {
+            let (id, record) = token_from_proto(t)?;
+            if tokens.contains_key(&id) {
+                return Err(DecodeError::DuplicateToken(id));
+            }
+            tokens.insert(id, record);
+        }
         Ok(ClusterMetadata {
             version,
             ring,
             members,
+            tokens,
         })
     }
+}
+
+/// A token as the wire and the document carry it.
+pub fn token_to_proto(id: &str, t: &TokenRecord) -> pb::AccessToken {
+    pb::AccessToken {
+        id: id.to_owned(),
+        name: t.name.clone(),
+        role: role_to_proto(t.role) as i32,
+        scope: t.scope.clone(),
+        secret_hash: Bytes::copy_from_slice(&t.secret_hash),
+    }
+}
+
+/// A token from the wire, checked against its limits.
+pub fn token_from_proto(t: pb::AccessToken) -> Result<(String, TokenRecord), DecodeError> {
+    let bad = |why: String| DecodeError::Token(t.id.chars().take(40).collect(), why);
+    let role = role_from_proto(t.role).ok_or_else(|| bad("no valid role".into()))?;
+    let secret_hash: [u8; 32] = t.secret_hash[..]
+        .try_into()
+        .map_err(|_| bad(format!("a hash of {} bytes, not 32", t.secret_hash.len())))?;
+    let record = TokenRecord {
+        name: t.name,
+        role,
+        scope: t.scope,
+        secret_hash,
+    };
+    record.validate(&t.id).map_err(|e| bad(e.to_string()))?;
+    Ok((t.id, record))
+}
+
+fn role_to_proto(role: Role) -> pb::AccessRole {
+    match role {
+        Role::Read => pb::AccessRole::Read,
+        Role::Write => pb::AccessRole::Write,
+        Role::Admin => pb::AccessRole::Admin,
+    }
+}
+
+fn role_from_proto(v: i32) -> Option<Role> {
+    Some(match pb::AccessRole::try_from(v).ok()? {
+        pb::AccessRole::Unspecified => return None,
+        pb::AccessRole::Read => Role::Read,
+        pb::AccessRole::Write => Role::Write,
+        pb::AccessRole::Admin => Role::Admin,
+    })
 }
 
 /// The metadata group's first voters among a cluster's founders: the
@@ -553,6 +684,7 @@ mod tests {
                     tokens_per_node: 4,
                 }),
                 members,
+                tokens: Vec::new(),
             };
             ClusterMetadata::decode(&d.encode_to_vec(), 1)
         };
@@ -702,6 +834,74 @@ mod tests {
             })
         ));
         assert_eq!(doc().apply(&reg(0, 1)), Err(MetaError::ZeroId));
+    }
+
+    #[test]
+    fn tokens_are_added_and_removed_without_locking_out_the_admins() {
+        let token = |role, secret: &str| TokenRecord {
+            name: "ci".into(),
+            role,
+            scope: Bytes::from_static(b"app/"),
+            secret_hash: access::hash_secret(secret),
+        };
+        let add = |id: &str, record: TokenRecord| MetaChange::AddToken {
+            id: id.into(),
+            record,
+        };
+        let remove = |id: &str| MetaChange::RemoveToken { id: id.into() };
+        // The first token is an admin token.
+        assert_eq!(
+            doc().apply(&add("r1", token(Role::Read, "a"))),
+            Err(MetaError::FirstTokenNotAdmin)
+        );
+        let d = doc().apply(&add("a1", token(Role::Admin, "a"))).unwrap();
+        assert_eq!(
+            add("a1", token(Role::Admin, "a")).to_string(),
+            "add token a1 (role admin, keys under \"app/\")"
+        );
+        // Again, the same: a retry. Another record under the id: refused.
+        assert_eq!(d.apply(&add("a1", token(Role::Admin, "a"))), Ok(d.clone()));
+        assert_eq!(
+            d.apply(&add("a1", token(Role::Admin, "b"))),
+            Err(MetaError::TokenExists("a1".into()))
+        );
+        assert!(matches!(
+            d.apply(&add("A!", token(Role::Read, "b"))),
+            Err(MetaError::BadToken(RecordError::Id(_)))
+        ));
+        let d = d.apply(&add("r1", token(Role::Read, "b"))).unwrap();
+        // The last admin token goes only with every other token.
+        assert_eq!(
+            d.apply(&remove("a1")),
+            Err(MetaError::LastAdminToken("a1".into()))
+        );
+        assert_eq!(
+            d.apply(&remove("zz")),
+            Err(MetaError::NoSuchToken("zz".into()))
+        );
+        let only_admin = d.apply(&remove("r1")).unwrap();
+        assert!(only_admin.apply(&remove("a1")).unwrap().tokens.is_empty());
+        // Tokens survive the encoding.
+        let mut d = d;
+        d.version = 9;
+        assert_eq!(ClusterMetadata::decode(&d.encode(), 9), Ok(d.clone()));
+        // A document with a bad token is refused whole.
+        let mut pb_doc = pb::ClusterMetadata::decode(&d.encode()[..]).unwrap();
+        pb_doc.tokens[0].secret_hash = Bytes::from_static(b"short");
+        assert!(matches!(
+            ClusterMetadata::decode(&pb_doc.encode_to_vec(), 9),
+            Err(DecodeError::Token(..))
+        ));
+        pb_doc.tokens[0] = pb_doc.tokens[1].clone();
+        assert_eq!(
+            ClusterMetadata::decode(&pb_doc.encode_to_vec(), 9),
+            Err(DecodeError::DuplicateToken("r1".into()))
+        );
+        pb_doc.tokens[0].role = 0;
+        assert!(matches!(
+            ClusterMetadata::decode(&pb_doc.encode_to_vec(), 9),
+            Err(DecodeError::Token(..))
+        ));
     }
 
     #[test]

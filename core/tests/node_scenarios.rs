@@ -1627,6 +1627,100 @@ fn a_drained_node_is_removed_once_its_replicas_moved() {
     }
 }
 
+/// An operator adds access tokens through the controller: refused
+/// elsewhere (naming the controller); the first must be an admin token;
+/// once committed, every node's copy of the document holds the same
+/// tokens (hashed), and every node recognises them; removing one reaches
+/// every node too.
+#[test]
+fn access_tokens_are_committed_by_the_controller_and_reach_every_node() {
+    use bytes::Bytes;
+    use ringkv_core::access::{self, AuthError, Role, TokenRecord};
+    use ringkv_core::metadata::MetaError;
+    use ringkv_core::node::{TokenChange, TokenChangeError, TokenEdit};
+    let mut c = Cluster::new(5, 8);
+    c.quiet_events = true;
+    c.run_for(2000);
+    let controller = c.controller().expect("a controller");
+    let other = (controller + 1) % 5;
+    let record = |role, secret: &str| TokenRecord {
+        name: "ops".into(),
+        role,
+        scope: Bytes::new(),
+        secret_hash: access::hash_secret(secret),
+    };
+    let add = |id: &str, r: TokenRecord| TokenEdit::Add {
+        id: id.into(),
+        record: r,
+    };
+    let now = c.now;
+    assert_eq!(
+        c.nodes[other].handle_token_change(now, &add("adm", record(Role::Admin, "s1"))),
+        Err(TokenChangeError::NotController {
+            this: c.nodes[other].id(),
+            controller: Some(c.nodes[controller].id()),
+        })
+    );
+    assert_eq!(
+        c.nodes[controller].handle_token_change(now, &add("rd", record(Role::Read, "s2"))),
+        Err(TokenChangeError::Refused(MetaError::FirstTokenNotAdmin))
+    );
+    assert_eq!(
+        c.nodes[controller].handle_token_change(now, &add("adm", record(Role::Admin, "s1"))),
+        Ok(TokenChange::Proposed)
+    );
+    c.drain(controller);
+    c.run_for(1000);
+    let now = c.now;
+    assert_eq!(
+        c.nodes[controller].handle_token_change(now, &add("adm", record(Role::Admin, "s1"))),
+        Ok(TokenChange::Committed)
+    );
+    for (i, n) in c.nodes.iter().enumerate() {
+        let tokens = &n.metadata().expect("a document").tokens;
+        assert_eq!(tokens.len(), 1, "n{}", i + 1);
+        let grant = access::authenticate(tokens, "rkv_adm_s1").expect("recognised");
+        assert_eq!(grant.role, Role::Admin, "n{}", i + 1);
+        assert_eq!(
+            access::authenticate(tokens, "rkv_adm_s2"),
+            Err(AuthError::Invalid)
+        );
+    }
+    assert_eq!(
+        c.nodes[controller].handle_token_change(now, &add("rd", record(Role::Read, "s2"))),
+        Ok(TokenChange::Proposed)
+    );
+    c.drain(controller);
+    c.run_for(1000);
+    let now = c.now;
+    let remove = |id: &str| TokenEdit::Remove { id: id.into() };
+    assert_eq!(
+        c.nodes[controller].handle_token_change(now, &remove("adm")),
+        Err(TokenChangeError::Refused(MetaError::LastAdminToken(
+            "adm".into()
+        )))
+    );
+    assert_eq!(
+        c.nodes[controller].handle_token_change(now, &remove("rd")),
+        Ok(TokenChange::Proposed)
+    );
+    c.drain(controller);
+    c.run_for(1000);
+    let now = c.now;
+    assert_eq!(
+        c.nodes[controller].handle_token_change(now, &remove("rd")),
+        Ok(TokenChange::Committed)
+    );
+    for n in &c.nodes {
+        let tokens = &n.metadata().unwrap().tokens;
+        assert_eq!(tokens.keys().collect::<Vec<_>>(), ["adm"]);
+        assert_eq!(
+            access::authenticate(tokens, "rkv_rd_s2"),
+            Err(AuthError::Invalid)
+        );
+    }
+}
+
 /// A removed id comes back with a new data directory, as a StatefulSet's
 /// highest pod does when it is scaled down (drained, removed, its volume
 /// deleted) and up again: it registers under its old id with a new

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ringkv_core::NodeId;
 use ringkv_node::address::PeerAddr;
-use ringkv_node::cli::{admin, bench, client, health, watch, watch_bench};
+use ringkv_node::cli::{admin, bench, client, health, tokens, watch, watch_bench};
 use ringkv_node::clock::MonotonicClock;
 use ringkv_node::config::{ServerConfig, defaults, parse_peers};
 use ringkv_node::disk::FsDisk;
@@ -32,6 +32,16 @@ struct Cli {
     /// this PEM file (the cluster's `--peer-ca`, or what signed its certificates).
     #[arg(long, global = true, env = "RINGKV_TLS_CA", value_name = "PEM")]
     tls_ca: Option<PathBuf>,
+    /// Client commands: present this access token (rkv_<id>_<secret>, as `ringkv auth add`
+    /// printed it); needed once the cluster has one.
+    #[arg(
+        long,
+        global = true,
+        env = "RINGKV_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,6 +73,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// A node's life in the cluster (drain and remove a node).
     Node(admin::NodeArgs),
+    /// Client access tokens: add (the first, an admin token, turns authentication on), ls, rm.
+    Auth(tokens::AuthArgs),
     /// Exit 0 if a node is ready (or, with --live, alive), else 1: for container health checks.
     Health(health::HealthArgs),
     /// Make a development certificate authority and a node certificate signed by it.
@@ -237,6 +249,12 @@ pub fn main() -> ExitCode {
         eprintln!("error: --tls-ca: {e:#}");
         return ExitCode::from(ringkv_node::cli::exit::USAGE);
     }
+    if let Some(token) = &cli.token
+        && let Err(e) = ringkv_node::cli::auth::use_token(token)
+    {
+        eprintln!("error: --token: {e:#}");
+        return ExitCode::from(ringkv_node::cli::exit::USAGE);
+    }
     match cli.command {
         Command::Server(args) => run_async(server(*args)),
         Command::Demo(args) => run_async(demo(args)),
@@ -250,6 +268,7 @@ pub fn main() -> ExitCode {
         Command::Locate(a) => run_client(client::locate(a)),
         Command::Admin(a) => run_client(admin::run(a)),
         Command::Node(a) => run_client(admin::run_node(a)),
+        Command::Auth(a) => run_client(tokens::run(a)),
         Command::Health(a) => run_client(health::run(a)),
         Command::Certs(a) => certs(a),
         Command::Bench(a) => run_client(async move {

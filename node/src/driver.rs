@@ -18,6 +18,7 @@ use std::time::Duration;
 use ringkv_core::io::{IoId, IoRequest};
 use ringkv_core::node::{
     ClientRequest, Drain, Event, Node, NodeStats, RegisterError, Registration, Reply, RequestId,
+    TokenChange,
 };
 use ringkv_core::watch::HistoryLimits;
 use ringkv_core::{PartitionId, Time};
@@ -52,6 +53,11 @@ pub struct DriverIo {
     pub members: MemberSync,
     /// How other members are dialled (handed to the API's watch relays).
     pub dialer: crate::transport::Dialer,
+    /// This node's identity and admission checks (handed to the APIs: a
+    /// member's calls to the client services carry its hello).
+    pub handshake: Arc<crate::transport::Handshake>,
+    /// The clients' access tokens, kept up with each adopted document.
+    pub access: Arc<crate::auth::Access>,
     /// Simulation only: where the core's observations go (see
     /// `ServerConfig::observer`).
     #[cfg(madsim)]
@@ -123,7 +129,12 @@ impl Driver {
             requests: Arc::default(),
             closing: Arc::default(),
             dialer: io.dialer.clone(),
+            handshake: io.handshake.clone(),
+            access: io.access.clone(),
         };
+        if let Some(doc) = node.metadata() {
+            io.access.update(doc);
+        }
         let driver = Driver {
             node,
             clock,
@@ -222,6 +233,15 @@ impl Driver {
                 reply,
             } => {
                 let result = self.node.handle_conf_change(now, partition, change);
+                let _ = reply.send(result);
+            }
+            Input::TokenChange { edit, reply } => {
+                let result = self.node.handle_token_change(now, &edit);
+                match &result {
+                    Err(e) => tracing::warn!("access token change refused: {e}"),
+                    Ok(TokenChange::Proposed) => tracing::info!("access token change proposed"),
+                    Ok(TokenChange::Committed) => {}
+                }
                 let _ = reply.send(result);
             }
             Input::Drain { node, reply } => {
@@ -360,6 +380,7 @@ impl Driver {
         let Some(doc) = self.node.metadata() else {
             return;
         };
+        self.io.access.update(doc);
         let peers = &self.io.peers;
         let followed = self.io.members.follow(doc, |id| peers.has_peer(id));
         for (id, addr) in followed.added {

@@ -15,7 +15,7 @@ use ringkv_core::identity::Incarnation;
 use ringkv_core::io::{IoId, PeerBatch};
 use ringkv_core::node::{
     ClientError, ClientRequest, ClientResponse, ConfChangeRefused, Drain, DrainError,
-    RegisterError, Registration,
+    RegisterError, Registration, TokenChange, TokenChangeError, TokenEdit,
 };
 use ringkv_core::raft::ConfChange;
 use ringkv_core::ring::Ring;
@@ -57,6 +57,10 @@ pub enum Input {
         reply: oneshot::Sender<Result<u64, ConfChangeRefused>>,
     },
     /// An operator's request to drain a node.
+    TokenChange {
+        edit: TokenEdit,
+        reply: oneshot::Sender<Result<TokenChange, TokenChangeError>>,
+    },
     Drain {
         node: NodeId,
         reply: oneshot::Sender<Result<Drain, DrainError>>,
@@ -107,6 +111,11 @@ pub struct NodeHandle {
     pub(crate) closing: Arc<Closing>,
     /// How this node dials other members (watch relays).
     pub(crate) dialer: crate::transport::Dialer,
+    /// This node's hello for its calls to other members' client services,
+    /// and the check of theirs.
+    pub(crate) handshake: Arc<crate::transport::Handshake>,
+    /// Who may do what (see [`crate::auth`]).
+    pub(crate) access: Arc<crate::auth::Access>,
 }
 
 /// How a planned stop lets the requests inside finish: once `closed`, a
@@ -253,6 +262,23 @@ impl NodeHandle {
         rx.await.map_err(|_| stopping())?
     }
 
+    /// Asks this node, which must run the placement controller, to add or
+    /// remove an access token (see `Node::handle_token_change`): ask again
+    /// while the answer is [`TokenChange::Proposed`].
+    pub async fn token_change(&self, edit: TokenEdit) -> Result<TokenChange, TokenChangeError> {
+        let this = self.view.borrow().node_id;
+        let stopping = || TokenChangeError::NotController {
+            this,
+            controller: None,
+        };
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::TokenChange { edit, reply })
+            .await
+            .map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
+    }
+
     /// Asks the core to register `node` as a member (see
     /// `Node::handle_register`).
     pub async fn register(
@@ -289,6 +315,16 @@ impl NodeHandle {
     /// This node's replicas' recent changes ([`crate::watch`]).
     pub fn watches(&self) -> Arc<WatchHub> {
         self.watches.clone()
+    }
+
+    /// Who may do what: the clients' access tokens as this node knows them.
+    pub fn access(&self) -> &crate::auth::Access {
+        &self.access
+    }
+
+    /// This node's peer handshake (its hello on calls to other members).
+    pub fn handshake(&self) -> &Arc<crate::transport::Handshake> {
+        &self.handshake
     }
 
     /// The latest published view of the cluster.

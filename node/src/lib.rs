@@ -20,6 +20,7 @@
 
 pub mod address;
 pub mod api;
+pub mod auth;
 #[cfg(not(madsim))]
 pub mod cli;
 pub mod clock;

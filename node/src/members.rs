@@ -31,6 +31,8 @@ pub struct MemberSync {
     joined: bool,
     /// The addresses as last saved.
     addresses: BTreeMap<NodeId, String>,
+    /// The access tokens as last saved.
+    tokens: crate::auth::Tokens,
     save: watch::Sender<Option<ClusterFile>>,
 }
 
@@ -65,6 +67,7 @@ impl MemberSync {
             handshake,
             joined: file.is_some_and(|f| f.joined),
             addresses: file.map(|f| f.addresses.clone()).unwrap_or_default(),
+            tokens: file.map(|f| f.tokens.clone()).unwrap_or_default(),
             save,
         }
     }
@@ -93,10 +96,22 @@ impl MemberSync {
         }
         if changed {
             self.handshake.set_record(record.clone());
+        }
+        // Saved when they change (not for every version: a newer document
+        // with the same tokens adds nothing a restart needs).
+        if doc.version >= self.tokens.version && doc.tokens != self.tokens.by_id {
+            self.tokens = crate::auth::Tokens {
+                version: doc.version,
+                by_id: doc.tokens.clone(),
+            };
+            changed = true;
+        }
+        if changed {
             self.save.send_replace(Some(ClusterFile {
                 record,
                 joined: self.joined,
                 addresses: self.addresses.clone(),
+                tokens: self.tokens.clone(),
             }));
         }
         let removed: BTreeSet<NodeId> = doc.in_state(MemberState::Removed).collect();

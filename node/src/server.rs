@@ -145,6 +145,7 @@ impl Server {
                 record: joined.record,
                 joined: true,
                 addresses: joined.addresses,
+                tokens: joined.tokens,
             };
             let (disk, dir, saved) = (
                 formation_disk.clone(),
@@ -243,11 +244,19 @@ impl Server {
             limits,
             clock.clone(),
         );
+        let access = crate::auth::Access::new(
+            cluster_file
+                .as_ref()
+                .map(|f| f.tokens.clone())
+                .unwrap_or_default(),
+        );
         let io = DriverIo {
             peers: senders,
             forwarder,
             members,
             dialer,
+            handshake: handshake.clone(),
+            access,
             #[cfg(madsim)]
             observer: config.observer.clone(),
         };

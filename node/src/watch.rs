@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use ringkv_core::PartitionId;
 use ringkv_core::ring::partition_of;
 use ringkv_core::watch::{Change, ChangeKind, Compacted, Feed, History, HistoryLimits};
+use ringkv_core::{NodeId, PartitionId};
 use ringkv_proto::v1 as pb;
 use ringkv_proto::v1::kv_client::KvClient;
 use tokio::sync::{mpsc, watch};
@@ -564,18 +564,18 @@ async fn relay(
     let mut rounds = 0u32;
     loop {
         let view = node.view();
-        let mut addrs: Vec<String> = view
+        let mut addrs: Vec<(NodeId, String)> = view
             .members
             .iter()
             .filter(|m| m.id != view.node_id)
-            .filter_map(|m| m.address.clone())
+            .filter_map(|m| Some((m.id, m.address.clone()?)))
             .collect();
         if !addrs.is_empty() {
             let k = p.0 as usize % addrs.len();
             addrs.rotate_left(k);
         }
         let mut none_holds_it = true;
-        for addr in addrs {
+        for (member, addr) in addrs {
             let request = pb::WatchRequest {
                 target: Some(target.to_proto()),
                 start_revision: if after.is_none() {
@@ -589,7 +589,12 @@ async fn relay(
                 partitions: vec![p.0],
             };
             let stream = match connect(&node.dialer, &addr).await {
-                Ok(channel) => KvClient::new(channel).watch(request).await,
+                Ok(channel) => {
+                    // A member's call: its hello says so (no token needed).
+                    let mut request = tonic::Request::new(request);
+                    node.handshake.attach(&mut request, member);
+                    KvClient::new(channel).watch(request).await
+                }
                 Err(_) => {
                     none_holds_it = false;
                     continue;

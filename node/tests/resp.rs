@@ -7,24 +7,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, free_port};
+use common::Cluster;
 
 const READY: Duration = Duration::from_secs(60);
 
 /// Three nodes, each serving RESP; the RESP addresses by node id - 1.
 fn cluster() -> (Cluster, Vec<SocketAddr>) {
-    let resp: Vec<SocketAddr> = (0..3)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect();
-    let addrs = resp.clone();
-    let mut c = Cluster::start_each(3, &[], move |id| {
-        vec![
-            "--resp-listen".to_owned(),
-            addrs[(id - 1) as usize].to_string(),
-        ]
-    });
-    c.wait_ready(READY);
-    (c, resp)
+    Cluster::start_with_resp(3, READY)
 }
 
 fn connect(addr: SocketAddr) -> redis::Connection {

@@ -44,6 +44,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Node;
+use crate::access::TokenRecord;
 use crate::identity::Incarnation;
 use crate::io::{CatchUp, PeerHealth, PlacementMessage};
 use crate::kv::{Command, Precondition, Ttl};
@@ -58,13 +59,20 @@ use crate::raft::{Membership, Raft};
 use crate::types::{NodeId, PartitionId, Time};
 use crate::wire;
 
+/// Where a request the controller alone takes should go instead.
+fn ask_controller(controller: Option<NodeId>) -> String {
+    match controller {
+        Some(c) => format!("node {c} does (it leads the metadata group): ask it"),
+        None => {
+            "no node is known to (the metadata group has no leader yet): retry shortly".to_owned()
+        }
+    }
+}
+
 /// Why [`Node::handle_drain`] did nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DrainError {
-    #[error("node {this} does not run the placement controller; {}", match controller {
-        Some(c) => format!("node {c} does (it leads the metadata group): ask it"),
-        None => "no node is known to (the metadata group has no leader yet): retry shortly".to_owned(),
-    })]
+    #[error("node {this} does not run the placement controller; {}", ask_controller(*controller))]
     NotController {
         this: NodeId,
         controller: Option<NodeId>,
@@ -86,6 +94,49 @@ pub enum Drain {
     Proposed,
 }
 
+/// A change of the access tokens a client asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenEdit {
+    Add { id: String, record: TokenRecord },
+    Remove { id: String },
+}
+
+impl TokenEdit {
+    fn to_change(&self) -> MetaChange {
+        match self {
+            TokenEdit::Add { id, record } => MetaChange::AddToken {
+                id: id.clone(),
+                record: record.clone(),
+            },
+            TokenEdit::Remove { id } => MetaChange::RemoveToken { id: id.clone() },
+        }
+    }
+}
+
+/// What [`Node::handle_token_change`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenChange {
+    /// The committed document has the change in it.
+    Committed,
+    /// It was proposed: ask again shortly to learn whether it was
+    /// committed (a proposal can be lost when the controller changes).
+    Proposed,
+}
+
+/// Why [`Node::handle_token_change`] did nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenChangeError {
+    #[error("node {this} does not run the placement controller; {}", ask_controller(*controller))]
+    NotController {
+        this: NodeId,
+        controller: Option<NodeId>,
+    },
+    #[error("{0}")]
+    Refused(MetaError),
+    #[error("another change of the cluster's metadata is being committed; retry shortly")]
+    Busy,
+}
+
 /// What [`Node::handle_register`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Registration {
@@ -100,10 +151,7 @@ pub enum Registration {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
     /// Only the controller registers; the caller asks the node named.
-    #[error("node {this} does not run the placement controller; {}", match controller {
-        Some(c) => format!("node {c} does: ask it"),
-        None => "no node is known to (the metadata group has no leader yet): retry shortly".to_owned(),
-    })]
+    #[error("node {this} does not run the placement controller; {}", ask_controller(*controller))]
     NotController {
         this: NodeId,
         controller: Option<NodeId>,
@@ -669,6 +717,49 @@ impl Node {
             Ok(Drain::Proposed)
         } else {
             Err(DrainError::Busy)
+        }
+    }
+
+    /// A client asks to add or remove an access token: the controller
+    /// proposes it. Asking again is how the caller learns
+    /// the outcome: [`TokenChange::Committed`] once the committed document
+    /// has the token (added) or lacks it (removed). Whether the caller may
+    /// change tokens is the node's check, made before it asks.
+    pub fn handle_token_change(
+        &mut self,
+        now: Time,
+        edit: &TokenEdit,
+    ) -> Result<TokenChange, TokenChangeError> {
+        let not_controller = TokenChangeError::NotController {
+            this: self.id,
+            controller: self.metadata_leader().filter(|&l| l != self.id),
+        };
+        if self.halted.is_some() {
+            return Err(not_controller);
+        }
+        self.start(now);
+        let leads_metadata = self
+            .groups
+            .get(&METADATA_GROUP)
+            .is_some_and(|g| g.raft.is_leader());
+        let Some(doc) = self.meta.document().filter(|_| leads_metadata) else {
+            return Err(not_controller);
+        };
+        let committed = match edit {
+            TokenEdit::Add { id, record } => doc.tokens.get(id) == Some(record),
+            TokenEdit::Remove { id } => !doc.tokens.contains_key(id),
+        };
+        if committed {
+            return Ok(TokenChange::Committed);
+        }
+        let change = edit.to_change();
+        doc.apply(&change).map_err(TokenChangeError::Refused)?;
+        let proposed = self.propose_metadata_changes(&[change]);
+        self.process();
+        if proposed {
+            Ok(TokenChange::Proposed)
+        } else {
+            Err(TokenChangeError::Busy)
         }
     }
 

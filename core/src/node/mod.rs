@@ -52,7 +52,9 @@
 mod cluster;
 mod controller;
 
-pub use controller::{Drain, DrainError, RegisterError, Registration};
+pub use controller::{
+    Drain, DrainError, RegisterError, Registration, TokenChange, TokenChangeError, TokenEdit,
+};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

@@ -625,10 +625,14 @@ impl Dashboard {
             .map(|n| {
                 let client = self.client(&n.grpc_addr);
                 let id = NodeId(n.id);
+                let handshake = self.handshake.clone();
                 async move {
                     let answer = match client {
                         Some(mut c) => {
-                            tokio::time::timeout(ASK_TIMEOUT, c.status(pb::StatusRequest {}))
+                            // A member's call: its hello says so.
+                            let mut request = tonic::Request::new(pb::StatusRequest {});
+                            handshake.attach(&mut request, id);
+                            tokio::time::timeout(ASK_TIMEOUT, c.status(request))
                                 .await
                                 .ok()
                                 .and_then(Result::ok)

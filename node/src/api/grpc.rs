@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_core::kv::KeyValue;
-use ringkv_core::node::{ClientError, ClientResponse, Drain, DrainError};
+use ringkv_core::node::{
+    ClientError, ClientResponse, Drain, DrainError, TokenChange, TokenChangeError, TokenEdit,
+};
 use ringkv_core::placement::ReplicaMove;
 use ringkv_core::placement::planner::{MoveProgress, Phase, Reason};
 use ringkv_core::watch::{Change, ChangeKind};
@@ -17,10 +19,12 @@ use tonic::{Request, Response, Status};
 use super::errors::to_status;
 use super::{convert, scan};
 use crate::address::PeerAddr;
+use crate::auth::{self, AccessError, Principal, Unauthenticated};
 use crate::handle::NodeHandle;
 use crate::transport::Handshake;
 use crate::view::ClusterView;
 use crate::watch::{Cursor, Start, Target, WatchError, Watcher};
+use ringkv_core::access::{Action, AuthError};
 
 pub struct KvService {
     node: NodeHandle,
@@ -34,6 +38,45 @@ impl KvService {
             partition_count,
         }
     }
+}
+
+/// Who a call is from: a member (it carries a hello, checked as on the
+/// peer service), a token's holder (`authorization: Bearer ...`), or
+/// anyone while authentication is off; else the refusal (`UNAUTHENTICATED`).
+pub(crate) fn principal<T>(node: &NodeHandle, request: &Request<T>) -> Result<Principal, Status> {
+    if Handshake::claims_member(request) {
+        return node
+            .handshake()
+            .admit_member_call(request)
+            .map(Principal::Peer);
+    }
+    let refuse = |e: Unauthenticated| AccessError::from(e).to_status();
+    let token = request
+        .metadata()
+        .get("authorization")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Unauthenticated::Token(AuthError::Malformed))
+                .and_then(auth::bearer)
+        })
+        .transpose()
+        .map_err(refuse)?;
+    node.access().principal(token).map_err(refuse)
+}
+
+/// `PERMISSION_DENIED` unless `principal` may do `action`.
+pub(crate) fn allow(principal: &Principal, action: Action<'_>) -> Result<(), Status> {
+    principal
+        .check(action)
+        .map_err(|e| AccessError::from(e).to_status())
+}
+
+/// `PERMISSION_DENIED` unless `principal` may make `req`.
+fn allow_request(
+    principal: &Principal,
+    req: &ringkv_core::node::ClientRequest,
+) -> Result<(), Status> {
+    auth::check_request(principal, req).map_err(|e| AccessError::from(e).to_status())
 }
 
 fn unexpected(r: ClientResponse) -> Status {
@@ -92,6 +135,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let principal = principal(&self.node, &request)?;
         let r = request.into_inner();
         let target = match r.target {
             Some(pb::watch_request::Target::Key(key)) if !key.is_empty() => Target::Key(key),
@@ -102,6 +146,19 @@ impl pb::kv_server::Kv for KvService {
                 ));
             }
         };
+        match &target {
+            Target::Key(key) => allow(&principal, Action::Read(key))?,
+            Target::Prefix(prefix) => {
+                let end = scan::prefix_end(prefix);
+                allow(
+                    &principal,
+                    Action::ReadRange {
+                        start: prefix,
+                        end: end.as_deref(),
+                    },
+                )?;
+            }
+        }
         let start = match (r.cursor.is_empty(), r.start_revision) {
             (true, 0) => Start::Now,
             (true, rev) => Start::Revision(rev),
@@ -165,9 +222,17 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let principal = principal(&self.node, &request)?;
         let r = request.into_inner();
         let range = scan::requested_range(r.prefix, Some(r.start), r.end)
             .map_err(Status::invalid_argument)?;
+        allow(
+            &principal,
+            Action::ReadRange {
+                start: &range.start,
+                end: range.end.as_deref(),
+            },
+        )?;
         let limit =
             scan::page_limit((r.limit != 0).then_some(r.limit)).map_err(|e| to_status(&e))?;
         let consistency =
@@ -193,7 +258,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let principal = principal(&self.node, &request)?;
         let req = convert::get_request(request.into_inner()).map_err(Status::invalid_argument)?;
+        allow_request(&principal, &req)?;
         match self.node.request(req).await {
             Ok(ClientResponse::Value(Some(kv))) => Ok(Response::new(pb::GetResponse {
                 kv: Some(kv.to_proto()),
@@ -208,7 +275,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let principal = principal(&self.node, &request)?;
         let req = convert::put_request(request.into_inner());
+        allow_request(&principal, &req)?;
         match self.node.request(req).await {
             Ok(ClientResponse::Put {
                 version,
@@ -230,7 +299,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::ExpireRequest>,
     ) -> Result<Response<pb::ExpireResponse>, Status> {
+        let principal = principal(&self.node, &request)?;
         let req = convert::expire_request(request.into_inner());
+        allow_request(&principal, &req)?;
         match self.node.request(req).await {
             Ok(ClientResponse::ExpirySet {
                 changed,
@@ -248,7 +319,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let principal = principal(&self.node, &request)?;
         let req = convert::delete_request(request.into_inner());
+        allow_request(&principal, &req)?;
         match self.node.request(req).await {
             Ok(ClientResponse::Deleted { revision, previous }) => {
                 Ok(Response::new(convert::delete_response(revision, &previous)))
@@ -262,7 +335,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::IncrementResponse>, Status> {
+        let principal = principal(&self.node, &request)?;
         let req = convert::increment_request(request.into_inner());
+        allow_request(&principal, &req)?;
         match self.node.request(req).await {
             Ok(ClientResponse::Incremented {
                 value,
@@ -282,7 +357,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        let principal = principal(&self.node, &request)?;
         let req = convert::append_request(request.into_inner());
+        allow_request(&principal, &req)?;
         match self.node.request(req).await {
             Ok(ClientResponse::Appended {
                 len,
@@ -302,7 +379,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutAllRequest>,
     ) -> Result<Response<pb::PutAllResponse>, Status> {
+        let principal = principal(&self.node, &request)?;
         let req = convert::put_all_request(request.into_inner());
+        allow_request(&principal, &req)?;
         match self.node.request(req).await {
             Ok(ClientResponse::PutAll {
                 mod_revision,
@@ -521,8 +600,9 @@ pub fn locate_response(node: &NodeHandle, key: &[u8]) -> pb::LocateResponse {
 impl pb::cluster_server::Cluster for ClusterService {
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        allow(&principal(&self.node, &request)?, Action::Status)?;
         let view = self.node.view();
         Ok(Response::new(status_response(
             &view,
@@ -536,6 +616,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::LocateRequest>,
     ) -> Result<Response<pb::LocateResponse>, Status> {
+        allow(&principal(&self.node, &request)?, Action::Status)?;
         let key = request.into_inner().key;
         if key.is_empty() {
             return Err(to_status(&ClientError::EmptyKey));
@@ -547,6 +628,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::ChangeConfigRequest>,
     ) -> Result<Response<pb::ChangeConfigResponse>, Status> {
+        allow(&principal(&self.node, &request)?, Action::Admin)?;
         let r = request.into_inner();
         let partitions = self.node.ring().config().partition_count;
         if r.partition >= partitions {
@@ -573,6 +655,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        allow(&principal(&self.node, &request)?, Action::Admin)?;
         let node = request.into_inner().node;
         if node == 0 {
             return Err(Status::invalid_argument(
@@ -595,6 +678,78 @@ impl pb::cluster_server::Cluster for ClusterService {
                     "the drain of n{node} is not committed yet (the metadata group may be \
                      changing leaders); retry shortly"
                 )));
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    async fn add_token(
+        &self,
+        request: Request<pb::AddTokenRequest>,
+    ) -> Result<Response<pb::AddTokenResponse>, Status> {
+        allow(&principal(&self.node, &request)?, Action::Admin)?;
+        let token = request
+            .into_inner()
+            .token
+            .ok_or_else(|| Status::invalid_argument("token is required"))?;
+        let (id, record) = ringkv_core::metadata::token_from_proto(token)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.commit_token_change(TokenEdit::Add { id, record })
+            .await?;
+        Ok(Response::new(pb::AddTokenResponse {}))
+    }
+
+    async fn remove_token(
+        &self,
+        request: Request<pb::RemoveTokenRequest>,
+    ) -> Result<Response<pb::RemoveTokenResponse>, Status> {
+        allow(&principal(&self.node, &request)?, Action::Admin)?;
+        let id = request.into_inner().id;
+        // Asked about a token this node has never heard of: say so (once
+        // proposed, its absence is what says the removal is committed).
+        if !self.node.access().tokens().by_id.contains_key(&id) {
+            return Err(Status::not_found(format!("no token has id {id:?}")));
+        }
+        self.commit_token_change(TokenEdit::Remove { id }).await?;
+        Ok(Response::new(pb::RemoveTokenResponse {}))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        allow(&principal(&self.node, &request)?, Action::Admin)?;
+        let tokens = self.node.access().tokens();
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens
+                .by_id
+                .iter()
+                .map(|(id, t)| pb::AccessToken {
+                    secret_hash: Default::default(),
+                    ..ringkv_core::metadata::token_to_proto(id, t)
+                })
+                .collect(),
+            version: tokens.version,
+        }))
+    }
+}
+
+impl ClusterService {
+    /// Asks the core for a token change until it is committed (a proposal
+    /// can be lost with the controller's term: asking again proposes again).
+    async fn commit_token_change(&self, edit: TokenEdit) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + DRAIN_COMMIT_PATIENCE;
+        loop {
+            match self.node.token_change(edit.clone()).await {
+                Ok(TokenChange::Committed) => return Ok(()),
+                Ok(TokenChange::Proposed) | Err(TokenChangeError::Busy) => {}
+                Err(e) => return Err(Status::failed_precondition(e.to_string())),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(
+                    "the token change is not committed yet (the metadata group may be changing \
+                     leaders); ask again: a change already made is not made twice",
+                ));
             }
             tokio::time::sleep(DRAIN_POLL).await;
         }

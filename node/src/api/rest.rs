@@ -41,7 +41,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -59,9 +59,11 @@ use super::errors::{RETRY_AFTER_SECS, kind};
 use super::grpc::{locate_response, status_response};
 use super::scan;
 use crate::address::PeerAddr;
+use crate::auth::{AccessError, Principal, Unauthenticated};
 use crate::handle::NodeHandle;
 use crate::transport::{Handshake, TransportStats};
 use crate::watch::{Cursor, Start, Target, WatchError, Watcher};
+use ringkv_core::access::{Action, AuthError};
 
 #[derive(Clone)]
 struct AppState {
@@ -116,7 +118,87 @@ pub fn router(
         .fallback(not_a_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(refuse_unknown_parameters))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state)
+}
+
+/// Routes anyone may call, authentication on or off: the probes, the
+/// metrics (Prometheus scrapes without credentials, as it does etcd's) and
+/// the dashboard's files (its data needs a token).
+fn is_open(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics" | "/ui")
+        || path.starts_with("/ui/")
+}
+
+/// The cookie the dashboard keeps a token in (a browser's `EventSource`
+/// cannot send an `Authorization` header). `SameSite=Strict`: no other
+/// site's page makes the browser send it.
+const TOKEN_COOKIE: &str = "ringkv_token";
+
+/// The token a request presents: `Authorization: Bearer ...`, else the
+/// dashboard's cookie.
+fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Unauthenticated> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let text = v
+            .to_str()
+            .map_err(|_| Unauthenticated::Token(AuthError::Malformed))?;
+        return crate::auth::bearer(text).map(Some);
+    }
+    let from_cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
+    Ok(from_cookie)
+}
+
+/// Who sends each request (see [`crate::auth`]): refused with 401 unless
+/// it presents a valid token (once the cluster has one) or the route is
+/// open; else the [`Principal`] goes into the request's extensions for the
+/// handler's check of what it does.
+async fn authenticate(State(s): State<AppState>, mut request: Request, next: Next) -> Response {
+    if is_open(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let principal =
+        presented_token(request.headers()).and_then(|token| s.node.access().principal(token));
+    match principal {
+        Ok(p) => {
+            request.extensions_mut().insert(p);
+            next.run(request).await
+        }
+        Err(e) => access_problem(&AccessError::from(e)),
+    }
+}
+
+/// A 401 or 403 problem. A 401 names the scheme (RFC 6750 §3).
+fn access_problem(e: &AccessError) -> Response {
+    let k = e.kind();
+    let mut resp = problem(k.http_status, k.code, &e.to_string(), json!({}));
+    let challenge = match e {
+        AccessError::Unauthenticated(Unauthenticated::Missing) => "Bearer realm=\"ringkv\"",
+        AccessError::Unauthenticated(Unauthenticated::Token(_)) => {
+            "Bearer realm=\"ringkv\", error=\"invalid_token\""
+        }
+        AccessError::Denied(_) => return resp,
+    };
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    resp
+}
+
+/// The 403 problem that refuses `action` to `caller`, if it may not do it.
+fn refusal(caller: &Principal, action: Action<'_>) -> Option<Response> {
+    caller
+        .check(action)
+        .err()
+        .map(|e| access_problem(&AccessError::from(e)))
 }
 
 /// The query parameters each route takes: one table for the whole API.
@@ -445,10 +527,14 @@ fn envelope(kv: &KeyValue) -> serde_json::Value {
 
 async fn get_key(
     State(s): State<AppState>,
+    Extension(caller): Extension<Principal>,
     KeyPath(key): KeyPath,
     Params(params): Params<ReadParams>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(refused) = refusal(&caller, Action::Read(key.as_bytes())) {
+        return refused;
+    }
     let consistency = match parse_consistency(params.consistency.as_deref()) {
         Ok(c) => c,
         Err(r) => return r.into_response(),
@@ -546,13 +632,24 @@ fn parse_scan(p: &ScanParams) -> Result<(scan::KeyRange, Bytes, u32, bool), BadR
 }
 
 /// One page of a scan (see the module doc).
-async fn scan_keys(State(s): State<AppState>, Params(params): Params<ScanParams>) -> Response {
+async fn scan_keys(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Params(params): Params<ScanParams>,
+) -> Response {
     let parsed = parse_scan(&params)
         .and_then(|scan| parse_consistency(params.consistency.as_deref()).map(|c| (scan, c)));
     let ((range, from, limit, keys_only), consistency) = match parsed {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
+    let action = Action::ReadRange {
+        start: &range.start,
+        end: range.end.as_deref(),
+    };
+    if let Some(refused) = refusal(&caller, action) {
+        return refused;
+    }
     let query = scan::PageQuery {
         range: &range,
         from,
@@ -638,11 +735,16 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, BadRequest> {
 
 async fn put_key(
     State(s): State<AppState>,
+    Extension(caller): Extension<Principal>,
     KeyPath(key): KeyPath,
     Params(params): Params<WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Before the body is read: a refused writer's upload is not taken.
+    if let Some(refused) = refusal(&caller, Action::Write(key.as_bytes())) {
+        return refused;
+    }
     let precondition = match precondition(&headers) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
@@ -705,9 +807,13 @@ async fn put_key(
 
 async fn delete_key(
     State(s): State<AppState>,
+    Extension(caller): Extension<Principal>,
     KeyPath(key): KeyPath,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(refused) = refusal(&caller, Action::Write(key.as_bytes())) {
+        return refused;
+    }
     let precondition = match precondition(&headers) {
         Ok(Precondition::MustNotExist) => {
             return bad_request(
@@ -1174,6 +1280,7 @@ fn watch_problem(e: &WatchError) -> (u16, &'static str, serde_json::Value) {
 /// `GET /v1/watch`: server-sent events of the watched keys' changes.
 async fn watch_keys(
     State(s): State<AppState>,
+    Extension(caller): Extension<Principal>,
     headers: HeaderMap,
     Params(params): Params<WatchParams>,
 ) -> Response {
@@ -1182,6 +1289,22 @@ async fn watch_keys(
         Ok(w) => w,
         Err(r) => return r.into_response(),
     };
+    let refused = match &target {
+        Target::Key(key) => refusal(&caller, Action::Read(key)),
+        Target::Prefix(prefix) => {
+            let end = scan::prefix_end(prefix);
+            refusal(
+                &caller,
+                Action::ReadRange {
+                    start: prefix,
+                    end: end.as_deref(),
+                },
+            )
+        }
+    };
+    if let Some(refused) = refused {
+        return refused;
+    }
     let watcher = match Watcher::attach(&s.node, s.partition_count, target, start).await {
         Ok(w) => w,
         Err(e) => {

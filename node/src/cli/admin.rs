@@ -28,7 +28,6 @@ use ringkv_core::NodeId;
 use ringkv_core::placement::{MoveStep, ReplicaMove};
 use ringkv_core::raft::{ConfChange as CoreChange, Membership};
 use ringkv_core::wire;
-use ringkv_proto::v1::cluster_client::ClusterClient;
 use ringkv_proto::v1::{ChangeConfigRequest, DrainNodeRequest, PartitionStatus, StatusRequest};
 use tonic::transport::{Channel, Endpoint};
 
@@ -119,7 +118,7 @@ pub async fn run_node(a: NodeArgs) -> ExitCode {
 }
 
 /// The controller's id and status, and a channel to it.
-async fn find_controller(
+pub(super) async fn find_controller(
     opts: &ClientOpts,
 ) -> Result<(Channel, ringkv_proto::v1::StatusResponse), Failure> {
     let unreachable = |message: String| Failure::new(ErrorCode::Unreachable, Op::Read, message);
@@ -128,7 +127,10 @@ async fn find_controller(
         let s = match status_of(uri, opts.timeout).await {
             Ok((_, s)) => s,
             Err(e) => {
-                errors.push(e);
+                if let Some(refused) = e.refusal() {
+                    return Err(refused);
+                }
+                errors.push(e.message);
                 continue;
             }
         };
@@ -151,7 +153,7 @@ async fn find_controller(
                 "node {} is no longer the controller",
                 s.metadata_leader
             )),
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.message),
         }
     }
     Err(unreachable(format!(
@@ -176,7 +178,7 @@ async fn drain(a: &DrainArgs) -> Result<String, Failure> {
             }
             Err(f) => return Err(f),
         };
-        let mut client = ClusterClient::new(channel);
+        let mut client = super::auth::cluster(channel);
         let request = DrainNodeRequest { node: a.node };
         match tokio::time::timeout(a.opts.timeout, client.drain_node(request)).await {
             Ok(Ok(_)) => {
@@ -350,7 +352,7 @@ async fn move_replica(a: &MoveReplicaArgs) -> Result<Vec<u64>, Failure> {
                     partition: a.partition,
                     change: Some(wire::conf_change_to_proto(&change)),
                 };
-                let mut client = ClusterClient::new(channel);
+                let mut client = super::auth::cluster(channel);
                 match tokio::time::timeout(a.opts.timeout, client.change_config(request)).await {
                     Ok(Ok(_)) => {}
                     // Not the leader any more, the previous change not yet
@@ -392,7 +394,12 @@ async fn find_leader(a: &MoveReplicaArgs) -> Result<(u64, Channel, PartitionStat
                 members = s.nodes.iter().map(|m| m.grpc_addr.clone()).collect();
                 break;
             }
-            Err(e) => errors.push(e),
+            Err(e) => {
+                if let Some(refused) = e.refusal() {
+                    return Err(refused);
+                }
+                errors.push(e.message);
+            }
         }
     }
     if members.is_empty() {
@@ -427,22 +434,53 @@ async fn find_leader(a: &MoveReplicaArgs) -> Result<(u64, Channel, PartitionStat
     ))
 }
 
+/// Why a node's status was not had: `refused` when the node refused the
+/// caller (no valid access token, or one without the right): no other
+/// node will answer otherwise.
+struct StatusFailure {
+    message: String,
+    refused: Option<tonic::Status>,
+}
+
+impl StatusFailure {
+    fn other(message: String) -> Self {
+        StatusFailure {
+            message,
+            refused: None,
+        }
+    }
+
+    /// The failure to report now if it is a refusal.
+    fn refusal(&self) -> Option<Failure> {
+        self.refused
+            .as_ref()
+            .map(|s| Failure::from_status(s, Op::Read))
+    }
+}
+
 async fn status_of(
     uri: &str,
     timeout: Duration,
-) -> Result<(Channel, ringkv_proto::v1::StatusResponse), String> {
+) -> Result<(Channel, ringkv_proto::v1::StatusResponse), StatusFailure> {
     let endpoint = Endpoint::from_shared(uri.to_owned())
-        .map_err(|e| format!("{uri}: {e}"))?
+        .map_err(|e| StatusFailure::other(format!("{uri}: {e}")))?
         .connect_timeout(Duration::from_secs(1));
     let channel = tokio::time::timeout(2 * Duration::from_secs(1), super::tls::connect(endpoint))
         .await
-        .map_err(|_| format!("{uri}: connect timed out"))?
-        .map_err(|e| format!("{uri}: {}", error_chain(&e)))?;
-    let mut client = ClusterClient::new(channel.clone());
+        .map_err(|_| StatusFailure::other(format!("{uri}: connect timed out")))?
+        .map_err(|e| StatusFailure::other(format!("{uri}: {}", error_chain(&e))))?;
+    let mut client = super::auth::cluster(channel.clone());
     let status = tokio::time::timeout(timeout, client.status(StatusRequest {}))
         .await
-        .map_err(|_| format!("{uri}: no answer within {timeout:?}"))?
-        .map_err(|e| format!("{uri}: {}", e.message()))?;
+        .map_err(|_| StatusFailure::other(format!("{uri}: no answer within {timeout:?}")))?
+        .map_err(|e| StatusFailure {
+            message: format!("{uri}: {}", e.message()),
+            refused: matches!(
+                e.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            )
+            .then_some(e),
+        })?;
     Ok((channel, status.into_inner()))
 }
 

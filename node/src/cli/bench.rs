@@ -54,7 +54,7 @@ use rand_chacha::ChaCha8Rng;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{GetRequest, PutRequest};
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::failure::{ErrorCode, Failure, Op};
 use super::table::{Align, Table};
@@ -223,7 +223,7 @@ async fn grpc_status(endpoint: &str) -> anyhow::Result<ringkv_proto::v1::StatusR
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await?;
-    let mut client = ringkv_proto::v1::cluster_client::ClusterClient::new(channel);
+    let mut client = super::auth::cluster(channel);
     Ok(client
         .status(ringkv_proto::v1::StatusRequest {})
         .await?
@@ -232,8 +232,9 @@ async fn grpc_status(endpoint: &str) -> anyhow::Result<ringkv_proto::v1::StatusR
 
 async fn rest_status(endpoint: &str) -> anyhow::Result<ringkv_proto::v1::StatusResponse> {
     let client: RestClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let request = hyper::Request::get(format!("{endpoint}/v1/cluster/status"))
-        .body(Full::new(Bytes::new()))?;
+    let request =
+        super::auth::with_token(hyper::Request::get(format!("{endpoint}/v1/cluster/status")))
+            .body(Full::new(Bytes::new()))?;
     let response = tokio::time::timeout(CONNECT_TIMEOUT * 5, client.request(request)).await??;
     let body = response.into_body().collect().await?.to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body)?;
@@ -509,7 +510,7 @@ fn build_targets(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<Vec<T
                     .tcp_nodelay(true)
                     .connect_lazy();
                 Ok(Target::Grpc {
-                    client: KvClient::new(channel),
+                    client: super::auth::kv(channel),
                     consistency: args.consistency.to_proto() as i32,
                 })
             })
@@ -530,7 +531,7 @@ enum Target {
         read_query: &'static str,
     },
     Grpc {
-        client: KvClient<Channel>,
+        client: KvClient<super::auth::Authed>,
         consistency: i32,
     },
 }
@@ -554,9 +555,12 @@ impl Target {
         let sent = async {
             match self {
                 Target::Rest { client, base, .. } => {
-                    let request = hyper::Request::put(format!("{base}/v1/kv/{}", key_name(key)))
-                        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-                        .body(Full::new(value));
+                    let request = super::auth::with_token(hyper::Request::put(format!(
+                        "{base}/v1/kv/{}",
+                        key_name(key)
+                    )))
+                    .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+                    .body(Full::new(value));
                     rest_outcome(client, request, Op::Write).await
                 }
                 Target::Grpc { client, .. } => {
@@ -586,7 +590,8 @@ impl Target {
                     read_query,
                 } => {
                     let url = format!("{base}/v1/kv/{}{read_query}", key_name(key));
-                    let request = hyper::Request::get(url).body(Full::new(Bytes::new()));
+                    let request = super::auth::with_token(hyper::Request::get(url))
+                        .body(Full::new(Bytes::new()));
                     rest_outcome(client, request, Op::Read).await
                 }
                 Target::Grpc {

@@ -30,8 +30,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use ringkv_proto::v1::cluster_client::ClusterClient;
-use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{
     DeleteRequest, DeleteResponse, Expiry, GetRequest, KeyValue, LocateRequest, LocateResponse,
     MoveStatus, Precondition, PutRequest, PutResponse, ScanRequest, StatusRequest, StatusResponse,
@@ -221,7 +219,7 @@ async fn execute_ls(a: &LsArgs, mut page: impl FnMut(&[KeyValue])) -> Result<u64
         let timeout = a.opts.timeout;
         let response = call(&a.opts, Op::Read, |channel| {
             let request = deadline(request.clone(), timeout);
-            async move { KvClient::new(channel).scan(request).await }
+            async move { super::auth::kv(channel).scan(request).await }
         })
         .await?;
         listed += response.kvs.len() as u64;
@@ -394,7 +392,7 @@ async fn execute_put(a: &PutArgs) -> Result<PutResponse, Failure> {
     let timeout = a.opts.timeout;
     call(&a.opts, Op::Write, |channel| {
         let request = deadline(request.clone(), timeout);
-        async move { KvClient::new(channel).put(request).await }
+        async move { super::auth::kv(channel).put(request).await }
     })
     .await
 }
@@ -407,7 +405,7 @@ async fn execute_get(a: &GetArgs) -> Result<KeyValue, Failure> {
     let timeout = a.opts.timeout;
     let response = call(&a.opts, Op::Read, |channel| {
         let request = deadline(request.clone(), timeout);
-        async move { KvClient::new(channel).get(request).await }
+        async move { super::auth::kv(channel).get(request).await }
     })
     .await?;
     response
@@ -426,7 +424,7 @@ async fn execute_del(a: &DelArgs) -> Result<DeleteResponse, Failure> {
     let timeout = a.opts.timeout;
     call(&a.opts, Op::Write, |channel| {
         let request = deadline(request.clone(), timeout);
-        async move { KvClient::new(channel).delete(request).await }
+        async move { super::auth::kv(channel).delete(request).await }
     })
     .await
 }
@@ -435,7 +433,7 @@ async fn execute_status(a: &StatusArgs) -> Result<StatusResponse, Failure> {
     let timeout = a.opts.timeout;
     call(&a.opts, Op::Read, |channel| {
         let request = deadline(StatusRequest {}, timeout);
-        async move { ClusterClient::new(channel).status(request).await }
+        async move { super::auth::cluster(channel).status(request).await }
     })
     .await
 }
@@ -447,7 +445,7 @@ async fn execute_locate(a: &LocateArgs) -> Result<LocateResponse, Failure> {
     let timeout = a.opts.timeout;
     call(&a.opts, Op::Read, |channel| {
         let request = deadline(request.clone(), timeout);
-        async move { ClusterClient::new(channel).locate(request).await }
+        async move { super::auth::cluster(channel).locate(request).await }
     })
     .await
 }

@@ -26,7 +26,7 @@ pub enum Op {
     Write,
 }
 
-/// A stable failure code: the server's thirteen, then the client's own.
+/// A stable failure code: the server's seventeen, then the client's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorCode {
     KeyTooLarge,
@@ -43,6 +43,12 @@ pub enum ErrorCode {
     ReadTimeout,
     /// A watch's changes to resume from are no longer held.
     Compacted,
+    /// No access token, and the cluster requires one.
+    Unauthenticated,
+    /// The token is malformed, unknown or revoked.
+    InvalidToken,
+    /// The token's role or key prefix does not allow the request.
+    PermissionDenied,
     Internal,
     /// Client: no endpoint accepted a connection; nothing was sent.
     Unreachable,
@@ -61,7 +67,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order (`ALL[c.index()] == c`).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::KeyTooLarge,
         ErrorCode::ValueTooLarge,
         ErrorCode::InvalidKey,
@@ -75,6 +81,9 @@ impl ErrorCode {
         ErrorCode::TimeoutOutcomeUnknown,
         ErrorCode::ReadTimeout,
         ErrorCode::Compacted,
+        ErrorCode::Unauthenticated,
+        ErrorCode::InvalidToken,
+        ErrorCode::PermissionDenied,
         ErrorCode::Internal,
         ErrorCode::Unreachable,
         ErrorCode::ConnectionLost,
@@ -105,6 +114,9 @@ impl ErrorCode {
             ErrorCode::TimeoutOutcomeUnknown => "timeout_outcome_unknown",
             ErrorCode::ReadTimeout => "read_timeout",
             ErrorCode::Compacted => "compacted",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Internal => "internal",
             ErrorCode::Unreachable => "unreachable",
             ErrorCode::ConnectionLost => "connection_lost",
@@ -173,6 +185,9 @@ impl ErrorCode {
             // A read cannot leave an outcome unknown; a server that says so
             // about one still failed to answer it.
             ErrorCode::TimeoutOutcomeUnknown => exit::UNAVAILABLE,
+            ErrorCode::Unauthenticated | ErrorCode::InvalidToken | ErrorCode::PermissionDenied => {
+                exit::NOT_ALLOWED
+            }
             ErrorCode::Internal | ErrorCode::BadReply | ErrorCode::Unrecognized => exit::OTHER,
         }
     }

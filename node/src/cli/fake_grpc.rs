@@ -365,6 +365,27 @@ impl Cluster for FakeNode {
         self.step().await?;
         Err(Status::unimplemented("the fake node drains nothing"))
     }
+
+    async fn add_token(
+        &self,
+        _request: Request<ringkv_proto::v1::AddTokenRequest>,
+    ) -> Result<Response<ringkv_proto::v1::AddTokenResponse>, Status> {
+        Err(Status::unimplemented("the fake node keeps no tokens"))
+    }
+
+    async fn remove_token(
+        &self,
+        _request: Request<ringkv_proto::v1::RemoveTokenRequest>,
+    ) -> Result<Response<ringkv_proto::v1::RemoveTokenResponse>, Status> {
+        Err(Status::unimplemented("the fake node keeps no tokens"))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<ringkv_proto::v1::ListTokensRequest>,
+    ) -> Result<Response<ringkv_proto::v1::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("the fake node keeps no tokens"))
+    }
 }
 
 /// Serves `node` on a free local port until the test's runtime ends.

@@ -25,10 +25,13 @@
 //! | 5 | unavailable: no endpoint reachable, no leader, busy, read timed out |
 //! | 6 | outcome unknown: a write timed out or lost its connection and may have been applied |
 //! | 7 | invalid input: key or value too large, invalid key |
+//! | 8 | `status`: the cluster is degraded |
+//! | 9 | not allowed: no valid access token (`--token`), or the token's role or key prefix does not allow it |
 
 use std::time::Duration;
 
 pub mod admin;
+pub mod auth;
 pub mod bench;
 pub mod client;
 #[cfg(not(madsim))]
@@ -39,6 +42,7 @@ mod fake_grpc;
 pub mod health;
 mod table;
 pub mod tls;
+pub mod tokens;
 pub mod watch;
 pub mod watch_bench;
 
@@ -63,6 +67,8 @@ pub mod exit {
     /// `status`: the cluster is degraded (a member down, dead, joining or
     /// draining; partitions without a leader, under-replicated, or moving).
     pub const DEGRADED: u8 = 8;
+    /// No valid access token was presented, or the token may not do this.
+    pub const NOT_ALLOWED: u8 = 9;
 }
 
 /// How a command prints its result on stdout.

@@ -22,7 +22,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{WatchEvent, WatchRequest, watch_event, watch_request};
 use serde::Serialize;
 use tonic::Code;
@@ -124,7 +123,7 @@ async fn execute_watch(
             no_values: a.no_values,
             partitions: Vec::new(),
         };
-        let broke = match KvClient::new(channel).watch(request).await {
+        let broke = match super::auth::kv(channel).watch(request).await {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 loop {

@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::{PutRequest, WatchRequest, watch_request};
 use tonic::transport::{Channel, Endpoint};
 
@@ -120,7 +119,7 @@ async fn measure(a: &BenchWatchArgs) -> anyhow::Result<()> {
                 target: Some(watch_request::Target::Prefix(prefix)),
                 ..Default::default()
             };
-            let mut stream = KvClient::new(channel).watch(request).await?.into_inner();
+            let mut stream = super::auth::kv(channel).watch(request).await?.into_inner();
             let stopped = stop.notified();
             tokio::pin!(stopped);
             loop {
@@ -169,7 +168,7 @@ async fn measure(a: &BenchWatchArgs) -> anyhow::Result<()> {
         let (acked, failed) = (acked.clone(), failed.clone());
         let (prefix, keys, size, writers_n) = (a.prefix.clone(), a.keys, a.value_size, a.writers);
         writers.push(tokio::spawn(async move {
-            let mut kv = KvClient::new(channel);
+            let mut kv = super::auth::kv(channel);
             let offset = interval.mul_f64(f64::from(w) / f64::from(writers_n));
             let mut next = started + offset;
             let mut i = u64::from(w);

@@ -5,14 +5,17 @@
 //! `cluster.toml`: the record of the cluster this directory joined (its uid
 //! and every member's incarnation), written when the node forms or joins
 //! the cluster and again when members join, with whether the node joined
-//! (rather than founded) and the members' addresses. Owns those two files
-//! only.
+//! (rather than founded), the members' addresses and the clients' access
+//! tokens (hashed, as the document holds them; see [`crate::auth`]). Owns
+//! those two files only.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use ringkv_core::NodeId;
+use ringkv_core::access::{Role, TokenRecord};
 use ringkv_core::identity::{ClusterRecord, ClusterUid, Incarnation};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +65,42 @@ struct ClusterToml {
     /// Member id (decimal) -> gRPC address, as the member list last said.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     addresses: BTreeMap<String, String>,
+    /// The version of the document the tokens are from.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    tokens_version: u64,
+    /// Token id -> the token as the document holds it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tokens: BTreeMap<String, TokenToml>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TokenToml {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    name: String,
+    role: String,
+    /// Hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    scope: String,
+    /// Hex: SHA-256 of the secret.
+    secret_hash: String,
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// What `cluster.toml` holds: the cluster record, whether this directory
@@ -74,6 +113,8 @@ pub struct ClusterFile {
     pub record: ClusterRecord,
     pub joined: bool,
     pub addresses: BTreeMap<NodeId, String>,
+    /// The access tokens, as the latest document this node saw holds them.
+    pub tokens: crate::auth::Tokens,
 }
 
 impl ClusterFile {
@@ -83,6 +124,7 @@ impl ClusterFile {
             record,
             joined: false,
             addresses: BTreeMap::new(),
+            tokens: crate::auth::Tokens::default(),
         }
     }
 }
@@ -176,10 +218,34 @@ fn parse_cluster(file: &Path, bytes: &[u8]) -> Result<ClusterFile, StorageError>
             .map_err(|_| bad(format!("address of {id:?}: not a node id")))?;
         addresses.insert(NodeId(id), address);
     }
+    let mut tokens = BTreeMap::new();
+    for (id, t) in on_disk.tokens {
+        let role =
+            Role::parse(&t.role).ok_or_else(|| bad(format!("token {id}: no role {:?}", t.role)))?;
+        let scope =
+            from_hex(&t.scope).ok_or_else(|| bad(format!("token {id}: scope is not hex")))?;
+        let secret_hash = from_hex(&t.secret_hash)
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .ok_or_else(|| bad(format!("token {id}: secret_hash is not 32 bytes of hex")))?;
+        let record = TokenRecord {
+            name: t.name,
+            role,
+            scope: Bytes::from(scope),
+            secret_hash,
+        };
+        record
+            .validate(&id)
+            .map_err(|e| bad(format!("token {id}: {e}")))?;
+        tokens.insert(id, record);
+    }
     Ok(ClusterFile {
         record: ClusterRecord { uid, members },
         joined: on_disk.joined,
         addresses,
+        tokens: crate::auth::Tokens {
+            version: on_disk.tokens_version,
+            by_id: tokens,
+        },
     })
 }
 
@@ -202,6 +268,21 @@ pub(super) fn write_cluster(
             .addresses
             .iter()
             .map(|(id, a)| (id.0.to_string(), a.clone()))
+            .collect(),
+        tokens_version: cluster.tokens.version,
+        tokens: cluster
+            .tokens
+            .by_id
+            .iter()
+            .map(|(id, t)| {
+                let token = TokenToml {
+                    name: t.name.clone(),
+                    role: t.role.as_str().to_owned(),
+                    scope: to_hex(&t.scope),
+                    secret_hash: to_hex(&t.secret_hash),
+                };
+                (id.clone(), token)
+            })
             .collect(),
     };
     let file = cluster_record_path(root);

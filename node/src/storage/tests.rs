@@ -1170,6 +1170,20 @@ fn the_cluster_record_survives_a_restart_and_corruption_is_named() {
         addresses: [(NodeId(2), "10.0.0.2:9091".to_owned())]
             .into_iter()
             .collect(),
+        tokens: crate::auth::Tokens {
+            version: 7,
+            by_id: [(
+                "ops".to_owned(),
+                ringkv_core::access::TokenRecord {
+                    name: "on call".into(),
+                    role: ringkv_core::access::Role::Write,
+                    scope: bytes::Bytes::from_static(b"app/\xff"),
+                    secret_hash: ringkv_core::access::hash_secret("s"),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        },
     };
     save_cluster_record(disk.as_ref(), &data_dir(), &joined).expect("saved");
     let (storage, _) = open(&disk);

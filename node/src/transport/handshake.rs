@@ -229,6 +229,41 @@ impl Handshake {
         Ok(peer)
     }
 
+    /// With TLS on, a peer call must come over a connection that presented
+    /// a certificate of the peers' authority (`--peer-ca`); clients of the
+    /// same port may present none, so this is checked per call. Then the
+    /// hello is checked as without TLS ([`Handshake::admit_call`]).
+    pub fn check_peer_certificate<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if !self.dialer().is_tls() {
+            return Ok(());
+        }
+        #[cfg(not(madsim))]
+        if request
+            .extensions()
+            .get::<crate::tls::ConnInfo>()
+            .is_some_and(|c| c.peer)
+        {
+            return Ok(());
+        }
+        let _ = request;
+        Err(Status::unauthenticated(
+            "peer calls need a client certificate from the cluster's peer authority (--peer-ca)",
+        ))
+    }
+
+    /// A member's call to a client service (a watch relay, the dashboard
+    /// asking for status): its certificate (with TLS) and its hello, as
+    /// on the peer service. Returns the member.
+    pub fn admit_member_call<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+        self.check_peer_certificate(request)?;
+        self.admit_call(request)
+    }
+
+    /// Whether a call says it is from a member (it carries a hello).
+    pub fn claims_member<T>(request: &Request<T>) -> bool {
+        request.metadata().get_bin(HELLO_METADATA).is_some()
+    }
+
     /// The refusal of `peer`'s calls if the member list removed it.
     pub fn refuse_removed(&self, peer: NodeId) -> Result<(), Status> {
         if !self.any_removed.load(Ordering::Relaxed) || !lock(&self.removed).contains(&peer) {

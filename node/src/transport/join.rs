@@ -31,6 +31,7 @@ use std::time::Duration;
 use ringkv_core::NodeId;
 use ringkv_core::identity::wire::{identity_from_proto, identity_to_proto, record_from_proto};
 use ringkv_core::identity::{self, ClusterRecord, Identity};
+use ringkv_core::metadata::ClusterMetadata;
 use ringkv_core::node::{RegisterError, Registration};
 use ringkv_proto::v1 as pb;
 use ringkv_proto::v1::peer_client::PeerClient;
@@ -57,6 +58,8 @@ pub struct Joined {
     pub record: ClusterRecord,
     /// Every member's gRPC address, as the member list gave it.
     pub addresses: BTreeMap<NodeId, String>,
+    /// The client access tokens of the document the member sent.
+    pub tokens: crate::auth::Tokens,
 }
 
 /// Asks the members at `targets` (`host:port`, any of them) until this node
@@ -184,8 +187,18 @@ fn joined_cluster(
         .into_iter()
         .map(|m| (NodeId(m.node), m.address))
         .collect();
+    let doc = ClusterMetadata::decode(&joined.document, joined.document_version)
+        .map_err(|e| anyhow::anyhow!("{target} answered a join with a bad document: {e}"))?;
+    let tokens = crate::auth::Tokens {
+        version: doc.version,
+        by_id: doc.tokens,
+    };
     tracing::info!(cluster = %record.uid, members = record.members.len(), through = %target, "joined the cluster");
-    Ok(Joined { record, addresses })
+    Ok(Joined {
+        record,
+        addresses,
+        tokens,
+    })
 }
 
 /// A member's side of `Peer.Join`.
@@ -239,6 +252,8 @@ pub async fn answer_join(
                         address: m.address.clone(),
                     })
                     .collect(),
+                document: doc.encode(),
+                document_version: doc.version,
             })
         }
         Ok(Registration::Proposed) => pb::join_reply::Outcome::Pending(format!(

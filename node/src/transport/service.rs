@@ -308,30 +308,6 @@ impl ForwardStream {
 /// was answered before it (see `PeerService::serve`).
 pub const ANSWERED_ALL: &str = "ringkv-answered-all";
 
-impl PeerService {
-    /// With TLS on, a peer call must come over a connection that presented
-    /// a certificate of the peers' authority (`--peer-ca`); clients of the
-    /// same port may present none, so this is checked per call. Then the
-    /// hello is checked as without TLS ([`Handshake::admit_call`]).
-    fn check_certificate<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if !self.handshake.dialer().is_tls() {
-            return Ok(());
-        }
-        #[cfg(not(madsim))]
-        if request
-            .extensions()
-            .get::<crate::tls::ConnInfo>()
-            .is_some_and(|c| c.peer)
-        {
-            return Ok(());
-        }
-        let _ = request;
-        Err(Status::unauthenticated(
-            "peer calls need a client certificate from the cluster's peer authority (--peer-ca)",
-        ))
-    }
-}
-
 /// Runs one forwarded request on this node; a malformed one is answered
 /// with an error (its caller's other requests are served).
 async fn run_forwarded(node: &NodeHandle, call: pb::ForwardCall) -> pb::ForwardAnswer {
@@ -361,7 +337,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<pb::PeerHello>,
     ) -> Result<Response<pb::PeerHelloReply>, Status> {
-        self.check_certificate(&request)?;
+        self.handshake.check_peer_certificate(&request)?;
         self.handshake
             .answer_hello(request.get_ref())
             .map(Response::new)
@@ -371,7 +347,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinReply>, Status> {
-        self.check_certificate(&request)?;
+        self.handshake.check_peer_certificate(&request)?;
         super::join::answer_join(&self.handshake, &self.node, request.into_inner())
             .await
             .map(Response::new)
@@ -381,7 +357,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<tonic::Streaming<pb::PeerFrame>>,
     ) -> Result<Response<pb::PeerStreamClosed>, Status> {
-        self.check_certificate(&request)?;
+        self.handshake.check_peer_certificate(&request)?;
         let peer = self.handshake.admit_call(&request)?;
         receive_frames(self, peer, request.into_inner()).await?;
         Ok(Response::new(pb::PeerStreamClosed {}))
@@ -393,7 +369,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<tonic::Streaming<pb::ForwardFrame>>,
     ) -> Result<Response<Self::ForwardsStream>, Status> {
-        self.check_certificate(&request)?;
+        self.handshake.check_peer_certificate(&request)?;
         let peer = self.handshake.admit_call(&request)?;
         let (answers, answers_rx) = mpsc::channel(ANSWER_FRAMES_QUEUED);
         let forwards = ForwardStream {

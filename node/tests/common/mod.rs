@@ -346,6 +346,23 @@ impl Cluster {
         c
     }
 
+    /// Starts `n` nodes, each also serving the Redis protocol, and waits
+    /// until they are ready; the RESP addresses by node id - 1.
+    pub fn start_with_resp(n: u64, ready: Duration) -> (Cluster, Vec<SocketAddr>) {
+        let resp: Vec<SocketAddr> = (0..n)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let addrs = resp.clone();
+        let mut c = Cluster::start_each(n, &[], move |id| {
+            vec![
+                "--resp-listen".to_owned(),
+                addrs[(id - 1) as usize].to_string(),
+            ]
+        });
+        c.wait_ready(ready);
+        (c, resp)
+    }
+
     /// Starts one more node, on an empty data directory, that joins the
     /// cluster through node `through` (`--join`); returns its id.
     pub fn join(&mut self, through: u64) -> u64 {

@@ -27,6 +27,7 @@ use ringkv_core::kv::{KeyValue, Precondition, parse_integer};
 use ringkv_core::node::{ClientError, ClientRequest, ClientResponse, Consistency, Expiry};
 use ringkv_core::ring::{key_slot, partition_of_slot};
 
+use super::access;
 use super::cluster::{self, Topology};
 use super::expiry;
 use super::keyspace::{self, Cursors};
@@ -50,6 +51,9 @@ pub struct Session {
     pub partition_count: u32,
     /// Where `SCAN` cursors go on (shared by the node's connections).
     pub cursors: Arc<Cursors>,
+    /// The access token `AUTH` (or `HELLO ... AUTH`) presented, checked
+    /// again for every command (see [`super::access`]).
+    pub token: Option<String>,
 }
 
 impl Session {
@@ -62,6 +66,7 @@ impl Session {
             cluster_aware: false,
             partition_count,
             cursors,
+            token: None,
         }
     }
 }
@@ -78,10 +83,11 @@ pub enum After {
 /// arity (negative: at least), flags, first key, last key, key step.
 type CommandSpec = (&'static str, i64, &'static [&'static str], i64, i64, i64);
 
-const COMMANDS: &[CommandSpec] = &[
+pub const COMMANDS: &[CommandSpec] = &[
     ("ping", -1, &["fast"], 0, 0, 0),
     ("echo", 2, &["fast"], 0, 0, 0),
     ("hello", -1, &["fast", "no-auth"], 0, 0, 0),
+    ("auth", -2, &["fast", "no-auth"], 0, 0, 0),
     ("select", 2, &["fast", "loading"], 0, 0, 0),
     ("quit", -1, &["fast", "no-auth"], 0, 0, 0),
     ("client", -2, &["admin"], 0, 0, 0),
@@ -203,6 +209,16 @@ fn redirection(node: &NodeHandle, session: &Session, name: &str, args: &[Bytes])
 /// Runs one command. `args` is not empty.
 pub async fn execute(node: &NodeHandle, session: &mut Session, args: Vec<Bytes>) -> (Reply, After) {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    match name.as_str() {
+        "auth" => return (access::auth(node, session, &args), After::Continue),
+        // HELLO checks its own AUTH option; QUIT needs nothing.
+        "hello" | "quit" => {}
+        _ => {
+            if let Some(reply) = access::refusal(node, session, &name, &args) {
+                return (reply, After::Continue);
+            }
+        }
+    }
     if let Some(reply) = redirection(node, session, &name, &args) {
         return (reply, After::Continue);
     }
@@ -624,10 +640,14 @@ async fn set(node: &NodeHandle, args: &[Bytes]) -> Reply {
     }
 }
 
+/// `HELLO [protover [AUTH username token] [SETNAME name]]`: nothing
+/// changes unless all of it is valid (a wrong token leaves the protocol
+/// as it was, as in Redis).
 fn hello(node: &NodeHandle, session: &mut Session, args: &[Bytes]) -> Reply {
     let mut rest = args.iter().skip(1);
+    let mut proto = session.proto;
     if let Some(version) = rest.next() {
-        session.proto = match &version[..] {
+        proto = match &version[..] {
             b"2" => Protocol::Resp2,
             b"3" => Protocol::Resp3,
             _ => {
@@ -637,20 +657,33 @@ fn hello(node: &NodeHandle, session: &mut Session, args: &[Bytes]) -> Reply {
             }
         };
     }
+    let mut name = None;
     while let Some(opt) = rest.next() {
         if opt.eq_ignore_ascii_case(b"SETNAME") {
             match rest.next() {
-                Some(name) => session.name = Some(name.clone()),
+                Some(n) => name = Some(n.clone()),
                 None => return Reply::err("syntax error in HELLO option 'SETNAME'"),
             }
         } else if opt.eq_ignore_ascii_case(b"AUTH") {
-            return Reply::err("HELLO ... AUTH: ringkv has no authentication yet");
+            let (Some(_user), Some(token)) = (rest.next(), rest.next()) else {
+                return Reply::err("syntax error in HELLO option 'AUTH'");
+            };
+            if let Err(reply) = access::hello_auth(node, session, token) {
+                return reply;
+            }
         } else {
             return Reply::err(format!(
                 "syntax error in HELLO option '{}'",
-                String::from_utf8_lossy(opt)
+                String::from_utf8_lossy(&opt[..opt.len().min(64)])
             ));
         }
+    }
+    if let Err(reply) = access::hello_allowed(node, session) {
+        return reply;
+    }
+    session.proto = proto;
+    if name.is_some() {
+        session.name = name;
     }
     let proto = match session.proto {
         Protocol::Resp2 => 2,

@@ -25,6 +25,7 @@
 //!
 //! Not under madsim (the simulation drives gRPC).
 
+pub mod access;
 pub mod cluster;
 pub mod commands;
 pub mod expiry;
@@ -184,6 +185,11 @@ async fn run_batch(
                     name.chars().take(64).collect::<String>()
                 ))
                 .encode(session.proto, output);
+            } else if let Some(reply) = pubsub::is_pubsub(name.as_bytes())
+                .then(|| access::refusal(node, session, &name, first))
+                .flatten()
+            {
+                reply.encode(session.proto, output);
             } else if pubsub::is_pubsub(name.as_bytes()) {
                 for reply in pubsub::execute(node, session, subs, &name, first).await {
                     reply.encode(session.proto, output);

@@ -270,6 +270,9 @@ async fn subscribe(
         // Not a keyspace channel: followed, never published to.
         None => tokio::spawn(std::future::pending::<()>()),
         Some(target) => {
+            if let Some(reply) = super::access::refuse_target(node, session, &target) {
+                return reply;
+            }
             let watcher =
                 match Watcher::attach(node, session.partition_count, target.clone(), Start::Now)
                     .await
