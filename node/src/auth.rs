@@ -132,8 +132,8 @@ impl Principal {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unauthenticated {
     #[error(
-        "this cluster requires an access token (authentication is on); present one, as \
-         `ringkv auth add` printed it"
+        "this cluster requires an access token (authentication is on): send it as \
+         `Authorization: Bearer rkv_...` (the CLI: --token or RINGKV_TOKEN; Redis clients: AUTH)"
     )]
     Missing,
     #[error("{0}")]

@@ -254,6 +254,29 @@ fn tokens_gate_every_api_on_every_node_and_survive_restarts() {
     let hello = resp_line(&mut s, &["HELLO", "3", "AUTH", "default", &reader]);
     assert!(hello.starts_with('%'), "HELLO 3 AUTH: {hello}");
 
+    // The dashboard: its page is open, its data needs the token, which a
+    // browser sends as the page's cookie (an EventSource sends no header).
+    assert_eq!(rest(node1, "GET", "/ui/", None, b"").status, 200);
+    assert_eq!(
+        rest(node1, "GET", "/v1/dashboard/cluster", None, b"").status,
+        401
+    );
+    let cookie = format!("theme=dark; ringkv_token={reader}");
+    let r = request(
+        node1,
+        "GET",
+        "/v1/dashboard/cluster",
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json()["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "every node answered"
+    );
+
     // The reader reads, never writes; it cannot manage tokens or drain.
     let r = rest(node1, "GET", "/v1/kv/app/1", Some(&reader), b"");
     assert_eq!(r.status, 200, "{r:?}");
@@ -330,7 +353,17 @@ fn tokens_gate_every_api_on_every_node_and_survive_restarts() {
             let _ = tx.send(line);
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Established once a write it follows comes through.
+    poll(
+        Duration::from_secs(20),
+        "the watch through node 4 to start",
+        || {
+            let out = cli(grpc(&c, 1), Some(&writer), &["put", "app/watch-ready", "v"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let line = rx.recv_timeout(Duration::from_millis(500)).ok()?;
+            line.contains("\"app/watch-ready\"").then_some(())
+        },
+    );
     let keys: Vec<String> = (0..16).map(|i| format!("app/watched-{i}")).collect();
     for key in &keys {
         let out = cli(grpc(&c, 1), Some(&writer), &["put", key, "v"]);

@@ -43,13 +43,36 @@ function connect() {
   source.addEventListener("snapshot", (e) => {
     status.dataset.state = "live";
     status.textContent = "live";
+    $("#token-form").hidden = true;
     render(JSON.parse(e.data));
   });
-  source.onerror = () => {
+  source.onerror = async () => {
     status.dataset.state = "lost";
     status.textContent = "connection to this node lost; retrying";
+    // A refused stream is not retried by the browser: ask why.
+    if (source.readyState !== EventSource.CLOSED) return;
+    let refused = false;
+    try { refused = (await fetch("/v1/dashboard/cluster")).status === 401; } catch { /* node down */ }
+    if (refused) {
+      status.dataset.state = "locked";
+      status.textContent = "this cluster requires an access token (ringkv auth add --role read)";
+      $("#token-form").hidden = false;
+    } else {
+      setTimeout(connect, 1000);
+    }
   };
 }
+
+// The token goes in a cookie the node reads (an EventSource cannot send an
+// Authorization header); SameSite=Strict keeps other sites' pages from
+// sending it.
+$("#token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const secure = location.protocol === "https:" ? "; Secure" : "";
+  document.cookie = `ringkv_token=${encodeURIComponent($("#token").value.trim())}; path=/; SameSite=Strict${secure}`;
+  $("#token").value = "";
+  connect();
+});
 
 function render(view) {
   latest = view;

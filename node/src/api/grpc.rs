@@ -1,4 +1,7 @@
-//! gRPC services `ringkv.v1.Kv` and `ringkv.v1.Cluster`.
+//! gRPC services `ringkv.v1.Kv` and `ringkv.v1.Cluster`. Every call is
+//! from a [`Principal`] (`principal`: a member's hello, a bearer token,
+//! or anyone while the cluster has no token), checked against what it does
+//! before the node is asked ([`crate::auth`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -30,6 +30,12 @@
 //! twice, is refused (400 `unknown_parameter` / `invalid_parameter`) before
 //! the handler runs ([`known_parameters`]): `?ttl=30` on a write must not be
 //! served as if the key would never expire.
+//!
+//! Once the cluster has access tokens ([`crate::auth`]), every route but
+//! the probes, the metrics and the dashboard's files needs one
+//! (`Authorization: Bearer ...`, or the dashboard's cookie): `authenticate`
+//! answers 401 without a valid one, and each handler checks what its
+//! request does against the token's role and key prefix (403).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
