@@ -51,6 +51,10 @@ cd "$(dirname "$0")/.."
 #                  (Node::handle_placement, propose_metadata_changes,
 #                  handle_drain), and the planner's make-before-break and
 #                  throttle (planner::plan, wanted_move, check_drain)
+#   access:        who may do what (access::authenticate, parse_token,
+#                  valid_id, TokenRecord::validate, Grant::check,
+#                  range_in_scope, scope_end) and the controller's token
+#                  changes (Node::handle_token_change)
 functions='Raft::(maybe_commit|committed_in_term|handle_vote_request|tally|step|step_candidate|handle_append|on_persisted|take_ready|lease_valid|in_lease|lease_expires_at|quorum_acked_round|read|release_reads|tick_election|start_election|become_follower|send_timeout_now)'
 functions="${functions}|RaftConfig::lease_ticks"
 functions="${functions}|RaftLog::(commit_to|take_committed|is_up_to_date|maybe_append|match_term|term|on_persisted|take_unsaved)"
@@ -63,6 +67,7 @@ functions="${functions}|Node::(destroy_group|message_for_unhosted_group)|Recover
 functions="${functions}|ClusterMetadata::apply|MemberState::may_become"
 functions="${functions}|Node::(observe_gossip|after_metadata_group|handle_placement|propose_metadata_changes|handle_drain)"
 functions="${functions}|plan|wanted_move|check_drain"
+functions="${functions}|authenticate|parse_token|valid_id|TokenRecord::validate|Grant::(check|range_in_scope)|scope_end|Node::handle_token_change"
 
 functions="${MUTANTS_FUNCTIONS:-$functions}"
 
@@ -73,7 +78,7 @@ exec cargo mutants \
   --file core/src/raft/mod.rs --file core/src/raft/log.rs --file core/src/raft/progress.rs \
   --file core/src/node/mod.rs --file core/src/node/cluster.rs --file core/src/node/controller.rs \
   --file core/src/kv.rs --file core/src/raft/membership.rs \
-  --file core/src/metadata.rs --file core/src/placement/planner.rs \
+  --file core/src/metadata.rs --file core/src/placement/planner.rs --file core/src/access.rs \
   --re "in (${functions})\$" \
   --timeout 240 --build-timeout 600 \
   --output target/mutants-out \

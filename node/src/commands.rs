@@ -148,7 +148,7 @@ struct ServerArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Serve TLS on every listener with this certificate (PEM chain), and present it to
-    /// peers. Needs --tls-key and --peer-ca. SIGHUP reads the three files again.
+    /// peers. Needs --tls-key and --peer-ca. SIGHUP, or a change of any of the three files (looked for every 5 s), reads them again.
     #[arg(long, env = "RINGKV_TLS_CERT", value_name = "PEM", requires_all = ["tls_key", "peer_ca"])]
     tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
@@ -423,6 +423,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let stop = stop_signal();
     tokio::pin!(stop);
     let mut reload = ReloadSignal::new();
+    let mut file_check = tokio::time::interval(ringkv_node::tls::FILE_CHECK_INTERVAL);
+    file_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = server.wait() => return r,
@@ -433,6 +435,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                     Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay: {e:#}"),
                 }
             }
+            _ = file_check.tick() => match server.reload_tls_if_changed() {
+                None => {}
+                Some(Ok(())) => tracing::info!("TLS files changed: certificates read again"),
+                Some(Err(e)) => tracing::error!(
+                    "TLS files changed but do not load, the old certificates stay: {e:#}"
+                ),
+            },
             signal = &mut stop => break handle_stop(server, signal).await,
         }
     }

@@ -504,6 +504,13 @@ impl Server {
         }
     }
 
+    /// Reads the TLS files again if any changed since last read: `None`
+    /// when none did (or TLS is off).
+    #[cfg(not(madsim))]
+    pub fn reload_tls_if_changed(&self) -> Option<anyhow::Result<()>> {
+        self.tls.as_ref()?.reload_if_changed()
+    }
+
     /// After [`Self::leave`]: refuses new requests (`node_stopping`, safe
     /// to retry elsewhere) and waits for those inside to be answered, up
     /// to the request timeout and a second for the answer to travel; how

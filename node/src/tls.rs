@@ -12,11 +12,17 @@
 //! authority and the name it dials.
 //!
 //! What this module does not do: client authentication for applications
-//! (tokens are a separate, planned layer), certificate revocation, OCSP.
+//! (access tokens, [`crate::auth`], a separate layer), certificate
+//! revocation, OCSP.
 //!
 //! Reload: [`Tls::reload`] reads the files again and swaps the
 //! configurations in; a connection made after it uses the new ones, open
-//! connections keep theirs (SIGHUP calls it).
+//! connections keep theirs. SIGHUP calls it, and so does
+//! [`Tls::reload_if_changed`] when a file's modification time or size
+//! changed (`ringkv server` looks every [`FILE_CHECK_INTERVAL`]: a
+//! Kubernetes Secret or cert-manager renewal is picked up without a
+//! signal). A file that does not load is reported once per change, and
+//! the configurations in use stay.
 
 use std::io;
 use std::net::SocketAddr;
@@ -62,6 +68,23 @@ struct Configs {
 pub struct Tls {
     files: TlsFiles,
     configs: RwLock<Arc<Configs>>,
+    /// The files' modification times and sizes when last read.
+    stamps: std::sync::Mutex<Vec<Option<(std::time::SystemTime, u64)>>>,
+}
+
+/// How often `ringkv server` looks whether the TLS files changed.
+pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Each file's modification time and size (`None`: unreadable).
+fn stamps(files: &TlsFiles) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    [&files.cert, &files.key, &files.peer_ca]
+        .iter()
+        .map(|f| {
+            // Follows symbolic links: a mounted Secret swaps a link.
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -127,18 +150,32 @@ fn load(files: &TlsFiles) -> anyhow::Result<Configs> {
 impl Tls {
     /// Reads the files; an error names the file and what is wrong with it.
     pub fn load(files: TlsFiles) -> anyhow::Result<Arc<Tls>> {
+        let seen = stamps(&files);
         let configs = load(&files)?;
         Ok(Arc::new(Tls {
             files,
             configs: RwLock::new(Arc::new(configs)),
+            stamps: std::sync::Mutex::new(seen),
         }))
     }
 
     /// Reads the files again; on an error the configurations in use stay.
     pub fn reload(&self) -> anyhow::Result<()> {
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&self.files);
         let configs = load(&self.files)?;
         *self.configs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(configs);
         Ok(())
+    }
+
+    /// Reads the files again if any changed since they were last read
+    /// (`None`: none did). A change that does not load is reported once:
+    /// the next attempt waits for the next change.
+    pub fn reload_if_changed(&self) -> Option<anyhow::Result<()>> {
+        let now = stamps(&self.files);
+        if *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) == now {
+            return None;
+        }
+        Some(self.reload())
     }
 
     fn configs(&self) -> Arc<Configs> {

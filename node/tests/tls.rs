@@ -2,7 +2,8 @@
 //! clients: curl over REST (`--cacert`), the `ringkv` CLI over gRPC
 //! (`--tls-ca`), a raw RESP client over rustls; a node whose certificate
 //! another authority signed cannot join; a caller of the peer API without
-//! a peer certificate is refused; SIGHUP serves a new certificate.
+//! a peer certificate is refused; SIGHUP, or a change of the files, serves
+//! a new certificate.
 
 #![cfg(not(madsim))]
 
@@ -346,6 +347,21 @@ fn every_listener_speaks_tls_and_only_the_cluster_s_certificates_are_peers() {
         std::fs::read_to_string(&nodes[0].log)
             .unwrap()
             .contains("SIGHUP: certificates read again")
+    );
+    // No signal: a node sees the files change and serves the new
+    // certificate (as a renewed Kubernetes Secret would be picked up).
+    certs(&certs_dir, "node");
+    let again = pem_der(&certs_dir.join("node.pem"));
+    assert_ne!(again, renewed);
+    poll(
+        READY,
+        "the certificate renewed on disk served without a signal",
+        || (served_certificate(&ca, nodes[1].rest) == again).then_some(()),
+    );
+    assert!(
+        std::fs::read_to_string(&nodes[1].log)
+            .unwrap()
+            .contains("TLS files changed: certificates read again")
     );
     // The node still talks to its peers (they trust the same authority).
     let (code, body) = curl(
