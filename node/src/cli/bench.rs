@@ -219,10 +219,8 @@ async fn learn_leaders(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result
 }
 
 async fn grpc_status(endpoint: &str) -> anyhow::Result<ringkv_proto::v1::StatusResponse> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await?;
+    let endpoint = Endpoint::from_shared(endpoint.to_owned())?.connect_timeout(CONNECT_TIMEOUT);
+    let channel = super::tls::connect(endpoint).await?;
     let mut client = super::auth::cluster(channel);
     Ok(client
         .status(ringkv_proto::v1::StatusRequest {})
@@ -477,6 +475,9 @@ async fn prefill(
 /// One connection handle per endpoint, shared by the clients on it.
 fn build_targets(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<Vec<Target>> {
     match args.protocol {
+        Protocol::Rest if super::tls::trusted().is_some() => anyhow::bail!(
+            "the REST benchmark speaks plain HTTP only; with --tls-ca, use --protocol grpc"
+        ),
         Protocol::Rest => {
             let mut connector = HttpConnector::new();
             // Small requests and answers: Nagle would add up to 40 ms each.
@@ -504,11 +505,12 @@ fn build_targets(args: &BenchArgs, endpoints: &[String]) -> anyhow::Result<Vec<T
         Protocol::Grpc => endpoints
             .iter()
             .map(|e| {
-                let channel = Endpoint::from_shared(e.clone())
-                    .with_context(|| format!("endpoint {e}"))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let channel = super::tls::connect_lazy(
+                    Endpoint::from_shared(e.clone())
+                        .with_context(|| format!("endpoint {e}"))?
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .tcp_nodelay(true),
+                );
                 Ok(Target::Grpc {
                     client: super::auth::kv(channel),
                     consistency: args.consistency.to_proto() as i32,

@@ -23,22 +23,50 @@ pub fn trusted() -> Option<Arc<ClientConfig>> {
     TRUST.get().cloned()
 }
 
-/// Connects `endpoint` (whose URI is `http://host:port`), over TLS when a
-/// trust was set.
-pub async fn connect(endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
-    let Some(config) = TRUST.get().cloned() else {
-        return endpoint.connect().await;
-    };
+/// A connector that dials `endpoint`'s host over TLS with `config`.
+fn tls_connector(
+    endpoint: &Endpoint,
+    config: Arc<ClientConfig>,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<crate::tls::ClientStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
     let uri = endpoint.uri().clone();
     let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let (config, host) = (config.clone(), host.clone());
-            async move {
-                let stream = crate::tls::dial(config, &host, port).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
+    tower::service_fn(move |_: tonic::transport::Uri| {
+        let (config, host) = (config.clone(), host.clone());
+        async move {
+            let stream = crate::tls::dial(config, &host, port).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
+/// Connects `endpoint` (whose URI is `http://host:port`), over TLS when a
+/// trust was set.
+pub async fn connect(endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
+    match TRUST.get().cloned() {
+        None => endpoint.connect().await,
+        Some(config) => {
+            let connector = tls_connector(&endpoint, config);
+            endpoint.connect_with_connector(connector).await
+        }
+    }
+}
+
+/// A channel that connects `endpoint` on first use, over TLS when a trust
+/// was set (the benchmarks' many clients).
+pub fn connect_lazy(endpoint: Endpoint) -> Channel {
+    match TRUST.get().cloned() {
+        None => endpoint.connect_lazy(),
+        Some(config) => {
+            let connector = tls_connector(&endpoint, config);
+            endpoint.connect_with_connector_lazy(connector)
+        }
+    }
 }

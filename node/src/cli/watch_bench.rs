@@ -85,11 +85,10 @@ pub async fn run(a: BenchWatchArgs) -> ExitCode {
 }
 
 async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())?
+    let endpoint = Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+        .tcp_nodelay(true);
+    Ok(super::tls::connect(endpoint).await?)
 }
 
 async fn measure(a: &BenchWatchArgs) -> anyhow::Result<()> {
