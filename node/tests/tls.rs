@@ -1,9 +1,9 @@
 //! TLS on every listener and between nodes, with real processes and real
 //! clients: curl over REST (`--cacert`), the `ringkv` CLI over gRPC
-//! (`--tls-ca`), a raw RESP client over rustls; a node whose certificate
-//! another authority signed cannot join; a caller of the peer API without
-//! a peer certificate is refused; SIGHUP, or a change of the files, serves
-//! a new certificate.
+//! (`--tls-ca`), a raw RESP client over rustls and the `redis` crate with
+//! TLS; a node whose certificate another authority signed cannot join; a
+//! caller of the peer API without a peer certificate is refused; SIGHUP,
+//! or a change of the files, serves a new certificate.
 
 #![cfg(not(madsim))]
 
@@ -295,6 +295,26 @@ fn every_listener_speaks_tls_and_only_the_cluster_s_certificates_are_peers() {
     // RESP over TLS.
     assert_eq!(resp(&ca, nodes[0].resp, &["SET", "r", "1"]), "+OK");
     assert_eq!(resp(&ca, nodes[2].resp, &["GET", "cli-key"]), "$1");
+    // And with a Redis client library: the `redis` crate over rustls,
+    // trusting the cluster's authority.
+    let client = redis::Client::build_with_tls(
+        format!("rediss://localhost:{}/", nodes[1].resp),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&ca).unwrap()),
+        },
+    )
+    .expect("a TLS client");
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .expect("a TLS connection with the redis crate");
+    let () = redis::cmd("SET")
+        .arg("lib")
+        .arg("tls")
+        .query(&mut con)
+        .expect("SET over TLS");
+    let got: String = redis::cmd("GET").arg("r").query(&mut con).expect("GET");
+    assert_eq!(got, "1");
 
     // A caller of the peer API without a certificate is refused, though
     // the connection itself is accepted (clients share the port).
