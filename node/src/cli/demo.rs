@@ -184,6 +184,10 @@ impl Demo {
                 s.resp_addr.map(|a| a.to_string()).unwrap_or_default(),
             );
         }
+        println!(
+            "  plain TCP, no TLS; no access tokens until you add one (ringkv auth add --role \
+             admin); both as in production: docs/deploy.md"
+        );
         let rest = |i: usize| {
             self.nodes
                 .values()
