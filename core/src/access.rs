@@ -186,6 +186,8 @@ pub struct Grant {
     pub token: String,
     pub role: Role,
     pub scope: Bytes,
+    /// The hash of the secret presented (see [`Grant::still_valid`]).
+    pub secret_hash: [u8; 32],
 }
 
 /// The grant of the token `text`, checked against `tokens`.
@@ -203,6 +205,7 @@ pub fn authenticate(
         token: presented.id.to_owned(),
         role: record.role,
         scope: record.scope.clone(),
+        secret_hash: hash,
     })
 }
 
@@ -238,6 +241,11 @@ pub enum Denied {
     OutOfScope { token: String, scope: Bytes },
     #[error("token {token} has role {role}: this needs an admin token")]
     NotAdmin { token: String, role: Role },
+    #[error(
+        "a call with a member's peer hello may only read keys and the cluster's status (members \
+         relay watches and gather status; they write through the peer service)"
+    )]
+    MemberReadsOnly,
 }
 
 /// A scope for a message: its text if UTF-8, else its bytes escaped.
@@ -246,6 +254,15 @@ pub fn show_scope(scope: &[u8]) -> String {
 }
 
 impl Grant {
+    /// Whether `tokens` still hold the token this grant was made from (a
+    /// long-lived stream, a watch or a subscription, ends when it is
+    /// revoked; an id taken again by another token is another token).
+    pub fn still_valid(&self, tokens: &BTreeMap<String, TokenRecord>) -> bool {
+        tokens.get(&self.token).is_some_and(|r| {
+            r.secret_hash == self.secret_hash && r.role == self.role && r.scope == self.scope
+        })
+    }
+
     /// Whether this grant allows `action`.
     pub fn check(&self, action: Action<'_>) -> Result<(), Denied> {
         let out_of_scope = || Denied::OutOfScope {
@@ -289,7 +306,7 @@ impl Grant {
         }
         // The keys starting with the scope end just before `scope_end`
         // (none when the scope is all 0xff bytes: they run to the end).
-        match (end, scope_end(&self.scope)) {
+        match (end, prefix_end(&self.scope)) {
             (_, None) => true,
             (None, Some(_)) => false,
             (Some(end), Some(limit)) => end <= limit.as_slice(),
@@ -297,11 +314,12 @@ impl Grant {
     }
 }
 
-/// The smallest key after every key that starts with `scope` (`None`:
-/// there is none).
-fn scope_end(scope: &[u8]) -> Option<Vec<u8>> {
-    let last = scope.iter().rposition(|&b| b != 0xff)?;
-    let mut end = scope[..=last].to_vec();
+/// The smallest key after every key that starts with `prefix`: the prefix
+/// with its last byte below 0xff incremented (and what follows dropped);
+/// `None` when there is none (an empty prefix, or only 0xff bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|&b| b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
     end[last] += 1;
     Some(end)
 }
@@ -329,6 +347,7 @@ mod tests {
             token: "t1".into(),
             role,
             scope: Bytes::copy_from_slice(scope.as_bytes()),
+            secret_hash: hash_secret("s"),
         }
     }
 
@@ -342,8 +361,15 @@ mod tests {
                 token: "ab12".into(),
                 role: Role::Write,
                 scope: Bytes::from_static(b"app/"),
+                secret_hash: hash_secret("s3cret"),
             }
         );
+        // Valid while the token is held; not once it is gone, nor when its
+        // id is taken again by another token.
+        assert!(g.still_valid(&tokens));
+        assert!(!g.still_valid(&BTreeMap::new()));
+        let other = BTreeMap::from([("ab12".to_owned(), record(Role::Write, "app/", "new"))]);
+        assert!(!g.still_valid(&other));
         // A wrong secret and an unknown id read the same.
         assert_eq!(
             authenticate(&tokens, "rkv_ab12_s3creT"),

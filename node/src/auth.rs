@@ -10,15 +10,21 @@
 //! reaches this node: the driver hands every adopted document to
 //! [`Access::update`]. The tokens are also saved in `cluster.toml`, so a
 //! restarted node checks tokens from its first request, before any
-//! document reaches it (a token revoked while it was down is honoured
-//! until one does: normally within a second of start).
+//! document reaches it; a joiner gets them in the join reply. Until the
+//! current document reaches a restarted node (within a heartbeat of
+//! hearing from a member), a token revoked while it was down is still
+//! honoured there, and a node that was down when the first token was
+//! added treats authentication as off: honest limits, in docs/deploy.md.
+//! Long-lived streams ask [`Access::still_allows`] before each batch, so
+//! a revocation ends them.
 //!
 //! **Peers.** A node's calls to another node's client services (watch
 //! relays, the dashboard's status gathering) carry its peer hello, checked
 //! as on the peer service (and, with TLS, its peer-authority certificate):
-//! such a call is a [`Principal::Peer`] and may do anything. Without TLS
-//! nothing on the wire is secret, tokens included: authentication without
-//! TLS keeps honest clients in their lanes, not an eavesdropper out.
+//! such a call is a [`Principal::Peer`] and may only read. Without TLS
+//! nothing on the wire is secret, tokens included, and a member's hello
+//! can be forged by anyone (its contents are public): authentication
+//! without TLS keeps honest clients in their lanes, not an attacker out.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -43,13 +49,20 @@ pub struct Tokens {
 #[derive(Debug, Default)]
 pub struct Access {
     tokens: RwLock<Arc<Tokens>>,
+    /// Whether this node's listeners and peers use TLS (without it,
+    /// authentication is no boundary: it says so when tokens appear).
+    tls: bool,
 }
 
 impl Access {
     /// Starts from the tokens saved in `cluster.toml` (none: empty).
-    pub fn new(saved: Tokens) -> Arc<Access> {
+    pub fn new(saved: Tokens, tls: bool) -> Arc<Access> {
+        if !saved.by_id.is_empty() && !tls {
+            warn_without_tls();
+        }
         Arc::new(Access {
             tokens: RwLock::new(Arc::new(saved)),
+            tls,
         })
     }
 
@@ -65,6 +78,9 @@ impl Access {
                 tokens = doc.tokens.len(),
                 "access tokens changed"
             );
+            if held.by_id.is_empty() && !self.tls {
+                warn_without_tls();
+            }
         }
         *held = Arc::new(Tokens {
             version: doc.version,
@@ -85,6 +101,19 @@ impl Access {
         access::required(&self.tokens().by_id)
     }
 
+    /// Whether a principal recognised earlier may still act: its token is
+    /// still held (not revoked), and for [`Principal::Anyone`],
+    /// authentication is still off. Long-lived streams ask before each
+    /// batch they send.
+    pub fn still_allows(&self, principal: &Principal) -> bool {
+        let tokens = self.tokens();
+        match principal {
+            Principal::Anyone => !access::required(&tokens.by_id),
+            Principal::Token(grant) => grant.still_valid(&tokens.by_id),
+            Principal::Peer(_) => true,
+        }
+    }
+
     /// Who presents `token` (`None`: no token presented).
     pub fn principal(&self, token: Option<&str>) -> Result<Principal, Unauthenticated> {
         let tokens = self.tokens();
@@ -96,6 +125,14 @@ impl Access {
             .map(Principal::Token)
             .map_err(Unauthenticated::Token)
     }
+}
+
+fn warn_without_tls() {
+    tracing::warn!(
+        "authentication is on but TLS is off: tokens cross the network in the clear, and \
+         anyone who reaches the gRPC port can act as a member (whose hello is public) and \
+         bypass them; turn on TLS (--tls-cert, --tls-key, --peer-ca)"
+    );
 }
 
 /// Who a request comes from.
@@ -111,11 +148,31 @@ pub enum Principal {
 }
 
 impl Principal {
-    /// Whether this principal may do `action`.
+    /// Whether this principal may do `action`. A member's call on a client
+    /// service may only read (watch relays, status gathering): least
+    /// privilege, whatever its hello is worth.
     pub fn check(&self, action: Action<'_>) -> Result<(), Denied> {
         match self {
-            Principal::Anyone | Principal::Peer(_) => Ok(()),
+            Principal::Anyone => Ok(()),
+            Principal::Peer(_) => match action {
+                Action::Read(_) | Action::ReadRange { .. } | Action::Status => Ok(()),
+                Action::Write(_) | Action::Admin => Err(Denied::MemberReadsOnly),
+            },
             Principal::Token(grant) => grant.check(action),
+        }
+    }
+
+    /// Whether this principal may follow the changes of `target`'s keys.
+    pub fn check_target(&self, target: &crate::watch::Target) -> Result<(), Denied> {
+        match target {
+            crate::watch::Target::Key(key) => self.check(Action::Read(key)),
+            crate::watch::Target::Prefix(prefix) => {
+                let end = access::prefix_end(prefix);
+                self.check(Action::ReadRange {
+                    start: prefix,
+                    end: end.as_deref(),
+                })
+            }
         }
     }
 
@@ -138,6 +195,11 @@ pub enum Unauthenticated {
     Missing,
     #[error("{0}")]
     Token(AuthError),
+    #[error(
+        "the access token this stream was opened with is not valid any more (revoked, or \
+         authentication was turned on): open it again with a valid token"
+    )]
+    Revoked,
 }
 
 /// Why a request is refused for who sent it: no valid token (401), or a
@@ -161,7 +223,7 @@ impl AccessError {
                 tonic::Code::Unauthenticated,
                 "NOAUTH",
             ),
-            AccessError::Unauthenticated(Unauthenticated::Token(_)) => (
+            AccessError::Unauthenticated(Unauthenticated::Token(_) | Unauthenticated::Revoked) => (
                 "invalid_token",
                 401,
                 tonic::Code::Unauthenticated,
@@ -206,7 +268,8 @@ pub fn check_request(principal: &Principal, req: &ClientRequest) -> Result<(), D
         ClientRequest::PutAll { pairs } => pairs
             .iter()
             .try_for_each(|(key, _)| principal.check(Action::Write(key))),
-        // A partition's key count tells about keys outside any scope.
+        // A partition's key count reads the whole partition (DBSIZE): a
+        // keyspace-wide request, as a scan without a prefix is.
         ClientRequest::CountKeys { .. } => principal.check(Action::ReadRange {
             start: b"",
             end: None,
@@ -259,7 +322,7 @@ mod tests {
 
     #[test]
     fn tokens_follow_newer_documents_only() {
-        let access = Access::new(Tokens::default());
+        let access = Access::new(Tokens::default(), true);
         assert_eq!(access.principal(None), Ok(Principal::Anyone));
         access.update(&doc(5, &[("a", Role::Admin)]));
         assert_eq!(access.principal(None), Err(Unauthenticated::Missing));
@@ -276,6 +339,38 @@ mod tests {
         assert!(access.required());
         access.update(&doc(6, &[]));
         assert!(!access.required());
+    }
+
+    #[test]
+    fn a_members_call_may_only_read() {
+        let member = Principal::Peer(NodeId(2));
+        assert_eq!(member.check(Action::Read(b"k")), Ok(()));
+        assert_eq!(member.check(Action::Status), Ok(()));
+        assert_eq!(
+            member.check(Action::ReadRange {
+                start: b"",
+                end: None
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            member.check(Action::Write(b"k")),
+            Err(Denied::MemberReadsOnly)
+        );
+        assert_eq!(member.check(Action::Admin), Err(Denied::MemberReadsOnly));
+        // A stream's principal: a revoked token, or authentication turned
+        // on under an anonymous one, ends it; a member's goes on.
+        let access = Access::new(Tokens::default(), true);
+        assert!(access.still_allows(&Principal::Anyone));
+        access.update(&doc(3, &[("a", Role::Read)]));
+        assert!(!access.still_allows(&Principal::Anyone));
+        assert!(access.still_allows(&member));
+        let Ok(reader) = access.principal(Some("rkv_a_s")) else {
+            panic!("a valid token")
+        };
+        assert!(access.still_allows(&reader));
+        access.update(&doc(4, &[("b", Role::Admin)]));
+        assert!(!access.still_allows(&reader));
     }
 
     #[test]

@@ -249,6 +249,7 @@ impl Server {
                 .as_ref()
                 .map(|f| f.tokens.clone())
                 .unwrap_or_default(),
+            dialer.is_tls(),
         );
         let io = DriverIo {
             peers: senders,

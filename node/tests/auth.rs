@@ -276,6 +276,9 @@ fn tokens_gate_every_api_on_every_node_and_survive_restarts() {
         Some(3),
         "every node answered"
     );
+    // The cookie is taken on the dashboard's reads only.
+    let r = request(node1, "GET", "/v1/kv/app/1", &[("Cookie", &cookie)], b"").unwrap();
+    assert_eq!(r.status, 401, "a cookie on a key read: {r:?}");
 
     // The reader reads, never writes; it cannot manage tokens or drain.
     let r = rest(node1, "GET", "/v1/kv/app/1", Some(&reader), b"");
@@ -437,6 +440,22 @@ fn tokens_gate_every_api_on_every_node_and_survive_restarts() {
         .arg("1")
         .query(&mut con)
         .expect("SET");
+    // Streams opened with it: a keyspace subscription and a gRPC watch.
+    let mut sub = resp_connect(resp[1]);
+    assert_eq!(resp_line(&mut sub, &["AUTH", &writer]), "+OK");
+    assert_eq!(
+        resp_line(&mut sub, &["SUBSCRIBE", "__keyspace@0__:app/sub"]),
+        "*3"
+    );
+    let mut watch = Command::new(BIN)
+        .args(["watch", "--prefix", "app/", "--endpoints"])
+        .arg(grpc(&c, 3).to_string())
+        .env("RINGKV_TOKEN", &writer)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ringkv watch");
+    std::thread::sleep(Duration::from_secs(1));
     let out = cli(grpc(&c, 1), Some(&admin), &["auth", "rm", id_of(&writer)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let revoked = Instant::now();
@@ -457,6 +476,31 @@ fn tokens_gate_every_api_on_every_node_and_survive_restarts() {
         .query::<()>(&mut con)
         .unwrap_err();
     assert_eq!(e.code(), Some("NOAUTH"), "{e:?}");
+    // The streams end at their next change.
+    let out = cli(grpc(&c, 1), Some(&admin), &["put", "app/sub", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut rest_of_sub = Vec::new();
+    let _ = sub.read_to_end(&mut rest_of_sub);
+    let rest_of_sub = String::from_utf8_lossy(&rest_of_sub);
+    assert!(
+        rest_of_sub.contains("-NOAUTH") && !rest_of_sub.contains("set"),
+        "the subscription after revocation: {rest_of_sub:?}"
+    );
+    let ended = poll(Duration::from_secs(20), "the watch to end", || {
+        watch.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    watch
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(ended.code(), Some(9), "{err}");
+    assert!(
+        err.contains("not valid any more") || err.contains("invalid_token"),
+        "{err}"
+    );
     // The last admin token cannot go while others remain.
     let out = cli(grpc(&c, 1), Some(&admin), &["auth", "rm", id_of(&admin)]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));

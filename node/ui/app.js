@@ -63,9 +63,15 @@ function connect() {
   };
 }
 
-// The token goes in a cookie the node reads (an EventSource cannot send an
-// Authorization header); SameSite=Strict keeps other sites' pages from
-// sending it.
+// The token goes in a cookie the node reads on the dashboard's own reads
+// (an EventSource cannot send an Authorization header); SameSite=Strict
+// keeps other sites' pages from sending it. The key tools send it as a
+// header (the node takes the cookie nowhere else).
+function authHeaders(headers) {
+  const m = document.cookie.match(/(?:^|;\s*)ringkv_token=([^;]*)/);
+  return m ? { ...headers, Authorization: "Bearer " + decodeURIComponent(m[1]) } : headers;
+}
+
 $("#token-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const secure = location.protocol === "https:" ? "; Secure" : "";
@@ -402,10 +408,10 @@ async function keyAction(action) {
   out.textContent = "…";
   try {
     let r;
-    if (action === "locate") r = await fetch("/v1/cluster/locate/" + encodeURIComponent(key));
-    else if (action === "get") r = await fetch(keyPath(key), { headers: { Accept: "application/json" } });
-    else if (action === "put") r = await fetch(keyPath(key), { method: "PUT", body: $("#value").value, headers: { Accept: "application/json" } });
-    else r = await fetch(keyPath(key), { method: "DELETE", headers: { Accept: "application/json" } });
+    if (action === "locate") r = await fetch("/v1/cluster/locate/" + encodeURIComponent(key), { headers: authHeaders({}) });
+    else if (action === "get") r = await fetch(keyPath(key), { headers: authHeaders({ Accept: "application/json" }) });
+    else if (action === "put") r = await fetch(keyPath(key), { method: "PUT", body: $("#value").value, headers: authHeaders({ Accept: "application/json" }) });
+    else r = await fetch(keyPath(key), { method: "DELETE", headers: authHeaders({ Accept: "application/json" }) });
     out.textContent = await answer(r);
   } catch (e) {
     out.textContent = `request failed: ${e}`;
@@ -418,7 +424,7 @@ async function browse(more) {
   const params = new URLSearchParams({ prefix: $("#prefix").value, limit: "50", keys_only: "true" });
   if (more && browseCursor) params.set("cursor", browseCursor);
   if (!more) list.replaceChildren();
-  const r = await fetch("/v1/kv?" + params);
+  const r = await fetch("/v1/kv?" + params, { headers: authHeaders({}) });
   if (!r.ok) { list.append(el("li", {}, await answer(r))); return; }
   const page = await r.json();
   for (const kv of page.kvs) {

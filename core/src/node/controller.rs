@@ -860,7 +860,7 @@ impl Node {
         };
         if let Ok(index) = g.raft.propose(put.encode(0)) {
             for c in changes {
-                tracing::info!(change = %c, "placement: member state");
+                tracing::info!(change = %c, "placement: metadata change");
             }
             self.controller.meta_change = Some((term, index));
             self.dirty.insert(METADATA_GROUP);

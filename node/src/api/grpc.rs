@@ -149,19 +149,9 @@ impl pb::kv_server::Kv for KvService {
                 ));
             }
         };
-        match &target {
-            Target::Key(key) => allow(&principal, Action::Read(key))?,
-            Target::Prefix(prefix) => {
-                let end = scan::prefix_end(prefix);
-                allow(
-                    &principal,
-                    Action::ReadRange {
-                        start: prefix,
-                        end: end.as_deref(),
-                    },
-                )?;
-            }
-        }
+        principal
+            .check_target(&target)
+            .map_err(|e| AccessError::from(e).to_status())?;
         let start = match (r.cursor.is_empty(), r.start_revision) {
             (true, 0) => Start::Now,
             (true, rev) => Start::Revision(rev),
@@ -187,6 +177,7 @@ impl pb::kv_server::Kv for KvService {
         };
         let mut watcher = watcher.map_err(|e| watch_status(&e))?;
         let values = !r.no_values;
+        let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_RESPONSES_QUEUED);
         let first = pb::WatchResponse {
             events: Vec::new(),
@@ -202,6 +193,12 @@ impl pb::kv_server::Kv for KvService {
                     // The client went away.
                     () = tx.closed() => return,
                 };
+                // A token revoked meanwhile ends the stream.
+                if !node.access().still_allows(&principal) {
+                    let revoked = AccessError::from(Unauthenticated::Revoked).to_status();
+                    let _ = tx.send(Err(revoked)).await;
+                    return;
+                }
                 let response = next
                     .map(|batch| pb::WatchResponse {
                         events: batch
@@ -399,10 +396,11 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
-/// How long `DrainNode` waits for the drain to be committed.
-const DRAIN_COMMIT_PATIENCE: Duration = Duration::from_secs(5);
+/// How long `DrainNode`, `AddToken` and `RemoveToken` wait for their
+/// change of the metadata to be committed.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
 /// How often it asks the core again meanwhile.
-const DRAIN_POLL: Duration = Duration::from_millis(50);
+const COMMIT_POLL: Duration = Duration::from_millis(50);
 
 pub struct ClusterService {
     node: NodeHandle,
@@ -668,7 +666,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         // Answered once the committed member list has it draining: a
         // proposal can be lost with the controller's term, so it is asked
         // again (which proposes again if it was) until then.
-        let deadline = tokio::time::Instant::now() + DRAIN_COMMIT_PATIENCE;
+        let deadline = tokio::time::Instant::now() + COMMIT_PATIENCE;
         loop {
             match self.node.drain(NodeId(node)).await {
                 Ok(Drain::Draining) => return Ok(Response::new(pb::DrainNodeResponse {})),
@@ -682,7 +680,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                      changing leaders); retry shortly"
                 )));
             }
-            tokio::time::sleep(DRAIN_POLL).await;
+            tokio::time::sleep(COMMIT_POLL).await;
         }
     }
 
@@ -708,10 +706,15 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::RemoveTokenResponse>, Status> {
         allow(&principal(&self.node, &request)?, Action::Admin)?;
         let id = request.into_inner().id;
+        if !ringkv_core::access::valid_id(&id) {
+            return Err(Status::invalid_argument(
+                "not a token id (1 to 32 lower-case letters and digits)",
+            ));
+        }
         // Asked about a token this node has never heard of: say so (once
         // proposed, its absence is what says the removal is committed).
         if !self.node.access().tokens().by_id.contains_key(&id) {
-            return Err(Status::not_found(format!("no token has id {id:?}")));
+            return Err(Status::not_found(format!("no token has id {id}")));
         }
         self.commit_token_change(TokenEdit::Remove { id }).await?;
         Ok(Response::new(pb::RemoveTokenResponse {}))
@@ -741,7 +744,7 @@ impl ClusterService {
     /// Asks the core for a token change until it is committed (a proposal
     /// can be lost with the controller's term: asking again proposes again).
     async fn commit_token_change(&self, edit: TokenEdit) -> Result<(), Status> {
-        let deadline = tokio::time::Instant::now() + DRAIN_COMMIT_PATIENCE;
+        let deadline = tokio::time::Instant::now() + COMMIT_PATIENCE;
         loop {
             match self.node.token_change(edit.clone()).await {
                 Ok(TokenChange::Committed) => return Ok(()),
@@ -754,7 +757,7 @@ impl ClusterService {
                      leaders); ask again: a change already made is not made twice",
                 ));
             }
-            tokio::time::sleep(DRAIN_POLL).await;
+            tokio::time::sleep(COMMIT_POLL).await;
         }
     }
 }

@@ -140,18 +140,27 @@ fn is_open(path: &str) -> bool {
 }
 
 /// The cookie the dashboard keeps a token in (a browser's `EventSource`
-/// cannot send an `Authorization` header). `SameSite=Strict`: no other
-/// site's page makes the browser send it.
+/// cannot send an `Authorization` header). Taken only on the dashboard's
+/// own reads (`GET /v1/dashboard/...`): `SameSite` tells sites apart, not
+/// ports, so a page on another port of the same host could make a browser
+/// send it; the page's key tools send the header instead.
 const TOKEN_COOKIE: &str = "ringkv_token";
 
-/// The token a request presents: `Authorization: Bearer ...`, else the
-/// dashboard's cookie.
-fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Unauthenticated> {
+/// The token a request presents: `Authorization: Bearer ...`, else, on
+/// the dashboard's reads, its cookie.
+fn presented_token<'a>(
+    method: &Method,
+    path: &str,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, Unauthenticated> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let text = v
             .to_str()
             .map_err(|_| Unauthenticated::Token(AuthError::Malformed))?;
         return crate::auth::bearer(text).map(Some);
+    }
+    if method != Method::GET || !path.starts_with("/v1/dashboard/") {
+        return Ok(None);
     }
     let from_cookie = headers
         .get_all(header::COOKIE)
@@ -170,8 +179,8 @@ async fn authenticate(State(s): State<AppState>, mut request: Request, next: Nex
     if is_open(request.uri().path()) {
         return next.run(request).await;
     }
-    let principal =
-        presented_token(request.headers()).and_then(|token| s.node.access().principal(token));
+    let principal = presented_token(request.method(), request.uri().path(), request.headers())
+        .and_then(|token| s.node.access().principal(token));
     match principal {
         Ok(p) => {
             request.extensions_mut().insert(p);
@@ -187,7 +196,7 @@ fn access_problem(e: &AccessError) -> Response {
     let mut resp = problem(k.http_status, k.code, &e.to_string(), json!({}));
     let challenge = match e {
         AccessError::Unauthenticated(Unauthenticated::Missing) => "Bearer realm=\"ringkv\"",
-        AccessError::Unauthenticated(Unauthenticated::Token(_)) => {
+        AccessError::Unauthenticated(Unauthenticated::Token(_) | Unauthenticated::Revoked) => {
             "Bearer realm=\"ringkv\", error=\"invalid_token\""
         }
         AccessError::Denied(_) => return resp,
@@ -1295,21 +1304,8 @@ async fn watch_keys(
         Ok(w) => w,
         Err(r) => return r.into_response(),
     };
-    let refused = match &target {
-        Target::Key(key) => refusal(&caller, Action::Read(key)),
-        Target::Prefix(prefix) => {
-            let end = scan::prefix_end(prefix);
-            refusal(
-                &caller,
-                Action::ReadRange {
-                    start: prefix,
-                    end: end.as_deref(),
-                },
-            )
-        }
-    };
-    if let Some(refused) = refused {
-        return refused;
+    if let Err(e) = caller.check_target(&target) {
+        return access_problem(&AccessError::from(e));
     }
     let watcher = match Watcher::attach(&s.node, s.partition_count, target, start).await {
         Ok(w) => w,
@@ -1328,8 +1324,10 @@ async fn watch_keys(
         std::collections::VecDeque::new(),
         false,
     );
-    let events =
-        futures::stream::unfold(state, move |(mut w, first, mut queue, done)| async move {
+    let node = s.node.clone();
+    let events = futures::stream::unfold(state, move |(mut w, first, mut queue, done)| {
+        let (node, caller) = (node.clone(), caller.clone());
+        async move {
             if let Some(first) = first {
                 return Some((
                     Ok::<_, std::convert::Infallible>(first),
@@ -1343,7 +1341,17 @@ async fn watch_keys(
                 return None;
             }
             let mut seen = w.cursor().clone();
-            match w.next().await {
+            let next = w.next().await;
+            // A token revoked meanwhile ends the stream.
+            if !node.access().still_allows(&caller) {
+                let e = AccessError::from(Unauthenticated::Revoked);
+                let k = e.kind();
+                let body =
+                    json!({"status": k.http_status, "code": k.code, "detail": e.to_string()});
+                let event = SseEvent::default().event("error").data(body.to_string());
+                return Some((Ok(event), (w, None, queue, true)));
+            }
+            match next {
                 Ok(batch) => {
                     let n = batch.changes.len();
                     for (i, (p, c)) in batch.changes.iter().enumerate() {
@@ -1393,7 +1401,8 @@ async fn watch_keys(
                     Some((Ok(event), (w, None, queue, true)))
                 }
             }
-        });
+        }
+    });
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response()

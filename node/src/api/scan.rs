@@ -110,10 +110,7 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ClientError> {
 /// with its last byte below 0xff incremented (and what follows dropped);
 /// `None` when there is none (an empty prefix, or only 0xff bytes).
 pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
-    let last = prefix.iter().rposition(|&b| b != 0xff)?;
-    let mut end = prefix[..=last].to_vec();
-    end[last] += 1;
-    Some(Bytes::from(end))
+    ringkv_core::access::prefix_end(prefix).map(Bytes::from)
 }
 
 /// Whether every key that starts with `prefix` has the same hash tag: the

@@ -196,9 +196,18 @@ fn keys_of(prefix: &str) -> String {
 
 async fn rm(a: &RmArgs) -> Result<(), Failure> {
     let request = pb::RemoveTokenRequest { id: a.id.clone() };
+    // Asked again (the controller changed, or the first answer was "not
+    // committed yet"), a token that is gone is one this command removed.
+    let asked = std::sync::atomic::AtomicBool::new(false);
     on_controller(&a.opts, Op::Write, |mut client| {
         let request = request.clone();
-        async move { client.remove_token(request).await.map(|_| ()) }
+        let again = asked.swap(true, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            match client.remove_token(request).await {
+                Err(s) if again && s.code() == tonic::Code::NotFound => Ok(()),
+                other => other.map(|_| ()),
+            }
+        }
     })
     .await?;
     match a.opts.output {

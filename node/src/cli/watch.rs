@@ -164,11 +164,15 @@ async fn execute_watch(
     }
 }
 
-/// A failure reconnecting cannot cure: compacted history, a bad request.
+/// A failure reconnecting cannot cure: compacted history, a bad request,
+/// no valid access token (or a revoked one).
 fn fatal(status: &tonic::Status) -> Option<Failure> {
     let code = match status.code() {
         Code::FailedPrecondition => ErrorCode::Compacted,
         Code::InvalidArgument | Code::Unimplemented => ErrorCode::BadInput,
+        Code::Unauthenticated | Code::PermissionDenied => {
+            return Some(Failure::from_status(status, Op::Read));
+        }
         _ => return None,
     };
     Some(Failure::new(code, Op::Read, status.message()))

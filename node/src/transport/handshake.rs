@@ -161,12 +161,12 @@ impl Handshake {
         &self.me
     }
 
-    /// The cluster this node is in; `None` while it forms.
     /// How this node dials its peers (plain or TLS).
     pub fn dialer(&self) -> &super::Dialer {
         &self.dialer
     }
 
+    /// The cluster this node is in; `None` while it forms.
     pub fn record(&self) -> Option<Arc<ClusterRecord>> {
         lock(&self.record).clone()
     }

@@ -34,7 +34,7 @@ pub fn principal(node: &NodeHandle, session: &Session) -> Result<Principal, Repl
         .map_err(|e| match e {
             Unauthenticated::Missing => Reply::Error(NOAUTH.into()),
             // Valid once, not now: revoked meanwhile.
-            Unauthenticated::Token(_) => Reply::Error(format!(
+            Unauthenticated::Token(_) | Unauthenticated::Revoked => Reply::Error(format!(
                 "{NOAUTH} (this connection's token is not valid any more; AUTH again)"
             )),
         })
@@ -123,17 +123,10 @@ pub fn refuse_target(node: &NodeHandle, session: &Session, target: &Target) -> O
         Ok(p) => p,
         Err(reply) => return Some(reply),
     };
-    let checked = match target {
-        Target::Key(key) => principal.check(Action::Read(key)),
-        Target::Prefix(prefix) => {
-            let end = crate::api::scan::prefix_end(prefix);
-            principal.check(Action::ReadRange {
-                start: prefix,
-                end: end.as_deref(),
-            })
-        }
-    };
-    checked.err().map(|e| Reply::Error(format!("NOPERM {e}")))
+    principal
+        .check_target(target)
+        .err()
+        .map(|e| Reply::Error(format!("NOPERM {e}")))
 }
 
 /// What command `name` does to keys, as [`COMMANDS`] says (its flags and

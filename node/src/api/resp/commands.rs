@@ -658,6 +658,7 @@ fn hello(node: &NodeHandle, session: &mut Session, args: &[Bytes]) -> Reply {
         };
     }
     let mut name = None;
+    let mut token = None;
     while let Some(opt) = rest.next() {
         if opt.eq_ignore_ascii_case(b"SETNAME") {
             match rest.next() {
@@ -665,18 +666,22 @@ fn hello(node: &NodeHandle, session: &mut Session, args: &[Bytes]) -> Reply {
                 None => return Reply::err("syntax error in HELLO option 'SETNAME'"),
             }
         } else if opt.eq_ignore_ascii_case(b"AUTH") {
-            let (Some(_user), Some(token)) = (rest.next(), rest.next()) else {
+            let (Some(_user), Some(t)) = (rest.next(), rest.next()) else {
                 return Reply::err("syntax error in HELLO option 'AUTH'");
             };
-            if let Err(reply) = access::hello_auth(node, session, token) {
-                return reply;
-            }
+            token = Some(t);
         } else {
             return Reply::err(format!(
                 "syntax error in HELLO option '{}'",
                 String::from_utf8_lossy(&opt[..opt.len().min(64)])
             ));
         }
+    }
+    // Every option read: now the token, then the rest.
+    if let Some(t) = token
+        && let Err(reply) = access::hello_auth(node, session, t)
+    {
+        return reply;
     }
     if let Err(reply) = access::hello_allowed(node, session) {
         return reply;

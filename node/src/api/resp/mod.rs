@@ -339,6 +339,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             delivery = subs.next(), if subs.count() > 0 => {
+                // A token revoked meanwhile (or authentication turned on)
+                // ends the subscriptions with the connection.
+                if let Err(refused) = access::principal(&node, &session) {
+                    refused.encode(session.proto, &mut output);
+                    stream.write_all(&output).await?;
+                    return Ok(());
+                }
                 let goes_on = write_deliveries(&mut stream, &mut subs, delivery, session.proto).await?;
                 if !goes_on {
                     return Ok(());
