@@ -241,15 +241,44 @@ impl Tls {
         rx
     }
 
-    /// A TLS connection to the peer at `host:port`, checked against the
-    /// peers' authority and `host`, presenting this node's certificate.
-    pub async fn dial_peer(&self, host: &str, port: u16) -> io::Result<ClientStream> {
-        dial(self.configs().peer_client.clone(), host, port).await
+    /// The configuration a peer is dialled with now (reloads swap it): the
+    /// peers' authority as roots, this node's certificate presented.
+    pub fn peer_client(&self) -> Arc<ClientConfig> {
+        self.configs().peer_client.clone()
     }
 }
 
 /// A TLS connection to `host:port` (an IPv6 host in brackets or not),
 /// its certificate checked against `config`'s roots and `host`.
+/// A tower connector (what tonic's `connect_with_connector` takes) that
+/// opens a TLS connection to `host:port` with the configuration `config()`
+/// gives at each connect, whatever URI tonic asks for (it is the
+/// endpoint's own). Peers pass the node's current peer configuration,
+/// client commands their fixed trust.
+pub fn connector<F>(
+    config: F,
+    host: String,
+    port: u16,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<ClientStream>,
+    Error = io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static
+where
+    F: Fn() -> Arc<ClientConfig> + Clone + Send + 'static,
+{
+    tower::service_fn(move |_: tonic::transport::Uri| {
+        let (config, host) = (config(), host.clone());
+        async move {
+            let stream = dial(config, &host, port).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
 pub async fn dial(config: Arc<ClientConfig>, host: &str, port: u16) -> io::Result<ClientStream> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = ServerName::try_from(host)

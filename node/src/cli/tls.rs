@@ -35,16 +35,10 @@ fn tls_connector(
 > + Clone
 + Send
 + 'static {
-    let uri = endpoint.uri().clone();
+    let uri = endpoint.uri();
     let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    tower::service_fn(move |_: tonic::transport::Uri| {
-        let (config, host) = (config.clone(), host.clone());
-        async move {
-            let stream = crate::tls::dial(config, &host, port).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    })
+    crate::tls::connector(move || config.clone(), host, port)
 }
 
 /// Connects `endpoint` (whose URI is `http://host:port`), over TLS when a

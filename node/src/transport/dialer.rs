@@ -63,8 +63,8 @@ impl Dialer {
     }
 }
 
-/// A tower connector that opens a TLS connection to `addr` (whatever URI
-/// tonic asks for: it is the endpoint's own).
+/// The TLS connector to `addr`, with the node's peer configuration as it
+/// is at each connect (a reload applies to the next one).
 #[cfg(not(madsim))]
 fn connector(
     tls: &Arc<crate::tls::Tls>,
@@ -77,12 +77,10 @@ fn connector(
 > + Clone
 + Send
 + 'static {
-    let (tls, host, port) = (tls.clone(), addr.host().to_owned(), addr.port());
-    tower::service_fn(move |_: tonic::transport::Uri| {
-        let (tls, host) = (tls.clone(), host.clone());
-        async move {
-            let stream = tls.dial_peer(&host, port).await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        }
-    })
+    let tls = tls.clone();
+    crate::tls::connector(
+        move || tls.peer_client(),
+        addr.host().to_owned(),
+        addr.port(),
+    )
 }

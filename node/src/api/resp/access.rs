@@ -6,9 +6,9 @@
 //! requires one), `-WRONGPASS` (not a valid token), `-NOPERM` (its role or
 //! key prefix does not allow the command).
 //!
-//! The token is checked again for every command, so a token revoked (or
-//! authentication turned on) while a client is connected applies to the
-//! connection's next command. The username is not used: a ringkv token
+//! The token is checked once, at `AUTH`; every command then asks whether
+//! it is still held, so a token revoked (or authentication turned on)
+//! while a client is connected applies to the connection's next command. The username is not used: a ringkv token
 //! names its holder itself (`rkv_<id>_...`), so any username, `default`
 //! included, is accepted.
 
@@ -27,25 +27,29 @@ const NOAUTH: &str = "NOAUTH Authentication required.";
 /// Redis's reply to a wrong password (clients match on its first word).
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-/// The connection's principal, or the reply that refuses the command.
+/// The connection's principal, or the reply that refuses the command. A
+/// token is hashed once, at `AUTH`; each command then only asks whether
+/// it is still held ([`crate::auth::Access::still_allows`]).
 pub fn principal(node: &NodeHandle, session: &Session) -> Result<Principal, Reply> {
-    node.access()
-        .principal(session.token.as_deref())
-        .map_err(|e| match e {
+    match &session.principal {
+        Some(p) if node.access().still_allows(p) => Ok(p.clone()),
+        // Valid once, not now: revoked meanwhile.
+        Some(_) => Err(Reply::Error(format!(
+            "{NOAUTH} (this connection's token is not valid any more; AUTH again)"
+        ))),
+        None => node.access().principal(None).map_err(|e| match e {
             Unauthenticated::Missing => Reply::Error(NOAUTH.into()),
-            // Valid once, not now: revoked meanwhile.
-            Unauthenticated::Token(_) | Unauthenticated::Revoked => Reply::Error(format!(
-                "{NOAUTH} (this connection's token is not valid any more; AUTH again)"
-            )),
-        })
+            Unauthenticated::Token(_) | Unauthenticated::Revoked => Reply::Error(WRONGPASS.into()),
+        }),
+    }
 }
 
 /// Checks `token` and, if valid, makes it the connection's.
 fn authenticate(node: &NodeHandle, session: &mut Session, token: &Bytes) -> Result<(), Reply> {
     let token = std::str::from_utf8(token).map_err(|_| Reply::Error(WRONGPASS.into()))?;
     match node.access().principal(Some(token)) {
-        Ok(_) => {
-            session.token = Some(token.to_owned());
+        Ok(p) => {
+            session.principal = Some(p);
             Ok(())
         }
         Err(_) => Err(Reply::Error(WRONGPASS.into())),

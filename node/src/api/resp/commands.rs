@@ -51,9 +51,9 @@ pub struct Session {
     pub partition_count: u32,
     /// Where `SCAN` cursors go on (shared by the node's connections).
     pub cursors: Arc<Cursors>,
-    /// The access token `AUTH` (or `HELLO ... AUTH`) presented, checked
-    /// again for every command (see [`super::access`]).
-    pub token: Option<String>,
+    /// Who the token `AUTH` (or `HELLO ... AUTH`) presented is; every
+    /// command asks whether it still may act (see [`super::access`]).
+    pub principal: Option<crate::auth::Principal>,
 }
 
 impl Session {
@@ -66,7 +66,7 @@ impl Session {
             cluster_aware: false,
             partition_count,
             cursors,
-            token: None,
+            principal: None,
         }
     }
 }
