@@ -133,6 +133,21 @@ impl ClusterFile {
 pub(super) struct Loaded {
     pub incarnation: Incarnation,
     pub record: Option<ClusterFile>,
+    /// `node.toml` was made by an earlier build (no incarnation): the
+    /// caller gives it `incarnation` with [`upgrade`] once the whole
+    /// directory has read, so a directory that does not open stays as
+    /// it was.
+    pub upgrade: bool,
+}
+
+/// Writes `node.toml` again, with the incarnation [`ensure`] assigned.
+pub(super) fn upgrade(disk: &dyn Disk, dirs: &Dirs, meta: &NodeMeta) -> Result<(), StorageError> {
+    write(disk, dirs, meta)?;
+    tracing::info!(
+        incarnation = %meta.incarnation_if_new,
+        "the data directory had no incarnation; assigned one"
+    );
+    Ok(())
 }
 
 /// Writes `node.toml` if absent, or checks it against `meta` if present;
@@ -152,16 +167,14 @@ pub(super) fn ensure(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(&cluster_file)(e)),
     };
+    let mut upgrade = false;
     let incarnation = match disk.read(file) {
         Ok(bytes) => match check(file, &bytes, meta)? {
             Some(incarnation) => incarnation,
             None => {
-                // Made by an earlier build: give it its incarnation now.
-                write(disk, dirs, meta)?;
-                tracing::info!(
-                    incarnation = %meta.incarnation_if_new,
-                    "the data directory had no incarnation; assigned one"
-                );
+                // Made by an earlier build: it gets its incarnation (see
+                // `Loaded::upgrade`).
+                upgrade = true;
                 meta.incarnation_if_new
             }
         },
@@ -181,6 +194,7 @@ pub(super) fn ensure(
     Ok(Loaded {
         incarnation,
         record,
+        upgrade,
     })
 }
 

@@ -164,6 +164,15 @@ impl Default for StorageOptions {
     }
 }
 
+/// What recovery tidies among the snapshots once the directory has read:
+/// snapshots the WAL held inline (written to files of their own), stray
+/// files, and snapshot files no longer current.
+struct SnapshotTidy {
+    inline: Vec<(PartitionId, Snapshot)>,
+    strays: Vec<(PartitionId, PathBuf)>,
+    orphans: Vec<(PartitionId, u64)>,
+}
+
 /// Why storage could not open or write. Every message names the file (and
 /// the offset, for a corrupt record).
 #[derive(Debug, thiserror::Error)]
@@ -400,6 +409,9 @@ impl Storage {
             cluster: loaded.record,
         };
         let recovered = storage.recover()?;
+        if loaded.upgrade {
+            meta::upgrade(storage.disk.as_ref(), &storage.dirs, &meta)?;
+        }
         storage.start_segment_after_recovery()?;
         storage.delete_covered_segments()?;
         Ok((storage, recovered))
@@ -784,10 +796,15 @@ impl Storage {
     // ------------------------------------------------------------ recovery
 
     /// Reads every segment and snapshot back; fills the bookkeeping.
+    /// Reads and checks everything first (segments, snapshots, the log's
+    /// continuity) and only then repairs what a crash leaves behind: a
+    /// directory that does not open is left exactly as it was, for the
+    /// operator (or a later version) to read.
     fn recover(&mut self) -> Result<Recovered, StorageError> {
-        let seqs = self.list_segments()?;
+        let (seqs, leftovers) = self.list_segments()?;
         let mut groups: BTreeMap<PartitionId, RaftStorage> = BTreeMap::new();
         let mut latest: BTreeMap<PartitionId, SnapshotSource> = BTreeMap::new();
+        let mut torn = None;
         for (i, &seq) in seqs.iter().enumerate() {
             self.push_segment(seq);
             let path = self.active().path.clone();
@@ -795,36 +812,62 @@ impl Storage {
             let read = wal::read_segment(&path, &bytes, i + 1 == seqs.len())?;
             let mut len = bytes.len() as u64;
             if let Some((at, reason)) = read.torn_at {
-                tracing::warn!(
-                    file = %path.display(),
-                    offset = at,
-                    cut_bytes = len - at,
-                    %reason,
-                    "cutting a torn WAL tail (never acknowledged)"
-                );
-                self.disk.truncate(&path, at).map_err(io_err(&path))?;
+                torn = Some((path.clone(), at, len - at, reason));
                 len = at;
             }
-            // What is replayed must be durable before the node acts on it: a
-            // process crash leaves unsynced bytes readable in the page cache,
-            // and a later power loss would tear them out of a segment that is
-            // no longer the last.
-            self.disk.sync_file(&path).map_err(io_err(&path))?;
             self.active_mut().bytes = len;
             for payload in read.records {
                 self.replay(payload, &mut groups, &mut latest);
             }
         }
-        self.restore_snapshots(&mut groups, latest)?;
+        let tidy = self.load_snapshots(&mut groups, latest)?;
         for (&partition, storage) in &groups {
             self.check_contiguous(partition, storage)?;
         }
+
+        // Everything reads: now the repairs.
+        if !leftovers.is_empty() {
+            for path in &leftovers {
+                tracing::warn!(
+                    file = %path.display(),
+                    "deleting a WAL segment left over from an interrupted deletion"
+                );
+                self.disk.remove_file(path).map_err(io_err(path))?;
+            }
+            self.disk
+                .sync_dir(&self.dirs.wal)
+                .map_err(io_err(&self.dirs.wal))?;
+        }
+        if let Some((path, at, cut_bytes, reason)) = torn {
+            tracing::warn!(
+                file = %path.display(),
+                offset = at,
+                cut_bytes,
+                %reason,
+                "cutting a torn WAL tail (never acknowledged)"
+            );
+            self.disk.truncate(&path, at).map_err(io_err(&path))?;
+        }
+        // What is replayed must be durable before the node acts on it: a
+        // process crash leaves unsynced bytes readable in the page cache,
+        // and a later power loss would tear them out of a segment that is
+        // no longer the last.
+        for path in self
+            .segments
+            .iter()
+            .map(|s| s.path.clone())
+            .collect::<Vec<_>>()
+        {
+            self.disk.sync_file(&path).map_err(io_err(&path))?;
+        }
+        self.tidy_snapshots(tidy)?;
         Ok(Recovered { groups })
     }
 
-    /// Segment numbers to replay, oldest first. Segments before a gap are
-    /// leftovers of an interrupted deletion: deleted here.
-    fn list_segments(&mut self) -> Result<Vec<u64>, StorageError> {
+    /// Segment numbers to replay, oldest first, and the segments before a
+    /// gap: leftovers of an interrupted deletion, deleted once everything
+    /// else reads.
+    fn list_segments(&mut self) -> Result<(Vec<u64>, Vec<PathBuf>), StorageError> {
         let wal_dir = &self.dirs.wal;
         let mut seqs = Vec::new();
         for name in self.disk.list_dir(wal_dir).map_err(io_err(wal_dir))? {
@@ -837,18 +880,14 @@ impl Storage {
             }
         }
         seqs.sort_unstable();
+        let mut leftovers = Vec::new();
         if let Some(gap) = seqs.windows(2).rposition(|w| w[1] != w[0] + 1) {
-            for seq in seqs.drain(..=gap) {
-                let path = wal::segment_path(wal_dir, seq);
-                tracing::warn!(
-                    file = %path.display(),
-                    "deleting a WAL segment left over from an interrupted deletion"
-                );
-                self.disk.remove_file(&path).map_err(io_err(&path))?;
-            }
-            self.disk.sync_dir(wal_dir).map_err(io_err(wal_dir))?;
+            leftovers = seqs
+                .drain(..=gap)
+                .map(|seq| wal::segment_path(wal_dir, seq))
+                .collect();
         }
-        Ok(seqs)
+        Ok((seqs, leftovers))
     }
 
     fn replay(
@@ -902,13 +941,14 @@ impl Storage {
         }
     }
 
-    /// Loads each partition's current snapshot into `groups` and deletes
-    /// every other snapshot file.
-    fn restore_snapshots(
+    /// Loads each partition's current snapshot into `groups`, and says
+    /// what to tidy once the whole directory has read (see
+    /// [`Storage::tidy_snapshots`]).
+    fn load_snapshots(
         &mut self,
         groups: &mut BTreeMap<PartitionId, RaftStorage>,
         latest: BTreeMap<PartitionId, SnapshotSource>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<SnapshotTidy, StorageError> {
         let listing = snapshots::list(self.disk.as_ref(), &self.dirs.snap)?;
         self.snapshot_files = listing.snapshots;
         let mut inline = Vec::new();
@@ -925,38 +965,57 @@ impl Storage {
             self.snapshot_bytes.insert(p, snapshot.data.len() as u64);
             groups.entry(p).or_default().snapshot = Some(snapshot);
         }
-        for (p, snapshot) in inline {
-            self.write_snapshot_file(p, &snapshot)?;
-        }
-
-        let mut dirty: BTreeSet<PartitionId> = BTreeSet::new();
-        for (p, path) in &listing.strays {
-            tracing::warn!(file = %path.display(), "deleting a stray file among snapshots");
-            self.disk.remove_file(path).map_err(io_err(path))?;
-            dirty.insert(*p);
-        }
-        let partitions: Vec<PartitionId> = self.snapshot_files.keys().copied().collect();
-        for p in partitions {
+        let mut orphans = Vec::new();
+        for (&p, files) in &self.snapshot_files {
             let current = self
                 .shapes
                 .get(&p)
                 .and_then(|s| s.snapshot.as_ref())
                 .map(|m| m.index);
-            let Some(files) = self.snapshot_files.get_mut(&p) else {
-                continue;
-            };
-            let orphans: Vec<u64> = files
-                .iter()
-                .copied()
-                .filter(|&i| Some(i) != current)
-                .collect();
-            for index in orphans {
-                let path = snapshots::snapshot_path(&self.dirs.snap, p, index);
-                tracing::info!(file = %path.display(), "deleting a snapshot the WAL no longer references");
-                self.disk.remove_file(&path).map_err(io_err(&path))?;
-                files.remove(&index);
-                dirty.insert(p);
+            orphans.extend(
+                files
+                    .iter()
+                    .filter(|&&i| Some(i) != current)
+                    .map(|&i| (p, i)),
+            );
+        }
+        Ok(SnapshotTidy {
+            inline,
+            strays: listing.strays,
+            orphans,
+        })
+    }
+
+    /// Writes the snapshots the WAL held inline to files of their own, and
+    /// deletes every other file among the snapshots.
+    fn tidy_snapshots(&mut self, tidy: SnapshotTidy) -> Result<(), StorageError> {
+        for (p, snapshot) in tidy.inline {
+            self.write_snapshot_file(p, &snapshot)?;
+        }
+        let mut dirty: BTreeSet<PartitionId> = BTreeSet::new();
+        // A stray that cannot be deleted (a directory, say) does no harm:
+        // it is never read as a snapshot.
+        for (p, path) in &tidy.strays {
+            match self.disk.remove_file(path) {
+                Ok(()) => {
+                    tracing::warn!(file = %path.display(), "deleted a stray file among snapshots");
+                    dirty.insert(*p);
+                }
+                Err(e) => tracing::warn!(
+                    file = %path.display(),
+                    error = %e,
+                    "cannot delete a stray file among snapshots; leaving it"
+                ),
             }
+        }
+        for (p, index) in tidy.orphans {
+            let path = snapshots::snapshot_path(&self.dirs.snap, p, index);
+            tracing::info!(file = %path.display(), "deleting a snapshot the WAL no longer references");
+            self.disk.remove_file(&path).map_err(io_err(&path))?;
+            if let Some(files) = self.snapshot_files.get_mut(&p) {
+                files.remove(&index);
+            }
+            dirty.insert(p);
         }
         for p in dirty {
             let dir = snapshots::partition_dir(&self.dirs.snap, p);

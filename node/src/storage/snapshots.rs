@@ -34,11 +34,15 @@ fn parse_snapshot_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The partition of a directory name, in the one form `partition_dir`
+/// writes: `7`, never `07` (two names for one partition would have its
+/// snapshots in two places, found by fuzzing).
 fn parse_partition_name(name: &str) -> Option<PartitionId> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    name.parse().ok().map(PartitionId)
+    let p = name.parse().ok().map(PartitionId)?;
+    (p.0.to_string() == name).then_some(p)
 }
 
 /// Writes `snapshot` durably under its final name: a temporary file, synced,
@@ -172,5 +176,8 @@ mod tests {
         assert_eq!(parse_snapshot_name("00000000000000000300.snap.tmp"), None);
         assert_eq!(parse_partition_name("7"), Some(PartitionId(7)));
         assert_eq!(parse_partition_name("7x"), None);
+        assert_eq!(parse_partition_name("0"), Some(PartitionId(0)));
+        assert_eq!(parse_partition_name("07"), None, "one name per partition");
+        assert_eq!(parse_partition_name("00"), None, "one name per partition");
     }
 }

@@ -1217,3 +1217,69 @@ fn a_directory_from_before_incarnations_is_given_one() {
         "{text}"
     );
 }
+
+// Found by fuzzing (fuzz/fuzz_targets/recovery.rs): what recovery may
+// repair, it repairs only once the whole directory has read.
+
+#[test]
+fn a_directory_that_does_not_open_is_left_as_it_was() {
+    let disk = Arc::new(MemDisk::new());
+    let (mut storage, _) = open(&disk);
+    storage.write(&mixed_history()).expect("write");
+    drop(storage);
+    // A torn WAL tail (recovery would cut it), a node.toml from before
+    // incarnations (recovery would rewrite it), an orphan snapshot
+    // (recovery would delete it) ... and a corrupt referenced snapshot.
+    let last = segment_files(disk.as_ref()).pop().expect("a segment");
+    let bytes = disk.read(&last).expect("read");
+    disk.set_durable(&last, bytes[..bytes.len() - 3].to_vec());
+    disk.set_durable(
+        &data_dir().join("node.toml"),
+        b"format_version = 2\nnode_id = 1\ncluster_id = \"test-cluster\"\npartition_count = 8\nreplication_factor = 3\n".to_vec(),
+    );
+    disk.set_durable(
+        &data_dir().join("snap/0/00000000000000000009.snap"),
+        b"orphan".to_vec(),
+    );
+    let referenced = data_dir().join("snap/0/00000000000000000005.snap");
+    let mut snapshot = disk.read(&referenced).expect("snapshot file");
+    let n = snapshot.len();
+    snapshot[n - 2] ^= 1;
+    disk.set_durable(&referenced, snapshot);
+    let before = disk.durable_image();
+
+    let err = open_with(&disk, StorageOptions::default()).expect_err("corrupt snapshot");
+    assert!(matches!(err, StorageError::CorruptSnapshot { .. }), "{err}");
+    assert_eq!(
+        disk.durable_image(),
+        before,
+        "a failed open changed the directory"
+    );
+}
+
+#[test]
+fn a_partition_directory_has_one_name_and_strangers_among_snapshots_stay_harmless() {
+    let disk = Arc::new(MemDisk::new());
+    let (mut storage, _) = open(&disk);
+    let history = mixed_history();
+    storage.write(&history).expect("write");
+    drop(storage);
+    // `snap/00` is not partition 0's directory (that is `snap/0`): its
+    // file is no snapshot of partition 0. And a directory inside a
+    // partition's directory cannot be deleted as a stray file: it stays.
+    disk.set_durable(
+        &data_dir().join("snap/00/00000000000000000009.snap"),
+        b"stranger".to_vec(),
+    );
+    disk.create_dir_all(&data_dir().join("snap/0/subdir"))
+        .expect("mkdir");
+    let (_, recovered) = open(&disk);
+    assert_eq!(recovered, Recovered::replay(all_records(&history)));
+    let (_, again) = open(&disk);
+    assert_eq!(again, recovered);
+    assert_eq!(
+        disk.read(&data_dir().join("snap/00/00000000000000000009.snap"))
+            .expect("left alone"),
+        b"stranger"
+    );
+}
