@@ -13,7 +13,9 @@ use ringkv_core::identity::{
 };
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(hello) = decode_hello(data) else { return };
+    let Ok(hello) = decode_hello(data) else {
+        return;
+    };
     let me = Identity {
         node: NodeId(1),
         incarnation: Incarnation(1),
@@ -24,7 +26,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let record = ClusterRecord {
         uid: ClusterUid(7),
-        members: (1..=3).map(|i| (NodeId(i), Incarnation(i.into()))).collect(),
+        members: (1..=3)
+            .map(|i| (NodeId(i), Incarnation(i.into())))
+            .collect(),
     };
     if let Err(refusal) = admit(&me, Some(&record), &hello) {
         let _ = (refusal.kind(), refusal.to_string());
