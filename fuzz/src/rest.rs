@@ -77,6 +77,7 @@ pub fn target() -> &'static Target {
             Arc::new(addrs),
             MAX_VALUE_BYTES,
             PARTITIONS,
+            Duration::from_secs(2),
         );
         Target {
             runtime,

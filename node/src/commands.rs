@@ -182,6 +182,16 @@ struct ClusterArgs {
     /// Largest value accepted, in bytes.
     #[arg(long, env = "RINGKV_MAX_VALUE_BYTES", default_value_t = defaults::MAX_VALUE_BYTES)]
     max_value_bytes: usize,
+    /// Client connections each of the REST and RESP listeners serves at once (one more is
+    /// refused: REST 503 too_many_connections, RESP "-ERR max number of clients reached").
+    /// Keep it below the open-file limit (ulimit -n).
+    #[arg(long, env = "RINGKV_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Seconds a client may take to send a request it has begun (REST headers, then body;
+    /// a RESP command): past it, REST answers 408 or closes, RESP closes. An idle RESP
+    /// connection stays; an idle REST connection is closed after this long.
+    #[arg(long, env = "RINGKV_CLIENT_TIMEOUT", default_value_t = defaults::CLIENT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    client_timeout: u64,
     /// After this many milliseconds a request is answered: a write "outcome unknown", a read "timeout".
     #[arg(long, env = "RINGKV_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     request_timeout_ms: u64,
@@ -206,6 +216,8 @@ impl ClusterArgs {
         c.replication_factor = self.replication_factor;
         c.max_key_bytes = self.max_key_bytes;
         c.max_value_bytes = self.max_value_bytes;
+        c.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        c.client_timeout = Duration::from_secs(self.client_timeout);
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
         c.snapshot_entries = self.snapshot_entries;
         c.dead_after = Duration::from_secs(self.dead_after);

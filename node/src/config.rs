@@ -54,6 +54,15 @@ pub struct ServerConfig {
     pub tokens_per_node: u32,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Client connections each of the REST and RESP listeners serves at
+    /// once; one more is refused with a clear error and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request once it has begun
+    /// (REST: its headers, then its body; RESP: the rest of a command):
+    /// past it, the request is refused (REST 408) or the connection
+    /// closed. A REST connection idle that long is closed too (RESP
+    /// connections may idle).
+    pub client_timeout: Duration,
     pub request_timeout: Duration,
     pub tick_interval: Duration,
     /// Applied entries after which a partition's log is compacted.
@@ -111,6 +120,9 @@ pub mod defaults {
     pub const TOKENS_PER_NODE: u32 = 64;
     pub const MAX_KEY_BYTES: usize = 4 << 10;
     pub const MAX_VALUE_BYTES: usize = 1 << 20;
+    /// Redis's `maxclients` default.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const CLIENT_TIMEOUT_SECS: u64 = 10;
     pub const SNAPSHOT_ENTRIES: u64 = 10_000;
     pub const DEAD_AFTER_SECS: u64 = 30;
     pub const CLUSTER_ID: &str = "ringkv";
@@ -141,6 +153,8 @@ impl ServerConfig {
             tokens_per_node: defaults::TOKENS_PER_NODE,
             max_key_bytes: defaults::MAX_KEY_BYTES,
             max_value_bytes: defaults::MAX_VALUE_BYTES,
+            max_connections: defaults::MAX_CONNECTIONS,
+            client_timeout: Duration::from_secs(defaults::CLIENT_TIMEOUT_SECS),
             request_timeout: core.request_timeout,
             tick_interval: core.tick_interval,
             snapshot_entries: defaults::SNAPSHOT_ENTRIES,

@@ -344,11 +344,13 @@ impl Server {
                     addrs,
                     config.max_value_bytes,
                     config.partition_count,
+                    config.client_timeout,
                 );
-                let mut rx = shutdown_rx.clone();
-                let stopped = async move {
-                    let _ = rx.wait_for(|s| *s).await;
+                let limits = crate::api::http::HttpLimits {
+                    max_connections: config.max_connections,
+                    header_timeout: config.client_timeout,
                 };
+                let stopped = shutdown_rx.clone();
                 let task = match &tls {
                     Some(tls) => {
                         let listener = crate::tls::RestListener {
@@ -356,15 +358,13 @@ impl Server {
                             local,
                         };
                         tokio::spawn(async move {
-                            axum::serve(listener, app)
-                                .with_graceful_shutdown(stopped)
+                            crate::api::http::serve(listener, app, limits, stopped)
                                 .await
                                 .map_err(|e| format!("REST server on {local}: {e}"))
                         })
                     }
                     None => tokio::spawn(async move {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(stopped)
+                        crate::api::http::serve(listener, app, limits, stopped)
                             .await
                             .map_err(|e| format!("REST server on {local}: {e}"))
                     }),
@@ -385,6 +385,8 @@ impl Server {
                 let local = listener.local_addr()?;
                 let settings = crate::api::resp::Settings {
                     limits: crate::api::resp::parser::Limits::for_values(config.max_value_bytes),
+                    max_connections: config.max_connections,
+                    command_timeout: config.client_timeout,
                     redirects: config.resp_redirects,
                     partition_count: config.partition_count,
                 };

@@ -8,6 +8,8 @@ pub mod convert;
 pub mod dashboard;
 pub mod errors;
 pub mod grpc;
+#[cfg(not(madsim))]
+pub mod http;
 pub mod metrics;
 #[cfg(not(madsim))]
 pub mod resp;

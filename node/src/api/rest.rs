@@ -39,6 +39,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -80,6 +81,8 @@ struct AppState {
     addrs: Arc<BTreeMap<NodeId, PeerAddr>>,
     max_value_bytes: usize,
     partition_count: u32,
+    /// How long a request body may take to arrive (`--client-timeout`).
+    body_timeout: Duration,
 }
 
 /// The router for one node.
@@ -90,6 +93,7 @@ pub fn router(
     addrs: Arc<BTreeMap<NodeId, PeerAddr>>,
     max_value_bytes: usize,
     partition_count: u32,
+    body_timeout: Duration,
 ) -> Router {
     let state = AppState {
         dashboard: Dashboard::new(node.clone(), handshake.clone(), addrs.clone()),
@@ -99,6 +103,7 @@ pub fn router(
         addrs,
         max_value_bytes,
         partition_count,
+        body_timeout,
     };
     Router::new()
         .route(
@@ -128,6 +133,7 @@ pub fn router(
             state.clone(),
             authenticate,
         ))
+        .layer(axum::middleware::from_fn(limit_headers))
         .with_state(state)
 }
 
@@ -252,6 +258,34 @@ const QUOTED_CHARS: usize = 64;
 /// Checks a request's query against [`known_parameters`]: an unknown name
 /// or a repeated one is a 400 problem that names it and lists what the route
 /// takes.
+/// Most header fields a request may carry, and most bytes of them in all
+/// (names and values; nginx's default allows 4 lines of 8 KiB).
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 32 << 10;
+
+/// Refuses a request whose headers are too many or too large, with `431`
+/// and a problem document (hyper's own limit, far above, answers with an
+/// empty body: see `api::http`).
+async fn limit_headers(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return problem(
+            431,
+            "headers_too_large",
+            &format!(
+                "the request has {} header fields of {bytes} bytes in all; at most {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes are accepted",
+                headers.len()
+            ),
+            json!({}),
+        );
+    }
+    next.run(request).await
+}
+
 async fn refuse_unknown_parameters(request: Request, next: Next) -> Response {
     if let Some(query) = request.uri().query()
         && let Err(bad) = check_parameters(
@@ -353,6 +387,33 @@ fn error_response(e: &ClientError) -> Response {
         _ => {}
     }
     resp
+}
+
+/// A 413 that states the body's real size where the client declared it
+/// (`Content-Length`); a chunked body is not read past the limit, so its
+/// size is not known.
+fn value_too_large(headers: &HeaderMap, limit: usize) -> Response {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .filter(|&len| len > limit);
+    match declared {
+        Some(len) => error_response(&ClientError::ValueTooLarge { len, max: limit }),
+        None => {
+            let k = kind(&ClientError::ValueTooLarge {
+                len: limit + 1,
+                max: limit,
+            });
+            problem(
+                k.http_status,
+                k.code,
+                &format!(
+                    "value is more than {limit} bytes (the limit); it came without Content-Length and was not read further"
+                ),
+                json!({}),
+            )
+        }
+    }
 }
 
 fn bad_request(code: &str, detail: &str) -> Response {
@@ -504,7 +565,10 @@ fn parse_consistency(s: Option<&str>) -> Result<Consistency, BadRequest> {
         Some("stale") => Ok(Consistency::Stale),
         Some(other) => Err(BadRequest::new(
             "invalid_consistency",
-            format!("consistency must be linearizable, lease or stale, not {other:?}"),
+            format!(
+                "consistency must be linearizable, lease or stale, not {}",
+                quoted(other, 64)
+            ),
         )),
     }
 }
@@ -769,23 +833,30 @@ async fn put_key(
         Err(r) => return r.into_response(),
     };
     // Read at most one byte beyond the limit: enough to know it is too large
-    // without buffering an arbitrary upload.
+    // without buffering an arbitrary upload; and no longer than
+    // `--client-timeout`: a body that stalls does not hold the request open.
     let limit = s.max_value_bytes;
-    let value = match http_body_util::Limited::new(body, limit + 1)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
+    let read = http_body_util::Limited::new(body, limit + 1).collect();
+    let value = match tokio::time::timeout(s.body_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return error_response(&ClientError::ValueTooLarge {
-                    len: limit + 1,
-                    max: limit,
-                });
+                return value_too_large(&headers, limit);
             }
             return bad_request("invalid_body", &format!("could not read the body: {e}"));
+        }
+        Err(_) => {
+            return problem(
+                408,
+                "body_timeout",
+                &format!(
+                    "the request body did not arrive within {} s",
+                    s.body_timeout.as_secs()
+                ),
+                json!({}),
+            );
         }
     };
     let req = ClientRequest::Put {
@@ -961,9 +1032,13 @@ async fn ui_index() -> Response {
     asset("")
 }
 
-/// `GET /ui/{file}`: its script and style sheet.
-async fn ui_file(Path(file): Path<String>) -> Response {
-    asset(&file)
+/// `GET /ui/{file}`: its script and style sheet. (A name that is not
+/// UTF-8 is no file of ours: the same 404 problem, not axum's text.)
+async fn ui_file(file: Result<Path<String>, axum::extract::rejection::PathRejection>) -> Response {
+    match file {
+        Ok(Path(file)) => asset(&file),
+        Err(_) => asset("/"),
+    }
 }
 
 fn asset(name: &str) -> Response {

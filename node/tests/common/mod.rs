@@ -108,7 +108,7 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-fn read_response(mut r: impl BufRead) -> io::Result<Response> {
+pub fn read_response(mut r: impl BufRead) -> io::Result<Response> {
     let mut line = String::new();
     r.read_line(&mut line)?;
     let status = line

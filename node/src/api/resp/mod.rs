@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use self::commands::{After, Session};
 use self::keyspace::Cursors;
@@ -63,6 +63,14 @@ pub const PIPELINE_WINDOW: usize = 256;
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub limits: Limits,
+    /// Connections served at once; one more gets Redis's
+    /// `-ERR max number of clients reached` and is closed.
+    pub max_connections: usize,
+    /// How long the rest of a command may take to arrive once part of it
+    /// has (counted from the last whole command): a client that stalls
+    /// mid-command is told so and closed. An idle connection (nothing
+    /// pending) stays open, as in Redis.
+    pub command_timeout: std::time::Duration,
     pub redirects: RespRedirects,
     /// The cluster's partition count (slot ranges).
     pub partition_count: u32,
@@ -86,6 +94,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let next_id = Arc::new(AtomicU64::new(1));
     let cursors = Arc::new(Cursors::default());
+    let open = Arc::new(Semaphore::new(settings.max_connections));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -93,17 +102,25 @@ pub async fn serve(
             _ = async { drop(shutdown.wait_for(|s| *s).await) } => return Ok(()),
             accepted = accept(&mut incoming) => accepted,
         };
+        let permit = Arc::clone(&open).try_acquire_owned().ok();
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let (node, cursors, rx) = (node.clone(), cursors.clone(), shutdown.clone());
-        match accepted {
-            Accepted::Plain(stream, peer) => {
-                let _ = stream.set_nodelay(true);
-                spawn_connection(stream, peer, node, settings, id, cursors, rx);
+        match (accepted, permit) {
+            (Accepted::Plain(stream, _), None) => {
+                tokio::spawn(refuse(stream));
             }
             #[cfg(not(madsim))]
-            Accepted::Tls(conn) => {
+            (Accepted::Tls(conn), None) => {
+                tokio::spawn(refuse(*conn));
+            }
+            (Accepted::Plain(stream, peer), Some(permit)) => {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, peer, node, settings, id, cursors, rx, permit);
+            }
+            #[cfg(not(madsim))]
+            (Accepted::Tls(conn), Some(permit)) => {
                 let peer = conn.remote;
-                spawn_connection(*conn, peer, node, settings, id, cursors, rx);
+                spawn_connection(*conn, peer, node, settings, id, cursors, rx, permit);
             }
         }
     }
@@ -137,6 +154,19 @@ async fn accept(incoming: &mut Incoming) -> Accepted {
     }
 }
 
+/// A connection over `Settings::max_connections`: Redis's words, then
+/// closed.
+async fn refuse<S: AsyncWrite + Unpin>(mut stream: S) {
+    let write = async {
+        stream
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn_connection<S>(
     stream: S,
     peer: std::net::SocketAddr,
@@ -145,10 +175,12 @@ fn spawn_connection<S>(
     id: u64,
     cursors: Arc<Cursors>,
     mut shutdown: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
+        let _open = permit;
         tokio::select! {
             biased;
             _ = async { drop(shutdown.wait_for(|s| *s).await) } => {}
@@ -278,6 +310,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut subs = Subscriptions::default();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::new();
+    // When the command now arriving must have arrived (see
+    // `Settings::command_timeout`).
+    let mut deadline = tokio::time::Instant::now() + settings.command_timeout;
     loop {
         // The whole commands buffered, in order, a window at a time.
         let mut batch: Vec<Vec<Bytes>> = Vec::new();
@@ -296,6 +331,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
             }
+        }
+        if !batch.is_empty() {
+            deadline = tokio::time::Instant::now() + settings.command_timeout;
         }
         let full = batch.len() == PIPELINE_WINDOW;
         let after = run_batch(&node, &mut session, &mut subs, batch, &mut output).await;
@@ -330,6 +368,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         if !goes_on {
             return Ok(());
         }
+        if input.is_empty() {
+            deadline = tokio::time::Instant::now() + settings.command_timeout;
+        }
         input.reserve(READ_CHUNK);
         tokio::select! {
             biased;
@@ -337,6 +378,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 if read? == 0 {
                     return Ok(());
                 }
+            }
+            _ = tokio::time::sleep_until(deadline), if !input.is_empty() => {
+                Reply::err(format!(
+                    "timed out waiting for the rest of a command ({} s); closing the connection",
+                    settings.command_timeout.as_secs()
+                ))
+                .encode(session.proto, &mut output);
+                stream.write_all(&output).await?;
+                return Ok(());
             }
             delivery = subs.next(), if subs.count() > 0 => {
                 // A token revoked meanwhile (or authentication turned on)
