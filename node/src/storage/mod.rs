@@ -802,6 +802,16 @@ impl Storage {
     /// operator (or a later version) to read.
     fn recover(&mut self) -> Result<Recovered, StorageError> {
         let (seqs, leftovers) = self.list_segments()?;
+        // Numbers ringkv could never reach (2^63 segments): a damaged or
+        // foreign name, and no room for the segments that would follow.
+        if let Some(&last) = seqs.last()
+            && last > u64::MAX / 2
+        {
+            return Err(StorageError::BadMeta {
+                file: wal::segment_path(&self.dirs.wal, last),
+                reason: "a WAL segment number past 2^63, which ringkv never writes".to_owned(),
+            });
+        }
         let mut groups: BTreeMap<PartitionId, RaftStorage> = BTreeMap::new();
         let mut latest: BTreeMap<PartitionId, SnapshotSource> = BTreeMap::new();
         let mut torn = None;

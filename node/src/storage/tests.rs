@@ -1283,3 +1283,17 @@ fn a_partition_directory_has_one_name_and_strangers_among_snapshots_stay_harmles
         b"stranger"
     );
 }
+
+#[test]
+fn a_segment_number_ringkv_never_writes_is_refused_untouched() {
+    let disk = Arc::new(MemDisk::new());
+    let (storage, _) = open(&disk);
+    drop(storage);
+    // Found by fuzzing: u64::MAX left no number for the next segment.
+    let name = wal_dir().join(format!("{}.log", u64::MAX));
+    disk.set_durable(&name, Vec::new());
+    let before = disk.durable_image();
+    let err = open_with(&disk, StorageOptions::default()).expect_err("refused");
+    assert!(err.to_string().contains("2^63"), "{err}");
+    assert_eq!(disk.durable_image(), before);
+}
