@@ -54,12 +54,15 @@ enum Command {
     /// Write a key.
     Put(client::PutArgs),
     /// Read a key.
+    #[command(mut_arg("output", |a| a.help("Output: table (the bare value, as stored) or json (one JSON object: key, value, revisions)")))]
     Get(client::GetArgs),
     /// Delete a key.
     Del(client::DelArgs),
     /// List keys in order, all of them or those under a prefix.
+    #[command(mut_arg("output", |a| a.help("Output: table (one key per line) or json (one JSON object per key, one per line)")))]
     Ls(client::LsArgs),
     /// Print each change of a key, or of the keys under a prefix, as it happens.
+    #[command(mut_arg("output", |a| a.help("Output: table (one line per change) or json (one JSON object per change, one per line)")))]
     Watch(watch::WatchArgs),
     /// Show the cluster as one node sees it.
     Status(client::StatusArgs),
@@ -258,13 +261,13 @@ pub fn main() -> ExitCode {
     if let Some(ca) = &cli.tls_ca
         && let Err(e) = ringkv_node::cli::tls::trust(ca)
     {
-        eprintln!("error: --tls-ca: {e:#}");
+        eprintln!("error: --tls-ca: {}", ringkv_node::error_chain(e.as_ref()));
         return ExitCode::from(ringkv_node::cli::exit::USAGE);
     }
     if let Some(token) = &cli.token
         && let Err(e) = ringkv_node::cli::auth::use_token(token)
     {
-        eprintln!("error: --token: {e:#}");
+        eprintln!("error: --token: {}", ringkv_node::error_chain(e.as_ref()));
         return ExitCode::from(ringkv_node::cli::exit::USAGE);
     }
     match cli.command {
@@ -285,7 +288,7 @@ pub fn main() -> ExitCode {
         Command::Certs(a) => certs(a),
         Command::Bench(a) => run_client(async move {
             bench::run(a).await.unwrap_or_else(|e| {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", ringkv_node::error_chain(e.as_ref()));
                 ExitCode::from(ringkv_node::cli::exit::OTHER)
             })
         }),
@@ -320,7 +323,7 @@ fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
     match rt.block_on(f) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ringkv_node::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -329,9 +332,14 @@ fn run_async(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: not in files, pipes or
+    // journald (NO_COLOR is honoured too).
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
@@ -444,14 +452,15 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
                 match server.reload_tls() {
                     Ok(true) => tracing::info!("SIGHUP: certificates read again"),
                     Ok(false) => tracing::info!("SIGHUP: no TLS to reload"),
-                    Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay: {e:#}"),
+                    Err(e) => tracing::error!("SIGHUP: certificates not reloaded, the old ones stay: {}", ringkv_node::error_chain(e.as_ref())),
                 }
             }
             _ = file_check.tick() => match server.reload_tls_if_changed() {
                 None => {}
                 Some(Ok(())) => tracing::info!("TLS files changed: certificates read again"),
                 Some(Err(e)) => tracing::error!(
-                    "TLS files changed but do not load, the old certificates stay: {e:#}"
+                    "TLS files changed but do not load, the old certificates stay: {}",
+                    ringkv_node::error_chain(e.as_ref())
                 ),
             },
             signal = &mut stop => break handle_stop(server, signal).await,
@@ -514,7 +523,7 @@ fn certs(args: CertsArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ringkv_node::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -417,7 +417,7 @@ impl Server {
                 handshake
                     .form(&peers, formation_disk, dir, ids.random())
                     .await
-                    .map_err(|e| format!("{e:#}"))
+                    .map_err(|e| crate::error_chain(e.as_ref()))
             }
         };
         let driver = tokio::spawn(async move {

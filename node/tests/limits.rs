@@ -188,3 +188,155 @@ fn malformed_and_oversized_requests_get_bounded_problems() {
         r.problem_code();
     }
 }
+
+/// Runs the CLI; its exit code, stdout and stderr.
+fn ringkv(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ringkv");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_says_what_it_does_and_what_is_wrong() {
+    let (c, resp) = node();
+    let (rest, grpc) = (c.node(1).rest().to_string(), c.node(1).grpc.to_string());
+
+    // Pointed at the wrong port, it says which port to use.
+    let (code, _, err) = ringkv(&["get", "k", "--endpoints", &rest]);
+    assert_ne!(code, 0);
+    assert!(err.contains("this looks like the REST port"), "{err}");
+    assert!(err.contains("gRPC port"), "{err}");
+    let resp = resp.to_string();
+    // (The Redis port's answer to a gRPC call varies with timing: a
+    // protocol error, which gets a hint, or a cancelled call.)
+    let (code, _, err) = ringkv(&["get", "k", "--endpoints", &resp, "--timeout", "3s"]);
+    assert_ne!(code, 0, "{err}");
+
+    // A cause is printed once, not once per layer of the error.
+    let file = c.dir().join("a-file");
+    std::fs::write(&file, b"").expect("write");
+    let dir = file.join("data");
+    let port = free_port().to_string();
+    let (code, _, err) = ringkv(&[
+        "server",
+        "--id",
+        "1",
+        "--peers",
+        &format!("1=127.0.0.1:{port}"),
+        "--data-dir",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert_ne!(code, 0);
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+
+    // Logs to a file or pipe carry no colour codes.
+    let port = free_port().to_string();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["server", "--id", "1", "--log", "info", "--peers"])
+        .arg(format!("1=127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(c.dir().join("logging-node"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a node");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = server.kill();
+    let mut log = String::new();
+    server
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("read the log");
+    let _ = server.wait();
+    assert!(log.contains("INFO"), "the node logged nothing: {log:?}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a piped log: {log:?}"
+    );
+
+    // `put` without a value on a terminal says it reads stdin (where a
+    // pseudo-terminal can be had: util-linux `script`).
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let bin = env!("CARGO_BIN_EXE_ringkv");
+        let out = std::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("{bin} put from-tty --endpoints {grpc}"),
+                "/dev/null",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("reading the value from standard input"),
+            "{said}"
+        );
+    } else {
+        eprintln!("SKIPPED the terminal part: no `script` (util-linux) here");
+    }
+    let (code, _, err) = ringkv(&["put", "from-pipe", "--endpoints", &grpc]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("standard input"),
+        "not a terminal, nothing said: {err}"
+    );
+
+    // The bench's clock starts after its prefill.
+    let (code, _, err) = ringkv(&[
+        "bench",
+        "--endpoints",
+        &grpc,
+        "--protocol",
+        "grpc",
+        "--keys",
+        "20000",
+        "--prefill",
+        "--clients",
+        "4",
+        "--duration",
+        "2s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let clock = |line: &str| -> Option<f64> {
+        let inner = line.strip_prefix('[')?.split(']').next()?;
+        inner
+            .trim()
+            .trim_end_matches(" prefill")
+            .trim_end_matches('s')
+            .parse()
+            .ok()
+    };
+    let prefill: Vec<f64> = err
+        .lines()
+        .filter(|l| l.contains(" prefill]"))
+        .filter_map(clock)
+        .collect();
+    let run: Vec<f64> = err
+        .lines()
+        .filter(|l| l.starts_with('[') && !l.contains("prefill"))
+        .filter_map(clock)
+        .collect();
+    assert!(
+        !prefill.is_empty(),
+        "the prefill took under a second; no line to compare: {err}"
+    );
+    assert!(
+        run.first().is_some_and(|&t| t < 1.5),
+        "the run's first line comes {run:?} s after a prefill of {prefill:?} s: {err}"
+    );
+}

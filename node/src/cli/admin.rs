@@ -75,11 +75,15 @@ pub struct NodeArgs {
     pub command: NodeCommand,
 }
 
+const DRAIN_OUTPUT: &str = "Output: table (progress and the result on stdout) or json (the result as one JSON object on stdout; progress lines on stderr)";
+
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum NodeCommand {
     /// Move every replica off a node, then remove it from the cluster.
+    #[command(mut_arg("output", |a| a.help(DRAIN_OUTPUT)))]
     Drain(DrainArgs),
     /// The same as drain: a node leaves only once its replicas have moved.
+    #[command(mut_arg("output", |a| a.help(DRAIN_OUTPUT)))]
     Remove(DrainArgs),
 }
 

@@ -149,7 +149,8 @@ pub struct BenchArgs {
     /// Deadline of each request.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Report format.
+    /// The final report: table (for people) or json (one JSON object on stdout; the progress
+    /// lines go to stderr either way).
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: OutputFormat,
     /// Seed of keys, values and the read/write mix.
@@ -326,11 +327,12 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Option<Report>> {
         Route::Leader => Some(Arc::new(learn_leaders(args, &endpoints).await?)),
     };
     let values = ValuePool::new(args.seed, args.value_size);
-    let progress = Progress::new();
-
     if args.prefill {
-        prefill(args, &targets, &values, &progress).await?;
+        prefill(args, &targets, &values, &Progress::new()).await?;
     }
+    // The run's clock starts after the prefill: "[  1.0s]" is the run's
+    // first second (the prefill has its own lines, with their own clock).
+    let progress = Progress::new();
 
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),

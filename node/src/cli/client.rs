@@ -69,7 +69,7 @@ pub struct ClientOpts {
         default_value = "127.0.0.1:9091,127.0.0.1:9092,127.0.0.1:9093"
     )]
     pub endpoints: Vec<String>,
-    /// Output format.
+    /// Output: table (for people: aligned fields) or json (for programs: one JSON object).
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: OutputFormat,
     /// Deadline of each request (e.g. 500ms, 10s); sent to the server too.
@@ -459,6 +459,12 @@ fn deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 
 /// Reads the whole of stdin (the value of `put` without a value argument).
 async fn read_stdin() -> Result<Bytes, Failure> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "reading the value from standard input; end it with Ctrl-D (or give it after the key: ringkv put KEY VALUE)"
+        );
+    }
     let read = tokio::task::spawn_blocking(|| {
         use std::io::Read;
         let mut buf = Vec::new();

@@ -256,7 +256,7 @@ impl Demo {
                 Event::Exited(id, result) => {
                     match result {
                         Ok(()) => println!("node {id} stopped by itself"),
-                        Err(e) => println!("node {id} failed: {e:#}"),
+                        Err(e) => println!("node {id} failed: {}", crate::error_chain(e.as_ref())),
                     }
                     if let Some(server) = self.nodes.insert(id, None).flatten() {
                         server.stop().await;
@@ -264,7 +264,7 @@ impl Demo {
                 }
                 Event::Line(Some(line)) => {
                     if let Err(e) = self.command(line.trim()).await {
-                        println!("error: {e:#}");
+                        println!("error: {}", crate::error_chain(e.as_ref()));
                     }
                 }
                 // No console (stdin closed or unreadable): run until Ctrl-C.

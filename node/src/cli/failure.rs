@@ -261,7 +261,12 @@ impl Failure {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ErrorCode::ClientTimeout,
             _ => ErrorCode::BadReply,
         };
-        let message = format!("{:?}: {message}", status.code());
+        let mut message = format!("{:?}: {message}", status.code());
+        if code == ErrorCode::BadReply
+            && let Some(hint) = wrong_port_hint(&message)
+        {
+            message = format!("{hint} ({message})");
+        }
         Failure::new(code, op, message)
     }
 
@@ -351,6 +356,23 @@ fn exit_for_http_status(status: u16, op: Op) -> u8 {
         504 if op == Op::Write => exit::OUTCOME_UNKNOWN,
         504 => exit::UNAVAILABLE,
         _ => exit::OTHER,
+    }
+}
+
+/// What to say when an endpoint answered, but not as a ringkv gRPC port:
+/// an HTTP server's 404 (the REST port: it takes the gRPC call for an
+/// unknown path), or no HTTP/2 at all (the Redis protocol port).
+fn wrong_port_hint(message: &str) -> Option<&'static str> {
+    if message.contains("status: 404") || message.contains("grpc-status header missing") {
+        Some(
+            "this looks like the REST port, not gRPC; use a node's gRPC port in --endpoints (e.g. 127.0.0.1:9091)",
+        )
+    } else if message.contains("h2 protocol error") {
+        Some(
+            "this does not speak gRPC (the Redis protocol port?); use a node's gRPC port in --endpoints (e.g. 127.0.0.1:9091)",
+        )
+    } else {
+        None
     }
 }
 

@@ -74,9 +74,9 @@ pub mod exit {
 /// How a command prints its result on stdout.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
-    /// For people: aligned columns, or the bare value for `get`.
+    /// For people: aligned fields (each command's --help says what it prints).
     Table,
-    /// For programs: one JSON object.
+    /// For programs: JSON (each command's --help says whether one object or one per line).
     Json,
 }
 

@@ -78,7 +78,7 @@ pub async fn run(a: BenchWatchArgs) -> ExitCode {
     match measure(&a).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::error_chain(e.as_ref()));
             ExitCode::from(super::exit::UNAVAILABLE)
         }
     }
