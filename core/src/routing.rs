@@ -16,7 +16,7 @@
 //! could have proposed it; otherwise a write's fate is unknown, and says so.
 
 use crate::PartitionId;
-use crate::node::ClientError;
+use crate::node::{ClientError, UnknownCause};
 
 /// Forwards a request may take before a node answers `no_leader` instead of
 /// forwarding again. Three covers the longest correct route (a non-replica
@@ -73,9 +73,12 @@ impl ForwardFailure {
             ForwardFailure::Refused => ClientError::NoLeader { partition },
             ForwardFailure::NotSent if is_write => ClientError::Dropped,
             ForwardFailure::NotSent => ClientError::NoLeader { partition },
-            ForwardFailure::Lost | ForwardFailure::TimedOut if is_write => {
-                ClientError::OutcomeUnknown
-            }
+            ForwardFailure::Lost if is_write => ClientError::OutcomeUnknown {
+                cause: UnknownCause::ConnectionLost,
+            },
+            ForwardFailure::TimedOut if is_write => ClientError::OutcomeUnknown {
+                cause: UnknownCause::TimedOut,
+            },
             ForwardFailure::Lost => ClientError::NoLeader { partition },
             ForwardFailure::TimedOut => ClientError::Timeout,
             ForwardFailure::Unread => ClientError::Stopping,
@@ -102,10 +105,22 @@ mod tests {
     }
 
     #[test]
-    fn a_write_that_may_have_arrived_is_outcome_unknown() {
-        for failure in [ForwardFailure::Lost, ForwardFailure::TimedOut] {
-            assert_eq!(failure.outcome(true, P), ClientError::OutcomeUnknown);
+    fn a_write_that_may_have_arrived_is_outcome_unknown_saying_why() {
+        for (failure, cause) in [
+            (ForwardFailure::Lost, UnknownCause::ConnectionLost),
+            (ForwardFailure::TimedOut, UnknownCause::TimedOut),
+        ] {
+            assert_eq!(
+                failure.outcome(true, P),
+                ClientError::OutcomeUnknown { cause },
+                "{failure:?}"
+            );
         }
+        let lost = ForwardFailure::Lost.outcome(true, P).to_string();
+        assert!(
+            lost.starts_with("the connection to the partition's leader broke"),
+            "{lost}"
+        );
     }
 
     #[test]

@@ -549,7 +549,7 @@ impl Sim {
                 });
                 ("get-ok", Outcome::Ok(Response::Value(value)))
             }
-            Reply::Done(Err(ClientError::OutcomeUnknown)) => ("unknown", Outcome::Unknown),
+            Reply::Done(Err(ClientError::OutcomeUnknown { .. })) => ("unknown", Outcome::Unknown),
             Reply::Done(Err(ClientError::Timeout)) if request.is_write() => {
                 ("unknown", Outcome::Unknown)
             }

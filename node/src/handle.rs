@@ -189,7 +189,9 @@ impl NodeHandle {
             Ok(r) => r,
             // The event loop stopped (or was dropped) with the request inside
             // it: a write may have been proposed already.
-            Err(_) if is_write => Err(ClientError::OutcomeUnknown),
+            Err(_) if is_write => Err(ClientError::OutcomeUnknown {
+                cause: ringkv_core::node::UnknownCause::NodeStopped,
+            }),
             Err(_) => Err(ClientError::Stopping),
         }
     }

@@ -176,6 +176,11 @@ mod tests {
             partition: ringkv_core::PartitionId(3),
         };
         assert_eq!(outcome_of(&Err(no_leader)), 2);
-        assert_eq!(outcome_of(&Err(ClientError::OutcomeUnknown)), 3);
+        assert_eq!(
+            outcome_of(&Err(ClientError::OutcomeUnknown {
+                cause: ringkv_core::node::UnknownCause::TimedOut
+            })),
+            3
+        );
     }
 }

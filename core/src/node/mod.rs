@@ -534,6 +534,32 @@ pub enum ClientResponse {
     },
 }
 
+/// Why a write's outcome is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownCause {
+    /// The request's deadline passed before the write was applied.
+    #[error("timed out")]
+    TimedOut,
+    /// The connection to the node the write was forwarded to (its
+    /// partition's leader) broke after the write may have reached it.
+    #[error("the connection to the partition's leader broke with the write in flight")]
+    ConnectionLost,
+    /// This node stopped with the write inside it.
+    #[error("this node stopped with the write in flight")]
+    NodeStopped,
+}
+
+impl UnknownCause {
+    /// The cause a [`ClientError::OutcomeUnknown`] message names (for a
+    /// message that crossed the wire); `TimedOut` for any other text.
+    pub fn from_message(message: &str) -> UnknownCause {
+        [UnknownCause::ConnectionLost, UnknownCause::NodeStopped]
+            .into_iter()
+            .find(|c| message.starts_with(&c.to_string()))
+            .unwrap_or(UnknownCause::TimedOut)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     #[error("key is empty")]
@@ -575,8 +601,10 @@ pub enum ClientError {
     NoLeader { partition: PartitionId },
     #[error("the write was not applied (leadership changed); it is safe to retry")]
     Dropped,
-    #[error("timed out; the write may or may not have been applied (outcome unknown)")]
-    OutcomeUnknown,
+    /// A write whose fate this node cannot know; `cause` says why (the
+    /// stable code is `timeout_outcome_unknown` whatever the cause).
+    #[error("{cause}; the write may or may not have been applied (outcome unknown)")]
+    OutcomeUnknown { cause: UnknownCause },
     #[error("read timed out")]
     Timeout,
     #[error("too many requests in flight")]
@@ -2249,7 +2277,12 @@ impl Node {
         for k in expired {
             if let Some(w) = self.writes.remove(&k) {
                 self.pending_write_bytes -= w.bytes;
-                self.reply(w.id, Reply::Done(Err(ClientError::OutcomeUnknown)));
+                self.reply(
+                    w.id,
+                    Reply::Done(Err(ClientError::OutcomeUnknown {
+                        cause: UnknownCause::TimedOut,
+                    })),
+                );
             }
         }
         let expired: Vec<u64> = self

@@ -537,7 +537,9 @@ mod tests {
             Err(ClientError::PreconditionFailed {
                 current_mod_revision: Some(3),
             }),
-            Err(ClientError::OutcomeUnknown),
+            Err(ClientError::OutcomeUnknown {
+                cause: ringkv_core::node::UnknownCause::ConnectionLost,
+            }),
         ];
         for r in results {
             assert_eq!(forwarded_response(forward_response(&r)), r);

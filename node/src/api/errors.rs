@@ -3,7 +3,7 @@
 //! use this table, so the same failure reads the same everywhere.
 
 use ringkv_core::PartitionId;
-use ringkv_core::node::ClientError;
+use ringkv_core::node::{ClientError, UnknownCause};
 
 /// How one error presents itself to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub fn kind(e: &ClientError) -> ErrorKind {
         ClientError::Busy => ("busy", 503, Code::Unavailable, "TRYAGAIN"),
         ClientError::NotInCluster => ("not_in_cluster", 503, Code::Unavailable, "CLUSTERDOWN"),
         ClientError::Stopping => ("node_stopping", 503, Code::Unavailable, "TRYAGAIN"),
-        ClientError::OutcomeUnknown => (
+        ClientError::OutcomeUnknown { .. } => (
             "timeout_outcome_unknown",
             504,
             Code::DeadlineExceeded,
@@ -140,7 +140,9 @@ pub fn from_code(code: &str, message: &str, d: ErrorDetails) -> ClientError {
         "busy" => ClientError::Busy,
         "not_in_cluster" => ClientError::NotInCluster,
         "node_stopping" => ClientError::Stopping,
-        "timeout_outcome_unknown" => ClientError::OutcomeUnknown,
+        "timeout_outcome_unknown" => ClientError::OutcomeUnknown {
+            cause: UnknownCause::from_message(message),
+        },
         "read_timeout" => ClientError::Timeout,
         "invalid_expiry" => ClientError::InvalidExpiry(
             message
@@ -205,7 +207,9 @@ mod tests {
             ClientError::Busy,
             ClientError::NotInCluster,
             ClientError::Stopping,
-            ClientError::OutcomeUnknown,
+            ClientError::OutcomeUnknown {
+                cause: UnknownCause::TimedOut,
+            },
             ClientError::Timeout,
             ClientError::Internal("x".into()),
         ]
@@ -225,15 +229,38 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_outcome_keeps_its_cause_across_the_forward_rpc() {
+        for cause in [
+            UnknownCause::TimedOut,
+            UnknownCause::ConnectionLost,
+            UnknownCause::NodeStopped,
+        ] {
+            let e = ClientError::OutcomeUnknown { cause };
+            let back = from_code(kind(&e).code, &e.to_string(), ErrorDetails::of(&e));
+            assert_eq!(back, e);
+        }
+        let lost = ClientError::OutcomeUnknown {
+            cause: UnknownCause::ConnectionLost,
+        };
+        assert!(!lost.to_string().contains("timed out"), "{lost}");
+        assert_eq!(kind(&lost).http_status, 504);
+        assert_eq!(kind(&lost).code, "timeout_outcome_unknown");
+    }
+
+    #[test]
     fn timed_out_writes_say_outcome_unknown_and_never_look_failed() {
-        let k = kind(&ClientError::OutcomeUnknown);
+        let k = kind(&ClientError::OutcomeUnknown {
+            cause: UnknownCause::TimedOut,
+        });
         assert_eq!(k.code, "timeout_outcome_unknown");
         assert_eq!(k.http_status, 504);
         assert_eq!(k.grpc_code, tonic::Code::DeadlineExceeded);
         assert!(
-            ClientError::OutcomeUnknown
-                .to_string()
-                .contains("outcome unknown")
+            ClientError::OutcomeUnknown {
+                cause: UnknownCause::TimedOut
+            }
+            .to_string()
+            .contains("timed out; the write may or may not have been applied (outcome unknown)")
         );
     }
 
