@@ -111,6 +111,19 @@ pub struct SimDisk {
     unsynced: Mutex<BTreeMap<PathBuf, Unsynced>>,
     /// Disk time, if any, and the RNG that draws it.
     latency: Mutex<Option<(DiskLatency, ChaCha8Rng)>>,
+    faults: Mutex<DiskFaults>,
+}
+
+/// Faults a test injects into a [`SimDisk`] (see [`SimDisk::fail_next_sync`]
+/// and [`SimDisk::set_space_left`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct DiskFaults {
+    fail_next_sync: bool,
+    /// A sync has failed; later sync calls are counted.
+    sync_failed: bool,
+    syncs_after_failure: u64,
+    /// Bytes the disk can still take (appends and rewrites), if limited.
+    space_left: Option<u64>,
 }
 
 impl SimDisk {
@@ -136,6 +149,61 @@ impl SimDisk {
             Some((latency, rng)) => latency.draw(rng, bytes, sync),
             None => Duration::ZERO,
         }
+    }
+
+    fn faults(&self) -> MutexGuard<'_, DiskFaults> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next file sync fails with EIO, and what it should have made
+    /// durable stays unsynced (a power loss may drop it): as a real disk's
+    /// fsync error, after which nobody knows what reached the medium.
+    /// Later syncs succeed again (as Linux's do after an fsync error,
+    /// the data lost without a trace), and are counted
+    /// ([`SimDisk::syncs_after_failed_sync`]).
+    pub fn fail_next_sync(&self) {
+        self.faults().fail_next_sync = true;
+    }
+
+    /// File syncs asked for after an injected sync failure: a node that
+    /// retried its fsync and carried on would make this non-zero.
+    pub fn syncs_after_failed_sync(&self) -> u64 {
+        self.faults().syncs_after_failure
+    }
+
+    /// The disk can take `bytes` more (appends and rewrites; `None`: no
+    /// limit). A write past them fails whole with `StorageFull` (ENOSPC).
+    pub fn set_space_left(&self, bytes: Option<u64>) {
+        self.faults().space_left = bytes;
+    }
+
+    /// Bytes the disk can still take, if limited.
+    pub fn space_left(&self) -> Option<u64> {
+        self.faults().space_left
+    }
+
+    /// Forgets every injected fault and its counts.
+    pub fn clear_faults(&self) {
+        *self.faults() = DiskFaults::default();
+    }
+
+    /// Takes `len` bytes of the space left, or fails as a full disk does.
+    fn take_space(&self, path: &Path, len: usize) -> io::Result<()> {
+        let mut faults = self.faults();
+        if let Some(left) = faults.space_left.as_mut() {
+            if len as u64 > *left {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "No space left on device (simulated; {} bytes for {})",
+                        len,
+                        path.display()
+                    ),
+                ));
+            }
+            *left -= len as u64;
+        }
+        Ok(())
     }
 
     /// Bytes appended and not yet synced, over all files.
@@ -282,6 +350,7 @@ impl Disk for SimDisk {
     }
 
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.take_space(path, data.len())?;
         self.mem.append(path, data)?;
         let mut unsynced = self.unsynced();
         let file = unsynced.entry(path.to_path_buf()).or_default();
@@ -292,12 +361,27 @@ impl Disk for SimDisk {
     }
 
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.take_space(path, data.len())?;
         self.mem.write_file(path, data)?;
         self.mark_rewritten(path);
         Ok(())
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
+        {
+            let mut faults = self.faults();
+            if faults.sync_failed {
+                faults.syncs_after_failure += 1;
+            }
+            if faults.fail_next_sync {
+                faults.fail_next_sync = false;
+                faults.sync_failed = true;
+                return Err(io::Error::other(format!(
+                    "Input/output error (simulated fsync failure of {})",
+                    path.display()
+                )));
+            }
+        }
         self.mem.sync_file(path)?;
         self.unsynced().remove(path);
         Ok(())

@@ -524,6 +524,15 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s exit status if it has exited by itself (it is then no
+    /// longer running), `None` while it runs.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = self.node_mut(id);
+        let status = node.child.as_mut()?.try_wait().ok()??;
+        node.child = None;
+        Some(status)
+    }
+
     /// Starts node `id` again (after [`Self::terminate`] or [`Self::kill`]).
     pub fn start_again(&mut self, id: u64) {
         self.spawn(id);
