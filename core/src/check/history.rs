@@ -34,6 +34,10 @@ pub use crate::kv::Precondition;
 pub use crate::node::{ClientRequest as Request, Consistency, Expiry};
 
 /// A live key's value and metadata, as a read returns it.
+///
+/// `version` and `mod_revision` both 0 (neither ever is, in ringkv): the
+/// protocol did not report them (a Redis `GET`); so too a `Put` answered
+/// with both 0 (a Redis `SET`). Checkers then judge the value alone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ValueVersion {
     pub value: Bytes,

@@ -492,6 +492,10 @@ impl State {
         if current.value != seen.value {
             return Err("it read a different value than the key holds");
         }
+        if (seen.version, seen.mod_revision) == (0, 0) {
+            // Not reported (a Redis GET): the value is all it saw.
+            return Ok(());
+        }
         if current.version != seen.version {
             return Err("it read the key's value at a different version");
         }
@@ -511,6 +515,8 @@ impl State {
     /// revision)` if acknowledged): the next version, a later revision.
     fn write(&mut self, value: u32, produced: Option<(u64, u64)>) -> Result<(), Misfit> {
         let version = self.current.map_or(1, |c| c.version + 1);
+        // (0, 0): acknowledged without them (a Redis SET).
+        let produced = produced.filter(|&p| p != (0, 0));
         if let Some((acked_version, _)) = produced
             && acked_version != version
         {
@@ -1256,6 +1262,30 @@ mod tests {
              c1 #2 del k -> ok @r6 [11..20]
              c1 #3 put k=b -> ok v1@r6 [21..30]",
             &["c1 #3", "not above"],
+        );
+    }
+
+    #[test]
+    fn unreported_versions_are_not_checked_but_values_are() {
+        // A Redis client: SET answers OK, GET the value alone (v0@r0).
+        accepts(
+            "c1 #1 put k=a -> ok v0@r0 [0..10]
+             c2 #2 get k -> ok a v0@r0 [11..20]
+             c3 #3 put k=b -> ok v2@r7 [21..30]
+             c2 #4 get k -> ok b v0@r0 [31..40]
+             c3 #5 get k -> ok b v2@r7 [41..50]",
+        );
+        rejects(
+            "c1 #1 put k=a -> ok v0@r0 [0..10]
+             c3 #2 put k=b -> ok v0@r0 [11..20]
+             c2 #3 get k -> ok a v0@r0 [21..30]",
+            &["c2 #3", "different value"],
+        );
+        // The versions it did not report still count.
+        rejects(
+            "c1 #1 put k=a -> ok v0@r0 [0..10]
+             c3 #2 put k=b -> ok v1@r5 [11..20]",
+            &["c3 #2", "version does not follow"],
         );
     }
 

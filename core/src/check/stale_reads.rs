@@ -18,6 +18,9 @@
 //!    versions and revisions start at 1;
 //! 6. all reads of the same value agree on `(N, M)` (a write happens once).
 //!
+//! A read or an acknowledged put that did not report `(N, M)` (both 0: a
+//! Redis `GET` or `SET`) is held to 1-3 only, and to nothing about versions.
+//!
 //! Keys with increments or appends are left out: their values are computed
 //! from earlier ones, not unique per put, so a value does not name its write
 //! (the linearizability checker judges their non-stale reads exactly).
@@ -76,6 +79,9 @@ pub fn check(history: &History) -> Vec<Violation> {
             violations.push(violation(key, read, why, blamed, &others));
             continue;
         }
+        if unreported(seen.version, seen.mod_revision) {
+            continue;
+        }
         match first_read_of.get(&(key, &seen.value)) {
             None => {
                 first_read_of.insert((key, &seen.value), (read, seen));
@@ -100,7 +106,8 @@ type Verdict<'a> = Result<(), (&'static str, Option<&'a Operation>)>;
 /// Whether some candidate write explains the read; if none does, the reason
 /// against the last candidate (there is one, values being unique).
 fn judge<'a>(read: &Operation, seen: &ValueVersion, candidates: &[&'a Operation]) -> Verdict<'a> {
-    if seen.version == 0 || seen.mod_revision == 0 {
+    if (seen.version == 0 || seen.mod_revision == 0) && !unreported(seen.version, seen.mod_revision)
+    {
         return Err(("versions and revisions start at 1", None));
     }
     let mut verdict = Err(("it read a value never written to this key", None));
@@ -123,13 +130,19 @@ fn explains(write: &Operation, read: &Operation, seen: &ValueVersion) -> Result<
             version,
             mod_revision,
             ..
-        }) if (*version, *mod_revision) != (seen.version, seen.mod_revision) => {
+        }) if (*version, *mod_revision) != (seen.version, seen.mod_revision)
+            && !unreported(*version, *mod_revision)
+            && !unreported(seen.version, seen.mod_revision) =>
+        {
             return Err("its write produced another version or revision");
         }
         _ => {}
     }
     if read.complete.is_some_and(|done| done < write.invoke) {
         return Err("it completed before its write was invoked");
+    }
+    if unreported(seen.version, seen.mod_revision) {
+        return Ok(());
     }
     match precondition {
         Precondition::MustNotExist if seen.version != 1 => {
@@ -143,6 +156,11 @@ fn explains(write: &Operation, read: &Operation, seen: &ValueVersion) -> Result<
         ),
         _ => Ok(()),
     }
+}
+
+/// Version and revision not reported (a Redis reply), not wrong.
+fn unreported(version: u64, mod_revision: u64) -> bool {
+    (version, mod_revision) == (0, 0)
 }
 
 fn violation(
@@ -239,6 +257,33 @@ mod tests {
             "c2 #1 get k stale -> ok a v1@r1 [0..10]
              c1 #2 put k=a -> unknown [20..]",
             &["before its write was invoked", "c2 #1", "c1 #2"],
+        );
+    }
+
+    #[test]
+    fn unreported_versions_are_held_to_value_and_time_only() {
+        // A Redis SET and GET (v0@r0) beside clients that report versions.
+        accepts(
+            "c1 #1 put k=a -> ok v0@r0 [0..10]
+             c2 #2 get k -> ok a v1@r4 [20..30]
+             c3 #3 get k -> ok a v0@r0 [20..30]
+             c2 #4 put k=b -> ok v2@r6 [31..40]
+             c3 #5 get k -> ok b v0@r0 [41..50]",
+        );
+        rejects(
+            "c1 #1 put k=a -> ok v0@r0 [20..30]
+             c3 #2 get k -> ok a v0@r0 [0..10]",
+            &["before its write was invoked", "c3 #2"],
+        );
+        rejects(
+            "c1 #1 put k=a -> fail not-applied(no leader) [0..10]
+             c3 #2 get k -> ok a v0@r0 [20..30]",
+            &["never applied", "c3 #2"],
+        );
+        rejects(
+            "c1 #1 put k=a -> ok v1@r1 [0..10]
+             c3 #2 get k -> ok a v0@r3 [20..30]",
+            &["start at 1", "c3 #2"],
         );
     }
 

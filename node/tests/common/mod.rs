@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -272,7 +274,20 @@ pub struct NodeProc {
     /// The member it joins through (`--join`), for a node added later;
     /// `None` for a founder (`--peers`).
     join: Option<SocketAddr>,
+    /// A command the binary runs under (`ip netns exec NS`), if any.
+    wrapper: Vec<String>,
     child: Option<Child>,
+}
+
+/// Where a node of [`Cluster::start_placed`] runs.
+pub struct Placement {
+    /// The address its peers dial (its entry in `--peers`).
+    pub grpc: SocketAddr,
+    /// Its REST address (`--rest-listen`).
+    pub rest: SocketAddr,
+    /// A command the binary runs under (`ip netns exec NS`; empty: none).
+    /// It must exec the binary, so that signals reach the node.
+    pub wrapper: Vec<String>,
 }
 
 impl NodeProc {
@@ -312,19 +327,39 @@ impl Cluster {
         extra_args: &[&str],
         node_args: impl Fn(u64) -> Vec<String>,
     ) -> Cluster {
+        let placements = (1..=n)
+            .map(|_| Placement {
+                grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                rest: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                wrapper: Vec::new(),
+            })
+            .collect();
+        Cluster::start_placed(placements, extra_args, node_args)
+    }
+
+    /// Starts a node per placement (ids from 1), passing `extra_args` to
+    /// every `ringkv server` and `node_args(id)` to node `id` after them.
+    pub fn start_placed(
+        placements: Vec<Placement>,
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("ringkv-cluster-test")
             .tempdir()
             .expect("tempdir");
-        let nodes: Vec<NodeProc> = (1..=n)
-            .map(|id| NodeProc {
+        let nodes: Vec<NodeProc> = placements
+            .into_iter()
+            .zip(1..)
+            .map(|(p, id)| NodeProc {
                 id,
-                grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                rest: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                grpc: p.grpc,
+                rest: p.rest,
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 args: Vec::new(),
                 join: None,
+                wrapper: p.wrapper,
                 child: None,
             })
             .collect();
@@ -339,7 +374,7 @@ impl Cluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             nodes,
         };
-        for id in 1..=n {
+        for id in c.ids().collect::<Vec<_>>() {
             c.node_mut(id).args = node_args(id);
             c.spawn(id);
         }
@@ -376,6 +411,7 @@ impl Cluster {
             log: self.dir.path().join(format!("node-{id}.log")),
             args: Vec::new(),
             join,
+            wrapper: Vec::new(),
             child: None,
         });
         self.spawn(id);
@@ -445,7 +481,14 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("open node log");
-        let mut command = Command::new(bin);
+        let mut command = match node.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         command.arg("server").args(["--id", &id.to_string()]);
         match node.join {
             Some(through) => command
