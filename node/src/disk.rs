@@ -119,6 +119,12 @@ impl FsDisk {
     }
 }
 
+/// `map_err` adapter naming the call that failed ("fsync failed: Input/output
+/// error"), so that an operator reads which one; the kind stays.
+fn failed(call: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{call} failed: {e}"))
+}
+
 impl Disk for FsDisk {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
@@ -147,25 +153,25 @@ impl Disk for FsDisk {
             cache.insert(path.to_path_buf(), file);
         }
         match cache.get_mut(path) {
-            Some(file) => file.write_all(data),
+            Some(file) => file.write_all(data).map_err(failed("write")),
             None => Err(io::Error::other("append handle vanished from the cache")),
         }
     }
 
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         self.forget(path);
-        fs::write(path, data)
+        fs::write(path, data).map_err(failed("write"))
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
         if let Some(file) = self.cache().get(path) {
-            return file.sync_data();
+            return file.sync_data().map_err(failed("fsync"));
         }
-        File::open(path)?.sync_data()
+        File::open(path)?.sync_data().map_err(failed("fsync"))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        File::open(dir)?.sync_all().map_err(failed("fsync"))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

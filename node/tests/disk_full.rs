@@ -6,8 +6,17 @@
 //! corruption: recovery cuts at most an unacknowledged torn tail) and
 //! catch up, every acknowledged write readable through it.
 //!
-//! Needs root (mount); prints SKIPPED with the reason otherwise, unless
-//! `RINGKV_REQUIRE_NETNS=1` (CI, as root), which makes that a failure.
+//! And an fsync that fails, for real: node 3's data directory is an ext4
+//! file system on a loop device whose backing file lives on a small tmpfs.
+//! ext4 accepts the writes into its page cache; when the kernel writes
+//! them back the loop device cannot store them (its tmpfs is full), so
+//! the fsync that asked for them fails with EIO. Node 3 must stop, the
+//! others go on, and with room again (the file system checked, as after
+//! any crash) node 3 must recover from what its disk kept and catch up.
+//!
+//! Needs root (mount, losetup); prints SKIPPED with the reason otherwise,
+//! unless `RINGKV_REQUIRE_NETNS=1` (CI, as root), which makes that a
+//! failure.
 
 mod common;
 
@@ -53,6 +62,185 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Runs a command, or says why it failed.
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// An ext4 file system in a sparse 256 MiB image on `backing` (a tmpfs),
+/// on a loop device, mounted at a directory; unmounted and detached on
+/// drop.
+struct LoopExt4 {
+    image: PathBuf,
+    at: PathBuf,
+    device: Option<String>,
+}
+
+impl LoopExt4 {
+    fn create(backing: &Path, at: &Path) -> Result<LoopExt4, String> {
+        let image = backing.join("ext4.img");
+        let file = std::fs::File::create(&image).map_err(|e| format!("create image: {e}"))?;
+        file.set_len(256 << 20)
+            .map_err(|e| format!("size image: {e}"))?;
+        let image_s = image.to_str().expect("utf-8 path");
+        // Lazy init: mkfs writes a few hundred KiB, not the inode tables.
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                image_s,
+            ],
+        )?;
+        std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
+        let mut fs = LoopExt4 {
+            image,
+            at: at.to_path_buf(),
+            device: None,
+        };
+        fs.attach()?;
+        Ok(fs)
+    }
+
+    fn attach(&mut self) -> Result<(), String> {
+        let device = run("losetup", &["-f", "--show", self.image.to_str().unwrap()])?;
+        self.device = Some(device.clone());
+        run("mount", &[&device, self.at.to_str().unwrap()])?;
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+        if let Some(device) = self.device.take() {
+            let _ = Command::new("losetup").args(["-d", &device]).status();
+        }
+    }
+
+    /// Unmounts, checks and repairs the file system (`e2fsck -fy`: what a
+    /// machine does at boot after a crash), mounts it again.
+    fn check_and_remount(&mut self) -> String {
+        self.detach();
+        let out = Command::new("e2fsck")
+            .args(["-fy", self.image.to_str().unwrap()])
+            .output()
+            .expect("run e2fsck");
+        // 0: clean; 1: errors corrected. Anything else: it could not.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "e2fsck: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.attach().expect("mount the checked file system");
+        format!("e2fsck exit {}", out.status.code().unwrap_or(-1))
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// Node 3's data directory moved onto whatever `mount` puts at its place
+/// (node 3 killed first, started again after).
+fn move_node3(
+    c: &mut Cluster,
+    mount: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), String> {
+    c.kill(3);
+    let dir = c.node(3).data_dir.clone();
+    let moved = dir.with_extension("before");
+    std::fs::rename(&dir, &moved).expect("move node 3's directory aside");
+    mount(&dir)?;
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", moved.display()))
+        .arg(&dir)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "copy node 3's directory to its new place");
+    // cp does not fsync: make the copy durable, as the node's own files are.
+    let synced = Command::new("sync").status().expect("run sync");
+    assert!(synced.success(), "sync");
+    c.start_again(3);
+    c.wait_node_ready(3, Duration::from_secs(30));
+    Ok(())
+}
+
+/// 128 KiB values through node 1 until node 3 stops (each write is in
+/// node 3's WAL: three nodes, three replicas); the keys acknowledged and
+/// node 3's exit status.
+fn write_until_node3_stops(
+    c: &mut Cluster,
+    prefix: &str,
+    value: &[u8],
+) -> (Vec<String>, std::process::ExitStatus) {
+    let rest = c.node(1).rest();
+    let mut acknowledged: Vec<String> = Vec::new();
+    for i in 0..400 {
+        let key = format!("{prefix}-{i:03}");
+        let r = retry_write(Duration::from_secs(10), || {
+            request(rest, "PUT", &kv_path(&key, None), &[], value)
+        });
+        if r.is_success() {
+            acknowledged.push(key);
+        } else {
+            // Outcome unknown while node 3's leaderships move: not counted.
+            assert!(matches!(r.status, 503 | 504), "{r:?}");
+        }
+        if let Some(s) = c.exited(3) {
+            return (acknowledged, s);
+        }
+    }
+    panic!(
+        "node 3 still runs after 400 writes of 128 KiB on its small disk\n{}",
+        c.log(3)
+    )
+}
+
+/// Node 1 takes one more write (nodes 1 and 2 serve on); then node 3,
+/// started again, reads every acknowledged key back.
+fn others_serve_and_node3_catches_up(
+    c: &mut Cluster,
+    mut acknowledged: Vec<String>,
+    value: &[u8],
+    restart: impl FnOnce(&mut Cluster),
+) {
+    let rest = c.node(1).rest();
+    let after = retry_write(Duration::from_secs(20), || {
+        request(rest, "PUT", &kv_path("after-fault", None), &[], b"x")
+    });
+    assert!(after.is_success(), "{after:?}");
+    acknowledged.push("after-fault".to_owned());
+    restart(c);
+    c.start_again(3);
+    c.wait_node_ready(3, Duration::from_secs(60));
+    let node3 = c.node(3).rest();
+    for key in &acknowledged {
+        let r = poll(Duration::from_secs(30), "node 3 to catch up", || {
+            get(node3, &kv_path(key, Some("stale")))
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        let expected: &[u8] = if key == "after-fault" { b"x" } else { value };
+        assert!(r.body == expected, "{key}: {} bytes back", r.body.len());
+    }
+}
+
 fn skip_or_fail(why: &str) {
     assert!(
         std::env::var("RINGKV_REQUIRE_NETNS").as_deref() != Ok("1"),
@@ -66,93 +254,89 @@ fn a_full_disk_stops_its_node_cleanly_and_it_recovers_once_there_is_room() {
     let mut c = Cluster::start(3);
     c.wait_ready(Duration::from_secs(30));
     // Node 3 moves onto a 16 MiB tmpfs, with what it has.
-    c.kill(3);
-    let dir = c.node(3).data_dir.clone();
-    let moved = dir.with_extension("before-tmpfs");
-    std::fs::rename(&dir, &moved).expect("move node 3's directory aside");
-    let tmpfs = match Tmpfs::mount(&dir, "16m") {
-        Ok(t) => t,
-        Err(why) => return skip_or_fail(&why),
-    };
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", moved.display()))
-        .arg(&dir)
-        .status()
-        .expect("run cp");
-    assert!(copied.success(), "copy node 3's directory onto the tmpfs");
-    c.start_again(3);
-    c.wait_node_ready(3, Duration::from_secs(30));
-
-    // 128 KiB values through node 1 until node 3 stops (each write is in
-    // node 3's WAL: three nodes, three replicas).
-    let value = vec![b'v'; 128 << 10];
-    let rest = c.node(1).rest();
-    let mut acknowledged: Vec<String> = Vec::new();
-    let mut status = None;
-    for i in 0..400 {
-        let key = format!("full-{i:03}");
-        let r = retry_write(Duration::from_secs(10), || {
-            request(rest, "PUT", &kv_path(&key, None), &[], &value)
-        });
-        if r.is_success() {
-            acknowledged.push(key);
-        } else {
-            // Outcome unknown while node 3's leaderships move: not counted.
-            assert!(matches!(r.status, 503 | 504), "{r:?}");
-        }
-        if let Some(s) = c.exited(3) {
-            status = Some(s);
-            break;
-        }
+    let mut tmpfs = None;
+    if let Err(why) = move_node3(&mut c, |dir| {
+        tmpfs = Some(Tmpfs::mount(dir, "16m")?);
+        Ok(())
+    }) {
+        return skip_or_fail(&why);
     }
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "node 3 still runs after 400 writes of 128 KiB on a 16 MiB disk\n{}",
-            c.log(3)
-        )
-    });
+    let value = vec![b'v'; 128 << 10];
+    let (acknowledged, status) = write_until_node3_stops(&mut c, "full", &value);
     assert!(!status.success(), "node 3 exited {status} on a full disk");
     let log = c.log(3);
-    assert!(log.contains("No space left on device"), "{log}");
+    assert!(
+        log.contains("write failed: No space left on device"),
+        "{log}"
+    );
     assert!(log.contains("storage failed; stopping this node"), "{log}");
     assert!(
         acknowledged.len() > 20,
         "only {} writes before the disk filled",
         acknowledged.len()
     );
-
-    let reason = log
-        .lines()
-        .find(|l| l.contains("storage failed"))
-        .unwrap_or_default()
-        .to_owned();
     eprintln!(
-        "disk_full: node 3 stopped ({status}) after {} acknowledged writes of 128 KiB: {reason}",
-        acknowledged.len()
+        "disk_full: node 3 stopped ({status}) after {} acknowledged writes of 128 KiB: {}",
+        acknowledged.len(),
+        failure_line(&log)
     );
-
-    // The other two go on.
-    let after = retry_write(Duration::from_secs(20), || {
-        request(rest, "PUT", &kv_path("after-full", None), &[], b"x")
-    });
-    assert!(after.is_success(), "{after:?}");
-    acknowledged.push("after-full".to_owned());
-
     // Room again: node 3 starts from its directory and catches up.
-    tmpfs.resize("256m");
-    c.start_again(3);
-    c.wait_node_ready(3, Duration::from_secs(60));
-    let node3 = c.node(3).rest();
-    for key in &acknowledged {
-        let r = poll(Duration::from_secs(30), "node 3 to catch up", || {
-            get(node3, &kv_path(key, Some("stale")))
-                .ok()
-                .filter(|r| r.status == 200)
-        });
-        let expected: &[u8] = if key == "after-full" { b"x" } else { &value };
-        assert!(r.body == expected, "{key}: {} bytes back", r.body.len());
-    }
+    let tmpfs = tmpfs.expect("mounted");
+    others_serve_and_node3_catches_up(&mut c, acknowledged, &value, |_| tmpfs.resize("256m"));
     c.kill_all();
     drop(tmpfs);
+}
+
+#[test]
+fn a_failed_fsync_on_a_real_file_system_stops_its_node_and_it_recovers() {
+    let mut c = Cluster::start(3);
+    c.wait_ready(Duration::from_secs(30));
+    // Node 3 moves onto ext4 on a loop device over a 24 MiB tmpfs.
+    let backing = c.dir().join("backing");
+    let mut tmpfs = None;
+    let mut ext4 = None;
+    if let Err(why) = move_node3(&mut c, |dir| {
+        let t = Tmpfs::mount(&backing, "24m")?;
+        ext4 = Some(LoopExt4::create(&backing, dir)?);
+        tmpfs = Some(t);
+        Ok(())
+    }) {
+        return skip_or_fail(&why);
+    }
+    let (tmpfs, mut ext4) = (tmpfs.expect("mounted"), ext4.expect("mounted"));
+    let value = vec![b'v'; 128 << 10];
+    let (acknowledged, status) = write_until_node3_stops(&mut c, "eio", &value);
+    assert!(
+        !status.success(),
+        "node 3 exited {status} after an I/O error"
+    );
+    let log = c.log(3);
+    assert!(log.contains("storage failed; stopping this node"), "{log}");
+    // The fsync's EIO, or, if the kernel's own journal commit met the
+    // error first and made the file system read-only, the write's EROFS.
+    assert!(
+        log.contains("fsync failed: Input/output error")
+            || log.contains("write failed: Read-only file system"),
+        "{log}"
+    );
+    eprintln!(
+        "disk_full: node 3 stopped ({status}) after {} acknowledged writes of 128 KiB: {}",
+        acknowledged.len(),
+        failure_line(&log)
+    );
+    others_serve_and_node3_catches_up(&mut c, acknowledged, &value, |_| {
+        tmpfs.resize("512m");
+        let checked = ext4.check_and_remount();
+        eprintln!("disk_full: node 3's file system checked ({checked}) and mounted again");
+    });
+    c.kill_all();
+    drop(ext4);
+    drop(tmpfs);
+}
+
+fn failure_line(log: &str) -> String {
+    log.lines()
+        .find(|l| l.contains("storage failed"))
+        .unwrap_or_default()
+        .to_owned()
 }
