@@ -23,7 +23,7 @@ use ringkv_core::routing::Hops;
 use ringkv_core::{NodeId, PartitionId};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::requests::{RequestStats, operation_of, outcome_of};
+use crate::requests::{RequestStats, operation_of};
 use crate::storage::StorageStats;
 use crate::view::ClusterView;
 use crate::watch::WatchHub;
@@ -155,8 +155,7 @@ impl NodeHandle {
         let op = operation_of(&req);
         let started = tokio::time::Instant::now();
         let result = self.request_with_hops(req, Hops(0)).await;
-        self.requests
-            .record(op, outcome_of(&result), started.elapsed());
+        self.requests.record(op, &result, started.elapsed());
         result
     }
 

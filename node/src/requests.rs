@@ -1,6 +1,7 @@
 //! What this node's clients asked of it: per operation, how many requests
-//! ended how ([`OUTCOMES`]), and how long they took, in a histogram with
-//! etcd's buckets (`/metrics`, the dashboard's traffic charts).
+//! ended how ([`OUTCOMES`]), with which status ([`STATUSES`]), and how long
+//! they took, in a histogram with etcd's buckets (`/metrics`, the
+//! dashboard's traffic charts).
 //!
 //! Counted where every API meets the core ([`crate::handle::NodeHandle`]):
 //! a REST, gRPC or Redis request is counted once, at the node the client
@@ -51,6 +52,22 @@ pub fn outcome_of(result: &ClientResult) -> usize {
     }
 }
 
+/// The HTTP statuses answers map to, through the one error table
+/// ([`errors::kind`]): REST sends them, and a gRPC or Redis request's
+/// answer is counted under the status REST would have sent for it.
+pub const STATUSES: [u16; 9] = [200, 400, 404, 409, 412, 413, 500, 503, 504];
+
+/// The status of `result`, as an index into [`STATUSES`].
+pub fn status_of(result: &ClientResult) -> usize {
+    let status = match result {
+        Ok(_) => 200,
+        Err(e) => errors::kind(e).http_status,
+    };
+    let index = STATUSES.iter().position(|&s| s == status);
+    debug_assert!(index.is_some(), "status {status} missing from STATUSES");
+    index.unwrap_or(6) // 500: a status this table forgot is a bug of ours
+}
+
 /// Upper bounds of the latency buckets, in seconds: etcd's
 /// (`0.0001 · 2^n`, n = 0..13), so dashboards built for etcd read ours.
 pub const BUCKETS: [f64; 14] = [
@@ -76,6 +93,7 @@ pub fn operation_of(req: &ClientRequest) -> usize {
 #[derive(Default)]
 struct Operation {
     outcomes: [AtomicU64; OUTCOMES.len()],
+    statuses: [AtomicU64; STATUSES.len()],
     /// Requests at most each bucket's bound (not cumulative; the last one
     /// counts those above every bound).
     buckets: [AtomicU64; BUCKETS.len() + 1],
@@ -95,6 +113,8 @@ pub struct OperationCounts {
     pub name: &'static str,
     /// Requests by outcome, as [`OUTCOMES`] names them.
     pub outcomes: [u64; OUTCOMES.len()],
+    /// Requests by status, as [`STATUSES`] lists them.
+    pub statuses: [u64; STATUSES.len()],
     /// Cumulative: requests that took at most `BUCKETS[i]`; the last entry
     /// is every request (Prometheus's `+Inf`).
     pub cumulative: Vec<u64>,
@@ -102,11 +122,12 @@ pub struct OperationCounts {
 }
 
 impl RequestStats {
-    /// Counts one request of operation `op`, ended with `outcome`, that
+    /// Counts one request of operation `op` that ended with `result` and
     /// took `took`.
-    pub fn record(&self, op: usize, outcome: usize, took: Duration) {
+    pub fn record(&self, op: usize, result: &ClientResult, took: Duration) {
         let o = &self.operations[op];
-        o.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+        o.outcomes[outcome_of(result)].fetch_add(1, Ordering::Relaxed);
+        o.statuses[status_of(result)].fetch_add(1, Ordering::Relaxed);
         let seconds = took.as_secs_f64();
         let bucket = BUCKETS
             .iter()
@@ -135,6 +156,7 @@ impl RequestStats {
                 OperationCounts {
                     name,
                     outcomes: std::array::from_fn(|i| o.outcomes[i].load(Ordering::Relaxed)),
+                    statuses: std::array::from_fn(|i| o.statuses[i].load(Ordering::Relaxed)),
                     cumulative,
                     total_micros: o.total_micros.load(Ordering::Relaxed),
                 }
@@ -148,23 +170,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_land_in_their_operation_and_bucket() {
+    fn requests_land_in_their_operation_outcome_status_and_bucket() {
+        use ringkv_core::node::{ClientError, ClientResponse, UnknownCause};
         let stats = RequestStats::default();
-        stats.record(0, 0, Duration::from_micros(150));
-        stats.record(0, 3, Duration::from_secs(2));
-        stats.record(1, 0, Duration::from_micros(100));
+        let ok: ClientResult = Ok(ClientResponse::Value(None));
+        let unknown: ClientResult = Err(ClientError::OutcomeUnknown {
+            cause: UnknownCause::TimedOut,
+        });
+        stats.record(0, &ok, Duration::from_micros(150));
+        stats.record(0, &unknown, Duration::from_secs(2));
+        stats.record(0, &Err(ClientError::NotFound), Duration::from_micros(90));
+        stats.record(1, &ok, Duration::from_micros(100));
         let read = stats.read();
         let get = &read[0];
-        assert_eq!((get.name, get.outcomes), ("get", [1, 0, 0, 1]));
-        // 150 µs is in the 200 µs bucket; 2 s above every bound.
-        assert_eq!(get.cumulative[0], 0);
-        assert_eq!(get.cumulative[1], 1);
-        assert_eq!(get.cumulative[BUCKETS.len() - 1], 1);
-        assert_eq!(get.cumulative[BUCKETS.len()], 2);
-        assert_eq!(get.total_micros, 2_000_150);
+        assert_eq!((get.name, get.outcomes), ("get", [2, 0, 0, 1]));
+        // 200, 404 and 504, once each.
+        assert_eq!(get.statuses, [1, 0, 1, 0, 0, 0, 0, 0, 1]);
+        // 90 and 150 µs are in the 100 and 200 µs buckets; 2 s above all.
+        assert_eq!(get.cumulative[0], 1);
+        assert_eq!(get.cumulative[1], 2);
+        assert_eq!(get.cumulative[BUCKETS.len() - 1], 2);
+        assert_eq!(get.cumulative[BUCKETS.len()], 3);
+        assert_eq!(get.total_micros, 2_000_240);
         // A bound is inclusive.
         assert_eq!(read[1].cumulative[0], 1);
+        assert_eq!(read[1].statuses[0], 1);
         assert!(read[2..].iter().all(|o| o.outcomes == [0; 4]));
+    }
+
+    #[test]
+    fn every_error_has_its_status_in_the_table() {
+        use ringkv_core::node::ClientError;
+        let errors = [
+            ClientError::EmptyKey,
+            ClientError::ValueTooLarge { len: 2, max: 1 },
+            ClientError::NotFound,
+            ClientError::NotAnInteger,
+            ClientError::PreconditionFailed {
+                current_mod_revision: None,
+            },
+            ClientError::Busy,
+            ClientError::Timeout,
+            ClientError::Internal("x".into()),
+        ];
+        let statuses: Vec<u16> = errors
+            .into_iter()
+            .map(|e| STATUSES[status_of(&Err(e))])
+            .collect();
+        assert_eq!(statuses, [400, 413, 404, 409, 412, 503, 504, 500]);
     }
 
     #[test]

@@ -113,6 +113,10 @@ fn the_dashboard_view_merges_every_members_answer() {
         "{metrics}"
     );
     assert!(
+        metrics.contains("ringkv_requests_by_status_total{operation=\"put\",status=\"200\"} 40"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("ringkv_request_duration_seconds_count{operation=\"put\"} 40"),
         "{metrics}"
     );

@@ -358,7 +358,7 @@ pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handsha
 /// What this node's clients asked: requests by operation and outcome, and
 /// a latency histogram per operation (etcd's buckets).
 fn requests(o: &mut Out, node: &NodeHandle) {
-    use crate::requests::{BUCKETS, OUTCOMES};
+    use crate::requests::{BUCKETS, OUTCOMES, STATUSES};
     let ops = node.request_stats().read();
     let mut totals = Vec::new();
     for op in &ops {
@@ -375,6 +375,24 @@ fn requests(o: &mut Out, node: &NodeHandle) {
         "counter",
         "Client requests this node answered (forwarded ones counted where they came in), by operation and outcome: ok (answered; a missing key or a failed precondition is an answer), refused (bad input), unavailable (no leader, busy, stopping), unknown (a write of unknown outcome).",
         &totals,
+    );
+    let mut by_status = Vec::new();
+    for op in &ops {
+        for (status, n) in STATUSES.iter().zip(op.statuses) {
+            if n > 0 {
+                by_status.push((
+                    format!("operation=\"{}\",status=\"{status}\"", op.name),
+                    n as f64,
+                ));
+            }
+        }
+    }
+    let by_status: Vec<(&str, f64)> = by_status.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    o.metric(
+        "ringkv_requests_by_status_total",
+        "counter",
+        "Client requests this node answered, by operation and the HTTP status of the answer (gRPC and Redis requests under the status REST would have sent: one error table); only statuses seen.",
+        &by_status,
     );
     let name = "ringkv_request_duration_seconds";
     let _ = writeln!(
