@@ -3,7 +3,9 @@
 //! proxy this test controls (as Toxiproxy does), clients on all three APIs
 //! (REST, gRPC, the Redis protocol), and a nemesis that kills nodes with
 //! SIGKILL, stops them with SIGSTOP, partitions them (both ways, one way),
-//! slows, stalls and degrades their links. The clients' history is then
+//! slows, stalls and degrades their links, and fills or fails their disks
+//! (each node's data directory is ext4 on a loop device over a tmpfs of
+//! its own). The clients' history is then
 //! judged by the simulation's checkers (linearizability per key, no
 //! acknowledged write lost).
 //!
@@ -45,6 +47,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::disks::{self, LoopExt4, Tmpfs};
 use common::netns::{Net, skip_unless_netns};
 use common::{Cluster, Placement, Response as HttpResponse, read_response};
 use rand::{Rng, SeedableRng};
@@ -245,6 +248,52 @@ enum Fault {
     Slow(u64, Duration),
     Stall(u64),
     Lossy(f64),
+    /// The node's file system is full: its next write fails (ENOSPC).
+    DiskFull(u64),
+    /// The node's disk fails writes: the loop device under its ext4 has no
+    /// room left, so writeback and the next fsync fail (EIO).
+    DiskError(u64),
+}
+
+/// The running cluster and what the nemesis works with.
+struct Rig {
+    cluster: Cluster,
+    proxy: Arc<Proxy>,
+    /// Per node (id - 1): the tmpfs holding its ext4 image, and the ext4
+    /// mounted as its data directory.
+    disks: Vec<(Tmpfs, LoopExt4)>,
+    /// Disk faults that stopped their node, with the error it logged.
+    disk_stops: Vec<String>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Before the file systems unmount (the fields drop after this).
+        self.cluster.kill_all();
+    }
+}
+
+impl Rig {
+    /// After a disk fault on node `n`: if it stopped, it must have stopped
+    /// as fail-stop says (non-zero, the error named); recorded.
+    fn judge_disk_stop(&mut self, n: u64, expected: &[&str]) -> bool {
+        let Some(status) = self.cluster.exited(n) else {
+            return false;
+        };
+        let log = self.cluster.log(n);
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("storage failed; stopping this node"))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            !status.success() && expected.iter().any(|e| line.contains(e)),
+            "n{n} stopped ({status}) during a disk fault, not as expected ({expected:?}): {line:?}"
+        );
+        self.disk_stops.push(format!("n{n}: {line}"));
+        true
+    }
 }
 
 impl Fault {
@@ -257,19 +306,23 @@ impl Fault {
             Fault::Slow(..) => "slow links",
             Fault::Stall(_) => "stalled links",
             Fault::Lossy(_) => "lossy links",
+            Fault::DiskFull(_) => "disk full",
+            Fault::DiskError(_) => "disk write errors (fsync EIO)",
         }
     }
 
     fn draw(rng: &mut ChaCha8Rng) -> Fault {
         let node = rng.random_range(1..=NODES);
         let other = (node + rng.random_range(0..NODES - 1)) % NODES + 1;
-        match rng.random_range(0..7) {
+        match rng.random_range(0..9) {
             0 => Fault::Kill(node),
             1 => Fault::Pause(node),
             2 => Fault::Isolate(node),
             3 => Fault::OneWay(node, other),
             4 => Fault::Slow(node, Duration::from_millis(rng.random_range(50..300))),
             5 => Fault::Stall(node),
+            6 => Fault::DiskFull(node),
+            7 => Fault::DiskError(node),
             _ => Fault::Lossy(rng.random_range(0.1..0.3)),
         }
     }
@@ -282,7 +335,8 @@ impl Fault {
             .collect()
     }
 
-    fn apply(&self, cluster: &mut Cluster, proxy: &Proxy) {
+    fn apply(&self, rig: &mut Rig) {
+        let (cluster, proxy) = (&mut rig.cluster, &*rig.proxy);
         match *self {
             Fault::Kill(n) => cluster.kill(n),
             Fault::Pause(n) => cluster.pause(n, true),
@@ -294,14 +348,37 @@ impl Fault {
                 let all: Vec<Link> = (1..=NODES).flat_map(Self::links_of).collect();
                 Self::set_all(proxy, &all, LinkState::Lossy(p));
             }
+            // 64 KiB left: the next WAL append or snapshot does not fit.
+            Fault::DiskFull(n) => disks::fill(&rig.disks[n as usize - 1].1.at, 64 << 10),
+            Fault::DiskError(n) => disks::fill(&rig.disks[n as usize - 1].0.0, 0),
         }
     }
 
-    fn heal(&self, cluster: &mut Cluster, proxy: &Proxy) {
+    fn heal(&self, rig: &mut Rig) {
         match *self {
-            Fault::Kill(n) => cluster.start_again(n),
-            Fault::Pause(n) => cluster.pause(n, false),
-            _ => proxy.heal_all(),
+            Fault::Kill(n) => rig.cluster.start_again(n),
+            Fault::Pause(n) => rig.cluster.pause(n, false),
+            Fault::DiskFull(n) => {
+                disks::remove_ballast(&rig.disks[n as usize - 1].1.at);
+                if rig.judge_disk_stop(n, &["No space left on device"]) {
+                    rig.cluster.start_again(n);
+                }
+            }
+            Fault::DiskError(n) => {
+                // What an operator does after disk errors: stop the node
+                // (if the error has not), give the disk back, check the
+                // file system, start the node on what it kept.
+                let stopped =
+                    rig.judge_disk_stop(n, &["Input/output error", "Read-only file system"]);
+                if !stopped {
+                    rig.cluster.kill(n);
+                }
+                let (backing, ext4) = &mut rig.disks[n as usize - 1];
+                disks::remove_ballast(&backing.0);
+                ext4.check_and_remount();
+                rig.cluster.start_again(n);
+            }
+            _ => rig.proxy.heal_all(),
         }
     }
 
@@ -315,7 +392,12 @@ impl Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::Kill(n) | Fault::Pause(n) | Fault::Isolate(n) | Fault::Stall(n) => {
+            Fault::Kill(n)
+            | Fault::Pause(n)
+            | Fault::Isolate(n)
+            | Fault::Stall(n)
+            | Fault::DiskFull(n)
+            | Fault::DiskError(n) => {
                 write!(f, "{} n{n}", self.kind())
             }
             Fault::OneWay(a, b) => write!(f, "{} n{a} -/-> n{b}", self.kind()),
@@ -430,8 +512,12 @@ fn rest(addr: SocketAddr, request: &Request) -> Outcome {
         Err(true) => return outcome_of_code(request, None),
     };
     if !r.is_success() {
-        let code = r.problem_code();
-        return outcome_of_code(request, Some(&code));
+        // Not r.problem_code(): that asserts, and a client thread must not
+        // panic; an error that is no problem document counts as no code.
+        let code = serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(str::to_owned));
+        return outcome_of_code(request, code.as_deref());
     }
     let json = || r.json();
     Outcome::Ok(match request {
@@ -710,6 +796,27 @@ fn histories_under_real_process_chaos_are_linearizable() {
         |id| vec!["--resp-listen".into(), resp_of[(id - 1) as usize].clone()],
     );
     cluster.wait_ready(Duration::from_secs(60));
+    // Each node's data directory onto ext4 on a loop device over a tmpfs
+    // of its own (256 MiB image, 512 MiB tmpfs: full only when told).
+    let mut disks = Vec::new();
+    for id in 1..=NODES {
+        let backing = cluster.dir().join(format!("backing-{id}"));
+        let mut made = None;
+        disks::move_node(&mut cluster, id, |dir| {
+            let tmpfs = Tmpfs::mount(&backing, "512m")?;
+            made = Some((tmpfs, LoopExt4::create(&backing, dir)?));
+            Ok(())
+        })
+        .unwrap_or_else(|why| panic!("n{id}'s disk: {why}"));
+        disks.push(made.expect("made"));
+    }
+    cluster.wait_ready(Duration::from_secs(60));
+    let mut rig = Rig {
+        cluster,
+        proxy: proxy.clone(),
+        disks,
+        disk_stops: Vec::new(),
+    };
 
     let keys: Vec<Bytes> = (0..KEYS)
         .map(|i| Bytes::from(format!("chaos-k{i}")))
@@ -750,12 +857,12 @@ fn histories_under_real_process_chaos_are_linearizable() {
         let hold = Duration::from_millis(rng.random_range(2_000..8_000));
         let calm = Duration::from_millis(rng.random_range(1_000..3_000));
         println!("chaos: {:>6} ms  {fault}, for {hold:?}", history.now());
-        fault.apply(&mut cluster, &proxy);
+        fault.apply(&mut rig);
         *faults.entry(fault.kind()).or_default() += 1;
         thread::sleep(hold);
-        fault.heal(&mut cluster, &proxy);
+        fault.heal(&mut rig);
         // A node that stopped on its own is a bug: this panics with its log.
-        cluster.assert_alive();
+        rig.cluster.assert_alive();
         thread::sleep(calm);
     }
     stop.store(true, Ordering::Relaxed);
@@ -770,8 +877,8 @@ fn histories_under_real_process_chaos_are_linearizable() {
 
     // Healed: every node ready, then a linearizable read of every key
     // through each node in turn (recorded, as the final reads).
-    cluster.wait_ready(Duration::from_secs(60));
-    cluster.assert_alive();
+    rig.cluster.wait_ready(Duration::from_secs(60));
+    rig.cluster.assert_alive();
     let healed = history.now();
     for (i, key) in keys.iter().enumerate() {
         let node = addrs[i % addrs.len()];
@@ -816,6 +923,13 @@ fn histories_under_real_process_chaos_are_linearizable() {
         proxy.connections.load(Ordering::Relaxed),
         proxy.bytes.load(Ordering::Relaxed) >> 20
     );
+    println!(
+        "  disk faults that stopped their node (fail-stop): {}",
+        rig.disk_stops.len()
+    );
+    for stop in &rig.disk_stops {
+        println!("    {stop}");
+    }
     println!(
         "  history: {} operations; violations: {}, inconclusive keys: {}",
         history.len(),

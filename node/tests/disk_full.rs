@@ -20,166 +20,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use common::disks::{LoopExt4, Tmpfs, move_node};
 use common::*;
-
-/// A tmpfs mounted at a directory, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs(at.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "remount {} failed", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Runs a command, or says why it failed.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// An ext4 file system in a sparse 256 MiB image on `backing` (a tmpfs),
-/// on a loop device, mounted at a directory; unmounted and detached on
-/// drop.
-struct LoopExt4 {
-    image: PathBuf,
-    at: PathBuf,
-    device: Option<String>,
-}
-
-impl LoopExt4 {
-    fn create(backing: &Path, at: &Path) -> Result<LoopExt4, String> {
-        let image = backing.join("ext4.img");
-        let file = std::fs::File::create(&image).map_err(|e| format!("create image: {e}"))?;
-        file.set_len(256 << 20)
-            .map_err(|e| format!("size image: {e}"))?;
-        let image_s = image.to_str().expect("utf-8 path");
-        // Lazy init: mkfs writes a few hundred KiB, not the inode tables.
-        run(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-E",
-                "lazy_itable_init=1,lazy_journal_init=1",
-                image_s,
-            ],
-        )?;
-        std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
-        let mut fs = LoopExt4 {
-            image,
-            at: at.to_path_buf(),
-            device: None,
-        };
-        fs.attach()?;
-        Ok(fs)
-    }
-
-    fn attach(&mut self) -> Result<(), String> {
-        let device = run("losetup", &["-f", "--show", self.image.to_str().unwrap()])?;
-        self.device = Some(device.clone());
-        run("mount", &[&device, self.at.to_str().unwrap()])?;
-        Ok(())
-    }
-
-    fn detach(&mut self) {
-        let _ = Command::new("umount").arg(&self.at).status();
-        if let Some(device) = self.device.take() {
-            let _ = Command::new("losetup").args(["-d", &device]).status();
-        }
-    }
-
-    /// Unmounts, checks and repairs the file system (`e2fsck -fy`: what a
-    /// machine does at boot after a crash), mounts it again.
-    fn check_and_remount(&mut self) -> String {
-        self.detach();
-        let out = Command::new("e2fsck")
-            .args(["-fy", self.image.to_str().unwrap()])
-            .output()
-            .expect("run e2fsck");
-        // 0: clean; 1: errors corrected. Anything else: it could not.
-        assert!(
-            matches!(out.status.code(), Some(0 | 1)),
-            "e2fsck: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.attach().expect("mount the checked file system");
-        format!("e2fsck exit {}", out.status.code().unwrap_or(-1))
-    }
-}
-
-impl Drop for LoopExt4 {
-    fn drop(&mut self) {
-        self.detach();
-    }
-}
-
-/// Node 3's data directory moved onto whatever `mount` puts at its place
-/// (node 3 killed first, started again after).
-fn move_node3(
-    c: &mut Cluster,
-    mount: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<(), String> {
-    c.kill(3);
-    let dir = c.node(3).data_dir.clone();
-    let moved = dir.with_extension("before");
-    std::fs::rename(&dir, &moved).expect("move node 3's directory aside");
-    mount(&dir)?;
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", moved.display()))
-        .arg(&dir)
-        .status()
-        .expect("run cp");
-    assert!(copied.success(), "copy node 3's directory to its new place");
-    // cp does not fsync: make the copy durable, as the node's own files are.
-    let synced = Command::new("sync").status().expect("run sync");
-    assert!(synced.success(), "sync");
-    c.start_again(3);
-    c.wait_node_ready(3, Duration::from_secs(30));
-    Ok(())
-}
 
 /// 128 KiB values through node 1 until node 3 stops (each write is in
 /// node 3's WAL: three nodes, three replicas); the keys acknowledged and
@@ -255,7 +99,7 @@ fn a_full_disk_stops_its_node_cleanly_and_it_recovers_once_there_is_room() {
     c.wait_ready(Duration::from_secs(30));
     // Node 3 moves onto a 16 MiB tmpfs, with what it has.
     let mut tmpfs = None;
-    if let Err(why) = move_node3(&mut c, |dir| {
+    if let Err(why) = move_node(&mut c, 3, |dir| {
         tmpfs = Some(Tmpfs::mount(dir, "16m")?);
         Ok(())
     }) {
@@ -295,7 +139,7 @@ fn a_failed_fsync_on_a_real_file_system_stops_its_node_and_it_recovers() {
     let backing = c.dir().join("backing");
     let mut tmpfs = None;
     let mut ext4 = None;
-    if let Err(why) = move_node3(&mut c, |dir| {
+    if let Err(why) = move_node(&mut c, 3, |dir| {
         let t = Tmpfs::mount(&backing, "24m")?;
         ext4 = Some(LoopExt4::create(&backing, dir)?);
         tmpfs = Some(t);

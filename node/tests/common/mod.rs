@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod disks;
 pub mod netns;
 
 use std::fs::{File, OpenOptions};
