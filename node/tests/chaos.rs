@@ -385,7 +385,8 @@ impl Fault {
                 }
                 let (backing, ext4) = &mut rig.disks[n as usize - 1];
                 disks::remove_ballast(&backing.0);
-                ext4.check_and_remount();
+                let checked = ext4.check_and_remount();
+                println!("chaos:   n{n}'s file system: {checked}");
                 rig.cluster.start_again(n);
             }
             _ => rig.proxy.heal_all(),
@@ -802,6 +803,8 @@ fn histories_under_real_process_chaos_are_linearizable() {
             "16",
             "--grpc-listen",
             &format!("0.0.0.0:{GRPC_PORT}"),
+            "--log",
+            "info",
         ],
         |id| vec!["--resp-listen".into(), resp_of[(id - 1) as usize].clone()],
     );

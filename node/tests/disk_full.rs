@@ -135,12 +135,12 @@ fn a_full_disk_stops_its_node_cleanly_and_it_recovers_once_there_is_room() {
 fn a_failed_fsync_on_a_real_file_system_stops_its_node_and_it_recovers() {
     let mut c = Cluster::start(3);
     c.wait_ready(Duration::from_secs(30));
-    // Node 3 moves onto ext4 on a loop device over a 24 MiB tmpfs.
+    // Node 3 moves onto ext4 on a loop device over a 48 MiB tmpfs.
     let backing = c.dir().join("backing");
     let mut tmpfs = None;
     let mut ext4 = None;
     if let Err(why) = move_node(&mut c, 3, |dir| {
-        let t = Tmpfs::mount(&backing, "24m")?;
+        let t = Tmpfs::mount(&backing, "48m")?;
         ext4 = Some(LoopExt4::create(&backing, dir)?);
         tmpfs = Some(t);
         Ok(())
