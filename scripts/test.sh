@@ -5,6 +5,7 @@
 #
 #   MADSIM_TEST_SEED        first seed (default 1)
 #   MADSIM_TEST_NUM         seeds per simulation test (default 50)
+#   RINGKV_SIM_DISK_FAULTS  seeds of each disk-fault test (default 10)
 #   RINGKV_SIM_LINEARIZABLE seeds of each linearizability run, under faults
 #                           and under membership churn (default 200, 30 s of
 #                           simulated time each)
@@ -23,7 +24,13 @@ runs="${RINGKV_SIM_LINEARIZABLE:-200}"
 echo "simulation: seeds ${seed}..$((seed + num - 1)) per test"
 MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$num" \
   cargo test -p ringkv-sim -- --skip histories_under_faults_are_linearizable \
-  --skip histories_under_membership_churn_are_linearizable
+  --skip histories_under_membership_churn_are_linearizable \
+  --skip a_failed_fsync_stops_the_node --skip a_full_disk_stops_the_node
+# The disk faults (sim/tests/disk_faults.rs): about 4.5 s of real time a
+# seed each, so fewer seeds (RINGKV_SIM_DISK_FAULTS, default 10).
+disk_seeds="${RINGKV_SIM_DISK_FAULTS:-10}"
+echo "simulation: disk faults, seeds ${seed}..$((seed + disk_seeds - 1)) per test"
+MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM="$disk_seeds" cargo test -p ringkv-sim --test disk_faults
 echo "simulation: the node's peer-client fault hook"
 cargo test -p ringkv-node --lib transport::faults
 
