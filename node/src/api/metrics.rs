@@ -360,15 +360,7 @@ pub fn render(node: &NodeHandle, transport: &TransportStats, handshake: &Handsha
 fn requests(o: &mut Out, node: &NodeHandle) {
     use crate::requests::{BUCKETS, OUTCOMES, STATUSES};
     let ops = node.request_stats().read();
-    let mut totals = Vec::new();
-    for op in &ops {
-        for (outcome, n) in OUTCOMES.iter().zip(op.outcomes) {
-            totals.push((
-                format!("operation=\"{}\",outcome=\"{outcome}\"", op.name),
-                n as f64,
-            ));
-        }
-    }
+    let totals = per_operation(&ops, "outcome", |op| OUTCOMES.iter().zip(op.outcomes), true);
     let totals: Vec<(&str, f64)> = totals.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     o.metric(
         "ringkv_requests_total",
@@ -376,17 +368,7 @@ fn requests(o: &mut Out, node: &NodeHandle) {
         "Client requests this node answered (forwarded ones counted where they came in), by operation and outcome: ok (answered; a missing key or a failed precondition is an answer), refused (bad input), unavailable (no leader, busy, stopping), unknown (a write of unknown outcome).",
         &totals,
     );
-    let mut by_status = Vec::new();
-    for op in &ops {
-        for (status, n) in STATUSES.iter().zip(op.statuses) {
-            if n > 0 {
-                by_status.push((
-                    format!("operation=\"{}\",status=\"{status}\"", op.name),
-                    n as f64,
-                ));
-            }
-        }
-    }
+    let by_status = per_operation(&ops, "status", |op| STATUSES.iter().zip(op.statuses), false);
     let by_status: Vec<(&str, f64)> = by_status.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     o.metric(
         "ringkv_requests_by_status_total",
@@ -416,6 +398,26 @@ fn requests(o: &mut Out, node: &NodeHandle) {
         let _ = writeln!(o.0, "{name}_sum{{operation=\"{op_name}\"}} {sum}");
         let _ = writeln!(o.0, "{name}_count{{operation=\"{op_name}\"}} {count}");
     }
+}
+
+/// `operation="..",LABEL=".."` samples of every operation's counts by
+/// `LABEL` (zero counts too, or only those seen).
+fn per_operation<'a, L: std::fmt::Display + 'a, I: Iterator<Item = (L, u64)>>(
+    ops: &'a [crate::requests::OperationCounts],
+    label: &str,
+    counts: impl Fn(&'a crate::requests::OperationCounts) -> I,
+    with_zeros: bool,
+) -> Vec<(String, f64)> {
+    ops.iter()
+        .flat_map(|op| counts(op).map(move |(value, n)| (op.name, value, n)))
+        .filter(|&(_, _, n)| with_zeros || n > 0)
+        .map(|(name, value, n)| {
+            (
+                format!("operation=\"{name}\",{label}=\"{value}\""),
+                n as f64,
+            )
+        })
+        .collect()
 }
 
 /// The member states of the metadata document, and on the controller its
